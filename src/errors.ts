@@ -1,0 +1,53 @@
+/**
+ * Every error a user of memfabric can cause is a `MemfabricError` with a stable `code`.
+ * Match on `code`, never on the message: messages say what to do and may be reworded.
+ *
+ * The table below is the single list of codes. `docs/errors.md` documents each one and a test
+ * fails when the two drift apart.
+ */
+export const ErrorCodes = {
+  /** An argument has the wrong type or an impossible value (negative length, bad page size). */
+  INVALID_ARGUMENT: 'MF_INVALID_ARGUMENT',
+  /** An address range reaches outside the address space or region. */
+  OUT_OF_RANGE: 'MF_OUT_OF_RANGE',
+  /** The frame pool has no free frame and may not grow: the call changed nothing. */
+  POOL_EXHAUSTED: 'MF_POOL_EXHAUSTED',
+  /** The address space (or pool, or merger) was destroyed and can no longer be used. */
+  DESTROYED: 'MF_DESTROYED',
+  /** A write to something that is read-only. */
+  READ_ONLY: 'MF_READ_ONLY',
+  /** A name is already taken (a region, an export). */
+  ALREADY_EXISTS: 'MF_ALREADY_EXISTS',
+  /** A named thing (region, export, appliance) does not exist. */
+  NOT_FOUND: 'MF_NOT_FOUND',
+  /** A size string or number could not be understood. */
+  INVALID_SIZE: 'MF_INVALID_SIZE',
+  /** A peer broke the NBD protocol (bad magic, impossible lengths, unexpected replies). */
+  NBD_PROTOCOL: 'MF_NBD_PROTOCOL',
+  /** The NBD server answered a request with an error (the `errno` property holds its code). */
+  NBD_REQUEST_FAILED: 'MF_NBD_REQUEST_FAILED',
+  /** The connection closed or failed; in-flight requests did not complete. */
+  CONNECTION_CLOSED: 'MF_CONNECTION_CLOSED',
+  /** A file on disk is not what it should be (wrong magic, version, truncated). */
+  CORRUPT_FILE: 'MF_CORRUPT_FILE',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class MemfabricError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'MemfabricError';
+  }
+}
+
+export function invalidArgument(message: string): MemfabricError {
+  return new MemfabricError(ErrorCodes.INVALID_ARGUMENT, message);
+}
+
+export function outOfRange(message: string): MemfabricError {
+  return new MemfabricError(ErrorCodes.OUT_OF_RANGE, message);
+}

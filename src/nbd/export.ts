@@ -1,0 +1,48 @@
+/**
+ * What the NBD server needs from whatever holds the bytes (an appliance region, a test
+ * buffer). The server validates every request (range, alignment, flags, read-only) before it
+ * calls these, so an implementation may assume `offset + length <= size` and a writable
+ * export for mutating calls. Data calls are synchronous: resident memory never waits.
+ * Implementations throw `MemfabricError`; the server maps codes to NBD errnos in one place
+ * (POOL_EXHAUSTED -> ENOSPC, READ_ONLY -> EPERM, OUT_OF_RANGE -> EINVAL, others -> EIO).
+ */
+export interface NbdExport {
+  /** Export size in bytes. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
+  readonly description: string;
+  /** Preferred block size (the page size); also the minimum block size the server advertises is 1. */
+  readonly blockSize: number;
+
+  /** Copies `dst.length` bytes starting at `offset` into `dst`. */
+  read(offset: number, dst: Uint8Array): void;
+  /** Writes `src` at `offset`. */
+  write(offset: number, src: Uint8Array): void;
+  /** Discards a range: later reads return zeros and block status reports a hole. */
+  trim(offset: number, length: number): void;
+  /**
+   * Makes a range read as zeros. With `mayPunchHole` the implementation may deallocate
+   * (NBD_CMD_WRITE_ZEROES without NBD_CMD_FLAG_NO_HOLE).
+   */
+  writeZeroes(offset: number, length: number, mayPunchHole: boolean): void;
+  /** Makes every completed write durable (a no-op for pure memory). */
+  flush(): Promise<void>;
+  /**
+   * Describes `[offset, offset + length)` as consecutive extents, calling `emit` in order
+   * with each extent's length and its `base:allocation` flags (1 = hole, 2 = reads as zero).
+   * May stop early (the server asks for at least one extent); must not emit past the range.
+   * Returns the number of extents emitted.
+   */
+  blockStatus(offset: number, length: number, emit: (length: number, flags: number) => void): number;
+}
+
+/** The set of exports a server offers; looked up on every NBD_OPT_GO / EXPORT_NAME. */
+export interface NbdExportDirectory {
+  /** The export called `name` ('' is the default export), or undefined. */
+  get(name: string): NbdExport | undefined;
+  /** Names and descriptions for NBD_OPT_LIST. */
+  list(): Array<{ name: string; description: string }>;
+  /** Called when a connection opens and closes an export (for statistics); optional. */
+  onAttach?(name: string, delta: 1 | -1): void;
+}
