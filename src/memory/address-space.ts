@@ -1,0 +1,862 @@
+/**
+ * Address space: a sparse, paged, copy-on-write virtual memory over a frame pool.
+ *
+ * Page table. A radix tree: interior nodes of DIR_ENTRIES slots (this space's own `nodes`
+ * array, node 0 is the root) above leaves of LEAF_ENTRIES slots (the pool's LeafArena,
+ * shared between forks). A space of `size` bytes has `levels` interior levels, just enough
+ * to cover its pages, so 1 GiB of 4 KiB pages is root -> leaf, and 256 TiB is three interior
+ * levels. Nothing below the root exists until a page under it is written.
+ *
+ * Entries. A leaf slot holds NO_FRAME (hole: never written, or trimmed), ZERO_FRAME (written
+ * as zeros) or a real frame. Each slot also records the epoch of the page's last write.
+ *
+ * Copy-on-write. fork() copies the interior nodes and shares every leaf (refs[leaf]++), so it
+ * costs O(leaves). Before a space changes a slot it makes the leaf its own (copying a shared
+ * leaf retains every frame in it), then makes the frame its own (copying a frame whose
+ * refcount is above one). Frames the merger indexed are never written in place either.
+ *
+ * Translation cache (TLB). A direct-mapped cache from page to (segment, byte offset) sits in
+ * front of the walk; an entry is "writable" only once the page holds a private frame whose
+ * epoch is the current one, so the resident fast path is a compare and a DataView access and
+ * never allocates or awaits. Anything that makes a cached translation stale flushes it: fork
+ * (frames become shared), epoch advance (the next write must record its epoch), trim, and
+ * the merger (through FramePool.flushAllTranslations).
+ *
+ * Failure atomicity. A call that needs frames reserves all of them before it changes
+ * anything, so POOL_EXHAUSTED leaves every space exactly as it was.
+ */
+import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
+import { parseSize } from '../size.js';
+import {
+  FIRST_FRAME,
+  FRAME_MERGED,
+  NO_FRAME,
+  ZERO_FRAME,
+  type FramePool,
+  type TranslationCache,
+} from './frame-pool.js';
+import { LEAF_BITS, LEAF_ENTRIES, LEAF_MASK } from './leaf-arena.js';
+
+export const DIR_BITS = 10;
+export const DIR_ENTRIES = 1 << DIR_BITS;
+const DIR_MASK = DIR_ENTRIES - 1;
+
+const TLB_BITS = 8;
+const TLB_ENTRIES = 1 << TLB_BITS;
+const TLB_MASK = TLB_ENTRIES - 1;
+
+/** Largest virtual size a space may have: 4 PiB (2^52 bytes). */
+export const SPACE_BYTES_MAX = 2 ** 52;
+
+/** `extents()` flags, chosen to match NBD's base:allocation bits. */
+export const EXTENT_HOLE = 1;
+export const EXTENT_ZERO = 2;
+
+/** Epoch start times kept for the merger's millisecond quiet interval (a ring). */
+const EPOCH_TIMES = 64;
+
+let nextChainId = 1;
+
+export interface AddressSpaceOptions {
+  /** Virtual size in bytes or a size string ("256TiB"). */
+  size: number | string;
+  /** Trust domain: the merger shares pages only within a domain unless told otherwise. */
+  domain?: string;
+}
+
+/** Called by the merger registry so forks of a registered space are registered too. */
+export interface SpaceRegistry {
+  register(space: AddressSpace): void;
+  unregister(space: AddressSpace): void;
+}
+
+export interface SpaceStats {
+  size: number;
+  epoch: number;
+  /** Pages that hold data in a frame (private or shared). */
+  dataPages: number;
+  /** Pages mapped to the shared zero frame. */
+  zeroPages: number;
+  /** Data pages whose frame is shared with another page or space. */
+  sharedPages: number;
+  /** Page-table leaves reachable from this space. */
+  leaves: number;
+  /** Bytes of this space's own interior page-table nodes. */
+  tableBytes: number;
+}
+
+export class AddressSpace implements TranslationCache {
+  readonly pool: FramePool;
+  readonly pageSize: number;
+  readonly domain: string;
+  /** Spaces forked from a common ancestor share a chain id (used by swap dedup). */
+  readonly chain: number;
+  /** Virtual size in bytes; 0 once destroyed (so every range check fails fast). */
+  size: number;
+  /** The current epoch: writes record it; advanceEpoch() starts a new one. */
+  epoch = 1;
+  /** The merger that scans this space, if any (forks inherit it). */
+  registry: SpaceRegistry | undefined;
+
+  private destroyed = false;
+  private readonly pageCount: number;
+  private readonly levels: number;
+  /** Multipliers that turn a page number into each level's slot (exact: powers of two). */
+  private readonly levelScale: Float64Array;
+  private nodes: Int32Array;
+  private nodeCount = 1;
+
+  private readonly invPageSize: number;
+  private readonly tlbPage = new Float64Array(TLB_ENTRIES).fill(-1);
+  private readonly tlbFrame = new Int32Array(TLB_ENTRIES);
+  private readonly tlbSegment = new Int32Array(TLB_ENTRIES);
+  private readonly tlbOffset = new Int32Array(TLB_ENTRIES);
+  private readonly tlbWritable = new Uint8Array(TLB_ENTRIES);
+  /** One reusable whole-page view per TLB slot (so full-page reads allocate nothing). */
+  private readonly tlbView: Uint8Array[] = [];
+  private readonly tlbViewFrame = new Int32Array(TLB_ENTRIES).fill(-1);
+  /** Segment of the last `locate` hit (a second return value without allocating). */
+  private hitSegment = 0;
+  private readonly scratch = new Uint8Array(8);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+  private readonly epochTimes = new Float64Array(EPOCH_TIMES);
+
+  constructor(pool: FramePool, options: AddressSpaceOptions, chain?: number) {
+    const size = parseSize(options.size, 'size');
+    if (size <= 0 || size > SPACE_BYTES_MAX) {
+      throw invalidArgument(`size ${size} must be from 1 byte to 4 PiB (2^52 bytes)`);
+    }
+    this.pool = pool;
+    this.pageSize = pool.pageSize;
+    this.invPageSize = 1 / pool.pageSize;
+    this.domain = options.domain ?? 'default';
+    this.chain = chain ?? nextChainId++;
+    this.size = size;
+    this.pageCount = Math.ceil(size / this.pageSize);
+    const pageBits = Math.max(LEAF_BITS + 1, Math.ceil(Math.log2(this.pageCount)));
+    this.levels = Math.max(1, Math.ceil((pageBits - LEAF_BITS) / DIR_BITS));
+    this.levelScale = new Float64Array(this.levels);
+    for (let level = 0; level < this.levels; level++) {
+      this.levelScale[level] = 2 ** -(LEAF_BITS + DIR_BITS * (this.levels - 1 - level));
+    }
+    this.nodes = new Int32Array(DIR_ENTRIES);
+    this.epochTimes[this.epoch % EPOCH_TIMES] = performance.now();
+    for (let i = 0; i < TLB_ENTRIES; i++) this.tlbView.push(pool.segments[0]!.subarray(0, 0));
+    pool.addTranslationCache(this);
+  }
+
+  /** True once destroy() ran. */
+  get isDestroyed(): boolean {
+    return this.destroyed;
+  }
+
+  /** Number of pages (the last one may be partial when size is not page-aligned). */
+  get pages(): number {
+    return this.pageCount;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Bulk access
+
+  /** Copies `dst.length` bytes from `offset` into `dst`. Unwritten bytes read as zeros. */
+  read(offset: number, dst: Uint8Array): void {
+    const length = dst.length;
+    this.checkRange(offset, length);
+    const pageSize = this.pageSize;
+    let done = 0;
+    while (done < length) {
+      const addr = offset + done;
+      const page = Math.floor(addr * this.invPageSize);
+      const inPage = addr - page * pageSize;
+      const n = Math.min(pageSize - inPage, length - done);
+      const slot = page & TLB_MASK;
+      if (this.tlbPage[slot] !== page) this.translateForRead(page);
+      if (n === pageSize) {
+        dst.set(this.pageView(slot), done);
+      } else {
+        const start = this.tlbOffset[slot]! + inPage;
+        this.pool.segments[this.tlbSegment[slot]!]!.copy(dst, done, start, start + n);
+      }
+      done += n;
+    }
+  }
+
+  /** Writes `src` at `offset`, copying shared frames first. Throws POOL_EXHAUSTED having changed nothing. */
+  write(offset: number, src: Uint8Array): void {
+    const length = src.length;
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const pageSize = this.pageSize;
+    const first = Math.floor(offset * this.invPageSize);
+    const last = Math.floor((offset + length - 1) * this.invPageSize);
+    this.reserveForWrite(first, last);
+    let done = 0;
+    while (done < length) {
+      const addr = offset + done;
+      const page = Math.floor(addr * this.invPageSize);
+      const inPage = addr - page * pageSize;
+      const n = Math.min(pageSize - inPage, length - done);
+      const slot = page & TLB_MASK;
+      if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0)
+        this.translateForWrite(page, n === pageSize);
+      const segment = this.pool.segments[this.tlbSegment[slot]!]!;
+      const at = this.tlbOffset[slot]! + inPage;
+      if (n === length) segment.set(src, at);
+      else segment.set(src.subarray(done, done + n), at);
+      done += n;
+    }
+  }
+
+  /**
+   * Discards `[offset, offset + length)`: whole pages become holes and give back their frames;
+   * partial pages at either end are zeroed. Later reads return zeros.
+   */
+  trim(offset: number, length: number): void {
+    this.zeroRange(offset, length, NO_FRAME);
+  }
+
+  /**
+   * Makes a range read as zeros. Whole pages map to the shared zero frame (still "allocated",
+   * as NBD's NO_HOLE asks), or become holes when `punchHole` is set.
+   */
+  writeZeroes(offset: number, length: number, punchHole = false): void {
+    this.zeroRange(offset, length, punchHole ? NO_FRAME : ZERO_FRAME);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Scalar access (little-endian). A value that crosses a page boundary takes a slower path.
+
+  readU8(addr: number): number {
+    const at = this.locate(addr, 1, false);
+    return this.pool.views[this.hitSegment]!.getUint8(at);
+  }
+  readI8(addr: number): number {
+    const at = this.locate(addr, 1, false);
+    return this.pool.views[this.hitSegment]!.getInt8(at);
+  }
+  readU16(addr: number): number {
+    const at = this.locate(addr, 2, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getUint16(at, true)
+      : this.readSplit(addr, 2).getUint16(0, true);
+  }
+  readI16(addr: number): number {
+    const at = this.locate(addr, 2, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getInt16(at, true)
+      : this.readSplit(addr, 2).getInt16(0, true);
+  }
+  readU32(addr: number): number {
+    const at = this.locate(addr, 4, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getUint32(at, true)
+      : this.readSplit(addr, 4).getUint32(0, true);
+  }
+  readI32(addr: number): number {
+    const at = this.locate(addr, 4, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getInt32(at, true)
+      : this.readSplit(addr, 4).getInt32(0, true);
+  }
+  readF32(addr: number): number {
+    const at = this.locate(addr, 4, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getFloat32(at, true)
+      : this.readSplit(addr, 4).getFloat32(0, true);
+  }
+  readF64(addr: number): number {
+    const at = this.locate(addr, 8, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getFloat64(at, true)
+      : this.readSplit(addr, 8).getFloat64(0, true);
+  }
+  readU64(addr: number): bigint {
+    const at = this.locate(addr, 8, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getBigUint64(at, true)
+      : this.readSplit(addr, 8).getBigUint64(0, true);
+  }
+  readI64(addr: number): bigint {
+    const at = this.locate(addr, 8, false);
+    return at >= 0
+      ? this.pool.views[this.hitSegment]!.getBigInt64(at, true)
+      : this.readSplit(addr, 8).getBigInt64(0, true);
+  }
+
+  writeU8(addr: number, value: number): void {
+    const at = this.locate(addr, 1, true);
+    this.pool.views[this.hitSegment]!.setUint8(at, value);
+  }
+  writeI8(addr: number, value: number): void {
+    const at = this.locate(addr, 1, true);
+    this.pool.views[this.hitSegment]!.setInt8(at, value);
+  }
+  writeU16(addr: number, value: number): void {
+    const at = this.locate(addr, 2, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setUint16(at, value, true);
+    else this.writeSplit(addr, 2, this.scratchView.setUint16(0, value, true));
+  }
+  writeI16(addr: number, value: number): void {
+    const at = this.locate(addr, 2, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setInt16(at, value, true);
+    else this.writeSplit(addr, 2, this.scratchView.setInt16(0, value, true));
+  }
+  writeU32(addr: number, value: number): void {
+    const at = this.locate(addr, 4, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setUint32(at, value, true);
+    else this.writeSplit(addr, 4, this.scratchView.setUint32(0, value, true));
+  }
+  writeI32(addr: number, value: number): void {
+    const at = this.locate(addr, 4, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setInt32(at, value, true);
+    else this.writeSplit(addr, 4, this.scratchView.setInt32(0, value, true));
+  }
+  writeF32(addr: number, value: number): void {
+    const at = this.locate(addr, 4, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setFloat32(at, value, true);
+    else this.writeSplit(addr, 4, this.scratchView.setFloat32(0, value, true));
+  }
+  writeF64(addr: number, value: number): void {
+    const at = this.locate(addr, 8, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setFloat64(at, value, true);
+    else this.writeSplit(addr, 8, this.scratchView.setFloat64(0, value, true));
+  }
+  writeU64(addr: number, value: bigint): void {
+    const at = this.locate(addr, 8, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setBigUint64(at, value, true);
+    else this.writeSplit(addr, 8, this.scratchView.setBigUint64(0, value, true));
+  }
+  writeI64(addr: number, value: bigint): void {
+    const at = this.locate(addr, 8, true);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setBigInt64(at, value, true);
+    else this.writeSplit(addr, 8, this.scratchView.setBigInt64(0, value, true));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Zero-copy page access
+
+  /**
+   * A view of page `page`'s bytes, without copying. BORROWED: valid only until the next call
+   * that can change this space or its pool (a write, trim, fork, merge pass, destroy); do not
+   * keep it and do not write through it. An unwritten page returns the shared zero page.
+   */
+  borrowPageForRead(page: number): Uint8Array {
+    this.checkPage(page);
+    const slot = page & TLB_MASK;
+    if (this.tlbPage[slot] !== page) this.translateForRead(page);
+    return this.pageView(slot);
+  }
+
+  /**
+   * A writable view of page `page`, made private to this space first (copy-on-write) and
+   * recorded as written in the current epoch. BORROWED, like borrowPageForRead: valid only
+   * until the next call that can change this space or its pool.
+   */
+  borrowPageForWrite(page: number): Uint8Array {
+    this.checkPage(page);
+    this.reserveForWrite(page, page);
+    const slot = page & TLB_MASK;
+    if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0) this.translateForWrite(page, false);
+    return this.pageView(slot);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Fork, epochs, extents, destroy
+
+  /**
+   * A copy-on-write child holding the same bytes. Costs O(page-table leaves): no page is
+   * copied until parent or child writes it. Forks of a space the merger scans are scanned too.
+   */
+  fork(options: { domain?: string } = {}): AddressSpace {
+    this.assertLive();
+    const child = new AddressSpace(
+      this.pool,
+      { size: this.size, domain: options.domain ?? this.domain },
+      this.chain,
+    );
+    child.nodes = this.nodes.slice(0, Math.max(this.nodes.length, DIR_ENTRIES));
+    child.nodeCount = this.nodeCount;
+    child.epoch = this.epoch;
+    const refs = this.pool.leaves.refs;
+    this.forEachLeaf((leaf) => {
+      refs[leaf]!++;
+    });
+    // Every frame is now shared with the child: the parent's cached writable translations are stale.
+    this.flushTranslations();
+    this.registry?.register(child);
+    return child;
+  }
+
+  /** Starts a new epoch and returns its number: writes from now on are "written since" it. */
+  advanceEpoch(): number {
+    this.assertLive();
+    this.epoch++;
+    this.epochTimes[this.epoch % EPOCH_TIMES] = performance.now();
+    this.tlbWritable.fill(0);
+    return this.epoch;
+  }
+
+  /** Calls `visit(page)` in ascending order for every page written or trimmed at epoch >= `since`. */
+  forEachDirtyPage(since: number, visit: (page: number) => void): void {
+    this.assertLive();
+    const arena = this.pool.leaves;
+    this.forEachLeaf((leaf, firstPage) => {
+      if (arena.maxEpoch[leaf]! < since) return;
+      const base = leaf * LEAF_ENTRIES;
+      const epochs = arena.epochs;
+      for (let i = 0; i < LEAF_ENTRIES; i++) {
+        if (epochs[base + i]! >= since) visit(firstPage + i);
+      }
+    });
+  }
+
+  /** Pages written or trimmed at epoch >= `since`, ascending. Cost O(leaves + dirty pages). */
+  dirtyPages(since: number): Float64Array {
+    const pages: number[] = [];
+    this.forEachDirtyPage(since, (page) => pages.push(page));
+    return Float64Array.from(pages);
+  }
+
+  /** Epoch in which `page` was last written or trimmed (0 = never). */
+  pageEpoch(page: number): number {
+    this.checkPage(page);
+    const leaf = this.leafOf(page);
+    return leaf === 0 ? 0 : this.pool.leaves.epochs[leaf * LEAF_ENTRIES + (page & LEAF_MASK)]!;
+  }
+
+  /**
+   * Describes `[offset, offset + length)` as maximal runs of pages in the same state, calling
+   * `emit(length, flags)` in order (flags: EXTENT_HOLE | EXTENT_ZERO for holes, EXTENT_ZERO for
+   * zero pages, 0 for data). Stops after `maxExtents`; returns the number emitted.
+   */
+  extents(
+    offset: number,
+    length: number,
+    emit: (length: number, flags: number) => void,
+    maxExtents = Number.MAX_SAFE_INTEGER,
+  ): number {
+    this.checkRange(offset, length);
+    if (length === 0) return 0;
+    const arena = this.pool.leaves;
+    const end = offset + length;
+    let emitted = 0;
+    let runStart = offset;
+    let runFlags = -1;
+    let page = Math.floor(offset * this.invPageSize);
+    let addr = offset;
+    while (addr < end && emitted < maxExtents) {
+      const leaf = this.leafOf(page);
+      let flags: number;
+      let pagesInRun: number;
+      if (leaf === 0) {
+        flags = EXTENT_HOLE | EXTENT_ZERO;
+        pagesInRun = LEAF_ENTRIES - (page & LEAF_MASK);
+      } else {
+        const frame = arena.entries[leaf * LEAF_ENTRIES + (page & LEAF_MASK)]!;
+        flags = frame === NO_FRAME ? EXTENT_HOLE | EXTENT_ZERO : frame === ZERO_FRAME ? EXTENT_ZERO : 0;
+        pagesInRun = 1;
+      }
+      if (flags !== runFlags) {
+        if (runFlags !== -1) {
+          emit(addr - runStart, runFlags);
+          emitted++;
+        }
+        runStart = addr;
+        runFlags = flags;
+      }
+      page += pagesInRun;
+      addr = Math.min(end, page * this.pageSize);
+    }
+    if (emitted < maxExtents && runFlags !== -1) {
+      emit(Math.min(addr, end) - runStart, runFlags);
+      emitted++;
+    }
+    return emitted;
+  }
+
+  /** Counts of this space's pages by state. O(leaves). */
+  stats(): SpaceStats {
+    this.assertLive();
+    const arena = this.pool.leaves;
+    const refcount = this.pool.refcount;
+    let dataPages = 0;
+    let zeroPages = 0;
+    let sharedPages = 0;
+    let leaves = 0;
+    this.forEachLeaf((leaf) => {
+      leaves++;
+      const shared = arena.refs[leaf]! > 1;
+      const base = leaf * LEAF_ENTRIES;
+      for (let i = 0; i < LEAF_ENTRIES; i++) {
+        const frame = arena.entries[base + i]!;
+        if (frame === ZERO_FRAME) zeroPages++;
+        else if (frame >= FIRST_FRAME) {
+          dataPages++;
+          if (shared || refcount[frame]! > 1) sharedPages++;
+        }
+      }
+    });
+    return {
+      size: this.size,
+      epoch: this.epoch,
+      dataPages,
+      zeroPages,
+      sharedPages,
+      leaves,
+      tableBytes: this.nodeCount * DIR_ENTRIES * 4,
+    };
+  }
+
+  /** Returns every frame this space alone held. Further use throws DESTROYED. Idempotent. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.forEachLeaf((leaf) => this.releaseLeaf(leaf));
+    this.destroyed = true;
+    this.size = 0;
+    this.nodes = new Int32Array(0);
+    this.nodeCount = 0;
+    this.flushTranslations();
+    this.pool.removeTranslationCache(this);
+    this.registry?.unregister(this);
+  }
+
+  /** Drops every cached translation (TranslationCache). */
+  flushTranslations(): void {
+    this.tlbPage.fill(-1);
+    this.tlbWritable.fill(0);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Internal: used by the merger and other mechanisms of src/memory.
+
+  /** @internal Calls `visit(leaf, firstPage, slotIndex)` for every leaf, in page order. */
+  forEachLeaf(visit: (leaf: number, firstPage: number, slotIndex: number) => void): void {
+    if (this.destroyed) return;
+    this.walk(0, 0, 0, visit);
+  }
+
+  /** @internal Time (performance.now()) at which epoch `epoch` began, if still remembered. */
+  epochStartTime(epoch: number): number | undefined {
+    if (epoch > this.epoch || this.epoch - epoch >= EPOCH_TIMES) return undefined;
+    return this.epochTimes[epoch % EPOCH_TIMES];
+  }
+
+  /** @internal The leaf that maps `page` now, or 0. */
+  leafAt(page: number): number {
+    return this.leafOf(page);
+  }
+
+  /** @internal The frame mapped at `page` (NO_FRAME for a hole). */
+  frameAt(page: number): number {
+    const leaf = this.leafOf(page);
+    return leaf === 0 ? NO_FRAME : this.pool.leaves.entries[leaf * LEAF_ENTRIES + (page & LEAF_MASK)]!;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Private machinery
+
+  private walk(
+    node: number,
+    level: number,
+    firstPage: number,
+    visit: (leaf: number, firstPage: number, slotIndex: number) => void,
+  ): void {
+    const base = node * DIR_ENTRIES;
+    const pagesPerSlot = 1 / this.levelScale[level]!;
+    const last = level === this.levels - 1;
+    for (let i = 0; i < DIR_ENTRIES; i++) {
+      const child = this.nodes[base + i]!;
+      if (child === 0) continue;
+      const page = firstPage + i * pagesPerSlot;
+      if (last) visit(child, page, base + i);
+      else this.walk(child, level + 1, page, visit);
+    }
+  }
+
+  /** The leaf mapping `page`, or 0. */
+  private leafOf(page: number): number {
+    if (this.levels === 1) return this.nodes[page >>> LEAF_BITS]!;
+    const slot = this.leafSlotIndex(page, false);
+    return slot < 0 ? 0 : this.nodes[slot]!;
+  }
+
+  /** Index in `nodes` of the slot that holds page's leaf; -1 when absent and !create. */
+  private leafSlotIndex(page: number, create: boolean): number {
+    let node = 0;
+    const lastLevel = this.levels - 1;
+    for (let level = 0; level < lastLevel; level++) {
+      const slot = node * DIR_ENTRIES + (Math.floor(page * this.levelScale[level]!) & DIR_MASK);
+      let child = this.nodes[slot]!;
+      if (child === 0) {
+        if (!create) return -1;
+        child = this.allocateNode();
+        this.nodes[slot] = child;
+      }
+      node = child;
+    }
+    return node * DIR_ENTRIES + (Math.floor(page * this.levelScale[lastLevel]!) & DIR_MASK);
+  }
+
+  private allocateNode(): number {
+    const node = this.nodeCount++;
+    if (this.nodeCount * DIR_ENTRIES > this.nodes.length) {
+      const bigger = new Int32Array(this.nodes.length * 2);
+      bigger.set(this.nodes);
+      this.nodes = bigger;
+    }
+    return node;
+  }
+
+  /** A whole-page view of the frame cached in TLB slot `slot`, reused while the frame is the same. */
+  private pageView(slot: number): Uint8Array {
+    const frame = this.tlbFrame[slot]!;
+    if (this.tlbViewFrame[slot] !== frame) {
+      const start = this.tlbOffset[slot]!;
+      this.tlbView[slot] = this.pool.segments[this.tlbSegment[slot]!]!.subarray(start, start + this.pageSize);
+      this.tlbViewFrame[slot] = frame;
+    }
+    return this.tlbView[slot]!;
+  }
+
+  private fillTlb(slot: number, page: number, frame: number, writable: number): void {
+    const pool = this.pool;
+    this.tlbPage[slot] = page;
+    this.tlbFrame[slot] = frame;
+    this.tlbSegment[slot] = frame >>> pool.segmentShift;
+    this.tlbOffset[slot] = (frame & pool.segmentMask) * this.pageSize;
+    this.tlbWritable[slot] = writable;
+  }
+
+  private translateForRead(page: number): void {
+    const frame = this.frameAt(page);
+    this.fillTlb(page & TLB_MASK, page, frame === NO_FRAME ? ZERO_FRAME : frame, 0);
+  }
+
+  /**
+   * Makes `page` writable by this space alone and records the current epoch. The caller has
+   * reserved any frame this needs. `overwriteAll`: the caller will overwrite the whole page,
+   * so a new frame need not be zeroed or copied.
+   */
+  private translateForWrite(page: number, overwriteAll: boolean): void {
+    const pool = this.pool;
+    const slotIndex = this.leafSlotIndex(page, true);
+    const leaf = this.ownLeaf(slotIndex);
+    const arena = pool.leaves;
+    const entry = leaf * LEAF_ENTRIES + (page & LEAF_MASK);
+    let frame = arena.entries[entry]!;
+    if (frame < FIRST_FRAME) {
+      const fresh = pool.allocate();
+      if (!overwriteAll) pool.zeroFrame(fresh);
+      if (frame === ZERO_FRAME) pool.zeroEntries--;
+      frame = fresh;
+    } else if (pool.refcount[frame]! > 1) {
+      const copy = pool.allocate();
+      if (!overwriteAll) pool.copyFrame(frame, copy);
+      pool.cowCopies++;
+      if (pool.flags[frame]! & FRAME_MERGED) pool.mergedCowBreaks++;
+      pool.release(frame);
+      frame = copy;
+    } else {
+      pool.unmerge(frame);
+    }
+    arena.entries[entry] = frame;
+    this.markWritten(leaf, entry);
+    this.fillTlb(page & TLB_MASK, page, frame, 1);
+  }
+
+  /** The leaf in `nodes[slotIndex]`, created or copied so this space alone holds it. */
+  private ownLeaf(slotIndex: number): number {
+    const arena = this.pool.leaves;
+    const leaf = this.nodes[slotIndex]!;
+    if (leaf === 0) {
+      const fresh = arena.allocate();
+      this.nodes[slotIndex] = fresh;
+      return fresh;
+    }
+    if (arena.refs[leaf] === 1) return leaf;
+    // Shared with a fork: copy it. Every frame it maps gains a reference (the new slot).
+    const copy = arena.allocate();
+    const from = leaf * LEAF_ENTRIES;
+    const to = copy * LEAF_ENTRIES;
+    arena.entries.copyWithin(to, from, from + LEAF_ENTRIES);
+    arena.epochs.copyWithin(to, from, from + LEAF_ENTRIES);
+    arena.maxEpoch[copy] = arena.maxEpoch[leaf]!;
+    const pool = this.pool;
+    for (let i = 0; i < LEAF_ENTRIES; i++) {
+      const frame = arena.entries[to + i]!;
+      if (frame >= FIRST_FRAME) pool.refcount[frame]!++;
+      else if (frame === ZERO_FRAME) pool.zeroEntries++;
+    }
+    arena.refs[leaf]!--;
+    this.nodes[slotIndex] = copy;
+    // Cached translations still point at frames through the old leaf; they stay correct for
+    // reads, but writable ones would now write shared frames.
+    this.tlbWritable.fill(0);
+    return copy;
+  }
+
+  private markWritten(leaf: number, entry: number): void {
+    const arena = this.pool.leaves;
+    arena.epochs[entry] = this.epoch;
+    if (arena.maxEpoch[leaf]! < this.epoch) arena.maxEpoch[leaf] = this.epoch;
+  }
+
+  /** Drops this space's reference to a leaf; the last reference releases its frames. */
+  private releaseLeaf(leaf: number): void {
+    const arena = this.pool.leaves;
+    if (--arena.refs[leaf]! > 0) return;
+    const base = leaf * LEAF_ENTRIES;
+    for (let i = 0; i < LEAF_ENTRIES; i++) {
+      const frame = arena.entries[base + i]!;
+      if (frame !== NO_FRAME) this.pool.release(frame);
+    }
+    arena.free(leaf);
+  }
+
+  /** Frames a write to pages [first, last] would need; reserves them (or throws, changing nothing). */
+  private reserveForWrite(first: number, last: number): void {
+    const pool = this.pool;
+    if (pool.free > last - first) return;
+    let needed = 0;
+    for (let page = first; page <= last; page++) {
+      if (this.needsFrame(page)) needed++;
+    }
+    pool.reserve(needed);
+  }
+
+  private needsFrame(page: number): boolean {
+    const leaf = this.leafOf(page);
+    if (leaf === 0) return true;
+    const frame = this.pool.leaves.entries[leaf * LEAF_ENTRIES + (page & LEAF_MASK)]!;
+    return frame < FIRST_FRAME || this.pool.refcount[frame]! > 1 || this.pool.leaves.refs[leaf]! > 1;
+  }
+
+  /** Whole pages in the range get `fill` (NO_FRAME or ZERO_FRAME); partial pages are zeroed. */
+  private zeroRange(offset: number, length: number, fill: number): void {
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const pageSize = this.pageSize;
+    const end = offset + length;
+    const firstWhole = Math.ceil(offset * this.invPageSize);
+    const endWhole = Math.floor(end * this.invPageSize);
+    const headEnd = Math.min(end, firstWhole * pageSize);
+    const tailStart = Math.max(headEnd, endWhole * pageSize);
+    // Partial pages need real frames unless they already read as zeros; reserve both first.
+    const headPage = Math.floor(offset * this.invPageSize);
+    const tailPage = Math.floor(tailStart * this.invPageSize);
+    const headNeeds = offset < headEnd && this.frameAt(headPage) >= FIRST_FRAME && this.needsFrame(headPage);
+    // Head and tail are different pages whenever both exist (whole pages or a boundary lie between).
+    const tailNeeds = tailStart < end && this.frameAt(tailPage) >= FIRST_FRAME && this.needsFrame(tailPage);
+    this.pool.reserve((headNeeds ? 1 : 0) + (tailNeeds ? 1 : 0));
+    if (offset < headEnd) this.zeroBytes(offset, headEnd - offset);
+    if (tailStart < end) this.zeroBytes(tailStart, end - tailStart);
+    if (firstWhole < endWhole) this.mapWholePages(firstWhole, endWhole, fill);
+  }
+
+  /** Zeroes bytes within one page, unless the page already reads as zeros. */
+  private zeroBytes(addr: number, n: number): void {
+    const page = Math.floor(addr * this.invPageSize);
+    if (this.frameAt(page) < FIRST_FRAME) return;
+    const slot = page & TLB_MASK;
+    if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0) this.translateForWrite(page, false);
+    const at = this.tlbOffset[slot]! + (addr - page * this.pageSize);
+    this.pool.segments[this.tlbSegment[slot]!]!.fill(0, at, at + n);
+  }
+
+  /** Sets pages [first, end) to NO_FRAME or ZERO_FRAME, recording the epoch. */
+  private mapWholePages(first: number, end: number, fill: number): void {
+    const pool = this.pool;
+    let page = first;
+    while (page < end) {
+      const chunkEnd = Math.min(end, (Math.floor(page / LEAF_ENTRIES) + 1) * LEAF_ENTRIES);
+      let slotIndex = this.leafSlotIndex(page, fill === ZERO_FRAME);
+      if (slotIndex >= 0 && this.nodes[slotIndex] === 0 && fill === NO_FRAME) slotIndex = -1;
+      if (slotIndex >= 0) {
+        const leaf = this.ownLeaf(slotIndex);
+        const arena = pool.leaves;
+        for (let p = page; p < chunkEnd; p++) {
+          const entry = leaf * LEAF_ENTRIES + (p & LEAF_MASK);
+          const old = arena.entries[entry]!;
+          if (old === fill) {
+            if (old === NO_FRAME && arena.epochs[entry] === 0) continue; // never written: nothing to record
+          } else {
+            if (old !== NO_FRAME) pool.release(old);
+            if (fill === ZERO_FRAME) pool.zeroEntries++;
+            arena.entries[entry] = fill;
+          }
+          this.markWritten(leaf, entry);
+        }
+      }
+      page = chunkEnd;
+    }
+    this.flushTranslations();
+  }
+
+  /**
+   * Byte offset within segment `hitSegment` of a `width`-byte value at `addr`, translating
+   * (and for writes, making the page private) as needed; -1 when the value crosses a page.
+   */
+  private locate(addr: number, width: number, forWrite: boolean): number {
+    const page = Math.floor(addr * this.invPageSize);
+    const inPage = addr - page * this.pageSize;
+    if (!(addr >= 0 && addr <= this.size - width) || (inPage | 0) !== inPage) this.throwRange(addr, width);
+    if (inPage > this.pageSize - width) return -1;
+    const slot = page & TLB_MASK;
+    if (this.tlbPage[slot] !== page || (forWrite && this.tlbWritable[slot] === 0)) {
+      if (forWrite) {
+        this.reserveForWrite(page, page);
+        this.translateForWrite(page, false);
+      } else {
+        this.translateForRead(page);
+      }
+    }
+    this.hitSegment = this.tlbSegment[slot]!;
+    return this.tlbOffset[slot]! + inPage;
+  }
+
+  private readSplit(addr: number, width: number): DataView {
+    this.read(addr, this.scratch.subarray(0, width));
+    return this.scratchView;
+  }
+
+  /** Writes the first `width` scratch bytes (set by the caller's expression) at `addr`. */
+  private writeSplit(addr: number, width: number, _filled: void): void {
+    this.write(addr, this.scratch.subarray(0, width));
+  }
+
+  private assertLive(): void {
+    if (this.destroyed) {
+      throw new MemfabricError(
+        ErrorCodes.DESTROYED,
+        'this address space was destroyed; create or fork a new one',
+      );
+    }
+  }
+
+  private throwRange(addr: number, width: number): never {
+    this.assertLive();
+    if (!Number.isSafeInteger(addr)) throw invalidArgument(`address ${addr} must be a whole number of bytes`);
+    throw outOfRange(`${width} bytes at ${addr} lie outside the ${this.size}-byte address space`);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    this.assertLive();
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) {
+      throw invalidArgument(`offset ${offset} and length ${length} must be whole numbers of bytes`);
+    }
+    if (length < 0) throw invalidArgument(`length ${length} must not be negative`);
+    if (offset < 0 || offset + length > this.size) {
+      throw outOfRange(
+        `range [${offset}, ${offset + length}) lies outside the ${this.size}-byte address space; ` +
+          `valid offsets are 0 to ${this.size}`,
+      );
+    }
+  }
+
+  private checkPage(page: number): void {
+    this.assertLive();
+    if (!Number.isSafeInteger(page) || page < 0 || page >= this.pageCount) {
+      throw outOfRange(`page ${page} is outside this space's ${this.pageCount} pages`);
+    }
+  }
+}

@@ -1,0 +1,296 @@
+/**
+ * Frame pool: the physical pages (frames) that every address space of the pool maps.
+ *
+ * Frames live in large segments (one ArrayBuffer or SharedArrayBuffer each, wrapped once in a
+ * Buffer and a DataView); a frame is a number, never an object. Frame `f` is at byte
+ * `(f & segmentMask) * pageSize` of segment `f >>> segmentShift`.
+ *
+ * Two frame numbers are reserved in segment 0 and never handed out:
+ *   NO_FRAME   (0)  an empty page-table entry: a hole, reads as zeros;
+ *   ZERO_FRAME (1)  the shared, read-only zero page: written as zeros, costs no frame.
+ *
+ * Per-frame metadata are typed arrays indexed by frame number:
+ *   refcount[f]  the number of page-table entries (leaf slots) that hold f. Leaves shared
+ *                between forked spaces count once: a leaf slot is one entry however many
+ *                spaces share the leaf.
+ *   flags[f]     FRAME_MERGED when the same-page merger indexed f by its contents; such a
+ *                frame must not be written in place until it leaves the index.
+ *
+ * Invariants (checked by the property tests):
+ *   free + used == capacity
+ *   used == |{ f >= FIRST_FRAME : refcount[f] > 0 }|   (frames in use are exactly those mapped)
+ *   refcount[f] == number of leaf slots holding f
+ */
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { parseSize } from '../size.js';
+import { LeafArena } from './leaf-arena.js';
+
+export const NO_FRAME = 0;
+export const ZERO_FRAME = 1;
+export const FIRST_FRAME = 2;
+
+export const PAGE_SIZE_MIN = 512;
+export const PAGE_SIZE_MAX = 65536;
+export const PAGE_SIZE_DEFAULT = 4096;
+
+/** A segment holds at most this many bytes, so growth adds memory in modest steps. */
+export const SEGMENT_BYTES_MAX = 64 * 1024 * 1024;
+
+/** Set in `flags[f]` while the merger indexes frame f by content. */
+export const FRAME_MERGED = 1;
+
+export interface FramePoolOptions {
+  /** Bytes per page: a power of two from 512 to 65536. Default 4096. */
+  pageSize?: number;
+  /** Memory the pool starts with, in bytes or a size string ("256MiB"). */
+  capacity: number | string;
+  /** Grow on demand up to this many bytes (default: no growth). */
+  maxCapacity?: number | string;
+  /** Back frames with SharedArrayBuffer so workers can see them. Default false. */
+  shared?: boolean;
+}
+
+/** Anything that caches translations to frames and must drop them when frames move. */
+export interface TranslationCache {
+  flushTranslations(): void;
+}
+
+/** What the merger needs to hear from the pool. */
+export interface FrameIndex {
+  /** Frame f is leaving the content index (freed, or about to be written in place). */
+  forget(frame: number): void;
+}
+
+export class FramePool {
+  readonly pageSize: number;
+  readonly pageShift: number;
+  readonly shared: boolean;
+  readonly framesPerSegment: number;
+  readonly segmentShift: number;
+  readonly segmentMask: number;
+  /** Usable frames now (reserved frames excluded). */
+  capacity: number;
+  /** Usable frames the pool may grow to. */
+  readonly maxCapacity: number;
+
+  /** Segment memory as Buffers (for bulk copies and compares) and DataViews (for scalars). */
+  readonly segments: Buffer[] = [];
+  readonly views: DataView[] = [];
+
+  refcount: Uint32Array;
+  flags: Uint8Array;
+  private freeStack: Int32Array;
+  private freeTop = 0;
+
+  /** Page-table leaves of every space of this pool (leaves are shared between forks). */
+  readonly leaves = new LeafArena();
+
+  /** Leaf slots that map the zero frame, across all spaces (each slot counted once). */
+  zeroEntries = 0;
+  /** Frames copied because a write hit a shared frame (copy-on-write breaks). */
+  cowCopies = 0;
+  /** Copy-on-write breaks of frames the merger had merged. */
+  mergedCowBreaks = 0;
+
+  private readonly caches = new Set<TranslationCache>();
+  private index: FrameIndex | undefined;
+
+  constructor(options: FramePoolOptions) {
+    const pageSize = options.pageSize ?? PAGE_SIZE_DEFAULT;
+    if (
+      !Number.isInteger(pageSize) ||
+      pageSize < PAGE_SIZE_MIN ||
+      pageSize > PAGE_SIZE_MAX ||
+      (pageSize & (pageSize - 1)) !== 0
+    ) {
+      throw invalidArgument(`pageSize ${pageSize} must be a power of two from 512 to 65536`);
+    }
+    const capacityBytes = parseSize(options.capacity, 'capacity');
+    const maxBytes =
+      options.maxCapacity === undefined ? capacityBytes : parseSize(options.maxCapacity, 'maxCapacity');
+    if (maxBytes < capacityBytes) {
+      throw invalidArgument(`maxCapacity (${maxBytes} bytes) is below capacity (${capacityBytes} bytes)`);
+    }
+    this.pageSize = pageSize;
+    this.pageShift = Math.log2(pageSize);
+    this.shared = options.shared ?? false;
+    const initialFrames = Math.floor(capacityBytes / pageSize);
+    const maxFrames = Math.floor(maxBytes / pageSize);
+    if (maxFrames < 1) {
+      throw invalidArgument(`capacity must hold at least one ${pageSize}-byte page`);
+    }
+    if (maxFrames > 2 ** 31 - FIRST_FRAME - 1) {
+      throw invalidArgument(`maxCapacity allows ${maxFrames} frames; the limit is 2^31`);
+    }
+    // Segments are a power of two frames: the smallest that holds the whole pool, capped at
+    // SEGMENT_BYTES_MAX, so small pools cost one small buffer and large ones grow in steps.
+    const wanted = Math.max(initialFrames, 1) + FIRST_FRAME;
+    this.framesPerSegment = Math.min(2 ** Math.ceil(Math.log2(wanted)), SEGMENT_BYTES_MAX / pageSize);
+    this.segmentShift = Math.log2(this.framesPerSegment);
+    this.segmentMask = this.framesPerSegment - 1;
+    this.maxCapacity = maxFrames;
+    this.capacity = 0;
+    this.refcount = new Uint32Array(0);
+    this.flags = new Uint8Array(0);
+    this.freeStack = new Int32Array(0);
+    this.growTo(initialFrames);
+  }
+
+  /** Frames handed out and not yet returned. */
+  get used(): number {
+    return this.capacity - this.freeTop;
+  }
+
+  /** Frames ready to hand out without growing. */
+  get free(): number {
+    return this.freeTop;
+  }
+
+  /** Frames that could still be handed out, growth included. */
+  get available(): number {
+    return this.freeTop + (this.maxCapacity - this.capacity);
+  }
+
+  /**
+   * Makes sure `count` frames can be allocated without failing; grows if it must.
+   * Throws POOL_EXHAUSTED (having changed nothing) when the pool cannot hold them.
+   */
+  reserve(count: number): void {
+    if (count <= this.freeTop) return;
+    if (count > this.available) {
+      throw new MemfabricError(
+        ErrorCodes.POOL_EXHAUSTED,
+        `the frame pool is full: ${count} more ${this.pageSize}-byte frames needed, ${this.freeTop} free of ` +
+          `${this.capacity} (limit ${this.maxCapacity}); free memory (trim, destroy spaces, merge) or create the ` +
+          `pool with a larger maxCapacity`,
+      );
+    }
+    const missing = count - this.freeTop;
+    this.growTo(
+      Math.min(this.maxCapacity, Math.max(this.capacity + missing, Math.ceil(this.capacity * 1.25))),
+    );
+  }
+
+  /** Takes a free frame (refcount 1, contents undefined). Call `reserve` first on multi-frame paths. */
+  allocate(): number {
+    if (this.freeTop === 0) this.reserve(1);
+    const frame = this.freeStack[--this.freeTop]!;
+    this.refcount[frame] = 1;
+    return frame;
+  }
+
+  /** Adds a reference to a real frame. */
+  retain(frame: number): void {
+    this.refcount[frame]!++;
+  }
+
+  /** Drops one reference; the frame returns to the free list at zero. */
+  release(frame: number): void {
+    if (frame < FIRST_FRAME) {
+      if (frame === ZERO_FRAME) this.zeroEntries--;
+      return;
+    }
+    if (--this.refcount[frame]! === 0) {
+      if (this.flags[frame]! & FRAME_MERGED) this.index!.forget(frame);
+      this.freeStack[this.freeTop++] = frame;
+    }
+  }
+
+  /**
+   * Called before writing frame f in place (refcount 1): a merged frame leaves the content
+   * index first, since its contents are about to change.
+   */
+  unmerge(frame: number): void {
+    if (this.flags[frame]! & FRAME_MERGED) this.index!.forget(frame);
+  }
+
+  /** Byte offset of a frame within its segment. */
+  frameOffset(frame: number): number {
+    return (frame & this.segmentMask) * this.pageSize;
+  }
+
+  /** The segment Buffer that holds a frame. */
+  frameSegment(frame: number): Buffer {
+    return this.segments[frame >>> this.segmentShift]!;
+  }
+
+  /** A view of one frame; valid while the frame is mapped. Allocates: not for hot paths. */
+  frameBytes(frame: number): Buffer {
+    const offset = this.frameOffset(frame);
+    return this.frameSegment(frame).subarray(offset, offset + this.pageSize);
+  }
+
+  /** Copies frame `from` into frame `to`. */
+  copyFrame(from: number, to: number): void {
+    const src = this.frameSegment(from);
+    const offset = this.frameOffset(from);
+    src.copy(this.frameSegment(to), this.frameOffset(to), offset, offset + this.pageSize);
+  }
+
+  /** Fills a frame with zeros. */
+  zeroFrame(frame: number): void {
+    const offset = this.frameOffset(frame);
+    this.frameSegment(frame).fill(0, offset, offset + this.pageSize);
+  }
+
+  /** Registers a space (or anything caching frame numbers) to be told when frames move. */
+  addTranslationCache(cache: TranslationCache): void {
+    this.caches.add(cache);
+  }
+
+  removeTranslationCache(cache: TranslationCache): void {
+    this.caches.delete(cache);
+  }
+
+  /** Every cached translation is dropped: called after the merger repoints entries. */
+  flushAllTranslations(): void {
+    for (const cache of this.caches) cache.flushTranslations();
+  }
+
+  /** The number of live address spaces (and other caches) over this pool. */
+  get spaceCount(): number {
+    return this.caches.size;
+  }
+
+  /** Attaches the content index (the merger); one per pool. */
+  attachIndex(index: FrameIndex | undefined): void {
+    if (index && this.index && this.index !== index) {
+      throw invalidArgument('this frame pool already has a same-page merger');
+    }
+    this.index = index;
+  }
+
+  /** Bytes of metadata the pool keeps per frame (refcount, flags, free stack). */
+  get metadataBytes(): number {
+    return (
+      this.refcount.byteLength + this.flags.byteLength + this.freeStack.byteLength + this.leaves.byteLength
+    );
+  }
+
+  private growTo(frames: number): void {
+    const total = frames + FIRST_FRAME;
+    const segmentsNeeded = Math.ceil(total / this.framesPerSegment);
+    const segmentBytes = this.framesPerSegment * this.pageSize;
+    while (this.segments.length < segmentsNeeded) {
+      // A fresh ArrayBuffer is zero-filled lazily by the OS: untouched frames cost no RAM.
+      const memory = this.shared ? new SharedArrayBuffer(segmentBytes) : new ArrayBuffer(segmentBytes);
+      this.segments.push(Buffer.from(memory));
+      this.views.push(new DataView(memory));
+    }
+    const refcount = new Uint32Array(total);
+    refcount.set(this.refcount);
+    const flags = new Uint8Array(total);
+    flags.set(this.flags);
+    const freeStack = new Int32Array(frames);
+    freeStack.set(this.freeStack.subarray(0, this.freeTop));
+    // New frames are pushed highest first, so allocation pops the lowest new frame first and a
+    // lightly used pool touches (and makes the OS commit) only the start of its segments.
+    let top = this.freeTop;
+    for (let f = total - 1; f >= this.capacity + FIRST_FRAME; f--) freeStack[top++] = f;
+    this.refcount = refcount;
+    this.flags = flags;
+    this.freeStack = freeStack;
+    this.freeTop = top;
+    this.capacity = frames;
+  }
+}

@@ -1,0 +1,23 @@
+export {
+  FramePool,
+  PAGE_SIZE_DEFAULT,
+  PAGE_SIZE_MAX,
+  PAGE_SIZE_MIN,
+  type FramePoolOptions,
+} from './frame-pool.js';
+export {
+  AddressSpace,
+  EXTENT_HOLE,
+  EXTENT_ZERO,
+  SPACE_BYTES_MAX,
+  type AddressSpaceOptions,
+  type SpaceStats,
+} from './address-space.js';
+export {
+  SamePageMerger,
+  MAX_SHARING_DEFAULT,
+  type MergerOptions,
+  type MergerStats,
+  type ScanBudget,
+  type ScanResult,
+} from './merger.js';

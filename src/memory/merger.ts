@@ -1,0 +1,489 @@
+/**
+ * Same-page merger: collapse-on-write (seed 000), in the manner of Linux KSM.
+ *
+ * Algorithm. The merger walks every registered address space page by page, in bounded
+ * batches, keeping a cursor between batches. A full scan visits each space once; at the start
+ * of each full scan it advances every space's epoch, so "written within the quiet interval"
+ * becomes "written in one of the last `quietEpochs` epochs" (or, with `quietMs`, in an epoch
+ * that ended less than quietMs ago). For each mapped page that is quiet:
+ *
+ *   1. all-zero page (an OR over the first 64 bytes rejects most pages at once; then a full
+ *      compare with the zero frame): the entry is repointed to the shared zero frame and the
+ *      frame is released;
+ *   2. otherwise the page is hashed (xxh64, truncated to 52 bits) and looked up in its trust
+ *      domain's content index. Every frame in that hash's chain is byte-compared with the
+ *      page; the first identical one with fewer than `maxSharing` references becomes the
+ *      page's frame (the primary) and the duplicate is released. A hash match alone never
+ *      merges.
+ *   3. no identical primary: the page's frame joins the index as a primary for later pages.
+ *
+ * Pages whose frame is already indexed are skipped (they are merged or are a primary). An
+ * indexed frame is never written in place: a write with other sharers copies it (a COW break);
+ * a write by its only user removes it from the index first (FramePool.unmerge). A released
+ * frame leaves the index (FramePool.release -> forget).
+ *
+ * Leaves shared between forks are scanned once per full scan (leaf scan marks); repointing an
+ * entry in a shared leaf is correct for every space sharing it, since the bytes are identical.
+ *
+ * Per-frame metadata (typed arrays indexed by frame): frameHash (the 52-bit key), next (the
+ * chain), frameDomain (which index holds it). Invariant: FRAME_MERGED is set on f exactly when
+ * f is on the chain of key frameHash[f] in index frameDomain[f].
+ */
+import { xxh64 } from '@node-rs/xxhash';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import type { AddressSpace, SpaceRegistry } from './address-space.js';
+import { FIRST_FRAME, FRAME_MERGED, ZERO_FRAME, type FrameIndex, type FramePool } from './frame-pool.js';
+import { ContentIndex } from './content-index.js';
+import { LEAF_ENTRIES } from './leaf-arena.js';
+
+/** Like KSM's max_page_sharing: beyond this many references a second primary is made. */
+export const MAX_SHARING_DEFAULT = 256;
+/** Pages per background batch unless told otherwise. */
+export const BATCH_PAGES_DEFAULT = 4096;
+export const BATCH_INTERVAL_MS_DEFAULT = 50;
+
+const HASH_MASK = (1n << 52n) - 1n;
+const ZERO_PROBE_BYTES = 64;
+
+export interface MergerOptions {
+  /** A page is merged only if not written in the last `quietEpochs` epochs (full scans). Default 1. */
+  quietEpochs?: number;
+  /** Also require the epoch of the page's last write to have ended at least this long ago. */
+  quietMs?: number;
+  /** References one primary frame may have before another primary is made. Default 256. */
+  maxSharing?: number;
+  /** Merge pages across trust domains (a timing side channel between tenants). Default false. */
+  crossDomain?: boolean;
+  /** Content hash to 52-bit number. For tests (forced collisions); default xxh64. */
+  hash?: (page: Uint8Array) => number;
+}
+
+export interface ScanBudget {
+  /** Stop after this many pages (default: no limit). */
+  maxPages?: number;
+  /** Stop after this much time, checked every 64 pages (default: no limit). */
+  maxMs?: number;
+}
+
+export interface ScanResult {
+  pagesScanned: number;
+  pagesMerged: number;
+  zeroPagesMerged: number;
+  /** Full scans completed during this call. */
+  fullScansCompleted: number;
+}
+
+export interface MergerStats {
+  /** Primary frames that at least one other page now shares (KSM pages_shared). */
+  pagesShared: number;
+  /** Extra references to those primaries: pages saved by sharing (KSM pages_sharing). */
+  pagesSharing: number;
+  /** Indexed frames nobody shares yet (KSM pages_unshared). */
+  pagesUnshared: number;
+  /** Pages skipped as recently written during the last complete full scan (KSM pages_volatile). */
+  pagesVolatile: number;
+  /** Page-table entries mapped to the shared zero frame (KSM ksm_zero_pages). */
+  zeroPages: number;
+  /** Completed full scans (KSM full_scans). */
+  fullScans: number;
+  pagesScanned: number;
+  /** Pages repointed to an identical primary, since creation. */
+  pagesMerged: number;
+  /** Pages repointed to the zero frame, since creation. */
+  zeroPagesMerged: number;
+  /** Writes that had to copy a merged frame (copy-on-write breaks of merged pages). */
+  cowBreaks: number;
+  /** Bytes the merger's own tables use. */
+  metadataBytes: number;
+  /** (pagesSharing + zeroPages) * pageSize - metadataBytes. */
+  bytesSaved: number;
+}
+
+export class SamePageMerger implements FrameIndex, SpaceRegistry {
+  readonly pool: FramePool;
+  private readonly quietEpochs: number;
+  private readonly quietMs: number;
+  private readonly maxSharing: number;
+  private readonly crossDomain: boolean;
+  private readonly hash: (segment: Buffer, offset: number) => number;
+
+  private readonly spaces = new Set<AddressSpace>();
+  private readonly indexes = new Map<string, ContentIndex>();
+  /** Domain name of index i is domainNames[i]; frameDomain[f] holds i. */
+  private readonly domainNames: string[] = [];
+  private readonly domainIds = new Map<string, number>();
+
+  private frameHash = new Float64Array(0);
+  private next = new Int32Array(0);
+  private frameDomain = new Uint16Array(0);
+
+  // Cursor: the space being scanned, its leaves' first pages, and the position among them.
+  private round = 0;
+  private leavesThisRound = 0;
+  private roundSpaces: AddressSpace[] = [];
+  private spaceCursor = 0;
+  private leafPages: number[] = [];
+  private leafCursor = 0;
+  private volatileThisRound = 0;
+
+  private readonly totals = {
+    fullScans: 0,
+    pagesScanned: 0,
+    pagesMerged: 0,
+    zeroPagesMerged: 0,
+    pagesVolatile: 0,
+  };
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private destroyed = false;
+
+  constructor(pool: FramePool, options: MergerOptions = {}) {
+    const quietEpochs = options.quietEpochs ?? 1;
+    const maxSharing = options.maxSharing ?? MAX_SHARING_DEFAULT;
+    if (!Number.isInteger(quietEpochs) || quietEpochs < 0) {
+      throw invalidArgument(`quietEpochs ${quietEpochs} must be a whole number >= 0`);
+    }
+    if (!Number.isInteger(maxSharing) || maxSharing < 2) {
+      throw invalidArgument(`maxSharing ${maxSharing} must be a whole number >= 2`);
+    }
+    if (options.quietMs !== undefined && !(options.quietMs >= 0)) {
+      throw invalidArgument(`quietMs ${options.quietMs} must be >= 0`);
+    }
+    this.pool = pool;
+    this.quietEpochs = quietEpochs;
+    this.quietMs = options.quietMs ?? 0;
+    this.maxSharing = maxSharing;
+    this.crossDomain = options.crossDomain ?? false;
+    const custom = options.hash;
+    const pageSize = pool.pageSize;
+    this.hash = custom
+      ? (segment, offset) => custom(segment.subarray(offset, offset + pageSize))
+      : (segment, offset) => Number(xxh64(segment.subarray(offset, offset + pageSize)) & HASH_MASK);
+    pool.attachIndex(this);
+  }
+
+  /** Adds a space (and, automatically, its future forks) to the scan. */
+  register(space: AddressSpace): void {
+    this.assertLive();
+    if (space.pool !== this.pool) throw invalidArgument('the space belongs to another frame pool');
+    if (space.isDestroyed) return;
+    this.spaces.add(space);
+    space.registry = this;
+  }
+
+  /** Removes a space from the scan (its merged pages stay merged). */
+  unregister(space: AddressSpace): void {
+    this.spaces.delete(space);
+    if (space.registry === this) space.registry = undefined;
+  }
+
+  get registeredSpaces(): number {
+    return this.spaces.size;
+  }
+
+  /** Scans up to the budget, continuing where the last call stopped. */
+  scan(budget: ScanBudget = {}): ScanResult {
+    this.assertLive();
+    const maxPages = budget.maxPages ?? Number.POSITIVE_INFINITY;
+    const deadline = budget.maxMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + budget.maxMs;
+    const result: ScanResult = { pagesScanned: 0, pagesMerged: 0, zeroPagesMerged: 0, fullScansCompleted: 0 };
+    if (this.spaces.size === 0) return result;
+    this.growFrameMetadata();
+    let changed = false;
+    let leavesSinceClock = 0;
+    while (result.pagesScanned < maxPages) {
+      if (this.spaceCursor >= this.roundSpaces.length) {
+        if (this.roundSpaces.length > 0) {
+          const emptyRound = this.leavesThisRound === 0;
+          this.finishRound();
+          result.fullScansCompleted++;
+          // An unbounded call does one full scan (callers loop for more); a round with nothing
+          // to scan ends the call too, or a page budget would never run out.
+          if (emptyRound || (maxPages === Number.POSITIVE_INFINITY && budget.maxMs === undefined)) break;
+        }
+        this.startRound();
+        if (this.roundSpaces.length === 0) break;
+      }
+      const space = this.roundSpaces[this.spaceCursor]!;
+      if (space.isDestroyed || this.leafCursor >= this.leafPages.length) {
+        this.nextSpace();
+        continue;
+      }
+      const firstPage = this.leafPages[this.leafCursor++]!;
+      this.leavesThisRound++;
+      if (this.scanLeaf(space, firstPage, result)) changed = true;
+      if (++leavesSinceClock >= 8) {
+        leavesSinceClock = 0;
+        if (performance.now() >= deadline) break;
+      }
+    }
+    if (changed) this.pool.flushAllTranslations();
+    return result;
+  }
+
+  /** Runs until the current full scan completes (starting one if none is under way). */
+  fullScan(): ScanResult {
+    return this.scan();
+  }
+
+  /** Scans in the background: `pagesPerBatch` pages every `intervalMs`. */
+  start(options: { pagesPerBatch?: number; intervalMs?: number; maxMsPerBatch?: number } = {}): void {
+    this.assertLive();
+    if (this.timer) return;
+    const pages = options.pagesPerBatch ?? BATCH_PAGES_DEFAULT;
+    const interval = options.intervalMs ?? BATCH_INTERVAL_MS_DEFAULT;
+    const maxMs = options.maxMsPerBatch ?? interval / 2;
+    const tick = (): void => {
+      this.scan({ maxPages: pages, maxMs });
+      this.timer = setTimeout(tick, interval);
+      this.timer.unref();
+    };
+    this.timer = setTimeout(tick, interval);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  get running(): boolean {
+    return this.timer !== undefined;
+  }
+
+  stats(): MergerStats {
+    const pool = this.pool;
+    let pagesShared = 0;
+    let pagesSharing = 0;
+    let pagesUnshared = 0;
+    const flags = pool.flags;
+    const refcount = pool.refcount;
+    for (let f = FIRST_FRAME; f < flags.length; f++) {
+      if ((flags[f]! & FRAME_MERGED) === 0) continue;
+      const refs = refcount[f]!;
+      if (refs > 1) {
+        pagesShared++;
+        pagesSharing += refs - 1;
+      } else {
+        pagesUnshared++;
+      }
+    }
+    const metadataBytes = this.metadataBytes;
+    return {
+      pagesShared,
+      pagesSharing,
+      pagesUnshared,
+      pagesVolatile: this.totals.pagesVolatile,
+      zeroPages: pool.zeroEntries,
+      fullScans: this.totals.fullScans,
+      pagesScanned: this.totals.pagesScanned,
+      pagesMerged: this.totals.pagesMerged,
+      zeroPagesMerged: this.totals.zeroPagesMerged,
+      cowBreaks: pool.mergedCowBreaks,
+      metadataBytes,
+      bytesSaved: (pagesSharing + pool.zeroEntries) * pool.pageSize - metadataBytes,
+    };
+  }
+
+  get metadataBytes(): number {
+    let bytes = this.frameHash.byteLength + this.next.byteLength + this.frameDomain.byteLength;
+    for (const index of this.indexes.values()) bytes += index.byteLength;
+    return bytes;
+  }
+
+  /** FrameIndex: frame f is freed or about to be written in place; unlink it from its chain. */
+  forget(frame: number): void {
+    const index = this.indexes.get(this.domainNames[this.frameDomain[frame]!]!)!;
+    const key = this.frameHash[frame]!;
+    const head = index.get(key);
+    if (head === frame) {
+      const after = this.next[frame]!;
+      if (after === 0) index.delete(key);
+      else index.set(key, after);
+    } else {
+      let previous = head;
+      while (previous !== 0 && this.next[previous] !== frame) previous = this.next[previous]!;
+      if (previous !== 0) this.next[previous] = this.next[frame]!;
+    }
+    this.next[frame] = 0;
+    this.pool.flags[frame]! &= ~FRAME_MERGED;
+  }
+
+  /** Stops scanning and detaches from the pool; merged pages stay merged. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.stop();
+    for (const space of [...this.spaces]) this.unregister(space);
+    // Frames stay shared, but nothing indexes them any more.
+    const flags = this.pool.flags;
+    for (let f = FIRST_FRAME; f < flags.length; f++) flags[f]! &= ~FRAME_MERGED;
+    this.indexes.clear();
+    this.pool.attachIndex(undefined);
+    this.destroyed = true;
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  private startRound(): void {
+    this.round++;
+    this.roundSpaces = [...this.spaces].filter((space) => !space.isDestroyed);
+    this.spaceCursor = 0;
+    this.volatileThisRound = 0;
+    this.leavesThisRound = 0;
+    for (const space of this.roundSpaces) space.advanceEpoch();
+    this.loadSpace();
+  }
+
+  private finishRound(): void {
+    this.totals.fullScans++;
+    this.totals.pagesVolatile = this.volatileThisRound;
+    this.roundSpaces = [];
+    this.spaceCursor = 0;
+  }
+
+  private nextSpace(): void {
+    this.spaceCursor++;
+    this.loadSpace();
+  }
+
+  private loadSpace(): void {
+    this.leafPages = [];
+    this.leafCursor = 0;
+    const space = this.roundSpaces[this.spaceCursor];
+    if (space && !space.isDestroyed) space.forEachLeaf((_leaf, firstPage) => this.leafPages.push(firstPage));
+  }
+
+  /** Scans the leaf that maps `firstPage` now (the table may have changed since the cursor was set). */
+  private scanLeaf(space: AddressSpace, firstPage: number, result: ScanResult): boolean {
+    const pool = this.pool;
+    const arena = pool.leaves;
+    if (firstPage >= space.pages) return false;
+    const leaf = space.leafAt(firstPage);
+    if (leaf === 0 || arena.scanMark[leaf] === this.round) return false;
+    arena.scanMark[leaf] = this.round;
+    const index = this.indexFor(space.domain);
+    const domainId = this.domainIds.get(this.crossDomain ? '*' : space.domain)!;
+    const base = leaf * LEAF_ENTRIES;
+    const limit = Math.min(LEAF_ENTRIES, space.pages - firstPage);
+    const quietBefore = space.epoch - this.quietEpochs; // written at epoch <= this: quiet
+    const now = this.quietMs > 0 ? performance.now() : 0;
+    const zeroSegment = pool.segments[0]!;
+    const zeroOffset = pool.frameOffset(ZERO_FRAME);
+    const pageSize = pool.pageSize;
+    let changed = false;
+    for (let i = 0; i < limit; i++) {
+      const entry = base + i;
+      const frame = arena.entries[entry]!;
+      if (frame < FIRST_FRAME || pool.flags[frame]! & FRAME_MERGED) continue;
+      result.pagesScanned++;
+      this.totals.pagesScanned++;
+      const written = arena.epochs[entry]!;
+      if (written > quietBefore || (this.quietMs > 0 && !this.quietLongEnough(space, written, now))) {
+        this.volatileThisRound++;
+        continue;
+      }
+      const segment = pool.frameSegment(frame);
+      const offset = pool.frameOffset(frame);
+      if (isZeroPage(segment, offset, pageSize, zeroSegment, zeroOffset)) {
+        arena.entries[entry] = ZERO_FRAME;
+        pool.zeroEntries++;
+        pool.release(frame);
+        result.zeroPagesMerged++;
+        this.totals.zeroPagesMerged++;
+        changed = true;
+        continue;
+      }
+      const key = this.hash(segment, offset);
+      const head = index.get(key);
+      let primary = 0;
+      for (let candidate = head; candidate !== 0; candidate = this.next[candidate]!) {
+        if (this.frameHash[candidate] !== key || pool.refcount[candidate]! >= this.maxSharing) continue;
+        const candidateOffset = pool.frameOffset(candidate);
+        if (
+          pool
+            .frameSegment(candidate)
+            .compare(segment, offset, offset + pageSize, candidateOffset, candidateOffset + pageSize) === 0
+        ) {
+          primary = candidate;
+          break;
+        }
+      }
+      if (primary !== 0) {
+        arena.entries[entry] = primary;
+        pool.refcount[primary]!++;
+        pool.release(frame);
+        result.pagesMerged++;
+        this.totals.pagesMerged++;
+        changed = true;
+      } else {
+        this.frameHash[frame] = key;
+        this.frameDomain[frame] = domainId;
+        this.next[frame] = head;
+        index.set(key, frame);
+        pool.flags[frame]! |= FRAME_MERGED;
+      }
+    }
+    return changed;
+  }
+
+  /** With quietMs: the epoch after `written` began at least quietMs ago. */
+  private quietLongEnough(space: AddressSpace, written: number, now: number): boolean {
+    const ended = space.epochStartTime(written + 1);
+    // Epochs too old to be remembered ended long ago.
+    return ended === undefined ? written + 1 <= space.epoch : now - ended >= this.quietMs;
+  }
+
+  private indexFor(domain: string): ContentIndex {
+    const name = this.crossDomain ? '*' : domain;
+    let index = this.indexes.get(name);
+    if (!index) {
+      if (this.domainNames.length >= 0xffff) {
+        throw new MemfabricError(
+          ErrorCodes.INVALID_ARGUMENT,
+          'too many trust domains (65535) for one merger',
+        );
+      }
+      index = new ContentIndex();
+      this.indexes.set(name, index);
+      this.domainIds.set(name, this.domainNames.length);
+      this.domainNames.push(name);
+    }
+    return index;
+  }
+
+  private growFrameMetadata(): void {
+    const frames = this.pool.refcount.length;
+    if (this.frameHash.length >= frames) return;
+    const frameHash = new Float64Array(frames);
+    frameHash.set(this.frameHash);
+    const next = new Int32Array(frames);
+    next.set(this.next);
+    const frameDomain = new Uint16Array(frames);
+    frameDomain.set(this.frameDomain);
+    this.frameHash = frameHash;
+    this.next = next;
+    this.frameDomain = frameDomain;
+  }
+
+  private assertLive(): void {
+    if (this.destroyed) {
+      throw new MemfabricError(
+        ErrorCodes.DESTROYED,
+        'this merger was destroyed; create a new SamePageMerger',
+      );
+    }
+  }
+}
+
+/** True when a page is all zeros: a cheap probe of the first bytes, then a full compare. */
+function isZeroPage(
+  segment: Buffer,
+  offset: number,
+  pageSize: number,
+  zeros: Buffer,
+  zeroOffset: number,
+): boolean {
+  let probe = 0;
+  for (let i = 0; i < ZERO_PROBE_BYTES; i++) probe |= segment[offset + i]!;
+  if (probe !== 0) return false;
+  return segment.compare(zeros, zeroOffset, zeroOffset + pageSize, offset, offset + pageSize) === 0;
+}
