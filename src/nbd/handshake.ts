@@ -1,0 +1,502 @@
+/**
+ * Server side of the fixed newstyle handshake, apart from transmission.
+ *
+ *   S: NBDMAGIC IHAVEOPT flags(16)          greeting(), sent on connect
+ *   C: client flags(32)                     CLIENT_FLAGS
+ *   C: IHAVEOPT option(32) length(32)       OPTION_HEADER
+ *   C: data[length]                         OPTION_DATA (or OPTION_SKIP when too big)
+ *   S: option replies ...                   then back to OPTION_HEADER
+ *
+ * until NBD_OPT_GO is acknowledged or NBD_OPT_EXPORT_NAME is answered, when `ready` hands the
+ * negotiated export (and any bytes the client already sent past it) to the transmission phase.
+ *
+ * `feed` takes arbitrary chunks. It copies only frames split across chunks, into a 16-byte
+ * header scratch or one buffer of exactly the option's length, so a client trickling bytes
+ * costs linear time. Every length is bounded: option data above OPTION_DATA_BYTES_MAX is skipped
+ * and answered NBD_REP_ERR_TOO_BIG, above OPTION_SKIP_BYTES_MAX it drops the connection; at
+ * most HANDSHAKE_OPTIONS_MAX options are served. Unknown options are skipped by their length
+ * and answered NBD_REP_ERR_UNSUP, so the session stays in sync.
+ *
+ * Meta contexts: only `base:allocation` exists. A SET_META_CONTEXT is remembered with the export
+ * name it named; BLOCK_STATUS is allowed only if GO later names the same export.
+ */
+import type { NbdExport, NbdExportDirectory } from './export.js';
+import {
+  CLIENT_FLAGS_BYTES,
+  CLIENT_FLAGS_KNOWN,
+  EXPORT_NAME_REPLY_BYTES,
+  EXPORT_NAME_REPLY_ZEROES_BYTES,
+  FLAG_C_NO_ZEROES,
+  FLAG_CAN_MULTI_CONN,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_HAS_FLAGS,
+  FLAG_NO_ZEROES,
+  FLAG_READ_ONLY,
+  FLAG_SEND_CACHE,
+  FLAG_SEND_DF,
+  FLAG_SEND_FAST_ZERO,
+  FLAG_SEND_FLUSH,
+  FLAG_SEND_FUA,
+  FLAG_SEND_TRIM,
+  FLAG_SEND_WRITE_ZEROES,
+  HANDSHAKE_OPTIONS_MAX,
+  IHAVEOPT_HI,
+  IHAVEOPT_LO,
+  INFO_BLOCK_SIZE,
+  INFO_DESCRIPTION,
+  INFO_EXPORT,
+  INFO_NAME,
+  META_CONTEXT_BASE_ALLOCATION,
+  META_CONTEXT_ID_BASE_ALLOCATION,
+  META_QUERIES_MAX,
+  NAME_BYTES_MAX,
+  NBDMAGIC_HI,
+  NBDMAGIC_LO,
+  OPT_ABORT,
+  OPT_EXPORT_NAME,
+  OPT_GO,
+  OPT_INFO,
+  OPT_LIST,
+  OPT_LIST_META_CONTEXT,
+  OPT_SET_META_CONTEXT,
+  OPT_STARTTLS,
+  OPT_STRUCTURED_REPLY,
+  OPTION_DATA_BYTES_MAX,
+  OPTION_HEADER_BYTES,
+  OPTION_SKIP_BYTES_MAX,
+  PAYLOAD_BYTES_MAX,
+  REP_ACK,
+  REP_ERR_INVALID,
+  REP_ERR_TOO_BIG,
+  REP_ERR_UNKNOWN,
+  REP_ERR_UNSUP,
+  REP_INFO,
+  REP_META_CONTEXT,
+  REP_SERVER,
+  SERVER_GREETING_BYTES,
+} from './constants.js';
+import { encodeOptionReply, writeU64 } from './wire.js';
+
+/** What the handshake agreed on; the transmission phase is built from it. */
+export interface Negotiated {
+  readonly exportName: string;
+  readonly export: NbdExport;
+  /** NBD_OPT_STRUCTURED_REPLY was acknowledged. */
+  readonly structuredReplies: boolean;
+  /** base:allocation was selected for this export: BLOCK_STATUS is allowed. */
+  readonly baseAllocation: boolean;
+  /** The transmission flags sent to the client. */
+  readonly transmissionFlags: number;
+}
+
+/** How the handshake talks to its connection. */
+export interface HandshakeIo {
+  write(buf: Buffer): void;
+  /** Transmission begins; `rest` holds bytes the client sent after the final option. */
+  ready(negotiated: Negotiated, rest: Buffer | undefined): void;
+  /**
+   * The handshake ended without an export: a soft disconnect (NBD_OPT_ABORT) when `violation`
+   * is false, otherwise a protocol violation or policy that requires a hard disconnect.
+   */
+  close(reason: string, violation: boolean): void;
+}
+
+/** Transmission flags for an export. DF only makes sense (and is only legal) with structured replies. */
+export function transmissionFlags(exp: NbdExport, structuredReplies: boolean): number {
+  // Every connection reaches the same memory synchronously and flush covers all of it, so the
+  // export is coherent across connections: CAN_MULTI_CONN.
+  let flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE | FLAG_CAN_MULTI_CONN;
+  if (structuredReplies) flags |= FLAG_SEND_DF;
+  if (exp.readOnly) flags |= FLAG_READ_ONLY;
+  // Zeroing memory is always faster than writing it, so FAST_ZERO never has to fail.
+  else flags |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
+  return flags;
+}
+
+/**
+ * The preferred block size we advertise: the export's page size when the spec allows it (a
+ * power of two, at least 512, at most the maximum payload), else the spec's default 4096.
+ */
+export function preferredBlockSize(exp: NbdExport): number {
+  const size = exp.blockSize;
+  const powerOfTwo = Number.isInteger(size) && size > 0 && (size & (size - 1)) === 0;
+  return powerOfTwo && size >= 512 && size <= PAYLOAD_BYTES_MAX ? size : 4096;
+}
+
+export function greeting(): Buffer {
+  const buf = Buffer.allocUnsafe(SERVER_GREETING_BYTES);
+  buf.writeUInt32BE(NBDMAGIC_HI, 0);
+  buf.writeUInt32BE(NBDMAGIC_LO, 4);
+  buf.writeUInt32BE(IHAVEOPT_HI, 8);
+  buf.writeUInt32BE(IHAVEOPT_LO, 12);
+  buf.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
+  return buf;
+}
+
+const enum Phase {
+  CLIENT_FLAGS,
+  OPTION_HEADER,
+  OPTION_DATA,
+  OPTION_SKIP,
+  DONE,
+}
+
+/** A client-chosen string as UTF-8, or undefined when it breaks the spec's string rules. */
+function decodeString(buf: Buffer, start: number, end: number): string | undefined {
+  if (end - start > NAME_BYTES_MAX) return undefined;
+  const bytes = buf.subarray(start, end);
+  if (bytes.includes(0)) return undefined;
+  return bytes.toString('utf8');
+}
+
+export class Handshake {
+  private phase = Phase.CLIENT_FLAGS;
+  /** Collects a client-flags word or an option header split across chunks. */
+  private readonly header = Buffer.allocUnsafe(OPTION_HEADER_BYTES);
+  private headerFill = 0;
+  /** The option being read, its declared data length, and its data as it arrives. */
+  private option = 0;
+  private dataLength = 0;
+  private data: Buffer | undefined;
+  private dataFill = 0;
+  private skipRemaining = 0;
+
+  private noZeroes = false;
+  private structuredReplies = false;
+  /** Export named by the last SET_META_CONTEXT that selected base:allocation, or null. */
+  private metaExportName: string | null = null;
+  private optionsSeen = 0;
+
+  constructor(
+    private readonly directory: NbdExportDirectory,
+    private readonly io: HandshakeIo,
+  ) {}
+
+  /** Whether the handshake has finished (successfully or not); later bytes are not ours. */
+  get done(): boolean {
+    return this.phase === Phase.DONE;
+  }
+
+  feed(chunk: Buffer): void {
+    let pos = 0;
+    while (pos < chunk.length && this.phase !== Phase.DONE) {
+      switch (this.phase) {
+        case Phase.CLIENT_FLAGS: {
+          pos = this.fillHeader(chunk, pos, CLIENT_FLAGS_BYTES);
+          if (this.headerFill < CLIENT_FLAGS_BYTES) break;
+          this.headerFill = 0;
+          const flags = this.header.readUInt32BE(0);
+          if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
+            // The spec: the server MUST drop the connection on client flags it does not know.
+            this.fail(`unknown client flags 0x${flags.toString(16)}`);
+            return;
+          }
+          this.noZeroes = (flags & FLAG_C_NO_ZEROES) !== 0;
+          this.phase = Phase.OPTION_HEADER;
+          break;
+        }
+        case Phase.OPTION_HEADER: {
+          pos = this.fillHeader(chunk, pos, OPTION_HEADER_BYTES);
+          if (this.headerFill < OPTION_HEADER_BYTES) break;
+          this.headerFill = 0;
+          if (this.header.readUInt32BE(0) !== IHAVEOPT_HI || this.header.readUInt32BE(4) !== IHAVEOPT_LO) {
+            this.fail('bad option magic');
+            return;
+          }
+          if (++this.optionsSeen > HANDSHAKE_OPTIONS_MAX) {
+            this.fail(`more than ${HANDSHAKE_OPTIONS_MAX} options before NBD_OPT_GO`);
+            return;
+          }
+          this.option = this.header.readUInt32BE(8);
+          this.dataLength = this.header.readUInt32BE(12);
+          if (this.dataLength > OPTION_DATA_BYTES_MAX) {
+            // EXPORT_NAME cannot be answered with an error, and a huge option is not worth reading.
+            if (this.option === OPT_EXPORT_NAME || this.dataLength > OPTION_SKIP_BYTES_MAX) {
+              this.fail(`option ${this.option} data of ${this.dataLength} bytes is too large`);
+              return;
+            }
+            this.skipRemaining = this.dataLength;
+            this.phase = Phase.OPTION_SKIP;
+            break;
+          }
+          if (this.dataLength === 0) {
+            this.phase = Phase.OPTION_HEADER;
+            this.handleOption(this.option, Buffer.alloc(0), chunk, pos);
+            break;
+          }
+          if (chunk.length - pos >= this.dataLength) {
+            // The whole option is in this chunk: hand out a view, copy nothing.
+            const data = chunk.subarray(pos, pos + this.dataLength);
+            pos += this.dataLength;
+            this.handleOption(this.option, data, chunk, pos);
+            break;
+          }
+          this.data = Buffer.allocUnsafe(this.dataLength);
+          this.dataFill = 0;
+          this.phase = Phase.OPTION_DATA;
+          break;
+        }
+        case Phase.OPTION_DATA: {
+          const data = this.data as Buffer;
+          const n = Math.min(chunk.length - pos, this.dataLength - this.dataFill);
+          chunk.copy(data, this.dataFill, pos, pos + n);
+          this.dataFill += n;
+          pos += n;
+          if (this.dataFill < this.dataLength) break;
+          this.data = undefined;
+          this.phase = Phase.OPTION_HEADER;
+          this.handleOption(this.option, data, chunk, pos);
+          break;
+        }
+        case Phase.OPTION_SKIP: {
+          const n = Math.min(chunk.length - pos, this.skipRemaining);
+          this.skipRemaining -= n;
+          pos += n;
+          if (this.skipRemaining > 0) break;
+          this.phase = Phase.OPTION_HEADER;
+          this.reply(
+            this.option,
+            REP_ERR_TOO_BIG,
+            `option data of ${this.dataLength} bytes exceeds ${OPTION_DATA_BYTES_MAX}`,
+          );
+          break;
+        }
+      }
+    }
+  }
+
+  /** Copies up to `want - headerFill` bytes into the header scratch; returns the new position. */
+  private fillHeader(chunk: Buffer, pos: number, want: number): number {
+    const n = Math.min(chunk.length - pos, want - this.headerFill);
+    chunk.copy(this.header, this.headerFill, pos, pos + n);
+    this.headerFill += n;
+    return pos + n;
+  }
+
+  private fail(reason: string): void {
+    this.phase = Phase.DONE;
+    this.io.close(reason, true);
+  }
+
+  private reply(option: number, type: number, data?: Buffer | string): void {
+    this.io.write(encodeOptionReply(option, type, data));
+  }
+
+  /** `chunk` and `pos` locate the bytes after this option, handed on if transmission starts. */
+  private handleOption(option: number, data: Buffer, chunk: Buffer, pos: number): void {
+    switch (option) {
+      case OPT_EXPORT_NAME:
+        this.exportName(data, chunk, pos);
+        return;
+      case OPT_ABORT:
+        // The client SHOULD NOT send data with ABORT; the server SHOULD ignore any it sends.
+        this.reply(option, REP_ACK);
+        this.phase = Phase.DONE;
+        this.io.close('client aborted the handshake', false);
+        return;
+      case OPT_LIST:
+        if (data.length !== 0) {
+          this.reply(option, REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+          return;
+        }
+        for (const { name, description } of this.directory.list()) {
+          const nameBytes = Buffer.from(name, 'utf8');
+          const descriptionBytes = Buffer.from(description, 'utf8');
+          const payload = Buffer.allocUnsafe(4 + nameBytes.length + descriptionBytes.length);
+          payload.writeUInt32BE(nameBytes.length, 0);
+          nameBytes.copy(payload, 4);
+          descriptionBytes.copy(payload, 4 + nameBytes.length);
+          this.reply(option, REP_SERVER, payload);
+        }
+        this.reply(option, REP_ACK);
+        return;
+      case OPT_STARTTLS:
+        // NOTLS mode: the spec allows ERR_POLICY or ERR_UNSUP; we have no TLS code at all.
+        this.reply(option, REP_ERR_UNSUP, 'TLS is not supported by this server');
+        return;
+      case OPT_INFO:
+      case OPT_GO:
+        this.infoOrGo(option, data, chunk, pos);
+        return;
+      case OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) {
+          this.reply(option, REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+          return;
+        }
+        // Repeating it is harmless, so it is acknowledged again rather than refused.
+        this.structuredReplies = true;
+        this.reply(option, REP_ACK);
+        return;
+      case OPT_LIST_META_CONTEXT:
+      case OPT_SET_META_CONTEXT:
+        this.metaContext(option, data);
+        return;
+      default:
+        this.reply(option, REP_ERR_UNSUP, `option ${option} is not supported`);
+        return;
+    }
+  }
+
+  private exportName(data: Buffer, chunk: Buffer, pos: number): void {
+    const name = decodeString(data, 0, data.length);
+    const exp = name === undefined ? undefined : this.directory.get(name);
+    if (name === undefined || exp === undefined) {
+      // NBD_OPT_EXPORT_NAME has no error reply: the spec requires terminating the session.
+      this.fail(name === undefined ? 'invalid export name' : `unknown export '${name}'`);
+      return;
+    }
+    const flags = transmissionFlags(exp, this.structuredReplies);
+    const zeroes = this.noZeroes ? 0 : EXPORT_NAME_REPLY_ZEROES_BYTES;
+    const buf = Buffer.alloc(EXPORT_NAME_REPLY_BYTES + zeroes);
+    writeU64(buf, 0, exp.size);
+    buf.writeUInt16BE(flags, 8);
+    this.io.write(buf);
+    this.finish(name, exp, flags, chunk, pos);
+  }
+
+  private infoOrGo(option: number, data: Buffer, chunk: Buffer, pos: number): void {
+    // name length (32) + name + request count (16) + requests (16 each), nothing more or less.
+    if (data.length < 6) {
+      this.reply(option, REP_ERR_INVALID, 'option data too short');
+      return;
+    }
+    const nameLength = data.readUInt32BE(0);
+    if (nameLength > data.length - 6) {
+      this.reply(option, REP_ERR_INVALID, 'export name length exceeds option data');
+      return;
+    }
+    const requestCount = data.readUInt16BE(4 + nameLength);
+    if (data.length !== 6 + nameLength + 2 * requestCount) {
+      this.reply(option, REP_ERR_INVALID, 'information request count does not match option length');
+      return;
+    }
+    const name = decodeString(data, 4, 4 + nameLength);
+    if (name === undefined) {
+      this.reply(option, REP_ERR_INVALID, 'export name is not a valid string');
+      return;
+    }
+    const exp = this.directory.get(name);
+    if (exp === undefined) {
+      this.reply(option, REP_ERR_UNKNOWN, `unknown export '${name}'`);
+      return;
+    }
+    let wantName = false;
+    let wantDescription = false;
+    for (let i = 0; i < requestCount; i++) {
+      const info = data.readUInt16BE(6 + nameLength + 2 * i);
+      if (info === INFO_NAME) wantName = true;
+      else if (info === INFO_DESCRIPTION) wantDescription = true;
+      // INFO_EXPORT and INFO_BLOCK_SIZE are always sent; unknown requests MUST be ignored.
+    }
+    const flags = transmissionFlags(exp, this.structuredReplies);
+    const exportInfo = Buffer.allocUnsafe(12);
+    exportInfo.writeUInt16BE(INFO_EXPORT, 0);
+    writeU64(exportInfo, 2, exp.size);
+    exportInfo.writeUInt16BE(flags, 10);
+    this.reply(option, REP_INFO, exportInfo);
+    if (wantName) this.reply(option, REP_INFO, infoString(INFO_NAME, name));
+    if (wantDescription && exp.description !== '') {
+      this.reply(option, REP_INFO, infoString(INFO_DESCRIPTION, exp.description));
+    }
+    // Sent even when not asked: our constraints are the defaults, so a client may ignore them.
+    const blockSize = Buffer.allocUnsafe(14);
+    blockSize.writeUInt16BE(INFO_BLOCK_SIZE, 0);
+    blockSize.writeUInt32BE(1, 2);
+    blockSize.writeUInt32BE(preferredBlockSize(exp), 6);
+    blockSize.writeUInt32BE(PAYLOAD_BYTES_MAX, 10);
+    this.reply(option, REP_INFO, blockSize);
+    this.reply(option, REP_ACK);
+    if (option === OPT_GO) this.finish(name, exp, flags, chunk, pos);
+  }
+
+  private metaContext(option: number, data: Buffer): void {
+    const isSet = option === OPT_SET_META_CONTEXT;
+    // SET replaces the selection even when it fails, so forget the old one first.
+    if (isSet) this.metaExportName = null;
+    if (isSet && !this.structuredReplies) {
+      this.reply(option, REP_ERR_INVALID, 'negotiate NBD_OPT_STRUCTURED_REPLY first');
+      return;
+    }
+    // export name length (32) + name + query count (32) + queries, each length (32) + string.
+    if (data.length < 8) {
+      this.reply(option, REP_ERR_INVALID, 'option data too short');
+      return;
+    }
+    const nameLength = data.readUInt32BE(0);
+    if (nameLength > data.length - 8) {
+      this.reply(option, REP_ERR_INVALID, 'export name length exceeds option data');
+      return;
+    }
+    const name = decodeString(data, 4, 4 + nameLength);
+    if (name === undefined) {
+      this.reply(option, REP_ERR_INVALID, 'export name is not a valid string');
+      return;
+    }
+    const queryCount = data.readUInt32BE(4 + nameLength);
+    if (queryCount > META_QUERIES_MAX) {
+      this.reply(option, REP_ERR_TOO_BIG, `more than ${META_QUERIES_MAX} queries`);
+      return;
+    }
+    // Parse every query before answering: a malformed one fails the whole option.
+    let at = 8 + nameLength;
+    let matches = queryCount === 0 && !isSet; // LIST with no query lists everything
+    for (let i = 0; i < queryCount; i++) {
+      if (data.length - at < 4) {
+        this.reply(option, REP_ERR_INVALID, 'query length exceeds option data');
+        return;
+      }
+      const queryLength = data.readUInt32BE(at);
+      at += 4;
+      if (queryLength > data.length - at) {
+        this.reply(option, REP_ERR_INVALID, 'query length exceeds option data');
+        return;
+      }
+      const query = decodeString(data, at, at + queryLength);
+      at += queryLength;
+      if (query === undefined || !query.includes(':')) {
+        this.reply(option, REP_ERR_INVALID, 'a query must be a namespace, a colon and a leaf name');
+        return;
+      }
+      // 'base:' is a wildcard for LIST and MUST be ignored by SET; other namespaces are ignored.
+      if (query === META_CONTEXT_BASE_ALLOCATION || (!isSet && query === 'base:')) matches = true;
+    }
+    if (at !== data.length) {
+      this.reply(option, REP_ERR_INVALID, 'trailing bytes after the last query');
+      return;
+    }
+    if (this.directory.get(name) === undefined) {
+      this.reply(option, REP_ERR_UNKNOWN, `unknown export '${name}'`);
+      return;
+    }
+    if (matches) {
+      const context = Buffer.from(META_CONTEXT_BASE_ALLOCATION, 'utf8');
+      const payload = Buffer.allocUnsafe(4 + context.length);
+      // LIST: "the metadata context ID in these replies is reserved and SHOULD be set to zero".
+      payload.writeUInt32BE(isSet ? META_CONTEXT_ID_BASE_ALLOCATION : 0, 0);
+      context.copy(payload, 4);
+      this.reply(option, REP_META_CONTEXT, payload);
+      if (isSet) this.metaExportName = name;
+    }
+    this.reply(option, REP_ACK);
+  }
+
+  private finish(name: string, exp: NbdExport, flags: number, chunk: Buffer, pos: number): void {
+    this.phase = Phase.DONE;
+    const negotiated: Negotiated = {
+      exportName: name,
+      export: exp,
+      structuredReplies: this.structuredReplies,
+      baseAllocation: this.structuredReplies && this.metaExportName === name,
+      transmissionFlags: flags,
+    };
+    this.io.ready(negotiated, pos < chunk.length ? chunk.subarray(pos) : undefined);
+  }
+}
+
+function infoString(type: number, text: string): Buffer {
+  const bytes = Buffer.from(text, 'utf8');
+  const buf = Buffer.allocUnsafe(2 + bytes.length);
+  buf.writeUInt16BE(type, 0);
+  bytes.copy(buf, 2);
+  return buf;
+}

@@ -1,0 +1,208 @@
+/**
+ * Transmission-phase request parser: a state machine fed arbitrary TCP chunks.
+ *
+ *   HEADER  --28 bytes-->  sink.onHeader(req) decides what follows:
+ *             PAYLOAD_NONE     back to HEADER (the sink already dispatched the request)
+ *             PAYLOAD_COLLECT  PAYLOAD: req.length bytes, then sink.onPayload(req, bytes)
+ *             PAYLOAD_SKIP     SKIP: req.length bytes dropped, then sink.onSkipped(req)
+ *             STOP             nothing more is parsed (disconnect or violation)
+ *
+ * Only frames split across chunks are copied: a header into a 28-byte scratch, a WRITE payload
+ * into a scratch buffer reused between requests (kept up to PAYLOAD_SCRATCH_KEEP_BYTES_MAX). A
+ * header or payload wholly inside one chunk is handed to the sink as a view of that chunk. The
+ * sink bounds every length in onHeader before asking for a payload, so the parser never
+ * allocates more than the sink allowed.
+ *
+ * Invariants: `req` describes the request being parsed and is valid only during a sink call
+ * (it is reused); a payload view is valid only during onPayload. While paused, unparsed bytes
+ * are kept as views of their chunks (never copied) and parsing continues on resume().
+ */
+import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX, REQUEST_HEADER_BYTES, REQUEST_MAGIC } from './constants.js';
+import { readU64 } from './wire.js';
+
+/** One decoded request header; reused for every request of a connection. */
+export interface RequestHeader {
+  flags: number;
+  type: number;
+  /** The cookie as two opaque 32-bit halves, echoed verbatim in the reply. */
+  cookieHi: number;
+  cookieLo: number;
+  /** Byte offset; at or above 2^53 it is imprecise but still beyond any export. */
+  offset: number;
+  length: number;
+}
+
+export const PAYLOAD_NONE = 0;
+export const PAYLOAD_COLLECT = 1;
+export const PAYLOAD_SKIP = 2;
+export const STOP = 3;
+export type HeaderPlan = typeof PAYLOAD_NONE | typeof PAYLOAD_COLLECT | typeof PAYLOAD_SKIP | typeof STOP;
+
+export interface RequestSink {
+  onHeader(req: RequestHeader): HeaderPlan;
+  /** `payload` is a view valid only during this call. */
+  onPayload(req: RequestHeader, payload: Buffer): void;
+  onSkipped(req: RequestHeader): void;
+  /** The byte stream is not NBD requests any more (bad magic); nothing more will be parsed. */
+  onViolation(reason: string): void;
+}
+
+const STATE_HEADER = 0;
+const STATE_PAYLOAD = 1;
+const STATE_SKIP = 2;
+const STATE_STOPPED = 3;
+
+const EMPTY = Buffer.alloc(0);
+
+export class RequestParser {
+  readonly req: RequestHeader = { flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
+  private state = STATE_HEADER;
+  private readonly header = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
+  private headerFill = 0;
+  private scratch: Buffer = EMPTY;
+  private payload: Buffer = EMPTY;
+  private payloadFill = 0;
+  private skipRemaining = 0;
+  private paused = false;
+  /** Unparsed views of chunks that arrived or were left over while paused, oldest first. */
+  private readonly held: Buffer[] = [];
+
+  constructor(private readonly sink: RequestSink) {}
+
+  get stopped(): boolean {
+    return this.state === STATE_STOPPED;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Bytes received but not yet parsed because the parser is paused. */
+  get heldBytes(): number {
+    let total = 0;
+    for (const b of this.held) total += b.length;
+    return total;
+  }
+
+  /** Stops parsing after the current request; takes effect at the next request boundary. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    while (this.held.length > 0 && !this.paused && this.state !== STATE_STOPPED) {
+      this.run(this.held.shift() as Buffer);
+    }
+  }
+
+  /** Stops for good; later chunks are ignored. */
+  stop(): void {
+    this.state = STATE_STOPPED;
+    this.held.length = 0;
+  }
+
+  feed(chunk: Buffer): void {
+    if (this.state === STATE_STOPPED || chunk.length === 0) return;
+    if (this.paused || this.held.length > 0) {
+      this.held.push(chunk);
+      return;
+    }
+    this.run(chunk);
+  }
+
+  private run(chunk: Buffer): void {
+    const end = chunk.length;
+    let pos = 0;
+    while (pos < end) {
+      if (this.paused) {
+        this.held.unshift(chunk.subarray(pos));
+        return;
+      }
+      if (this.state === STATE_HEADER) {
+        let src: Buffer;
+        let at: number;
+        if (this.headerFill === 0 && end - pos >= REQUEST_HEADER_BYTES) {
+          src = chunk;
+          at = pos;
+          pos += REQUEST_HEADER_BYTES;
+        } else {
+          const n = Math.min(end - pos, REQUEST_HEADER_BYTES - this.headerFill);
+          chunk.copy(this.header, this.headerFill, pos, pos + n);
+          this.headerFill += n;
+          pos += n;
+          if (this.headerFill < REQUEST_HEADER_BYTES) return;
+          this.headerFill = 0;
+          src = this.header;
+          at = 0;
+        }
+        if (src.readUInt32BE(at) !== REQUEST_MAGIC) {
+          this.state = STATE_STOPPED;
+          this.sink.onViolation(`bad request magic 0x${src.readUInt32BE(at).toString(16)}`);
+          return;
+        }
+        const req = this.req;
+        req.flags = src.readUInt16BE(at + 4);
+        req.type = src.readUInt16BE(at + 6);
+        req.cookieHi = src.readUInt32BE(at + 8);
+        req.cookieLo = src.readUInt32BE(at + 12);
+        req.offset = readU64(src, at + 16);
+        req.length = src.readUInt32BE(at + 24);
+        const plan = this.sink.onHeader(req);
+        if (plan === PAYLOAD_NONE) continue;
+        if (plan === STOP) {
+          this.state = STATE_STOPPED;
+          return;
+        }
+        if (plan === PAYLOAD_SKIP) {
+          this.skipRemaining = req.length;
+          if (req.length === 0) this.sink.onSkipped(req);
+          else this.state = STATE_SKIP;
+          continue;
+        }
+        // PAYLOAD_COLLECT
+        if (end - pos >= req.length) {
+          const payload = req.length === 0 ? EMPTY : chunk.subarray(pos, pos + req.length);
+          pos += req.length;
+          this.sink.onPayload(req, payload);
+          continue;
+        }
+        this.payload = this.scratchFor(req.length);
+        this.payloadFill = 0;
+        this.state = STATE_PAYLOAD;
+      } else if (this.state === STATE_PAYLOAD) {
+        const want = this.req.length;
+        const n = Math.min(end - pos, want - this.payloadFill);
+        chunk.copy(this.payload, this.payloadFill, pos, pos + n);
+        this.payloadFill += n;
+        pos += n;
+        if (this.payloadFill < want) return;
+        const payload = this.payload;
+        this.payload = EMPTY;
+        this.state = STATE_HEADER;
+        this.sink.onPayload(this.req, payload);
+      } else if (this.state === STATE_SKIP) {
+        const n = Math.min(end - pos, this.skipRemaining);
+        this.skipRemaining -= n;
+        pos += n;
+        if (this.skipRemaining > 0) return;
+        this.state = STATE_HEADER;
+        this.sink.onSkipped(this.req);
+      } else {
+        return; // stopped by a sink call
+      }
+    }
+  }
+
+  /** A buffer of exactly `length` bytes for a split payload, reusing the scratch when small. */
+  private scratchFor(length: number): Buffer {
+    if (length > PAYLOAD_SCRATCH_KEEP_BYTES_MAX) return Buffer.allocUnsafe(length);
+    if (this.scratch.length < length) {
+      // Grow in 64 KiB steps so a mix of request sizes settles on one buffer.
+      const size = Math.min(PAYLOAD_SCRATCH_KEEP_BYTES_MAX, Math.ceil(length / 65536) * 65536);
+      this.scratch = Buffer.allocUnsafe(size);
+    }
+    return this.scratch.subarray(0, length);
+  }
+}

@@ -1,0 +1,403 @@
+/**
+ * Transmission phase of one connection: requests in, replies out.
+ *
+ * Each request flows  parser -> validateRequest -> dispatch -> reply:
+ *   - the parser (request-parser.ts) frames requests out of arbitrary chunks;
+ *   - validateRequest (validate.ts) rejects anything the export must not see;
+ *   - dispatch calls the export synchronously (data calls never wait) and writes the reply at
+ *     once, so pipelined requests are answered in order; FLUSH and FUA wait for
+ *     `export.flush()` and reply when it settles, possibly after later requests;
+ *   - an exception from the export fails that request only (errno.ts maps it).
+ *
+ * Replies: simple replies unless structured replies were negotiated, in which case a READ is
+ * one OFFSET_DATA chunk flagged DONE, BLOCK_STATUS one BLOCK_STATUS chunk, and errors an ERROR
+ * chunk with a message; other successes stay 16-byte simple replies (the spec allows that for
+ * replies without payload). A READ reply is one buffer, header then payload, and the export
+ * reads straight into its payload: one allocation and one socket write per read.
+ *
+ * Bounds: parsing pauses while more than REPLY_QUEUED_BYTES_MAX reply bytes wait in the socket
+ * or ASYNC_REQUESTS_MAX flushes are pending, and resumes when both fall back (tryResume).
+ */
+import type { NbdExport } from './export.js';
+import type { Negotiated } from './handshake.js';
+import {
+  ASYNC_REQUESTS_MAX,
+  BLOCK_STATUS_EXTENTS_MAX,
+  CMD_BLOCK_STATUS,
+  CMD_CACHE,
+  CMD_DISC,
+  CMD_FLAG_FUA,
+  CMD_FLAG_NO_HOLE,
+  CMD_FLAG_REQ_ONE,
+  CMD_FLUSH,
+  CMD_READ,
+  CMD_TRIM,
+  CMD_WRITE,
+  CMD_WRITE_ZEROES,
+  EXTENT_DESCRIPTOR_BYTES,
+  META_CONTEXT_ID_BASE_ALLOCATION,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE_BLOCK_STATUS,
+  REPLY_TYPE_OFFSET_DATA,
+  SIMPLE_REPLY_HEADER_BYTES,
+  STATE_HOLE,
+  STATE_ZERO,
+  STRUCTURED_REPLY_HEADER_BYTES,
+  WRITE_SKIP_BYTES_MAX,
+} from './constants.js';
+import { errnoForError, messageForError } from './errno.js';
+import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
+import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP } from './request-parser.js';
+import type { StatsCounters } from './stats.js';
+import type { ValidationContext } from './validate.js';
+import {
+  commandName,
+  REJECT_TOO_LARGE,
+  rejectionErrno,
+  rejectionMessage,
+  VALID,
+  validateRequest,
+} from './validate.js';
+import {
+  encodeErrorChunk,
+  encodeSimpleReply,
+  writeSimpleReplyHeader,
+  writeStructuredReplyHeader,
+  writeU64,
+} from './wire.js';
+
+/** How a transmission talks to its connection. */
+export interface TransmissionIo {
+  write(buf: Buffer): void;
+  /** Too many reply bytes are queued: stop parsing until the socket drains. */
+  congested(): boolean;
+  /** Stop or restart reading the socket (mirrors the parser's pause state). */
+  setInputPaused(paused: boolean): void;
+  /** Transmission ended: after NBD_CMD_DISC (`violation` false) or a broken frame. */
+  close(reason: string, violation: boolean): void;
+}
+
+/** READ structured reply: chunk header + 64-bit offset before the data. */
+const OFFSET_DATA_HEADER_BYTES = STRUCTURED_REPLY_HEADER_BYTES + 8;
+const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
+
+export class Transmission implements RequestSink {
+  private readonly parser = new RequestParser(this);
+  private readonly exp: NbdExport;
+  private readonly ctx: ValidationContext;
+  private readonly structured: boolean;
+  private asyncInFlight = 0;
+  private disconnecting = false;
+  private disconnectReason = 'client sent NBD_CMD_DISC';
+  private ended = false;
+  /** The reason a WRITE is being skipped, answered once its payload has been read. */
+  private skipReason = VALID;
+
+  // Block status collection: extents as (length, flags) pairs, reused between requests.
+  private extents = new Uint32Array(256);
+  private extentCount = 0;
+  private extentTotal = 0;
+  private extentLimit = 0;
+  private extentCap = 0;
+  private extentsStopped = false;
+  /** Bound once, so BLOCK_STATUS does not allocate a closure per request. */
+  private readonly emit = (length: number, flags: number): void => this.collectExtent(length, flags);
+
+  constructor(
+    negotiated: Negotiated,
+    private readonly io: TransmissionIo,
+    private readonly stats: StatsCounters,
+  ) {
+    this.exp = negotiated.export;
+    this.structured = negotiated.structuredReplies;
+    this.ctx = {
+      size: this.exp.size,
+      readOnly: this.exp.readOnly,
+      structuredReplies: negotiated.structuredReplies,
+      baseAllocation: negotiated.baseAllocation,
+    };
+  }
+
+  feed(chunk: Buffer): void {
+    this.parser.feed(chunk);
+  }
+
+  get inFlight(): number {
+    return this.asyncInFlight;
+  }
+
+  /** Stops parsing for good (connection closing); pending flushes still complete but reply nowhere. */
+  stop(): void {
+    this.ended = true;
+    this.parser.stop();
+  }
+
+  /** Like NBD_CMD_DISC from our side: parse nothing more, answer what is in flight, then close. */
+  shutdown(reason: string): void {
+    if (this.ended) return;
+    this.parser.stop();
+    this.disconnecting = true;
+    this.disconnectReason = reason;
+    this.finishDisconnect();
+  }
+
+  /** Restarts parsing if nothing holds it back any more. */
+  tryResume(): void {
+    if (!this.parser.isPaused || this.parser.stopped) return;
+    if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) return;
+    this.io.setInputPaused(false);
+    this.parser.resume();
+  }
+
+  // ---- RequestSink ------------------------------------------------------------------------
+
+  onHeader(req: RequestHeader): HeaderPlan {
+    this.stats.countRequest(req.type);
+    if (req.type === CMD_DISC) {
+      // Answer everything outstanding, then close; the client sends nothing after DISC.
+      this.disconnecting = true;
+      this.finishDisconnect();
+      return STOP;
+    }
+    const reason = validateRequest(req, this.ctx);
+    if (req.type === CMD_WRITE) {
+      if (reason === VALID) return PAYLOAD_COLLECT;
+      if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
+        this.ended = true;
+        this.io.close(`write of ${req.length} bytes is absurdly large`, true);
+        return STOP;
+      }
+      // Read and drop the payload so the stream stays in sync, then answer the error.
+      this.skipReason = reason;
+      return PAYLOAD_SKIP;
+    }
+    if (reason !== VALID) this.reject(req, reason);
+    else this.dispatch(req);
+    this.afterRequest();
+    return PAYLOAD_NONE;
+  }
+
+  onPayload(req: RequestHeader, payload: Buffer): void {
+    try {
+      this.exp.write(req.offset, payload);
+    } catch (err) {
+      this.fail(req, err);
+      this.afterRequest();
+      return;
+    }
+    this.stats.bytesWritten += payload.length;
+    this.complete(req);
+    this.afterRequest();
+  }
+
+  onSkipped(req: RequestHeader): void {
+    this.reject(req, this.skipReason);
+    this.afterRequest();
+  }
+
+  onViolation(reason: string): void {
+    this.ended = true;
+    this.io.close(reason, true);
+  }
+
+  // ---- dispatch ---------------------------------------------------------------------------
+
+  private dispatch(req: RequestHeader): void {
+    const exp = this.exp;
+    try {
+      switch (req.type) {
+        case CMD_READ:
+          this.read(req);
+          return;
+        case CMD_FLUSH:
+          this.afterFlush(req.type, req.cookieHi, req.cookieLo);
+          return;
+        case CMD_TRIM:
+          exp.trim(req.offset, req.length);
+          break;
+        case CMD_WRITE_ZEROES:
+          // FAST_ZERO needs nothing: zeroing memory is always faster than writing it.
+          exp.writeZeroes(req.offset, req.length, (req.flags & CMD_FLAG_NO_HOLE) === 0);
+          break;
+        case CMD_CACHE:
+          // Memory is as cached as it gets.
+          break;
+        case CMD_BLOCK_STATUS:
+          this.blockStatus(req);
+          return;
+      }
+    } catch (err) {
+      this.fail(req, err);
+      return;
+    }
+    this.complete(req);
+  }
+
+  private read(req: RequestHeader): void {
+    const length = req.length;
+    const headerBytes = this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
+    const buf = Buffer.allocUnsafe(headerBytes + length);
+    try {
+      this.exp.read(req.offset, buf.subarray(headerBytes));
+    } catch (err) {
+      this.fail(req, err);
+      return;
+    }
+    if (this.structured) {
+      writeStructuredReplyHeader(
+        buf,
+        0,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        req.cookieHi,
+        req.cookieLo,
+        8 + length,
+      );
+      writeU64(buf, STRUCTURED_REPLY_HEADER_BYTES, req.offset);
+    } else {
+      writeSimpleReplyHeader(buf, 0, 0, req.cookieHi, req.cookieLo);
+    }
+    this.stats.bytesRead += length;
+    this.write(buf);
+  }
+
+  private blockStatus(req: RequestHeader): void {
+    this.extentCount = 0;
+    this.extentTotal = 0;
+    this.extentLimit = req.length;
+    this.extentCap = (req.flags & CMD_FLAG_REQ_ONE) !== 0 ? 1 : BLOCK_STATUS_EXTENTS_MAX;
+    this.extentsStopped = false;
+    this.exp.blockStatus(req.offset, req.length, this.emit);
+    if (this.extentCount === 0) {
+      // At least one descriptor is required; status 0 ("allocated, contents unknown") is always true.
+      this.extents[0] = req.length;
+      this.extents[1] = 0;
+      this.extentCount = 1;
+    }
+    const n = this.extentCount;
+    const payloadBytes = 4 + n * EXTENT_DESCRIPTOR_BYTES;
+    const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
+    writeStructuredReplyHeader(
+      buf,
+      0,
+      REPLY_FLAG_DONE,
+      REPLY_TYPE_BLOCK_STATUS,
+      req.cookieHi,
+      req.cookieLo,
+      payloadBytes,
+    );
+    let at = STRUCTURED_REPLY_HEADER_BYTES;
+    buf.writeUInt32BE(META_CONTEXT_ID_BASE_ALLOCATION, at);
+    at += 4;
+    const extents = this.extents;
+    for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
+    this.write(buf);
+  }
+
+  /**
+   * Receives one extent from the export. Extents are clipped to the requested range, empty ones
+   * dropped, neighbours with equal flags merged, and at most `extentCap` kept: the export
+   * cannot be told to stop, so the rest is ignored.
+   */
+  private collectExtent(length: number, flags: number): void {
+    if (this.extentsStopped || !(length > 0)) return;
+    const room = this.extentLimit - this.extentTotal;
+    if (room <= 0) {
+      this.extentsStopped = true;
+      return;
+    }
+    const len = Math.min(Math.floor(length), room);
+    if (len <= 0) return;
+    const f = flags & EXTENT_FLAGS_KNOWN;
+    const n = this.extentCount;
+    if (n > 0 && this.extents[2 * n - 1] === f) {
+      this.extents[2 * n - 2] += len; // the sum stays <= extentLimit < 2^32
+    } else if (n < this.extentCap) {
+      if (2 * n + 2 > this.extents.length) {
+        const grown = new Uint32Array(Math.min(2 * this.extents.length, 2 * BLOCK_STATUS_EXTENTS_MAX));
+        grown.set(this.extents);
+        this.extents = grown;
+      }
+      this.extents[2 * n] = len;
+      this.extents[2 * n + 1] = f;
+      this.extentCount = n + 1;
+    } else {
+      this.extentsStopped = true;
+      return;
+    }
+    this.extentTotal += len;
+  }
+
+  // ---- completion -------------------------------------------------------------------------
+
+  /** A mutation succeeded: reply now, or after a flush when FUA asks for durability. */
+  private complete(req: RequestHeader): void {
+    if ((req.flags & CMD_FLAG_FUA) !== 0 && req.type !== CMD_READ && req.type !== CMD_CACHE) {
+      this.afterFlush(req.type, req.cookieHi, req.cookieLo);
+      return;
+    }
+    this.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+  }
+
+  /** Replies once `export.flush()` settles; the cookie is captured since `req` is reused. */
+  private afterFlush(type: number, cookieHi: number, cookieLo: number): void {
+    this.asyncInFlight++;
+    let flushed: Promise<void>;
+    try {
+      flushed = this.exp.flush();
+    } catch (err) {
+      flushed = Promise.reject(err);
+    }
+    flushed.then(
+      () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
+      (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
+    );
+  }
+
+  private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {
+    this.asyncInFlight--;
+    if (!this.ended) {
+      if (errno === 0) this.write(encodeSimpleReply(0, cookieHi, cookieLo));
+      else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
+    }
+    if (this.disconnecting) this.finishDisconnect();
+    else this.tryResume();
+  }
+
+  private finishDisconnect(): void {
+    if (this.asyncInFlight > 0 || this.ended) return;
+    this.ended = true;
+    this.io.close(this.disconnectReason, false);
+  }
+
+  private reject(req: RequestHeader, reason: number): void {
+    const errno = rejectionErrno(reason, req, this.ctx);
+    this.replyError(errno, req.cookieHi, req.cookieLo, rejectionMessage(reason, req, this.ctx));
+  }
+
+  private fail(req: RequestHeader, err: unknown): void {
+    const message = `${commandName(req.type)} at ${req.offset}+${req.length}: ${messageForError(err)}`;
+    this.replyError(errnoForError(err), req.cookieHi, req.cookieLo, message);
+  }
+
+  private replyError(errno: number, cookieHi: number, cookieLo: number, message: string): void {
+    this.stats.errors++;
+    this.write(
+      this.structured
+        ? encodeErrorChunk(errno, cookieHi, cookieLo, message)
+        : encodeSimpleReply(errno, cookieHi, cookieLo),
+    );
+  }
+
+  private write(buf: Buffer): void {
+    this.io.write(buf);
+  }
+
+  private afterRequest(): void {
+    if (this.parser.isPaused || this.parser.stopped) return;
+    if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) {
+      this.parser.pause();
+      this.io.setInputPaused(true);
+    }
+  }
+}
