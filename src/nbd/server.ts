@@ -35,6 +35,8 @@ export class NbdServer {
   private readonly sessions = new Set<Session>();
   private server: Server | undefined;
   private closing: Promise<void> | undefined;
+  /** Set by close(): called whenever a session ends, to notice the last one. */
+  private onIdle: (() => void) | undefined;
 
   constructor(options: NbdServerOptions) {
     this.directory = options.directory;
@@ -72,8 +74,16 @@ export class NbdServer {
     const server = this.server;
     if (server === undefined) return Promise.resolve();
     this.closing = new Promise<void>((resolve) => {
-      // 'close' fires once the listener is closed and every connection has ended.
-      server.close(() => resolve());
+      // Done when the listener is closed and every session has seen its socket close (the
+      // listener's own callback can run a tick before the sockets' 'close' events).
+      let listenerClosed = false;
+      this.onIdle = () => {
+        if (listenerClosed && this.sessions.size === 0) resolve();
+      };
+      server.close(() => {
+        listenerClosed = true;
+        this.onIdle?.();
+      });
       for (const session of this.sessions) session.shutdown();
     });
     return this.closing;
@@ -98,6 +108,7 @@ export class NbdServer {
       onClosed: (s) => {
         this.counters.connectionsOpen--;
         this.sessions.delete(s);
+        this.onIdle?.();
       },
     });
     this.sessions.add(session);

@@ -1,0 +1,37 @@
+/** Starting servers and finding client binaries for the NBD tests. */
+import { spawnSync } from 'node:child_process';
+import { NbdServer } from '../../src/nbd/server.js';
+import type { NbdServerOptions } from '../../src/nbd/server.js';
+import type { MemoryDirectory } from './memory-export.js';
+import { testDirectory } from './memory-export.js';
+
+export interface Running {
+  server: NbdServer;
+  port: number;
+  dir: MemoryDirectory;
+}
+
+/** Starts a server on 127.0.0.1, port 0. The caller closes it (t.after(() => server.close())). */
+export async function startServer(
+  dir: MemoryDirectory = testDirectory(),
+  options: Partial<NbdServerOptions> = {},
+): Promise<Running> {
+  const server = new NbdServer({ directory: dir, ...options });
+  const { port } = await server.listen(0);
+  return { server, port, dir };
+}
+
+/** The absolute path of `name` on PATH, or undefined. */
+export function which(name: string): string | undefined {
+  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  const path = r.stdout.trim();
+  return r.status === 0 && path !== '' ? path : undefined;
+}
+
+/** A reason to skip when a client binary is missing (CI installs them via scripts/setup.sh). */
+export function missing(...names: string[]): string | false {
+  const absent = names.filter((n) => which(n) === undefined);
+  return absent.length === 0
+    ? false
+    : `${absent.join(', ')} not installed (apt-get install libnbd-bin qemu-utils fio)`;
+}
