@@ -4,8 +4,9 @@
  * Algorithm. The merger walks every registered address space page by page, in bounded
  * batches, keeping a cursor between batches. A full scan visits each space once; at the start
  * of each full scan it advances every space's epoch, so "written within the quiet interval"
- * becomes "written in one of the last `quietEpochs` epochs" (or, with `quietMs`, in an epoch
- * that ended less than quietMs ago). For each mapped page that is quiet:
+ * becomes "written since the previous scan began, or in the `quietEpochs` epochs before"
+ * (and, with `quietMs`, "in an epoch that ended less than quietMs ago"). Those are the seed's
+ * flagged pages. For each mapped page that is not flagged:
  *
  *   1. all-zero page (an OR over the first 64 bytes rejects most pages at once; then a full
  *      compare with the zero frame): the entry is repointed to the shared zero frame and the
@@ -46,7 +47,11 @@ const HASH_MASK = (1n << 52n) - 1n;
 const ZERO_PROBE_BYTES = 64;
 
 export interface MergerOptions {
-  /** A page is merged only if not written in the last `quietEpochs` epochs (full scans). Default 1. */
+  /**
+   * Full scans a page must go through unwritten before it may merge (the merger advances each
+   * space's epoch once per full scan). 0: anything written before the scan began; 1 (default,
+   * like KSM): a page written before scan k merges in scan k + 1 if nobody wrote it since.
+   */
   quietEpochs?: number;
   /** Also require the epoch of the page's last write to have ended at least this long ago. */
   quietMs?: number;
@@ -59,13 +64,14 @@ export interface MergerOptions {
 }
 
 export interface ScanBudget {
-  /** Stop after this many pages (default: no limit). */
+  /** Stop at the first leaf boundary after visiting this many page slots (default: no limit). */
   maxPages?: number;
   /** Stop after this much time, checked every 64 pages (default: no limit). */
   maxMs?: number;
 }
 
 export interface ScanResult {
+  /** Mapped pages examined that were not merged already. */
   pagesScanned: number;
   pagesMerged: number;
   zeroPagesMerged: number;
@@ -190,7 +196,10 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     this.growFrameMetadata();
     let changed = false;
     let leavesSinceClock = 0;
-    while (result.pagesScanned < maxPages) {
+    // The budget counts page slots visited, merged or not, so a round over pages that are all
+    // merged already still uses it up; a call stops at the first leaf boundary past the budget.
+    let slotsVisited = 0;
+    while (slotsVisited < maxPages) {
       if (this.spaceCursor >= this.roundSpaces.length) {
         if (this.roundSpaces.length > 0) {
           const emptyRound = this.leavesThisRound === 0;
@@ -210,6 +219,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       }
       const firstPage = this.leafPages[this.leafCursor++]!;
       this.leavesThisRound++;
+      slotsVisited += Math.min(LEAF_ENTRIES, Math.max(1, space.pages - firstPage));
       if (this.scanLeaf(space, firstPage, result)) changed = true;
       if (++leavesSinceClock >= 8) {
         leavesSinceClock = 0;
@@ -364,7 +374,9 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     const domainId = this.domainIds.get(this.crossDomain ? '*' : space.domain)!;
     const base = leaf * LEAF_ENTRIES;
     const limit = Math.min(LEAF_ENTRIES, space.pages - firstPage);
-    const quietBefore = space.epoch - this.quietEpochs; // written at epoch <= this: quiet
+    // The epoch advanced when this full scan began, so `epoch - 1` is the one that just ended
+    // (writes since the previous scan). Quiet: not written in it nor in `quietEpochs` before it.
+    const quietBefore = space.epoch - 1 - this.quietEpochs;
     const now = this.quietMs > 0 ? performance.now() : 0;
     const zeroSegment = pool.segments[0]!;
     const zeroOffset = pool.frameOffset(ZERO_FRAME);
