@@ -80,6 +80,9 @@ export interface TransmissionIo {
 /** READ structured reply: chunk header + 64-bit offset before the data. */
 const OFFSET_DATA_HEADER_BYTES = STRUCTURED_REPLY_HEADER_BYTES + 8;
 const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
+/** Reply slab size, and the largest reply carved from it (bigger ones get their own buffer). */
+const REPLY_SLAB_BYTES = 256 * 1024;
+const REPLY_SLAB_CARVE_BYTES_MAX = 64 * 1024;
 
 export class Transmission implements RequestSink {
   private readonly parser = new RequestParser(this);
@@ -100,6 +103,8 @@ export class Transmission implements RequestSink {
   private extentLimit = 0;
   private extentCap = 0;
   private extentsStopped = false;
+  private slab: Buffer = Buffer.alloc(0);
+  private slabUsed = 0;
   /** Bound once, so BLOCK_STATUS does not allocate a closure per request. */
   private readonly emit = (length: number, flags: number): void => this.collectExtent(length, flags);
 
@@ -236,7 +241,7 @@ export class Transmission implements RequestSink {
   private read(req: RequestHeader): void {
     const length = req.length;
     const headerBytes = this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
-    const buf = Buffer.allocUnsafe(headerBytes + length);
+    const buf = this.takeReplyBuffer(headerBytes + length);
     try {
       this.exp.read(req.offset, buf.subarray(headerBytes));
     } catch (err) {
@@ -336,7 +341,13 @@ export class Transmission implements RequestSink {
       this.afterFlush(req.type, req.cookieHi, req.cookieLo);
       return;
     }
-    this.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+    this.replyOk(req.cookieHi, req.cookieLo);
+  }
+
+  private replyOk(cookieHi: number, cookieLo: number): void {
+    const buf = this.takeReplyBuffer(SIMPLE_REPLY_HEADER_BYTES);
+    writeSimpleReplyHeader(buf, 0, 0, cookieHi, cookieLo);
+    this.write(buf);
   }
 
   /** Replies once `export.flush()` settles; the cookie is captured since `req` is reused. */
@@ -357,7 +368,7 @@ export class Transmission implements RequestSink {
   private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {
     this.asyncInFlight--;
     if (!this.ended) {
-      if (errno === 0) this.write(encodeSimpleReply(0, cookieHi, cookieLo));
+      if (errno === 0) this.replyOk(cookieHi, cookieLo);
       else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
     }
     if (this.disconnecting) this.finishDisconnect();
@@ -387,6 +398,23 @@ export class Transmission implements RequestSink {
         ? encodeErrorChunk(errno, cookieHi, cookieLo, message)
         : encodeSimpleReply(errno, cookieHi, cookieLo),
     );
+  }
+
+  /**
+   * A buffer for one reply, carved from a slab by bumping an offset: far cheaper than an
+   * allocation per reply. Carved bytes are never handed out twice (the socket may still hold
+   * them), so a full slab is simply replaced and dies when its last reply has been written.
+   */
+  private takeReplyBuffer(size: number): Buffer {
+    if (size > REPLY_SLAB_CARVE_BYTES_MAX) return Buffer.allocUnsafe(size);
+    if (this.slabUsed + size > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(REPLY_SLAB_BYTES);
+      this.slabUsed = 0;
+    }
+    const buf = this.slab.subarray(this.slabUsed, this.slabUsed + size);
+    // Keep carves 8-byte aligned so headers and payloads start on word boundaries.
+    this.slabUsed += (size + 7) & ~7;
+    return buf;
   }
 
   private write(buf: Buffer): void {

@@ -28,7 +28,18 @@ export class MemoryExport implements NbdExport {
 
   read(offset: number, dst: Uint8Array): void {
     this.maybeFail();
-    dst.set(this.data.subarray(offset, offset + dst.length));
+    // Holes are answered with zeros without touching `data`, like a sparse store (and like
+    // nbdkit's memory plugin): first touches of a large untouched array fault page by page.
+    const bs = this.blockSize;
+    const end = offset + dst.length;
+    let at = offset;
+    while (at < end) {
+      const page = Math.floor(at / bs);
+      const runEnd = Math.min(end, (page + 1) * bs);
+      if (this.allocated[page] === 0) dst.fill(0, at - offset, runEnd - offset);
+      else dst.set(this.data.subarray(at, runEnd), at - offset);
+      at = runEnd;
+    }
   }
 
   write(offset: number, src: Uint8Array): void {

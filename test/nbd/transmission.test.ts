@@ -34,7 +34,7 @@ test('structured READ is one OFFSET_DATA chunk flagged DONE', async (t) => {
   t.after(() => server.close());
   const { client: c } = await RawClient.open(port, 'small');
   t.after(() => c.destroy());
-  dir.exports.get('small')?.data.set([1, 2, 3, 4], 1000);
+  dir.exports.get('small')?.write(1000, Uint8Array.from([1, 2, 3, 4]));
   c.request(C.CMD_READ, 999, 6, { cookie: 42n });
   const r = await c.readReply();
   assert.equal(r.kind, 'structured');
