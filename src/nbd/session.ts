@@ -49,7 +49,7 @@ export class Session {
     });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.transmission?.tryResume());
+    socket.on('drain', () => this.guarded(() => this.transmission?.tryResume()));
     socket.on('error', (err) =>
       this.options.logger.debug?.(`nbd ${this.peer}: socket error: ${err.message}`),
     );
@@ -62,28 +62,52 @@ export class Session {
     this.write(greeting());
   }
 
-  /** Server shutdown: stop reading requests, answer those in flight, then close. */
+  /**
+   * Server shutdown: stop reading requests, answer those in flight, then close. An export
+   * whose flush never settles cannot hold the server open: after CLOSE_GRACE_MS we close anyway.
+   */
   shutdown(): void {
-    if (this.transmission !== undefined && !this.closing) this.transmission.shutdown('server shutting down');
-    else this.close('server shutting down', false);
+    if (this.transmission === undefined || this.closing) {
+      this.close('server shutting down', false);
+      return;
+    }
+    this.transmission.shutdown('server shutting down');
+    const timer = setTimeout(
+      () => this.close('server shutting down (flush still pending)', false),
+      CLOSE_GRACE_MS,
+    );
+    timer.unref();
   }
 
   private onData(chunk: Buffer): void {
     if (this.closing) return;
+    this.guarded(() => {
+      if (this.transmission !== undefined) this.transmission.feed(chunk);
+      else this.handshake.feed(chunk);
+    });
+  }
+
+  /**
+   * Runs protocol work with the socket corked, so that all replies it produces leave in one
+   * writev, and turns any exception into the end of this session: exports' exceptions are
+   * caught per request, so reaching the catch is a bug in this layer, and it must not take the
+   * process (and every other connection) down.
+   */
+  private guarded(work: () => void): void {
     const socket = this.socket;
     socket.cork();
     try {
-      if (this.transmission !== undefined) this.transmission.feed(chunk);
-      else this.handshake.feed(chunk);
+      work();
     } catch (err) {
-      // Exports' exceptions are caught per request; reaching here is a bug in this layer.
-      this.options.logger.error?.(
-        `nbd ${this.peer}: internal error: ${(err as Error)?.stack ?? String(err)}`,
-      );
-      this.close('internal error', false);
+      this.internalError(err);
     } finally {
       socket.uncork();
     }
+  }
+
+  private internalError(err: unknown): void {
+    this.options.logger.error?.(`nbd ${this.peer}: internal error: ${(err as Error)?.stack ?? String(err)}`);
+    this.close('internal error', false);
   }
 
   private enterTransmission(negotiated: Negotiated, rest: Buffer | undefined): void {
@@ -102,6 +126,7 @@ export class Session {
           else this.socket.resume();
         },
         close: (reason, violation) => this.close(reason, violation),
+        internalError: (err) => this.internalError(err),
       },
       this.options.stats,
     );

@@ -75,6 +75,8 @@ export interface TransmissionIo {
   setInputPaused(paused: boolean): void;
   /** Transmission ended: after NBD_CMD_DISC (`violation` false) or a broken frame. */
   close(reason: string, violation: boolean): void;
+  /** A bug in this layer surfaced outside a socket event (in a flush completion). */
+  internalError(err: unknown): void;
 }
 
 /** READ structured reply: chunk header + 64-bit offset before the data. */
@@ -359,10 +361,12 @@ export class Transmission implements RequestSink {
     } catch (err) {
       flushed = Promise.reject(err);
     }
-    flushed.then(
-      () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
-      (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
-    );
+    flushed
+      .then(
+        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
+        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
+      )
+      .catch((err: unknown) => this.io.internalError(err));
   }
 
   private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {

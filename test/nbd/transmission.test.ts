@@ -366,3 +366,25 @@ test('server.close() ends open connections and stops listening', async () => {
   assert.equal(server.stats().connectionsOpen, 0);
   await assert.rejects(RawClient.connect(port));
 });
+
+test('a failing flush fails FLUSH and FUA writes; a flush that never settles cannot hold close()', async (t) => {
+  const { server, port, dir } = await startServer();
+  const exp = dir.exports.get('small');
+  assert.ok(exp);
+  const { client: c } = await RawClient.open(port, 'small');
+  t.after(() => c.destroy());
+  exp.flush = () => Promise.reject(new MemfabricError(ErrorCodes.POOL_EXHAUSTED, 'no room to persist'));
+  c.request(C.CMD_FLUSH, 0, 0, { cookie: 1n });
+  const r = await c.readReply();
+  assert.deepEqual([r.cookie, r.error, r.type], [1n, C.ENOSPC, C.REPLY_TYPE_ERROR]);
+  assert.match(r.data.toString('utf8', 6), /no room to persist/);
+  assert.equal(await c.pwrite(0, Buffer.from('x'), C.CMD_FLAG_FUA), C.ENOSPC);
+
+  exp.flush = () => new Promise<void>(() => {});
+  c.request(C.CMD_FLUSH, 0, 0, { cookie: 2n });
+  assert.deepEqual(await c.pread(0, 1), Buffer.from('x')); // later requests are not blocked
+  const started = Date.now();
+  await server.close();
+  assert.ok(Date.now() - started < C.CLOSE_GRACE_MS * 3, 'close() finished');
+  assert.equal(await c.waitClosed(), true);
+});
