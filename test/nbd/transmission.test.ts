@@ -388,3 +388,33 @@ test('a failing flush fails FLUSH and FUA writes; a flush that never settles can
   assert.ok(Date.now() - started < C.CLOSE_GRACE_MS * 3, 'close() finished');
   assert.equal(await c.waitClosed(), true);
 });
+
+test('many concurrent connections; a write flushed on one is read by every other', async (t) => {
+  const { server, port } = await startServer();
+  t.after(() => server.close());
+  const n = 24;
+  const clients = await Promise.all(Array.from({ length: n }, () => RawClient.open(port)));
+  t.after(() => clients.forEach(({ client }) => client.destroy()));
+  assert.equal(server.stats().connectionsOpen, n);
+  // Everyone writes its own 64 KiB region (some with FUA), then flushes.
+  await Promise.all(
+    clients.map(async ({ client }, i) => {
+      assert.equal(
+        await client.pwrite(i * 65_536, Buffer.alloc(65_536, i + 1), i % 2 ? C.CMD_FLAG_FUA : 0),
+        0,
+      );
+      client.request(C.CMD_FLUSH, 0, 0, { cookie: 99n });
+      assert.equal((await client.readReply()).error, 0);
+    }),
+  );
+  // Then everyone reads everyone's region.
+  await Promise.all(
+    clients.map(async ({ client }, i) => {
+      const all = await client.pread(0, n * 65_536, true, BigInt(i));
+      for (let j = 0; j < n; j++) {
+        const region = all.subarray(j * 65_536, (j + 1) * 65_536);
+        assert.ok(region.equals(Buffer.alloc(65_536, j + 1)), `client ${i} sees region ${j}`);
+      }
+    }),
+  );
+});
