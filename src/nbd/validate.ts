@@ -4,8 +4,9 @@
  * only flags it understands. A rejection is a reason code; `rejectionErrno` turns it into the
  * errno the spec asks for and `rejectionMessage` into text for a structured error chunk.
  *
- * Order matters only for which error a doubly-wrong request gets; it follows the spec's list:
- * unknown command, flags, read-only, payload size, zero length, range.
+ * Order matters only for which error a doubly-wrong request gets: unknown command, flags, DF
+ * without structured replies, FLUSH fields, read-only, payload size, missing meta context,
+ * zero length, range (docs/nbd.md has the table).
  */
 import {
   CMD_BLOCK_STATUS,
