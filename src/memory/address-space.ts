@@ -112,6 +112,17 @@ export class AddressSpace implements TranslationCache {
   private readonly tlbSegment = new Int32Array(TLB_ENTRIES);
   private readonly tlbOffset = new Int32Array(TLB_ENTRIES);
   private readonly tlbWritable = new Uint8Array(TLB_ENTRIES);
+  /**
+   * Scalar fast path: the byte address where each slot's page starts (NaN when the slot is
+   * empty or its page is the partial last one), and the same for writable slots only. One
+   * subtraction then checks tag and bounds together: `addr - base` must be a whole number
+   * from 0 to pageSize - width (`x >>> 0 === x` rejects negative, fractional and NaN at once).
+   */
+  private readonly tlbBase = new Float64Array(TLB_ENTRIES).fill(Number.NaN);
+  private readonly tlbWriteBase = new Float64Array(TLB_ENTRIES).fill(Number.NaN);
+  private readonly tlbDataView: DataView[] = [];
+  /** Segment byte offset minus page base address: `addr + delta` is the byte in the segment. */
+  private readonly tlbDelta = new Float64Array(TLB_ENTRIES);
   /** One reusable whole-page view per TLB slot (so full-page reads allocate nothing). */
   private readonly tlbView: Uint8Array[] = [];
   private readonly tlbViewFrame = new Int32Array(TLB_ENTRIES).fill(-1);
@@ -141,7 +152,10 @@ export class AddressSpace implements TranslationCache {
     }
     this.nodes = new Int32Array(DIR_ENTRIES);
     this.epochTimes[this.epoch % EPOCH_TIMES] = performance.now();
-    for (let i = 0; i < TLB_ENTRIES; i++) this.tlbView.push(pool.segments[0]!.subarray(0, 0));
+    for (let i = 0; i < TLB_ENTRIES; i++) {
+      this.tlbView.push(pool.segments[0]!.subarray(0, 0));
+      this.tlbDataView.push(pool.views[0]!);
+    }
     pool.addTranslationCache(this);
   }
 
@@ -227,56 +241,115 @@ export class AddressSpace implements TranslationCache {
   // Scalar access (little-endian). A value that crosses a page boundary takes a slower path.
 
   readU8(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
+      return this.tlbDataView[slot]!.getUint8(addr + this.tlbDelta[slot]!);
+    }
     const at = this.locate(addr, 1, false);
-    return this.pool.views[this.hitSegment]!.getUint8(at);
+    return at >= 0 ? this.pool.views[this.hitSegment]!.getUint8(at) : this.readSplit(addr, 1).getUint8(0);
   }
+
   readI8(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
+      return this.tlbDataView[slot]!.getInt8(addr + this.tlbDelta[slot]!);
+    }
     const at = this.locate(addr, 1, false);
-    return this.pool.views[this.hitSegment]!.getInt8(at);
+    return at >= 0 ? this.pool.views[this.hitSegment]!.getInt8(at) : this.readSplit(addr, 1).getInt8(0);
   }
+
   readU16(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
+      return this.tlbDataView[slot]!.getUint16(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 2, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getUint16(at, true)
       : this.readSplit(addr, 2).getUint16(0, true);
   }
+
   readI16(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
+      return this.tlbDataView[slot]!.getInt16(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 2, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getInt16(at, true)
       : this.readSplit(addr, 2).getInt16(0, true);
   }
+
   readU32(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      return this.tlbDataView[slot]!.getUint32(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 4, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getUint32(at, true)
       : this.readSplit(addr, 4).getUint32(0, true);
   }
+
   readI32(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      return this.tlbDataView[slot]!.getInt32(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 4, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getInt32(at, true)
       : this.readSplit(addr, 4).getInt32(0, true);
   }
+
   readF32(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      return this.tlbDataView[slot]!.getFloat32(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 4, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getFloat32(at, true)
       : this.readSplit(addr, 4).getFloat32(0, true);
   }
+
   readF64(addr: number): number {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      return this.tlbDataView[slot]!.getFloat64(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 8, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getFloat64(at, true)
       : this.readSplit(addr, 8).getFloat64(0, true);
   }
+
   readU64(addr: number): bigint {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      return this.tlbDataView[slot]!.getBigUint64(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 8, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getBigUint64(at, true)
       : this.readSplit(addr, 8).getBigUint64(0, true);
   }
+
   readI64(addr: number): bigint {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      return this.tlbDataView[slot]!.getBigInt64(addr + this.tlbDelta[slot]!, true);
+    }
     const at = this.locate(addr, 8, false);
     return at >= 0
       ? this.pool.views[this.hitSegment]!.getBigInt64(at, true)
@@ -284,49 +357,120 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU8(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
+      this.tlbDataView[slot]!.setUint8(addr + this.tlbDelta[slot]!, value);
+      return;
+    }
     const at = this.locate(addr, 1, true);
-    this.pool.views[this.hitSegment]!.setUint8(at, value);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setUint8(at, value);
+    else this.writeSplit(addr, 1, this.scratchView.setUint8(0, value));
   }
+
   writeI8(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
+      this.tlbDataView[slot]!.setInt8(addr + this.tlbDelta[slot]!, value);
+      return;
+    }
     const at = this.locate(addr, 1, true);
-    this.pool.views[this.hitSegment]!.setInt8(at, value);
+    if (at >= 0) this.pool.views[this.hitSegment]!.setInt8(at, value);
+    else this.writeSplit(addr, 1, this.scratchView.setInt8(0, value));
   }
+
   writeU16(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
+      this.tlbDataView[slot]!.setUint16(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 2, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setUint16(at, value, true);
     else this.writeSplit(addr, 2, this.scratchView.setUint16(0, value, true));
   }
+
   writeI16(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
+      this.tlbDataView[slot]!.setInt16(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 2, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setInt16(at, value, true);
     else this.writeSplit(addr, 2, this.scratchView.setInt16(0, value, true));
   }
+
   writeU32(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      this.tlbDataView[slot]!.setUint32(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 4, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setUint32(at, value, true);
     else this.writeSplit(addr, 4, this.scratchView.setUint32(0, value, true));
   }
+
   writeI32(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      this.tlbDataView[slot]!.setInt32(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 4, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setInt32(at, value, true);
     else this.writeSplit(addr, 4, this.scratchView.setInt32(0, value, true));
   }
+
   writeF32(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
+      this.tlbDataView[slot]!.setFloat32(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 4, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setFloat32(at, value, true);
     else this.writeSplit(addr, 4, this.scratchView.setFloat32(0, value, true));
   }
+
   writeF64(addr: number, value: number): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      this.tlbDataView[slot]!.setFloat64(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 8, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setFloat64(at, value, true);
     else this.writeSplit(addr, 8, this.scratchView.setFloat64(0, value, true));
   }
+
   writeU64(addr: number, value: bigint): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      this.tlbDataView[slot]!.setBigUint64(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 8, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setBigUint64(at, value, true);
     else this.writeSplit(addr, 8, this.scratchView.setBigUint64(0, value, true));
   }
+
   writeI64(addr: number, value: bigint): void {
+    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const inPage = addr - this.tlbWriteBase[slot]!;
+    if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
+      this.tlbDataView[slot]!.setBigInt64(addr + this.tlbDelta[slot]!, value, true);
+      return;
+    }
     const at = this.locate(addr, 8, true);
     if (at >= 0) this.pool.views[this.hitSegment]!.setBigInt64(at, value, true);
     else this.writeSplit(addr, 8, this.scratchView.setBigInt64(0, value, true));
@@ -392,7 +536,7 @@ export class AddressSpace implements TranslationCache {
     this.assertLive();
     this.epoch++;
     this.epochTimes[this.epoch % EPOCH_TIMES] = performance.now();
-    this.tlbWritable.fill(0);
+    this.dropWritable();
     return this.epoch;
   }
 
@@ -523,7 +667,8 @@ export class AddressSpace implements TranslationCache {
   /** Drops every cached translation (TranslationCache). */
   flushTranslations(): void {
     this.tlbPage.fill(-1);
-    this.tlbWritable.fill(0);
+    this.tlbBase.fill(Number.NaN);
+    this.dropWritable();
   }
 
   // ---------------------------------------------------------------------------------------
@@ -625,6 +770,18 @@ export class AddressSpace implements TranslationCache {
     this.tlbSegment[slot] = frame >>> pool.segmentShift;
     this.tlbOffset[slot] = (frame & pool.segmentMask) * this.pageSize;
     this.tlbWritable[slot] = writable;
+    this.tlbDataView[slot] = pool.views[frame >>> pool.segmentShift]!;
+    const base = page * this.pageSize;
+    this.tlbDelta[slot] = this.tlbOffset[slot]! - base;
+    const whole = base + this.pageSize <= this.size;
+    this.tlbBase[slot] = whole ? base : Number.NaN;
+    this.tlbWriteBase[slot] = whole && writable ? base : Number.NaN;
+  }
+
+  /** Cached translations stay valid for reads but may no longer be written through. */
+  private dropWritable(): void {
+    this.tlbWritable.fill(0);
+    this.tlbWriteBase.fill(Number.NaN);
   }
 
   private translateForRead(page: number): void {
@@ -691,7 +848,7 @@ export class AddressSpace implements TranslationCache {
     this.nodes[slotIndex] = copy;
     // Cached translations still point at frames through the old leaf; they stay correct for
     // reads, but writable ones would now write shared frames.
-    this.tlbWritable.fill(0);
+    this.dropWritable();
     return copy;
   }
 
