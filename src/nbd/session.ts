@@ -113,8 +113,9 @@ export class Session {
   private enterTransmission(negotiated: Negotiated, rest: Buffer | undefined): void {
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
-    this.attachedName = negotiated.exportName;
     this.options.directory.onAttach?.(negotiated.exportName, 1);
+    // Only an attach that succeeded is undone when the socket closes.
+    this.attachedName = negotiated.exportName;
     this.transmission = new Transmission(
       negotiated,
       {
@@ -166,7 +167,14 @@ export class Session {
     clearTimeout(this.handshakeTimer);
     clearTimeout(this.graceTimer);
     this.transmission?.stop();
-    if (this.attachedName !== undefined) this.options.directory.onAttach?.(this.attachedName, -1);
+    try {
+      if (this.attachedName !== undefined) this.options.directory.onAttach?.(this.attachedName, -1);
+    } catch (err) {
+      // A directory's bookkeeping must not take the process down from a 'close' handler.
+      this.options.logger.error?.(
+        `nbd ${this.peer}: onAttach threw: ${(err as Error)?.message ?? String(err)}`,
+      );
+    }
     this.options.onClosed(this);
   }
 }

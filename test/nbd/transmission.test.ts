@@ -10,7 +10,8 @@ import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { RequestParser, PAYLOAD_COLLECT, PAYLOAD_NONE } from '../../src/nbd/request-parser.js';
 import type { RequestHeader } from '../../src/nbd/request-parser.js';
 import { startServer } from './helpers.js';
-import { decodeExtents, encodeRequest, RawClient } from './raw-client.js';
+import { testDirectory } from './memory-export.js';
+import { decodeExtents, encodeRequest, infoData, RawClient } from './raw-client.js';
 
 const MiB = 1024 * 1024;
 
@@ -417,4 +418,29 @@ test('many concurrent connections; a write flushed on one is read by every other
       }
     }),
   );
+});
+
+test('a directory that throws is contained to the connection that hit it', async (t) => {
+  const dir = testDirectory(1024 * 1024);
+  const errors: string[] = [];
+  let explode = false;
+  const onAttach = dir.onAttach.bind(dir);
+  dir.onAttach = (name, delta) => {
+    if (explode) throw new Error(`onAttach ${delta}`);
+    onAttach(name, delta);
+  };
+  const { server, port } = await startServer(dir, { logger: { error: (m) => errors.push(m) } });
+  t.after(() => server.close());
+  const { client: a } = await RawClient.open(port, 'small');
+  explode = true;
+  a.destroy(); // onAttach(-1) throws inside the socket's 'close' handler
+  const b = await RawClient.handshake(port);
+  t.after(() => b.destroy());
+  b.sendOption(C.OPT_GO, infoData('small')); // onAttach(+1) throws while entering transmission
+  assert.equal(await b.waitClosed(), true);
+  explode = false;
+  const { client: c } = await RawClient.open(port, 'small');
+  t.after(() => c.destroy());
+  assert.equal(await c.pwrite(0, Buffer.from('fine')), 0);
+  assert.equal(errors.length, 2, errors.join('\n'));
 });
