@@ -227,6 +227,8 @@ test('fio: random writes verified with crc32c from 3 jobs', { skip: missing('fio
       '--verify_fatal=1',
       '--runtime=10',
       '--group_reporting',
+      // fio otherwise leaves local-verify-*.state files in its working directory.
+      '--verify_state_save=0',
     ],
     60_000,
   );
