@@ -28,6 +28,12 @@ export const ErrorCodes = {
   NBD_REQUEST_FAILED: 'MF_NBD_REQUEST_FAILED',
   /** The connection closed or failed; in-flight requests did not complete. */
   CONNECTION_CLOSED: 'MF_CONNECTION_CLOSED',
+  /** The thing is in use (a region with clients attached) and the call would pull it away. */
+  BUSY: 'MF_BUSY',
+  /** An HTTP request to the admin API was malformed (bad JSON, unknown fields, wrong types). */
+  BAD_REQUEST: 'MF_BAD_REQUEST',
+  /** Something failed inside memfabric; the server log has the details. */
+  INTERNAL: 'MF_INTERNAL',
   /** A file on disk is not what it should be (wrong magic, version, truncated). */
   CORRUPT_FILE: 'MF_CORRUPT_FILE',
 } as const;

@@ -5,6 +5,16 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { MemfabricError, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
+import { applianceDefaults, runAppliance } from './appliance-command.js';
+import {
+  APPLIANCE_URL_DEFAULT,
+  applianceStats,
+  formatRegions,
+  regionClone,
+  regionCreate,
+  regionList,
+  regionRemove,
+} from './admin-commands.js';
 
 function sizeOption(value: string): number {
   try {
@@ -34,6 +44,74 @@ program
   .option('--size <size>', 'size of the parent space', sizeOption, 16 * 1024 * 1024)
   .action((options: { clones: number; size: number }) => {
     runDemo({ clones: options.clones, sizeBytes: options.size, out: (line) => console.log(line) });
+  });
+
+program
+  .command('appliance')
+  .description('run a memory appliance: regions served over NBD, an HTTP admin API and dashboard')
+  .option('--nbd <host:port>', 'where NBD listens', applianceDefaults.nbd)
+  .option('--http <host:port>', 'where the admin API and dashboard listen', applianceDefaults.http)
+  .option('--memory <size>', 'memory budget for all regions', sizeOption, parseSize(applianceDefaults.memory))
+  .option('--data-dir <dir>', 'directory for file-backed regions (loaded at start)')
+  .option(
+    '--default-region <name>',
+    "region served for the empty export name ('' for none)",
+    applianceDefaults.defaultRegion,
+  )
+  .option(
+    '--default-size <size>',
+    'size of the default region if it is created (default: the memory budget)',
+    sizeOption,
+  )
+  .option('--page-size <bytes>', 'page size: a power of two from 512 to 65536', sizeOption, 4096)
+  .option('--no-merge', 'turn off background same-page merging')
+  .option('--log-level <level>', 'pino log level', 'info')
+  .action(runAppliance);
+
+const appliance = (command: Command) =>
+  command.option('--appliance <url>', 'the appliance admin API', APPLIANCE_URL_DEFAULT);
+
+const region = program.command('region').description('manage regions on an appliance');
+appliance(region.command('create <name>'))
+  .description('create a region (usable at once; memory is taken only as it is written)')
+  .requiredOption('--size <size>', 'virtual size, e.g. 1GiB or 1TiB')
+  .option('--tenant <tenant>', 'trust domain: pages are merged only within a tenant')
+  .option('--read-only', 'refuse writes')
+  .option('--file', "back the region with a file in the appliance's data directory")
+  .action(
+    async (
+      name: string,
+      options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean; appliance: string },
+    ) => {
+      const created = await regionCreate(options.appliance, name, options);
+      console.log(formatRegions([created]));
+    },
+  );
+appliance(region.command('ls'))
+  .description('list regions')
+  .option('--json', 'print JSON')
+  .action(async (options: { appliance: string; json?: boolean }) => {
+    const regions = await regionList(options.appliance);
+    console.log(options.json ? JSON.stringify(regions, null, 2) : formatRegions(regions));
+  });
+appliance(region.command('clone <source> <name>'))
+  .description('make a copy-on-write clone of a region')
+  .option('--read-only', 'make the clone read-only')
+  .action(async (source: string, name: string, options: { appliance: string; readOnly?: boolean }) => {
+    console.log(
+      formatRegions([await regionClone(options.appliance, source, name, options.readOnly ?? false)]),
+    );
+  });
+appliance(region.command('rm <name>'))
+  .description('delete a region and free its memory')
+  .action(async (name: string, options: { appliance: string }) => {
+    await regionRemove(options.appliance, name);
+    console.log(`deleted ${name}`);
+  });
+appliance(program.command('stats'))
+  .description("print an appliance's statistics as JSON")
+  .action(async (options: { appliance: string }) => {
+    console.log(JSON.stringify(await applianceStats(options.appliance), null, 2));
   });
 
 try {

@@ -1,0 +1,183 @@
+/**
+ * The appliance's admin API (HTTP + JSON, fastify). Bodies are validated against JSON schemas
+ * (unknown fields are refused, not dropped); every error answers `{ error: { code, message } }`
+ * with a status from one mapping (httpStatusFor). Routes:
+ *
+ *   POST   /v1/regions              { name, size, readOnly?, tenant?, file? }  -> 201 region
+ *   GET    /v1/regions                                                         -> { regions }
+ *   GET    /v1/regions/:name                                                   -> region
+ *   POST   /v1/regions/:name/clone  { name, readOnly? }                        -> 201 region
+ *   DELETE /v1/regions/:name                                                   -> 204
+ *   GET    /v1/stats                                                           -> appliance stats
+ *   GET    /metrics                 Prometheus text format
+ *   GET    /                        dashboard (HTML)
+ */
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { ErrorCodes, MemfabricError } from '../errors.js';
+import type { Appliance } from './appliance.js';
+import { renderDashboard } from './dashboard.js';
+import { createMetrics } from './metrics.js';
+import type { Region } from './region.js';
+
+/** Admin request bodies are small; anything larger is refused with 413. */
+export const ADMIN_BODY_BYTES_MAX = 64 * 1024;
+
+const sizeSchema = {
+  anyOf: [
+    { type: 'integer', minimum: 1 },
+    { type: 'string', minLength: 1, maxLength: 32 },
+  ],
+};
+const nameSchema = { type: 'string', minLength: 1, maxLength: 128 };
+
+const createRegionBody = {
+  type: 'object',
+  required: ['name', 'size'],
+  additionalProperties: false,
+  properties: {
+    name: nameSchema,
+    size: sizeSchema,
+    readOnly: { type: 'boolean' },
+    tenant: { type: 'string', minLength: 1, maxLength: 64 },
+    file: { type: 'boolean' },
+  },
+} as const;
+
+const cloneRegionBody = {
+  type: 'object',
+  required: ['name'],
+  additionalProperties: false,
+  properties: { name: nameSchema, readOnly: { type: 'boolean' } },
+} as const;
+
+interface CreateRegionBody {
+  name: string;
+  size: number | string;
+  readOnly?: boolean;
+  tenant?: string;
+  file?: boolean;
+}
+
+/** The one mapping from error codes to HTTP statuses. */
+export function httpStatusFor(error: unknown): number {
+  if (error instanceof MemfabricError) {
+    switch (error.code) {
+      case ErrorCodes.INVALID_ARGUMENT:
+      case ErrorCodes.INVALID_SIZE:
+      case ErrorCodes.OUT_OF_RANGE:
+        return 400;
+      case ErrorCodes.NOT_FOUND:
+        return 404;
+      case ErrorCodes.ALREADY_EXISTS:
+      case ErrorCodes.BUSY:
+      case ErrorCodes.READ_ONLY:
+        return 409;
+      case ErrorCodes.POOL_EXHAUSTED:
+        return 507;
+      default:
+        return 500;
+    }
+  }
+  const status = (error as FastifyError).statusCode;
+  return typeof status === 'number' && status >= 400 && status < 600 ? status : 500;
+}
+
+export function regionView(region: Region): Record<string, unknown> {
+  return { ...region.info(), stats: region.stats() };
+}
+
+export function createAdminApi(appliance: Appliance): FastifyInstance {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: ADMIN_BODY_BYTES_MAX,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
+  const registry = appliance.registry;
+  const metrics = createMetrics(appliance);
+
+  app.setErrorHandler((error: FastifyError | MemfabricError, request, reply) => {
+    const status = httpStatusFor(error);
+    const code =
+      error instanceof MemfabricError
+        ? error.code
+        : status === 400 || status === 413 || status === 415
+          ? ErrorCodes.BAD_REQUEST
+          : status === 404
+            ? ErrorCodes.NOT_FOUND
+            : ErrorCodes.INTERNAL;
+    const message =
+      (error as FastifyError).validation !== undefined
+        ? `invalid request: ${error.message}`
+        : status >= 500 && !(error instanceof MemfabricError)
+          ? 'internal error; see the appliance log'
+          : error.message;
+    if (status >= 500) appliance.logger?.error({ err: error, url: request.url }, 'admin request failed');
+    void reply.status(status).send({ error: { code, message } });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.status(404).send({
+      error: { code: ErrorCodes.NOT_FOUND, message: `no route ${request.method} ${request.url}; see GET /` },
+    });
+  });
+
+  app.post<{ Body: CreateRegionBody }>(
+    '/v1/regions',
+    { schema: { body: createRegionBody } },
+    async (request, reply) => {
+      const body = request.body;
+      const region = await registry.create({
+        name: body.name,
+        size: body.size,
+        ...(body.readOnly !== undefined ? { readOnly: body.readOnly } : {}),
+        ...(body.tenant !== undefined ? { tenant: body.tenant } : {}),
+        ...(body.file !== undefined ? { file: body.file } : {}),
+      });
+      appliance.logger?.info(
+        { region: region.name, size: region.size, tenant: region.tenant },
+        'region created',
+      );
+      return reply.status(201).send(regionView(region));
+    },
+  );
+
+  app.get('/v1/regions', async () => ({ regions: registry.all().map(regionView) }));
+
+  app.get<{ Params: { name: string } }>('/v1/regions/:name', async (request) =>
+    regionView(registry.require(request.params.name)),
+  );
+
+  app.post<{ Params: { name: string }; Body: { name: string; readOnly?: boolean } }>(
+    '/v1/regions/:name/clone',
+    { schema: { body: cloneRegionBody } },
+    async (request, reply) => {
+      const clone = registry.clone(request.params.name, {
+        name: request.body.name,
+        ...(request.body.readOnly !== undefined ? { readOnly: request.body.readOnly } : {}),
+      });
+      appliance.logger?.info({ region: clone.name, from: request.params.name }, 'region cloned');
+      return reply.status(201).send(regionView(clone));
+    },
+  );
+
+  app.delete<{ Params: { name: string } }>('/v1/regions/:name', async (request, reply) => {
+    await registry.delete(request.params.name);
+    appliance.logger?.info({ region: request.params.name }, 'region deleted');
+    return reply.status(204).send();
+  });
+
+  app.get('/v1/stats', async () => ({
+    ...appliance.stats(),
+    endpoints: { nbd: appliance.nbdAddress, http: appliance.httpAddress },
+  }));
+
+  app.get('/metrics', async (_request, reply) => {
+    const body = await metrics.metrics();
+    return reply.header('content-type', metrics.contentType).send(body);
+  });
+
+  app.get('/', async (_request, reply) =>
+    reply.header('content-type', 'text/html; charset=utf-8').send(renderDashboard(appliance)),
+  );
+
+  return app;
+}

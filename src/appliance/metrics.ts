@@ -1,0 +1,154 @@
+/**
+ * Prometheus metrics for one appliance (prom-client, a registry of its own). Values are read
+ * from the appliance when scraped; nothing on the data path touches prom-client.
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { Appliance } from './appliance.js';
+
+/** A counter whose value is read from elsewhere at scrape time. */
+function mirroredCounter(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: string[],
+  read: () => Array<[Record<string, string>, number]>,
+): void {
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [labels, value] of read()) this.inc(labels, value);
+    },
+  });
+}
+
+function mirroredGauge(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: string[],
+  read: () => Array<[Record<string, string>, number]>,
+): void {
+  new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [labels, value] of read()) this.set(labels, value);
+    },
+  });
+}
+
+export function createMetrics(appliance: Appliance): Registry {
+  const registry = new Registry();
+  const stats = () => appliance.stats();
+  const regions = () => appliance.registry.all();
+
+  mirroredGauge(registry, 'memfabric_memory_capacity_bytes', 'Frame budget of the appliance.', [], () => [
+    [{}, stats().memory.capacityBytes],
+  ]);
+  mirroredGauge(registry, 'memfabric_memory_used_bytes', 'Bytes of frames in use.', [], () => [
+    [{}, stats().memory.usedBytes],
+  ]);
+  mirroredGauge(
+    registry,
+    'memfabric_memory_logical_bytes',
+    'Bytes the regions hold before sharing.',
+    [],
+    () => [[{}, stats().memory.logicalBytes]],
+  );
+  mirroredGauge(registry, 'memfabric_regions', 'Regions on this appliance.', [], () => [
+    [{}, stats().regions],
+  ]);
+  mirroredGauge(
+    registry,
+    'memfabric_region_resident_bytes',
+    'Bytes of pages holding data, by region.',
+    ['region', 'tenant'],
+    () => regions().map((r) => [{ region: r.name, tenant: r.tenant }, r.stats().residentBytes]),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_region_shared_bytes',
+    'Bytes of pages shared with clones or merged, by region.',
+    ['region', 'tenant'],
+    () => regions().map((r) => [{ region: r.name, tenant: r.tenant }, r.stats().sharedBytes]),
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_region_operations_total',
+    'Data operations by region and kind.',
+    ['region', 'op'],
+    () =>
+      regions().flatMap((r) => {
+        const s = r.stats();
+        return [
+          [{ region: r.name, op: 'read' }, s.reads],
+          [{ region: r.name, op: 'write' }, s.writes],
+          [{ region: r.name, op: 'trim' }, s.trims],
+          [{ region: r.name, op: 'zero' }, s.zeroes],
+          [{ region: r.name, op: 'flush' }, s.flushes],
+        ] as Array<[Record<string, string>, number]>;
+      }),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_pages',
+    'Same-page merger page counts, as KSM reports them.',
+    ['kind'],
+    () => {
+      const merger = stats().merger;
+      if (!merger) return [];
+      return [
+        [{ kind: 'shared' }, merger.pagesShared],
+        [{ kind: 'sharing' }, merger.pagesSharing],
+        [{ kind: 'unshared' }, merger.pagesUnshared],
+        [{ kind: 'volatile' }, merger.pagesVolatile],
+        [{ kind: 'zero' }, merger.zeroPages],
+      ];
+    },
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_saved_bytes',
+    'Bytes saved by merging, net of its tables.',
+    [],
+    () => {
+      const merger = stats().merger;
+      return merger ? [[{}, merger.bytesSaved]] : [];
+    },
+  );
+  mirroredCounter(registry, 'memfabric_merger_full_scans_total', 'Completed full scans.', [], () => {
+    const merger = stats().merger;
+    return merger ? [[{}, merger.fullScans]] : [];
+  });
+  mirroredGauge(registry, 'memfabric_nbd_connections', 'Open NBD connections.', [], () => [
+    [{}, stats().nbd.connectionsOpen],
+  ]);
+  mirroredCounter(registry, 'memfabric_nbd_requests_total', 'NBD requests by command.', ['command'], () =>
+    Object.entries(stats().nbd.requests).map(([command, count]) => [{ command }, count]),
+  );
+  mirroredCounter(registry, 'memfabric_nbd_bytes_total', 'NBD payload bytes.', ['direction'], () => {
+    const nbd = stats().nbd;
+    return [
+      [{ direction: 'read' }, nbd.bytesRead],
+      [{ direction: 'write' }, nbd.bytesWritten],
+    ];
+  });
+  mirroredCounter(registry, 'memfabric_nbd_errors_total', 'NBD requests answered with an error.', [], () => [
+    [{}, stats().nbd.errors],
+  ]);
+  mirroredCounter(
+    registry,
+    'memfabric_nbd_protocol_violations_total',
+    'Connections dropped for breaking the protocol.',
+    [],
+    () => [[{}, stats().nbd.protocolViolations]],
+  );
+  return registry;
+}

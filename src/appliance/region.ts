@@ -1,0 +1,161 @@
+/**
+ * A region: one address space of the appliance's frame pool, served as an NBD export and
+ * managed through the admin API. It is usable the moment it exists (nothing is allocated
+ * until written; unwritten ranges read as zeros and report as holes), which is the seed's
+ * "access before initialisation of all of the region".
+ *
+ * The NBD server validates every request before calling in, so the data methods only count
+ * and forward. Counters are plain numbers: a region is one object, its pages are not.
+ */
+import { ErrorCodes, MemfabricError } from '../errors.js';
+import type { AddressSpace } from '../memory/index.js';
+import type { NbdExport } from '../nbd/export.js';
+import type { FileBacking } from './file-backing.js';
+
+/** At most this many extents per BLOCK_STATUS reply (clients ask again for the rest). */
+export const EXTENTS_PER_REPLY_MAX = 4096;
+
+export interface RegionInfo {
+  name: string;
+  size: number;
+  readOnly: boolean;
+  tenant: string;
+  /** The backing file's path, for file-backed regions. */
+  file: string | null;
+  /** The region this one was cloned from, if any. */
+  clonedFrom: string | null;
+  createdAt: string;
+}
+
+export interface RegionStats {
+  reads: number;
+  writes: number;
+  trims: number;
+  zeroes: number;
+  flushes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Bytes of pages that hold data (private or shared). */
+  residentBytes: number;
+  /** Bytes of pages whose frame is shared with another page (clones, merged pages). */
+  sharedBytes: number;
+  /** Bytes of pages mapped to the zero frame. */
+  zeroBytes: number;
+  connections: number;
+}
+
+export class Region implements NbdExport {
+  readonly name: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly tenant: string;
+  readonly blockSize: number;
+  readonly description: string;
+  readonly space: AddressSpace;
+  readonly backing: FileBacking | undefined;
+  readonly clonedFrom: string | null;
+  readonly createdAt = new Date();
+  connections = 0;
+
+  private reads = 0;
+  private writes = 0;
+  private trims = 0;
+  private zeroes = 0;
+  private flushes = 0;
+  private bytesRead = 0;
+  private bytesWritten = 0;
+
+  constructor(options: {
+    name: string;
+    space: AddressSpace;
+    readOnly: boolean;
+    tenant: string;
+    backing?: FileBacking | undefined;
+    clonedFrom?: string | null;
+  }) {
+    this.name = options.name;
+    this.space = options.space;
+    this.size = options.space.size;
+    this.readOnly = options.readOnly;
+    this.tenant = options.tenant;
+    this.backing = options.backing;
+    this.clonedFrom = options.clonedFrom ?? null;
+    this.blockSize = options.space.pageSize;
+    this.description = `memfabric region ${options.name} (tenant ${options.tenant})`;
+  }
+
+  read(offset: number, dst: Uint8Array): void {
+    this.space.read(offset, dst);
+    this.reads++;
+    this.bytesRead += dst.length;
+  }
+
+  write(offset: number, src: Uint8Array): void {
+    this.assertWritable();
+    this.space.write(offset, src);
+    this.writes++;
+    this.bytesWritten += src.length;
+  }
+
+  trim(offset: number, length: number): void {
+    this.assertWritable();
+    this.space.trim(offset, length);
+    this.trims++;
+  }
+
+  writeZeroes(offset: number, length: number, mayPunchHole: boolean): void {
+    this.assertWritable();
+    this.space.writeZeroes(offset, length, mayPunchHole);
+    this.zeroes++;
+    this.bytesWritten += length;
+  }
+
+  /** Makes completed writes durable: saves to the backing file, if any. */
+  async flush(): Promise<void> {
+    this.flushes++;
+    if (this.backing) await this.backing.save(this.space);
+  }
+
+  blockStatus(offset: number, length: number, emit: (length: number, flags: number) => void): number {
+    return this.space.extents(offset, length, emit, EXTENTS_PER_REPLY_MAX);
+  }
+
+  info(): RegionInfo {
+    return {
+      name: this.name,
+      size: this.size,
+      readOnly: this.readOnly,
+      tenant: this.tenant,
+      file: this.backing?.imagePath ?? null,
+      clonedFrom: this.clonedFrom,
+      createdAt: this.createdAt.toISOString(),
+    };
+  }
+
+  stats(): RegionStats {
+    const space = this.space.stats();
+    const pageSize = this.space.pageSize;
+    return {
+      reads: this.reads,
+      writes: this.writes,
+      trims: this.trims,
+      zeroes: this.zeroes,
+      flushes: this.flushes,
+      bytesRead: this.bytesRead,
+      bytesWritten: this.bytesWritten,
+      residentBytes: space.dataPages * pageSize,
+      sharedBytes: space.sharedPages * pageSize,
+      zeroBytes: space.zeroPages * pageSize,
+      connections: this.connections,
+    };
+  }
+
+  private assertWritable(): void {
+    if (this.readOnly) {
+      throw new MemfabricError(
+        ErrorCodes.READ_ONLY,
+        `region ${this.name} is read-only; clone it to get a writable copy`,
+      );
+    }
+  }
+}

@@ -1,0 +1,121 @@
+/**
+ * `memfabric region …` and `memfabric stats`: thin clients of an appliance's admin API.
+ */
+import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
+import { formatSize } from '../size.js';
+
+export const APPLIANCE_URL_DEFAULT = 'http://127.0.0.1:10880';
+
+interface RegionView {
+  name: string;
+  size: number;
+  tenant: string;
+  readOnly: boolean;
+  file: string | null;
+  clonedFrom: string | null;
+  stats: { residentBytes: number; sharedBytes: number; connections: number };
+}
+
+export async function callApi<T>(base: string, method: string, path: string, body?: unknown): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(new URL(path, base), {
+      method,
+      ...(body === undefined
+        ? {}
+        : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(30_000),
+    });
+  } catch (error) {
+    throw new MemfabricError(
+      ErrorCodes.CONNECTION_CLOSED,
+      `cannot reach the appliance at ${base}; is it running? (start one with: memfabric appliance)`,
+      { cause: error },
+    );
+  }
+  if (response.status === 204) return undefined as T;
+  const text = await response.text();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new MemfabricError(
+      ErrorCodes.INTERNAL,
+      `${method} ${path}: the appliance answered ${response.status} with non-JSON`,
+    );
+  }
+  if (!response.ok) {
+    const error = (parsed as { error?: { code?: string; message?: string } }).error;
+    throw new MemfabricError(
+      (error?.code as ErrorCode | undefined) ?? ErrorCodes.INTERNAL,
+      error?.message ?? `${method} ${path} failed with HTTP ${response.status}`,
+    );
+  }
+  return parsed as T;
+}
+
+export function formatRegions(regions: RegionView[]): string {
+  const header = ['NAME', 'SIZE', 'TENANT', 'RESIDENT', 'SHARED', 'CONNS', 'KIND'];
+  const rows = regions.map((r) => [
+    r.name,
+    formatSize(r.size),
+    r.tenant,
+    formatSize(r.stats.residentBytes),
+    formatSize(r.stats.sharedBytes),
+    String(r.stats.connections),
+    [
+      r.readOnly ? 'read-only' : 'read-write',
+      r.file ? 'file' : '',
+      r.clonedFrom ? `clone of ${r.clonedFrom}` : '',
+    ]
+      .filter(Boolean)
+      .join(', '),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  return [header, ...rows]
+    .map((row) =>
+      row
+        .map((cell, i) => cell.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+export async function regionCreate(
+  base: string,
+  name: string,
+  options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean },
+): Promise<RegionView> {
+  return callApi<RegionView>(base, 'POST', '/v1/regions', {
+    name,
+    size: /^\d+$/.test(options.size) ? Number(options.size) : options.size,
+    ...(options.tenant ? { tenant: options.tenant } : {}),
+    ...(options.readOnly ? { readOnly: true } : {}),
+    ...(options.file ? { file: true } : {}),
+  });
+}
+
+export async function regionList(base: string): Promise<RegionView[]> {
+  return (await callApi<{ regions: RegionView[] }>(base, 'GET', '/v1/regions')).regions;
+}
+
+export async function regionClone(
+  base: string,
+  source: string,
+  name: string,
+  readOnly: boolean,
+): Promise<RegionView> {
+  return callApi<RegionView>(base, 'POST', `/v1/regions/${encodeURIComponent(source)}/clone`, {
+    name,
+    ...(readOnly ? { readOnly: true } : {}),
+  });
+}
+
+export async function regionRemove(base: string, name: string): Promise<void> {
+  await callApi<void>(base, 'DELETE', `/v1/regions/${encodeURIComponent(name)}`);
+}
+
+export async function applianceStats(base: string): Promise<unknown> {
+  return callApi<unknown>(base, 'GET', '/v1/stats');
+}

@@ -1,0 +1,76 @@
+/**
+ * `memfabric appliance`: runs one appliance in the foreground, logging structured lines (pino)
+ * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0.
+ */
+import pino from 'pino';
+import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
+import { formatSize } from '../size.js';
+import { parseEndpoint } from './endpoint.js';
+
+export interface ApplianceCommandOptions {
+  nbd: string;
+  http: string;
+  memory: number;
+  dataDir?: string;
+  defaultRegion: string;
+  defaultSize?: number;
+  pageSize: number;
+  merge: boolean;
+  logLevel: string;
+}
+
+export const applianceDefaults = {
+  nbd: `127.0.0.1:${NBD_PORT_DEFAULT}`,
+  http: `127.0.0.1:${HTTP_PORT_DEFAULT}`,
+  memory: '1GiB',
+  defaultRegion: DEFAULT_REGION_NAME,
+};
+
+export async function runAppliance(options: ApplianceCommandOptions): Promise<void> {
+  const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
+  const nbd = parseEndpoint(options.nbd, '127.0.0.1');
+  const http = parseEndpoint(options.http, '127.0.0.1');
+  const appliance = await Appliance.start({
+    nbd,
+    http,
+    memory: options.memory,
+    pageSize: options.pageSize,
+    ...(options.dataDir ? { dataDir: options.dataDir } : {}),
+    defaultRegion:
+      options.defaultRegion === ''
+        ? false
+        : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
+    merge: options.merge ? {} : false,
+    logger,
+  });
+  const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
+  const httpAt = `http://${appliance.httpAddress.host}:${appliance.httpAddress.port}`;
+  logger.info(
+    { nbd: nbdAt, http: httpAt, memory: options.memory, regions: appliance.registry.size },
+    'appliance listening',
+  );
+  const region = appliance.registry.defaultRegion;
+  // The human part: where it is and a line to paste.
+  process.stderr.write(
+    [
+      `memfabric appliance: ${formatSize(options.memory)} of memory`,
+      `  NBD        nbd://${nbdAt}/${region ?? '<region>'}`,
+      `  dashboard  ${httpAt}/`,
+      `  try        nbdinfo nbd://${nbdAt}/${region ?? ''}`,
+      `             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbdAt}/${region ?? ''}`,
+      `  stop       Ctrl-C (or SIGTERM)`,
+      '',
+    ].join('\n'),
+  );
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      logger.info({ signal }, 'stopping');
+      appliance
+        .stop()
+        .catch((error: unknown) => logger.error({ err: error }, 'stop failed'))
+        .finally(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+}
