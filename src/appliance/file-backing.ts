@@ -176,6 +176,7 @@ export class FileBacking {
   private async load(space: AddressSpace, size: number): Promise<void> {
     const pageSize = space.pageSize;
     const chunk = Buffer.alloc(LOAD_CHUNK_BYTES);
+    const zeros = Buffer.alloc(pageSize);
     for (let offset = 0; offset < size; offset += LOAD_CHUNK_BYTES) {
       const length = Math.min(LOAD_CHUNK_BYTES, size - offset);
       const { bytesRead } = await this.handle.read(chunk, 0, length, offset);
@@ -184,7 +185,8 @@ export class FileBacking {
       }
       for (let at = 0; at < length; at += pageSize) {
         const end = Math.min(at + pageSize, length);
-        if (!isZero(chunk, at, end)) space.write(offset + at, chunk.subarray(at, end));
+        if (zeros.compare(chunk, at, end, 0, end - at) !== 0)
+          space.write(offset + at, chunk.subarray(at, end));
       }
     }
     // Loaded contents are what the file already holds: nothing is dirty relative to it.
@@ -222,9 +224,4 @@ async function writeMetaAtomically(path: string, meta: RegionFileMeta): Promise<
   const temporary = `${path}.tmp`;
   await writeFile(temporary, `${JSON.stringify(meta, null, 2)}\n`);
   await rename(temporary, path);
-}
-
-function isZero(bytes: Buffer, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) if (bytes[i] !== 0) return false;
-  return true;
 }

@@ -543,13 +543,16 @@ export class AddressSpace implements TranslationCache {
   /** Calls `visit(page)` in ascending order for every page written or trimmed at epoch >= `since`. */
   forEachDirtyPage(since: number, visit: (page: number) => void): void {
     this.assertLive();
+    // Epoch 0 marks slots never written: they are never dirty, whatever `since` is.
+    const from = Math.max(1, since);
     const arena = this.pool.leaves;
     this.forEachLeaf((leaf, firstPage) => {
-      if (arena.maxEpoch[leaf]! < since) return;
+      if (arena.maxEpoch[leaf]! < from) return;
       const base = leaf * LEAF_ENTRIES;
       const epochs = arena.epochs;
-      for (let i = 0; i < LEAF_ENTRIES; i++) {
-        if (epochs[base + i]! >= since) visit(firstPage + i);
+      const count = Math.min(LEAF_ENTRIES, this.pageCount - firstPage);
+      for (let i = 0; i < count; i++) {
+        if (epochs[base + i]! >= from) visit(firstPage + i);
       }
     });
   }

@@ -167,6 +167,14 @@ test('dirty tracking lists exactly the pages written since an epoch', () => {
   space.trim(0, 4096);
   assert.deepEqual([...space.dirtyPages(since)], [0, 5, 2 ** 39 / 4096, 2 ** 39 / 4096 + 1]);
   assert.deepEqual([...space.dirtyPages(1)], [0, 5, 2 ** 39 / 4096, 2 ** 39 / 4096 + 1]);
+  assert.deepEqual(
+    [...space.dirtyPages(0)],
+    [0, 5, 2 ** 39 / 4096, 2 ** 39 / 4096 + 1],
+    'never-written slots are not dirty',
+  );
+  const small = new AddressSpace(pool, { size: 3 * 4096 + 10 });
+  small.writeU8(3 * 4096 + 9, 1);
+  assert.deepEqual([...small.dirtyPages(0)], [3], 'no page past the end of the space');
   assert.equal(space.pageEpoch(5), since);
   const child = space.fork();
   const childEpoch = child.advanceEpoch();
