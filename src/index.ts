@@ -23,3 +23,26 @@ export {
   type ScanBudget,
   type ScanResult,
 } from './memory/index.js';
+export {
+  Appliance,
+  Region,
+  RegionRegistry,
+  DEFAULT_REGION_NAME,
+  NBD_PORT_DEFAULT,
+  HTTP_PORT_DEFAULT,
+  type ApplianceOptions,
+  type ApplianceStats,
+  type Endpoint,
+  type RegionInfo,
+  type RegionStats,
+  type CreateRegionOptions,
+} from './appliance/index.js';
+export {
+  NbdServer,
+  errnoForError,
+  type NbdServerOptions,
+  type NbdExport,
+  type NbdExportDirectory,
+  type NbdLogger,
+  type NbdStats,
+} from './nbd/index.js';

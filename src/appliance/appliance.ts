@@ -22,6 +22,8 @@ export const HTTP_PORT_DEFAULT = 10880;
 export const HOST_DEFAULT = '127.0.0.1';
 export const MEMORY_DEFAULT = '1GiB';
 export const DEFAULT_REGION_NAME = 'default';
+export const MERGE_INTERVAL_MS_DEFAULT = 50;
+export const MERGE_BATCH_MS_MAX = 5;
 
 export interface Endpoint {
   host: string;
@@ -164,7 +166,13 @@ export class Appliance {
     }
     const merge = options.merge ?? {};
     if (merge !== false && this.merger) {
-      this.merger.start({ intervalMs: merge.intervalMs ?? 200, pagesPerBatch: merge.pagesPerBatch ?? 16384 });
+      // Small batches often: each holds the event loop (and so every NBD client) for at most
+      // MERGE_BATCH_MS_MAX, and merging takes at most about a tenth of a core.
+      this.merger.start({
+        intervalMs: merge.intervalMs ?? MERGE_INTERVAL_MS_DEFAULT,
+        pagesPerBatch: merge.pagesPerBatch ?? 8192,
+        maxMsPerBatch: MERGE_BATCH_MS_MAX,
+      });
     }
     this.nbdAddress = await this.nbdServer.listen(
       options.nbd?.port ?? NBD_PORT_DEFAULT,

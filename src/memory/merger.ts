@@ -241,7 +241,8 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     if (this.timer) return;
     const pages = options.pagesPerBatch ?? BATCH_PAGES_DEFAULT;
     const interval = options.intervalMs ?? BATCH_INTERVAL_MS_DEFAULT;
-    const maxMs = options.maxMsPerBatch ?? interval / 2;
+    // A batch runs on the event loop: by default it may take a fifth of the interval, at most 10 ms.
+    const maxMs = options.maxMsPerBatch ?? Math.min(10, interval / 5);
     const tick = (): void => {
       this.scan({ maxPages: pages, maxMs });
       this.timer = setTimeout(tick, interval);
