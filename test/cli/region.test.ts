@@ -1,0 +1,56 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { Appliance } from '../../src/index.js';
+
+const run = promisify(execFile);
+const bin = fileURLToPath(new URL('../../bin/memfabric.js', import.meta.url));
+
+test('region create / clone / ls / rm and stats drive a real appliance', async (t) => {
+  const appliance = await Appliance.start({ memory: '16MiB', nbd: { port: 0 }, http: { port: 0 } });
+  t.after(() => appliance.stop());
+  const url = `http://127.0.0.1:${appliance.httpAddress.port}`;
+  const cli = (...args: string[]) =>
+    run(process.execPath, [bin, ...args, '--appliance', url], { timeout: 60_000 });
+
+  const created = await cli('region', 'create', 'vm1', '--size', '2GiB', '--tenant', 'blue');
+  assert.match(created.stdout, /vm1\s+2 GiB\s+blue/);
+  assert.equal(appliance.registry.require('vm1').size, 2 * 1024 ** 3);
+  await cli('region', 'clone', 'vm1', 'vm1-ro', '--read-only');
+  assert.equal(appliance.registry.require('vm1-ro').readOnly, true);
+  const listed = JSON.parse((await cli('region', 'ls', '--json')).stdout) as Array<{ name: string }>;
+  assert.deepEqual(
+    listed.map((r) => r.name),
+    ['default', 'vm1', 'vm1-ro'],
+  );
+  await cli('region', 'rm', 'vm1-ro');
+  assert.equal(appliance.registry.find('vm1-ro'), undefined);
+  const stats = JSON.parse((await cli('stats')).stdout) as {
+    regions: number;
+    memory: { capacityBytes: number };
+  };
+  assert.equal(stats.regions, 2);
+  assert.equal(stats.memory.capacityBytes, 16 * 1024 * 1024);
+
+  await assert.rejects(
+    cli('region', 'create', 'vm1', '--size', '1GiB'),
+    (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 2);
+      assert.match(error.stderr, /already exists.*MF_ALREADY_EXISTS/);
+      return true;
+    },
+  );
+});
+
+test('the region commands say clearly when no appliance answers', async () => {
+  await assert.rejects(
+    run(process.execPath, [bin, 'region', 'ls', '--appliance', 'http://127.0.0.1:9'], { timeout: 60_000 }),
+    (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 2);
+      assert.match(error.stderr, /cannot reach the appliance at http:\/\/127.0.0.1:9.*MF_CONNECTION_CLOSED/);
+      return true;
+    },
+  );
+});
