@@ -5,44 +5,40 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Appliance } from './appliance.js';
 
-/** A counter whose value is read from elsewhere at scrape time. */
-function mirroredCounter(
+/**
+ * A counter or gauge whose values are read from the appliance at scrape time (prom-client's
+ * `collect` hook), so the data path never touches prom-client.
+ */
+function mirrored(
+  kind: 'counter' | 'gauge',
   registry: Registry,
   name: string,
   help: string,
   labelNames: string[],
   read: () => Array<[Record<string, string>, number]>,
 ): void {
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [labels, value] of read()) this.inc(labels, value);
-    },
-  });
+  const options = { name, help, labelNames, registers: [registry] };
+  if (kind === 'counter') {
+    new Counter({
+      ...options,
+      collect() {
+        this.reset();
+        for (const [labels, value] of read()) this.inc(labels, value);
+      },
+    });
+  } else {
+    new Gauge({
+      ...options,
+      collect() {
+        this.reset();
+        for (const [labels, value] of read()) this.set(labels, value);
+      },
+    });
+  }
 }
 
-function mirroredGauge(
-  registry: Registry,
-  name: string,
-  help: string,
-  labelNames: string[],
-  read: () => Array<[Record<string, string>, number]>,
-): void {
-  new Gauge({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [labels, value] of read()) this.set(labels, value);
-    },
-  });
-}
+const mirroredCounter = mirrored.bind(null, 'counter');
+const mirroredGauge = mirrored.bind(null, 'gauge');
 
 export function createMetrics(appliance: Appliance): Registry {
   const registry = new Registry();

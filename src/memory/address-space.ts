@@ -36,6 +36,7 @@ import {
   type TranslationCache,
 } from './frame-pool.js';
 import { LEAF_BITS, LEAF_ENTRIES, LEAF_MASK } from './leaf-arena.js';
+import { grown } from './typed-arrays.js';
 
 export const DIR_BITS = 10;
 export const DIR_ENTRIES = 1 << DIR_BITS;
@@ -239,6 +240,9 @@ export class AddressSpace implements TranslationCache {
 
   // ---------------------------------------------------------------------------------------
   // Scalar access (little-endian). A value that crosses a page boundary takes a slower path.
+  // The twenty accessors are spelled out on purpose: each calls one DataView method, so each
+  // call site stays monomorphic and V8 can inline the fast path into the caller; a generic
+  // accessor taking the DataView method as a parameter would make that call megamorphic.
 
   readU8(addr: number): number {
     const slot = (addr * this.invPageSize) & TLB_MASK;
@@ -747,11 +751,8 @@ export class AddressSpace implements TranslationCache {
 
   private allocateNode(): number {
     const node = this.nodeCount++;
-    if (this.nodeCount * DIR_ENTRIES > this.nodes.length) {
-      const bigger = new Int32Array(this.nodes.length * 2);
-      bigger.set(this.nodes);
-      this.nodes = bigger;
-    }
+    if (this.nodeCount * DIR_ENTRIES > this.nodes.length)
+      this.nodes = grown(this.nodes, this.nodes.length * 2);
     return node;
   }
 

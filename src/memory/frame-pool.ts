@@ -24,6 +24,7 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
 import { LeafArena } from './leaf-arena.js';
+import { grown } from './typed-arrays.js';
 
 export const NO_FRAME = 0;
 export const ZERO_FRAME = 1;
@@ -277,12 +278,9 @@ export class FramePool {
       this.segments.push(Buffer.from(memory));
       this.views.push(new DataView(memory));
     }
-    const refcount = new Uint32Array(total);
-    refcount.set(this.refcount);
-    const flags = new Uint8Array(total);
-    flags.set(this.flags);
-    const freeStack = new Int32Array(frames);
-    freeStack.set(this.freeStack.subarray(0, this.freeTop));
+    const refcount = grown(this.refcount, total);
+    const flags = grown(this.flags, total);
+    const freeStack = grown(this.freeStack, frames);
     // New frames are pushed highest first, so allocation pops the lowest new frame first and a
     // lightly used pool touches (and makes the OS commit) only the start of its segments.
     let top = this.freeTop;

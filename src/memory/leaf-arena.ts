@@ -16,6 +16,8 @@
  *   leaf 0 is never allocated: an interior slot holding 0 means "no leaf"
  */
 
+import { grown } from './typed-arrays.js';
+
 export const LEAF_BITS = 9;
 export const LEAF_ENTRIES = 1 << LEAF_BITS;
 export const LEAF_MASK = LEAF_ENTRIES - 1;
@@ -72,30 +74,17 @@ export class LeafArena {
     this.entries.fill(0, base, base + LEAF_ENTRIES);
     this.epochs.fill(0, base, base + LEAF_ENTRIES);
     this.refs[leaf] = 0;
-    if (this.freeCount === this.freeList.length) {
-      const bigger = new Int32Array(this.freeList.length * 2);
-      bigger.set(this.freeList);
-      this.freeList = bigger;
-    }
+    if (this.freeCount === this.freeList.length)
+      this.freeList = grown(this.freeList, this.freeList.length * 2);
     this.freeList[this.freeCount++] = leaf;
   }
 
   private grow(): void {
     const leaves = this.refs.length * 2;
-    const entries = new Int32Array(leaves * LEAF_ENTRIES);
-    entries.set(this.entries);
-    const epochs = new Uint32Array(leaves * LEAF_ENTRIES);
-    epochs.set(this.epochs);
-    const refs = new Uint32Array(leaves);
-    refs.set(this.refs);
-    const maxEpoch = new Uint32Array(leaves);
-    maxEpoch.set(this.maxEpoch);
-    const scanMark = new Uint32Array(leaves);
-    scanMark.set(this.scanMark);
-    this.entries = entries;
-    this.epochs = epochs;
-    this.refs = refs;
-    this.maxEpoch = maxEpoch;
-    this.scanMark = scanMark;
+    this.entries = grown(this.entries, leaves * LEAF_ENTRIES);
+    this.epochs = grown(this.epochs, leaves * LEAF_ENTRIES);
+    this.refs = grown(this.refs, leaves);
+    this.maxEpoch = grown(this.maxEpoch, leaves);
+    this.scanMark = grown(this.scanMark, leaves);
   }
 }

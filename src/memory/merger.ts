@@ -36,6 +36,7 @@ import type { AddressSpace, SpaceRegistry } from './address-space.js';
 import { FIRST_FRAME, FRAME_MERGED, ZERO_FRAME, type FrameIndex, type FramePool } from './frame-pool.js';
 import { ContentIndex } from './content-index.js';
 import { LEAF_ENTRIES } from './leaf-arena.js';
+import { grown } from './typed-arrays.js';
 
 /** Like KSM's max_page_sharing: beyond this many references a second primary is made. */
 export const MAX_SHARING_DEFAULT = 256;
@@ -466,15 +467,9 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
   private growFrameMetadata(): void {
     const frames = this.pool.refcount.length;
     if (this.frameHash.length >= frames) return;
-    const frameHash = new Float64Array(frames);
-    frameHash.set(this.frameHash);
-    const next = new Int32Array(frames);
-    next.set(this.next);
-    const frameDomain = new Uint16Array(frames);
-    frameDomain.set(this.frameDomain);
-    this.frameHash = frameHash;
-    this.next = next;
-    this.frameDomain = frameDomain;
+    this.frameHash = grown(this.frameHash, frames);
+    this.next = grown(this.next, frames);
+    this.frameDomain = grown(this.frameDomain, frames);
   }
 
   private assertLive(): void {
