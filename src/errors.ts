@@ -28,6 +28,8 @@ export const ErrorCodes = {
   NBD_REQUEST_FAILED: 'MF_NBD_REQUEST_FAILED',
   /** The connection closed or failed; in-flight requests did not complete. */
   CONNECTION_CLOSED: 'MF_CONNECTION_CLOSED',
+  /** A peer did not answer in time (an NBD request or handshake); the connection is closed. */
+  TIMEOUT: 'MF_TIMEOUT',
   /** The thing is in use (a region with clients attached) and the call would pull it away. */
   BUSY: 'MF_BUSY',
   /** An HTTP request to the admin API was malformed (bad JSON, unknown fields, wrong types). */
