@@ -1,7 +1,20 @@
-/** The NBD server's public face; everything else in this folder is internal. */
+/** The NBD server's and client's public face; everything else in this folder is internal. */
 export { NbdServer } from './server.js';
 export type { NbdServerOptions } from './server.js';
 export type { NbdExport, NbdExportDirectory } from './export.js';
 export type { NbdLogger } from './logger.js';
 export type { NbdStats } from './stats.js';
 export { errnoForError } from './errno.js';
+export { NbdClient } from './client.js';
+export type {
+  NbdClientOptions,
+  NbdServerAddress,
+  NbdTransmissionFlags,
+  NbdBlockSizes,
+  NbdExtent,
+  NbdExportInfo,
+  NbdExportListing,
+} from './client.js';
+export { NbdConnectionGroup } from './client-group.js';
+export type { NbdConnectionGroupOptions } from './client-group.js';
+export { NbdRequestError, NbdOptionError } from './client-errors.js';
