@@ -689,6 +689,7 @@ export class NbdClient extends EventEmitter {
   private open(): Promise<void> {
     this.state = STATE_CONNECTING;
     this.closeReason = undefined;
+    this.softCloseReason = undefined;
     this.disconnecting = null;
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
     const { host, port, connectTimeoutMs } = this.options;
@@ -748,7 +749,7 @@ export class NbdClient extends EventEmitter {
     socket.on('close', () => {
       if (this.socket !== socket) return;
       if (this.state === STATE_DRAINING && this.disconnectSent) {
-        this.finishClose(undefined);
+        this.finishClose(this.softCloseReason);
         return;
       }
       this.fail(connectionClosed(`nbd server ${this.where()} closed the connection`, socketError));
@@ -922,7 +923,9 @@ export class NbdClient extends EventEmitter {
     this.maybeSettle(op);
     // "If the client receives an NBD_ESHUTDOWN error it MUST initiate a soft disconnect."
     if (errno === ESHUTDOWN && this.state === STATE_OPEN) {
-      this.failQueued(connectionClosed(`nbd server ${this.where()} is shutting down (ESHUTDOWN); not sent`));
+      const reason = connectionClosed(`nbd server ${this.where()} is shutting down (ESHUTDOWN)`);
+      this.failQueued(connectionClosed(`${reason.message}; not sent`, reason));
+      this.softCloseReason = reason;
       void this.disconnect();
     }
     this.pump();
@@ -993,6 +996,8 @@ export class NbdClient extends EventEmitter {
   // ---- closing ------------------------------------------------------------------------------
 
   private disconnectSent = false;
+  /** Why a soft disconnect happened when the caller did not ask for it (ESHUTDOWN). */
+  private softCloseReason: MemfabricError | undefined;
 
   private async drainAndDisconnect(): Promise<void> {
     this.state = STATE_DRAINING;
