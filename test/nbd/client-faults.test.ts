@@ -8,7 +8,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
-import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
+import type { NbdRequestError } from '../../src/nbd/index.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import * as C from '../../src/nbd/constants.js';
 import { missing } from './helpers.js';
 import { spawnNbdkitMemory } from './client-servers.js';
@@ -106,7 +107,11 @@ test(
       }
     });
     const started = Date.now();
-    const requests = [client.read(0, 6), client.write(4096, Buffer.alloc(4096)), client.flush()];
+    const requests: Promise<unknown>[] = [
+      client.read(0, 6),
+      client.write(4096, Buffer.alloc(4096)),
+      client.flush(),
+    ];
     const results = await settleWithin(requests, 10 * timeoutMs);
     const elapsed = Date.now() - started;
     // The flush waits for the write before it (a barrier), so it was never sent: MF_CONNECTION_CLOSED.
@@ -156,7 +161,11 @@ test('a malformed reply closes the connection with NBD_PROTOCOL and fails every 
       },
     });
     const client = await NbdClient.connect({ port: fake.port });
-    const requests = [client.read(0, 16), client.read(4096, 16), client.write(8192, Buffer.alloc(16))];
+    const requests: Promise<unknown>[] = [
+      client.read(0, 16),
+      client.read(4096, 16),
+      client.write(8192, Buffer.alloc(16)),
+    ];
     const results = await settleWithin(requests, FAIL_MS_MAX);
     assert.deepEqual(
       results.map(codeOf),

@@ -7,7 +7,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCodes } from '../../src/errors.js';
-import { NbdClient, NbdConnectionGroup, NbdRequestError } from '../../src/nbd/index.js';
+import type { NbdRequestError } from '../../src/nbd/index.js';
+import { NbdClient, NbdConnectionGroup } from '../../src/nbd/index.js';
 import { EINVAL, ENOSPC, STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
 import { missing } from './helpers.js';
 import { spawnNbdkitMemory, spawnQemuNbd } from './client-servers.js';
