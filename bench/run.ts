@@ -5,9 +5,10 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { printTable, type BenchContext, type Row, type Suite } from './harness.js';
+import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
 
-const suites: Suite[] = [memorySuite];
+const suites: Suite[] = [memorySuite, applianceSuite];
 
 const { values } = parseArgs({
   options: {
