@@ -491,7 +491,8 @@ export class NbdClient extends EventEmitter {
 
   /**
    * Resolves when the current connection ends: with undefined after disconnect(), with the
-   * MemfabricError that ended it otherwise. Never rejects. Replaced by reconnect().
+   * MemfabricError that ended it otherwise (also after the soft disconnect an ESHUTDOWN reply
+   * forces). Never rejects. Replaced by reconnect().
    */
   get closed(): Promise<MemfabricError | undefined> {
     return this.closedPromise;
