@@ -54,6 +54,15 @@ export async function roundTrips(client: NbdClient): Promise<void> {
     assert.equal(into[0], 0xee, 'readInto writes nothing before its view');
     assert.equal(into[length + 1], 0xee, 'readInto writes nothing after its view');
   }
+  // A trim at odd offsets: the trimmed bytes may read as anything, the bytes around must not change.
+  if (client.transmissionFlags.canTrim) {
+    const around = randomBytes(64 * KiB);
+    await client.write(5 * MiB, around);
+    await client.trim(5 * MiB + 12_345, 10_001);
+    const got = await client.read(5 * MiB, 64 * KiB);
+    assert.deepEqual(got.subarray(0, 12_345), around.subarray(0, 12_345), 'bytes before a trim are kept');
+    assert.deepEqual(got.subarray(22_346), around.subarray(22_346), 'bytes after a trim are kept');
+  }
   // FUA write, flush, cache.
   if (client.transmissionFlags.canFua) await client.write(3 * MiB + 1, Buffer.from('fua'), { fua: true });
   if (client.transmissionFlags.canFlush) await client.flush();
