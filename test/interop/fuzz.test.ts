@@ -139,8 +139,9 @@ test('the appliance survives fuzzed handshakes and requests, and good clients ke
   const [goodOps, qemuRuns] = await Promise.all([good, qemu]);
 
   assert.ok(app.alive, `the appliance died; stderr:\n${app.stderr}`);
-  assert.ok(runs > 50, `only ${runs} fuzz runs`);
-  assert.ok(goodOps > 50, `only ${goodOps} good operations`);
+  // Not a performance check: only that the fuzzer and the good client really ran.
+  assert.ok(runs > 20, `only ${runs} fuzz runs`);
+  assert.ok(goodOps > 20, `only ${goodOps} good operations`);
 
   // The good region holds exactly the model, through a new connection.
   const { client: check } = await RawClient.open(app.nbdPort, 'good');
