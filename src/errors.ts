@@ -36,8 +36,18 @@ export const ErrorCodes = {
   BAD_REQUEST: 'MF_BAD_REQUEST',
   /** Something failed inside memfabric; the server log has the details. */
   INTERNAL: 'MF_INTERNAL',
+  /** The fabric cannot place a region: too few reachable appliances or too little free memory. */
+  PLACEMENT_FAILED: 'MF_PLACEMENT_FAILED',
+  /** More shards of a fabric region are lost than its redundancy covers: the bytes are gone. */
+  DATA_LOST: 'MF_DATA_LOST',
   /** A file on disk is not what it should be (wrong magic, version, truncated). */
   CORRUPT_FILE: 'MF_CORRUPT_FILE',
+  /** A region is migrating (or has moved) to another appliance; over NBD a refused request is ESHUTDOWN. */
+  MIGRATING: 'MF_MIGRATING',
+  /** A sub-allocated region has no run of free chunks long enough (or an owner bound is hit). */
+  CHUNKS_EXHAUSTED: 'MF_CHUNKS_EXHAUSTED',
+  /** The call conflicts with current state: another owner's chunk, a different chunk size. */
+  CONFLICT: 'MF_CONFLICT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

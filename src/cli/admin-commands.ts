@@ -1,7 +1,7 @@
 /**
  * `memfabric region …` and `memfabric stats`: thin clients of an appliance's admin API.
  */
-import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
+import { adminRequest } from '../appliance/admin-client.js';
 import { formatSize } from '../size.js';
 
 export const APPLIANCE_URL_DEFAULT = 'http://127.0.0.1:10880';
@@ -16,43 +16,8 @@ interface RegionView {
   stats: { residentBytes: number; sharedBytes: number; connections: number };
 }
 
-export async function callApi<T>(base: string, method: string, path: string, body?: unknown): Promise<T> {
-  let response: Response;
-  try {
-    response = await fetch(new URL(path, base), {
-      method,
-      ...(body === undefined
-        ? {}
-        : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(30_000),
-    });
-  } catch (error) {
-    throw new MemfabricError(
-      ErrorCodes.CONNECTION_CLOSED,
-      `cannot reach the appliance at ${base}; is it running? (start one with: memfabric appliance)`,
-      { cause: error },
-    );
-  }
-  if (response.status === 204) return undefined as T;
-  const text = await response.text();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    throw new MemfabricError(
-      ErrorCodes.INTERNAL,
-      `${method} ${path}: the appliance answered ${response.status} with non-JSON`,
-    );
-  }
-  if (!response.ok) {
-    const error = (parsed as { error?: { code?: string; message?: string } }).error;
-    throw new MemfabricError(
-      (error?.code as ErrorCode | undefined) ?? ErrorCodes.INTERNAL,
-      error?.message ?? `${method} ${path} failed with HTTP ${response.status}`,
-    );
-  }
-  return parsed as T;
-}
+/** The admin API client (kept under this name for the CLI's commands). */
+export const callApi = adminRequest;
 
 export function formatRegions(regions: RegionView[]): string {
   const header = ['NAME', 'SIZE', 'TENANT', 'RESIDENT', 'SHARED', 'CONNS', 'KIND'];

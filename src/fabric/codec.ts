@@ -6,14 +6,19 @@
  * four calls in flight 16 GB/s — 10–20× the WASM ports. So the fabric codes many stripes per
  * call.
  *
- * Batching. ronomon codes bit-sliced: it splits every shard into PACKETS (8) equal packets and
- * combines packet b of the data shards into packet b of the parity shards, position by
- * position. So a stripe of k pages coded alone and the same stripe inside a batch give the same
- * parity only if each of its pages is laid out as 8 packets, packet b at row b of the batch
- * shard. StripeBatch does that interleave: shard i of a batch of n stripes is PACKETS rows of
+ * Batching. ronomon codes bit-sliced: it splits every shard into w equal packets (w = 2, 4 or
+ * 8, its Galois field exponent, chosen from k+m) and combines the data shards' packets into
+ * each parity packet position by position. So a stripe of k pages coded alone and the same
+ * stripe inside a batch give the same parity only if each page is laid out as packets in rows
+ * of the batch shard. We always use PACKETS = 8 rows (a multiple of every w), packet b at row b. StripeBatch does that interleave: shard i of a batch of n stripes is PACKETS rows of
  * n × (pageSize / PACKETS) bytes, row b holding packet b of every stripe. What lands on the
  * appliances is always the plain page, and its parity is the parity of the stripe alone,
  * whatever batch it was coded in (a test checks this against single-stripe coding).
+ *
+ * One more rule, from ronomon's source: it halves its internal packet size while
+ * (1 + k·w) × packet > CODER_CACHE_BYTES (1 MiB), and that changes the parity. So a batch may hold
+ * at most maxStripesPerCall(pageSize) stripes, the most that keep packets whole, and a geometry
+ * where even one stripe would be split is refused.
  */
 import { createRequire } from 'node:module';
 import type * as ReedSolomonModule from '@ronomon/reed-solomon';
@@ -22,9 +27,14 @@ import { invalidArgument } from '../errors.js';
 // A native addon (its package "main" is binding.node), which ESM cannot import: require it.
 const ReedSolomon = createRequire(import.meta.url)('@ronomon/reed-solomon') as typeof ReedSolomonModule;
 
+/** ronomon keeps (1 + k·w) packets within this many bytes of cache (see the overview). */
+export const CODER_CACHE_BYTES = 1024 * 1024;
+
 export class ReedSolomonCodec {
   readonly k: number;
   readonly m: number;
+  /** ronomon's Galois field exponent: it splits each shard into w packets. */
+  readonly w: number;
   private readonly context: ReedSolomonModule.Context;
   private readonly dataMask: number;
   private readonly parityMask: number;
@@ -45,8 +55,18 @@ export class ReedSolomonCodec {
     this.k = k;
     this.m = m;
     this.context = ReedSolomon.create(k, m);
+    // The Galois field exponent ronomon picked for k+m (2, 4 or 8), kept in the context's first byte.
+    this.w = (this.context as unknown as Uint8Array)[0]!;
     this.dataMask = (1 << k) - 1;
     this.parityMask = ((1 << (k + m)) - 1) & ~this.dataMask;
+  }
+
+  /**
+   * The most stripes of `pageSize` pages one coding call may hold and still code each stripe
+   * exactly as it would be coded alone (0: even one stripe is too large for this k).
+   */
+  maxStripesPerCall(pageSize: number): number {
+    return Math.floor(CODER_CACHE_BYTES / ((1 + this.w * this.k) * (pageSize / this.w)));
   }
 
   /** Computes every parity shard from the data shards. */
@@ -109,7 +129,7 @@ export function popcount(mask: number): number {
   return count;
 }
 
-/** ronomon splits each shard into this many packets (see the overview). */
+/** Rows a batch shard is laid out in: a multiple of every w ronomon may use (see the overview). */
 export const PACKETS = 8;
 
 /**
@@ -126,15 +146,23 @@ export class StripeBatch {
   private readonly parity: Buffer;
   private readonly packet: number;
 
+  /** `capacity` is lowered to what one coding call may hold (maxStripesPerCall). */
   constructor(codec: ReedSolomonCodec, pageSize: number, capacity: number) {
-    if (pageSize % (PACKETS * 8) !== 0)
+    if (pageSize % (PACKETS * 8) !== 0) {
       throw invalidArgument(`page size ${pageSize} must be a multiple of 64`);
+    }
+    const most = codec.maxStripesPerCall(pageSize);
+    if (most < 1) {
+      throw invalidArgument(
+        `${pageSize}-byte pages are too large to code ${codec.k} data shards at a time; use smaller pages`,
+      );
+    }
     this.codec = codec;
     this.pageSize = pageSize;
-    this.capacity = capacity;
+    this.capacity = Math.min(capacity, most);
     this.packet = pageSize / PACKETS;
-    this.data = Buffer.alloc(codec.k * capacity * pageSize);
-    this.parity = Buffer.alloc(codec.m * capacity * pageSize);
+    this.data = Buffer.alloc(codec.k * this.capacity * pageSize);
+    this.parity = Buffer.alloc(codec.m * this.capacity * pageSize);
   }
 
   /** Starts a batch of `count` stripes (contents are left as they were: overwrite every page). */

@@ -36,38 +36,57 @@ test('any m lost shards of a k+m stripe batch are rebuilt exactly', async () => 
   );
 });
 
-test('a stripe coded inside a batch gets the parity it gets coded alone', async () => {
-  const codec = new ReedSolomonCodec(4, 2);
-  const page = 4096;
-  const stripes = Array.from({ length: 7 }, () => randomBytes(4 * page));
-  const batch = new StripeBatch(codec, page, 16);
-  batch.reset(stripes.length);
-  stripes.forEach((stripe, s) => {
-    for (let i = 0; i < 4; i++) batch.putPage(s, i, stripe, i * page);
-  });
-  await batch.encode();
-  for (const [s, stripe] of stripes.entries()) {
-    const alone = Buffer.alloc(2 * page);
-    await codec.encode(stripe, alone, page);
-    for (let j = 0; j < 2; j++) {
-      const fromBatch = Buffer.alloc(page);
-      batch.getPage(s, 4 + j, fromBatch);
-      assert.ok(fromBatch.equals(alone.subarray(j * page, (j + 1) * page)), `stripe ${s} parity ${j}`);
+for (const [k, m] of [
+  [4, 2],
+  [2, 1],
+  [8, 2],
+  [12, 6],
+] as const) {
+  test(`a stripe coded inside a full batch gets the parity it gets coded alone (${k}+${m})`, async () => {
+    const codec = new ReedSolomonCodec(k, m);
+    const page = 4096;
+    const batch = new StripeBatch(codec, page, 1000);
+    assert.equal(
+      batch.capacity,
+      codec.maxStripesPerCall(page),
+      'capacity is capped where ronomon would split packets',
+    );
+    assert.ok(batch.capacity >= 8);
+    const stripes = Array.from({ length: batch.capacity }, () => randomBytes(k * page));
+    batch.reset(stripes.length);
+    stripes.forEach((stripe, s) => {
+      for (let i = 0; i < k; i++) batch.putPage(s, i, stripe, i * page);
+    });
+    await batch.encode();
+    const fromBatch = Buffer.alloc(page);
+    for (const [s, stripe] of stripes.entries()) {
+      const alone = Buffer.alloc(m * page);
+      await codec.encode(stripe, alone, page);
+      for (let j = 0; j < m; j++) {
+        batch.getPage(s, k + j, fromBatch);
+        assert.ok(fromBatch.equals(alone.subarray(j * page, (j + 1) * page)), `stripe ${s} parity ${j}`);
+      }
+      batch.getPage(s, k - 1, fromBatch);
+      assert.ok(
+        fromBatch.equals(stripe.subarray((k - 1) * page, k * page)),
+        'pages come back out as they went in',
+      );
     }
-    const back = Buffer.alloc(page);
-    batch.getPage(s, 2, back);
-    assert.ok(back.equals(stripe.subarray(2 * page, 3 * page)), 'pages come back out as they went in');
-  }
-  // And a batch rebuilds lost pages of every stripe at once.
-  for (let s = 0; s < stripes.length; s++) {
-    batch.zeroPage(s, 1);
-    batch.zeroPage(s, 4);
-  }
-  await batch.reconstruct(0b101101, 0b010010);
-  const back = Buffer.alloc(page);
-  batch.getPage(3, 1, back);
-  assert.ok(back.equals(stripes[3]!.subarray(page, 2 * page)));
-});
+    // A batch rebuilds the same lost pages of every stripe at once: lose data shard 0 and, when
+    // there is parity to spare, parity shard k too.
+    const missing = m >= 2 ? 1 | (1 << k) : 1;
+    for (let s = 0; s < stripes.length; s++) {
+      batch.zeroPage(s, 0);
+      if (m >= 2) batch.zeroPage(s, k);
+    }
+    const all = (1 << (k + m)) - 1;
+    await batch.reconstruct(all & ~missing, missing);
+    for (const [s, stripe] of stripes.entries()) {
+      batch.getPage(s, 0, fromBatch);
+      assert.ok(fromBatch.equals(stripe.subarray(0, page)), `stripe ${s} data shard 0 rebuilt`);
+    }
+  });
+}
 
 test('impossible geometries and too few shards are typed errors', async () => {
   assert.throws(() => new ReedSolomonCodec(0, 2), { code: ErrorCodes.INVALID_ARGUMENT });

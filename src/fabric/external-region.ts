@@ -1,0 +1,740 @@
+/**
+ * A fabric region on appliances: plain (one shard), mirrored (n copies) or Reed–Solomon coded
+ * (k data + m parity shards), each shard a region on a different appliance, read and written
+ * by this client directly over NBD (the seed's client-side memory access).
+ *
+ * Coded layout. Logical page p lives on data shard p mod k at column floor(p / k): stripe s is
+ * the k pages k·s .. k·s+k-1, and the m parity shards hold that stripe's parity at column s.
+ * A sequential range therefore spreads over all k data shards, each holding a contiguous run of
+ * columns, so a large read or write is one NBD request per shard.
+ *
+ * Writes (coded). Stripes are processed in batches (at most what one coding call holds) under a stripe-range
+ * lock. Stripes the write covers entirely are coded from the new bytes; the stripes at its ends
+ * are read first (read-modify-write; reconstructed when a data shard is lost). A batch is coded
+ * in one call (StripeBatch), then every writable shard gets one NBD write: data shards only
+ * the columns the write touched, parity shards every column of the batch.
+ *
+ * What a successful write guarantees. It resolves once every shard that was writable when it
+ * started has acknowledged it or been marked lost, and at least `k` (coded) or 1 (mirrored,
+ * plain) shards acknowledged it. The bytes then survive the loss of any further appliances as
+ * long as k shards (coded) or one copy (mirrored) of what acknowledged remain. Fewer than that:
+ * the write rejects with MF_DATA_LOST, and the region's contents in that range are undefined.
+ *
+ * Reads. Healthy: straight from the data shards (or one copy), no lock. A data shard lost: the
+ * affected stripes are read from k live shards under the stripe lock and reconstructed.
+ *
+ * Failure detection. A shard whose NBD request fails — connection closed, appliance killed, or
+ * no answer within the request timeout (a hung appliance) — is marked lost at once and never
+ * used again; the region reports itself degraded until rebuild() replaces the shard.
+ */
+import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
+import { ReedSolomonCodec, StripeBatch } from './codec.js';
+import type { ApplianceDirectory } from './directory.js';
+import { place } from './placement.js';
+import { RangeLock } from './range-lock.js';
+import { Shard, type ShardStatus } from './shard.js';
+
+/**
+ * Stripes (coded) or pages (mirrored) handled per batch: one NBD request per shard. A coded
+ * batch is capped lower by what one coding call may hold (ReedSolomonCodec.maxStripesPerCall).
+ */
+export const BATCH_STRIPES = 64;
+/** Coding buffers kept per region (bounds memory and concurrent batches). */
+const BATCH_POOL_MAX = 4;
+
+export type Redundancy = 'none' | { copies: number } | { data: number; parity: number };
+
+export interface RegionHealth {
+  degraded: boolean;
+  /** Shards lost and not yet rebuilt. */
+  lost: number;
+  /** How many more shards may be lost before data is lost. */
+  tolerance: number;
+  shards: ShardStatus[];
+}
+
+export interface ScrubResult {
+  stripesChecked: number;
+  mismatches: number;
+  repaired: number;
+}
+
+export interface ExternalRegionOptions {
+  name: string;
+  size: number;
+  pageSize: number;
+  redundancy: Redundancy;
+  tenant: string;
+  shards: Shard[];
+  directory: ApplianceDirectory;
+  requestTimeoutMs: number;
+}
+
+export class ExternalRegion {
+  readonly kind = 'external' as const;
+  readonly name: string;
+  readonly size: number;
+  readonly pageSize: number;
+  readonly redundancy: Redundancy;
+  readonly tenant: string;
+  readonly mode: 'none' | 'mirror' | 'coded';
+  /** Data shards per stripe (1 unless coded). */
+  readonly k: number;
+  /** Bytes each shard holds. */
+  readonly shardBytes: number;
+  private readonly shards: Shard[];
+  private readonly directory: ApplianceDirectory;
+  private readonly requestTimeoutMs: number;
+  private readonly codec: ReedSolomonCodec | undefined;
+  private readonly stripes: number;
+  /** Stripes (or mirrored pages) per batch. */
+  private readonly batchStripes: number;
+  private readonly lock = new RangeLock();
+  private readonly freeBatches: StripeBatch[] = [];
+  private batchesMade = 0;
+  private readonly batchWaiters: Array<(batch: StripeBatch) => void> = [];
+  private readCursor = 0;
+  private rebuilds = 0;
+  private closed = false;
+
+  constructor(options: ExternalRegionOptions) {
+    this.name = options.name;
+    this.size = options.size;
+    this.pageSize = options.pageSize;
+    this.redundancy = options.redundancy;
+    this.tenant = options.tenant;
+    this.shards = options.shards;
+    this.directory = options.directory;
+    this.requestTimeoutMs = options.requestTimeoutMs;
+    const geometry = shardGeometry(options.redundancy, options.size, options.pageSize);
+    this.mode = geometry.mode;
+    this.k = geometry.k;
+    this.shardBytes = geometry.shardBytes;
+    this.stripes = geometry.stripes;
+    this.codec =
+      this.mode === 'coded' ? new ReedSolomonCodec(geometry.k, geometry.shards - geometry.k) : undefined;
+    this.batchStripes = this.codec
+      ? Math.min(BATCH_STRIPES, this.codec.maxStripesPerCall(this.pageSize))
+      : BATCH_STRIPES;
+    if (this.batchStripes < 1) {
+      throw invalidArgument(
+        `${this.pageSize}-byte pages are too large to code ${this.k} data shards; use smaller pages`,
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Data path
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.alloc(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, dst: Uint8Array): Promise<void> {
+    this.checkRange(offset, dst.length);
+    if (dst.length === 0) return;
+    if (this.mode !== 'coded') return this.readCopy(offset, dst);
+    if (this.dataShardsLive()) {
+      try {
+        await this.readHealthy(offset, dst);
+        return;
+      } catch (error) {
+        if (!this.isShardFailure(error)) throw error;
+        // A shard failed under us: it is marked lost; read the degraded way.
+      }
+    }
+    await this.readDegraded(offset, dst);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkRange(offset, data.length);
+    if (data.length === 0) return;
+    if (this.mode !== 'coded') return this.writeCopies(offset, data);
+    const pageSize = this.pageSize;
+    const firstStripe = Math.floor(Math.floor(offset / pageSize) / this.k);
+    const lastStripe = Math.floor(Math.floor((offset + data.length - 1) / pageSize) / this.k);
+    const batches: Array<Promise<void>> = [];
+    for (let a = firstStripe; a <= lastStripe; a += this.batchStripes) {
+      const b = Math.min(lastStripe, a + this.batchStripes - 1);
+      batches.push(this.withStripes(a, b, (batch) => this.writeBatch(batch, a, b, offset, data)));
+    }
+    await Promise.all(batches);
+  }
+
+  /** Discards a range: later reads return zeros; appliances free what they can. */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    if (this.mode !== 'coded') {
+      await this.onWritableShards((shard) => shard.nbd.trim(offset, length));
+      return;
+    }
+    // Whole stripes: trim every shard (all-zero data has all-zero parity, so the stripe stays
+    // consistent). Partial stripes at either end: write zeros through the coded path.
+    const stripeBytes = this.k * this.pageSize;
+    const first = Math.ceil(offset / stripeBytes);
+    const end = Math.floor((offset + length) / stripeBytes);
+    if (first >= end) {
+      await this.write(offset, Buffer.alloc(length));
+      return;
+    }
+    if (offset < first * stripeBytes) await this.write(offset, Buffer.alloc(first * stripeBytes - offset));
+    if (end * stripeBytes < offset + length) {
+      await this.write(end * stripeBytes, Buffer.alloc(offset + length - end * stripeBytes));
+    }
+    const release = await this.lock.acquire(first, end - 1);
+    try {
+      const columns = Math.min(end, this.stripes) - first;
+      await this.onWritableShards((shard) => shard.nbd.trim(first * this.pageSize, columns * this.pageSize));
+    } finally {
+      release();
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    await this.onWritableShards((shard) => shard.nbd.flush());
+  }
+
+  health(): RegionHealth {
+    const lost = this.shards.filter((shard) => shard.state !== 'live').length;
+    const spare = this.mode === 'coded' ? this.shards.length - this.k : this.shards.length - 1;
+    return {
+      degraded: lost > 0,
+      lost,
+      tolerance: Math.max(0, spare - lost),
+      shards: this.shards.map((shard) => shard.status()),
+    };
+  }
+
+  /** Disconnects and deletes the region's shards on their appliances. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.shards.map((shard) => shard.close()));
+    await Promise.allSettled(
+      this.shards.map((shard) => this.directory.deleteRegion(shard.appliance, shard.region)),
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Rebuild and scrub
+
+  /**
+   * Replaces every lost shard with a new one on another appliance and refills it from the
+   * survivors, while the region stays in use: writes reach the new shard from the moment it
+   * exists; reads use it once it is full. `appliances` picks the replacements (else placement).
+   */
+  async rebuild(options: { appliances?: string[] } = {}): Promise<{ rebuilt: number }> {
+    this.assertOpen();
+    let rebuilt = 0;
+    const wanted = options.appliances ? [...options.appliances] : [];
+    for (let index = 0; index < this.shards.length; index++) {
+      if (this.shards[index]!.state !== 'lost') continue;
+      const replacement = await this.replaceShard(index, wanted.shift());
+      await this.refill(replacement);
+      replacement.state = 'live';
+      rebuilt++;
+    }
+    return { rebuilt };
+  }
+
+  /** Re-reads every stripe, checks parity (or copies) and rewrites what disagrees. */
+  async scrub(): Promise<ScrubResult> {
+    this.assertOpen();
+    if (this.shards.some((shard) => shard.state !== 'live')) {
+      throw new MemfabricError(
+        ErrorCodes.BUSY,
+        `region ${this.name} is degraded; rebuild() it before scrubbing`,
+      );
+    }
+    const result: ScrubResult = { stripesChecked: 0, mismatches: 0, repaired: 0 };
+    if (this.mode === 'none') return result;
+    const columns = this.mode === 'coded' ? this.stripes : Math.ceil(this.shardBytes / this.pageSize);
+    for (let a = 0; a < columns; a += this.batchStripes) {
+      const b = Math.min(columns - 1, a + this.batchStripes - 1);
+      if (this.mode === 'coded')
+        await this.withStripes(a, b, (batch) => this.scrubBatch(batch, a, b, result));
+      else await this.scrubCopies(a, b, result);
+    }
+    return result;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Coded internals
+
+  private async writeBatch(
+    batch: StripeBatch,
+    a: number,
+    b: number,
+    offset: number,
+    data: Uint8Array,
+  ): Promise<void> {
+    const k = this.k;
+    const pageSize = this.pageSize;
+    const end = offset + data.length;
+    const stripeBytes = k * pageSize;
+    const partialFirst = offset > a * stripeBytes;
+    const partialLast = end < (b + 1) * stripeBytes;
+    batch.reset(b - a + 1);
+    // Read-modify-write: load the current contents of the stripes the write covers in part.
+    if (partialFirst || partialLast) {
+      await this.loadStripes(batch, a, b, partialFirst ? a : b, partialLast ? b : a);
+    }
+    const scratch = Buffer.alloc(pageSize);
+    for (let s = a; s <= b; s++) {
+      for (let i = 0; i < k; i++) {
+        const pageStart = (s * k + i) * pageSize;
+        const from = Math.max(pageStart, offset);
+        const to = Math.min(pageStart + pageSize, end);
+        if (from >= to) {
+          // Untouched: keep what loadStripes put there, or zeros in a stripe it did not load.
+          if (!this.loaded(s, a, b, partialFirst, partialLast)) batch.zeroPage(s - a, i);
+          continue;
+        }
+        if (from === pageStart && to === pageStart + pageSize) {
+          batch.putPage(s - a, i, data, pageStart - offset);
+        } else {
+          if (this.loaded(s, a, b, partialFirst, partialLast)) batch.getPage(s - a, i, scratch);
+          else scratch.fill(0);
+          scratch.set(data.subarray(from - offset, to - offset), from - pageStart);
+          batch.putPage(s - a, i, scratch);
+        }
+      }
+    }
+    await batch.encode();
+    // One write per writable shard: the data columns this write touched, all parity columns.
+    const writes: Array<[Shard, number, Buffer]> = [];
+    for (const shard of this.shards) {
+      if (!shard.writable) continue;
+      let c0 = a;
+      let c1 = b;
+      if (shard.index < k) {
+        c0 = Math.max(a, Math.ceil((Math.floor(offset / pageSize) - shard.index) / k));
+        c1 = Math.min(b, Math.floor((Math.floor((end - 1) / pageSize) - shard.index) / k));
+        if (c0 > c1) continue;
+      }
+      const run = Buffer.alloc((c1 - c0 + 1) * pageSize);
+      for (let c = c0; c <= c1; c++) batch.getPage(c - a, shard.index, run, (c - c0) * pageSize);
+      writes.push([shard, c0 * pageSize, run]);
+    }
+    await this.settle(writes.map(([shard, at, run]) => [shard, () => shard.nbd.write(at, run)]));
+    this.assertEnough('write');
+  }
+
+  /** Stripes a..b hold loaded contents where the write covers them in part. */
+  private loaded(s: number, a: number, b: number, partialFirst: boolean, partialLast: boolean): boolean {
+    return (s === a && partialFirst) || (s === b && partialLast);
+  }
+
+  /**
+   * Fills data pages of stripes first..last (within the batch a..) from the shards, rebuilding
+   * lost data shards from parity. Parity pages of the batch are left undefined.
+   */
+  private async loadStripes(
+    batch: StripeBatch,
+    a: number,
+    _b: number,
+    first: number,
+    last: number,
+  ): Promise<void> {
+    const k = this.k;
+    const ranges: Array<[number, number]> =
+      first === last || last === first + 1
+        ? [[first, last]]
+        : [
+            [first, first],
+            [last, last],
+          ];
+    for (const [c0, c1] of ranges) await this.loadColumns(batch, a, c0, c1, (1 << k) - 1);
+  }
+
+  /** Reads columns c0..c1 into the batch for every shard in `wanted` (a mask), reconstructing as needed. */
+  private async loadColumns(
+    batch: StripeBatch,
+    a: number,
+    c0: number,
+    c1: number,
+    wanted: number,
+  ): Promise<void> {
+    const pageSize = this.pageSize;
+    for (let attempt = 0; attempt <= this.shards.length; attempt++) {
+      // Prefer the wanted shards; add other live shards until k are present.
+      const readable = this.shards.filter((shard) => shard.readable);
+      const sources = readable.filter((shard) => wanted & (1 << shard.index));
+      for (const shard of readable)
+        if (sources.length < this.k && !sources.includes(shard)) sources.push(shard);
+      const missingWanted = wanted & ~sources.reduce((mask, shard) => mask | (1 << shard.index), 0);
+      if (missingWanted !== 0 && sources.length < this.k) {
+        throw this.dataLost(`reading stripes ${c0}..${c1}`);
+      }
+      const reads = sources.map((shard): [Shard, () => Promise<void>] => [
+        shard,
+        async () => {
+          const run = await shard.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
+          for (let c = c0; c <= c1; c++) batch.putPage(c - a, shard.index, run, (c - c0) * pageSize);
+        },
+      ]);
+      const failed = await this.settle(reads);
+      if (failed > 0) continue; // sources changed: choose again
+      if (missingWanted !== 0) {
+        const present = sources.reduce((mask, shard) => mask | (1 << shard.index), 0);
+        await batch.reconstruct(present, missingWanted);
+      }
+      return;
+    }
+    throw this.dataLost(`reading stripes ${c0}..${c1}`);
+  }
+
+  private async readHealthy(offset: number, dst: Uint8Array): Promise<void> {
+    const k = this.k;
+    const pageSize = this.pageSize;
+    const end = offset + dst.length;
+    const firstPage = Math.floor(offset / pageSize);
+    const lastPage = Math.floor((end - 1) / pageSize);
+    await Promise.all(
+      this.shards.slice(0, k).map(async (shard) => {
+        const c0 = Math.ceil((firstPage - shard.index) / k);
+        const c1 = Math.floor((lastPage - shard.index) / k);
+        if (c0 > c1) return;
+        let run: Buffer;
+        try {
+          run = await shard.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
+        } catch (error) {
+          shard.lose(`read failed: ${(error as Error).message}`);
+          throw error;
+        }
+        for (let c = c0; c <= c1; c++) {
+          const pageStart = (c * k + shard.index) * pageSize;
+          const from = Math.max(pageStart, offset);
+          const to = Math.min(pageStart + pageSize, end);
+          run.copy(
+            dst,
+            from - offset,
+            (c - c0) * pageSize + (from - pageStart),
+            (c - c0) * pageSize + (to - pageStart),
+          );
+        }
+      }),
+    );
+  }
+
+  private async readDegraded(offset: number, dst: Uint8Array): Promise<void> {
+    const k = this.k;
+    const pageSize = this.pageSize;
+    const end = offset + dst.length;
+    const firstStripe = Math.floor(Math.floor(offset / pageSize) / k);
+    const lastStripe = Math.floor(Math.floor((end - 1) / pageSize) / k);
+    for (let a = firstStripe; a <= lastStripe; a += this.batchStripes) {
+      const b = Math.min(lastStripe, a + this.batchStripes - 1);
+      await this.withStripes(a, b, async (batch) => {
+        batch.reset(b - a + 1);
+        await this.loadColumns(batch, a, a, b, (1 << k) - 1);
+        const page = Buffer.alloc(pageSize);
+        for (let s = a; s <= b; s++) {
+          for (let i = 0; i < k; i++) {
+            const pageStart = (s * k + i) * pageSize;
+            const from = Math.max(pageStart, offset);
+            const to = Math.min(pageStart + pageSize, end);
+            if (from >= to) continue;
+            batch.getPage(s - a, i, page);
+            page.copy(dst, from - offset, from - pageStart, to - pageStart);
+          }
+        }
+      });
+    }
+  }
+
+  private async scrubBatch(batch: StripeBatch, a: number, b: number, result: ScrubResult): Promise<void> {
+    const n = b - a + 1;
+    const pageSize = this.pageSize;
+    batch.reset(n);
+    const all = (1 << this.shards.length) - 1;
+    await this.loadColumns(batch, a, a, b, all);
+    const stored: Buffer[] = [];
+    for (let j = this.k; j < this.shards.length; j++) {
+      const run = Buffer.alloc(n * pageSize);
+      for (let s = 0; s < n; s++) batch.getPage(s, j, run, s * pageSize);
+      stored.push(run);
+    }
+    await batch.encode();
+    const page = Buffer.alloc(pageSize);
+    const repairs: Array<[Shard, () => Promise<void>]> = [];
+    for (let s = 0; s < n; s++) {
+      result.stripesChecked++;
+      let bad = false;
+      for (let j = this.k; j < this.shards.length; j++) {
+        batch.getPage(s, j, page);
+        if (page.compare(stored[j - this.k]!, s * pageSize, (s + 1) * pageSize) !== 0) {
+          bad = true;
+          const shard = this.shards[j]!;
+          const fixed = Buffer.from(page);
+          repairs.push([shard, () => shard.nbd.write((a + s) * pageSize, fixed)]);
+        }
+      }
+      if (bad) result.mismatches++;
+    }
+    const failed = await this.settle(repairs);
+    result.repaired += repairs.length - failed;
+    this.assertEnough('scrub');
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Plain and mirrored internals
+
+  private async readCopy(offset: number, dst: Uint8Array): Promise<void> {
+    for (let attempt = 0; attempt < this.shards.length; attempt++) {
+      const readable = this.shards.filter((shard) => shard.readable);
+      if (readable.length === 0) break;
+      const shard = readable[this.readCursor++ % readable.length]!;
+      try {
+        await shard.nbd.readInto(offset, dst);
+        return;
+      } catch (error) {
+        if (!this.isShardFailure(error)) throw error;
+        shard.lose(`read failed: ${(error as Error).message}`);
+      }
+    }
+    throw this.dataLost(`reading ${dst.length} bytes at ${offset}`);
+  }
+
+  private async writeCopies(offset: number, data: Uint8Array): Promise<void> {
+    // Lock the pages written so two overlapping writes reach every copy in the same order.
+    const first = Math.floor(offset / this.pageSize);
+    const last = Math.floor((offset + data.length - 1) / this.pageSize);
+    const release = await this.lock.acquire(first, last);
+    try {
+      await this.onWritableShards((shard) => shard.nbd.write(offset, data));
+    } finally {
+      release();
+    }
+  }
+
+  private async scrubCopies(a: number, b: number, result: ScrubResult): Promise<void> {
+    const release = await this.lock.acquire(a, b);
+    try {
+      const offset = a * this.pageSize;
+      const length = Math.min(this.shardBytes, (b + 1) * this.pageSize) - offset;
+      const copies = await Promise.all(this.shards.map((shard) => shard.nbd.read(offset, length)));
+      for (let c = 0; c <= b - a; c++) {
+        const from = c * this.pageSize;
+        const to = Math.min(length, from + this.pageSize);
+        result.stripesChecked++;
+        // The majority version wins (copy 0 on a tie).
+        const votes = copies.map((x) => copies.filter((y) => x.compare(y, from, to, from, to) === 0).length);
+        const winner = votes.indexOf(Math.max(...votes));
+        const bad = copies.filter((x) => copies[winner]!.compare(x, from, to, from, to) !== 0);
+        if (bad.length === 0) continue;
+        result.mismatches++;
+        const good = copies[winner]!.subarray(from, to);
+        const repairs = this.shards
+          .filter((_, i) => copies[winner]!.compare(copies[i]!, from, to, from, to) !== 0)
+          .map((shard): [Shard, () => Promise<void>] => [shard, () => shard.nbd.write(offset + from, good)]);
+        result.repaired += repairs.length - (await this.settle(repairs));
+      }
+    } finally {
+      release();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Rebuild internals
+
+  private async replaceShard(index: number, appliance: string | undefined): Promise<Shard> {
+    if (appliance) this.directory.add(appliance);
+    const states = await this.directory.refresh();
+    const inUse = new Set(this.shards.map((shard) => shard.appliance));
+    let target = appliance ? states.find((state) => state.url === appliance) : undefined;
+    if (appliance && (!target || !target.reachable)) {
+      throw new MemfabricError(
+        ErrorCodes.PLACEMENT_FAILED,
+        `replacement appliance ${appliance} is not reachable`,
+      );
+    }
+    target ??= place(states, { shards: 1, shardBytes: this.shardBytes, exclude: inUse })[0]!;
+    const old = this.shards[index]!;
+    const region = `${this.name}-${index}-r${++this.rebuilds}`;
+    await this.directory.createRegion(target.url, {
+      name: region,
+      size: this.shardBytes,
+      tenant: this.tenant,
+    });
+    const replacement = await Shard.open({
+      index,
+      appliance: target.url,
+      region,
+      nbd: target.nbd,
+      requestTimeoutMs: this.requestTimeoutMs,
+      state: 'rebuilding',
+    });
+    this.shards[index] = replacement;
+    // The lost shard's region is garbage now; delete it if its appliance still answers.
+    void this.directory.deleteRegion(old.appliance, old.region).catch(() => undefined);
+    return replacement;
+  }
+
+  private async refill(shard: Shard): Promise<void> {
+    const pageSize = this.pageSize;
+    const columns = Math.ceil(this.shardBytes / pageSize);
+    for (let a = 0; a < columns; a += this.batchStripes) {
+      const b = Math.min(columns - 1, a + this.batchStripes - 1);
+      if (this.mode === 'coded') {
+        await this.withStripes(a, b, async (batch) => {
+          batch.reset(b - a + 1);
+          await this.loadColumns(batch, a, a, b, 1 << shard.index);
+          const run = Buffer.alloc((b - a + 1) * pageSize);
+          for (let c = a; c <= b; c++) batch.getPage(c - a, shard.index, run, (c - a) * pageSize);
+          await shard.nbd.write(a * pageSize, run);
+        });
+      } else {
+        const release = await this.lock.acquire(a, b);
+        try {
+          const offset = a * pageSize;
+          const length = Math.min(this.shardBytes, (b + 1) * pageSize) - offset;
+          const run = Buffer.alloc(length);
+          await this.readCopy(offset, run);
+          await shard.nbd.write(offset, run);
+        } finally {
+          release();
+        }
+      }
+    }
+    await shard.nbd.flush();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Shared machinery
+
+  /** Runs `body` holding the stripe lock on a..b and a coding batch. */
+  private async withStripes(
+    a: number,
+    b: number,
+    body: (batch: StripeBatch) => Promise<void>,
+  ): Promise<void> {
+    const release = await this.lock.acquire(a, b);
+    const batch = await this.takeBatch();
+    try {
+      await body(batch);
+    } finally {
+      this.giveBatch(batch);
+      release();
+    }
+  }
+
+  private takeBatch(): Promise<StripeBatch> {
+    const free = this.freeBatches.pop();
+    if (free) return Promise.resolve(free);
+    if (this.batchesMade < BATCH_POOL_MAX) {
+      this.batchesMade++;
+      return Promise.resolve(new StripeBatch(this.codec!, this.pageSize, this.batchStripes));
+    }
+    return new Promise((resolve) => this.batchWaiters.push(resolve));
+  }
+
+  private giveBatch(batch: StripeBatch): void {
+    const waiter = this.batchWaiters.shift();
+    if (waiter) waiter(batch);
+    else this.freeBatches.push(batch);
+  }
+
+  /** Runs one operation per shard; a shard whose operation fails is marked lost. Returns failures. */
+  private async settle(operations: Array<[Shard, () => Promise<void>]>): Promise<number> {
+    const results = await Promise.allSettled(operations.map(([, run]) => run()));
+    let failed = 0;
+    results.forEach((result, i) => {
+      if (result.status === 'rejected') {
+        failed++;
+        const reason = result.reason as Error;
+        operations[i]![0].lose(`${reason.message}`);
+      }
+    });
+    return failed;
+  }
+
+  private async onWritableShards(operation: (shard: Shard) => Promise<void>): Promise<void> {
+    this.assertOpen();
+    await this.settle(
+      this.shards.filter((shard) => shard.writable).map((shard) => [shard, () => operation(shard)]),
+    );
+    this.assertEnough('write');
+  }
+
+  private dataShardsLive(): boolean {
+    for (let i = 0; i < this.k; i++) if (!this.shards[i]!.readable) return false;
+    return true;
+  }
+
+  /** Throws DATA_LOST when fewer shards remain than the data needs. */
+  private assertEnough(what: string): void {
+    const live = this.shards.filter((shard) => shard.state === 'live').length;
+    if (live < (this.mode === 'coded' ? this.k : 1)) throw this.dataLost(what);
+  }
+
+  private dataLost(what: string): MemfabricError {
+    const lost = this.shards.filter((shard) => shard.state === 'lost').length;
+    return new MemfabricError(
+      ErrorCodes.DATA_LOST,
+      `region ${this.name}: ${what} failed: ${lost} of ${this.shards.length} shards are lost, more than its ` +
+        `redundancy (${describeRedundancy(this.redundancy)}) covers`,
+    );
+  }
+
+  private isShardFailure(error: unknown): boolean {
+    return !(error instanceof MemfabricError && error.code === ErrorCodes.DATA_LOST);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    this.assertOpen();
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 0) {
+      throw invalidArgument(
+        `offset ${offset} and length ${length} must be whole, non-negative numbers of bytes`,
+      );
+    }
+    if (offset < 0 || offset + length > this.size) {
+      throw outOfRange(
+        `range [${offset}, ${offset + length}) lies outside the ${this.size}-byte region ${this.name}`,
+      );
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new MemfabricError(ErrorCodes.DESTROYED, `region ${this.name} was closed`);
+  }
+}
+
+export interface ShardGeometry {
+  mode: 'none' | 'mirror' | 'coded';
+  /** Shards in all. */
+  shards: number;
+  k: number;
+  shardBytes: number;
+  stripes: number;
+}
+
+/** How a region of `size` bytes with `redundancy` is split into shards. */
+export function shardGeometry(redundancy: Redundancy, size: number, pageSize: number): ShardGeometry {
+  if (redundancy === 'none') return { mode: 'none', shards: 1, k: 1, shardBytes: size, stripes: 0 };
+  if ('copies' in redundancy) {
+    if (!Number.isInteger(redundancy.copies) || redundancy.copies < 1 || redundancy.copies > 16) {
+      throw invalidArgument(`copies ${redundancy.copies} must be a whole number from 1 to 16`);
+    }
+    return { mode: 'mirror', shards: redundancy.copies, k: 1, shardBytes: size, stripes: 0 };
+  }
+  const { data: k, parity: m } = redundancy;
+  if (!Number.isInteger(k) || !Number.isInteger(m) || k < 1 || m < 1 || k + m > 30) {
+    throw invalidArgument(
+      `Reed–Solomon ${k}+${m}: data and parity must be whole numbers >= 1, at most 30 shards`,
+    );
+  }
+  const pages = Math.ceil(size / pageSize);
+  const stripes = Math.ceil(pages / k);
+  return { mode: 'coded', shards: k + m, k, shardBytes: stripes * pageSize, stripes };
+}
+
+export function describeRedundancy(redundancy: Redundancy): string {
+  if (redundancy === 'none') return 'none';
+  if ('copies' in redundancy) return `${redundancy.copies} copies`;
+  return `Reed–Solomon ${redundancy.data}+${redundancy.parity}`;
+}

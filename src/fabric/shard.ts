@@ -1,0 +1,106 @@
+/**
+ * One shard of a fabric region: a region on one appliance, reached over one NBD connection.
+ *
+ * States: `live` (read and written), `rebuilding` (written, not yet read: a rebuild is filling
+ * it), `lost` (never used again: its appliance failed, hung past the request timeout, or
+ * answered an error). A lost shard's connection is destroyed, so an appliance that comes back
+ * after a hang cannot receive anything more from this region, and nothing it holds is read.
+ */
+import { NbdClient } from '../nbd/index.js';
+import type { Endpoint } from '../appliance/appliance.js';
+
+export type ShardState = 'live' | 'rebuilding' | 'lost';
+
+export interface ShardStatus {
+  index: number;
+  appliance: string;
+  region: string;
+  state: ShardState;
+  reason?: string;
+}
+
+export class Shard {
+  readonly index: number;
+  readonly appliance: string;
+  readonly region: string;
+  state: ShardState;
+  reason: string | undefined;
+  private client: NbdClient | undefined;
+
+  private constructor(
+    index: number,
+    appliance: string,
+    region: string,
+    client: NbdClient,
+    state: ShardState,
+  ) {
+    this.index = index;
+    this.appliance = appliance;
+    this.region = region;
+    this.client = client;
+    this.state = state;
+    client.on('close', (error?: Error) => {
+      if (this.state !== 'lost')
+        this.lose(error ? `connection closed: ${error.message}` : 'connection closed');
+    });
+  }
+
+  static async open(options: {
+    index: number;
+    appliance: string;
+    region: string;
+    nbd: Endpoint;
+    requestTimeoutMs: number;
+    state?: ShardState;
+  }): Promise<Shard> {
+    const client = await NbdClient.connect({
+      host: options.nbd.host,
+      port: options.nbd.port,
+      exportName: options.region,
+      requestTimeoutMs: options.requestTimeoutMs,
+      connectTimeoutMs: options.requestTimeoutMs,
+    });
+    return new Shard(options.index, options.appliance, options.region, client, options.state ?? 'live');
+  }
+
+  /** The connection, for a shard that is not lost. */
+  get nbd(): NbdClient {
+    if (this.state === 'lost' || !this.client) throw new Error(`shard ${this.index} is lost`);
+    return this.client;
+  }
+
+  get writable(): boolean {
+    return this.state !== 'lost';
+  }
+
+  get readable(): boolean {
+    return this.state === 'live';
+  }
+
+  /** Marks the shard lost and drops its connection (idempotent). */
+  lose(reason: string): void {
+    if (this.state === 'lost') return;
+    this.state = 'lost';
+    this.reason = reason;
+    const client = this.client;
+    this.client = undefined;
+    client?.destroy();
+  }
+
+  /** Ends the connection politely (region close). */
+  async close(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    if (client) await client.disconnect().catch(() => client.destroy());
+  }
+
+  status(): ShardStatus {
+    return {
+      index: this.index,
+      appliance: this.appliance,
+      region: this.region,
+      state: this.state,
+      ...(this.reason ? { reason: this.reason } : {}),
+    };
+  }
+}
