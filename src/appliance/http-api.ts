@@ -8,6 +8,7 @@
  *   GET    /v1/regions/:name                                                   -> region
  *   POST   /v1/regions/:name/clone  { name, readOnly? }                        -> 201 region
  *   DELETE /v1/regions/:name                                                   -> 204
+ *   POST/GET /v1/regions/:name/chunks, DELETE …/chunks/:offset                  (chunk-routes.ts)
  *   GET    /v1/stats                                                           -> appliance stats
  *   GET    /metrics                 Prometheus text format
  *   GET    /                        dashboard (HTML)
@@ -15,6 +16,7 @@
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { Appliance } from './appliance.js';
+import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
 import type { Region } from './region.js';
@@ -71,8 +73,10 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.ALREADY_EXISTS:
       case ErrorCodes.BUSY:
       case ErrorCodes.READ_ONLY:
+      case ErrorCodes.CONFLICT:
         return 409;
       case ErrorCodes.POOL_EXHAUSTED:
+      case ErrorCodes.CHUNKS_EXHAUSTED:
         return 507;
       default:
         return 500;
@@ -164,6 +168,8 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
     appliance.logger?.info({ region: request.params.name }, 'region deleted');
     return reply.status(204).send();
   });
+
+  registerChunkRoutes(app, appliance);
 
   app.get('/v1/stats', async () => ({
     ...appliance.stats(),
