@@ -351,7 +351,13 @@ export class ExternalRegion {
     for (const [c0, c1] of ranges) await this.loadColumns(batch, a, c0, c1, (1 << k) - 1);
   }
 
-  /** Reads columns c0..c1 into the batch for every shard in `wanted` (a mask), reconstructing as needed. */
+  /**
+   * Reads columns c0..c1 into the batch (whose first column is a) for every shard in `wanted`
+   * (a mask), reconstructing wanted shards that are lost. Reconstruction codes every stripe of
+   * the batch it runs on, so when c0..c1 is only part of the batch it runs on a batch of its
+   * own and the result is copied over: other stripes of `batch` may hold loaded pages whose
+   * parity was never read, and must not be recomputed from it.
+   */
   private async loadColumns(
     batch: StripeBatch,
     a: number,
@@ -360,28 +366,39 @@ export class ExternalRegion {
     wanted: number,
   ): Promise<void> {
     const pageSize = this.pageSize;
+    const whole = c0 === a && c1 - c0 + 1 === batch.count;
     for (let attempt = 0; attempt <= this.shards.length; attempt++) {
       // Prefer the wanted shards; add other live shards until k are present.
       const readable = this.shards.filter((shard) => shard.readable);
       const sources = readable.filter((shard) => wanted & (1 << shard.index));
       for (const shard of readable)
         if (sources.length < this.k && !sources.includes(shard)) sources.push(shard);
-      const missingWanted = wanted & ~sources.reduce((mask, shard) => mask | (1 << shard.index), 0);
-      if (missingWanted !== 0 && sources.length < this.k) {
-        throw this.dataLost(`reading stripes ${c0}..${c1}`);
-      }
+      const present = sources.reduce((mask, shard) => mask | (1 << shard.index), 0);
+      const missingWanted = wanted & ~present;
+      if (missingWanted !== 0 && sources.length < this.k) throw this.dataLost(`reading stripes ${c0}..${c1}`);
+      const target =
+        whole || missingWanted === 0 ? batch : new StripeBatch(this.codec!, pageSize, c1 - c0 + 1);
+      const base = target === batch ? a : c0;
+      if (target !== batch) target.reset(c1 - c0 + 1);
       const reads = sources.map((shard): [Shard, () => Promise<void>] => [
         shard,
         async () => {
           const run = await shard.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
-          for (let c = c0; c <= c1; c++) batch.putPage(c - a, shard.index, run, (c - c0) * pageSize);
+          for (let c = c0; c <= c1; c++) target.putPage(c - base, shard.index, run, (c - c0) * pageSize);
         },
       ]);
-      const failed = await this.settle(reads);
-      if (failed > 0) continue; // sources changed: choose again
-      if (missingWanted !== 0) {
-        const present = sources.reduce((mask, shard) => mask | (1 << shard.index), 0);
-        await batch.reconstruct(present, missingWanted);
+      if ((await this.settle(reads)) > 0) continue; // sources changed: choose again
+      if (missingWanted === 0) return;
+      await target.reconstruct(present, missingWanted);
+      if (target !== batch) {
+        const page = Buffer.alloc(pageSize);
+        for (let i = 0; i < this.shards.length; i++) {
+          if (!(wanted & (1 << i))) continue;
+          for (let c = c0; c <= c1; c++) {
+            target.getPage(c - c0, i, page);
+            batch.putPage(c - a, i, page);
+          }
+        }
       }
       return;
     }
