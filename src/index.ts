@@ -73,3 +73,6 @@ export {
   type ApplianceState,
   type ShardStatus,
 } from './fabric/index.js';
+export { resolveRegion, type ResolvedRegion, type ResolveOptions } from './fabric/follow.js';
+export { type MigrateOptions, type MigrationStatus, type MigrationState } from './appliance/migration.js';
+export { type MovedTo } from './appliance/region.js';

@@ -9,6 +9,7 @@
  *   POST   /v1/regions/:name/clone  { name, readOnly? }                        -> 201 region
  *   DELETE /v1/regions/:name                                                   -> 204
  *   POST/GET /v1/regions/:name/chunks, DELETE …/chunks/:offset                  (chunk-routes.ts)
+ *   POST /v1/regions/:name/migrate, GET /v1/regions/:name/migration             (migration-routes.ts)
  *   GET    /v1/stats                                                           -> appliance stats
  *   GET    /metrics                 Prometheus text format
  *   GET    /                        dashboard (HTML)
@@ -19,6 +20,7 @@ import type { Appliance } from './appliance.js';
 import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
+import { registerMigrationRoutes } from './migration-routes.js';
 import type { Region } from './region.js';
 
 /** Admin request bodies are small; anything larger is refused with 413. */
@@ -74,6 +76,7 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.BUSY:
       case ErrorCodes.READ_ONLY:
       case ErrorCodes.CONFLICT:
+      case ErrorCodes.MIGRATING:
         return 409;
       case ErrorCodes.POOL_EXHAUSTED:
       case ErrorCodes.CHUNKS_EXHAUSTED:
@@ -146,8 +149,10 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
 
   app.get('/v1/regions', async () => ({ regions: registry.all().map(regionView) }));
 
-  app.get<{ Params: { name: string } }>('/v1/regions/:name', async (request) =>
-    regionView(registry.require(request.params.name)),
+  app.get<{ Params: { name: string } }>(
+    '/v1/regions/:name',
+    async (request) =>
+      registry.movedRecord(request.params.name) ?? regionView(registry.require(request.params.name)),
   );
 
   app.post<{ Params: { name: string }; Body: { name: string; readOnly?: boolean } }>(
@@ -170,6 +175,7 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
   });
 
   registerChunkRoutes(app, appliance);
+  registerMigrationRoutes(app, appliance);
 
   app.get('/v1/stats', async () => ({
     ...appliance.stats(),

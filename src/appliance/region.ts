@@ -15,6 +15,25 @@ import type { FileBacking } from './file-backing.js';
 /** At most this many extents per BLOCK_STATUS reply (clients ask again for the rest). */
 export const EXTENTS_PER_REPLY_MAX = 4096;
 
+/**
+ * What a region still accepts while it migrates (migration.ts sets `gate`): everything; reads,
+ * block status and flushes but no mutation (the blackout); nothing (moved: its memory is freed).
+ * A refused request throws MF_MIGRATING, which NBD answers with ESHUTDOWN.
+ */
+export const GATE_OPEN = 0;
+export const GATE_BLACKOUT = 1;
+export const GATE_MOVED = 2;
+
+/** Where a migrated region lives now. */
+export interface MovedTo {
+  /** The target appliance's admin URL. */
+  appliance: string;
+  /** The region's name there. */
+  region: string;
+  /** The target appliance's NBD endpoint. */
+  nbd: { host: string; port: number };
+}
+
 export interface RegionInfo {
   name: string;
   size: number;
@@ -56,6 +75,10 @@ export class Region implements NbdExport {
   readonly clonedFrom: string | null;
   readonly createdAt = new Date();
   connections = 0;
+  /** GATE_OPEN, GATE_BLACKOUT or GATE_MOVED (set by migration.ts). */
+  gate = GATE_OPEN;
+  /** A migration of this region is under way (it cannot be deleted or migrated again). */
+  migrating = false;
 
   private reads = 0;
   private writes = 0;
@@ -85,6 +108,7 @@ export class Region implements NbdExport {
   }
 
   read(offset: number, dst: Uint8Array): void {
+    if (this.gate === GATE_MOVED) throw this.gateError();
     this.space.read(offset, dst);
     this.reads++;
     this.bytesRead += dst.length;
@@ -112,11 +136,13 @@ export class Region implements NbdExport {
 
   /** Makes completed writes durable: saves to the backing file, if any. */
   async flush(): Promise<void> {
+    if (this.gate === GATE_MOVED) throw this.gateError();
     this.flushes++;
     if (this.backing) await this.backing.save(this.space);
   }
 
   blockStatus(offset: number, length: number, emit: (length: number, flags: number) => void): number {
+    if (this.gate === GATE_MOVED) throw this.gateError();
     return this.space.extents(offset, length, emit, EXTENTS_PER_REPLY_MAX);
   }
 
@@ -151,11 +177,21 @@ export class Region implements NbdExport {
   }
 
   private assertWritable(): void {
+    if (this.gate !== GATE_OPEN) throw this.gateError();
     if (this.readOnly) {
       throw new MemfabricError(
         ErrorCodes.READ_ONLY,
         `region ${this.name} is read-only; clone it to get a writable copy`,
       );
     }
+  }
+
+  private gateError(): MemfabricError {
+    return new MemfabricError(
+      ErrorCodes.MIGRATING,
+      this.gate === GATE_MOVED
+        ? `region ${this.name} has moved to another appliance; resolve it again and reconnect there`
+        : `region ${this.name} is in its migration blackout; nothing was written: resolve it again and retry`,
+    );
   }
 }

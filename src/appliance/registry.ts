@@ -10,7 +10,7 @@ import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/ind
 import type { NbdExportDirectory } from '../nbd/export.js';
 import { parseSize } from '../size.js';
 import { FileBacking } from './file-backing.js';
-import { Region } from './region.js';
+import { GATE_MOVED, Region, type MovedTo } from './region.js';
 
 /** Region names: used in NBD URIs and file names, so a safe, bounded alphabet. */
 export const REGION_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -20,6 +20,17 @@ export const DEFAULT_TENANT = 'default';
 export const REGION_BYTES_MAX = 2 ** 50;
 /** At most this many regions per appliance. */
 export const REGIONS_MAX = 4096;
+/** Forwarding records of regions that migrated away; beyond this the oldest is forgotten. */
+export const MOVED_RECORDS_MAX = 4096;
+
+/** What GET /v1/regions/:name answers for a region that migrated to another appliance. */
+export interface MovedRegion {
+  name: string;
+  size: number;
+  tenant: string;
+  movedTo: MovedTo;
+  movedAt: string;
+}
 
 export interface CreateRegionOptions {
   name: string;
@@ -39,6 +50,8 @@ export class RegionRegistry implements NbdExportDirectory {
   private readonly regions = new Map<string, Region>();
   /** Names being created asynchronously (file-backed), so two creates cannot race. */
   private readonly reserved = new Set<string>();
+  /** Regions that migrated away, by name (insertion order: oldest first). */
+  private readonly movedAway = new Map<string, MovedRegion>();
 
   constructor(options: { pool: FramePool; merger?: SamePageMerger; dataDir?: string }) {
     this.pool = options.pool;
@@ -144,7 +157,14 @@ export class RegionRegistry implements NbdExportDirectory {
 
   /** Deletes a region and frees its memory (and its files, if file-backed). */
   async delete(name: string): Promise<void> {
+    if (!this.regions.has(name) && this.movedAway.delete(name)) return;
     const region = this.require(name);
+    if (region.migrating) {
+      throw new MemfabricError(
+        ErrorCodes.MIGRATING,
+        `region ${name} is migrating; wait for GET /v1/regions/${name}/migration to finish`,
+      );
+    }
     if (region.connections > 0) {
       throw new MemfabricError(
         ErrorCodes.BUSY,
@@ -165,6 +185,37 @@ export class RegionRegistry implements NbdExportDirectory {
     for (const region of regions) region.space.destroy();
   }
 
+  /**
+   * After a migration: `region` is served elsewhere now. Forgets it here, ends nothing itself
+   * (the caller disconnects its NBD clients), frees its memory and files, and keeps a
+   * forwarding record so GET /v1/regions/:name can say where it went.
+   */
+  async markMoved(region: Region, movedTo: MovedTo): Promise<MovedRegion> {
+    const record: MovedRegion = {
+      name: region.name,
+      size: region.size,
+      tenant: region.tenant,
+      movedTo,
+      movedAt: new Date().toISOString(),
+    };
+    region.gate = GATE_MOVED;
+    this.regions.delete(region.name);
+    if (this.defaultRegion === region.name) this.defaultRegion = undefined;
+    if (this.movedAway.size >= MOVED_RECORDS_MAX) {
+      this.movedAway.delete(this.movedAway.keys().next().value!);
+    }
+    this.movedAway.set(region.name, record);
+    // A save in progress reads the space: let it finish before the frames go back to the pool.
+    await region.backing?.remove();
+    region.space.destroy();
+    return record;
+  }
+
+  /** Where a region that migrated away went, if `name` is one. */
+  movedRecord(name: string): MovedRegion | undefined {
+    return this.regions.has(name) ? undefined : this.movedAway.get(name);
+  }
+
   find(name: string): Region | undefined {
     return this.regions.get(name);
   }
@@ -172,9 +223,12 @@ export class RegionRegistry implements NbdExportDirectory {
   require(name: string): Region {
     const region = this.regions.get(name);
     if (!region) {
+      const moved = this.movedAway.get(name)?.movedTo;
       throw new MemfabricError(
         ErrorCodes.NOT_FOUND,
-        `no region named "${name}"; list regions with GET /v1/regions`,
+        moved
+          ? `region "${name}" moved to ${moved.appliance} (as "${moved.region}")`
+          : `no region named "${name}"; list regions with GET /v1/regions`,
       );
     }
     return region;
@@ -216,6 +270,7 @@ export class RegionRegistry implements NbdExportDirectory {
 
   private add(region: Region): Region {
     this.regions.set(region.name, region);
+    this.movedAway.delete(region.name);
     this.merger?.register(region.space);
     return region;
   }

@@ -15,6 +15,7 @@ import {
   regionList,
   regionRemove,
 } from './admin-commands.js';
+import { registerMigrateCommand } from './migrate-command.js';
 
 function sizeOption(value: string): number {
   try {
@@ -108,6 +109,7 @@ appliance(region.command('rm <name>'))
     await regionRemove(options.appliance, name);
     console.log(`deleted ${name}`);
   });
+registerMigrateCommand(region);
 appliance(program.command('stats'))
   .description("print an appliance's statistics as JSON")
   .action(async (options: { appliance: string }) => {

@@ -5,7 +5,7 @@
  * retries or fails the one request, never misreads the reply.
  */
 import { ErrorCodes, MemfabricError } from '../errors.js';
-import { EINVAL, EIO, ENOSPC, EPERM } from './constants.js';
+import { EINVAL, EIO, ENOSPC, EPERM, ESHUTDOWN } from './constants.js';
 
 export function errnoForError(err: unknown): number {
   if (err instanceof MemfabricError) {
@@ -17,6 +17,8 @@ export function errnoForError(err: unknown): number {
       case ErrorCodes.OUT_OF_RANGE:
       case ErrorCodes.INVALID_ARGUMENT:
         return EINVAL;
+      case ErrorCodes.MIGRATING:
+        return ESHUTDOWN;
       default:
         return EIO;
     }

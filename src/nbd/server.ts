@@ -13,7 +13,7 @@
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { HANDSHAKE_MS_MAX } from './constants.js';
-import type { NbdExportDirectory } from './export.js';
+import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';
 import { Session } from './session.js';
@@ -87,6 +87,21 @@ export class NbdServer {
       for (const session of this.sessions) session.shutdown();
     });
     return this.closing;
+  }
+
+  /**
+   * Ends every connection attached to `exp` the way close() ends them all (requests in flight
+   * are answered, then the socket closes), e.g. when a region has moved to another appliance.
+   * Returns how many were ended.
+   */
+  disconnectExport(exp: NbdExport, reason: string): number {
+    let ended = 0;
+    for (const session of this.sessions) {
+      if (session.export !== exp) continue;
+      session.shutdown(reason);
+      ended++;
+    }
+    return ended;
   }
 
   stats(): NbdStats {

@@ -12,7 +12,7 @@
  */
 import type { Socket } from 'node:net';
 import { CLOSE_GRACE_MS, REPLY_QUEUED_BYTES_MAX } from './constants.js';
-import type { NbdExportDirectory } from './export.js';
+import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';
 import type { NbdLogger } from './logger.js';
@@ -31,6 +31,7 @@ export class Session {
   private readonly handshake: Handshake;
   private transmission: Transmission | undefined;
   private attachedName: string | undefined;
+  private attachedExport: NbdExport | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   private closing = false;
@@ -66,17 +67,22 @@ export class Session {
    * Server shutdown: stop reading requests, answer those in flight, then close. An export
    * whose flush never settles cannot hold the server open: after CLOSE_GRACE_MS we close anyway.
    */
-  shutdown(): void {
+  shutdown(reason = 'server shutting down'): void {
     if (this.transmission === undefined || this.closing) {
-      this.close('server shutting down', false);
+      this.close(reason, false);
       return;
     }
-    this.transmission.shutdown('server shutting down');
+    this.transmission.shutdown(reason);
     const timer = setTimeout(
       () => this.close('server shutting down (flush still pending)', false),
       CLOSE_GRACE_MS,
     );
     timer.unref();
+  }
+
+  /** The export this connection is attached to (in transmission), if any. */
+  get export(): NbdExport | undefined {
+    return this.attachedExport;
   }
 
   private onData(chunk: Buffer): void {
@@ -116,6 +122,7 @@ export class Session {
     this.options.directory.onAttach?.(negotiated.exportName, 1);
     // Only an attach that succeeded is undone when the socket closes.
     this.attachedName = negotiated.exportName;
+    this.attachedExport = negotiated.export;
     this.transmission = new Transmission(
       negotiated,
       {

@@ -1,0 +1,45 @@
+/**
+ * Region migration on the admin API (the algorithm and its guarantees: migration.ts). Routes:
+ *
+ *   POST /v1/regions/:name/migrate    { target, targetName?, maxRounds?, blackoutPages? }
+ *          -> 202 the migration's status; 404 unknown region, 400 bad target URL,
+ *             409 already migrating (MF_MIGRATING) or read-only (MF_READ_ONLY)
+ *   GET  /v1/regions/:name/migration  -> the latest migration's status; 404 if none
+ *
+ * Status `state`: preparing, copying (round, pagesCopied, dirtyRemaining), blackout, done
+ * (movedTo: { appliance, region, nbd: { host, port } }), or aborting then failed (error:
+ * { code, message }; the region stays here, the target's partial region is deleted).
+ *
+ * The manager lives as long as this API: closing the API (appliance.stop()) fails the
+ * migrations under way, which leaves their regions here, before the regions are saved.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Appliance } from './appliance.js';
+import { BLACKOUT_PAGES_MAX, MAX_ROUNDS_MAX, MigrationManager, type MigrateOptions } from './migration.js';
+
+const migrateBody = {
+  type: 'object',
+  required: ['target'],
+  additionalProperties: false,
+  properties: {
+    target: { type: 'string', minLength: 1, maxLength: 2048 },
+    targetName: { type: 'string', minLength: 1, maxLength: 128 },
+    maxRounds: { type: 'integer', minimum: 1, maximum: MAX_ROUNDS_MAX },
+    blackoutPages: { type: 'integer', minimum: 0, maximum: BLACKOUT_PAGES_MAX },
+  },
+} as const;
+
+export function registerMigrationRoutes(app: FastifyInstance, appliance: Appliance): void {
+  const migrations = new MigrationManager(appliance);
+  app.addHook('onClose', () => migrations.close());
+
+  app.post<{ Params: { name: string }; Body: MigrateOptions }>(
+    '/v1/regions/:name/migrate',
+    { schema: { body: migrateBody } },
+    async (request, reply) => reply.status(202).send(migrations.start(request.params.name, request.body)),
+  );
+
+  app.get<{ Params: { name: string } }>('/v1/regions/:name/migration', async (request) =>
+    migrations.status(request.params.name),
+  );
+}

@@ -1,0 +1,95 @@
+/**
+ * `memfabric region migrate NAME --to URL [--as NAME]`: asks the appliance that holds region
+ * NAME to move it to the appliance at URL (appliance/migration.ts), then follows the migration
+ * round by round until it is done or failed.
+ */
+import { InvalidArgumentError, type Command } from 'commander';
+import { adminRequest } from '../appliance/admin-client.js';
+import type { MigrationStatus } from '../appliance/migration.js';
+import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
+import { APPLIANCE_URL_DEFAULT } from './admin-commands.js';
+
+/** How often the migration's status is polled, and for how long at most by default. */
+export const MIGRATE_POLL_MS = 100;
+export const MIGRATE_WAIT_S_DEFAULT = 3600;
+
+interface MigrateCommandOptions {
+  to: string;
+  as?: string;
+  maxRounds?: number;
+  blackoutPages?: number;
+  wait: boolean;
+  timeout: number;
+  appliance: string;
+}
+
+function wholeNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be a whole number');
+  return n;
+}
+
+/** Adds `migrate` under the `region` command. */
+export function registerMigrateCommand(region: Command): void {
+  region
+    .command('migrate <name>')
+    .description('move a region to another appliance while its clients keep using it')
+    .requiredOption('--to <url>', "the target appliance's admin API, e.g. http://10.0.0.2:10880")
+    .option('--as <name>', 'the region name on the target (default: the same)')
+    .option('--max-rounds <n>', 'pre-copy rounds at most before the blackout', wholeNumber)
+    .option('--blackout-pages <n>', 'stop pre-copying once this few pages are dirty', wholeNumber)
+    .option('--no-wait', 'start the migration and return')
+    .option('--timeout <seconds>', 'give up waiting after this long', wholeNumber, MIGRATE_WAIT_S_DEFAULT)
+    .option(
+      '--appliance <url>',
+      'the admin API of the appliance that holds the region',
+      APPLIANCE_URL_DEFAULT,
+    )
+    .action(async (name: string, options: MigrateCommandOptions) => {
+      await runMigrate(name, options, (line) => console.log(line));
+    });
+}
+
+export async function runMigrate(
+  name: string,
+  options: MigrateCommandOptions,
+  out: (line: string) => void,
+): Promise<MigrationStatus> {
+  const path = `/v1/regions/${encodeURIComponent(name)}`;
+  let status = await adminRequest<MigrationStatus>(options.appliance, 'POST', `${path}/migrate`, {
+    target: options.to,
+    ...(options.as !== undefined ? { targetName: options.as } : {}),
+    ...(options.maxRounds !== undefined ? { maxRounds: options.maxRounds } : {}),
+    ...(options.blackoutPages !== undefined ? { blackoutPages: options.blackoutPages } : {}),
+  });
+  out(`migrating ${name} to ${status.target.appliance} as ${status.target.region} (${status.id})`);
+  if (!options.wait) return status;
+  const polls = Math.ceil((options.timeout * 1000) / MIGRATE_POLL_MS);
+  let reported = 0;
+  for (let poll = 0; poll < polls; poll++) {
+    for (; reported < status.rounds.length; reported++) {
+      const round = status.rounds[reported]!;
+      out(`round ${round.round}: ${round.pages} pages in ${round.ms} ms`);
+    }
+    if (status.state === 'done') {
+      const moved = status.movedTo!;
+      out(
+        `moved ${name} to ${moved.appliance} as ${moved.region} (nbd://${moved.nbd.host}:${moved.nbd.port}/${moved.region}): ` +
+          `${status.rounds.length} rounds, ${status.pagesCopied} pages, blackout ${status.blackout!.pages} pages in ${status.blackout!.ms} ms`,
+      );
+      return status;
+    }
+    if (status.state === 'failed') {
+      throw new MemfabricError(
+        status.error!.code as ErrorCode,
+        `migrating ${name} failed; it stays where it was: ${status.error!.message}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, MIGRATE_POLL_MS));
+    status = await adminRequest<MigrationStatus>(options.appliance, 'GET', `${path}/migration`);
+  }
+  throw new MemfabricError(
+    ErrorCodes.TIMEOUT,
+    `migration of ${name} still ${status.state} after ${options.timeout} s; follow it with GET ${path}/migration`,
+  );
+}
