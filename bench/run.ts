@@ -7,8 +7,9 @@ import { parseArgs } from 'node:util';
 import { printTable, type BenchContext, type Row, type Suite } from './harness.js';
 import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
+import { fabricSuite } from './fabric.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite];
+const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite];
 
 const { values } = parseArgs({
   options: {

@@ -9,9 +9,11 @@
  * Batching. ronomon codes bit-sliced: it splits every shard into w equal packets (w = 2, 4 or
  * 8, its Galois field exponent, chosen from k+m) and combines the data shards' packets into
  * each parity packet position by position. So a stripe of k pages coded alone and the same
- * stripe inside a batch give the same parity only if each page is laid out as packets in rows
- * of the batch shard. We always use PACKETS = 8 rows (a multiple of every w), packet b at row b. StripeBatch does that interleave: shard i of a batch of n stripes is PACKETS rows of
- * n × (pageSize / PACKETS) bytes, row b holding packet b of every stripe. What lands on the
+ * stripe inside a batch give the same parity only if each page is laid out as its w packets in
+ * w rows of the batch shard, packet b at row b. (Rows move as one copy each, so fewer, larger
+ * packets — w is 4 for most geometries — keep the gather and scatter cheap.) StripeBatch does
+ * that interleave: shard i of a batch of n stripes is w rows of n × (pageSize / w) bytes, row b
+ * holding packet b of every stripe. What lands on the
  * appliances is always the plain page, and its parity is the parity of the stripe alone,
  * whatever batch it was coded in (a test checks this against single-stripe coding).
  *
@@ -129,9 +131,6 @@ export function popcount(mask: number): number {
   return count;
 }
 
-/** Rows a batch shard is laid out in: a multiple of every w ronomon may use (see the overview). */
-export const PACKETS = 8;
-
 /**
  * Up to `capacity` stripes of k data and m parity pages, laid out for one coding call.
  * Stripe numbers are 0..count-1 within the batch. Buffers are reused across batches.
@@ -144,11 +143,13 @@ export class StripeBatch {
   count = 0;
   private readonly data: Buffer;
   private readonly parity: Buffer;
+  /** Packets per page (ronomon's w). */
+  private readonly rows: number;
   private readonly packet: number;
 
   /** `capacity` is lowered to what one coding call may hold (maxStripesPerCall). */
   constructor(codec: ReedSolomonCodec, pageSize: number, capacity: number) {
-    if (pageSize % (PACKETS * 8) !== 0) {
+    if (pageSize % (codec.w * 8) !== 0) {
       throw invalidArgument(`page size ${pageSize} must be a multiple of 64`);
     }
     const most = codec.maxStripesPerCall(pageSize);
@@ -160,7 +161,8 @@ export class StripeBatch {
     this.codec = codec;
     this.pageSize = pageSize;
     this.capacity = Math.min(capacity, most);
-    this.packet = pageSize / PACKETS;
+    this.rows = codec.w;
+    this.packet = pageSize / codec.w;
     this.data = Buffer.alloc(codec.k * this.capacity * pageSize);
     this.parity = Buffer.alloc(codec.m * this.capacity * pageSize);
   }
@@ -176,7 +178,7 @@ export class StripeBatch {
   putPage(stripe: number, shard: number, src: Uint8Array, srcOffset = 0): void {
     const [buffer, base] = this.locate(shard);
     const rowBytes = this.count * this.packet;
-    for (let b = 0; b < PACKETS; b++) {
+    for (let b = 0; b < this.rows; b++) {
       const from = srcOffset + b * this.packet;
       buffer.set(src.subarray(from, from + this.packet), base + b * rowBytes + stripe * this.packet);
     }
@@ -186,7 +188,7 @@ export class StripeBatch {
   getPage(stripe: number, shard: number, dst: Uint8Array, dstOffset = 0): void {
     const [buffer, base] = this.locate(shard);
     const rowBytes = this.count * this.packet;
-    for (let b = 0; b < PACKETS; b++) {
+    for (let b = 0; b < this.rows; b++) {
       const from = base + b * rowBytes + stripe * this.packet;
       buffer.copy(dst, dstOffset + b * this.packet, from, from + this.packet);
     }
@@ -196,7 +198,7 @@ export class StripeBatch {
   zeroPage(stripe: number, shard: number): void {
     const [buffer, base] = this.locate(shard);
     const rowBytes = this.count * this.packet;
-    for (let b = 0; b < PACKETS; b++) {
+    for (let b = 0; b < this.rows; b++) {
       const from = base + b * rowBytes + stripe * this.packet;
       buffer.fill(0, from, from + this.packet);
     }

@@ -53,6 +53,17 @@ export interface RegionHealth {
   shards: ShardStatus[];
 }
 
+export interface ExternalRegionStats {
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Reads that had to reconstruct lost data from parity. */
+  degradedReads: number;
+  /** Data bytes run through the coder by writes. */
+  codedBytes: number;
+}
+
 export interface ScrubResult {
   stripesChecked: number;
   mismatches: number;
@@ -94,6 +105,14 @@ export class ExternalRegion {
   private batchesMade = 0;
   private readonly batchWaiters: Array<(batch: StripeBatch) => void> = [];
   private readCursor = 0;
+  private readonly counters: ExternalRegionStats = {
+    reads: 0,
+    writes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    degradedReads: 0,
+    codedBytes: 0,
+  };
   private rebuilds = 0;
   private closed = false;
 
@@ -135,6 +154,8 @@ export class ExternalRegion {
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
     this.checkRange(offset, dst.length);
     if (dst.length === 0) return;
+    this.counters.reads++;
+    this.counters.bytesRead += dst.length;
     if (this.mode !== 'coded') return this.readCopy(offset, dst);
     if (this.dataShardsLive()) {
       try {
@@ -145,12 +166,15 @@ export class ExternalRegion {
         // A shard failed under us: it is marked lost; read the degraded way.
       }
     }
+    this.counters.degradedReads++;
     await this.readDegraded(offset, dst);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.checkRange(offset, data.length);
     if (data.length === 0) return;
+    this.counters.writes++;
+    this.counters.bytesWritten += data.length;
     if (this.mode !== 'coded') return this.writeCopies(offset, data);
     const pageSize = this.pageSize;
     const firstStripe = Math.floor(Math.floor(offset / pageSize) / this.k);
@@ -196,6 +220,11 @@ export class ExternalRegion {
   async flush(): Promise<void> {
     this.assertOpen();
     await this.onWritableShards((shard) => shard.nbd.flush());
+  }
+
+  /** Counters since the region was allocated. */
+  stats(): ExternalRegionStats {
+    return { ...this.counters };
   }
 
   health(): RegionHealth {
@@ -305,6 +334,7 @@ export class ExternalRegion {
       }
     }
     await batch.encode();
+    this.counters.codedBytes += batch.count * k * pageSize;
     // One write per writable shard: the data columns this write touched, all parity columns.
     const writes: Array<[Shard, number, Buffer]> = [];
     for (const shard of this.shards) {

@@ -7,6 +7,7 @@ export {
   type Redundancy,
   type RegionHealth,
   type ScrubResult,
+  type ExternalRegionStats,
   type ShardGeometry,
 } from './external-region.js';
 export type { MemoryRegion, MemoryType } from './memory-region.js';

@@ -1,0 +1,195 @@
+/**
+ * Fabric figures (issue: fabric client), over real appliance processes on loopback: coded (4+2)
+ * and mirrored (2 copies) throughput beside plain writes to one appliance, the coder's raw
+ * throughput beside the coding inside our write path, and degraded 4 KiB read latency beside
+ * healthy reads of the same pages.
+ */
+import { randomBytes } from 'node:crypto';
+import { ApplianceProcess } from '../test/interop/appliance-process.js';
+import {
+  Fabric,
+  ReedSolomonCodec,
+  StripeBatch,
+  type ExternalRegion,
+  type Redundancy,
+} from '../src/fabric/index.js';
+import { median, percentile, type BenchContext, type Suite } from './harness.js';
+
+const MiB = 1024 * 1024;
+const PAGE = 4096;
+const CHUNK = MiB;
+const DEPTH = 8;
+
+/** Sequential CHUNK-sized I/O over the region with DEPTH requests in flight; MB/s. */
+async function sequential(
+  region: ExternalRegion,
+  bytes: number,
+  write: boolean,
+  data: Buffer,
+): Promise<number> {
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: DEPTH }, async () => {
+      const scratch = Buffer.alloc(CHUNK);
+      for (let offset = next; offset < bytes; offset = next) {
+        next += CHUNK;
+        if (write)
+          await region.write(offset, data.subarray(offset % data.length, (offset % data.length) + CHUNK));
+        else await region.readInto(offset, scratch);
+      }
+    }),
+  );
+  return bytes / ((performance.now() - started) / 1000) / 1e6;
+}
+
+/** 4 KiB reads, one at a time, of the given pages; latencies in µs, sorted. */
+async function latencies(region: ExternalRegion, pages: number[]): Promise<Float64Array> {
+  const out = new Float64Array(pages.length);
+  const scratch = Buffer.alloc(PAGE);
+  for (const [i, page] of pages.entries()) {
+    const started = performance.now();
+    await region.readInto(page * PAGE, scratch);
+    out[i] = (performance.now() - started) * 1000;
+  }
+  return out.sort();
+}
+
+/**
+ * Coding throughput in GB/s of data, 4 calls in flight: `withPath` adds what the write path
+ * does around each call (gather the stripes' pages into the batch, scatter data and parity
+ * pages out for the shard writes); without it, the coder alone on the same batches.
+ */
+async function coding(context: BenchContext, withPath: boolean): Promise<number> {
+  const codec = new ReedSolomonCodec(4, 2);
+  const batches = Array.from({ length: 4 }, () => new StripeBatch(codec, PAGE, 1024));
+  const stripes = batches[0]!.capacity;
+  const source = randomBytes(stripes * 4 * PAGE);
+  const out = Buffer.alloc(stripes * PAGE);
+  for (const batch of batches) batch.reset(stripes);
+  const bytesPerCall = stripes * 4 * PAGE;
+  const calls = context.quick ? 1000 : 4000;
+  let issued = 0;
+  const started = performance.now();
+  await Promise.all(
+    batches.map(async (batch) => {
+      while (issued++ < calls) {
+        if (withPath) {
+          for (let s = 0; s < stripes; s++)
+            for (let i = 0; i < 4; i++) batch.putPage(s, i, source, (s * 4 + i) * PAGE);
+        }
+        await batch.encode();
+        if (withPath) {
+          for (let shard = 0; shard < 6; shard++)
+            for (let s = 0; s < stripes; s++) batch.getPage(s, shard, out, s * PAGE);
+        }
+      }
+    }),
+  );
+  return (calls * bytesPerCall) / ((performance.now() - started) / 1000) / 1e9;
+}
+
+export const fabricSuite: Suite = {
+  name: 'fabric',
+  async run(context) {
+    const regionBytes = (context.quick ? 64 : 256) * MiB;
+    const appliances = await Promise.all(
+      Array.from({ length: 6 }, () =>
+        ApplianceProcess.start({ memory: `${regionBytes / MiB + 64}MiB`, merge: false }),
+      ),
+    );
+    try {
+      const fabric = new Fabric({ appliances: appliances.map((a) => a.httpUrl), requestTimeoutMs: 30_000 });
+      const kinds: Array<[string, Redundancy]> = [
+        ['plain', 'none'],
+        ['coded 4+2', { data: 4, parity: 2 }],
+        ['mirrored x2', { copies: 2 }],
+      ];
+      const regions = new Map<string, ExternalRegion>();
+      for (const [name, redundancy] of kinds) {
+        regions.set(name, (await fabric.allocate({ size: regionBytes, redundancy })) as ExternalRegion);
+      }
+      const data = randomBytes(16 * MiB);
+      const writes = new Map<string, number[]>();
+      const reads = new Map<string, number[]>();
+      for (let r = 0; r < context.repeats; r++) {
+        for (const [name] of kinds) {
+          const region = regions.get(name)!;
+          (writes.get(name) ?? writes.set(name, []).get(name)!).push(
+            await sequential(region, regionBytes, true, data),
+          );
+          (reads.get(name) ?? reads.set(name, []).get(name)!).push(
+            await sequential(region, regionBytes, false, data),
+          );
+        }
+      }
+      const plainWrite = median(writes.get('plain')!);
+      const plainRead = median(reads.get('plain')!);
+      for (const [name] of kinds.slice(1)) {
+        context.record({
+          id: `fabric ${name} sequential 1 MiB writes (QD${DEPTH})`,
+          unit: 'MB/s',
+          value: median(writes.get(name)!),
+          baseline: 'plain writes to one appliance',
+          baselineValue: plainWrite,
+          higherIsBetter: true,
+          goal: name.startsWith('coded') ? '>= 0.5x' : '',
+        });
+        context.record({
+          id: `fabric ${name} sequential 1 MiB reads (QD${DEPTH})`,
+          unit: 'MB/s',
+          value: median(reads.get(name)!),
+          baseline: 'plain reads from one appliance',
+          baselineValue: plainRead,
+          higherIsBetter: true,
+        });
+      }
+      const coded = regions.get('coded 4+2')!;
+      const [inPath, raw] = [[] as number[], [] as number[]];
+      for (let r = 0; r < context.repeats; r++) {
+        inPath.push(await coding(context, true));
+        raw.push(await coding(context, false));
+      }
+      context.record({
+        id: 'Reed-Solomon 4+2 coding as the write path does it (gather, encode, scatter)',
+        unit: 'GB/s',
+        value: median(inPath),
+        baseline: 'raw @ronomon/reed-solomon encode, same batches, 4 in flight',
+        baselineValue: median(raw),
+        higherIsBetter: true,
+        goal: '>= 3 GB/s',
+      });
+      // Degraded reads: 4 KiB pages of data shard 0, read healthy, then with its appliance killed.
+      const pages = Array.from(
+        { length: context.quick ? 1000 : 4000 },
+        () => 4 * Math.floor(Math.random() * (regionBytes / PAGE / 4)),
+      );
+      await latencies(coded, pages.slice(0, 200)); // warm up
+      const healthy = await latencies(coded, pages);
+      const victim = appliances.find((a) => a.httpUrl === coded.health().shards[0]!.appliance)!;
+      await victim.kill();
+      await latencies(coded, pages.slice(0, 50)); // notice the loss
+      const degraded = await latencies(coded, pages);
+      for (const [label, fraction] of [
+        ['p50', 0.5],
+        ['p99', 0.99],
+      ] as const) {
+        context.record({
+          id: `fabric coded 4+2 degraded 4 KiB read latency ${label}`,
+          unit: 'µs',
+          value: percentile(degraded, fraction),
+          baseline: `healthy 4 KiB reads of the same pages ${label}`,
+          baselineValue: percentile(healthy, fraction),
+          higherIsBetter: false,
+          goal: label === 'p99' ? 'within 3x' : '',
+        });
+      }
+      context.log(
+        `coded region: ${coded.stats().degradedReads} degraded reads; health ${JSON.stringify(coded.health().lost)} lost`,
+      );
+      await fabric.close();
+    } finally {
+      await Promise.all(appliances.map((a) => (a.alive ? a.stop() : undefined)));
+    }
+  },
+};
