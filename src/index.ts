@@ -41,7 +41,11 @@ export {
   NbdServer,
   NbdClient,
   NbdConnectionGroup,
+  NbdRequestError,
+  NbdOptionError,
   errnoForError,
+  type NbdBlockSizes,
+  type NbdConnectionGroupOptions,
   type NbdClientOptions,
   type NbdServerAddress,
   type NbdTransmissionFlags,
@@ -76,3 +80,12 @@ export {
 export { resolveRegion, type ResolvedRegion, type ResolveOptions } from './fabric/follow.js';
 export { type MigrateOptions, type MigrationStatus, type MigrationState } from './appliance/migration.js';
 export { type MovedTo } from './appliance/region.js';
+export {
+  SubAllocator,
+  ChunkView,
+  claimChunk,
+  type Chunk,
+  type ClaimRequest,
+  type ClaimChunkOptions,
+  type SubAllocatorOptions,
+} from './fabric/suballocation.js';

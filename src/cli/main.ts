@@ -16,6 +16,7 @@ import {
   regionRemove,
 } from './admin-commands.js';
 import { registerMigrateCommand } from './migrate-command.js';
+import { registerChunkCommands } from './chunk-commands.js';
 
 function sizeOption(value: string): number {
   try {
@@ -110,6 +111,7 @@ appliance(region.command('rm <name>'))
     console.log(`deleted ${name}`);
   });
 registerMigrateCommand(region);
+registerChunkCommands(region, appliance);
 appliance(program.command('stats'))
   .description("print an appliance's statistics as JSON")
   .action(async (options: { appliance: string }) => {
