@@ -126,7 +126,7 @@ export class Session {
     this.transmission = new Transmission(
       negotiated,
       {
-        write: (buf) => this.write(buf),
+        write: (buf, written) => this.write(buf, written),
         congested: () => this.socket.writableLength >= REPLY_QUEUED_BYTES_MAX,
         setInputPaused: (paused) => {
           if (this.closing) return;
@@ -141,9 +141,13 @@ export class Session {
     if (rest !== undefined) this.transmission.feed(rest);
   }
 
-  private write(buf: Buffer): void {
+  private write(buf: Buffer, written?: () => void): void {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
-    this.socket.write(buf);
+    if (written === undefined) this.socket.write(buf);
+    else
+      this.socket.write(buf, (err) => {
+        if (!err) written();
+      });
   }
 
   private close(reason: string, violation: boolean): void {

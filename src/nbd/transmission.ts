@@ -46,6 +46,7 @@ import {
   WRITE_SKIP_BYTES_MAX,
 } from './constants.js';
 import { errnoForError, messageForError } from './errno.js';
+import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP } from './request-parser.js';
 import type { StatsCounters } from './stats.js';
@@ -68,7 +69,8 @@ import {
 
 /** How a transmission talks to its connection. */
 export interface TransmissionIo {
-  write(buf: Buffer): void;
+  /** Queues `buf`; `written` runs once the socket is done with it (not if the socket fails). */
+  write(buf: Buffer, written?: () => void): void;
   /** Too many reply bytes are queued: stop parsing until the socket drains. */
   congested(): boolean;
   /** Stop or restart reading the socket (mirrors the parser's pause state). */
@@ -243,10 +245,14 @@ export class Transmission implements RequestSink {
   private read(req: RequestHeader): void {
     const length = req.length;
     const headerBytes = this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
-    const buf = this.takeReplyBuffer(headerBytes + length);
+    const size = headerBytes + length;
+    // Large replies use recycled buffers (reply-buffers.ts); small ones are carved from the slab.
+    const large = size > REPLY_SLAB_CARVE_BYTES_MAX ? takeLargeReplyBuffer(size) : undefined;
+    const buf = large === undefined ? this.takeReplyBuffer(size) : large.subarray(0, size);
     try {
       this.exp.read(req.offset, buf.subarray(headerBytes));
     } catch (err) {
+      if (large !== undefined) giveLargeReplyBuffer(large);
       this.fail(req, err);
       return;
     }
@@ -265,7 +271,8 @@ export class Transmission implements RequestSink {
       writeSimpleReplyHeader(buf, 0, 0, req.cookieHi, req.cookieLo);
     }
     this.stats.bytesRead += length;
-    this.write(buf);
+    if (large === undefined) this.write(buf);
+    else this.io.write(buf, () => giveLargeReplyBuffer(large));
   }
 
   private blockStatus(req: RequestHeader): void {
@@ -405,12 +412,12 @@ export class Transmission implements RequestSink {
   }
 
   /**
-   * A buffer for one reply, carved from a slab by bumping an offset: far cheaper than an
+   * A buffer for one small reply (at most REPLY_SLAB_CARVE_BYTES_MAX), carved from a slab by
+   * bumping an offset: far cheaper than an
    * allocation per reply. Carved bytes are never handed out twice (the socket may still hold
    * them), so a full slab is simply replaced and dies when its last reply has been written.
    */
   private takeReplyBuffer(size: number): Buffer {
-    if (size > REPLY_SLAB_CARVE_BYTES_MAX) return Buffer.allocUnsafe(size);
     if (this.slabUsed + size > this.slab.length) {
       this.slab = Buffer.allocUnsafe(REPLY_SLAB_BYTES);
       this.slabUsed = 0;
