@@ -9,6 +9,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { ApplianceProcess, MiB } from '../interop/appliance-process.js';
+import { stopProcess } from '../nbd/helpers.js';
 import { ErrorCodes } from '../../src/index.js';
 import { Fabric, type ExternalRegion, type Redundancy } from '../../src/fabric/index.js';
 
@@ -146,7 +147,7 @@ test('a hung appliance (SIGSTOP) is detected by the timeout, and when it resumes
   const model = randomBytes(8 * MiB);
   await region.write(0, model);
   const hung = byUrl(appliances, region.health().shards[0]!.appliance);
-  process.kill(hung.pid, 'SIGSTOP');
+  await stopProcess(hung.pid);
   t.after(() => {
     if (hung.alive) process.kill(hung.pid, 'SIGCONT');
   });

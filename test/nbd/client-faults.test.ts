@@ -11,7 +11,7 @@ import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import type { NbdRequestError } from '../../src/nbd/index.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import * as C from '../../src/nbd/constants.js';
-import { missing } from './helpers.js';
+import { missing, stopProcess } from './helpers.js';
 import { spawnNbdkitMemory } from './client-servers.js';
 import { chunkHeader, FakeServer, simpleReply, u64 } from './client-fake-server.js';
 
@@ -98,7 +98,7 @@ test(
     const client = await NbdClient.connect({ port: server.port, requestTimeoutMs: timeoutMs });
     t.after(() => client.destroy());
     await client.write(0, Buffer.from('before'));
-    process.kill(server.pid, 'SIGSTOP');
+    await stopProcess(server.pid);
     t.after(() => {
       try {
         process.kill(server.pid, 'SIGCONT');

@@ -35,3 +35,21 @@ export function missing(...names: string[]): string | false {
     ? false
     : `${absent.join(', ')} not installed (apt-get install libnbd-bin qemu-utils fio)`;
 }
+
+/**
+ * Stops a process with SIGSTOP and waits until the kernel reports it stopped (state T in
+ * /proc/PID/stat): kill() returns before delivery, and a server may still answer a request or
+ * two in between.
+ */
+export async function stopProcess(pid: number, deadlineMs = 5000): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  process.kill(pid, 'SIGSTOP');
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Field 3, after the command name in parentheses (which may contain spaces).
+    if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T') return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not stop within ${deadlineMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
