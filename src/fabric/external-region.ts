@@ -26,10 +26,19 @@
  * Failure detection. A shard whose NBD request fails — connection closed, appliance killed, or
  * no answer within the request timeout (a hung appliance) — is marked lost at once and never
  * used again; the region reports itself degraded until rebuild() replaces the shard.
+ *
+ * Migration. When a shard's connection closes or a request is refused with ESHUTDOWN (not on a
+ * timeout), the region first asks that appliance where the shard's region is now
+ * (resolveRegion, waiting out a migration blackout). If it moved, the shard reconnects to its
+ * new home and the failed operation is retried there: the writes a migration refused were never
+ * acknowledged, so retrying them at the destination loses nothing. Otherwise the shard is lost.
  */
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
+import { ESHUTDOWN } from '../nbd/constants.js';
 import { ReedSolomonCodec, StripeBatch } from './codec.js';
 import type { ApplianceDirectory } from './directory.js';
+import { adminRequest } from '../appliance/admin-client.js';
+import { resolveRegion } from './follow.js';
 import { place } from './placement.js';
 import { RangeLock } from './range-lock.js';
 import { Shard, type ShardStatus } from './shard.js';
@@ -39,6 +48,8 @@ import { Shard, type ShardStatus } from './shard.js';
  * batch is capped lower by what one coding call may hold (ReedSolomonCodec.maxStripesPerCall).
  */
 export const BATCH_STRIPES = 64;
+/** How long a shard whose appliance is migrating it may wait for the blackout to end. */
+export const MIGRATION_WAIT_MS = 30_000;
 /** Coding buffers kept per region (bounds memory and concurrent batches). */
 const BATCH_POOL_MAX = 4;
 
@@ -115,6 +126,8 @@ export class ExternalRegion {
   };
   private rebuilds = 0;
   private closed = false;
+  /** Shards being looked up after their connection closed (see "Migration" above). */
+  private readonly following = new Map<number, Promise<Shard | undefined>>();
 
   constructor(options: ExternalRegionOptions) {
     this.name = options.name;
@@ -123,6 +136,7 @@ export class ExternalRegion {
     this.redundancy = options.redundancy;
     this.tenant = options.tenant;
     this.shards = options.shards;
+    for (const shard of this.shards) shard.onClose = (closed, error) => void this.follow(closed, error);
     this.directory = options.directory;
     this.requestTimeoutMs = options.requestTimeoutMs;
     const geometry = shardGeometry(options.redundancy, options.size, options.pageSize);
@@ -350,7 +364,7 @@ export class ExternalRegion {
       for (let c = c0; c <= c1; c++) batch.getPage(c - a, shard.index, run, (c - c0) * pageSize);
       writes.push([shard, c0 * pageSize, run]);
     }
-    await this.settle(writes.map(([shard, at, run]) => [shard, () => shard.nbd.write(at, run)]));
+    await this.settle(writes.map(([shard, at, run]) => [shard, (s) => s.nbd.write(at, run)]));
     this.assertEnough('write');
   }
 
@@ -410,10 +424,10 @@ export class ExternalRegion {
         whole || missingWanted === 0 ? batch : new StripeBatch(this.codec!, pageSize, c1 - c0 + 1);
       const base = target === batch ? a : c0;
       if (target !== batch) target.reset(c1 - c0 + 1);
-      const reads = sources.map((shard): [Shard, () => Promise<void>] => [
+      const reads = sources.map((shard): ShardOperation => [
         shard,
-        async () => {
-          const run = await shard.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
+        async (s) => {
+          const run = await s.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
           for (let c = c0; c <= c1; c++) target.putPage(c - base, shard.index, run, (c - c0) * pageSize);
         },
       ]);
@@ -450,7 +464,7 @@ export class ExternalRegion {
         try {
           run = await shard.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
         } catch (error) {
-          shard.lose(`read failed: ${(error as Error).message}`);
+          await this.follow(shard, error);
           throw error;
         }
         for (let c = c0; c <= c1; c++) {
@@ -508,7 +522,7 @@ export class ExternalRegion {
     }
     await batch.encode();
     const page = Buffer.alloc(pageSize);
-    const repairs: Array<[Shard, () => Promise<void>]> = [];
+    const repairs: ShardOperation[] = [];
     for (let s = 0; s < n; s++) {
       result.stripesChecked++;
       let bad = false;
@@ -518,7 +532,7 @@ export class ExternalRegion {
           bad = true;
           const shard = this.shards[j]!;
           const fixed = Buffer.from(page);
-          repairs.push([shard, () => shard.nbd.write((a + s) * pageSize, fixed)]);
+          repairs.push([shard, (target) => target.nbd.write((a + s) * pageSize, fixed)]);
         }
       }
       if (bad) result.mismatches++;
@@ -541,7 +555,7 @@ export class ExternalRegion {
         return;
       } catch (error) {
         if (!this.isShardFailure(error)) throw error;
-        shard.lose(`read failed: ${(error as Error).message}`);
+        await this.follow(shard, error);
       }
     }
     throw this.dataLost(`reading ${dst.length} bytes at ${offset}`);
@@ -578,7 +592,7 @@ export class ExternalRegion {
         const good = copies[winner]!.subarray(from, to);
         const repairs = this.shards
           .filter((_, i) => copies[winner]!.compare(copies[i]!, from, to, from, to) !== 0)
-          .map((shard): [Shard, () => Promise<void>] => [shard, () => shard.nbd.write(offset + from, good)]);
+          .map((shard): ShardOperation => [shard, (target) => target.nbd.write(offset + from, good)]);
         result.repaired += repairs.length - (await this.settle(repairs));
       }
     } finally {
@@ -616,6 +630,7 @@ export class ExternalRegion {
       requestTimeoutMs: this.requestTimeoutMs,
       state: 'rebuilding',
     });
+    replacement.onClose = (closed, error) => void this.follow(closed, error);
     this.shards[index] = replacement;
     // The lost shard's region is garbage now; delete it if its appliance still answers.
     void this.directory.deleteRegion(old.appliance, old.region).catch(() => undefined);
@@ -686,25 +701,112 @@ export class ExternalRegion {
     else this.freeBatches.push(batch);
   }
 
-  /** Runs one operation per shard; a shard whose operation fails is marked lost. Returns failures. */
-  private async settle(operations: Array<[Shard, () => Promise<void>]>): Promise<number> {
-    const results = await Promise.allSettled(operations.map(([, run]) => run()));
-    let failed = 0;
-    results.forEach((result, i) => {
-      if (result.status === 'rejected') {
-        failed++;
-        const reason = result.reason as Error;
-        operations[i]![0].lose(`${reason.message}`);
+  /**
+   * Runs one operation per shard. An operation that fails is retried once where its shard moved
+   * (if it did); otherwise that shard is lost. Returns the operations that failed for good.
+   */
+  private async settle(operations: ShardOperation[]): Promise<number> {
+    const results = await Promise.allSettled(
+      operations.map(async ([shard, run]) => {
+        try {
+          await run(shard);
+        } catch (error) {
+          const moved = await this.follow(shard, error);
+          if (!moved) throw error;
+          try {
+            await run(moved);
+          } catch (again) {
+            moved.lose(`failed again after it moved: ${(again as Error).message}`);
+            throw again;
+          }
+        }
+      }),
+    );
+    return results.filter((result) => result.status === 'rejected').length;
+  }
+
+  /**
+   * After `shard` failed with `error`: where is its region now? Resolves to the shard that
+   * replaces it when its appliance says the region moved (a migration), else marks it lost and
+   * resolves to undefined. One lookup per shard at a time; timeouts are never looked up (a hung
+   * appliance cannot answer, and the shard is lost at once).
+   */
+  /**
+   * Where a shard's region is served now, asked of the appliance that served it: where it
+   * moved; or, while a migration of it is under way, wait (a blackout) and ask again; or, when a
+   * migration ended without moving it (or the appliance refused with ESHUTDOWN), the same place
+   * again. Undefined when there is no sign of a migration: the shard is lost.
+   */
+  private async findHome(
+    shard: Shard,
+    shutdown: boolean,
+  ): Promise<{ appliance: string; region: string; nbd: { host: string; port: number } } | undefined> {
+    const deadline = performance.now() + MIGRATION_WAIT_MS;
+    for (;;) {
+      const where = await resolveRegion(shard.appliance, shard.region, { timeoutMs: this.requestTimeoutMs });
+      if (where.appliance !== shard.appliance || where.region !== shard.region) return where;
+      const status = await adminRequest<{ state: string }>(
+        shard.appliance,
+        'GET',
+        `/v1/regions/${encodeURIComponent(shard.region)}/migration`,
+        undefined,
+        this.requestTimeoutMs,
+      ).catch((error: unknown) => {
+        if (error instanceof MemfabricError && error.code === ErrorCodes.NOT_FOUND) return { state: 'none' };
+        throw error;
+      });
+      if (status.state === 'none') return shutdown ? where : undefined;
+      if (status.state === 'failed') return where; // it stayed: served here again
+      // Under way, or done since we resolved (then the next resolve follows it).
+      if (performance.now() > deadline) return undefined;
+      if (status.state === 'done') continue;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  private follow(shard: Shard, error: unknown): Promise<Shard | undefined> {
+    const current = this.shards[shard.index]!;
+    if (current !== shard) return Promise.resolve(current.state === 'lost' ? undefined : current);
+    if (shard.state === 'lost') return Promise.resolve(undefined);
+    const pending = this.following.get(shard.index);
+    if (pending) return pending;
+    const reason = error instanceof Error ? error.message : 'connection closed';
+    const lookup = (async (): Promise<Shard | undefined> => {
+      if (this.closed || !mayHaveMoved(error)) {
+        shard.lose(reason);
+        return undefined;
       }
-    });
-    return failed;
+      try {
+        const where = await this.findHome(shard, isShutdown(error));
+        if (!where) {
+          shard.lose(reason);
+          return undefined;
+        }
+        const moved = await Shard.open({
+          index: shard.index,
+          appliance: where.appliance,
+          region: where.region,
+          nbd: where.nbd,
+          requestTimeoutMs: this.requestTimeoutMs,
+          state: shard.state,
+        });
+        moved.onClose = (closed, closeError) => void this.follow(closed, closeError);
+        this.directory.add(where.appliance);
+        this.shards[shard.index] = moved;
+        shard.lose(`moved to ${where.region} on ${where.appliance}`);
+        return moved;
+      } catch (lookupError) {
+        shard.lose(`${reason}; and finding where it moved failed: ${(lookupError as Error).message}`);
+        return undefined;
+      }
+    })().finally(() => this.following.delete(shard.index));
+    this.following.set(shard.index, lookup);
+    return lookup;
   }
 
   private async onWritableShards(operation: (shard: Shard) => Promise<void>): Promise<void> {
     this.assertOpen();
-    await this.settle(
-      this.shards.filter((shard) => shard.writable).map((shard) => [shard, () => operation(shard)]),
-    );
+    await this.settle(this.shards.filter((shard) => shard.writable).map((shard) => [shard, operation]));
     this.assertEnough('write');
   }
 
@@ -749,6 +851,24 @@ export class ExternalRegion {
   private assertOpen(): void {
     if (this.closed) throw new MemfabricError(ErrorCodes.DESTROYED, `region ${this.name} was closed`);
   }
+}
+
+/** An operation on one shard: run on that shard, or retried on the shard it moved to. */
+type ShardOperation = [Shard, (shard: Shard) => Promise<void>];
+
+/** The appliance refused with ESHUTDOWN: it is migrating (or stopping) the region. */
+function isShutdown(error: unknown): boolean {
+  return (
+    error instanceof MemfabricError &&
+    error.code === ErrorCodes.NBD_REQUEST_FAILED &&
+    (error as MemfabricError & { errno?: number }).errno === ESHUTDOWN
+  );
+}
+
+/** Errors after which a shard's region may have moved rather than died: a closed connection, ESHUTDOWN. */
+function mayHaveMoved(error: unknown): boolean {
+  if (!(error instanceof MemfabricError)) return true;
+  return error.code === ErrorCodes.CONNECTION_CLOSED || isShutdown(error);
 }
 
 export interface ShardGeometry {

@@ -26,6 +26,8 @@ export class Shard {
   state: ShardState;
   reason: string | undefined;
   private client: NbdClient | undefined;
+  /** Called when the connection closes unexpectedly instead of marking the shard lost. */
+  onClose: ((shard: Shard, error: Error | undefined) => void) | undefined;
 
   private constructor(
     index: number,
@@ -33,15 +35,19 @@ export class Shard {
     region: string,
     client: NbdClient,
     state: ShardState,
+    onClose: ((shard: Shard, error: Error | undefined) => void) | undefined,
   ) {
+    this.onClose = onClose;
     this.index = index;
     this.appliance = appliance;
     this.region = region;
     this.client = client;
     this.state = state;
     client.on('close', (error?: Error) => {
-      if (this.state !== 'lost')
-        this.lose(error ? `connection closed: ${error.message}` : 'connection closed');
+      if (this.state === 'lost') return;
+      // The owner may find the region elsewhere (a migration); by default the shard is lost.
+      if (this.onClose) this.onClose(this, error);
+      else this.lose(error ? `connection closed: ${error.message}` : 'connection closed');
     });
   }
 
@@ -52,6 +58,8 @@ export class Shard {
     nbd: Endpoint;
     requestTimeoutMs: number;
     state?: ShardState;
+    /** Called when the connection closes unexpectedly (instead of marking the shard lost). */
+    onClose?: (shard: Shard, error: Error | undefined) => void;
   }): Promise<Shard> {
     const client = await NbdClient.connect({
       host: options.nbd.host,
@@ -60,7 +68,14 @@ export class Shard {
       requestTimeoutMs: options.requestTimeoutMs,
       connectTimeoutMs: options.requestTimeoutMs,
     });
-    return new Shard(options.index, options.appliance, options.region, client, options.state ?? 'live');
+    return new Shard(
+      options.index,
+      options.appliance,
+      options.region,
+      client,
+      options.state ?? 'live',
+      options.onClose,
+    );
   }
 
   /** The connection, for a shard that is not lost. */

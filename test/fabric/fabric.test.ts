@@ -266,3 +266,56 @@ test('closing a region deletes its shards on the appliances', async (t) => {
     [0, 0, 0],
   );
 });
+
+test('a shard migrated to another appliance is followed: no degradation, nothing lost', async (t) => {
+  const { list, urls } = await appliances(4);
+  t.after(() => Promise.all(list.map((a) => a.stop())));
+  const fabric = new Fabric({ appliances: urls.slice(0, 3), requestTimeoutMs: 5000 });
+  t.after(() => fabric.close());
+  // No redundancy to hide behind: without following, the region would be lost.
+  for (const redundancy of ['none', { data: 2, parity: 1 }] as const) {
+    const region = (await fabric.allocate({ size: 4 * MiB, redundancy })) as ExternalRegion;
+    const model = randomBytes(4 * MiB);
+    await region.write(0, model);
+    const shard = region.health().shards[0]!;
+    let writing = true;
+    let acknowledged = 0;
+    const writer = (async () => {
+      for (let i = 0; writing && i < 2000; i++) {
+        const offset = Math.floor(Math.random() * (model.length - 20_000));
+        const data = randomBytes(1 + Math.floor(Math.random() * 19_999));
+        await region.write(offset, data);
+        data.copy(model, offset);
+        acknowledged++;
+      }
+    })();
+    const started = await fetch(`${shard.appliance}/v1/regions/${shard.region}/migrate`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ target: urls[3] }),
+    });
+    assert.equal(started.status, 202, await started.text());
+    const deadline = Date.now() + 30_000;
+    let state = '';
+    while (state !== 'done' && state !== 'failed' && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      state = (
+        (await (await fetch(`${shard.appliance}/v1/regions/${shard.region}/migration`)).json()) as {
+          state: string;
+        }
+      ).state;
+    }
+    assert.equal(state, 'done');
+    // Keep writing after the move until the region has used its new home.
+    const after = acknowledged;
+    while (acknowledged < after + 20 && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    writing = false;
+    await writer;
+    const health = region.health();
+    assert.equal(health.degraded, false, JSON.stringify(health));
+    assert.equal(health.shards[0]!.appliance, urls[3], 'the shard now lives on the target');
+    assert.ok((await region.read(0, model.length)).equals(model), 'every acknowledged write reads back');
+    await region.close();
+  }
+});
