@@ -27,7 +27,7 @@ const MiB = 1024 * 1024;
 /** Both servers serve this much memory; fio spreads its I/O over all of it. */
 const REGION_BYTES = 1024 * MiB;
 /** Seconds per measured fio run. */
-const RUN_S_QUICK = 1.5;
+const RUN_S_QUICK = 1;
 const RUN_S_FULL = 5;
 /** Seconds of the untimed warm-up run on each server. */
 const WARMUP_S = 1;
