@@ -33,12 +33,13 @@
  * new home and the failed operation is retried there: the writes a migration refused were never
  * acknowledged, so retrying them at the destination loses nothing. Otherwise the shard is lost.
  */
-import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ESHUTDOWN } from '../nbd/constants.js';
 import { ReedSolomonCodec, StripeBatch } from './codec.js';
 import type { ApplianceDirectory } from './directory.js';
 import { adminRequest } from '../appliance/admin-client.js';
 import { resolveRegion } from './follow.js';
+import { checkRegionRange } from './memory-region.js';
 import { place } from './placement.js';
 import { RangeLock } from './range-lock.js';
 import { Shard, type ShardStatus } from './shard.js';
@@ -836,16 +837,7 @@ export class ExternalRegion {
 
   private checkRange(offset: number, length: number): void {
     this.assertOpen();
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 0) {
-      throw invalidArgument(
-        `offset ${offset} and length ${length} must be whole, non-negative numbers of bytes`,
-      );
-    }
-    if (offset < 0 || offset + length > this.size) {
-      throw outOfRange(
-        `range [${offset}, ${offset + length}) lies outside the ${this.size}-byte region ${this.name}`,
-      );
-    }
+    checkRegionRange(offset, length, this.size, this.name);
   }
 
   private assertOpen(): void {

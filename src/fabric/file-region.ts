@@ -1,8 +1,8 @@
 /** A fabric region in a local file (sparse; read and written with positioned I/O). */
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
-import { localHealth, type MemoryRegion } from './memory-region.js';
+import { ErrorCodes, MemfabricError } from '../errors.js';
+import { checkRegionRange, localHealth, type MemoryRegion } from './memory-region.js';
 import type { RegionHealth } from './external-region.js';
 
 /** Zeros written per call when trimming (the file stays allocated: Node has no hole punching). */
@@ -82,16 +82,7 @@ export class FileRegion implements MemoryRegion {
 
   private check(offset: number, length: number): FileHandle {
     if (!this.handle) throw new MemfabricError(ErrorCodes.DESTROYED, `region ${this.name} was closed`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 0) {
-      throw invalidArgument(
-        `offset ${offset} and length ${length} must be whole, non-negative numbers of bytes`,
-      );
-    }
-    if (offset < 0 || offset + length > this.size) {
-      throw outOfRange(
-        `range [${offset}, ${offset + length}) lies outside the ${this.size}-byte region ${this.name}`,
-      );
-    }
+    checkRegionRange(offset, length, this.size, this.name);
     return this.handle;
   }
 }

@@ -2,6 +2,7 @@
  * What `Fabric.allocate` returns, whatever memory backs it: local RAM (a frame pool in this
  * process), external memory (appliances, optionally mirrored or coded) or a local file.
  */
+import { invalidArgument, outOfRange } from '../errors.js';
 import type { RegionHealth } from './external-region.js';
 
 export type MemoryType = 'local' | 'external' | 'file';
@@ -23,4 +24,16 @@ export interface MemoryRegion {
 /** Health of memory with no redundancy and nothing remote to lose. */
 export function localHealth(): RegionHealth {
   return { degraded: false, lost: 0, tolerance: 0, shards: [] };
+}
+
+/** Throws a typed error unless [offset, offset + length) is a whole-byte range inside the region. */
+export function checkRegionRange(offset: number, length: number, size: number, name: string): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 0) {
+    throw invalidArgument(
+      `offset ${offset} and length ${length} must be whole, non-negative numbers of bytes`,
+    );
+  }
+  if (offset < 0 || offset + length > size) {
+    throw outOfRange(`range [${offset}, ${offset + length}) lies outside the ${size}-byte region ${name}`);
+  }
 }
