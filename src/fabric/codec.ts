@@ -209,6 +209,32 @@ export class StripeBatch {
     return this.codec.encode(this.data, this.parity, this.count * this.pageSize);
   }
 
+  /**
+   * Rebuilds one lost data shard of every stripe on the event loop, without the coder: ronomon's
+   * first parity shard (index k) is the XOR of the data shards (its first bitmatrix row is
+   * "m0-optimized"; a test checks this), so the lost shard is the XOR of parity k and the other
+   * data shards. A degraded 4 KiB read saves the thread-pool round trip (~160 µs measured on a
+   * busy event loop). Returns false, doing nothing, when `present` is not exactly those shards.
+   */
+  rebuildByXor(present: number, missing: number): boolean {
+    const k = this.codec.k;
+    if (missing >= 1 << k || (missing & (missing - 1)) !== 0) return false;
+    if (present !== ((((1 << k) - 1) & ~missing) | (1 << k))) return false;
+    const shardBytes = this.count * this.pageSize;
+    const words = shardBytes / 4;
+    const data = new Int32Array(this.data.buffer, this.data.byteOffset, (k * shardBytes) / 4);
+    const parity = new Int32Array(this.parity.buffer, this.parity.byteOffset, words);
+    const lost = Math.log2(missing);
+    const target = lost * words;
+    data.set(parity.subarray(0, words), target);
+    for (let i = 0; i < k; i++) {
+      if (i === lost) continue;
+      const from = i * words;
+      for (let w = 0; w < words; w++) data[target + w]! ^= data[from + w]!;
+    }
+    return true;
+  }
+
   /** Recomputes the shards in `missing` of every stripe from those in `present`. */
   reconstruct(present: number, missing: number): Promise<void> {
     return this.codec.reconstruct(this.data, this.parity, this.count * this.pageSize, present, missing);

@@ -434,7 +434,7 @@ export class ExternalRegion {
       ]);
       if ((await this.settle(reads)) > 0) continue; // sources changed: choose again
       if (missingWanted === 0) return;
-      await target.reconstruct(present, missingWanted);
+      if (!target.rebuildByXor(present, missingWanted)) await target.reconstruct(present, missingWanted);
       if (target !== batch) {
         const page = Buffer.alloc(pageSize);
         for (let i = 0; i < this.shards.length; i++) {

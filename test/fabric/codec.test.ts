@@ -103,3 +103,37 @@ test('impossible geometries and too few shards are typed errors', async () => {
     code: ErrorCodes.INVALID_ARGUMENT,
   });
 });
+
+test("ronomon's first parity shard is the XOR of the data shards, so one lost data shard rebuilds by XOR", async () => {
+  for (const [k, m] of [
+    [1, 1],
+    [2, 1],
+    [4, 2],
+    [8, 2],
+    [12, 6],
+  ] as const) {
+    const codec = new ReedSolomonCodec(k, m);
+    const page = 4096;
+    const batch = new StripeBatch(codec, page, 8);
+    batch.reset(5);
+    const stripes = Array.from({ length: 5 }, () => randomBytes(k * page));
+    stripes.forEach((stripe, s) => {
+      for (let i = 0; i < k; i++) batch.putPage(s, i, stripe, i * page);
+    });
+    await batch.encode();
+    const lost = k - 1;
+    for (let s = 0; s < 5; s++) batch.zeroPage(s, lost);
+    const present = (((1 << k) - 1) & ~(1 << lost)) | (1 << k);
+    assert.equal(batch.rebuildByXor(present, 1 << lost), true);
+    const back = Buffer.alloc(page);
+    for (const [s, stripe] of stripes.entries()) {
+      batch.getPage(s, lost, back);
+      assert.ok(back.equals(stripe.subarray(lost * page, (lost + 1) * page)), `${k}+${m} stripe ${s}`);
+    }
+    assert.equal(
+      batch.rebuildByXor(present | (1 << (k + m - 1)), 1 << lost),
+      m === 1,
+      'only from exactly those shards',
+    );
+  }
+});
