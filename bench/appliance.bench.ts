@@ -15,12 +15,12 @@
  * on each warms up the read paths (and our JIT). Skipped, saying why, when fio or nbdkit is
  * not installed.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApplianceProcess, missing, waitFor } from '../test/interop/appliance-process.js';
+import { ApplianceProcess, missing } from '../test/interop/appliance-process.js';
+import { spawnNbdkitMemory } from '../test/nbd/client-servers.js';
 import { median, type BenchContext, type Suite } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -32,7 +32,6 @@ const RUN_S_FULL = 5;
 /** Seconds of the untimed warm-up run on each server. */
 const WARMUP_S = 1;
 /** Time nbdkit may take to accept connections. */
-const NBDKIT_START_MS_MAX = 10_000;
 /** Extra time a fio run may take beyond its runtime (start-up, connect, prefill). */
 const FIO_SLACK_MS = 60_000;
 
@@ -55,72 +54,10 @@ interface Target {
   uri: string;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-/** `nbdkit memory 1G` on a free loopback port; stop() ends it by PID. */
+/** `nbdkit memory` of the region's size on a free loopback port, stopped by PID. */
 async function startNbdkit(): Promise<{ uri: string; stop: () => Promise<void> }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn(
-    'nbdkit',
-    [
-      '--foreground',
-      '--exit-with-parent',
-      '-i',
-      '127.0.0.1',
-      '-p',
-      String(port),
-      'memory',
-      `size=${REGION_BYTES}`,
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    process.kill(child.pid!, 'SIGTERM');
-    const timer = setTimeout(() => {
-      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL');
-    }, 5_000);
-    await exited;
-    clearTimeout(timer);
-  };
-  try {
-    await waitFor(
-      `nbdkit to listen on ${port}`,
-      async () => {
-        if (child.exitCode !== null) throw new Error(`nbdkit exited: ${stderr}`);
-        return canConnect(port);
-      },
-      NBDKIT_START_MS_MAX,
-    );
-  } catch (error) {
-    await stop();
-    throw error;
-  }
-  return { uri: `nbd://127.0.0.1:${port}/`, stop };
+  const server = await spawnNbdkitMemory(String(REGION_BYTES));
+  return { uri: `nbd://127.0.0.1:${server.port}/`, stop: () => server.stop() };
 }
 
 /** One fio run: for `seconds` (time-based), or once over the whole region when `seconds` is null. */

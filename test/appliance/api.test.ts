@@ -6,33 +6,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes } from '../../src/index.js';
+import { startAppliance } from './harness.js';
 
 const MiB = 1024 * 1024;
 
-async function start(options: Parameters<typeof Appliance.start>[0] = {}) {
-  const appliance = await Appliance.start({
-    memory: '64MiB',
-    nbd: { port: 0 },
-    http: { port: 0 },
-    ...options,
-  });
-  const base = `http://127.0.0.1:${appliance.httpAddress.port}`;
-  const call = async (method: string, path: string, body?: unknown, raw?: string) => {
-    const response = await fetch(base + path, {
-      method,
-      ...(body !== undefined || raw !== undefined
-        ? { headers: { 'content-type': 'application/json' }, body: raw ?? JSON.stringify(body) }
-        : {}),
-    });
-    const text = await response.text();
-    return {
-      status: response.status,
-      json: text && response.headers.get('content-type')?.includes('json') ? JSON.parse(text) : undefined,
-      text,
-    };
-  };
-  return { appliance, call };
-}
+const start = startAppliance;
 
 test('regions: create, list, get, clone, delete', async (t) => {
   const { appliance, call } = await start();

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Appliance } from '../../src/appliance/index.js';
+import type { Appliance } from '../../src/appliance/index.js';
 import { regionChunks } from '../../src/appliance/chunk-routes.js';
 import {
   ALLOCATIONS_PER_OWNER_MAX,
@@ -16,6 +16,7 @@ import {
   OWNERS_MAX,
 } from '../../src/appliance/chunks.js';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { startAppliance } from './harness.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -259,30 +260,9 @@ test('allocator model: random claims and releases by several owners never overla
 
 // ---- the admin API ------------------------------------------------------------------------
 
-async function start(options: Parameters<typeof Appliance.start>[0] = {}) {
-  const appliance = await Appliance.start({
-    memory: '64MiB',
-    nbd: { port: 0 },
-    http: { port: 0 },
-    merge: false,
-    ...options,
-  });
-  const base = `http://127.0.0.1:${appliance.httpAddress.port}`;
-  const call = async (method: string, path: string, body?: unknown, raw?: string) => {
-    const response = await fetch(base + path, {
-      method,
-      ...(body !== undefined || raw !== undefined
-        ? { headers: { 'content-type': 'application/json' }, body: raw ?? JSON.stringify(body) }
-        : {}),
-    });
-    const text = await response.text();
-    return {
-      status: response.status,
-      json: text && response.headers.get('content-type')?.includes('json') ? JSON.parse(text) : undefined,
-      text,
-    };
-  };
-  return { appliance, call };
+/** An appliance without background merging, so chunk bytes stay as written. */
+function start(options: Parameters<typeof Appliance.start>[0] = {}) {
+  return startAppliance({ merge: false, ...options });
 }
 
 test('chunks API: claim, list, release; released bytes are trimmed', async (t) => {
