@@ -22,7 +22,7 @@ import {
   qemuIo,
   waitFor,
 } from './appliance-process.js';
-import { playScenario, scenarioArb } from './nbd-fuzz.js';
+import { playScenario, scenarioArb } from '../nbd/fuzz-scenarios.js';
 
 const FUZZ_MS = 8_000;
 const GOOD_BYTES = MiB;

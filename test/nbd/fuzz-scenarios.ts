@@ -1,9 +1,8 @@
 /**
  * fast-check generators of hostile NBD traffic, and the checks that go with them, for fuzzing
- * a server over a real socket. Export names are parameters, so the same generators serve any
- * set of exports (the appliance's regions here; the bare server's test exports could use them
- * too: test/nbd/fuzz.test.ts keeps its own copies inside the test file, where they cannot be
- * imported without running that file's tests).
+ * a server over a real socket. Export names are parameters, so the same generators serve the
+ * bare server's test exports (test/nbd/fuzz.test.ts) and the appliance's regions
+ * (test/interop/fuzz.test.ts).
  *
  * A scenario is one connection: either a handshake of option frames (known or random options,
  * well-formed or garbage data, declared lengths that lie, an occasional bad magic), or a proper
@@ -14,7 +13,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import * as C from '../../src/nbd/constants.js';
-import { infoData, metaContextData, RawClient } from '../nbd/raw-client.js';
+import { infoData, metaContextData, RawClient } from './raw-client.js';
 
 /** How long a scenario waits for the server's answers before hanging up. */
 export const DRAIN_MS = 25;
