@@ -16,9 +16,6 @@ interface RegionView {
   stats: { residentBytes: number; sharedBytes: number; connections: number };
 }
 
-/** The admin API client (kept under this name for the CLI's commands). */
-export const callApi = adminRequest;
-
 export function formatRegions(regions: RegionView[]): string {
   const header = ['NAME', 'SIZE', 'TENANT', 'RESIDENT', 'SHARED', 'CONNS', 'KIND'];
   const rows = regions.map((r) => [
@@ -52,7 +49,7 @@ export async function regionCreate(
   name: string,
   options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean },
 ): Promise<RegionView> {
-  return callApi<RegionView>(base, 'POST', '/v1/regions', {
+  return adminRequest<RegionView>(base, 'POST', '/v1/regions', {
     name,
     size: /^\d+$/.test(options.size) ? Number(options.size) : options.size,
     ...(options.tenant ? { tenant: options.tenant } : {}),
@@ -62,7 +59,7 @@ export async function regionCreate(
 }
 
 export async function regionList(base: string): Promise<RegionView[]> {
-  return (await callApi<{ regions: RegionView[] }>(base, 'GET', '/v1/regions')).regions;
+  return (await adminRequest<{ regions: RegionView[] }>(base, 'GET', '/v1/regions')).regions;
 }
 
 export async function regionClone(
@@ -71,16 +68,16 @@ export async function regionClone(
   name: string,
   readOnly: boolean,
 ): Promise<RegionView> {
-  return callApi<RegionView>(base, 'POST', `/v1/regions/${encodeURIComponent(source)}/clone`, {
+  return adminRequest<RegionView>(base, 'POST', `/v1/regions/${encodeURIComponent(source)}/clone`, {
     name,
     ...(readOnly ? { readOnly: true } : {}),
   });
 }
 
 export async function regionRemove(base: string, name: string): Promise<void> {
-  await callApi<void>(base, 'DELETE', `/v1/regions/${encodeURIComponent(name)}`);
+  await adminRequest<void>(base, 'DELETE', `/v1/regions/${encodeURIComponent(name)}`);
 }
 
 export async function applianceStats(base: string): Promise<unknown> {
-  return callApi<unknown>(base, 'GET', '/v1/stats');
+  return adminRequest<unknown>(base, 'GET', '/v1/stats');
 }

@@ -325,7 +325,7 @@ export class ExternalRegion {
     batch.reset(b - a + 1);
     // Read-modify-write: load the current contents of the stripes the write covers in part.
     if (partialFirst || partialLast) {
-      await this.loadStripes(batch, a, b, partialFirst ? a : b, partialLast ? b : a);
+      await this.loadStripes(batch, a, partialFirst ? a : b, partialLast ? b : a);
     }
     const scratch = Buffer.alloc(pageSize);
     for (let s = a; s <= b; s++) {
@@ -378,13 +378,7 @@ export class ExternalRegion {
    * Fills data pages of stripes first..last (within the batch a..) from the shards, rebuilding
    * lost data shards from parity. Parity pages of the batch are left undefined.
    */
-  private async loadStripes(
-    batch: StripeBatch,
-    a: number,
-    _b: number,
-    first: number,
-    last: number,
-  ): Promise<void> {
+  private async loadStripes(batch: StripeBatch, a: number, first: number, last: number): Promise<void> {
     const k = this.k;
     const ranges: Array<[number, number]> =
       first === last || last === first + 1

@@ -231,11 +231,6 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     return result;
   }
 
-  /** Runs until the current full scan completes (starting one if none is under way). */
-  fullScan(): ScanResult {
-    return this.scan();
-  }
-
   /** Scans in the background: `pagesPerBatch` pages every `intervalMs`. */
   start(options: { pagesPerBatch?: number; intervalMs?: number; maxMsPerBatch?: number } = {}): void {
     this.assertLive();
