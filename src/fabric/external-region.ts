@@ -37,8 +37,7 @@ import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ESHUTDOWN } from '../nbd/constants.js';
 import { ReedSolomonCodec, StripeBatch } from './codec.js';
 import type { ApplianceDirectory } from './directory.js';
-import { adminRequest } from '../appliance/admin-client.js';
-import { resolveRegion } from './follow.js';
+import { migrationState, resolveRegion } from './follow.js';
 import { checkRegionRange } from './memory-region.js';
 import { place } from './placement.js';
 import { RangeLock } from './range-lock.js';
@@ -727,36 +726,22 @@ export class ExternalRegion {
    * appliance cannot answer, and the shard is lost at once).
    */
   /**
-   * Where a shard's region is served now, asked of the appliance that served it: where it
-   * moved; or, while a migration of it is under way, wait (a blackout) and ask again; or, when a
-   * migration ended without moving it (or the appliance refused with ESHUTDOWN), the same place
-   * again. Undefined when there is no sign of a migration: the shard is lost.
+   * Where a shard's region is served now, asked of the appliance that served it: where it moved
+   * (resolveRegion waits out a blackout); or the same place when a migration of it failed, or
+   * when the appliance refused with ESHUTDOWN without migrating it. Undefined otherwise: with
+   * no sign of a migration, the shard is lost.
    */
   private async findHome(
     shard: Shard,
     shutdown: boolean,
   ): Promise<{ appliance: string; region: string; nbd: { host: string; port: number } } | undefined> {
-    const deadline = performance.now() + MIGRATION_WAIT_MS;
-    for (;;) {
-      const where = await resolveRegion(shard.appliance, shard.region, { timeoutMs: this.requestTimeoutMs });
-      if (where.appliance !== shard.appliance || where.region !== shard.region) return where;
-      const status = await adminRequest<{ state: string }>(
-        shard.appliance,
-        'GET',
-        `/v1/regions/${encodeURIComponent(shard.region)}/migration`,
-        undefined,
-        this.requestTimeoutMs,
-      ).catch((error: unknown) => {
-        if (error instanceof MemfabricError && error.code === ErrorCodes.NOT_FOUND) return { state: 'none' };
-        throw error;
-      });
-      if (status.state === 'none') return shutdown ? where : undefined;
-      if (status.state === 'failed') return where; // it stayed: served here again
-      // Under way, or done since we resolved (then the next resolve follows it).
-      if (performance.now() > deadline) return undefined;
-      if (status.state === 'done') continue;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    const where = await resolveRegion(shard.appliance, shard.region, {
+      waitMs: MIGRATION_WAIT_MS,
+      timeoutMs: this.requestTimeoutMs,
+    });
+    if (where.appliance !== shard.appliance || where.region !== shard.region) return where;
+    const state = await migrationState(shard.appliance, shard.region, this.requestTimeoutMs);
+    return state === 'failed' || (state === 'none' && shutdown) ? where : undefined;
   }
 
   private follow(shard: Shard, error: unknown): Promise<Shard | undefined> {

@@ -65,6 +65,7 @@ export async function resolveRegion(
   let appliance = adminUrl;
   let region = name;
   const seen = new Set<string>();
+  let rechecked = false;
   for (let hops = 0; hops <= hopsMax;) {
     const key = `${appliance} ${region}`;
     const path = `/v1/regions/${encodeURIComponent(region)}`;
@@ -79,9 +80,18 @@ export async function resolveRegion(
       hops++;
       continue;
     }
-    if (performance.now() < deadline && (await inBlackout(appliance, region, timeoutMs))) {
-      await new Promise((resolve) => setTimeout(resolve, RESOLVE_POLL_MS));
-      continue; // ask the same appliance again: moved, or back to serving
+    if (performance.now() < deadline) {
+      const state = await migrationState(appliance, region, timeoutMs);
+      if (state === 'blackout') {
+        await new Promise((resolve) => setTimeout(resolve, RESOLVE_POLL_MS));
+        continue; // ask the same appliance again: moved, or back to serving
+      }
+      // Moved between our two questions: the region now answers with movedTo. Once only, since
+      // a region that moved away and was created here again keeps its old migration record.
+      if (state === 'done' && !rechecked) {
+        rechecked = true;
+        continue;
+      }
     }
     const stats = await adminRequest<StatsAnswer>(appliance, 'GET', '/v1/stats', undefined, timeoutMs);
     return { appliance, region, nbd: publicNbd(stats.endpoints.nbd, appliance), hops };
@@ -92,13 +102,13 @@ export async function resolveRegion(
   );
 }
 
-async function inBlackout(appliance: string, region: string, timeoutMs: number): Promise<boolean> {
+/** The state of the region's latest migration on `appliance` ('none' when it never migrated). */
+export async function migrationState(appliance: string, region: string, timeoutMs: number): Promise<string> {
   const path = `/v1/regions/${encodeURIComponent(region)}/migration`;
   try {
-    const status = await adminRequest<{ state: string }>(appliance, 'GET', path, undefined, timeoutMs);
-    return status.state === 'blackout';
+    return (await adminRequest<{ state: string }>(appliance, 'GET', path, undefined, timeoutMs)).state;
   } catch (error) {
-    if (error instanceof MemfabricError && error.code === ErrorCodes.NOT_FOUND) return false;
+    if (error instanceof MemfabricError && error.code === ErrorCodes.NOT_FOUND) return 'none';
     throw error;
   }
 }
