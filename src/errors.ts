@@ -48,6 +48,12 @@ export const ErrorCodes = {
   CHUNKS_EXHAUSTED: 'MF_CHUNKS_EXHAUSTED',
   /** The call conflicts with current state: another owner's chunk, a different chunk size. */
   CONFLICT: 'MF_CONFLICT',
+  /** A page store failed an I/O (read, write, short transfer); the message names the store and slot. */
+  STORE_FAILED: 'MF_STORE_FAILED',
+  /** The page store (or the pager that owns it) was closed and can no longer be used. */
+  STORE_CLOSED: 'MF_STORE_CLOSED',
+  /** The page store has no free slot: every slot holds a page. */
+  STORE_FULL: 'MF_STORE_FULL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -1,0 +1,64 @@
+/**
+ * Page store: where pages go when they leave the resident set. A store is an array of
+ * page-sized slots addressed by number; the pager decides which slot holds what (it owns
+ * the slot allocator and the clone-chain dedup tables), the store only keeps bytes.
+ *
+ * Contract, checked for every implementation by test/tier/store-conformance.test.ts:
+ *   - read(slot, dst) fills dst (exactly pageSize bytes) with the bytes last written to the
+ *     slot, or zeros if the slot was never written or was discarded since.
+ *   - write(slot, src) stores exactly pageSize bytes; when the promise resolves the bytes
+ *     are in the store (a later read returns them), durable only after flush().
+ *   - discard(slot) forgets a slot's bytes (later reads return zeros) and gives back the
+ *     space where the store can.
+ *   - flush() is a barrier: everything that completed before it is durable when it resolves.
+ *   - close() releases the store's resources; further calls reject with STORE_CLOSED.
+ *   - A slot outside [0, capacity) rejects with OUT_OF_RANGE; a buffer of the wrong length
+ *     with INVALID_ARGUMENT; an I/O failure (including a short read or write that cannot be
+ *     completed) with STORE_FAILED, naming the store, the slot and the cause.
+ * Operations on different slots may run concurrently; the caller (the destager) never runs
+ * two operations on the same slot at once.
+ */
+export interface PageStore {
+  /** A short human name for messages and statistics ("memory", "file /var/tmp/x.swap", …). */
+  readonly name: string;
+  readonly pageSize: number;
+  /** Number of slots the store can hold. */
+  readonly capacity: number;
+  read(slot: number, dst: Uint8Array): Promise<void>;
+  write(slot: number, src: Uint8Array): Promise<void>;
+  discard(slot: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * How to build a store, as plain data: the store runs inside the pager's I/O worker, so the
+ * pager hands the worker a spec rather than an object.
+ */
+export type StoreSpec =
+  | { kind: 'memory' }
+  | {
+      kind: 'file';
+      /** The swap file. Created if missing; an existing file must be a memfabric swap file. */
+      path: string;
+    }
+  | {
+      kind: 'fabric';
+      /** Admin URLs of the appliances. */
+      appliances: string[];
+      /** 'none', { copies } or { data, parity } (see docs/fabric.md). */
+      redundancy?: 'none' | { copies: number } | { data: number; parity: number };
+      tenant?: string;
+      /** Name prefix of the region the store allocates. */
+      name?: string;
+      requestTimeoutMs?: number;
+    }
+  | {
+      /** Test double: a memory store that can delay and fail operations (test/tier only). */
+      kind: 'test';
+      readDelayMs?: number;
+      writeDelayMs?: number;
+      discardDelayMs?: number;
+      /** Fail every write to these slots with STORE_FAILED. */
+      failWriteSlots?: number[];
+    };
