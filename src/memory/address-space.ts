@@ -53,6 +53,9 @@ export const SPACE_BYTES_MAX = 2 ** 52;
 export const EXTENT_HOLE = 1;
 export const EXTENT_ZERO = 2;
 
+/** readAsync loads and copies this much at a time, so a range may exceed a pager's budget. */
+const ASYNC_CHUNK_BYTES = 1024 * 1024;
+
 /** Epoch start times kept for the merger's millisecond quiet interval (a ring). */
 const EPOCH_TIMES = 64;
 
@@ -80,6 +83,8 @@ export interface SpaceStats {
   zeroPages: number;
   /** Data pages whose frame is shared with another page or space. */
   sharedPages: number;
+  /** Pages whose bytes a pager moved out to its page store (not counted in dataPages). */
+  swappedPages: number;
   /** Page-table leaves reachable from this space. */
   leaves: number;
   /** Bytes of this space's own interior page-table nodes. */
@@ -220,6 +225,47 @@ export class AddressSpace implements TranslationCache {
       else segment.set(src.subarray(done, done + n), at);
       done += n;
     }
+  }
+
+  /**
+   * Brings `[offset, offset + length)` into memory without blocking the event loop, so the
+   * reads and writes that follow take no fault. Without a pager (see src/tier) every page is
+   * already resident and this resolves at once. Loading is a hint: pages may be evicted again
+   * before they are used (reads then fault synchronously), and a range larger than the pager's
+   * budget cannot stay resident at once: use readAsync for that.
+   */
+  async load(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    const paging = this.pool.paging;
+    if (!paging || length === 0) return;
+    const first = Math.floor(offset * this.invPageSize);
+    const last = Math.floor((offset + length - 1) * this.invPageSize);
+    await paging.load(this, first, last);
+  }
+
+  /** Like read(), but pages out in a page store are fetched without blocking the event loop. */
+  async readAsync(offset: number, dst: Uint8Array): Promise<void> {
+    this.checkRange(offset, dst.length);
+    if (!this.pool.paging) return this.read(offset, dst);
+    for (let done = 0; done < dst.length; done += ASYNC_CHUNK_BYTES) {
+      const n = Math.min(ASYNC_CHUNK_BYTES, dst.length - done);
+      await this.load(offset + done, n);
+      this.read(offset + done, dst.subarray(done, done + n));
+    }
+  }
+
+  /**
+   * Like write(), but a partly overwritten page that is out in a page store is fetched without
+   * blocking the event loop (wholly overwritten pages need no fetch at all).
+   */
+  async writeAsync(offset: number, src: Uint8Array): Promise<void> {
+    this.checkRange(offset, src.length);
+    if (this.pool.paging && src.length > 0) {
+      const end = offset + src.length;
+      if (offset % this.pageSize !== 0) await this.load(offset, 1);
+      if (end % this.pageSize !== 0) await this.load(end - 1, 1);
+    }
+    this.write(offset, src);
   }
 
   /**
@@ -633,6 +679,7 @@ export class AddressSpace implements TranslationCache {
     let dataPages = 0;
     let zeroPages = 0;
     let sharedPages = 0;
+    let swappedPages = 0;
     let leaves = 0;
     this.forEachLeaf((leaf) => {
       leaves++;
@@ -641,6 +688,7 @@ export class AddressSpace implements TranslationCache {
       for (let i = 0; i < LEAF_ENTRIES; i++) {
         const frame = arena.entries[base + i]!;
         if (frame === ZERO_FRAME) zeroPages++;
+        else if (frame < 0) swappedPages++;
         else if (frame >= FIRST_FRAME) {
           dataPages++;
           if (shared || refcount[frame]! > 1) sharedPages++;
@@ -653,6 +701,7 @@ export class AddressSpace implements TranslationCache {
       dataPages,
       zeroPages,
       sharedPages,
+      swappedPages,
       leaves,
       tableBytes: this.nodeCount * DIR_ENTRIES * 4,
     };
@@ -698,7 +747,13 @@ export class AddressSpace implements TranslationCache {
     return this.leafOf(page);
   }
 
-  /** @internal The frame mapped at `page` (NO_FRAME for a hole). */
+  /** @internal Index in the leaf arena of `page`'s entry, or -1 when no leaf maps it. */
+  entryIndexAt(page: number): number {
+    const leaf = this.leafOf(page);
+    return leaf === 0 ? -1 : leaf * LEAF_ENTRIES + (page & LEAF_MASK);
+  }
+
+  /** @internal The leaf entry of `page`: a frame, NO_FRAME, ZERO_FRAME or a swapped entry (< 0). */
   frameAt(page: number): number {
     const leaf = this.leafOf(page);
     return leaf === 0 ? NO_FRAME : this.pool.leaves.entries[leaf * LEAF_ENTRIES + (page & LEAF_MASK)]!;
@@ -789,8 +844,46 @@ export class AddressSpace implements TranslationCache {
   }
 
   private translateForRead(page: number): void {
-    const frame = this.frameAt(page);
+    const leaf = this.leafOf(page);
+    let frame = NO_FRAME;
+    if (leaf !== 0) {
+      const entry = leaf * LEAF_ENTRIES + (page & LEAF_MASK);
+      const arena = this.pool.leaves;
+      frame = arena.entries[entry]!;
+      if (frame < 0) {
+        frame = this.faultIn(page);
+      } else {
+        arena.accessed[entry] = 1;
+        this.pool.translations++;
+      }
+    }
     this.fillTlb(page & TLB_MASK, page, frame === NO_FRAME ? ZERO_FRAME : frame, 0);
+  }
+
+  /**
+   * Brings a swapped-out page back (a fault) and returns its frame. The frame is made free
+   * first, which may evict other pages but never this one (it is not resident); the entry is
+   * read again afterwards. The page keeps its epoch: faulting in is not a write. The frame
+   * inherits the entry's slot reference as its "copy in the store", so evicting it again
+   * before anyone writes it costs no I/O.
+   */
+  private faultIn(page: number): number {
+    const pool = this.pool;
+    if (pool.free === 0) pool.reserve(1);
+    const arena = pool.leaves;
+    const entry = this.leafOf(page) * LEAF_ENTRIES + (page & LEAF_MASK);
+    const swapped = arena.entries[entry]!;
+    const frame = pool.allocate();
+    try {
+      pool.paging!.fetch(this, page, -1 - swapped, frame);
+    } catch (error) {
+      pool.release(frame);
+      throw error;
+    }
+    arena.entries[entry] = frame;
+    pool.frameSlot[frame] = -swapped;
+    arena.accessed[entry] = 1;
+    return frame;
   }
 
   /**
@@ -800,6 +893,8 @@ export class AddressSpace implements TranslationCache {
    */
   private translateForWrite(page: number, overwriteAll: boolean): void {
     const pool = this.pool;
+    // Make room before reading the entry: with a pager, allocating may evict pages.
+    if (pool.free === 0) pool.reserve(1);
     const slotIndex = this.leafSlotIndex(page, true);
     const leaf = this.ownLeaf(slotIndex);
     const arena = pool.leaves;
@@ -807,8 +902,21 @@ export class AddressSpace implements TranslationCache {
     let frame = arena.entries[entry]!;
     if (frame < FIRST_FRAME) {
       const fresh = pool.allocate();
-      if (!overwriteAll) pool.zeroFrame(fresh);
-      if (frame === ZERO_FRAME) pool.zeroEntries--;
+      if (frame < 0) {
+        // Swapped out: fetch the old bytes unless every one of them is about to be replaced.
+        if (!overwriteAll) {
+          try {
+            pool.paging!.fetch(this, page, -1 - frame, fresh);
+          } catch (error) {
+            pool.release(fresh);
+            throw error;
+          }
+        }
+        pool.release(frame);
+      } else {
+        if (!overwriteAll) pool.zeroFrame(fresh);
+        if (frame === ZERO_FRAME) pool.zeroEntries--;
+      }
       frame = fresh;
     } else if (pool.refcount[frame]! > 1) {
       const copy = pool.allocate();
@@ -819,8 +927,11 @@ export class AddressSpace implements TranslationCache {
       frame = copy;
     } else {
       pool.unmerge(frame);
+      pool.forgetCopy(frame);
+      pool.translations++;
     }
     arena.entries[entry] = frame;
+    arena.accessed[entry] = 1;
     this.markWritten(leaf, entry);
     this.fillTlb(page & TLB_MASK, page, frame, 1);
   }
@@ -830,13 +941,13 @@ export class AddressSpace implements TranslationCache {
     const arena = this.pool.leaves;
     const leaf = this.nodes[slotIndex]!;
     if (leaf === 0) {
-      const fresh = arena.allocate();
+      const fresh = arena.allocate(this.chain);
       this.nodes[slotIndex] = fresh;
       return fresh;
     }
     if (arena.refs[leaf] === 1) return leaf;
     // Shared with a fork: copy it. Every frame it maps gains a reference (the new slot).
-    const copy = arena.allocate();
+    const copy = arena.allocate(this.chain);
     const from = leaf * LEAF_ENTRIES;
     const to = copy * LEAF_ENTRIES;
     arena.entries.copyWithin(to, from, from + LEAF_ENTRIES);
@@ -846,7 +957,7 @@ export class AddressSpace implements TranslationCache {
     for (let i = 0; i < LEAF_ENTRIES; i++) {
       const frame = arena.entries[to + i]!;
       if (frame >= FIRST_FRAME) pool.refcount[frame]!++;
-      else if (frame === ZERO_FRAME) pool.zeroEntries++;
+      else if (frame !== NO_FRAME) pool.retainEntry(frame);
     }
     arena.refs[leaf]!--;
     this.nodes[slotIndex] = copy;
@@ -905,9 +1016,9 @@ export class AddressSpace implements TranslationCache {
     // Partial pages need real frames unless they already read as zeros; reserve both first.
     const headPage = Math.floor(offset * this.invPageSize);
     const tailPage = Math.floor(tailStart * this.invPageSize);
-    const headNeeds = offset < headEnd && this.frameAt(headPage) >= FIRST_FRAME && this.needsFrame(headPage);
+    const headNeeds = offset < headEnd && holdsData(this.frameAt(headPage)) && this.needsFrame(headPage);
     // Head and tail are different pages whenever both exist (whole pages or a boundary lie between).
-    const tailNeeds = tailStart < end && this.frameAt(tailPage) >= FIRST_FRAME && this.needsFrame(tailPage);
+    const tailNeeds = tailStart < end && holdsData(this.frameAt(tailPage)) && this.needsFrame(tailPage);
     this.pool.reserve((headNeeds ? 1 : 0) + (tailNeeds ? 1 : 0));
     if (offset < headEnd) this.zeroBytes(offset, headEnd - offset);
     if (tailStart < end) this.zeroBytes(tailStart, end - tailStart);
@@ -917,7 +1028,7 @@ export class AddressSpace implements TranslationCache {
   /** Zeroes bytes within one page, unless the page already reads as zeros. */
   private zeroBytes(addr: number, n: number): void {
     const page = Math.floor(addr * this.invPageSize);
-    if (this.frameAt(page) < FIRST_FRAME) return;
+    if (!holdsData(this.frameAt(page))) return;
     const slot = page & TLB_MASK;
     if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0) this.translateForWrite(page, false);
     const at = this.tlbOffset[slot]! + (addr - page * this.pageSize);
@@ -1020,4 +1131,9 @@ export class AddressSpace implements TranslationCache {
       throw outOfRange(`page ${page} is outside this space's ${this.pageCount} pages`);
     }
   }
+}
+
+/** True when a leaf entry holds bytes: a frame, or a page swapped out to a store. */
+function holdsData(entry: number): boolean {
+  return entry >= FIRST_FRAME || entry < 0;
 }

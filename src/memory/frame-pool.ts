@@ -15,6 +15,10 @@
  *                spaces share the leaf.
  *   flags[f]     FRAME_MERGED when the same-page merger indexed f by its contents; such a
  *                frame must not be written in place until it leaves the index.
+ *   frameSlot[f] 1 + the page-store slot that holds a copy of f's bytes, or 0 (only pools
+ *                with a pager: see paging.ts). Lets the pager drop a clean page without I/O;
+ *                the copy is forgotten (and its slot reference dropped) before f is written
+ *                in place or freed.
  *
  * Invariants (checked by the property tests):
  *   free + used == capacity
@@ -24,6 +28,7 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
 import { LeafArena } from './leaf-arena.js';
+import type { PagingBackend } from './paging.js';
 import { grown } from './typed-arrays.js';
 
 export const NO_FRAME = 0;
@@ -80,6 +85,9 @@ export class FramePool {
 
   refcount: Uint32Array;
   flags: Uint8Array;
+  frameSlot: Int32Array;
+  /** The pager that moves this pool's pages in and out, if any. */
+  paging: PagingBackend | undefined;
   private freeStack: Int32Array;
   private freeTop = 0;
 
@@ -92,6 +100,8 @@ export class FramePool {
   cowCopies = 0;
   /** Copy-on-write breaks of frames the merger had merged. */
   mergedCowBreaks = 0;
+  /** Translations (TLB misses) that found their page resident: the pager's "hits". */
+  translations = 0;
 
   private readonly caches = new Set<TranslationCache>();
   private index: FrameIndex | undefined;
@@ -133,6 +143,7 @@ export class FramePool {
     this.capacity = 0;
     this.refcount = new Uint32Array(0);
     this.flags = new Uint8Array(0);
+    this.frameSlot = new Int32Array(0);
     this.freeStack = new Int32Array(0);
     this.growTo(initialFrames);
   }
@@ -159,6 +170,10 @@ export class FramePool {
   reserve(count: number): void {
     if (count <= this.freeTop) return;
     if (count > this.available) {
+      if (this.paging) {
+        this.paging.makeRoom(count);
+        if (count <= this.freeTop) return;
+      }
       throw new MemfabricError(
         ErrorCodes.POOL_EXHAUSTED,
         `the frame pool is full: ${count} more ${this.pageSize}-byte frames needed, ${this.freeTop} free of ` +
@@ -185,16 +200,42 @@ export class FramePool {
     this.refcount[frame]!++;
   }
 
-  /** Drops one reference; the frame returns to the free list at zero. */
+  /** Drops one reference; the frame returns to the free list at zero. Takes any leaf entry. */
   release(frame: number): void {
     if (frame < FIRST_FRAME) {
       if (frame === ZERO_FRAME) this.zeroEntries--;
+      else if (frame < 0) this.paging?.releaseSlot(-1 - frame);
       return;
     }
     if (--this.refcount[frame]! === 0) {
       if (this.flags[frame]! & FRAME_MERGED) this.index!.forget(frame);
+      this.forgetCopy(frame);
       this.freeStack[this.freeTop++] = frame;
     }
+  }
+
+  /** Adds a reference for one more leaf entry holding `entry` (a frame, the zero frame or a swapped page). */
+  retainEntry(entry: number): void {
+    if (entry >= FIRST_FRAME) this.refcount[entry]!++;
+    else if (entry === ZERO_FRAME) this.zeroEntries++;
+    else if (entry < 0) this.paging!.retainSlot(-1 - entry);
+  }
+
+  /** Frame f's bytes are about to change or f is being freed: its page-store copy no longer matches. */
+  forgetCopy(frame: number): void {
+    const slotPlusOne = this.frameSlot[frame]!;
+    if (slotPlusOne !== 0) {
+      this.frameSlot[frame] = 0;
+      this.paging?.releaseSlot(slotPlusOne - 1);
+    }
+  }
+
+  /** Attaches the pager (one per pool); the pool must be shared and may not grow past its budget. */
+  attachPaging(paging: PagingBackend | undefined): void {
+    if (paging && this.paging && this.paging !== paging) {
+      throw invalidArgument('this frame pool already has a pager');
+    }
+    this.paging = paging;
   }
 
   /**
@@ -264,7 +305,11 @@ export class FramePool {
   /** Bytes of metadata the pool keeps per frame (refcount, flags, free stack). */
   get metadataBytes(): number {
     return (
-      this.refcount.byteLength + this.flags.byteLength + this.freeStack.byteLength + this.leaves.byteLength
+      this.refcount.byteLength +
+      this.flags.byteLength +
+      this.frameSlot.byteLength +
+      this.freeStack.byteLength +
+      this.leaves.byteLength
     );
   }
 
@@ -280,6 +325,7 @@ export class FramePool {
     }
     const refcount = grown(this.refcount, total);
     const flags = grown(this.flags, total);
+    const frameSlot = grown(this.frameSlot, total);
     const freeStack = grown(this.freeStack, frames);
     // New frames are pushed highest first, so allocation pops the lowest new frame first and a
     // lightly used pool touches (and makes the OS commit) only the start of its segments.
@@ -287,6 +333,7 @@ export class FramePool {
     for (let f = total - 1; f >= this.capacity + FIRST_FRAME; f--) freeStack[top++] = f;
     this.refcount = refcount;
     this.flags = flags;
+    this.frameSlot = frameSlot;
     this.freeStack = freeStack;
     this.freeTop = top;
     this.capacity = frames;

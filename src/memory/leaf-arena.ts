@@ -2,8 +2,10 @@
  * Leaf arena: the last level of every page table of a pool, in typed arrays.
  *
  * A leaf maps LEAF_ENTRIES consecutive pages. Leaf `l` owns slots
- * `[l * LEAF_ENTRIES, (l + 1) * LEAF_ENTRIES)` of `entries` (frame numbers) and `epochs`
- * (the epoch of each page's last write or trim; 0 = never).
+ * `[l * LEAF_ENTRIES, (l + 1) * LEAF_ENTRIES)` of `entries` (frame numbers, or negative
+ * swapped entries: see paging.ts), `epochs` (the epoch of each page's last write or trim;
+ * 0 = never) and `accessed` (set when a translation is made, cleared by the pager's CLOCK).
+ * `chain[l]` is the clone chain of the spaces sharing the leaf (swap dedup is per chain).
  *
  * Leaves are shared copy-on-write between forked spaces: `refs[l]` counts the interior
  * slots (across all spaces) that point at leaf l. A space may change a leaf in place only
@@ -27,6 +29,8 @@ const INITIAL_LEAVES = 64;
 export class LeafArena {
   entries = new Int32Array(INITIAL_LEAVES * LEAF_ENTRIES);
   epochs = new Uint32Array(INITIAL_LEAVES * LEAF_ENTRIES);
+  accessed = new Uint8Array(INITIAL_LEAVES * LEAF_ENTRIES);
+  chain = new Int32Array(INITIAL_LEAVES);
   refs = new Uint32Array(INITIAL_LEAVES);
   maxEpoch = new Uint32Array(INITIAL_LEAVES);
   /** Scan round in which the merger last visited the leaf (so shared leaves are scanned once). */
@@ -46,6 +50,8 @@ export class LeafArena {
     return (
       this.entries.byteLength +
       this.epochs.byteLength +
+      this.accessed.byteLength +
+      this.chain.byteLength +
       this.refs.byteLength +
       this.maxEpoch.byteLength +
       this.scanMark.byteLength +
@@ -53,8 +59,13 @@ export class LeafArena {
     );
   }
 
-  /** A new, empty leaf with refs = 1. */
-  allocate(): number {
+  /** Leaves ever handed out, plus one: leaf ids are below this (the pager's CLOCK sweeps them). */
+  get highWater(): number {
+    return this.top;
+  }
+
+  /** A new, empty leaf with refs = 1, belonging to clone chain `chain`. */
+  allocate(chain: number): number {
     let leaf: number;
     if (this.freeCount > 0) {
       leaf = this.freeList[--this.freeCount]!;
@@ -65,6 +76,7 @@ export class LeafArena {
     this.refs[leaf] = 1;
     this.maxEpoch[leaf] = 0;
     this.scanMark[leaf] = 0;
+    this.chain[leaf] = chain;
     return leaf;
   }
 
@@ -73,6 +85,7 @@ export class LeafArena {
     const base = leaf * LEAF_ENTRIES;
     this.entries.fill(0, base, base + LEAF_ENTRIES);
     this.epochs.fill(0, base, base + LEAF_ENTRIES);
+    this.accessed.fill(0, base, base + LEAF_ENTRIES);
     this.refs[leaf] = 0;
     if (this.freeCount === this.freeList.length)
       this.freeList = grown(this.freeList, this.freeList.length * 2);
@@ -83,6 +96,8 @@ export class LeafArena {
     const leaves = this.refs.length * 2;
     this.entries = grown(this.entries, leaves * LEAF_ENTRIES);
     this.epochs = grown(this.epochs, leaves * LEAF_ENTRIES);
+    this.accessed = grown(this.accessed, leaves * LEAF_ENTRIES);
+    this.chain = grown(this.chain, leaves);
     this.refs = grown(this.refs, leaves);
     this.maxEpoch = grown(this.maxEpoch, leaves);
     this.scanMark = grown(this.scanMark, leaves);
