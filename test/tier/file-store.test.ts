@@ -1,0 +1,329 @@
+/**
+ * The file store beyond the shared contract: its on-disk header, which files it accepts and
+ * which it refuses (leaving them untouched), and I/O faults injected through a FileLayer
+ * double — short reads and writes, EIO, a file cut short behind the store's back.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { nodeFileLayer, type FileLayer, type FileLayerHandle } from '../../src/tier/file-layer.js';
+import { FilePageStore, SWAP_FORMAT_VERSION } from '../../src/tier/file-store.js';
+
+const PAGE_SIZE = 4096;
+const CAPACITY = 16;
+
+function tempPath(t: TestContext, name = 'store.swap'): string {
+  const dir = mkdtempSync(join(tmpdir(), 'memfabric-file-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return join(dir, name);
+}
+
+async function openStore(
+  t: TestContext,
+  path: string,
+  extra: { pageSize?: number; capacity?: number; layer?: FileLayer } = {},
+): Promise<FilePageStore> {
+  const store = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, ...extra });
+  t.after(() => store.close());
+  return store;
+}
+
+function rejectsWith(code: string, ...fragments: string[]) {
+  return (error: unknown): boolean => {
+    assert.ok(error instanceof MemfabricError, `expected a MemfabricError, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    for (const fragment of fragments)
+      assert.ok(error.message.includes(fragment), `"${fragment}" in: ${error.message}`);
+    return true;
+  };
+}
+
+function eio(syscall: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`EIO: i/o error, ${syscall}`), { code: 'EIO', errno: -5, syscall });
+}
+
+/** The real file system, with short transfers and failures where a test asks for them. */
+class FaultyLayer implements FileLayer {
+  /** Most bytes one read / write call moves. */
+  readBytesMax = Infinity;
+  writeBytesMax = Infinity;
+  /** Return a number (bytes to pretend were moved) or an Error to throw; undefined: do it for real. */
+  onRead: ((position: number, length: number) => number | Error | undefined) | undefined;
+  onWrite: ((position: number, length: number) => number | Error | undefined) | undefined;
+  failDatasync = false;
+  reads = 0;
+  writes = 0;
+  /** Handles opened and not yet closed. */
+  openHandles = 0;
+
+  async open(path: string, flags: string): Promise<FileLayerHandle> {
+    const real = await nodeFileLayer.open(path, flags);
+    this.openHandles++;
+    return {
+      read: async (buffer, offset, length, position) => {
+        this.reads++;
+        const fault = this.onRead?.(position, length);
+        if (fault instanceof Error) throw fault;
+        if (fault !== undefined) return { bytesRead: fault };
+        return real.read(buffer, offset, Math.min(length, this.readBytesMax), position);
+      },
+      write: async (buffer, offset, length, position) => {
+        this.writes++;
+        const fault = this.onWrite?.(position, length);
+        if (fault instanceof Error) throw fault;
+        if (fault !== undefined) return { bytesWritten: fault };
+        return real.write(buffer, offset, Math.min(length, this.writeBytesMax), position);
+      },
+      truncate: (length) => real.truncate(length),
+      datasync: async () => {
+        if (this.failDatasync) throw eio('fdatasync');
+        await real.datasync();
+      },
+      close: async () => {
+        this.openHandles--;
+        await real.close();
+      },
+    };
+  }
+}
+
+// ---- the file format ----------------------------------------------------------------------
+
+test('a new swap file has a one-page header and slot s at (s + 1) · pageSize', async (t) => {
+  const path = tempPath(t);
+  const store = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY });
+  assert.equal(store.name, `file ${path}`);
+  assert.equal(statSync(path).size, PAGE_SIZE, 'the header page only: slots take disk as they are written');
+  const data = randomBytes(PAGE_SIZE);
+  await store.write(2, data);
+  await store.flush();
+  const file = readFileSync(path);
+  assert.equal(file.length, 4 * PAGE_SIZE);
+  assert.equal(file.subarray(0, 8).toString('latin1'), 'MFSWAP\0\0');
+  assert.equal(file.readUInt32LE(8), SWAP_FORMAT_VERSION);
+  assert.equal(file.readUInt32LE(12), PAGE_SIZE);
+  assert.equal(file.readBigUInt64LE(16), BigInt(CAPACITY));
+  assert.ok(
+    file.subarray(24, PAGE_SIZE).every((byte) => byte === 0),
+    'the header is zero padded',
+  );
+  assert.ok(file.subarray(3 * PAGE_SIZE).equals(data));
+  await store.close();
+  assert.equal(statSync(path).size, PAGE_SIZE, 'close gives the slots back to the file system');
+});
+
+test('a foreign file is refused and left byte-for-byte unchanged', async (t) => {
+  const path = tempPath(t, 'precious.db');
+  const layer = new FaultyLayer();
+  for (const content of [
+    randomBytes(3 * PAGE_SIZE),
+    Buffer.from('abc'),
+    Buffer.from('MFSWAX\0\0' + 'x'.repeat(100)),
+  ]) {
+    writeFileSync(path, content);
+    await assert.rejects(
+      FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer }),
+      rejectsWith(ErrorCodes.CORRUPT_FILE, path, 'not a memfabric swap file', 'untouched'),
+    );
+    assert.ok(readFileSync(path).equals(content), 'not one byte changed');
+    assert.equal(layer.openHandles, 0, 'the refused file is closed again');
+  }
+});
+
+test('a truncated header is refused and left unchanged', async (t) => {
+  const path = tempPath(t);
+  const store = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY });
+  await store.close();
+  const header = readFileSync(path);
+  for (const length of [5, 12, 23]) {
+    writeFileSync(path, header.subarray(0, length));
+    const before = readFileSync(path);
+    await assert.rejects(
+      FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+      rejectsWith(ErrorCodes.CORRUPT_FILE, path, 'truncated', `${length} of 24`),
+    );
+    assert.ok(readFileSync(path).equals(before));
+  }
+});
+
+test('a swap file of another page size or format version is refused and left unchanged', async (t) => {
+  const path = tempPath(t);
+  await (await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY })).close();
+  const ours = readFileSync(path);
+  await assert.rejects(
+    FilePageStore.open({ path, pageSize: 2 * PAGE_SIZE, capacity: CAPACITY }),
+    rejectsWith(ErrorCodes.CORRUPT_FILE, path, `${PAGE_SIZE}-byte pages, not ${2 * PAGE_SIZE}`),
+  );
+  assert.ok(readFileSync(path).equals(ours));
+  const future = Buffer.from(ours);
+  future.writeUInt32LE(SWAP_FORMAT_VERSION + 1, 8);
+  writeFileSync(path, future);
+  await assert.rejects(
+    FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    rejectsWith(ErrorCodes.CORRUPT_FILE, path, `version ${SWAP_FORMAT_VERSION + 1}`),
+  );
+  assert.ok(readFileSync(path).equals(future));
+});
+
+test('our own file is reused, starting empty, with a new capacity', async (t) => {
+  const path = tempPath(t);
+  const first = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY });
+  await first.write(0, randomBytes(PAGE_SIZE));
+  await first.write(5, randomBytes(PAGE_SIZE));
+  await first.flush();
+  // A crash: the store is not closed, its pages stay in the file.
+  assert.equal(statSync(path).size, 7 * PAGE_SIZE);
+  const second = await openStore(t, path, { capacity: 64 });
+  assert.equal(statSync(path).size, PAGE_SIZE, 'the pages of the earlier run are dropped');
+  assert.equal(readFileSync(path).readBigUInt64LE(16), 64n);
+  const back = Buffer.alloc(PAGE_SIZE, 1);
+  await second.read(5, back);
+  assert.ok(
+    back.every((byte) => byte === 0),
+    'swap does not survive a restart',
+  );
+  const data = randomBytes(PAGE_SIZE);
+  await second.write(63, data);
+  await second.read(63, back);
+  assert.ok(back.equals(data));
+  await first.close();
+});
+
+test('an empty existing file is taken (nothing in it to lose)', async (t) => {
+  const path = tempPath(t);
+  writeFileSync(path, '');
+  const store = await openStore(t, path);
+  assert.equal(readFileSync(path).subarray(0, 6).toString(), 'MFSWAP');
+  await store.write(1, randomBytes(PAGE_SIZE));
+});
+
+test('a swap file in a missing directory is STORE_FAILED naming the path', async (t) => {
+  const path = join(tempPath(t), 'no-such-dir', 'x.swap');
+  await assert.rejects(
+    FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    rejectsWith(ErrorCodes.STORE_FAILED, path, 'ENOENT'),
+  );
+});
+
+// ---- faults through the FileLayer ---------------------------------------------------------
+
+test('short reads and short writes are completed by looping', async (t) => {
+  const layer = new FaultyLayer();
+  const store = await openStore(t, tempPath(t), { layer });
+  layer.readBytesMax = 1000; // not a divisor of the page: the last piece is short too
+  layer.writeBytesMax = 333;
+  const pages = Array.from({ length: 4 }, () => randomBytes(PAGE_SIZE));
+  const writesBefore = layer.writes;
+  await Promise.all(pages.map((data, slot) => store.write(slot * 5, data)));
+  assert.equal(layer.writes - writesBefore, 4 * Math.ceil(PAGE_SIZE / 333), 'every write was cut short');
+  const readsBefore = layer.reads;
+  for (const [slot, data] of pages.entries()) {
+    const back = Buffer.alloc(PAGE_SIZE);
+    await store.read(slot * 5, back);
+    assert.ok(back.equals(data), `slot ${slot * 5}`);
+  }
+  assert.equal(layer.reads - readsBefore, 4 * Math.ceil(PAGE_SIZE / 1000), 'every read was cut short');
+});
+
+test('an EIO on write is STORE_FAILED naming the path and the slot; the slot then reads as zeros', async (t) => {
+  const path = tempPath(t);
+  const layer = new FaultyLayer();
+  const store = await openStore(t, path, { layer });
+  const old = randomBytes(PAGE_SIZE);
+  await store.write(3, old);
+  layer.writeBytesMax = 1024;
+  // The first quarter of the page reaches the file, then the disk fails.
+  layer.onWrite = (position) =>
+    position > 4 * PAGE_SIZE && position < 5 * PAGE_SIZE ? eio('write') : undefined;
+  await assert.rejects(
+    store.write(3, randomBytes(PAGE_SIZE)),
+    (error: unknown) =>
+      rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 3', 'EIO')(error) &&
+      (error as MemfabricError).cause instanceof Error &&
+      ((error as MemfabricError).cause as NodeJS.ErrnoException).code === 'EIO',
+  );
+  const back = Buffer.alloc(PAGE_SIZE, 9);
+  await store.read(3, back);
+  assert.ok(
+    back.every((byte) => byte === 0),
+    'neither the old page nor a mixture of two',
+  );
+  const other = randomBytes(PAGE_SIZE);
+  await store.write(4, other);
+  await store.read(4, back);
+  assert.ok(back.equals(other), 'other slots still work');
+});
+
+test('a write the file system takes no byte of is STORE_FAILED, not a hang', async (t) => {
+  const layer = new FaultyLayer();
+  const store = await openStore(t, tempPath(t), { layer });
+  layer.onWrite = () => 0;
+  await assert.rejects(
+    store.write(1, randomBytes(PAGE_SIZE)),
+    rejectsWith(ErrorCodes.STORE_FAILED, 'slot 1', 'short write'),
+  );
+});
+
+test('a short read past end of file (the file cut behind our back) is STORE_FAILED', async (t) => {
+  const path = tempPath(t);
+  const store = await openStore(t, path);
+  await store.write(6, randomBytes(PAGE_SIZE));
+  await store.write(2, randomBytes(PAGE_SIZE));
+  truncateSync(path, 7 * PAGE_SIZE + 100); // slot 6 keeps 100 bytes
+  await assert.rejects(
+    store.read(6, Buffer.alloc(PAGE_SIZE)),
+    rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 6', 'short read past end of file'),
+  );
+  await store.read(2, Buffer.alloc(PAGE_SIZE)); // still inside the file
+});
+
+test('a read that hits end of file through the layer, an EIO on read or on datasync are STORE_FAILED', async (t) => {
+  const path = tempPath(t);
+  const layer = new FaultyLayer();
+  const store = await openStore(t, path, { layer });
+  await store.write(0, randomBytes(PAGE_SIZE));
+  layer.readBytesMax = 512;
+  let calls = 0;
+  layer.onRead = () => (++calls === 3 ? 0 : undefined);
+  await assert.rejects(
+    store.read(0, Buffer.alloc(PAGE_SIZE)),
+    rejectsWith(ErrorCodes.STORE_FAILED, 'slot 0', `ends at byte ${PAGE_SIZE + 1024}`),
+  );
+  layer.onRead = () => eio('read');
+  await assert.rejects(
+    store.read(0, Buffer.alloc(PAGE_SIZE)),
+    rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 0', 'EIO'),
+  );
+  layer.failDatasync = true;
+  await assert.rejects(store.flush(), rejectsWith(ErrorCodes.STORE_FAILED, path, 'flush', 'EIO'));
+});
+
+test('unwritten and discarded slots read as zeros without I/O', async (t) => {
+  const layer = new FaultyLayer();
+  const store = await openStore(t, tempPath(t), { layer });
+  await store.write(9, randomBytes(PAGE_SIZE));
+  const writes = layer.writes;
+  await store.discard(9);
+  const reads = layer.reads;
+  const back = Buffer.alloc(PAGE_SIZE, 7);
+  await store.read(9, back);
+  await store.read(10, back);
+  assert.equal(layer.reads, reads);
+  assert.equal(layer.writes, writes);
+  assert.ok(back.every((byte) => byte === 0));
+});
+
+test('an EIO while reading the header on open is STORE_FAILED and closes the file', async (t) => {
+  const path = tempPath(t);
+  const layer = new FaultyLayer();
+  layer.onRead = () => eio('read');
+  await assert.rejects(
+    FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer }),
+    rejectsWith(ErrorCodes.STORE_FAILED, path, 'EIO'),
+  );
+  assert.equal(layer.openHandles, 0);
+});
