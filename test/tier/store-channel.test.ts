@@ -144,7 +144,8 @@ test('enqueueWrite blocks while the queue is full and resumes as the slow store 
 });
 
 test('a failed write: flushSync and flush throw STORE_FAILED, writes are refused, the page stays readable', async (t) => {
-  const { channel, frame } = await open(t, { kind: 'test', failWriteSlots: [9] });
+  // The delay keeps slot 9's failure from landing before slot 10 is queued.
+  const { channel, frame } = await open(t, { kind: 'test', failWriteSlots: [9], writeDelayMs: 100 });
   channel.enqueueWrite(9, page(9));
   channel.enqueueWrite(10, page(10));
   assert.throws(
