@@ -4,11 +4,17 @@
  * tests can put a double underneath that returns short reads and writes or fails with EIO —
  * the conditions a real disk produces too rarely to test.
  */
+import { readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 export interface FileLayerHandle {
   /** Reads up to `length` bytes at `position` into buffer[offset..]; 0 bytes read means EOF. */
   read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  /**
+   * The same, blocking the calling thread; returns the bytes read. Optional: the store uses it
+   * for reads when present (see FilePageStore.read).
+   */
+  readSync?(buffer: Uint8Array, offset: number, length: number, position: number): number;
   /** Writes up to `length` bytes of buffer[offset..] at `position`; may write fewer. */
   write(
     buffer: Uint8Array,
@@ -32,6 +38,7 @@ export const nodeFileLayer: FileLayer = {
     const handle = await open(path, flags);
     return {
       read: (buffer, offset, length, position) => handle.read(buffer, offset, length, position),
+      readSync: (buffer, offset, length, position) => readSync(handle.fd, buffer, offset, length, position),
       write: (buffer, offset, length, position) => handle.write(buffer, offset, length, position),
       truncate: (length) => handle.truncate(length),
       datasync: () => handle.datasync(),

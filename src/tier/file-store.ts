@@ -101,7 +101,12 @@ export class FilePageStore implements PageStore {
         return;
       }
       const position = (slot + 1) * this.pageSize;
-      const length = await readUpTo(this.handle, dst, position);
+      // A blocking pread when the layer has one: the store runs on the pager's own I/O thread,
+      // whose caller is waiting for exactly this page, and a read from the page cache takes a
+      // few microseconds where a round trip through libuv's thread pool takes tens.
+      const length = this.handle.readSync
+        ? readUpToSync(this.handle, dst, position)
+        : await readUpTo(this.handle, dst, position);
       if (length < dst.length) {
         throw new Error(
           `the file ends at byte ${position + length}, inside the slot (short read past end of file; ` +
@@ -215,6 +220,20 @@ function checkHeader(found: Buffer, path: string, pageSize: number): void {
 
 function corrupt(message: string): MemfabricError {
   return new MemfabricError(ErrorCodes.CORRUPT_FILE, message);
+}
+
+/** readUpTo with the layer's blocking read. */
+function readUpToSync(handle: FileLayerHandle, buffer: Uint8Array, position: number): number {
+  let done = 0;
+  while (done < buffer.length) {
+    const bytesRead = handle.readSync!(buffer, done, buffer.length - done, position + done);
+    if (bytesRead === 0) break;
+    if (!(bytesRead > 0 && bytesRead <= buffer.length - done)) {
+      throw new Error(`the file system reported ${bytesRead} bytes read of ${buffer.length - done} asked`);
+    }
+    done += bytesRead;
+  }
+  return done;
 }
 
 /**

@@ -55,6 +55,8 @@ class FaultyLayer implements FileLayer {
   onRead: ((position: number, length: number) => number | Error | undefined) | undefined;
   onWrite: ((position: number, length: number) => number | Error | undefined) | undefined;
   failDatasync = false;
+  /** Offer a blocking readSync too (the real layer does; the store then reads through it). */
+  syncReads = false;
   reads = 0;
   writes = 0;
   /** Handles opened and not yet closed. */
@@ -63,7 +65,15 @@ class FaultyLayer implements FileLayer {
   async open(path: string, flags: string): Promise<FileLayerHandle> {
     const real = await nodeFileLayer.open(path, flags);
     this.openHandles++;
+    const readSync = (buffer: Uint8Array, offset: number, length: number, position: number): number => {
+      this.reads++;
+      const fault = this.onRead?.(position, length);
+      if (fault instanceof Error) throw fault;
+      if (fault !== undefined) return fault;
+      return real.readSync!(buffer, offset, Math.min(length, this.readBytesMax), position);
+    };
     return {
+      ...(this.syncReads ? { readSync } : {}),
       read: async (buffer, offset, length, position) => {
         this.reads++;
         const fault = this.onRead?.(position, length);
@@ -211,23 +221,26 @@ test('a swap file in a missing directory is STORE_FAILED naming the path', async
 
 // ---- faults through the FileLayer ---------------------------------------------------------
 
-test('short reads and short writes are completed by looping', async (t) => {
-  const layer = new FaultyLayer();
-  const store = await openStore(t, tempPath(t), { layer });
-  layer.readBytesMax = 1000; // not a divisor of the page: the last piece is short too
-  layer.writeBytesMax = 333;
-  const pages = Array.from({ length: 4 }, () => randomBytes(PAGE_SIZE));
-  const writesBefore = layer.writes;
-  await Promise.all(pages.map((data, slot) => store.write(slot * 5, data)));
-  assert.equal(layer.writes - writesBefore, 4 * Math.ceil(PAGE_SIZE / 333), 'every write was cut short');
-  const readsBefore = layer.reads;
-  for (const [slot, data] of pages.entries()) {
-    const back = Buffer.alloc(PAGE_SIZE);
-    await store.read(slot * 5, back);
-    assert.ok(back.equals(data), `slot ${slot * 5}`);
-  }
-  assert.equal(layer.reads - readsBefore, 4 * Math.ceil(PAGE_SIZE / 1000), 'every read was cut short');
-});
+for (const syncReads of [false, true]) {
+  test(`short reads and short writes are completed by looping${syncReads ? ' (blocking reads)' : ''}`, async (t) => {
+    const layer = new FaultyLayer();
+    layer.syncReads = syncReads;
+    const store = await openStore(t, tempPath(t), { layer });
+    layer.readBytesMax = 1000; // not a divisor of the page: the last piece is short too
+    layer.writeBytesMax = 333;
+    const pages = Array.from({ length: 4 }, () => randomBytes(PAGE_SIZE));
+    const writesBefore = layer.writes;
+    await Promise.all(pages.map((data, slot) => store.write(slot * 5, data)));
+    assert.equal(layer.writes - writesBefore, 4 * Math.ceil(PAGE_SIZE / 333), 'every write was cut short');
+    const readsBefore = layer.reads;
+    for (const [slot, data] of pages.entries()) {
+      const back = Buffer.alloc(PAGE_SIZE);
+      await store.read(slot * 5, back);
+      assert.ok(back.equals(data), `slot ${slot * 5}`);
+    }
+    assert.equal(layer.reads - readsBefore, 4 * Math.ceil(PAGE_SIZE / 1000), 'every read was cut short');
+  });
+}
 
 test('an EIO on write is STORE_FAILED naming the path and the slot; the slot then reads as zeros', async (t) => {
   const path = tempPath(t);
