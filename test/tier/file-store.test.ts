@@ -58,6 +58,7 @@ class FaultyLayer implements FileLayer {
   /** Offer a blocking readSync too (the real layer does; the store then reads through it). */
   syncReads = false;
   reads = 0;
+  blockingReads = 0;
   writes = 0;
   /** Handles opened and not yet closed. */
   openHandles = 0;
@@ -67,6 +68,7 @@ class FaultyLayer implements FileLayer {
     this.openHandles++;
     const readSync = (buffer: Uint8Array, offset: number, length: number, position: number): number => {
       this.reads++;
+      this.blockingReads++;
       const fault = this.onRead?.(position, length);
       if (fault instanceof Error) throw fault;
       if (fault !== undefined) return fault;
@@ -239,6 +241,11 @@ for (const syncReads of [false, true]) {
       assert.ok(back.equals(data), `slot ${slot * 5}`);
     }
     assert.equal(layer.reads - readsBefore, 4 * Math.ceil(PAGE_SIZE / 1000), 'every read was cut short');
+    assert.equal(
+      layer.blockingReads > 0,
+      syncReads,
+      'the store reads through readSync when the layer has it',
+    );
   });
 }
 
