@@ -8,8 +8,9 @@ import { printTable, type BenchContext, type Row, type Suite } from './harness.j
 import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
 import { fabricSuite } from './fabric.bench.js';
+import { tierSuite } from './tier.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite];
+const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite];
 
 const { values } = parseArgs({
   options: {

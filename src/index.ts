@@ -78,6 +78,21 @@ export {
   type ShardStatus,
 } from './fabric/index.js';
 export { resolveRegion, type ResolvedRegion, type ResolveOptions } from './fabric/follow.js';
+export {
+  Pager,
+  openPageStore,
+  MemoryPageStore,
+  FilePageStore,
+  FabricPageStore,
+  STORE_SIZE_DEFAULT,
+  PREFETCH_DEFAULT,
+  EVICT_BATCH_DEFAULT,
+  type PagerOptions,
+  type PagerStats,
+  type PageStore,
+  type StoreSpec,
+  type StoreChannelStats,
+} from './tier/index.js';
 export { type MigrateOptions, type MigrationStatus, type MigrationState } from './appliance/migration.js';
 export { type MovedTo } from './appliance/region.js';
 export {
