@@ -893,8 +893,9 @@ export class AddressSpace implements TranslationCache {
    */
   private translateForWrite(page: number, overwriteAll: boolean): void {
     const pool = this.pool;
-    // Make room before reading the entry: with a pager, allocating may evict pages.
-    if (pool.free === 0) pool.reserve(1);
+    // Make room before reading the entry (with a pager, allocating may evict pages), and only
+    // when a frame is needed: overwriting a private page must work in a full pool.
+    if (pool.free === 0 && this.needsFrame(page)) pool.reserve(1);
     const slotIndex = this.leafSlotIndex(page, true);
     const leaf = this.ownLeaf(slotIndex);
     const arena = pool.leaves;

@@ -211,6 +211,23 @@ test('exhaustion raises POOL_EXHAUSTED and changes nothing', () => {
   checkPoolInvariants(pool, [space, child]);
 });
 
+test('a full pool still lets a space overwrite the pages it owns, in bulk and by scalar', () => {
+  const pool = new FramePool({ capacity: 4 * 4096 });
+  const space = new AddressSpace(pool, { size: MiB });
+  space.write(0, Buffer.alloc(4 * 4096, 1));
+  assert.equal(pool.free, 0);
+  space.advanceEpoch(); // the next writes re-translate (and must not ask for a frame)
+  space.write(4096, Buffer.alloc(4096, 2));
+  space.writeU32(3 * 4096 + 8, 0xdeadbeef);
+  assert.equal(space.readU8(4096), 2);
+  assert.equal(space.readU32(3 * 4096 + 8), 0xdeadbeef);
+  assert.equal(
+    code(() => space.writeU8(4 * 4096, 1)),
+    ErrorCodes.POOL_EXHAUSTED,
+  );
+  checkPoolInvariants(pool, [space]);
+});
+
 test('a growable pool grows up to its limit, then refuses', () => {
   const pool = new FramePool({ capacity: 8 * 4096, maxCapacity: 64 * 4096 });
   const space = new AddressSpace(pool, { size: MiB });
