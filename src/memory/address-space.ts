@@ -852,7 +852,9 @@ export class AddressSpace implements TranslationCache {
       frame = arena.entries[entry]!;
       if (frame < 0) {
         frame = this.faultIn(page);
-      } else {
+      } else if (this.pool.paging) {
+        // Only a pager reads these: without one, skip the store (on a 1 GiB space the bit
+        // array is another cache miss per translation).
         arena.accessed[entry] = 1;
         this.pool.translations++;
       }
@@ -932,7 +934,7 @@ export class AddressSpace implements TranslationCache {
       pool.translations++;
     }
     arena.entries[entry] = frame;
-    arena.accessed[entry] = 1;
+    if (pool.paging) arena.accessed[entry] = 1;
     this.markWritten(leaf, entry);
     this.fillTlb(page & TLB_MASK, page, frame, 1);
   }
