@@ -222,18 +222,30 @@ function corrupt(message: string): MemfabricError {
   return new MemfabricError(ErrorCodes.CORRUPT_FILE, message);
 }
 
+/**
+ * One round of a read loop: the new count of bytes done, or -1 at end of file. Shared by the
+ * blocking and the async loop so both judge the file system's answer alike.
+ */
+function advanceRead(bytesRead: number, done: number, length: number): number {
+  if (bytesRead === 0) return -1;
+  if (!(bytesRead > 0 && bytesRead <= length - done)) {
+    throw new Error(`the file system reported ${bytesRead} bytes read of ${length - done} asked`);
+  }
+  return done + bytesRead;
+}
+
 /** readUpTo with the layer's blocking read. */
 function readUpToSync(handle: FileLayerHandle, buffer: Uint8Array, position: number): number {
-  let done = 0;
-  while (done < buffer.length) {
-    const bytesRead = handle.readSync!(buffer, done, buffer.length - done, position + done);
-    if (bytesRead === 0) break;
-    if (!(bytesRead > 0 && bytesRead <= buffer.length - done)) {
-      throw new Error(`the file system reported ${bytesRead} bytes read of ${buffer.length - done} asked`);
-    }
-    done += bytesRead;
+  for (let done = 0; ;) {
+    if (done === buffer.length) return done;
+    const next = advanceRead(
+      handle.readSync!(buffer, done, buffer.length - done, position + done),
+      done,
+      buffer.length,
+    );
+    if (next < 0) return done;
+    done = next;
   }
-  return done;
 }
 
 /**
@@ -241,16 +253,13 @@ function readUpToSync(handle: FileLayerHandle, buffer: Uint8Array, position: num
  * fewer than the buffer only at end of file.
  */
 async function readUpTo(handle: FileLayerHandle, buffer: Uint8Array, position: number): Promise<number> {
-  let done = 0;
-  while (done < buffer.length) {
+  for (let done = 0; ;) {
+    if (done === buffer.length) return done;
     const { bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done);
-    if (bytesRead === 0) break;
-    if (!(bytesRead > 0 && bytesRead <= buffer.length - done)) {
-      throw new Error(`the file system reported ${bytesRead} bytes read of ${buffer.length - done} asked`);
-    }
-    done += bytesRead;
+    const next = advanceRead(bytesRead, done, buffer.length);
+    if (next < 0) return done;
+    done = next;
   }
-  return done;
 }
 
 /** Writes all of `buffer` at `position`, looping over short writes. */
