@@ -162,6 +162,36 @@ describe('pager', () => {
     assert.equal(space.pageEpoch(5), since - 1);
   });
 
+  it('keeps the epoch of a page written as zeros when eviction drops it as a zero page', async () => {
+    const pager = await openPager({ budget: 1 * MiB, prefetch: 0 });
+    const space = pager.createSpace({ size: 64 * MiB });
+    const bytes = Buffer.alloc(PAGE);
+    const zeros = Buffer.alloc(PAGE);
+    // Even pages hold data, odd pages zeros written as data (real frames until evicted).
+    for (let page = 0; page < 64; page++) {
+      space.write(page * PAGE, page % 2 === 0 ? pattern(page, 1, bytes) : zeros);
+    }
+    const since = space.advanceEpoch();
+    const dirty = [3, 17, 40, 41];
+    for (const page of dirty) space.write(page * PAGE, page % 2 === 0 ? pattern(page, 2, bytes) : zeros);
+    const zeroDropsBefore = pager.stats().zeroDrops;
+    pager.shrink(0);
+    assert.ok(pager.stats().zeroDrops - zeroDropsBefore >= 32, 'the zero pages were dropped as zero pages');
+    assert.deepEqual(Array.from(space.dirtyPages(since)), dirty);
+    assert.equal(space.pageEpoch(17), since, 'a zero page written since `since` keeps its epoch');
+    assert.equal(space.pageEpoch(41), since);
+    assert.equal(space.pageEpoch(5), since - 1, 'a zero page written before keeps the older epoch');
+    const scratch = Buffer.alloc(PAGE);
+    for (let page = 0; page < 64; page++) {
+      expectPage(
+        space,
+        page,
+        page % 2 === 0 ? pattern(page, dirty.includes(page) ? 2 : 1, bytes) : zeros,
+        scratch,
+      );
+    }
+  });
+
   it('drops a clean page without I/O, never stores a zero page, and a full overwrite of a swapped page reads nothing', async () => {
     const pager = await openPager({ budget: 1 * MiB, prefetch: 0 });
     const space = pager.createSpace({ size: 16 * MiB });
