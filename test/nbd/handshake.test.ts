@@ -268,26 +268,79 @@ test('ABORT is acknowledged and the server closes', async (t) => {
   assert.equal(server.stats().protocolViolations, 0);
 });
 
-test('bad option magic, too many options and a slow handshake all drop the connection', async (t) => {
-  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: 300 });
+/** A logger that keeps each line, to tell apart why the server closed a connection. */
+function recordingLogger(): { lines: string[]; warn(m: string): void; debug(m: string): void } {
+  const lines: string[] = [];
+  return { lines, warn: (m) => lines.push(`warn ${m}`), debug: (m) => lines.push(`debug ${m}`) };
+}
+
+/** An option header with no data. */
+function optionHeader(option: number): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeUInt32BE(C.IHAVEOPT_HI, 0);
+  h.writeUInt32BE(C.IHAVEOPT_LO, 4);
+  h.writeUInt32BE(option, 8);
+  return h;
+}
+
+// The handshake timeout is far longer than any wait below, so a close can only come from the
+// offending input; the server's log line and counter say which rule closed it.
+const NO_TIMEOUT_MS = 10 * 60_000;
+
+test('bad option magic drops the connection as a protocol violation', async (t) => {
+  const logger = recordingLogger();
+  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: NO_TIMEOUT_MS, logger });
   t.after(() => server.close());
   const a = await RawClient.handshake(port);
   t.after(() => a.destroy());
+  // A well-formed option first: the session is alive until the bad magic arrives.
+  a.sendOption(99);
+  assert.equal((await a.readOptionReply()).type, C.REP_ERR_UNSUP);
   a.write(Buffer.alloc(16, 0x41));
   assert.equal(await a.waitClosed(), true);
+  assert.equal(server.stats().protocolViolations, 1);
+  assert.ok(
+    logger.lines.some((l) => l.startsWith('warn') && l.includes('bad option magic')),
+    logger.lines.join('\n'),
+  );
+});
 
+test('the option after HANDSHAKE_OPTIONS_MAX drops the connection, not one before', async (t) => {
+  const logger = recordingLogger();
+  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: NO_TIMEOUT_MS, logger });
+  t.after(() => server.close());
   const b = await RawClient.handshake(port);
   t.after(() => b.destroy());
-  const one = Buffer.alloc(16);
-  one.writeUInt32BE(C.IHAVEOPT_HI, 0);
-  one.writeUInt32BE(C.IHAVEOPT_LO, 4);
-  one.writeUInt32BE(99, 8);
-  b.write(Buffer.concat(new Array<Buffer>(C.HANDSHAKE_OPTIONS_MAX + 1).fill(one)));
+  const one = optionHeader(99);
+  b.write(Buffer.concat(new Array<Buffer>(C.HANDSHAKE_OPTIONS_MAX).fill(one)));
+  // Every option up to the limit is served (ERR_UNSUP) and the connection stays open.
+  for (let i = 0; i < C.HANDSHAKE_OPTIONS_MAX; i++) {
+    assert.equal((await b.readOptionReply()).type, C.REP_ERR_UNSUP);
+  }
+  assert.equal(server.stats().protocolViolations, 0);
+  b.write(one);
   assert.equal(await b.waitClosed(), true);
+  assert.equal(server.stats().protocolViolations, 1);
+  assert.ok(
+    logger.lines.some(
+      (l) => l.startsWith('warn') && l.includes(`more than ${C.HANDSHAKE_OPTIONS_MAX} options`),
+    ),
+    logger.lines.join('\n'),
+  );
+});
 
+test('a slow handshake is dropped by the handshake timeout, not as a violation', async (t) => {
+  const logger = recordingLogger();
+  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: 300, logger });
+  t.after(() => server.close());
   const slow = await RawClient.handshake(port);
   t.after(() => slow.destroy());
-  assert.equal(await slow.waitClosed(2_000), true);
+  assert.equal(await slow.waitClosed(), true);
+  assert.equal(server.stats().protocolViolations, 0);
+  assert.ok(
+    logger.lines.some((l) => l.includes('handshake not finished within 300 ms')),
+    logger.lines.join('\n'),
+  );
 });
 
 test('bytes the client pipelines right after GO reach the transmission phase', async (t) => {
