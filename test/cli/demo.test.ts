@@ -5,10 +5,12 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
 const run = promisify(execFile);
-const bin = fileURLToPath(new URL('../../bin/memfabric.js', import.meta.url));
+// The source entry through tsx, never bin/memfabric.js: the bin prefers a dist/ build when one
+// exists, which may be stale, and these tests must exercise the code under test.
+const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
 
 test('memfabric demo forks, merges and reports savings as a real process', async () => {
-  const { stdout } = await run(process.execPath, [bin, 'demo', '--clones', '4', '--size', '4MiB'], {
+  const { stdout } = await run(process.execPath, [...source, 'demo', '--clones', '4', '--size', '4MiB'], {
     timeout: 60_000,
   });
   const frames = (label: RegExp) => Number(label.exec(stdout)?.[1]);
@@ -24,7 +26,7 @@ test('memfabric demo forks, merges and reports savings as a real process', async
 
 test('memfabric rejects a bad option with a message and a non-zero exit', async () => {
   await assert.rejects(
-    run(process.execPath, [bin, 'demo', '--size', 'huge'], { timeout: 60_000 }),
+    run(process.execPath, [...source, 'demo', '--size', 'huge'], { timeout: 60_000 }),
     (error: unknown) => {
       const failure = error as { code: number; stderr: string };
       assert.notEqual(failure.code, 0);

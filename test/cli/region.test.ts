@@ -6,14 +6,16 @@ import { fileURLToPath } from 'node:url';
 import { Appliance } from '../../src/index.js';
 
 const run = promisify(execFile);
-const bin = fileURLToPath(new URL('../../bin/memfabric.js', import.meta.url));
+// The source entry through tsx, never bin/memfabric.js: the bin prefers a dist/ build when one
+// exists, which may be stale, and these tests must exercise the code under test.
+const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
 
 test('region create / clone / ls / rm and stats drive a real appliance', async (t) => {
   const appliance = await Appliance.start({ memory: '16MiB', nbd: { port: 0 }, http: { port: 0 } });
   t.after(() => appliance.stop());
   const url = `http://127.0.0.1:${appliance.httpAddress.port}`;
   const cli = (...args: string[]) =>
-    run(process.execPath, [bin, ...args, '--appliance', url], { timeout: 60_000 });
+    run(process.execPath, [...source, ...args, '--appliance', url], { timeout: 60_000 });
 
   const created = await cli('region', 'create', 'vm1', '--size', '2GiB', '--tenant', 'blue');
   assert.match(created.stdout, /vm1\s+2 GiB\s+blue/);
@@ -46,7 +48,9 @@ test('region create / clone / ls / rm and stats drive a real appliance', async (
 
 test('the region commands say clearly when no appliance answers', async () => {
   await assert.rejects(
-    run(process.execPath, [bin, 'region', 'ls', '--appliance', 'http://127.0.0.1:9'], { timeout: 60_000 }),
+    run(process.execPath, [...source, 'region', 'ls', '--appliance', 'http://127.0.0.1:9'], {
+      timeout: 60_000,
+    }),
     (error: { code: number; stderr: string }) => {
       assert.equal(error.code, 2);
       assert.match(error.stderr, /cannot reach the appliance at http:\/\/127.0.0.1:9.*MF_CONNECTION_CLOSED/);
