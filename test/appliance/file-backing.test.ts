@@ -17,6 +17,34 @@ async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
+/**
+ * Holds every FileHandle.datasync() until release(); `reached` resolves at the first call.
+ * Restores datasync on release. FileBacking syncs its image through fs.promises' FileHandle.
+ */
+async function gateDatasync(dir: string): Promise<{ reached: Promise<void>; release(): void }> {
+  const probe = await open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe) as { datasync(): Promise<void> };
+  await probe.close();
+  await rm(join(dir, 'probe'));
+  const original = proto.datasync;
+  let onReached!: () => void;
+  const reached = new Promise<void>((resolve) => (onReached = resolve));
+  let onRelease!: () => void;
+  const released = new Promise<void>((resolve) => (onRelease = resolve));
+  proto.datasync = async function (this: unknown) {
+    onReached();
+    await released;
+    return original.call(this);
+  };
+  return {
+    reached,
+    release() {
+      proto.datasync = original;
+      onRelease();
+    },
+  };
+}
+
 test('a file-backed region saves on flush and on close, and loads back with holes kept', async () => {
   await withDir(async (dir) => {
     const pool = new FramePool({ capacity: 64 * MiB });
@@ -24,7 +52,21 @@ test('a file-backed region saves on flush and on close, and loads back with hole
     const region = await registry.create({ name: 'disk', size: 8 * MiB + 100, file: true, tenant: 't1' });
     region.write(MiB, Buffer.alloc(4096, 7));
     region.write(8 * MiB, Buffer.alloc(100, 9)); // the partial last page
-    await region.flush();
+    // flush() must not resolve before the save's final datasync: hold every datasync at a gate
+    // and check flush() is still pending once the save reached it. A flush that returns before
+    // the save resolves in a microtask, long before the save's writes get there.
+    const gate = await gateDatasync(dir);
+    let flushed = false;
+    const flushing = region.flush().then(() => {
+      flushed = true;
+    });
+    try {
+      await gate.reached;
+      assert.equal(flushed, false, 'flush() resolved before the save synced the image');
+    } finally {
+      gate.release();
+    }
+    await flushing;
     const image = await readFile(join(dir, 'disk.img'));
     assert.equal(image.length, 8 * MiB + 100);
     assert.ok(image.subarray(MiB, MiB + 4096).every((b) => b === 7));
