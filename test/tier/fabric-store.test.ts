@@ -86,8 +86,13 @@ test('a mirrored store keeps its pages when an appliance is lost', async (t) => 
   const back = Buffer.alloc(PAGE_SIZE);
   await store.read(9, back);
   assert.ok(back.equals(data));
-  await store.write(10, data); // and goes on taking pages
+  const later = randomBytes(PAGE_SIZE);
+  await store.write(10, later); // and goes on taking pages
   assert.equal(store.region.health().degraded, true);
+  await store.read(10, back);
+  assert.ok(back.equals(later), 'a page written after the loss reads back from the live copy');
+  await store.read(9, back);
+  assert.ok(back.equals(data), 'and the earlier page is unchanged');
 });
 
 test('losing more than the redundancy covers is STORE_FAILED naming the slot, the fabric error as cause', async (t) => {
