@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import pino from 'pino';
 import { Appliance } from '../../src/appliance/index.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
@@ -355,6 +356,20 @@ test('a failed migration leaves A serving with all its data and nothing on B', a
   await intact('after the target lost its NBD server');
 });
 
+/** Resolves with the first connection `server` accepts; rejects if none comes in `POLLS_MAX * POLL_MS`. */
+function firstConnection(server: ReturnType<typeof createServer>): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      server.off('connection', resolve);
+      reject(new Error('the migration never connected to the target'));
+    }, POLLS_MAX * POLL_MS);
+    server.once('connection', (socket: Socket) => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+  });
+}
+
 test('bad requests: unknown region, bad target, a second migration, deleting while migrating', async (t) => {
   const a = await start();
   t.after(() => a.appliance.stop());
@@ -384,11 +399,10 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   });
   await new Promise<void>((resolve) => hanging.listen(0, '127.0.0.1', resolve));
   const target = `http://127.0.0.1:${(hanging.address() as { port: number }).port}`;
+  const connected = firstConnection(hanging);
   const first = await migrate(a.url, 'vm', { target });
   assert.equal(first.state, 'preparing');
-  for (let poll = 0; poll < POLLS_MAX && sockets.size === 0; poll++) {
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
+  assert.ok(sockets.has(await connected), 'the migration connected to the target');
   assert.equal((await call(a.url, 'GET', '/v1/regions/vm/migration')).json.state, 'preparing');
   await expect('/v1/regions/vm/migrate', { target }, 409, ErrorCodes.MIGRATING);
   const deleting = await call(a.url, 'DELETE', '/v1/regions/vm');
@@ -414,7 +428,10 @@ test('stopping the appliance fails a migration under way and keeps the region', 
     defaultRegion: false as const,
     dataDir,
   };
-  const a = await Appliance.start(options);
+  // The appliance's log says how the migration ended (its status API stops with it).
+  const logged: Array<{ level: number; msg: string; error?: { message?: string } }> = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void logged.push(JSON.parse(line)) });
+  const a = await Appliance.start({ ...options, logger });
   const region = await a.registry.create({ name: 'kept', size: 4 * MiB, file: true });
   region.write(0, pattern(7, MiB));
   const url = `http://127.0.0.1:${a.httpAddress.port}`;
@@ -425,11 +442,19 @@ test('stopping the appliance fails a migration under way and keeps the region', 
     for (const socket of sockets) socket.destroy();
     return new Promise((resolve) => hanging.close(resolve));
   });
+  const connected = firstConnection(hanging);
   await migrate(url, 'kept', { target: `http://127.0.0.1:${(hanging.address() as { port: number }).port}` });
-  for (let poll = 0; poll < POLLS_MAX && sockets.size === 0; poll++) {
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
+  assert.ok(sockets.has(await connected), 'the migration connected to the target');
+  assert.equal(region.migrating, true, 'the migration is under way when the appliance stops');
   await a.stop(); // cancels the migration instead of waiting for the silent target
+  assert.equal(region.migrating, false);
+  const failed = logged.filter((entry) => entry.msg === 'migration failed; the region stays here');
+  assert.equal(failed.length, 1, JSON.stringify(logged.map((entry) => entry.msg)));
+  assert.match(failed[0]!.error?.message ?? '', /the appliance is stopping/);
+  assert.equal(
+    logged.some((entry) => entry.msg === 'migration done'),
+    false,
+  );
   const again = await Appliance.start(options);
   t.after(() => again.stop());
   comparePages(bytesOf(again, 'kept').subarray(0, MiB), pattern(7, MiB), 'after a restart');
