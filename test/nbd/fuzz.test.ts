@@ -32,6 +32,9 @@ test('fuzzed handshakes and requests never hurt the server or a good client', as
   const { server, port, dir } = await startServer(undefined, { handshakeTimeoutMs: 2_000 });
   t.after(() => server.close());
 
+  // The fuzzer targets the read-only export too: nothing may change it.
+  const roBefore = Buffer.from(dir.exports.get('ro')!.data);
+
   // The good client: writes random blocks into 'small' and reads each one back, for as long as
   // the fuzzer runs; its model is what the region must hold.
   const model = Buffer.alloc(GOOD_REGION_BYTES);
@@ -78,24 +81,49 @@ test('fuzzed handshakes and requests never hurt the server or a good client', as
     small.data.subarray(GOOD_REGION_BYTES).every((b) => b === 0),
     'nothing outside the region changed',
   );
+  assert.equal(Buffer.compare(dir.exports.get('ro')!.data, roBefore), 0, 'the read-only export is unchanged');
   t.diagnostic(`${runs} fuzz runs, ${goodOps} good ops, stats ${JSON.stringify(server.stats())}`);
 });
+
+/** Waits (a macrotask at a time) until `done()` holds; fails naming `what` after `deadlineMs`. */
+async function until(what: string, done: () => boolean, deadlineMs = 10_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!done()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
 
 test('an abrupt disconnect in the middle of a WRITE payload writes nothing', async (t) => {
   const { server, port, dir } = await startServer();
   t.after(() => server.close());
+  const small = dir.exports.get('small')!;
+  const { client: before } = await RawClient.open(port, 'small');
+  assert.equal(await before.pwrite(0, Buffer.alloc(128 * 1024, 0x5a)), 0);
+  before.destroy();
+  await until('the first connection to close', () => server.stats().connectionsOpen === 0);
+
+  // A 64 KiB WRITE over that data, of which only 30,000 bytes arrive before the hang-up. The
+  // server counts a request when its header is parsed: wait for that, then hang up.
+  const writesBefore = server.stats().requests.write;
   const { client: c } = await RawClient.open(port, 'small');
   const header = Buffer.alloc(28);
   header.writeUInt32BE(C.REQUEST_MAGIC, 0);
   header.writeUInt16BE(C.CMD_WRITE, 6);
+  header.writeBigUInt64BE(4096n, 16);
   header.writeUInt32BE(65_536, 24);
   c.write(Buffer.concat([header, Buffer.alloc(30_000, 0xab)]));
-  await new Promise((r) => setTimeout(r, 50));
+  await until('the partial WRITE to reach the server', () => server.stats().requests.write > writesBefore);
   c.destroy();
-  for (let i = 0; i < 100 && server.stats().connectionsOpen > 0; i++)
-    await new Promise((r) => setTimeout(r, 10));
-  assert.equal(server.stats().connectionsOpen, 0);
-  assert.ok(dir.exports.get('small')?.data.every((b) => b === 0));
+  await until('the connection to close', () => server.stats().connectionsOpen === 0);
+  assert.ok(
+    small.data.subarray(0, 128 * 1024).every((b) => b === 0x5a),
+    'the old data is intact',
+  );
+  assert.ok(
+    small.data.subarray(128 * 1024).every((b) => b === 0),
+    'nothing else was written',
+  );
   const { client: d } = await RawClient.open(port, 'small');
   t.after(() => d.destroy());
   assert.equal(await d.pwrite(0, Buffer.from('alive')), 0);
