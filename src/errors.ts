@@ -54,6 +54,8 @@ export const ErrorCodes = {
   STORE_CLOSED: 'MF_STORE_CLOSED',
   /** The page store has no free slot: every slot holds a page. */
   STORE_FULL: 'MF_STORE_FULL',
+  /** A path given in the options cannot be used: missing directory, a directory, not writable. */
+  BAD_PATH: 'MF_BAD_PATH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -11,13 +11,15 @@
  *             runs out of frames halfway);
  *   external  appliances, if placement finds one appliance per shard (with free memory for a
  *             whole shard unless `overcommit`);
- *   file      a sparse file in `fileDirectory`, if one was given.
+ *   file      a sparse file in `fileDirectory`, if one was given (created, with its parents, on
+ *             the first file region; a path that cannot be a directory is MF_BAD_PATH).
  * Only external memory offers redundancy: a request for copies or parity never falls back to
  * local memory or a file.
  */
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { FramePool } from '../memory/index.js';
+import { checkDirectory } from '../paths.js';
 import { parseSize } from '../size.js';
 import { ApplianceDirectory, type ApplianceState } from './directory.js';
 import { ExternalRegion, describeRedundancy, shardGeometry, type Redundancy } from './external-region.js';
@@ -35,7 +37,10 @@ export interface FabricOptions {
   appliances?: string[];
   /** Local memory the fabric may use for local regions (default none). */
   localMemory?: number | string;
-  /** Directory for file regions (default none). */
+  /**
+   * Directory for file regions (default none). Created, with its parents, when the first file
+   * region needs it; MF_BAD_PATH naming it when it cannot be a directory or cannot be written.
+   */
   fileDirectory?: string;
   /** An appliance that does not answer an NBD request within this time is lost. Default 5 s. */
   requestTimeoutMs?: number;
@@ -83,6 +88,12 @@ export class Fabric {
       this.localBudget > 0
         ? new FramePool({ capacity: this.localBudget, pageSize: this.pageSize })
         : undefined;
+    if (
+      options.fileDirectory !== undefined &&
+      (typeof options.fileDirectory !== 'string' || options.fileDirectory === '')
+    ) {
+      throw invalidArgument(`fileDirectory ${String(options.fileDirectory)} must be a directory path`);
+    }
     this.fileDirectory = options.fileDirectory;
     this.tenant = options.tenant ?? 'default';
     if (!this.directory && !this.localPool && !this.fileDirectory) {
@@ -164,6 +175,7 @@ export class Fabric {
     if (type === 'file') {
       if (!this.fileDirectory)
         throw new MemfabricError(ErrorCodes.PLACEMENT_FAILED, 'no fileDirectory configured');
+      await checkDirectory(this.fileDirectory, 'fileDirectory', true);
       return FileRegion.create(this.fileDirectory, name, size);
     }
     return this.allocateExternal(name, size, redundancy, tenant, placement);

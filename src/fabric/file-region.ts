@@ -1,7 +1,12 @@
-/** A fabric region in a local file (sparse; read and written with positioned I/O). */
+/**
+ * A fabric region in a local file (sparse; read and written with positioned I/O). Creating one
+ * leaves nothing behind when it fails, and a failure the user can fix (the directory, its
+ * permissions, a name taken, a size the file system refuses) is a typed error naming the path.
+ */
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ErrorCodes, MemfabricError } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { filePathError } from '../paths.js';
 import { checkRegionRange, localHealth, type MemoryRegion } from './memory-region.js';
 import type { RegionHealth } from './external-region.js';
 
@@ -24,8 +29,32 @@ export class FileRegion implements MemoryRegion {
 
   static async create(directory: string, name: string, size: number): Promise<FileRegion> {
     const path = join(directory, `${name}.fabric`);
-    const handle = await open(path, 'wx+');
-    await handle.truncate(size);
+    let handle: FileHandle;
+    try {
+      handle = await open(path, 'wx+');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new MemfabricError(
+          ErrorCodes.ALREADY_EXISTS,
+          `file region ${path} already exists; choose another region name, or remove the file if nothing uses it`,
+          { cause: error },
+        );
+      }
+      throw filePathError(error, 'file region', path) ?? error;
+    }
+    try {
+      await handle.truncate(size);
+    } catch (error) {
+      // The file is ours and empty: take it away again.
+      await handle.close().catch(() => undefined);
+      await rm(path, { force: true }).catch(() => undefined);
+      if ((error as NodeJS.ErrnoException).code === 'EFBIG') {
+        throw invalidArgument(
+          `size ${size} is more than the file system under ${directory} allows for one file; ask for less, or use another fileDirectory`,
+        );
+      }
+      throw error;
+    }
     return new FileRegion(name, size, path, handle);
   }
 

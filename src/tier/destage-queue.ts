@@ -34,6 +34,14 @@
  * producer-side backlog and get their sequence number when admitted; that is safe because a
  * backlogged discard is always the newest operation of its slot (a later write to the slot
  * cancels it, a later discard of it is a no-op).
+ *
+ * After a failure. The first failed store operation makes the store failed for good: no write
+ * is admitted again (the call that needed one throws STORE_FAILED and changes nothing), and
+ * only a failed WRITE is kept (its bytes are what the program last gave the slot); a failed
+ * discard is freed at once (nobody refers to its slot). Discards are no longer sent at all:
+ * they are dropped, and so is the backlog, so freeing a space full of swapped pages costs no
+ * store round trips and nothing waits behind entries that will never be freed. flush() then
+ * rejects at once. What a failed store still does is serve reads of slots that reached it.
  */
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
@@ -79,6 +87,7 @@ const H_WRITES_DONE = 20; // (C) writes that reached the store
 const H_DISCARDS_DONE = 21; // (C) discards that reached the store
 const H_OPS_FAILED = 22; // (C)
 const H_STOP = 23; // (P) the consumer should stop
+const H_DROPPED = 24; // (P) discards never sent: the store had failed, or the queue was retired
 const HEADER_WORDS = 32;
 
 // Entry fields.
@@ -165,6 +174,8 @@ export interface DestageQueueOptions {
   checkConsumer?: () => void;
   /** Words for the first failure's message (the consumer knows the store's message). */
   failureDetail?: () => string | undefined;
+  /** The error underneath the first failure, for its `cause`. */
+  failureCause?: () => unknown;
   /** Told true when an asynchronous wait starts and false when it ends (to ref a worker). */
   keepAlive?: (waiting: boolean) => void;
 }
@@ -181,6 +192,8 @@ export interface DestageQueueStats {
   writesLive: number;
   deletesLive: number;
   superseded: number;
+  /** Discards never sent to the store because it had failed (or the queue was retired). */
+  dropped: number;
   writesDone: number;
   discardsDone: number;
   failed: number;
@@ -241,6 +254,7 @@ export class DestageQueue {
   private readonly waitSliceMs: number;
   private readonly checkConsumer: (() => void) | undefined;
   private readonly failureDetail: (() => string | undefined) | undefined;
+  private readonly failureCause: (() => unknown) | undefined;
   private readonly keepAlive: ((waiting: boolean) => void) | undefined;
 
   /** Free entries, a stack. */
@@ -265,6 +279,7 @@ export class DestageQueue {
   private blocked = 0;
   private writeWaits = 0;
   private superseded = 0;
+  private dropped = 0;
 
   /** The discard backlog: a growable power-of-two ring of slots; -1 marks a cancelled one. */
   private backlog: Int32Array;
@@ -317,6 +332,7 @@ export class DestageQueue {
     this.waitSliceMs = options.waitSliceMs ?? WAIT_SLICE_MS_DEFAULT;
     this.checkConsumer = options.checkConsumer;
     this.failureDetail = options.failureDetail;
+    this.failureCause = options.failureCause;
     this.keepAlive = options.keepAlive;
     this.free = new Int32Array(q);
     for (let e = 0; e < q; e++) this.free[e] = q - 1 - e;
@@ -426,6 +442,12 @@ export class DestageQueue {
     this.checkOpen();
     this.checkSlot(slot);
     if (this.asyncWriters.length > 0) this.dropAsyncWriter(slot);
+    if (this.hasFailed) {
+      // A failed store is sent no more discards (see the overview): forget the slot here.
+      this.replaceNewest(slot);
+      this.countDropped(1);
+      return;
+    }
     const prev = this.newest.get(slot);
     if (prev !== MISSING) {
       // Already being discarded: the pending discard makes the slot read as zeros.
@@ -617,6 +639,7 @@ export class DestageQueue {
 
   /** Takes in completions and admits backlogged discards. Cheap when nothing changed. */
   pump(): void {
+    if (this.backlogLive > 0 && this.hasFailed) this.dropBacklog();
     let admittedAny = false;
     if (Atomics.load(this.i32, H_COMPLETE_HEAD) !== this.completeTail) {
       this.drainCompletions();
@@ -640,7 +663,8 @@ export class DestageQueue {
       if (i32[base + E_OP] === OP_WRITE) this.writesLive--;
       else this.deletesLive--;
       const isNewest = this.newest.get(slot) === e;
-      if (state === ENTRY_FAILED && isNewest) {
+      // Only a failed write holds bytes the program may still read (see the overview).
+      if (state === ENTRY_FAILED && isNewest && i32[base + E_OP] === OP_WRITE) {
         this.heldFailed[e] = 1;
         this.failedHeld++;
       } else {
@@ -761,10 +785,12 @@ export class DestageQueue {
    */
   flushSync(): void {
     this.checkOpen();
+    if (this.hasFailed) throw this.failureError();
     // No discard can join the backlog during this call, so an empty backlog is the barrier.
     for (;;) {
       const seen = Atomics.load(this.i32, H_COMPLETE_HEAD);
       this.pump();
+      if (this.hasFailed) throw this.failureError();
       if (this.backlogLive === 0) break;
       Atomics.wait(this.i32, H_COMPLETE_HEAD, seen, this.waitSliceMs);
       this.checkConsumer?.();
@@ -784,6 +810,8 @@ export class DestageQueue {
 
   private async flushAsync(): Promise<void> {
     this.checkOpen();
+    // A failed store makes nothing durable any more: say so at once (see the overview).
+    if (this.hasFailed) throw this.failureError();
     // Discards may join the backlog while this waits; the barrier is the backlog's tail now
     // (flushes run one at a time, so one barrier field suffices).
     this.flushBacklogEnd = this.backlogTail;
@@ -792,6 +820,8 @@ export class DestageQueue {
       for (;;) {
         const seen = Atomics.load(this.i32, H_COMPLETE_HEAD);
         this.pump();
+        if (this.hasFailed) throw this.failureError();
+        this.checkOpen();
         if (this.backlogHead >= this.flushBacklogEnd || this.backlogLive === 0) break;
         const r = waitAsync(this.i32, H_COMPLETE_HEAD, seen, this.waitSliceMs);
         if (r.async) await r.value;
@@ -821,10 +851,14 @@ export class DestageQueue {
     return ((Atomics.load(this.i32, H_FLUSH_DONE) - request) | 0) < 0;
   }
 
+  /**
+   * Waits for flush `request`. A failure recorded meanwhile ends the wait at once: the flush
+   * cannot succeed, and its answer must not wait for operations stuck on a failing store.
+   */
   private waitFlushSync(request: number): void {
     while (this.flushPending(request)) {
       Atomics.wait(this.i32, H_FLUSH_DONE, Atomics.load(this.i32, H_FLUSH_DONE), this.waitSliceMs);
-      if (this.flushPending(request)) this.checkConsumer?.();
+      if (this.flushPending(request)) this.checkWaiting();
     }
   }
 
@@ -832,8 +866,37 @@ export class DestageQueue {
     while (this.flushPending(request)) {
       const r = waitAsync(this.i32, H_FLUSH_DONE, Atomics.load(this.i32, H_FLUSH_DONE), this.waitSliceMs);
       if (r.async) await r.value;
-      if (this.flushPending(request)) this.checkConsumer?.();
+      if (this.flushPending(request)) this.checkWaiting();
     }
+  }
+
+  /** Between wait slices: throws when the store failed, the queue closed or the consumer died. */
+  private checkWaiting(): void {
+    if (this.hasFailed) throw this.failureError();
+    this.checkOpen();
+    this.checkConsumer?.();
+  }
+
+  private get hasFailed(): boolean {
+    return Atomics.load(this.i32, H_FAILED_CODE) !== 0;
+  }
+
+  private countDropped(count: number): void {
+    this.dropped += count;
+    this.i32[H_DROPPED] = this.dropped;
+  }
+
+  /** Drops every backlogged discard (the store failed or the queue is retired). */
+  private dropBacklog(): void {
+    const mask = this.backlog.length - 1;
+    for (let p = this.backlogHead; p < this.backlogTail; p++) {
+      const slot = this.backlog[p & mask];
+      if (slot >= 0) this.newest.delete(slot);
+    }
+    this.countDropped(this.backlogLive);
+    this.backlogHead = this.backlogTail;
+    this.backlogLive = 0;
+    this.i32[H_BACKLOG] = 0;
   }
 
   // ---------------------------------------------------------------- failure, close, stats
@@ -847,10 +910,12 @@ export class DestageQueue {
     const slot = this.i32[H_FAILED_SLOT];
     const what = slot < 0 ? 'flushing the page store' : `an operation on slot ${slot}`;
     const detail = this.failureDetail?.();
+    const cause = this.failureCause?.();
     return new MemfabricError(
       ErrorCodes.STORE_FAILED,
       `the page store failed ${what}${detail === undefined ? '' : `: ${detail}`}; ` +
         'it accepts no more writes (pages not yet written stay readable in memory)',
+      cause === undefined ? undefined : { cause },
     );
   }
 
@@ -862,6 +927,24 @@ export class DestageQueue {
     Atomics.store(this.i32, H_STOP, 1);
     Atomics.add(this.i32, H_DOORBELL, 1);
     Atomics.notify(this.i32, H_DOORBELL);
+  }
+
+  /**
+   * Called once the consumer is gone (after close): takes in its last completions and lets go
+   * of everything still held — kept failed writes, backlogged discards — so the queue ends
+   * empty. Entries the consumer never completed (it was killed mid-operation) stay counted.
+   */
+  retire(): void {
+    this.close();
+    this.drainCompletions();
+    for (let e = 0; e < this.entries; e++) {
+      if (this.heldFailed[e] === 0) continue;
+      this.heldFailed[e] = 0;
+      this.failedHeld--;
+      this.newest.delete(this.i32[this.entryIndex(e) + E_SLOT]);
+      this.freeEntry(e);
+    }
+    if (this.backlogLive > 0) this.dropBacklog();
   }
 
   get isClosed(): boolean {
@@ -886,6 +969,7 @@ function queueStats(i32: Int32Array): DestageQueueStats {
     writesLive: i32[H_WRITES_LIVE],
     deletesLive: i32[H_DELETES_LIVE],
     superseded: i32[H_SUPERSEDED],
+    dropped: i32[H_DROPPED],
     writesDone: Atomics.load(i32, H_WRITES_DONE),
     discardsDone: Atomics.load(i32, H_DISCARDS_DONE),
     failed: Atomics.load(i32, H_OPS_FAILED),
@@ -967,6 +1051,21 @@ export class DestageQueueConsumer {
       this.recordFailure(code, i32[base + E_SLOT]);
       Atomics.store(i32, base + E_STATE, ENTRY_FAILED);
     }
+    i32[this.layout.completeBase + (this.completeHead & this.mask)] = e;
+    this.completeHead = (this.completeHead + 1) | 0;
+    Atomics.store(i32, H_COMPLETE_HEAD, this.completeHead);
+    Atomics.notify(i32, H_COMPLETE_HEAD);
+  }
+
+  /**
+   * Hands back an entry that will never start (the store is closing): FAILED with STORE_CLOSED,
+   * but neither counted as a failed operation nor recorded as the store's failure.
+   */
+  abandon(e: number): void {
+    const i32 = this.i32;
+    const base = this.layout.entryBase + e * ENTRY_WORDS;
+    i32[base + E_ERR] = errorCodeNumber(ErrorCodes.STORE_CLOSED);
+    Atomics.store(i32, base + E_STATE, ENTRY_FAILED);
     i32[this.layout.completeBase + (this.completeHead & this.mask)] = e;
     this.completeHead = (this.completeHead + 1) | 0;
     Atomics.store(i32, H_COMPLETE_HEAD, this.completeHead);

@@ -23,6 +23,11 @@
  *
  * A flush request waits until every entry sequenced at or before its target has finished,
  * then calls store.flush(); destaging goes on meanwhile.
+ *
+ * Stopping (the store is closing) starts nothing more: every entry that was submitted and not
+ * started is completed as abandoned (FAILED with STORE_CLOSED, not counted as a store failure),
+ * at once or, when it waits behind an operation in flight, as soon as that one finishes. So the
+ * producer gets every entry back and nothing stays queued behind a closed store.
  */
 import type { PageStore } from './page-store.js';
 import type { ErrorCode } from '../errors.js';
@@ -156,10 +161,14 @@ export class Destager {
     return this.running;
   }
 
-  /** Stops taking work (operations in flight finish in the background). */
+  /**
+   * Stops taking work: operations in flight finish in the background, and every entry that
+   * will now never start is handed back to the producer as abandoned (see the overview).
+   */
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.abandonQueued();
     this.writes.wake();
     this.deletes.wake();
     this.queue.wake();
@@ -215,6 +224,34 @@ export class Destager {
     }
   }
 
+  /** Takes every submitted entry into its slot's chain and abandons the chains not in flight. */
+  private abandonQueued(): void {
+    const queue = this.queue;
+    for (let e = queue.take(); e >= 0; e = queue.take()) {
+      const slot = queue.slot(e);
+      const tail = this.tails.get(slot);
+      this.next[e] = -1;
+      this.tails.set(slot, e);
+      if (tail !== MISSING) this.next[tail] = e;
+      else (queue.op(e) === OP_WRITE ? this.writes : this.deletes).ready.push(e);
+    }
+    for (const lane of [this.writes, this.deletes]) {
+      while (lane.ready.length > 0) this.abandonChain(lane.ready.shift());
+    }
+  }
+
+  /** Abandons `e` and every entry chained after it (none of them has started). */
+  private abandonChain(e: number): void {
+    const slot = this.queue.slot(e);
+    for (let at = e; at >= 0;) {
+      const successor = this.next[at];
+      this.next[at] = -1;
+      this.queue.abandon(at);
+      at = successor;
+    }
+    this.tails.delete(slot);
+  }
+
   /** Called by a lane: the entry is ready and has a concurrency token. */
   startEntry(e: number, isWrite: boolean): void {
     const queue = this.queue;
@@ -242,7 +279,10 @@ export class Destager {
     if (code !== 0) this.noteFailure(error, slot);
     // Read the entry before completing it: the producer may reuse it right after.
     queue.complete(e, code);
-    if (successor >= 0) {
+    if (successor >= 0 && this.stopped) {
+      this.next[e] = -1;
+      this.abandonChain(successor);
+    } else if (successor >= 0) {
       this.next[e] = -1;
       if (queue.op(successor) === OP_WRITE) {
         this.writes.ready.push(successor);

@@ -5,7 +5,7 @@
  * the conditions a real disk produces too rarely to test.
  */
 import { readSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 
 export interface FileLayerHandle {
   /** Reads up to `length` bytes at `position` into buffer[offset..]; 0 bytes read means EOF. */
@@ -30,6 +30,8 @@ export interface FileLayerHandle {
 export interface FileLayer {
   /** Opens a file with fs.open flags ('r+', 'wx+', …); rejects with the Node error (code ENOENT, …). */
   open(path: string, flags: string): Promise<FileLayerHandle>;
+  /** Removes a name (a temporary swap file right after opening it). Default fs.unlink. */
+  unlink?(path: string): Promise<void>;
 }
 
 /** The real file system. */
@@ -45,4 +47,5 @@ export const nodeFileLayer: FileLayer = {
       close: () => handle.close(),
     };
   },
+  unlink: (path) => unlink(path),
 };

@@ -22,8 +22,21 @@
  *   bit s set  <=>  slot s was written (successfully) and not discarded since
  * A slot whose bit is clear reads as zeros without I/O. The file is truncated to its header on
  * open and on close, so it only ever holds what this store wrote, and grows as slots are written.
+ *
+ * A temporary swap file (`directory` instead of `path`: the pager's default, in the OS temp
+ * directory) is created under a fresh random name and unlinked right after it is opened; the
+ * store keeps its descriptor. So it never outlives the process, however the process ends
+ * (close, exit without close, kill -9): the kernel frees an unlinked file with its last
+ * descriptor. A file the user named by `path` is the user's: it stays, cut back to its header.
+ *
+ * Paths the user passes fail as MF_BAD_PATH naming them (a missing directory, a directory where
+ * the file should be, no permission: src/paths.ts); other I/O failures are STORE_FAILED.
  */
-import { ErrorCodes, MemfabricError } from '../errors.js';
+import { randomBytes } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { checkDirectory, filePathError } from '../paths.js';
 import { nodeFileLayer, type FileLayer, type FileLayerHandle } from './file-layer.js';
 import type { PageStore } from './page-store.js';
 import { StoreGuard, checkStoreGeometry, storeFailed } from './store-guard.js';
@@ -37,7 +50,10 @@ const CAPACITY_OFFSET = 16;
 export const SWAP_HEADER_FIELDS_BYTES = 24;
 
 export interface FilePageStoreOptions {
-  path: string;
+  /** The swap file: created if missing, kept (cut back to its header) on close. */
+  path?: string;
+  /** Instead of path: a directory for a temporary swap file, unlinked as soon as it is open. */
+  directory?: string;
   pageSize: number;
   capacity: number;
   /** The file system underneath (tests pass a double); default the real one. */
@@ -47,15 +63,23 @@ export interface FilePageStoreOptions {
 export class FilePageStore implements PageStore {
   readonly name: string;
   readonly path: string;
+  /** True for a temporary swap file (already unlinked: nothing to leave behind). */
+  readonly temporary: boolean;
   readonly pageSize: number;
   readonly capacity: number;
   private readonly handle: FileLayerHandle;
   private readonly guard: StoreGuard;
   private readonly written: Uint8Array;
 
-  private constructor(options: FilePageStoreOptions, handle: FileLayerHandle) {
-    this.path = options.path;
-    this.name = `file ${options.path}`;
+  private constructor(
+    options: FilePageStoreOptions,
+    path: string,
+    temporary: boolean,
+    handle: FileLayerHandle,
+  ) {
+    this.path = path;
+    this.temporary = temporary;
+    this.name = storeName(path, temporary);
     this.pageSize = options.pageSize;
     this.capacity = options.capacity;
     this.handle = handle;
@@ -66,15 +90,33 @@ export class FilePageStore implements PageStore {
   /** Opens (or creates) the swap file; see the overview for what is accepted. */
   static async open(options: FilePageStoreOptions): Promise<FilePageStore> {
     checkStoreGeometry(options.pageSize, options.capacity);
-    const { path, pageSize, capacity } = options;
+    const { pageSize, capacity, directory } = options;
+    const temporary = directory !== undefined;
+    if (temporary === (options.path !== undefined)) {
+      throw invalidArgument(
+        'a file page store takes either path (a swap file) or directory (for a temporary one)',
+      );
+    }
     const layer = options.layer ?? nodeFileLayer;
-    const name = `file ${path}`;
-    const handle = await openOrCreate(layer, path).catch((error: unknown) => {
-      throw storeFailed(name, 'opening the swap file', error);
-    });
+    let path: string;
+    let handle: FileLayerHandle;
+    if (temporary) {
+      await checkDirectory(directory, 'swap directory', false);
+      path = join(directory, `memfabric-${process.pid}-${randomBytes(6).toString('hex')}.swap`);
+      handle = await openTemporary(layer, path);
+    } else {
+      path = options.path!;
+      handle = await openOrCreate(layer, path).catch((error: unknown) => {
+        throw (
+          filePathError(error, 'swap file', path) ??
+          storeFailed(`file ${path}`, 'opening the swap file', error)
+        );
+      });
+    }
+    const name = storeName(path, temporary);
     try {
       const found = Buffer.alloc(SWAP_HEADER_FIELDS_BYTES);
-      const length = await readUpTo(handle, found, 0);
+      const length = temporary ? 0 : await readUpTo(handle, found, 0);
       if (length > 0) checkHeader(found.subarray(0, length), path, pageSize);
       const header = Buffer.alloc(pageSize);
       SWAP_MAGIC.copy(header, 0);
@@ -90,7 +132,7 @@ export class FilePageStore implements PageStore {
       if (error instanceof MemfabricError) throw error;
       throw storeFailed(name, 'preparing the swap file', error);
     }
-    return new FilePageStore(options, handle);
+    return new FilePageStore(options, path, temporary, handle);
   }
 
   async read(slot: number, dst: Uint8Array): Promise<void> {
@@ -158,7 +200,8 @@ export class FilePageStore implements PageStore {
   close(): Promise<void> {
     return this.guard.close(async () => {
       try {
-        await this.handle.truncate(this.pageSize);
+        // An unlinked file goes with its descriptor; a named one keeps only its header.
+        if (!this.temporary) await this.handle.truncate(this.pageSize);
       } catch (error) {
         throw storeFailed(this.name, 'truncating the swap file on close', error);
       } finally {
@@ -166,6 +209,33 @@ export class FilePageStore implements PageStore {
       }
     });
   }
+}
+
+function storeName(path: string, temporary: boolean): string {
+  return temporary ? `temporary file ${path}` : `file ${path}`;
+}
+
+/**
+ * Creates a temporary swap file under a fresh name and unlinks it at once, keeping the handle
+ * (see the overview): from here on no way the process ends can leave the file behind.
+ */
+async function openTemporary(layer: FileLayer, path: string): Promise<FileLayerHandle> {
+  let handle: FileLayerHandle;
+  try {
+    handle = await layer.open(path, 'wx+');
+  } catch (error) {
+    throw (
+      filePathError(error, 'temporary swap file', path) ??
+      storeFailed(storeName(path, true), 'creating', error)
+    );
+  }
+  try {
+    await (layer.unlink ?? unlink)(path);
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    throw storeFailed(storeName(path, true), 'unlinking the new file', error);
+  }
+  return handle;
 }
 
 async function openOrCreate(layer: FileLayer, path: string): Promise<FileLayerHandle> {

@@ -33,8 +33,18 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
     case 'memory':
       return new MemoryPageStore(geometry);
     case 'file':
+      if (spec.directory !== undefined) {
+        if (typeof spec.directory !== 'string' || spec.directory === '' || spec.path !== undefined) {
+          throw invalidArgument(
+            "a 'file' page store takes directory (a non-empty string, for a temporary swap file) or path, not both",
+          );
+        }
+        return FilePageStore.open({ directory: spec.directory, ...geometry });
+      }
       if (typeof spec.path !== 'string' || spec.path === '') {
-        throw invalidArgument("a 'file' page store needs path: the swap file to create or reuse");
+        throw invalidArgument(
+          "a 'file' page store needs path (the swap file to create or reuse) or directory (for a temporary one)",
+        );
       }
       return FilePageStore.open({ path: spec.path, ...geometry });
     case 'fabric':

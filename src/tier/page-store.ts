@@ -39,8 +39,16 @@ export type StoreSpec =
   | { kind: 'memory' }
   | {
       kind: 'file';
-      /** The swap file. Created if missing; an existing file must be a memfabric swap file. */
-      path: string;
+      /**
+       * The swap file. Created if missing; an existing file must be a memfabric swap file. It
+       * stays after close (cut back to its header). Give path or directory, not both.
+       */
+      path?: string;
+      /**
+       * A directory for a temporary swap file, unlinked as soon as it is open, so it never
+       * outlives the process. The pager's default is the OS temp directory.
+       */
+      directory?: string;
     }
   | {
       kind: 'fabric';

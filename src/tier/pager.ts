@@ -26,11 +26,17 @@
  * read ahead `prefetch` pages in one batch, into frames that are already free (a prefetch
  * never evicts). `space.load(range)` / `readAsync` / `writeAsync` fetch without blocking.
  * Resident pages never take either path.
+ *
+ * When the store fails. The first failed store operation fails the store for good (see
+ * destage-queue.ts). From then on every call answers without waiting on the store beyond one
+ * operation already in flight (which the store bounds by its own timeout): a call that needs
+ * an eviction throws STORE_FAILED and changes nothing; a fault reads what the store still
+ * serves or throws STORE_FAILED; flush() rejects with STORE_FAILED at once; freeing pages
+ * (destroy, trim) always succeeds, dropping the discards. close() always releases the worker,
+ * the store and its file, and rejects with the failure afterwards. Every STORE_FAILED carries
+ * the error underneath as `cause`.
  */
-import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { xxh32 } from '@node-rs/xxhash';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
@@ -52,7 +58,10 @@ export interface PagerOptions {
   /** Resident memory: the most bytes of pages kept in frames at once ("512MiB"). */
   budget: number | string;
   pageSize?: number;
-  /** Where evicted pages go. Default: a file in the OS temp directory, removed on close. */
+  /**
+   * Where evicted pages go. Default: a temporary swap file in the OS temp directory, unlinked
+   * as soon as it is open (so it never outlives the process).
+   */
   store?: StoreSpec;
   /** The most bytes the store may hold (its slot count times the page size). Default 64 GiB. */
   storeSize?: number | string;
@@ -109,7 +118,6 @@ export class Pager implements PagingBackend {
   private readonly slots: SwapSlots;
   private readonly dedup: boolean;
   private readonly hash: (page: Uint8Array) => number;
-  private readonly removeOnClose: string | undefined;
   /** Where the CLOCK hand stands: an index into the leaf arena's entries. */
   private hand = LEAF_ENTRIES;
   /** A page-sized buffer the worker can fill (verifying a dedup candidate not resident). */
@@ -159,12 +167,7 @@ export class Pager implements PagingBackend {
     if (capacity < 1 || capacity > 2 ** 31 - 1) {
       throw invalidArgument(`storeSize ${storeSize} must hold 1 to 2^31 - 1 pages of ${pageSize} bytes`);
     }
-    let store = options.store;
-    let removeOnClose: string | undefined;
-    if (!store) {
-      removeOnClose = join(tmpdir(), `memfabric-${process.pid}-${randomBytes(4).toString('hex')}.swap`);
-      store = { kind: 'file', path: removeOnClose };
-    }
+    const store: StoreSpec = options.store ?? { kind: 'file', directory: tmpdir() };
     const scratch = new SharedArrayBuffer(pageSize);
     const segments = pool.segments.map((segment) => segment.buffer as SharedArrayBuffer);
     const channel = await StoreChannel.open({
@@ -174,15 +177,7 @@ export class Pager implements PagingBackend {
       segments: [...segments, scratch],
       ...(options.queueEntries === undefined ? {} : { queueEntries: options.queueEntries }),
     });
-    return new Pager(
-      pool,
-      channel,
-      capacity,
-      segments.length,
-      new Uint8Array(scratch),
-      options,
-      removeOnClose,
-    );
+    return new Pager(pool, channel, capacity, segments.length, new Uint8Array(scratch), options);
   }
 
   private constructor(
@@ -192,7 +187,6 @@ export class Pager implements PagingBackend {
     scratchSegment: number,
     scratch: Uint8Array,
     options: PagerOptions,
-    removeOnClose: string | undefined,
   ) {
     this.pool = pool;
     this.pageSize = pool.pageSize;
@@ -205,7 +199,6 @@ export class Pager implements PagingBackend {
     this.scratch = scratch;
     this.scratchSegment = scratchSegment;
     this.zeroPage = Buffer.alloc(pool.pageSize);
-    this.removeOnClose = removeOnClose;
     const batch = Math.max(1, this.prefetch + 1);
     this.batchSlots = new Int32Array(batch);
     this.batchSegments = new Int32Array(batch);
@@ -298,7 +291,9 @@ export class Pager implements PagingBackend {
   }
 
   releaseSlot(slot: number): void {
-    // After close the store is gone: spaces destroyed late just drop their references.
+    // After close the store is gone: spaces destroyed late just drop their references. The
+    // channel never throws for the store's state here (a failed store drops the discard), so
+    // freeing memory always works.
     if (this.slots.release(slot) && !this.closed) this.channel.enqueueDiscard(slot);
   }
 
@@ -390,16 +385,18 @@ export class Pager implements PagingBackend {
 
   /**
    * Flushes and closes the store and stops its worker. Destroy the spaces first: a space
-   * whose pages are out in the store cannot fetch them once the pager is closed.
+   * whose pages are out in the store cannot fetch them once the pager is closed. Always
+   * releases the worker, the store and its file; rejects afterwards with the store's failure
+   * (STORE_FAILED) if it had one. Every call answers the same (the first close's outcome).
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
     this.closed = true;
-    try {
-      await this.channel.close();
-    } finally {
-      if (this.removeOnClose) await rm(this.removeOnClose, { force: true });
-    }
+    return this.channel.close();
+  }
+
+  /** @internal Whether the store's I/O worker still runs (tests check close ended it). */
+  get storeWorkerRunning(): boolean {
+    return this.channel.workerRunning;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -513,7 +510,8 @@ export class Pager implements PagingBackend {
 
 function describeStore(spec: StoreSpec | undefined): string {
   if (!spec) return 'temporary swap file';
-  if (spec.kind === 'file') return `file ${spec.path}`;
+  if (spec.kind === 'file')
+    return spec.path === undefined ? `temporary swap file in ${spec.directory}` : `file ${spec.path}`;
   if (spec.kind === 'fabric') return `fabric region on ${spec.appliances.join(', ')}`;
   return spec.kind;
 }

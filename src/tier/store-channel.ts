@@ -22,12 +22,21 @@
  * (its state word, set when it crashes, and a heartbeat). A dead worker turns every waiter and
  * every later call into STORE_FAILED.
  *
+ * Every STORE_FAILED carries the error underneath as `cause` (rebuilt from the worker's record
+ * of it, error-wire.ts): the fabric's MF_DATA_LOST, the disk's EIO, the worker's crash.
+ *
+ * Discards never throw for the store's state: a space freed after the store failed, or died,
+ * must still be freed, so its discards are dropped (nothing would ever read those slots).
+ * close() always releases everything — the worker (terminated, whatever it was doing), the
+ * error port, the destage queue's entries — and only then reports what went wrong.
+ *
  * The caller (the pager) must not write or discard a slot while an async read of it is in
  * flight; it holds the slot for the read's duration.
  */
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
 import { DestageQueue, errorCodeFromNumber } from './destage-queue.js';
+import { fromWire, underlying } from './error-wire.js';
 import type { StoreSpec } from './page-store.js';
 import {
   DESC_ERROR,
@@ -93,6 +102,8 @@ export interface StoreChannelStats {
   writeWaits: number;
   /** Operations dropped because a later one on the same slot made them moot. */
   superseded: number;
+  /** Discards never sent because the store had failed (or was closed or dead). */
+  droppedDiscards: number;
   /** Store operations that failed. */
   failedOps: number;
 }
@@ -128,10 +139,14 @@ export class StoreChannel {
   /** Descriptors of the blocking read in progress (one batch at most). */
   private readonly batch = new Int32Array(READ_SYNC_DESCRIPTORS);
   private readonly asyncDescWaiters: (() => void)[] = [];
-  private readonly readErrorMessages = new Map<number, string>();
+  private readonly readErrors = new Map<number, { message: string; cause: unknown }>();
   private failureMessage: string | undefined;
+  private failureCause: unknown;
   private crashMessage: string | undefined;
+  private crashCause: unknown;
   private deadReason: string | undefined;
+  private deadCause: unknown;
+  private droppedDiscards = 0;
   private closed = false;
   private closing: Promise<void> | undefined;
   private closedReply: ((message: FromWorker | undefined) => void) | undefined;
@@ -172,6 +187,10 @@ export class StoreChannel {
         this.drainErrorPort();
         return this.failureMessage;
       },
+      failureCause: () => {
+        this.drainErrorPort();
+        return this.failureCause;
+      },
       keepAlive: (waiting) => this.hold(waiting),
     });
     this.ring = ReadRingProducer.create();
@@ -210,7 +229,13 @@ export class StoreChannel {
           worker.unref();
           resolve();
         } else if (message.type === 'open-failed') {
-          fail(new MemfabricError(message.code as MemfabricError['code'], message.message));
+          // The store's own error, as it was (its code, message and cause).
+          const error = fromWire(message.error);
+          fail(
+            error instanceof MemfabricError
+              ? error
+              : new MemfabricError(ErrorCodes.STORE_FAILED, message.message, { cause: error }),
+          );
         } else if (message.type === 'closed') {
           this.closedReply?.(message);
         }
@@ -224,7 +249,7 @@ export class StoreChannel {
             }),
           );
         } else {
-          this.markDead(reason);
+          this.markDead(reason, error);
         }
       });
       worker.on('exit', (code) => {
@@ -253,14 +278,17 @@ export class StoreChannel {
     }
   }
 
-  private markDead(reason: string): void {
-    this.deadReason ??= reason;
+  private markDead(reason: string, cause?: unknown): void {
+    if (this.deadReason !== undefined) return;
+    this.deadReason = reason;
+    this.deadCause = cause ?? new Error(reason);
   }
 
   private deadError(): MemfabricError {
     return new MemfabricError(
       ErrorCodes.STORE_FAILED,
       `${this.deadReason}; the page store is unusable: pages not yet written are lost, reopen the store`,
+      { cause: this.deadCause },
     );
   }
 
@@ -268,7 +296,10 @@ export class StoreChannel {
   private checkAlive(): void {
     if (this.deadReason === undefined && this.ring.state === WORKER_CRASHED) {
       this.drainErrorPort();
-      this.markDead(`the page store worker crashed: ${this.crashMessage ?? 'unknown error'}`);
+      this.markDead(
+        `the page store worker crashed: ${this.crashMessage ?? 'unknown error'}`,
+        this.crashCause,
+      );
       void this.worker.terminate();
     }
     if (this.deadReason !== undefined) throw this.deadError();
@@ -290,9 +321,7 @@ export class StoreChannel {
   }
 
   private checkUsable(): void {
-    if (this.closed) {
-      throw new MemfabricError(ErrorCodes.STORE_CLOSED, 'the page store channel is closed; open a new one');
-    }
+    if (this.closed) throw this.closedError();
     this.checkAlive();
   }
 
@@ -301,9 +330,18 @@ export class StoreChannel {
       const received = receiveMessageOnPort(this.errorPort);
       if (received === undefined) return;
       const message = received.message as ErrorPortMessage;
-      if (message.kind === 'read') this.readErrorMessages.set(message.desc, message.message);
-      else if (message.kind === 'failure') this.failureMessage ??= message.message;
-      else this.crashMessage ??= message.message;
+      const cause = underlying(fromWire(message.error));
+      if (message.kind === 'read') {
+        this.readErrors.set(message.desc, { message: message.message, cause });
+      } else if (message.kind === 'failure') {
+        if (this.failureMessage === undefined) {
+          this.failureMessage = message.message;
+          this.failureCause = cause;
+        }
+      } else if (this.crashMessage === undefined) {
+        this.crashMessage = message.message;
+        this.crashCause = cause;
+      }
     }
   }
 
@@ -421,11 +459,12 @@ export class StoreChannel {
 
   private readError(d: number): MemfabricError {
     this.drainErrorPort();
-    const message = this.readErrorMessages.get(d);
-    this.readErrorMessages.delete(d);
+    const known = this.readErrors.get(d);
+    this.readErrors.delete(d);
     return new MemfabricError(
       errorCodeFromNumber(this.ring.errorCode(d)),
-      message ?? `the page store failed to read slot ${this.ring.slot(d)}`,
+      known?.message ?? `the page store failed to read slot ${this.ring.slot(d)}`,
+      known === undefined ? undefined : { cause: known.cause },
     );
   }
 
@@ -459,7 +498,10 @@ export class StoreChannel {
       ring.ring();
       while (ring.status(d) === DESC_PENDING) {
         await ring.waitStatus(d, WAIT_SLICE_MS);
-        if (ring.status(d) === DESC_PENDING) this.checkAliveWaiting();
+        if (ring.status(d) !== DESC_PENDING) break;
+        this.checkAliveWaiting();
+        // Closed under it: the worker is gone or going, and the read will never be answered.
+        if (this.closed) throw this.closedError();
       }
       if (ring.status(d) === DESC_ERROR) throw this.readError(d);
     } finally {
@@ -493,10 +535,33 @@ export class StoreChannel {
     return this.queue.enqueueWriteAsync(slot, src);
   }
 
-  /** Queues forgetting `slot`. Never blocks. */
+  /**
+   * Queues forgetting `slot`. Never blocks, and never throws for the store's state: on a closed
+   * or dead store the discard is dropped (see the overview). A bad slot is still OUT_OF_RANGE.
+   */
   enqueueDiscard(slot: number): void {
-    this.checkUsable();
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.capacity) {
+      throw outOfRange(`slot ${slot} is outside the store's [0, ${this.capacity})`);
+    }
+    if (this.closed || this.closing !== undefined || this.isDead()) {
+      this.droppedDiscards++;
+      return;
+    }
     this.queue.enqueueDiscard(slot);
+  }
+
+  /** checkAlive as a question. */
+  private isDead(): boolean {
+    try {
+      this.checkAlive();
+      return false;
+    } catch {
+      return true;
+    }
+  }
+
+  private closedError(): MemfabricError {
+    return new MemfabricError(ErrorCodes.STORE_CLOSED, 'the page store channel is closed; open a new one');
   }
 
   // ---------------------------------------------------------------- flush, close, stats
@@ -522,7 +587,10 @@ export class StoreChannel {
 
   /**
    * Flushes, closes the store and ends the worker. Rejects with the flush's failure (or the
-   * worker's death) after releasing everything; later calls throw STORE_CLOSED.
+   * worker's death) after releasing everything; later calls throw STORE_CLOSED. Bounded: the
+   * flush answers at once on a failed store, closing the store waits for the operations in
+   * flight (each bounded by the store's own timeout) and at most CLOSE_TIMEOUT_MS in all, and
+   * the worker is terminated whatever it answered.
    */
   close(): Promise<void> {
     this.closing ??= this.shutDown();
@@ -562,7 +630,11 @@ export class StoreChannel {
     } finally {
       this.closed = true;
       await this.worker.terminate();
+      this.drainErrorPort();
       this.errorPort.close();
+      // The worker is gone: nothing will answer what is still queued or waiting.
+      this.queue.retire();
+      for (const wake of this.asyncDescWaiters.splice(0)) wake();
       this.hold(false);
     }
     if (failure !== undefined) throw failure;
@@ -601,8 +673,14 @@ export class StoreChannel {
       readWaits: r.readWaits,
       writeWaits: q.writeWaits,
       superseded: q.superseded,
+      droppedDiscards: q.dropped + this.droppedDiscards,
       failedOps: q.failed,
     };
+  }
+
+  /** @internal Whether the worker thread is still running (tests check that close ended it). */
+  get workerRunning(): boolean {
+    return this.worker.threadId >= 0;
   }
 
   /** Test hook: makes the worker throw an uncaught error after `afterMs`. */

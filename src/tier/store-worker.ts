@@ -15,6 +15,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { DestageQueueConsumer, errorCodeNumber, errorCodeOf } from './destage-queue.js';
 import { Destager } from './destager.js';
+import { toWire, type WireError } from './error-wire.js';
 import { openPageStore } from './open-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { HEARTBEAT_MS, ReadRingConsumer, WORKER_CLOSED, WORKER_CRASHED, WORKER_READY } from './read-ring.js';
@@ -33,9 +34,9 @@ export interface StoreWorkerData {
 
 /** Messages on the error port (read synchronously by the main thread). */
 export type ErrorPortMessage =
-  | { kind: 'read'; desc: number; slot: number; message: string }
-  | { kind: 'failure'; slot: number; message: string }
-  | { kind: 'crash'; message: string };
+  | { kind: 'read'; desc: number; slot: number; message: string; error: WireError }
+  | { kind: 'failure'; slot: number; message: string; error: WireError }
+  | { kind: 'crash'; message: string; error: WireError };
 
 /** Messages from the main thread. */
 export type ToWorker =
@@ -46,7 +47,7 @@ export type ToWorker =
 /** Messages to the main thread. */
 export type FromWorker =
   | { type: 'ready'; name: string }
-  | { type: 'open-failed'; code: string; message: string }
+  | { type: 'open-failed'; code: string; message: string; error: WireError }
   | { type: 'closed'; error?: string };
 
 const data = workerData as StoreWorkerData;
@@ -82,7 +83,11 @@ function crash(error: unknown): void {
   if (crashed) return;
   crashed = true;
   try {
-    errorPort.postMessage({ kind: 'crash', message: messageOf(error) } satisfies ErrorPortMessage);
+    errorPort.postMessage({
+      kind: 'crash',
+      message: messageOf(error),
+      error: toWire(error),
+    } satisfies ErrorPortMessage);
   } finally {
     ring.setState(WORKER_CRASHED);
     ring.wakeAll();
@@ -111,6 +116,7 @@ function makeCallbacks(d: number): void {
       desc: d,
       slot: ring.slot(d),
       message: messageOf(error),
+      error: toWire(error),
     } satisfies ErrorPortMessage);
     ring.complete(d, errorCodeNumber(errorCodeOf(error)));
   };
@@ -210,6 +216,7 @@ async function start(): Promise<void> {
       type: 'open-failed',
       code: errorCodeOf(error),
       message: messageOf(error),
+      error: toWire(error),
     } satisfies FromWorker);
     return;
   }
@@ -223,6 +230,7 @@ async function start(): Promise<void> {
           kind: 'failure',
           slot,
           message: messageOf(error),
+          error: toWire(error),
         } satisfies ErrorPortMessage);
       }
     },

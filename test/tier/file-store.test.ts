@@ -6,7 +6,16 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
@@ -213,11 +222,89 @@ test('an empty existing file is taken (nothing in it to lose)', async (t) => {
   await store.write(1, randomBytes(PAGE_SIZE));
 });
 
-test('a swap file in a missing directory is STORE_FAILED naming the path', async (t) => {
-  const path = join(tempPath(t), 'no-such-dir', 'x.swap');
+// ---- paths the user passes: MF_BAD_PATH naming them, the system error as cause -------------
+
+function badPath(...fragments: string[]) {
+  return (error: unknown): boolean => {
+    rejectsWith(ErrorCodes.BAD_PATH, ...fragments)(error);
+    assert.ok((error as MemfabricError).cause instanceof Error, 'the system error is kept as cause');
+    return true;
+  };
+}
+
+test('a swap file in a missing directory is BAD_PATH naming the directory and what to do', async (t) => {
+  const dir = join(tempPath(t), 'no-such-dir');
+  const path = join(dir, 'x.swap');
   await assert.rejects(
     FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
-    rejectsWith(ErrorCodes.STORE_FAILED, path, 'ENOENT'),
+    badPath(path, `directory ${dir} does not exist`, 'create it'),
+  );
+});
+
+test('a swap file path that is a directory, or under a file, is BAD_PATH naming it', async (t) => {
+  const dir = tempPath(t, 'a-directory');
+  mkdirSync(dir);
+  await assert.rejects(
+    FilePageStore.open({ path: dir, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    badPath(dir, 'is a directory'),
+  );
+  const file = tempPath(t, 'a-file');
+  writeFileSync(file, 'x');
+  const under = join(file, 'x.swap');
+  await assert.rejects(
+    FilePageStore.open({ path: under, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    badPath(under, 'not a directory'),
+  );
+  assert.equal(readFileSync(file, 'utf8'), 'x', 'the file in the way is untouched');
+});
+
+test(
+  'a swap file in a directory this process may not write is BAD_PATH naming it',
+  { skip: process.getuid?.() === 0 ? 'root may write anywhere' : false },
+  async (t) => {
+    const dir = tempPath(t, 'read-only');
+    mkdirSync(dir, { mode: 0o500 });
+    const path = join(dir, 'x.swap');
+    await assert.rejects(
+      FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+      badPath(path, 'cannot be opened for writing', 'permissions'),
+    );
+  },
+);
+
+test('a temporary swap file: unlinked as soon as it is open, yet it stores pages', async (t) => {
+  const dir = tempPath(t, 'swapdir');
+  mkdirSync(dir);
+  const store = await FilePageStore.open({ directory: dir, pageSize: PAGE_SIZE, capacity: CAPACITY });
+  t.after(() => store.close());
+  assert.equal(store.temporary, true);
+  assert.ok(store.path.startsWith(dir), store.path);
+  assert.deepEqual(readdirSync(dir), [], 'no name left in the directory');
+  const data = randomBytes(PAGE_SIZE);
+  await store.write(5, data);
+  await store.flush();
+  const back = Buffer.alloc(PAGE_SIZE);
+  await store.read(5, back);
+  assert.ok(back.equals(data));
+  await store.close();
+  assert.deepEqual(readdirSync(dir), []);
+});
+
+test('a temporary swap file directory that is missing or a file is BAD_PATH naming it', async (t) => {
+  const missing = tempPath(t, 'nowhere');
+  await assert.rejects(
+    FilePageStore.open({ directory: missing, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    badPath(`swap directory ${missing} does not exist`),
+  );
+  const file = tempPath(t, 'plain-file');
+  writeFileSync(file, '');
+  await assert.rejects(
+    FilePageStore.open({ directory: file, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    rejectsWith(ErrorCodes.BAD_PATH, `swap directory ${file} is a file`),
+  );
+  await assert.rejects(
+    FilePageStore.open({ directory: file, path: file, pageSize: PAGE_SIZE, capacity: CAPACITY }),
+    rejectsWith(ErrorCodes.INVALID_ARGUMENT, 'either path'),
   );
 });
 
