@@ -54,6 +54,12 @@ export const ErrorCodes = {
   STORE_CLOSED: 'MF_STORE_CLOSED',
   /** The page store has no free slot: every slot holds a page. */
   STORE_FULL: 'MF_STORE_FULL',
+  /** The file system refused a file-backed region's files (too large for it, full, no permission). */
+  FILE_REFUSED: 'MF_FILE_REFUSED',
+  /** A region is still loading from its files at appliance start; retry shortly. */
+  LOADING: 'MF_LOADING',
+  /** A region could not be loaded at start (corrupt files, too little memory); it serves nothing. */
+  REGION_FAILED: 'MF_REGION_FAILED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -30,7 +30,10 @@ test('a shared page reads the same bytes, costs no frame, and copies on the firs
   // The source had a writable translation cached for page 3: it must not write in place now.
   a.write(3 * PAGE, Buffer.alloc(1, 0x01));
   b.read(10 * PAGE, back);
-  assert.ok(back.every((x) => x === 0x5a), 'the sharer still sees the old bytes');
+  assert.ok(
+    back.every((x) => x === 0x5a),
+    'the sharer still sees the old bytes',
+  );
   assert.equal(pool.used, 2, 'the write copied the frame');
   b.write(10 * PAGE + 5, Buffer.alloc(1, 0x02));
   a.read(7 * PAGE, back);
