@@ -56,6 +56,12 @@ export const ErrorCodes = {
   STORE_FULL: 'MF_STORE_FULL',
   /** A path given in the options cannot be used: missing directory, a directory, not writable. */
   BAD_PATH: 'MF_BAD_PATH',
+  /** The file system refused a file-backed region's files (too large for it, full, no permission). */
+  FILE_REFUSED: 'MF_FILE_REFUSED',
+  /** A region is still loading from its files at appliance start; retry shortly. */
+  LOADING: 'MF_LOADING',
+  /** A region could not be loaded at start (corrupt files, too little memory); it serves nothing. */
+  REGION_FAILED: 'MF_REGION_FAILED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

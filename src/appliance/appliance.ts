@@ -8,14 +8,17 @@
  *   // nbd://127.0.0.1:10809/default, http://127.0.0.1:10880/
  *   await appliance.stop();
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
+import { ErrorCodes, MemfabricError } from '../errors.js';
 import { NbdServer, type NbdStats } from '../nbd/index.js';
 import { parseSize } from '../size.js';
+import type { FileLayer } from './file-layer.js';
 import { createAdminApi } from './http-api.js';
-import { RegionRegistry } from './registry.js';
+import { RegionRegistry, type RegionState, type UnsavedRegion } from './registry.js';
 
 export const NBD_PORT_DEFAULT = 10809;
 export const HTTP_PORT_DEFAULT = 10880;
@@ -38,8 +41,13 @@ export interface ApplianceOptions {
   /** The frame budget: all regions together hold at most this much. Default 1 GiB. */
   memory?: number | string;
   pageSize?: number;
-  /** Directory for file-backed regions; they are loaded from it at start. */
+  /**
+   * Directory for file-backed regions (created if missing). Their regions are listed at start
+   * and loaded in the background once the appliance listens (`appliance.loaded`).
+   */
   dataDir?: string;
+  /** The file operations file-backed regions use (tests inject failures). Default: node:fs. */
+  fileLayer?: FileLayer;
   /** The region the empty export name serves; created if missing. `false`: none. */
   defaultRegion?: { name?: string; size?: number | string } | false;
   /** Background same-page merging; `false` turns it off. */
@@ -57,7 +65,10 @@ export interface ApplianceStats {
     logicalBytes: number;
   };
   frames: { capacity: number; used: number; free: number; cowCopies: number };
+  /** Regions that serve. */
   regions: number;
+  /** Regions by state (file-backed regions found at start may be loading or have failed). */
+  regionStates: Record<RegionState, number>;
   merger: MergerStats | null;
   nbd: NbdStats;
 }
@@ -70,8 +81,10 @@ export class Appliance {
   readonly logger: Logger | undefined;
   nbdAddress: Endpoint = { host: HOST_DEFAULT, port: 0 };
   httpAddress: Endpoint = { host: HOST_DEFAULT, port: 0 };
+  /** Settles when every region found in the data directory has loaded or failed. */
+  loaded: Promise<void> = Promise.resolve();
   private http: FastifyInstance | undefined;
-  private stopping: Promise<void> | undefined;
+  private stopping: Promise<StopReport> | undefined;
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -86,6 +99,7 @@ export class Appliance {
       pool: this.pool,
       ...(this.merger ? { merger: this.merger } : {}),
       ...(options.dataDir ? { dataDir: options.dataDir } : {}),
+      ...(options.fileLayer ? { layer: options.fileLayer } : {}),
     });
     this.logger = options.logger;
     const log = options.logger;
@@ -116,6 +130,13 @@ export class Appliance {
     const pool = this.pool;
     let logicalBytes = 0;
     for (const region of this.registry.all()) logicalBytes += region.stats().residentBytes;
+    const regionStates: Record<RegionState, number> = {
+      loading: 0,
+      ready: this.registry.size,
+      failed: 0,
+      corrupt: 0,
+    };
+    for (const pending of this.registry.pendingRegions()) regionStates[pending.state]++;
     return {
       memory: {
         pageSize: pool.pageSize,
@@ -126,37 +147,46 @@ export class Appliance {
       },
       frames: { capacity: pool.capacity, used: pool.used, free: pool.free, cowCopies: pool.cowCopies },
       regions: this.registry.size,
+      regionStates,
       merger: this.merger?.stats() ?? null,
       nbd: this.nbdServer.stats(),
     };
   }
 
-  /** Stops listening, ends connections, saves file-backed regions and frees memory. */
-  stop(): Promise<void> {
+  /**
+   * Stops listening, ends connections, stops loading, saves file-backed regions and frees
+   * memory. Every region is saved whatever happens to the others; the report lists those
+   * whose final save failed (each is also logged at error level).
+   */
+  stop(): Promise<StopReport> {
     this.stopping ??= (async () => {
+      this.stopRequested = true;
       this.merger?.stop();
       await Promise.allSettled([this.nbdServer.close(), this.http?.close()]);
-      await this.registry.close();
+      await this.loaded;
+      const unsaved = await this.registry.close();
+      for (const { name, error } of unsaved) {
+        this.logger?.error({ region: name, err: error }, 'region not saved');
+      }
       this.merger?.destroy();
-      this.logger?.info('appliance stopped');
+      this.logger?.info({ unsaved: unsaved.map((u) => u.name) }, 'appliance stopped');
+      return { unsaved };
     })();
     return this.stopping;
   }
 
+  private stopRequested = false;
+
   private async open(options: ApplianceOptions): Promise<void> {
     if (options.dataDir) {
-      await mkdir(options.dataDir, { recursive: true });
-      const loaded = await this.registry.loadFromDataDir();
-      for (const region of loaded) {
-        this.logger?.info(
-          { region: region.name, size: region.size, file: region.backing?.imagePath },
-          'region loaded',
-        );
+      await prepareDataDir(options.dataDir);
+      for (const region of await this.registry.scanDataDir()) {
+        if (region.state !== 'loading') this.logFailed(region.name, region.state, region.error);
       }
     }
     if (options.defaultRegion !== false) {
       const name = options.defaultRegion?.name ?? DEFAULT_REGION_NAME;
-      if (!this.registry.find(name)) {
+      if (!this.registry.has(name)) {
         await this.registry.create({
           name,
           size: options.defaultRegion?.size ?? this.pool.capacity * this.pool.pageSize,
@@ -187,5 +217,67 @@ export class Appliance {
       host: httpHost,
       port: typeof address === 'object' && address !== null ? address.port : httpPort,
     };
+    // Regions load after the listeners are up: a client asking for one still loading is
+    // told so (NBD option error, MF_LOADING) and can retry; the others serve meanwhile.
+    this.loaded = this.registry.loadPending({
+      cancelled: () => this.stopRequested,
+      loaded: (region) =>
+        this.logger?.info(
+          {
+            region: region.name,
+            size: region.size,
+            file: region.backing?.imagePath,
+            load: region.backing?.loadReport,
+          },
+          'region loaded',
+        ),
+      failed: (region) => this.logFailed(region.name, region.state, region.error),
+    });
+  }
+
+  private logFailed(name: string, state: string, error: { code: string; message: string } | null): void {
+    this.logger?.error({ region: name, state, error }, 'region not loaded');
+  }
+}
+
+/** What stop() reports: the regions whose final save failed (empty: all saved). */
+export interface StopReport {
+  unsaved: UnsavedRegion[];
+}
+
+/**
+ * Creates the data directory if missing and proves files can be made in it, so a bad
+ * `--data-dir` fails the start with its path and a remedy rather than a raw error later.
+ */
+async function prepareDataDir(dir: string): Promise<void> {
+  const refuse = (why: string, cause?: unknown): MemfabricError =>
+    new MemfabricError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `--data-dir ${dir} cannot be used: ${why}; give a directory the appliance may create and write ` +
+        '(it is created if missing), or remove what is in the way',
+      { cause },
+    );
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw refuse(
+      code === 'EEXIST' || code === 'ENOTDIR'
+        ? 'a file is in the way (it, or a parent, is not a directory)'
+        : `it cannot be created (${code ?? String(error)})`,
+      error,
+    );
+  }
+  if (!(await stat(dir)).isDirectory()) throw refuse('it is not a directory');
+  const probe = join(dir, `.memfabric-probe-${process.pid}`);
+  try {
+    await writeFile(probe, 'probe');
+  } catch (error) {
+    throw refuse(
+      `files cannot be created in it (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
+      error,
+    );
+  } finally {
+    await rm(probe, { force: true });
   }
 }

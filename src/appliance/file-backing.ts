@@ -1,36 +1,55 @@
 /**
- * File backing for a region: its contents live in `<dataDir>/<name>.img`, a raw sparse image
- * (so qemu-img, nbdkit's file plugin or dd can read it), and its settings in
- * `<dataDir>/<name>.region.json` (magic, version, size, page size, tenant, read-only).
+ * File backing for a region. Three files in the data directory:
  *
- * Loading reads the image and maps only its non-zero pages: zeros stay holes and cost nothing.
+ *   NAME.img          the contents: a raw sparse image (qemu-img, nbdkit's file plugin or dd
+ *                     read it), `size` bytes;
+ *   NAME.extents      the extent map (extent-map.ts): the page runs that may hold data;
+ *   NAME.region.json  the settings (magic, version, size, page size, tenant, read-only).
+ *
+ * Loading reads only the runs of the extent map and maps only their non-zero pages (zeros
+ * stay holes), so a sparse 1 PiB region holding 4 KiB reads 4 KiB. Identical pages share one
+ * frame as they are loaded (load-dedup.ts). Without a usable map (version 1 metadata, or the
+ * map is missing or damaged) the whole image is read, and the map is then written (and
+ * version 1 metadata rewritten as version 2): that is the migration path.
+ *
  * Saving writes the pages dirtied since the last save, found through the space's dirty epochs
- * (O(leaves + dirty pages)), then fdatasyncs. A save:
+ * (O(leaves + dirty pages)). A save:
  *
  *   1. advances the space's epoch to E and lists the pages written at epochs >= saved;
- *   2. copies those pages out in runs of at most SAVE_CHUNK_BYTES and writes each run;
- *   3. fdatasyncs the image; then saved = E.
+ *   2. if the map lacks some of them, replaces the map by map ∪ dirty (durably) first, so the
+ *      map never misses a page that holds data, whatever reaches the disk before a crash;
+ *   3. copies the dirty pages out in runs of at most SAVE_CHUNK_BYTES and writes each run,
+ *      noting the pages that were holes or zero pages at the moment they were copied;
+ *   4. fdatasyncs the image; then, if those zero pages were in the map, replaces the map by
+ *      map − zero pages (their zeros are durable now); then saved = E.
  *
- * A page written while a save is under way has epoch >= E, so the next save writes it again
- * even if this save already caught the new bytes. A failed save leaves `saved` where it was, so
- * the next one retries everything. Saves run one at a time; a flush that arrives while one runs
- * waits for the next, which covers every write completed before the flush.
+ * The map is replaced atomically (writeFileAtomically: temp file, fsync, rename, fsync dir),
+ * as is the metadata. A page written while a save is under way has epoch >= E, so the next
+ * save writes it again even if this one already caught the new bytes. A failed save leaves
+ * `saved` where it was, so the next one retries everything. Saves run one at a time; a flush
+ * that arrives while one runs waits for the next, which covers every write completed before
+ * the flush.
  */
-import { open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { AddressSpace } from '../memory/index.js';
+import { FIRST_FRAME } from '../memory/frame-pool.js';
+import { formatSize } from '../size.js';
+import { PageRuns } from './extent-map.js';
+import { nodeFileLayer, writeFileAtomically, type FileLayer, type LayerFile } from './file-layer.js';
+import type { LoadDeduper } from './load-dedup.js';
 
 export const REGION_FILE_MAGIC = 'memfabric-region';
-export const REGION_FILE_VERSION = 1;
+/** Version 2: an extent map (NAME.extents) accompanies the image. Version 1 is still read. */
+export const REGION_FILE_VERSION = 2;
 /** Bytes copied out and written per write call when saving (bounds the staging buffer). */
 export const SAVE_CHUNK_BYTES = 1024 * 1024;
 /** Bytes read per read call when loading. */
-const LOAD_CHUNK_BYTES = 4 * 1024 * 1024;
+export const LOAD_CHUNK_BYTES = 4 * 1024 * 1024;
 
 export interface RegionFileMeta {
   magic: typeof REGION_FILE_MAGIC;
-  version: typeof REGION_FILE_VERSION;
+  version: number;
   name: string;
   size: number;
   pageSize: number;
@@ -39,32 +58,91 @@ export interface RegionFileMeta {
   createdAt: string;
 }
 
+export interface RegionFilePaths {
+  image: string;
+  meta: string;
+  extents: string;
+}
+
+/** What loading a region cost (shown in the region's `load` field). */
+export interface LoadReport {
+  /** Bytes read from the image. */
+  bytesRead: number;
+  /** Non-zero pages found. */
+  dataPages: number;
+  /** Of those, pages that share a frame with an identical page loaded before. */
+  sharedPages: number;
+  /** False when the whole image was read (no usable extent map). */
+  extentMap: boolean;
+  /** Why the extent map was not used, if it was not. */
+  extentMapProblem: string | null;
+  durationMs: number;
+}
+
+export interface LoadOptions {
+  layer?: FileLayer;
+  /** Shares identical pages across the regions being loaded (one per load pass). */
+  dedup?: LoadDeduper;
+  /** Checked between chunks: true stops the load (it throws). */
+  cancelled?: () => boolean;
+}
+
 export class FileBacking {
   readonly imagePath: string;
   readonly metaPath: string;
-  private readonly handle: FileHandle;
+  readonly extentsPath: string;
+  /** Set when the region was loaded from its files (not when created). */
+  loadReport: LoadReport | null = null;
+  private readonly file: LayerFile;
+  private readonly layer: FileLayer;
+  private readonly pageSize: number;
+  /** The extent map as it is on disk (or a superset of it). */
+  private map: PageRuns;
   private readonly staging = Buffer.alloc(SAVE_CHUNK_BYTES);
   private savedEpoch = 0;
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private closed = false;
 
-  private constructor(imagePath: string, metaPath: string, handle: FileHandle) {
-    this.imagePath = imagePath;
-    this.metaPath = metaPath;
-    this.handle = handle;
+  private constructor(
+    paths: RegionFilePaths,
+    file: LayerFile,
+    layer: FileLayer,
+    pageSize: number,
+    map: PageRuns,
+  ) {
+    this.imagePath = paths.image;
+    this.metaPath = paths.meta;
+    this.extentsPath = paths.extents;
+    this.file = file;
+    this.layer = layer;
+    this.pageSize = pageSize;
+    this.map = map;
   }
 
-  static paths(dataDir: string, name: string): { image: string; meta: string } {
-    return { image: join(dataDir, `${name}.img`), meta: join(dataDir, `${name}.region.json`) };
+  static paths(dataDir: string, name: string): RegionFilePaths {
+    return {
+      image: join(dataDir, `${name}.img`),
+      meta: join(dataDir, `${name}.region.json`),
+      extents: join(dataDir, `${name}.extents`),
+    };
   }
 
-  /** Creates the image (sparse, `size` bytes) and its metadata. Fails if either exists. */
-  static async create(dataDir: string, meta: RegionFileMeta): Promise<FileBacking> {
+  /**
+   * Creates the image (sparse, `size` bytes), an empty extent map and the metadata (last: its
+   * presence makes the region exist). Fails if the image exists. On any failure every file it
+   * made is removed and the handle closed; file-system refusals (too large, full, no
+   * permission) throw MF_FILE_REFUSED saying what the file system allows.
+   */
+  static async create(
+    dataDir: string,
+    meta: RegionFileMeta,
+    layer: FileLayer = nodeFileLayer,
+  ): Promise<FileBacking> {
     const paths = FileBacking.paths(dataDir, meta.name);
-    let handle: FileHandle;
+    let file: LayerFile;
     try {
-      handle = await open(paths.image, 'wx+');
+      file = await layer.open(paths.image, 'wx+');
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
         throw new MemfabricError(
@@ -72,33 +150,58 @@ export class FileBacking {
           `${paths.image} already exists; delete it or choose another region name`,
         );
       }
-      throw error;
+      throw refusal(error, dataDir, meta.size);
     }
-    await handle.truncate(meta.size);
-    await writeMetaAtomically(paths.meta, meta);
-    return new FileBacking(paths.image, paths.meta, handle);
+    try {
+      try {
+        await file.truncate(meta.size);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EFBIG') {
+          throw tooLarge(error, dataDir, meta.size, await largestSize(file, meta.size, meta.pageSize));
+        }
+        throw error;
+      }
+      // The size must be durable before the metadata that promises it.
+      await file.sync();
+      const map = PageRuns.empty();
+      await writeFileAtomically(layer, paths.extents, map.encode(meta.pageSize));
+      await writeFileAtomically(layer, paths.meta, encodeMeta(meta));
+      return new FileBacking(paths, file, layer, meta.pageSize, map);
+    } catch (error) {
+      await file.close().catch(() => undefined);
+      for (const path of [paths.image, paths.extents, paths.meta]) {
+        await layer.remove(path).catch(() => undefined);
+      }
+      throw refusal(error, dataDir, meta.size);
+    }
   }
 
-  /** Reads and checks a region's metadata file. */
-  static async readMeta(metaPath: string): Promise<RegionFileMeta> {
+  /** Reads and checks a region's metadata file (version 1 or 2). */
+  static async readMeta(metaPath: string, layer: FileLayer = nodeFileLayer): Promise<RegionFileMeta> {
     let meta: Partial<RegionFileMeta>;
     try {
-      meta = JSON.parse(await readFile(metaPath, 'utf8')) as Partial<RegionFileMeta>;
+      meta = JSON.parse((await layer.readFile(metaPath)).toString('utf8')) as Partial<RegionFileMeta>;
     } catch (error) {
       throw new MemfabricError(ErrorCodes.CORRUPT_FILE, `${metaPath} is not readable JSON region metadata`, {
         cause: error,
       });
     }
-    if (meta.magic !== REGION_FILE_MAGIC || meta.version !== REGION_FILE_VERSION) {
+    if (
+      typeof meta !== 'object' ||
+      meta === null ||
+      meta.magic !== REGION_FILE_MAGIC ||
+      (meta.version !== 1 && meta.version !== REGION_FILE_VERSION)
+    ) {
       throw new MemfabricError(
         ErrorCodes.CORRUPT_FILE,
-        `${metaPath} is not memfabric region metadata version ${REGION_FILE_VERSION} ` +
-          `(magic ${String(meta.magic)}, version ${String(meta.version)})`,
+        `${metaPath} is not memfabric region metadata version 1 or ${REGION_FILE_VERSION} ` +
+          `(magic ${String(meta?.magic)}, version ${String(meta?.version)})`,
       );
     }
     if (
       typeof meta.name !== 'string' ||
       !Number.isSafeInteger(meta.size) ||
+      meta.size! < 1 ||
       !Number.isSafeInteger(meta.pageSize) ||
       typeof meta.tenant !== 'string' ||
       typeof meta.readOnly !== 'boolean'
@@ -111,26 +214,56 @@ export class FileBacking {
     return meta as RegionFileMeta;
   }
 
-  /** Opens an existing image and loads its non-zero pages into `space` (sized from the metadata). */
-  static async openAndLoad(dataDir: string, meta: RegionFileMeta, space: AddressSpace): Promise<FileBacking> {
+  /**
+   * Bytes a load of this region will read: the extent map's pages, or the whole image when
+   * there is no usable map. Used to load small regions first.
+   */
+  static async loadCost(dataDir: string, meta: RegionFileMeta, layer: FileLayer = nodeFileLayer) {
+    const map = await readExtentMap(FileBacking.paths(dataDir, meta.name), meta, layer);
+    return typeof map === 'string' ? meta.size : map.pageCount * meta.pageSize;
+  }
+
+  /**
+   * Opens an existing image and loads its non-zero pages into `space` (sized from the
+   * metadata). Throws MF_CORRUPT_FILE for a missing or truncated image, MF_POOL_EXHAUSTED when
+   * the pages do not fit; the caller destroys the space then.
+   */
+  static async openAndLoad(
+    dataDir: string,
+    meta: RegionFileMeta,
+    space: AddressSpace,
+    options: LoadOptions = {},
+  ): Promise<FileBacking> {
+    const layer = options.layer ?? nodeFileLayer;
     const paths = FileBacking.paths(dataDir, meta.name);
-    const info = await stat(paths.image).catch((error: unknown) => {
-      throw new MemfabricError(ErrorCodes.CORRUPT_FILE, `${paths.image} is missing for region ${meta.name}`, {
-        cause: error,
-      });
-    });
-    if (info.size < meta.size) {
+    const imageSize = await layer.size(paths.image);
+    if (imageSize === undefined) {
       throw new MemfabricError(
         ErrorCodes.CORRUPT_FILE,
-        `${paths.image} is truncated: ${info.size} bytes, region ${meta.name} needs ${meta.size}`,
+        `${paths.image} is missing for region ${meta.name}; restore it, or delete the region`,
       );
     }
-    const handle = await open(paths.image, 'r+');
-    const backing = new FileBacking(paths.image, paths.meta, handle);
+    if (imageSize < meta.size) {
+      throw new MemfabricError(
+        ErrorCodes.CORRUPT_FILE,
+        `${paths.image} is truncated: ${imageSize} bytes, region ${meta.name} needs ${meta.size}`,
+      );
+    }
+    const map = await readExtentMap(paths, meta, layer);
+    const file = await layer.open(paths.image, 'r+');
+    const pages = Math.ceil(meta.size / meta.pageSize);
+    // Without a map, what is on disk is "any page may hold data".
+    const backing = new FileBacking(
+      paths,
+      file,
+      layer,
+      meta.pageSize,
+      typeof map === 'string' ? PageRuns.range(0, pages) : map,
+    );
     try {
-      await backing.load(space, meta.size);
+      await backing.load(space, meta, map, options);
     } catch (error) {
-      await handle.close();
+      await file.close().catch(() => undefined);
       throw error;
     }
     return backing;
@@ -154,43 +287,112 @@ export class FileBacking {
     return next;
   }
 
-  /** Saves, then closes the image. */
+  /** Saves, then closes the image (always, even when the save fails: the failure is thrown). */
   async close(space: AddressSpace | undefined): Promise<void> {
     if (this.closed) return;
-    if (space && !space.isDestroyed) await this.save(space);
-    this.closed = true;
-    await this.handle.close();
+    try {
+      if (space && !space.isDestroyed) await this.save(space);
+    } finally {
+      this.closed = true;
+      await this.running?.catch(() => undefined);
+      await this.file.close();
+    }
   }
 
-  /** Closes the image and deletes both files. */
+  /** Closes the image and deletes the region's files. */
   async remove(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
       await this.running?.catch(() => undefined);
-      await this.handle.close();
+      await this.file.close().catch(() => undefined);
     }
-    await rm(this.imagePath, { force: true });
-    await rm(this.metaPath, { force: true });
+    await removeRegionFiles(this.layer, {
+      image: this.imagePath,
+      meta: this.metaPath,
+      extents: this.extentsPath,
+    });
   }
 
-  private async load(space: AddressSpace, size: number): Promise<void> {
+  private async load(
+    space: AddressSpace,
+    meta: RegionFileMeta,
+    map: PageRuns | string,
+    options: LoadOptions,
+  ): Promise<void> {
+    const started = performance.now();
     const pageSize = space.pageSize;
-    const chunk = Buffer.alloc(LOAD_CHUNK_BYTES);
+    const size = meta.size;
+    const pages = Math.ceil(size / pageSize);
+    const runs = typeof map === 'string' ? PageRuns.range(0, pages) : map;
+    const found = PageRuns.builder();
+    const chunk = Buffer.alloc(Math.min(LOAD_CHUNK_BYTES, pages * pageSize));
+    const chunkPages = chunk.length / pageSize;
     const zeros = Buffer.alloc(pageSize);
-    for (let offset = 0; offset < size; offset += LOAD_CHUNK_BYTES) {
-      const length = Math.min(LOAD_CHUNK_BYTES, size - offset);
-      const { bytesRead } = await this.handle.read(chunk, 0, length, offset);
-      if (bytesRead !== length) {
-        throw new MemfabricError(ErrorCodes.CORRUPT_FILE, `${this.imagePath}: short read at ${offset}`);
-      }
-      for (let at = 0; at < length; at += pageSize) {
-        const end = Math.min(at + pageSize, length);
-        if (zeros.compare(chunk, at, end, 0, end - at) !== 0)
-          space.write(offset + at, chunk.subarray(at, end));
+    const dedup = options.dedup;
+    let bytesRead = 0;
+    let dataPages = 0;
+    let sharedPages = 0;
+    const runList: Array<[number, number]> = [];
+    runs.forEach((first, count) => runList.push([first, count]));
+    for (const [first, count] of runList) {
+      for (let page = first; page < first + count; page += chunkPages) {
+        if (options.cancelled?.()) {
+          throw new MemfabricError(
+            ErrorCodes.DESTROYED,
+            `loading ${meta.name} stopped: the appliance is stopping`,
+          );
+        }
+        const n = Math.min(chunkPages, first + count - page);
+        const offset = page * pageSize;
+        const length = Math.min(n * pageSize, size - offset);
+        const got = await this.file.read(chunk, 0, length, offset);
+        bytesRead += got;
+        if (got !== length) {
+          throw new MemfabricError(ErrorCodes.CORRUPT_FILE, `${this.imagePath}: short read at ${offset}`);
+        }
+        for (let at = 0; at < length; at += pageSize) {
+          const end = Math.min(at + pageSize, length);
+          if (zeros.compare(chunk, at, end, 0, end - at) === 0) continue;
+          const bytes = chunk.subarray(at, end);
+          const p = page + at / pageSize;
+          if (dedup && bytes.length === pageSize) {
+            if (dedup.load(space, p, bytes)) sharedPages++;
+          } else {
+            space.write(p * pageSize, bytes);
+          }
+          dataPages++;
+          found.add(p);
+        }
       }
     }
     // Loaded contents are what the file already holds: nothing is dirty relative to it.
     this.savedEpoch = space.advanceEpoch();
+    let problem = typeof map === 'string' ? map : null;
+    if (typeof map === 'string') {
+      // Migration: write the map this load found, then (version 1) the metadata as version 2.
+      try {
+        const exact = found.build();
+        await writeFileAtomically(this.layer, this.extentsPath, exact.encode(pageSize));
+        this.map = exact;
+        if (meta.version !== REGION_FILE_VERSION) {
+          await writeFileAtomically(
+            this.layer,
+            this.metaPath,
+            encodeMeta({ ...meta, version: REGION_FILE_VERSION }),
+          );
+        }
+      } catch (error) {
+        problem = `${map}; writing a new map failed: ${(error as Error).message}`;
+      }
+    }
+    this.loadReport = {
+      bytesRead,
+      dataPages,
+      sharedPages,
+      extentMap: typeof map !== 'string',
+      extentMapProblem: problem,
+      durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+    };
   }
 
   private async saveNow(space: AddressSpace): Promise<void> {
@@ -199,8 +401,14 @@ export class FileBacking {
     const upTo = space.advanceEpoch();
     const pages: number[] = [];
     space.forEachDirtyPage(since, (page) => pages.push(page));
+    if (pages.length > 0 && !this.map.covers(pages)) {
+      const grown = this.map.withPages(pages);
+      await writeFileAtomically(this.layer, this.extentsPath, grown.encode(this.pageSize));
+      this.map = grown;
+    }
     const pageSize = space.pageSize;
     const pagesPerChunk = SAVE_CHUNK_BYTES / pageSize;
+    const zeroPages: number[] = [];
     let i = 0;
     while (i < pages.length) {
       // A run of consecutive pages, at most one staging buffer long.
@@ -210,18 +418,114 @@ export class FileBacking {
       const offset = first * pageSize;
       const length = Math.min(count * pageSize, space.size - offset);
       const run = this.staging.subarray(0, length);
+      // Copy and classify together (no await between): a page that is a hole or a zero page
+      // now is written as zeros by this run.
       space.read(offset, run);
-      await this.handle.write(run, 0, length, offset);
+      for (let page = first; page < first + count; page++) {
+        const frame = space.frameAt(page);
+        if (frame >= 0 && frame < FIRST_FRAME) zeroPages.push(page);
+      }
+      await this.file.write(run, 0, length, offset);
       i += count;
       if (space.isDestroyed) return;
     }
-    await this.handle.datasync();
+    await this.file.datasync();
+    if (zeroPages.length > 0) {
+      const shrunk = this.map.withoutPages(zeroPages);
+      if (!shrunk.equals(this.map)) {
+        await writeFileAtomically(this.layer, this.extentsPath, shrunk.encode(this.pageSize));
+        this.map = shrunk;
+      }
+    }
     this.savedEpoch = upTo;
   }
 }
 
-async function writeMetaAtomically(path: string, meta: RegionFileMeta): Promise<void> {
-  const temporary = `${path}.tmp`;
-  await writeFile(temporary, `${JSON.stringify(meta, null, 2)}\n`);
-  await rename(temporary, path);
+/** Deletes a region's files (any that exist), including leftover temporary files. */
+export async function removeRegionFiles(layer: FileLayer, paths: RegionFilePaths): Promise<void> {
+  for (const path of [paths.meta, paths.extents, paths.image, `${paths.meta}.tmp`, `${paths.extents}.tmp`]) {
+    await layer.remove(path);
+  }
+}
+
+/** The extent map of a region, or why there is none to use. */
+async function readExtentMap(
+  paths: RegionFilePaths,
+  meta: RegionFileMeta,
+  layer: FileLayer,
+): Promise<PageRuns | string> {
+  if (meta.version < 2) return 'version 1 metadata has no extent map';
+  let bytes: Buffer;
+  try {
+    bytes = await layer.readFile(paths.extents);
+  } catch (error) {
+    return `${paths.extents} is unreadable (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+  }
+  const map = PageRuns.decode(bytes, meta.pageSize, Math.ceil(meta.size / meta.pageSize));
+  return typeof map === 'string' ? `${paths.extents}: ${map}` : map;
+}
+
+function encodeMeta(meta: RegionFileMeta): Buffer {
+  return Buffer.from(`${JSON.stringify(meta, null, 2)}\n`);
+}
+
+/** The largest size (a whole number of pages) the file system lets `file` have, by bisection. */
+async function largestSize(file: LayerFile, refused: number, pageSize: number): Promise<number> {
+  let low = 0;
+  let high = refused;
+  while (high - low > pageSize) {
+    const middle = Math.floor((low + high) / 2 / pageSize) * pageSize;
+    if (middle <= low) break;
+    try {
+      await file.truncate(middle);
+      low = middle;
+    } catch {
+      high = middle;
+    }
+  }
+  return low;
+}
+
+function tooLarge(cause: unknown, dataDir: string, size: number, largest: number): MemfabricError {
+  return new MemfabricError(
+    ErrorCodes.FILE_REFUSED,
+    `the file system under ${dataDir} refuses a ${formatSize(size)} (${size}-byte) image (EFBIG): it allows ` +
+      `files of at most ${formatSize(largest)} (${largest} bytes); choose a smaller size, or a --data-dir ` +
+      'on a file system that allows larger files; nothing was created',
+    { cause },
+  );
+}
+
+/** File-system refusals a user can act on become MF_FILE_REFUSED; anything else is passed on. */
+function refusal(error: unknown, dataDir: string, size: number): unknown {
+  if (error instanceof MemfabricError) return error;
+  const code = (error as NodeJS.ErrnoException).code;
+  switch (code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new MemfabricError(
+        ErrorCodes.FILE_REFUSED,
+        `the file system under ${dataDir} is full (${code}) and cannot hold the region's files ` +
+          `(${formatSize(size)} virtual, sparse); free space there or use another --data-dir; nothing was created`,
+        { cause: error },
+      );
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new MemfabricError(
+        ErrorCodes.FILE_REFUSED,
+        `the appliance may not create files in ${dataDir} (${code}); make it writable for the appliance's ` +
+          'user or use another --data-dir; nothing was created',
+        { cause: error },
+      );
+    case 'EFBIG':
+      return new MemfabricError(
+        ErrorCodes.FILE_REFUSED,
+        `the file system under ${dataDir} refuses a ${formatSize(size)} image (EFBIG); choose a smaller size; ` +
+          'nothing was created',
+        { cause: error },
+      );
+    default:
+      return error;
+  }
 }

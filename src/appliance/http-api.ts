@@ -21,7 +21,8 @@ import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
-import type { Region } from './region.js';
+import type { Region, RegionStats } from './region.js';
+import type { PendingRegion } from './registry.js';
 
 /** Admin request bodies are small; anything larger is refused with 413. */
 export const ADMIN_BODY_BYTES_MAX = 64 * 1024;
@@ -69,7 +70,10 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.INVALID_ARGUMENT:
       case ErrorCodes.INVALID_SIZE:
       case ErrorCodes.OUT_OF_RANGE:
+      case ErrorCodes.FILE_REFUSED:
         return 400;
+      case ErrorCodes.LOADING:
+        return 503;
       case ErrorCodes.NOT_FOUND:
         return 404;
       case ErrorCodes.ALREADY_EXISTS:
@@ -77,6 +81,7 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.READ_ONLY:
       case ErrorCodes.CONFLICT:
       case ErrorCodes.MIGRATING:
+      case ErrorCodes.REGION_FAILED:
         return 409;
       case ErrorCodes.POOL_EXHAUSTED:
       case ErrorCodes.CHUNKS_EXHAUSTED:
@@ -91,6 +96,37 @@ export function httpStatusFor(error: unknown): number {
 
 export function regionView(region: Region): Record<string, unknown> {
   return { ...region.info(), stats: region.stats() };
+}
+
+const NO_STATS: RegionStats = {
+  reads: 0,
+  writes: 0,
+  trims: 0,
+  zeroes: 0,
+  flushes: 0,
+  bytesRead: 0,
+  bytesWritten: 0,
+  residentBytes: 0,
+  sharedBytes: 0,
+  zeroBytes: 0,
+  connections: 0,
+};
+
+/** A file-backed region that is loading or failed to load, shaped like a region. */
+export function pendingView(region: PendingRegion): Record<string, unknown> {
+  return {
+    name: region.name,
+    size: region.size,
+    readOnly: region.readOnly,
+    tenant: region.tenant,
+    file: region.file,
+    clonedFrom: null,
+    createdAt: null,
+    state: region.state,
+    error: region.error,
+    load: null,
+    stats: NO_STATS,
+  };
 }
 
 export function createAdminApi(appliance: Appliance): FastifyInstance {
@@ -147,13 +183,19 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
     },
   );
 
-  app.get('/v1/regions', async () => ({ regions: registry.all().map(regionView) }));
+  app.get('/v1/regions', async () => ({
+    regions: [...registry.all().map(regionView), ...registry.pendingRegions().map(pendingView)].sort((a, b) =>
+      String(a.name).localeCompare(String(b.name)),
+    ),
+  }));
 
-  app.get<{ Params: { name: string } }>(
-    '/v1/regions/:name',
-    async (request) =>
-      registry.movedRecord(request.params.name) ?? regionView(registry.require(request.params.name)),
-  );
+  app.get<{ Params: { name: string } }>('/v1/regions/:name', async (request) => {
+    const name = request.params.name;
+    const pending = registry.pendingRegion(name);
+    return (
+      registry.movedRecord(name) ?? (pending ? pendingView(pending) : regionView(registry.require(name)))
+    );
+  });
 
   app.post<{ Params: { name: string }; Body: { name: string; readOnly?: boolean } }>(
     '/v1/regions/:name/clone',

@@ -58,9 +58,9 @@ export function createMetrics(appliance: Appliance): Registry {
     [],
     () => [[{}, stats().memory.logicalBytes]],
   );
-  mirroredGauge(registry, 'memfabric_regions', 'Regions on this appliance.', [], () => [
-    [{}, stats().regions],
-  ]);
+  mirroredGauge(registry, 'memfabric_regions', 'Regions on this appliance, by state.', ['state'], () =>
+    Object.entries(stats().regionStates).map(([state, count]) => [{ state }, count]),
+  );
   mirroredGauge(
     registry,
     'memfabric_region_resident_bytes',

@@ -10,7 +10,7 @@
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { AddressSpace } from '../memory/index.js';
 import type { NbdExport } from '../nbd/export.js';
-import type { FileBacking } from './file-backing.js';
+import type { FileBacking, LoadReport } from './file-backing.js';
 
 /** At most this many extents per BLOCK_STATUS reply (clients ask again for the rest). */
 export const EXTENTS_PER_REPLY_MAX = 4096;
@@ -44,6 +44,12 @@ export interface RegionInfo {
   /** The region this one was cloned from, if any. */
   clonedFrom: string | null;
   createdAt: string;
+  /** Always `ready` for a Region; file-backed regions found at start may also be `loading`, `failed` or `corrupt` (see registry.ts). */
+  state: 'ready';
+  /** Why a region failed to load; null for a Region. */
+  error: null;
+  /** What loading it from its files cost (file-backed regions loaded at start), else null. */
+  load: LoadReport | null;
 }
 
 export interface RegionStats {
@@ -155,6 +161,9 @@ export class Region implements NbdExport {
       file: this.backing?.imagePath ?? null,
       clonedFrom: this.clonedFrom,
       createdAt: this.createdAt.toISOString(),
+      state: 'ready',
+      error: null,
+      load: this.backing?.loadReport ?? null,
     };
   }
 

@@ -3,13 +3,22 @@
  * merger (which shares pages only between regions of one tenant). It is also the NBD
  * server's export directory: the export name is the region name, and the empty name is the
  * default region.
+ *
+ * File-backed regions found in the data directory at start are first *pending*: `scanDataDir`
+ * lists them (state `loading`, or `corrupt` when their metadata cannot be used) so their names
+ * are taken at once, and `loadPending` loads them one at a time, the cheapest first (bytes to
+ * read, from the extent map), while the appliance already serves. A region that cannot be
+ * loaded becomes `corrupt` (its files) or `failed` (e.g. too little memory) with the error
+ * kept; it serves nothing, its name stays taken, and deleting it removes its files. Nothing a
+ * single region's files hold can stop the others from loading.
  */
-import { readdir } from 'node:fs/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/index.js';
 import type { NbdExportDirectory } from '../nbd/export.js';
 import { parseSize } from '../size.js';
-import { FileBacking } from './file-backing.js';
+import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSION } from './file-backing.js';
+import { nodeFileLayer, type FileLayer } from './file-layer.js';
+import { LoadDeduper } from './load-dedup.js';
 import { GATE_MOVED, Region, type MovedTo } from './region.js';
 
 /** Region names: used in NBD URIs and file names, so a safe, bounded alphabet. */
@@ -32,6 +41,44 @@ export interface MovedRegion {
   movedAt: string;
 }
 
+/** A region's state as the admin API shows it. */
+export type RegionState = 'loading' | 'ready' | 'failed' | 'corrupt';
+
+/** A file-backed region found at start that does not serve (yet): loading, or failed to load. */
+export interface PendingRegion {
+  name: string;
+  state: 'loading' | 'failed' | 'corrupt';
+  /** From the metadata, when it could be read. */
+  size: number | null;
+  tenant: string | null;
+  readOnly: boolean | null;
+  /** The image file's path. */
+  file: string;
+  /** Why it failed (null while loading). */
+  error: { code: string; message: string } | null;
+}
+
+/** A file-backed region whose final save failed when the registry closed. */
+export interface UnsavedRegion {
+  name: string;
+  error: unknown;
+}
+
+interface PendingEntry extends PendingRegion {
+  meta: RegionFileMeta | undefined;
+  /** Bytes loading it will read (to load the cheapest first). */
+  cost: number;
+}
+
+export interface LoadHooks {
+  /** Checked between chunks: true stops loading (the appliance is stopping). */
+  cancelled?: () => boolean;
+  loaded?: (region: Region) => void;
+  failed?: (region: PendingRegion, error: unknown) => void;
+}
+
+const META_SUFFIX = '.region.json';
+
 export interface CreateRegionOptions {
   name: string;
   size: number | string;
@@ -45,18 +92,22 @@ export class RegionRegistry implements NbdExportDirectory {
   readonly pool: FramePool;
   readonly merger: SamePageMerger | undefined;
   readonly dataDir: string | undefined;
+  readonly layer: FileLayer;
   /** The region the empty NBD export name stands for. */
   defaultRegion: string | undefined;
   private readonly regions = new Map<string, Region>();
+  /** File-backed regions that are loading or failed to load, by name. */
+  private readonly pending = new Map<string, PendingEntry>();
   /** Names being created asynchronously (file-backed), so two creates cannot race. */
   private readonly reserved = new Set<string>();
   /** Regions that migrated away, by name (insertion order: oldest first). */
   private readonly movedAway = new Map<string, MovedRegion>();
 
-  constructor(options: { pool: FramePool; merger?: SamePageMerger; dataDir?: string }) {
+  constructor(options: { pool: FramePool; merger?: SamePageMerger; dataDir?: string; layer?: FileLayer }) {
     this.pool = options.pool;
     this.merger = options.merger;
     this.dataDir = options.dataDir;
+    this.layer = options.layer ?? nodeFileLayer;
   }
 
   get size(): number {
@@ -79,16 +130,20 @@ export class RegionRegistry implements NbdExportDirectory {
       let backing: FileBacking | undefined;
       if (options.file) {
         try {
-          backing = await FileBacking.create(this.dataDir!, {
-            magic: 'memfabric-region',
-            version: 1,
-            name,
-            size,
-            pageSize: this.pool.pageSize,
-            tenant,
-            readOnly: options.readOnly ?? false,
-            createdAt: new Date().toISOString(),
-          });
+          backing = await FileBacking.create(
+            this.dataDir!,
+            {
+              magic: 'memfabric-region',
+              version: REGION_FILE_VERSION,
+              name,
+              size,
+              pageSize: this.pool.pageSize,
+              tenant,
+              readOnly: options.readOnly ?? false,
+              createdAt: new Date().toISOString(),
+            },
+            this.layer,
+          );
         } catch (error) {
           space.destroy();
           throw error;
@@ -100,38 +155,130 @@ export class RegionRegistry implements NbdExportDirectory {
     }
   }
 
-  /** Loads every file-backed region found in the data directory (at start-up). */
-  async loadFromDataDir(): Promise<Region[]> {
+  /**
+   * Lists the file-backed regions in the data directory as pending (at start, before
+   * listening): `loading`, or `corrupt` when the metadata is unreadable, names another region,
+   * or was written with another page size. Reads only metadata and extent maps.
+   */
+  async scanDataDir(): Promise<PendingRegion[]> {
     if (!this.dataDir) return [];
-    const loaded: Region[] = [];
-    const names = (await readdir(this.dataDir)).filter((file) => file.endsWith('.region.json')).sort();
-    for (const file of names) {
-      const meta = await FileBacking.readMeta(`${this.dataDir}/${file}`);
-      if (meta.pageSize !== this.pool.pageSize) {
-        throw new MemfabricError(
-          ErrorCodes.CORRUPT_FILE,
-          `region ${meta.name} was saved with ${meta.pageSize}-byte pages; this appliance uses ${this.pool.pageSize}`,
-        );
-      }
-      const name = checkName(meta.name);
-      this.reserve(name);
+    const files = (await this.layer.readdir(this.dataDir)).filter((f) => f.endsWith(META_SUFFIX)).sort();
+    const found: PendingRegion[] = [];
+    for (const file of files) {
+      const name = file.slice(0, -META_SUFFIX.length);
+      // Only names this registry could have made; anything else is not a region file of ours.
+      if (!REGION_NAME_PATTERN.test(name) || this.regions.has(name) || this.pending.has(name)) continue;
+      const paths = FileBacking.paths(this.dataDir, name);
+      const entry: PendingEntry = {
+        name,
+        state: 'loading',
+        size: null,
+        tenant: null,
+        readOnly: null,
+        file: paths.image,
+        error: null,
+        meta: undefined,
+        cost: 0,
+      };
       try {
+        const meta = await FileBacking.readMeta(paths.meta, this.layer);
+        entry.size = meta.size;
+        entry.tenant = meta.tenant;
+        entry.readOnly = meta.readOnly;
+        if (meta.name !== name) {
+          throw new MemfabricError(
+            ErrorCodes.CORRUPT_FILE,
+            `${paths.meta} names region "${meta.name}", not "${name}"`,
+          );
+        }
+        if (meta.pageSize !== this.pool.pageSize) {
+          throw new MemfabricError(
+            ErrorCodes.CORRUPT_FILE,
+            `region ${name} was saved with ${meta.pageSize}-byte pages; this appliance uses ${this.pool.pageSize}`,
+          );
+        }
+        if (meta.size > REGION_BYTES_MAX || !TENANT_PATTERN.test(meta.tenant)) {
+          throw new MemfabricError(
+            ErrorCodes.CORRUPT_FILE,
+            `${paths.meta} holds an impossible size or tenant`,
+          );
+        }
+        entry.meta = meta;
+        entry.cost = await FileBacking.loadCost(this.dataDir, meta, this.layer);
+      } catch (error) {
+        entry.state = 'corrupt';
+        entry.error = errorInfo(error);
+      }
+      this.pending.set(name, entry);
+      found.push(publicView(entry));
+    }
+    return found;
+  }
+
+  /**
+   * Loads the pending regions that are `loading`, cheapest first, one at a time; identical
+   * pages loaded into one tenant share a frame. A region that fails becomes `failed` or
+   * `corrupt`; the others go on. Resolves when every one has loaded or failed (or loading was
+   * cancelled: those left stay `loading`).
+   */
+  async loadPending(hooks: LoadHooks = {}): Promise<void> {
+    if (!this.dataDir) return;
+    const queue = [...this.pending.values()]
+      .filter((entry) => entry.state === 'loading' && entry.meta)
+      .sort((a, b) => a.cost - b.cost || a.name.localeCompare(b.name));
+    const dedup = new LoadDeduper();
+    try {
+      for (const entry of queue) {
+        if (hooks.cancelled?.()) return;
+        if (this.pending.get(entry.name) !== entry) continue;
+        const meta = entry.meta!;
         const space = new AddressSpace(this.pool, { size: meta.size, domain: meta.tenant });
-        let backing: FileBacking;
         try {
-          backing = await FileBacking.openAndLoad(this.dataDir, meta, space);
+          const backing = await FileBacking.openAndLoad(this.dataDir, meta, space, {
+            layer: this.layer,
+            dedup,
+            ...(hooks.cancelled ? { cancelled: hooks.cancelled } : {}),
+          });
+          this.pending.delete(entry.name);
+          const region = this.add(
+            new Region({ name: entry.name, space, tenant: meta.tenant, readOnly: meta.readOnly, backing }),
+          );
+          hooks.loaded?.(region);
         } catch (error) {
           space.destroy();
-          throw error;
+          if (hooks.cancelled?.()) return;
+          entry.state =
+            error instanceof MemfabricError && error.code === ErrorCodes.CORRUPT_FILE ? 'corrupt' : 'failed';
+          entry.error = errorInfo(error);
+          hooks.failed?.(publicView(entry), error);
         }
-        loaded.push(
-          this.add(new Region({ name, space, tenant: meta.tenant, readOnly: meta.readOnly, backing })),
-        );
-      } finally {
-        this.reserved.delete(name);
       }
+    } finally {
+      dedup.clear();
     }
+  }
+
+  /** Scans the data directory and loads every region in it; returns those that loaded. */
+  async loadFromDataDir(): Promise<Region[]> {
+    const loaded: Region[] = [];
+    await this.scanDataDir();
+    await this.loadPending({ loaded: (region) => loaded.push(region) });
     return loaded;
+  }
+
+  /** File-backed regions that are loading or failed to load, by name. */
+  pendingRegions(): PendingRegion[] {
+    return [...this.pending.values()].sort((a, b) => a.name.localeCompare(b.name)).map(publicView);
+  }
+
+  pendingRegion(name: string): PendingRegion | undefined {
+    const entry = this.pending.get(name);
+    return entry && publicView(entry);
+  }
+
+  /** True when `name` is taken: by a region that serves, or one loading or failed to load. */
+  has(name: string): boolean {
+    return this.regions.has(name) || this.pending.has(name);
   }
 
   /** A copy-on-write clone of `source` named `name` (memory-only, writable unless asked). */
@@ -158,6 +305,13 @@ export class RegionRegistry implements NbdExportDirectory {
   /** Deletes a region and frees its memory (and its files, if file-backed). */
   async delete(name: string): Promise<void> {
     if (!this.regions.has(name) && this.movedAway.delete(name)) return;
+    const entry = this.pending.get(name);
+    if (entry) {
+      if (entry.state === 'loading') throw unavailable(entry);
+      await removeRegionFiles(this.layer, FileBacking.paths(this.dataDir!, name));
+      this.pending.delete(name);
+      return;
+    }
     const region = this.require(name);
     if (region.migrating) {
       throw new MemfabricError(
@@ -177,12 +331,22 @@ export class RegionRegistry implements NbdExportDirectory {
     await region.backing?.remove();
   }
 
-  /** Saves every file-backed region and frees everything (clean shutdown). */
-  async close(): Promise<void> {
+  /**
+   * Saves every file-backed region and frees everything (clean shutdown). Every region is
+   * saved and closed whatever happens to the others; the ones whose final save failed are
+   * returned (empty: everything was saved).
+   */
+  async close(): Promise<UnsavedRegion[]> {
     const regions = [...this.regions.values()];
     this.regions.clear();
-    await Promise.all(regions.map((region) => region.backing?.close(region.space)));
+    this.pending.clear();
+    const results = await Promise.allSettled(regions.map((region) => region.backing?.close(region.space)));
     for (const region of regions) region.space.destroy();
+    const unsaved: UnsavedRegion[] = [];
+    results.forEach((result, i) => {
+      if (result.status === 'rejected') unsaved.push({ name: regions[i]!.name, error: result.reason });
+    });
+    return unsaved;
   }
 
   /**
@@ -223,6 +387,8 @@ export class RegionRegistry implements NbdExportDirectory {
   require(name: string): Region {
     const region = this.regions.get(name);
     if (!region) {
+      const entry = this.pending.get(name);
+      if (entry) throw unavailable(entry);
       const moved = this.movedAway.get(name)?.movedTo;
       throw new MemfabricError(
         ErrorCodes.NOT_FOUND,
@@ -246,6 +412,12 @@ export class RegionRegistry implements NbdExportDirectory {
     return this.regions.get(name);
   }
 
+  /** Why `name` does not serve although it exists (loading or failed), for NBD's refusal. */
+  whyUnavailable(name: string): string | undefined {
+    const entry = this.pending.get(name === '' ? (this.defaultRegion ?? '') : name);
+    return entry && unavailable(entry).message;
+  }
+
   list(): Array<{ name: string; description: string }> {
     return this.all().map((region) => ({ name: region.name, description: region.description }));
   }
@@ -256,13 +428,13 @@ export class RegionRegistry implements NbdExportDirectory {
   }
 
   private reserve(name: string): void {
-    if (this.regions.has(name) || this.reserved.has(name)) {
+    if (this.regions.has(name) || this.reserved.has(name) || this.pending.has(name)) {
       throw new MemfabricError(
         ErrorCodes.ALREADY_EXISTS,
         `a region named "${name}" already exists; choose another name`,
       );
     }
-    if (this.regions.size + this.reserved.size >= REGIONS_MAX) {
+    if (this.regions.size + this.reserved.size + this.pending.size >= REGIONS_MAX) {
       throw invalidArgument(`this appliance already holds ${REGIONS_MAX} regions, the most it allows`);
     }
     this.reserved.add(name);
@@ -293,4 +465,29 @@ function checkTenant(tenant: unknown): string {
     );
   }
   return tenant;
+}
+
+function errorInfo(error: unknown): { code: string; message: string } {
+  return error instanceof MemfabricError
+    ? { code: error.code, message: error.message }
+    : { code: ErrorCodes.INTERNAL, message: error instanceof Error ? error.message : String(error) };
+}
+
+function publicView(entry: PendingEntry): PendingRegion {
+  const { meta: _meta, cost: _cost, ...view } = entry;
+  return { ...view, error: entry.error && { ...entry.error } };
+}
+
+/** The typed error for using a region that is loading (retry) or failed to load (see its error). */
+function unavailable(entry: PendingRegion): MemfabricError {
+  return entry.state === 'loading'
+    ? new MemfabricError(
+        ErrorCodes.LOADING,
+        `region ${entry.name} is still loading from ${entry.file}; retry in a moment`,
+      )
+    : new MemfabricError(
+        ErrorCodes.REGION_FAILED,
+        `region ${entry.name} is ${entry.state} and serves nothing: ${entry.error?.message ?? 'unknown error'}; ` +
+          `repair its files and restart, or delete it (DELETE /v1/regions/${entry.name})`,
+      );
 }

@@ -1,6 +1,7 @@
 /**
  * `memfabric appliance`: runs one appliance in the foreground, logging structured lines (pino)
- * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0.
+ * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0 — or 1 when
+ * a final save failed, naming each region not saved (log line and stderr).
  */
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
@@ -18,6 +19,9 @@ export interface ApplianceCommandOptions {
   merge: boolean;
   logLevel: string;
 }
+
+/** Exit status when the final save of some file-backed region failed (or stopping failed). */
+export const EXIT_NOT_SAVED = 1;
 
 export const applianceDefaults = {
   nbd: `127.0.0.1:${NBD_PORT_DEFAULT}`,
@@ -67,7 +71,19 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       logger.info({ signal }, 'stopping');
       appliance
         .stop()
-        .catch((error: unknown) => logger.error({ err: error }, 'stop failed'))
+        .then(({ unsaved }) => {
+          if (unsaved.length === 0) return;
+          process.exitCode = EXIT_NOT_SAVED;
+          for (const { name, error } of unsaved) {
+            process.stderr.write(
+              `memfabric appliance: region ${name} was NOT saved: ${(error as Error)?.message ?? String(error)}\n`,
+            );
+          }
+        })
+        .catch((error: unknown) => {
+          process.exitCode = EXIT_NOT_SAVED;
+          logger.error({ err: error }, 'stop failed');
+        })
         .finally(resolve);
     };
     process.once('SIGINT', () => stop('SIGINT'));

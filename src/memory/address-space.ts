@@ -554,6 +554,42 @@ export class AddressSpace implements TranslationCache {
     return this.pageView(slot);
   }
 
+  /**
+   * Maps `page` to the frame that backs `sourcePage` of `source`, copy-on-write: the frame gains
+   * a reference, and a later write to either page copies it first. The two spaces must share
+   * this pool and trust domain (sharing across domains is a side channel), and the source page
+   * must hold a resident frame. Needs no free frame, so it works in a full pool; records the
+   * current epoch like a write. Loaders use it to keep identical pages in one frame as they
+   * read them (the merger's result, without first needing a frame per page).
+   */
+  sharePage(page: number, source: AddressSpace, sourcePage: number): void {
+    this.checkPage(page);
+    source.checkPage(sourcePage);
+    if (source.pool !== this.pool) throw invalidArgument('the source space belongs to another frame pool');
+    if (source.domain !== this.domain) {
+      throw invalidArgument(
+        `pages are shared only within a trust domain; the source is in "${source.domain}", this space in "${this.domain}"`,
+      );
+    }
+    const pool = this.pool;
+    const frame = source.frameAt(sourcePage);
+    if (frame < FIRST_FRAME) {
+      throw invalidArgument(`page ${sourcePage} of the source space holds no resident frame to share`);
+    }
+    if (source === this && sourcePage === page) return;
+    const leaf = this.ownLeaf(this.leafSlotIndex(page, true));
+    const entry = leaf * LEAF_ENTRIES + (page & LEAF_MASK);
+    const old = pool.leaves.entries[entry]!;
+    // Retain before releasing: the old entry may be this very frame.
+    pool.refcount[frame]!++;
+    if (old !== NO_FRAME) pool.release(old);
+    pool.leaves.entries[entry] = frame;
+    this.markWritten(leaf, entry);
+    // The frame is shared now: neither side may keep a translation that writes it in place.
+    this.invalidatePage(page);
+    source.invalidatePage(sourcePage);
+  }
+
   // ---------------------------------------------------------------------------------------
   // Fork, epochs, extents, destroy
 
@@ -835,6 +871,16 @@ export class AddressSpace implements TranslationCache {
     const whole = base + this.pageSize <= this.size;
     this.tlbBase[slot] = whole ? base : Number.NaN;
     this.tlbWriteBase[slot] = whole && writable ? base : Number.NaN;
+  }
+
+  /** Drops the cached translation of one page, if cached. */
+  private invalidatePage(page: number): void {
+    const slot = page & TLB_MASK;
+    if (this.tlbPage[slot] !== page) return;
+    this.tlbPage[slot] = -1;
+    this.tlbBase[slot] = Number.NaN;
+    this.tlbWritable[slot] = 0;
+    this.tlbWriteBase[slot] = Number.NaN;
   }
 
   /** Cached translations stay valid for reads but may no longer be written through. */

@@ -43,6 +43,11 @@ export interface NbdExportDirectory {
   get(name: string): NbdExport | undefined;
   /** Names and descriptions for NBD_OPT_LIST. */
   list(): Array<{ name: string; description: string }>;
+  /**
+   * Why an export that exists does not serve now (e.g. still loading), for the refusal's
+   * message; undefined when `name` is simply unknown. Optional.
+   */
+  whyUnavailable?(name: string): string | undefined;
   /** Called when a connection opens and closes an export (for statistics); optional. */
   onAttach?(name: string, delta: 1 | -1): void;
 }

@@ -342,7 +342,11 @@ export class Handshake {
     const exp = name === undefined ? undefined : this.directory.get(name);
     if (name === undefined || exp === undefined) {
       // NBD_OPT_EXPORT_NAME has no error reply: the spec requires terminating the session.
-      this.fail(name === undefined ? 'invalid export name' : `unknown export '${name}'`);
+      this.fail(
+        name === undefined
+          ? 'invalid export name'
+          : (this.directory.whyUnavailable?.(name) ?? `unknown export '${name}'`),
+      );
       return;
     }
     const flags = transmissionFlags(exp, this.structuredReplies);
@@ -377,7 +381,12 @@ export class Handshake {
     }
     const exp = this.directory.get(name);
     if (exp === undefined) {
-      this.reply(option, REP_ERR_UNKNOWN, `unknown export '${name}'`);
+      // "Not available": unknown, or (with a reason) existing but not serving yet: retry later.
+      this.reply(
+        option,
+        REP_ERR_UNKNOWN,
+        this.directory.whyUnavailable?.(name) ?? `unknown export '${name}'`,
+      );
       return;
     }
     let wantName = false;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, truncate, writeFile, open } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegionRegistry } from '../../src/appliance/index.js';
@@ -133,32 +133,77 @@ test('writes racing a save are never lost: the next save carries them', async ()
   });
 });
 
-test('corrupt or truncated region files are refused with MF_CORRUPT_FILE', async () => {
+test('a truncated image, or metadata that is bad JSON, of another version or lacking fields, makes only that region corrupt', async () => {
   await withDir(async (dir) => {
     const pool = new FramePool({ capacity: 16 * MiB });
     const registry = new RegionRegistry({ pool, dataDir: dir });
     await registry.create({ name: 'ok', size: MiB, file: true });
-    await registry.close();
-
-    await truncate(join(dir, 'ok.img'), 1000);
-    await assert.rejects(new RegionRegistry({ pool, dataDir: dir }).loadFromDataDir(), {
-      code: ErrorCodes.CORRUPT_FILE,
-    });
-    await truncate(join(dir, 'ok.img'), MiB);
+    const good = await registry.create({ name: 'good', size: MiB, file: true });
+    good.write(4096, Buffer.alloc(4096, 0x42));
+    assert.deepEqual(await registry.close(), []);
     const meta = JSON.parse(await readFile(join(dir, 'ok.region.json'), 'utf8'));
-    await writeFile(join(dir, 'ok.region.json'), JSON.stringify({ ...meta, version: 99 }));
-    await assert.rejects(new RegionRegistry({ pool, dataDir: dir }).loadFromDataDir(), {
-      code: ErrorCodes.CORRUPT_FILE,
-    });
-    await writeFile(join(dir, 'ok.region.json'), '{ not json');
-    await assert.rejects(new RegionRegistry({ pool, dataDir: dir }).loadFromDataDir(), {
-      code: ErrorCodes.CORRUPT_FILE,
-    });
-    await writeFile(join(dir, 'ok.region.json'), JSON.stringify(meta));
-    const registry2 = new RegionRegistry({ pool, dataDir: dir });
-    assert.equal((await registry2.loadFromDataDir()).length, 1);
-    await registry2.close();
+
+    const damage: Array<[string, () => Promise<void>, RegExp]> = [
+      ['truncated image', () => truncate(join(dir, 'ok.img'), 1000), /truncated/],
+      [
+        'other version',
+        () => writeFile(join(dir, 'ok.region.json'), JSON.stringify({ ...meta, version: 99 })),
+        /version/,
+      ],
+      ['bad JSON', () => writeFile(join(dir, 'ok.region.json'), '{ not json'), /not readable JSON/],
+      [
+        'wrong magic',
+        () => writeFile(join(dir, 'ok.region.json'), JSON.stringify({ ...meta, magic: 'x' })),
+        /magic/,
+      ],
+      [
+        'missing field',
+        () => writeFile(join(dir, 'ok.region.json'), JSON.stringify({ ...meta, size: undefined })),
+        /lacks/,
+      ],
+      [
+        'page size',
+        () => writeFile(join(dir, 'ok.region.json'), JSON.stringify({ ...meta, pageSize: 8192 })),
+        /8192-byte pages/,
+      ],
+      ['missing image', () => rm(join(dir, 'ok.img')), /missing/],
+    ];
+    for (const [what, harm, reason] of damage) {
+      await harm();
+      const again = new RegionRegistry({ pool, dataDir: dir });
+      const loaded = await again.loadFromDataDir();
+      assert.deepEqual(
+        loaded.map((r) => r.name),
+        ['good'],
+        `${what}: the good region still loads`,
+      );
+      const back = Buffer.alloc(4096);
+      loaded[0]!.read(4096, back);
+      assert.ok(back.every((b) => b === 0x42));
+      const ok = again.pendingRegion('ok');
+      assert.equal(ok?.state, 'corrupt', what);
+      assert.equal(ok?.error?.code, ErrorCodes.CORRUPT_FILE, what);
+      assert.match(ok!.error!.message, reason, what);
+      assert.throws(() => again.require('ok'), { code: ErrorCodes.REGION_FAILED });
+      await assert.rejects(again.create({ name: 'ok', size: MiB, file: true }), {
+        code: ErrorCodes.ALREADY_EXISTS,
+      });
+      assert.deepEqual(await again.close(), []);
+      // Put it back for the next kind of damage.
+      await writeFile(join(dir, 'ok.region.json'), JSON.stringify(meta));
+      await writeFile(join(dir, 'ok.img'), '', { flag: 'a' });
+      await truncate(join(dir, 'ok.img'), MiB);
+    }
     assert.equal(pool.used, 0);
+
+    // Deleting a corrupt region removes its files and frees its name.
+    await writeFile(join(dir, 'ok.region.json'), '{ not json');
+    const last = new RegionRegistry({ pool, dataDir: dir });
+    await last.loadFromDataDir();
+    await last.delete('ok');
+    assert.deepEqual((await readdir(dir)).sort(), ['good.extents', 'good.img', 'good.region.json']);
+    await last.create({ name: 'ok', size: MiB, file: true });
+    assert.deepEqual(await last.close(), []);
   });
 });
 

@@ -457,6 +457,7 @@ test('stopping the appliance fails a migration under way and keeps the region', 
   );
   const again = await Appliance.start(options);
   t.after(() => again.stop());
+  await again.loaded; // file-backed regions load after the appliance listens
   comparePages(bytesOf(again, 'kept').subarray(0, MiB), pattern(7, MiB), 'after a restart');
 });
 

@@ -340,6 +340,24 @@ export class ApplianceProcess {
     return { status: response.status, body: (text === '' ? undefined : JSON.parse(text)) as T };
   }
 
+  /**
+   * Waits until the regions found in the data directory have all loaded or failed (they load
+   * in the background after "appliance listening"): no region is in state `loading`.
+   */
+  async waitLoaded(timeoutMs = START_MS_MAX): Promise<Array<{ name: string; state: string }>> {
+    let regions: Array<{ name: string; state: string }> = [];
+    await waitFor(
+      'regions to finish loading',
+      async () => {
+        regions = (await this.api<{ regions: Array<{ name: string; state: string }> }>('GET', '/v1/regions'))
+          .body.regions;
+        return regions.every((region) => region.state !== 'loading');
+      },
+      timeoutMs,
+    );
+    return regions;
+  }
+
   /** Creates a region through the admin API (faster than the CLI where the CLI is not the point). */
   async createRegion(
     name: string,

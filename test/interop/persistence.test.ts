@@ -84,6 +84,7 @@ test(
     // ---- second life: everything is back -----------------------------------------------------
     const second = await ApplianceProcess.start({ memory: '64MiB', dataDir });
     t.after(() => second.stop());
+    await second.waitLoaded();
     assert.ok(second.logs.some((line) => line.msg === 'region loaded' && line.region === 'x'));
     const region = (await second.api<RegionBody>('GET', '/v1/regions/x')).body;
     assert.equal(region.size, 16 * MiB);
@@ -124,6 +125,7 @@ test(
 
     const third = await ApplianceProcess.start({ memory: '64MiB', dataDir });
     t.after(() => third.stop());
+    await third.waitLoaded();
     const verify = [
       'read -P 0xe2 0 4k',
       'read -P 0xd1 4k 8249', // up to the 0xd3 bytes at 12345
