@@ -185,11 +185,16 @@ export class NbdServer {
     const enabled = [handshakeIdleMs, idleMs, stallMs].filter((ms) => ms > 0);
     if (enabled.length === 0) return;
     const tickMs = Math.min(TIMEOUT_TICK_MS_MAX, Math.max(TIMEOUT_TICK_MS_MIN, Math.min(...enabled) / 4));
-    this.ticker = setInterval(() => {
-      const now = Date.now();
-      for (const session of this.sessions) session.tick(now);
-    }, tickMs);
+    this.ticker = setInterval(() => this.checkTimeouts(), tickMs);
     this.ticker.unref();
+  }
+
+  /**
+   * Runs every connection's timeout checks as of `now` (what the server's own timer does a few
+   * times per timeout). Public so tests can advance time without waiting for it.
+   */
+  checkTimeouts(now = Date.now()): void {
+    for (const session of this.sessions) session.tick(now);
   }
 
   private accept(socket: Socket): void {

@@ -193,6 +193,7 @@ export class Session {
   }
 
   private onData(chunk: Buffer): void {
+    this.options.stats.bytesReceived += chunk.length;
     if (this.closing) return;
     this.guarded(() => {
       if (this.transmission !== undefined) this.transmission.feed(chunk);
@@ -261,7 +262,9 @@ export class Session {
     // Only an attach that succeeded is undone when the socket closes.
     this.attachedName = negotiated.exportName;
     this.attachedExport = negotiated.export;
+    // Idleness and stalls are measured from here: the handshake's bytes are not news.
     this.lastInputAt = Date.now();
+    this.seenBytesRead = this.socket.bytesRead;
     this.transmission = new Transmission(
       negotiated,
       {

@@ -12,6 +12,8 @@ export interface NbdStats {
   /** Payload bytes served by READ and accepted by WRITE. */
   bytesRead: number;
   bytesWritten: number;
+  /** Every byte received from clients (handshake and requests, headers and payloads). */
+  bytesReceived: number;
   /** Requests answered with an error (rejected by validation or failed in the export). */
   errors: number;
   /** Connections dropped because the peer broke the protocol. */
@@ -44,6 +46,7 @@ export class StatsCounters {
   readonly requests = new Float64Array(CMD_COUNT + 1);
   bytesRead = 0;
   bytesWritten = 0;
+  bytesReceived = 0;
   errors = 0;
   protocolViolations = 0;
   connectionsRefused = 0;
@@ -69,6 +72,7 @@ export class StatsCounters {
       requests,
       bytesRead: this.bytesRead,
       bytesWritten: this.bytesWritten,
+      bytesReceived: this.bytesReceived,
       errors: this.errors,
       protocolViolations: this.protocolViolations,
       connectionsRefused: this.connectionsRefused,
