@@ -53,6 +53,7 @@ export {
   type NbdExportInfo,
   type NbdExportListing,
   type NbdServerOptions,
+  type NbdLimits,
   type NbdExport,
   type NbdExportDirectory,
   type NbdLogger,

@@ -14,7 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
 import { ErrorCodes, MemfabricError } from '../errors.js';
-import { NbdServer, type NbdStats } from '../nbd/index.js';
+import { NbdServer, type NbdLimits, type NbdStats } from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import type { FileLayer } from './file-layer.js';
 import { createAdminApi } from './http-api.js';
@@ -52,6 +52,8 @@ export interface ApplianceOptions {
   defaultRegion?: { name?: string; size?: number | string } | false;
   /** Background same-page merging; `false` turns it off. */
   merge?: { intervalMs?: number; pagesPerBatch?: number; quietEpochs?: number } | false;
+  /** Bounds on what NBD clients may hold (connections, buffers, timeouts); see docs/nbd.md. */
+  nbdLimits?: NbdLimits;
   logger?: Logger;
 }
 
@@ -104,6 +106,7 @@ export class Appliance {
     this.logger = options.logger;
     const log = options.logger;
     this.nbdServer = new NbdServer({
+      ...options.nbdLimits,
       directory: this.registry,
       logger: {
         debug: (message) => log?.debug({ component: 'nbd' }, message),

@@ -146,5 +146,60 @@ export function createMetrics(appliance: Appliance): Registry {
     [],
     () => [[{}, stats().nbd.protocolViolations]],
   );
+  mirroredCounter(
+    registry,
+    'memfabric_nbd_connections_refused_total',
+    'NBD connections refused at accept because the connection limit was reached.',
+    [],
+    () => [[{}, stats().nbd.connectionsRefused]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_nbd_timeouts_total',
+    'NBD connections closed by a timeout, by kind.',
+    ['kind'],
+    () => {
+      const nbd = stats().nbd;
+      return [
+        [{ kind: 'handshake' }, nbd.handshakeTimeouts],
+        [{ kind: 'idle' }, nbd.idleTimeouts],
+        [{ kind: 'payload_stall' }, nbd.payloadStalls],
+        [{ kind: 'reply_stall' }, nbd.replyStalls],
+      ];
+    },
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_nbd_list_refusals_total',
+    'NBD_OPT_LIST options refused past the per-connection limit.',
+    [],
+    () => [[{}, stats().nbd.listRefusals]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_nbd_backpressure_total',
+    'Times NBD reading stopped: a connection with too many unread replies, or a request waiting for the buffer budget.',
+    ['kind'],
+    () => {
+      const nbd = stats().nbd;
+      return [
+        [{ kind: 'reply_queue' }, nbd.replyPauses],
+        [{ kind: 'buffer_budget' }, nbd.budgetWaits],
+      ];
+    },
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_nbd_buffer_bytes',
+    'NBD global buffer budget: bytes held (queued replies, write payloads) and its capacity.',
+    ['kind'],
+    () => {
+      const nbd = stats().nbd;
+      return [
+        [{ kind: 'used' }, nbd.bufferBytesUsed],
+        [{ kind: 'max' }, nbd.bufferBytesMax],
+      ];
+    },
+  );
   return registry;
 }

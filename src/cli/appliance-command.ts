@@ -5,6 +5,7 @@
  */
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
+import type { NbdLimits } from '../nbd/index.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -18,6 +19,12 @@ export interface ApplianceCommandOptions {
   pageSize: number;
   merge: boolean;
   logLevel: string;
+  /** NBD resource bounds from the --nbd-* flags (timeouts in seconds, as typed). */
+  nbdMaxConnections?: number;
+  nbdBufferBudget?: number;
+  nbdHandshakeTimeout?: number;
+  nbdIdleTimeout?: number;
+  nbdStallTimeout?: number;
 }
 
 /** Exit status when the final save of some file-backed region failed (or stopping failed). */
@@ -29,6 +36,19 @@ export const applianceDefaults = {
   memory: '1GiB',
   defaultRegion: DEFAULT_REGION_NAME,
 };
+
+/** The NBD limits the flags set; absent flags keep the server's defaults. */
+function nbdLimits(options: ApplianceCommandOptions): NbdLimits {
+  const ms = (seconds: number | undefined) =>
+    seconds === undefined ? undefined : Math.round(seconds * 1000);
+  const limits: NbdLimits = {};
+  if (options.nbdMaxConnections !== undefined) limits.maxConnections = options.nbdMaxConnections;
+  if (options.nbdBufferBudget !== undefined) limits.bufferBytesMax = options.nbdBufferBudget;
+  if (options.nbdHandshakeTimeout !== undefined) limits.handshakeTimeoutMs = ms(options.nbdHandshakeTimeout);
+  if (options.nbdIdleTimeout !== undefined) limits.idleTimeoutMs = ms(options.nbdIdleTimeout);
+  if (options.nbdStallTimeout !== undefined) limits.stallTimeoutMs = ms(options.nbdStallTimeout);
+  return limits;
+}
 
 export async function runAppliance(options: ApplianceCommandOptions): Promise<void> {
   const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
@@ -45,6 +65,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
         ? false
         : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
     merge: options.merge ? {} : false,
+    nbdLimits: nbdLimits(options),
     logger,
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;

@@ -26,6 +26,20 @@ function sizeOption(value: string): number {
   }
 }
 
+function secondsOption(value: string): number {
+  const seconds = Number(value);
+  if (value.trim() === '' || !Number.isFinite(seconds) || seconds < 0) {
+    throw new InvalidArgumentError('must be a number of seconds, 0 or more (0 turns the timeout off)');
+  }
+  return seconds;
+}
+
+function positiveIntegerOption(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number, 1 or more');
+  return n;
+}
+
 function countOption(value: string): number {
   const count = Number(value);
   if (!Number.isInteger(count) || count < 2 || count > 256) {
@@ -68,6 +82,31 @@ program
   .option('--page-size <bytes>', 'page size: a power of two from 512 to 65536', sizeOption, 4096)
   .option('--no-merge', 'turn off background same-page merging')
   .option('--log-level <level>', 'pino log level', 'info')
+  .option(
+    '--nbd-max-connections <n>',
+    'NBD connections at once; more are refused (default: from the open-file limit, at most 1024)',
+    positiveIntegerOption,
+  )
+  .option(
+    '--nbd-buffer-budget <size>',
+    'reply and write-payload bytes all NBD connections may hold together (default 128MiB)',
+    sizeOption,
+  )
+  .option(
+    '--nbd-handshake-timeout <seconds>',
+    'longest pause between NBD handshake options (default 30; 0 off)',
+    secondsOption,
+  )
+  .option(
+    '--nbd-idle-timeout <seconds>',
+    'close NBD connections idle this long after the handshake (default 0: never)',
+    secondsOption,
+  )
+  .option(
+    '--nbd-stall-timeout <seconds>',
+    'close a connection whose write payload or unread replies stop moving this long (default 30; 0 off)',
+    secondsOption,
+  )
   .action(runAppliance);
 
 const appliance = (command: Command) =>

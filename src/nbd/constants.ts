@@ -206,18 +206,68 @@ export const WRITE_SKIP_BYTES_MAX = 2 * PAYLOAD_BYTES_MAX;
 export const OPTION_DATA_BYTES_MAX = 64 * KiB;
 /** Larger than this, option data is absurd: the connection is dropped instead of skipping it. */
 export const OPTION_SKIP_BYTES_MAX = 1 * MiB;
-/** Options one connection may send before it enters transmission (NBD_OPT_GO / EXPORT_NAME). */
-export const HANDSHAKE_OPTIONS_MAX = 1024;
+/**
+ * Options one connection may send before it enters transmission (NBD_OPT_GO / EXPORT_NAME).
+ * `nbdinfo --list` (libnbd 1.14) sends STRUCTURED_REPLY, LIST, then INFO and
+ * LIST_META_CONTEXT for every export, then ABORT: 2n + 3 options for n exports. Four per
+ * export at the appliance's limit of 4096 regions leaves room for clients that ask more.
+ */
+export const HANDSHAKE_OPTIONS_MAX = 4 * 4096;
+/**
+ * NBD_OPT_LIST options one connection may send; later ones are answered NBD_REP_ERR_POLICY.
+ * One LIST answers with every export (up to ~600 KiB at 4096 regions), so a client repeating
+ * it would make the server write far more than it reads.
+ */
+export const LIST_OPTIONS_MAX = 16;
 /** Meta context queries one LIST/SET_META_CONTEXT may carry. */
 export const META_QUERIES_MAX = 128;
-/** Time a connection may spend in the handshake before it is dropped. */
-export const HANDSHAKE_MS_MAX = 30_000;
+/**
+ * Time a handshaking client may leave between options (and before the first): idleness, not
+ * total time, so a client listing thousands of exports one INFO at a time is never cut off.
+ */
+export const HANDSHAKE_IDLE_MS_MAX = 30_000;
+/**
+ * Time a request's bytes may stand still: a WRITE payload that stops arriving, or replies the
+ * client stops reading while they hold buffers. Progress, not total time, is measured, so a
+ * slow but moving transfer is never cut off.
+ */
+export const STALL_MS_MAX = 30_000;
+/**
+ * Time a connection in transmission may stay idle (nothing in flight, nothing arriving); 0 turns
+ * it off, the default: the Linux kernel's nbd device sends nothing while the block device is
+ * unused and fails all later I/O once its connection is closed (nbd-client reconnects only
+ * with -persist), so any finite default would break a mounted but quiet disk. Dead peers are
+ * found by TCP keepalive (TCP_KEEPALIVE_MS) instead, and live idle ones count against the
+ * connection limit.
+ */
+export const IDLE_MS_DEFAULT = 0;
+/** TCP keepalive idle time on every NBD socket: a vanished peer is noticed and its slot freed. */
+export const TCP_KEEPALIVE_MS = 60_000;
+/**
+ * Global buffer budget: reply bytes queued on all sockets plus WRITE payload bytes being
+ * assembled, across every connection. When it is spent, connections stop reading new data
+ * requests until bytes are freed (first come, first served).
+ */
+export const BUFFER_BYTES_MAX = 128 * MiB;
+/**
+ * File descriptors kept back from NBD connections when the connection limit is derived from
+ * the process's open-file limit: the admin API, region files, the data directory, logs.
+ */
+export const FD_RESERVE = 256;
+/** The connection limit never defaults above this (each connection costs up to ~1.3 MiB). */
+export const CONNECTIONS_DEFAULT_MAX = 1024;
+/** Open-file limit assumed when /proc/self/limits cannot be read (a conservative ulimit -n). */
+export const OPEN_FILES_FALLBACK = 1024;
+/** Interval of the timeout check is a quarter of the shortest timeout, within these bounds. */
+export const TIMEOUT_TICK_MS_MIN = 10;
+export const TIMEOUT_TICK_MS_MAX = 1_000;
 /** Descriptors in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (the spec's SHOULD NOT exceed 2^20). */
 export const BLOCK_STATUS_EXTENTS_MAX = 1 << 20;
 /**
- * Reply bytes queued on one socket before we stop parsing that connection's requests until the
- * socket drains: a client that pipelines reads but never reads replies cannot make us buffer
- * more than this plus one reply.
+ * Reply bytes queued on one socket before we stop parsing that connection's requests (or
+ * handshake options) until the socket drains: a client that pipelines reads but never reads
+ * replies cannot make us buffer more than this plus one reply. Per connection; the global
+ * BUFFER_BYTES_MAX bounds the sum.
  */
 export const REPLY_QUEUED_BYTES_MAX = 16 * MiB;
 /** Requests of one connection awaiting an asynchronous flush (FLUSH, FUA) before we stop parsing. */

@@ -14,8 +14,11 @@
  * header scratch or one buffer of exactly the option's length, so a client trickling bytes
  * costs linear time. Every length is bounded: option data above OPTION_DATA_BYTES_MAX is skipped
  * and answered NBD_REP_ERR_TOO_BIG, above OPTION_SKIP_BYTES_MAX it drops the connection; at
- * most HANDSHAKE_OPTIONS_MAX options are served. Unknown options are skipped by their length
- * and answered NBD_REP_ERR_UNSUP, so the session stays in sync.
+ * most HANDSHAKE_OPTIONS_MAX options are served, and at most LIST_OPTIONS_MAX LISTs (later ones
+ * get NBD_REP_ERR_POLICY). Unknown options are skipped by their length and answered
+ * NBD_REP_ERR_UNSUP, so the session stays in sync. When the connection reports itself congested
+ * (the client is not reading our replies), `feed` stops after the current option and hands back
+ * the bytes it did not parse; the session feeds them again once the socket drains.
  *
  * Meta contexts: only `base:allocation` exists. A SET_META_CONTEXT is remembered with the export
  * name it named; BLOCK_STATUS is allowed only if GO later names the same export.
@@ -43,6 +46,7 @@ import {
   IHAVEOPT_HI,
   IHAVEOPT_LO,
   INFO_BLOCK_SIZE,
+  LIST_OPTIONS_MAX,
   INFO_DESCRIPTION,
   INFO_EXPORT,
   INFO_NAME,
@@ -67,6 +71,7 @@ import {
   PAYLOAD_BYTES_MAX,
   REP_ACK,
   REP_ERR_INVALID,
+  REP_ERR_POLICY,
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
   REP_ERR_UNSUP,
@@ -99,6 +104,10 @@ export interface HandshakeIo {
    * is false, otherwise a protocol violation or policy that requires a hard disconnect.
    */
   close(reason: string, violation: boolean): void;
+  /** Too many reply bytes are queued: stop parsing options until the socket drains. */
+  congested?(): boolean;
+  /** A LIST was refused for exceeding LIST_OPTIONS_MAX (for statistics). */
+  listRefused?(): void;
 }
 
 /** Transmission flags for an export. DF only makes sense (and is only legal) with structured replies. */
@@ -166,20 +175,33 @@ export class Handshake {
   /** Export named by the last SET_META_CONTEXT that selected base:allocation, or null. */
   private metaExportName: string | null = null;
   private optionsSeen = 0;
+  private listsSeen = 0;
 
   constructor(
     private readonly directory: NbdExportDirectory,
     private readonly io: HandshakeIo,
   ) {}
 
+  /** Options received so far (the session watches it to time out idleness between options). */
+  get options(): number {
+    return this.optionsSeen;
+  }
+
   /** Whether the handshake has finished (successfully or not); later bytes are not ours. */
   get done(): boolean {
     return this.phase === Phase.DONE;
   }
 
-  feed(chunk: Buffer): void {
+  /**
+   * Parses `chunk`. Returns the bytes left unparsed because the connection became congested
+   * (feed them again later), or undefined when everything was consumed.
+   */
+  feed(chunk: Buffer): Buffer | undefined {
     let pos = 0;
     while (pos < chunk.length && this.phase !== Phase.DONE) {
+      if (this.phase === Phase.OPTION_HEADER && this.headerFill === 0 && this.io.congested?.() === true) {
+        return chunk.subarray(pos);
+      }
       switch (this.phase) {
         case Phase.CLIENT_FLAGS: {
           pos = this.fillHeader(chunk, pos, CLIENT_FLAGS_BYTES);
@@ -189,7 +211,7 @@ export class Handshake {
           if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
             // The spec: the server MUST drop the connection on client flags it does not know.
             this.fail(`unknown client flags 0x${flags.toString(16)}`);
-            return;
+            return undefined;
           }
           this.noZeroes = (flags & FLAG_C_NO_ZEROES) !== 0;
           this.phase = Phase.OPTION_HEADER;
@@ -201,11 +223,11 @@ export class Handshake {
           this.headerFill = 0;
           if (this.header.readUInt32BE(0) !== IHAVEOPT_HI || this.header.readUInt32BE(4) !== IHAVEOPT_LO) {
             this.fail('bad option magic');
-            return;
+            return undefined;
           }
           if (++this.optionsSeen > HANDSHAKE_OPTIONS_MAX) {
             this.fail(`more than ${HANDSHAKE_OPTIONS_MAX} options before NBD_OPT_GO`);
-            return;
+            return undefined;
           }
           this.option = this.header.readUInt32BE(8);
           this.dataLength = this.header.readUInt32BE(12);
@@ -213,7 +235,7 @@ export class Handshake {
             // EXPORT_NAME cannot be answered with an error, and a huge option is not worth reading.
             if (this.option === OPT_EXPORT_NAME || this.dataLength > OPTION_SKIP_BYTES_MAX) {
               this.fail(`option ${this.option} data of ${this.dataLength} bytes is too large`);
-              return;
+              return undefined;
             }
             this.skipRemaining = this.dataLength;
             this.phase = Phase.OPTION_SKIP;
@@ -263,6 +285,7 @@ export class Handshake {
         }
       }
     }
+    return undefined;
   }
 
   /** Copies up to `want - headerFill` bytes into the header scratch; returns the new position. */
@@ -297,6 +320,11 @@ export class Handshake {
       case OPT_LIST:
         if (data.length !== 0) {
           this.reply(option, REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+          return;
+        }
+        if (++this.listsSeen > LIST_OPTIONS_MAX) {
+          this.io.listRefused?.();
+          this.reply(option, REP_ERR_POLICY, `at most ${LIST_OPTIONS_MAX} NBD_OPT_LIST per connection`);
           return;
         }
         for (const { name, description } of this.directory.list()) {

@@ -1,6 +1,7 @@
 /** The NBD server's and client's public face; everything else in this folder is internal. */
 export { NbdServer } from './server.js';
-export type { NbdServerOptions } from './server.js';
+export type { NbdServerOptions, NbdLimits } from './server.js';
+export { defaultMaxConnections, openFilesLimit } from './connection-limit.js';
 export type { NbdExport, NbdExportDirectory } from './export.js';
 export type { NbdLogger } from './logger.js';
 export type { NbdStats } from './stats.js';

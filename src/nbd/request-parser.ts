@@ -6,9 +6,13 @@
  *             PAYLOAD_COLLECT  PAYLOAD: req.length bytes, then sink.onPayload(req, bytes)
  *             PAYLOAD_SKIP     SKIP: req.length bytes dropped, then sink.onSkipped(req)
  *             STOP             nothing more is parsed (disconnect or violation)
+ *             WAIT             the sink cannot take this request yet (no buffer budget): parsing
+ *                              pauses before its payload, and resume() offers the same header
+ *                              to onHeader again
  *
  * Only frames split across chunks are copied: a header into a 28-byte scratch, a WRITE payload
- * into a scratch buffer reused between requests (kept up to PAYLOAD_SCRATCH_KEEP_BYTES_MAX). A
+ * into a scratch buffer reused between requests (kept up to PAYLOAD_SCRATCH_KEEP_BYTES_MAX; larger
+ * ones come from the recycled buffers of reply-buffers.ts and go back after onPayload). A
  * header or payload wholly inside one chunk is handed to the sink as a view of that chunk. The
  * sink bounds every length in onHeader before asking for a payload, so the parser never
  * allocates more than the sink allowed.
@@ -18,6 +22,7 @@
  * are kept as views of their chunks (never copied) and parsing continues on resume().
  */
 import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX, REQUEST_HEADER_BYTES, REQUEST_MAGIC } from './constants.js';
+import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import { readU64 } from './wire.js';
 
 /** One decoded request header; reused for every request of a connection. */
@@ -36,7 +41,9 @@ export const PAYLOAD_NONE = 0;
 export const PAYLOAD_COLLECT = 1;
 export const PAYLOAD_SKIP = 2;
 export const STOP = 3;
-export type HeaderPlan = typeof PAYLOAD_NONE | typeof PAYLOAD_COLLECT | typeof PAYLOAD_SKIP | typeof STOP;
+export const WAIT = 4;
+export type HeaderPlan =
+  typeof PAYLOAD_NONE | typeof PAYLOAD_COLLECT | typeof PAYLOAD_SKIP | typeof STOP | typeof WAIT;
 
 export interface RequestSink {
   onHeader(req: RequestHeader): HeaderPlan;
@@ -51,6 +58,8 @@ const STATE_HEADER = 0;
 const STATE_PAYLOAD = 1;
 const STATE_SKIP = 2;
 const STATE_STOPPED = 3;
+/** A decoded header the sink answered WAIT: offered again on resume(). */
+const STATE_REOFFER = 4;
 
 const EMPTY = Buffer.alloc(0);
 
@@ -61,6 +70,8 @@ export class RequestParser {
   private headerFill = 0;
   private scratch: Buffer = EMPTY;
   private payload: Buffer = EMPTY;
+  /** The recycled buffer behind a large split payload, given back once the sink has it. */
+  private large: Buffer | undefined;
   private payloadFill = 0;
   private skipRemaining = 0;
   private paused = false;
@@ -75,6 +86,16 @@ export class RequestParser {
 
   get isPaused(): boolean {
     return this.paused;
+  }
+
+  /** A WRITE payload (or a skipped one) is partly received: its bytes must keep arriving. */
+  get inPayload(): boolean {
+    return this.state === STATE_PAYLOAD || this.state === STATE_SKIP;
+  }
+
+  /** Part of a request header has arrived (a request is on its way). */
+  get inHeader(): boolean {
+    return this.headerFill > 0 || this.state === STATE_REOFFER;
   }
 
   /** Bytes received but not yet parsed because the parser is paused. */
@@ -92,6 +113,7 @@ export class RequestParser {
   resume(): void {
     if (!this.paused) return;
     this.paused = false;
+    if (this.state === STATE_REOFFER) this.run(EMPTY);
     while (this.held.length > 0 && !this.paused && this.state !== STATE_STOPPED) {
       this.run(this.held.shift() as Buffer);
     }
@@ -115,6 +137,11 @@ export class RequestParser {
   private run(chunk: Buffer): void {
     const end = chunk.length;
     let pos = 0;
+    if (this.state === STATE_REOFFER) {
+      this.state = STATE_HEADER;
+      pos = this.plan(this.sink.onHeader(this.req), chunk, pos);
+      if (pos < 0) return;
+    }
     while (pos < end) {
       if (this.paused) {
         this.held.unshift(chunk.subarray(pos));
@@ -149,28 +176,8 @@ export class RequestParser {
         req.cookieLo = src.readUInt32BE(at + 12);
         req.offset = readU64(src, at + 16);
         req.length = src.readUInt32BE(at + 24);
-        const plan = this.sink.onHeader(req);
-        if (plan === PAYLOAD_NONE) continue;
-        if (plan === STOP) {
-          this.state = STATE_STOPPED;
-          return;
-        }
-        if (plan === PAYLOAD_SKIP) {
-          this.skipRemaining = req.length;
-          if (req.length === 0) this.sink.onSkipped(req);
-          else this.state = STATE_SKIP;
-          continue;
-        }
-        // PAYLOAD_COLLECT
-        if (end - pos >= req.length) {
-          const payload = req.length === 0 ? EMPTY : chunk.subarray(pos, pos + req.length);
-          pos += req.length;
-          this.sink.onPayload(req, payload);
-          continue;
-        }
-        this.payload = this.scratchFor(req.length);
-        this.payloadFill = 0;
-        this.state = STATE_PAYLOAD;
+        pos = this.plan(this.sink.onHeader(req), chunk, pos);
+        if (pos < 0) return;
       } else if (this.state === STATE_PAYLOAD) {
         const want = this.req.length;
         const n = Math.min(end - pos, want - this.payloadFill);
@@ -179,9 +186,12 @@ export class RequestParser {
         pos += n;
         if (this.payloadFill < want) return;
         const payload = this.payload;
+        const large = this.large;
         this.payload = EMPTY;
+        this.large = undefined;
         this.state = STATE_HEADER;
         this.sink.onPayload(this.req, payload);
+        if (large !== undefined) giveLargeReplyBuffer(large);
       } else if (this.state === STATE_SKIP) {
         const n = Math.min(end - pos, this.skipRemaining);
         this.skipRemaining -= n;
@@ -195,9 +205,49 @@ export class RequestParser {
     }
   }
 
+  /**
+   * Carries out the sink's plan for the header in `req`, whose payload (if any) starts at `pos`
+   * in `chunk`. Returns where parsing goes on, or -1 when it must stop for now.
+   */
+  private plan(plan: HeaderPlan, chunk: Buffer, pos: number): number {
+    const req = this.req;
+    if (plan === PAYLOAD_NONE) return pos;
+    if (plan === STOP) {
+      this.state = STATE_STOPPED;
+      return -1;
+    }
+    if (plan === WAIT) {
+      this.state = STATE_REOFFER;
+      this.paused = true;
+      if (pos < chunk.length) this.held.unshift(chunk.subarray(pos));
+      return -1;
+    }
+    if (plan === PAYLOAD_SKIP) {
+      this.skipRemaining = req.length;
+      if (req.length === 0) this.sink.onSkipped(req);
+      else this.state = STATE_SKIP;
+      return pos;
+    }
+    // PAYLOAD_COLLECT
+    if (chunk.length - pos >= req.length) {
+      const payload = req.length === 0 ? EMPTY : chunk.subarray(pos, pos + req.length);
+      this.sink.onPayload(req, payload);
+      return pos + req.length;
+    }
+    this.payload = this.scratchFor(req.length);
+    this.payloadFill = 0;
+    this.state = STATE_PAYLOAD;
+    return pos;
+  }
+
   /** A buffer of exactly `length` bytes for a split payload, reusing the scratch when small. */
   private scratchFor(length: number): Buffer {
-    if (length > PAYLOAD_SCRATCH_KEEP_BYTES_MAX) return Buffer.allocUnsafe(length);
+    if (length > PAYLOAD_SCRATCH_KEEP_BYTES_MAX) {
+      // Recycled like large replies: a fresh multi-MiB buffer per WRITE would only be returned
+      // to the system whenever the GC gets round to it, so RSS would run ahead of the budget.
+      this.large = takeLargeReplyBuffer(length);
+      return this.large.subarray(0, length);
+    }
     if (this.scratch.length < length) {
       // Grow in 64 KiB steps so a mix of request sizes settles on one buffer.
       const size = Math.min(PAYLOAD_SCRATCH_KEEP_BYTES_MAX, Math.ceil(length / 65536) * 65536);

@@ -7,33 +7,78 @@
  *   await server.close();
  *
  * Every connection is a Session (session.ts) with its own handshake and transmission state;
- * they share only the directory (hence the exports) and the statistics. A connection that
- * breaks the protocol is closed alone; socket errors never escape.
+ * they share the directory (hence the exports), the statistics and the global buffer budget.
+ * A connection that breaks the protocol is closed alone; socket errors never escape.
+ *
+ * Resource bounds (docs/nbd.md "Resource bounds"): at most `maxConnections` sessions (further
+ * connections are closed at accept, before the greeting), a global buffer budget, a per-
+ * connection reply queue bound, and timeouts on idleness and stalls, all checked by one timer
+ * for the whole server.
  */
 import { createServer } from 'node:net';
+import { invalidArgument } from '../errors.js';
 import type { Server, Socket } from 'node:net';
-import { HANDSHAKE_MS_MAX } from './constants.js';
+import { BufferBudget } from './budget.js';
+import { defaultMaxConnections } from './connection-limit.js';
+import {
+  BUFFER_BYTES_MAX,
+  HANDSHAKE_IDLE_MS_MAX,
+  IDLE_MS_DEFAULT,
+  REPLY_QUEUED_BYTES_MAX,
+  STALL_MS_MAX,
+  TIMEOUT_TICK_MS_MAX,
+  TIMEOUT_TICK_MS_MIN,
+} from './constants.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';
-import { Session } from './session.js';
+import { Session, type SessionLimits } from './session.js';
 import type { NbdStats } from './stats.js';
 import { StatsCounters } from './stats.js';
 
-export interface NbdServerOptions {
+/** What an NBD server lets its clients hold; every field has a default (constants.ts). */
+export interface NbdLimits {
+  /**
+   * Time a client may leave between handshake options (and before the first); idleness, not
+   * total handshake time. Defaults to HANDSHAKE_IDLE_MS_MAX (30 s); 0 turns it off.
+   */
+  handshakeTimeoutMs?: number;
+  /** Idle time after the handshake (nothing in flight or arriving); 0 (the default) is off. */
+  idleTimeoutMs?: number;
+  /** Time a WRITE payload may stop arriving, or queued replies stay unread; STALL_MS_MAX; 0 off. */
+  stallTimeoutMs?: number;
+  /** Open connections; more are refused at accept. Defaults from the open-file limit. */
+  maxConnections?: number;
+  /** Global budget for queued reply bytes and WRITE payloads (BUFFER_BYTES_MAX, 128 MiB). */
+  bufferBytesMax?: number;
+  /** Reply bytes one connection may have queued before it stops reading (16 MiB). */
+  replyQueuedBytesMax?: number;
+}
+
+export interface NbdServerOptions extends NbdLimits {
   directory: NbdExportDirectory;
   logger?: NbdLogger;
-  /** Time a client may take to finish the handshake; defaults to HANDSHAKE_MS_MAX. */
-  handshakeTimeoutMs?: number;
+}
+
+/** A limit option: a non-negative finite number, or the default. */
+function limit(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value < 0) {
+    throw invalidArgument(`NBD ${name} must be a non-negative number (0 turns a timeout off), not ${value}`);
+  }
+  return value;
 }
 
 export class NbdServer {
   private readonly directory: NbdExportDirectory;
   private readonly logger: NbdLogger;
-  private readonly handshakeTimeoutMs: number;
+  private readonly limits: SessionLimits;
+  private readonly maxConnections: number;
+  private readonly budget: BufferBudget;
   private readonly counters = new StatsCounters();
   private readonly sessions = new Set<Session>();
   private server: Server | undefined;
+  private ticker: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
   /** Set by close(): called whenever a session ends, to notice the last one. */
   private onIdle: (() => void) | undefined;
@@ -41,7 +86,26 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.directory = options.directory;
     this.logger = options.logger ?? SILENT_LOGGER;
-    this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? HANDSHAKE_MS_MAX;
+    this.limits = {
+      handshakeIdleMs: limit(options.handshakeTimeoutMs, HANDSHAKE_IDLE_MS_MAX, 'handshakeTimeoutMs'),
+      idleMs: limit(options.idleTimeoutMs, IDLE_MS_DEFAULT, 'idleTimeoutMs'),
+      stallMs: limit(options.stallTimeoutMs, STALL_MS_MAX, 'stallTimeoutMs'),
+      replyQueuedBytesMax: limit(options.replyQueuedBytesMax, REPLY_QUEUED_BYTES_MAX, 'replyQueuedBytesMax'),
+    };
+    this.maxConnections = limit(options.maxConnections, defaultMaxConnections(), 'maxConnections');
+    this.budget = new BufferBudget(limit(options.bufferBytesMax, BUFFER_BYTES_MAX, 'bufferBytesMax'));
+  }
+
+  /** The limits in force (defaults filled in). */
+  get effectiveLimits(): Required<NbdLimits> {
+    return {
+      handshakeTimeoutMs: this.limits.handshakeIdleMs,
+      idleTimeoutMs: this.limits.idleMs,
+      stallTimeoutMs: this.limits.stallMs,
+      maxConnections: this.maxConnections,
+      bufferBytesMax: this.budget.capacity,
+      replyQueuedBytesMax: this.limits.replyQueuedBytesMax,
+    };
   }
 
   /** Starts listening; port 0 picks a free port. Resolves with the address actually bound. */
@@ -57,6 +121,7 @@ export class NbdServer {
       server.once('error', onError);
       server.listen(port, host, () => {
         server.off('error', onError);
+        this.startTicker();
         server.on('error', (err) => this.logger.error?.(`nbd server error: ${err.message}`));
         const address = server.address();
         if (address === null || typeof address === 'string') {
@@ -78,7 +143,10 @@ export class NbdServer {
       // listener's own callback can run a tick before the sockets' 'close' events).
       let listenerClosed = false;
       this.onIdle = () => {
-        if (listenerClosed && this.sessions.size === 0) resolve();
+        if (listenerClosed && this.sessions.size === 0) {
+          clearInterval(this.ticker);
+          resolve();
+        }
       };
       server.close(() => {
         listenerClosed = true;
@@ -105,11 +173,46 @@ export class NbdServer {
   }
 
   stats(): NbdStats {
-    return this.counters.snapshot();
+    return this.counters.snapshot({ used: this.budget.used, capacity: this.budget.capacity });
+  }
+
+  /**
+   * One timer for every session's timeouts, ticking at a quarter of the shortest one (within
+   * TIMEOUT_TICK_MS_MIN..MAX): a timeout fires at most a quarter late.
+   */
+  private startTicker(): void {
+    const { handshakeIdleMs, idleMs, stallMs } = this.limits;
+    const enabled = [handshakeIdleMs, idleMs, stallMs].filter((ms) => ms > 0);
+    if (enabled.length === 0) return;
+    const tickMs = Math.min(TIMEOUT_TICK_MS_MAX, Math.max(TIMEOUT_TICK_MS_MIN, Math.min(...enabled) / 4));
+    this.ticker = setInterval(() => this.checkTimeouts(), tickMs);
+    this.ticker.unref();
+  }
+
+  /**
+   * Runs every connection's timeout checks as of `now` (what the server's own timer does a few
+   * times per timeout). Public so tests can advance time without waiting for it.
+   */
+  checkTimeouts(now = Date.now()): void {
+    for (const session of this.sessions) session.tick(now);
   }
 
   private accept(socket: Socket): void {
     if (this.closing !== undefined) {
+      socket.destroy();
+      return;
+    }
+    if (this.sessions.size >= this.maxConnections) {
+      // Refused before the greeting: the client sees the connection close at once. Closing (not
+      // queueing) frees the descriptor now, so a flood cannot exhaust the process's files.
+      this.counters.connectionsRefused++;
+      if (this.counters.connectionsRefused % 1000 === 1) {
+        this.logger.warn?.(
+          `nbd: refusing connections: ${this.maxConnections} open (maxConnections); ` +
+            `${this.counters.connectionsRefused} refused so far`,
+        );
+      }
+      socket.on('error', () => {});
       socket.destroy();
       return;
     }
@@ -119,7 +222,8 @@ export class NbdServer {
       directory: this.directory,
       stats: this.counters,
       logger: this.logger,
-      handshakeTimeoutMs: this.handshakeTimeoutMs,
+      budget: this.budget,
+      limits: this.limits,
       onClosed: (s) => {
         this.counters.connectionsOpen--;
         this.sessions.delete(s);

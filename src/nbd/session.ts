@@ -1,17 +1,30 @@
 /**
  * One client connection: the socket, its handshake, then its transmission.
  *
- * Lifecycle: greeting -> Handshake (bounded by a timer) -> Transmission -> closing -> closed.
- * Whatever ends a session (NBD_OPT_ABORT, NBD_CMD_DISC, a protocol violation, server close)
- * goes through `close`: stop parsing, end the socket so replies already queued still leave, and
- * destroy it if the peer has not gone within CLOSE_GRACE_MS. A violation therefore costs only
- * this connection. Socket errors are logged and end the session; they never propagate.
+ * Lifecycle: greeting -> Handshake -> Transmission -> closing -> closed.
+ * Whatever ends a session (NBD_OPT_ABORT, NBD_CMD_DISC, a protocol violation, a timeout, server
+ * close) goes through `close`: stop parsing, end the socket so replies already queued still
+ * leave, and destroy it if the peer has not gone within CLOSE_GRACE_MS. A violation therefore
+ * costs only this connection. Socket errors are logged and end the session; they never propagate.
  *
  * Writes are corked for the duration of one 'data' event, so every reply produced by one
  * chunk of pipelined requests leaves in one writev.
+ *
+ * Resources (every one bounded, see docs/nbd.md "Resource bounds"):
+ *   - reply bytes queued on the socket: reading stops (handshake options and requests alike)
+ *     while `replyQueuedBytesMax` are queued, and resumes on 'drain';
+ *   - the server's global BufferBudget is charged with exactly what the socket holds
+ *     (`settle`, after every write and write completion) plus the transmission's reservations;
+ *   - time: the server calls `tick` a few times per timeout; it measures progress (bytes in,
+ *     bytes out, options seen) and closes a session that is idle in the handshake, idle in
+ *     transmission (when enabled), or holding a request whose bytes stopped moving.
+ *
+ * The socket is wired in one method (`attach`), so that a later upgrade of the connection (to
+ * TLS after NBD_OPT_STARTTLS) can replace the socket object and wire the new one the same way.
  */
 import type { Socket } from 'node:net';
-import { CLOSE_GRACE_MS, REPLY_QUEUED_BYTES_MAX } from './constants.js';
+import type { BufferBudget } from './budget.js';
+import { CLOSE_GRACE_MS, TCP_KEEPALIVE_MS } from './constants.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';
@@ -19,47 +32,68 @@ import type { NbdLogger } from './logger.js';
 import type { StatsCounters } from './stats.js';
 import { Transmission } from './transmission.js';
 
+/** Per-connection limits; 0 turns a timeout off. */
+export interface SessionLimits {
+  readonly replyQueuedBytesMax: number;
+  readonly handshakeIdleMs: number;
+  readonly idleMs: number;
+  readonly stallMs: number;
+}
+
 export interface SessionOptions {
   readonly directory: NbdExportDirectory;
   readonly stats: StatsCounters;
   readonly logger: NbdLogger;
-  readonly handshakeTimeoutMs: number;
+  readonly budget: BufferBudget;
+  readonly limits: SessionLimits;
   readonly onClosed: (session: Session) => void;
 }
 
 export class Session {
+  private socket!: Socket;
   private readonly handshake: Handshake;
   private transmission: Transmission | undefined;
   private attachedName: string | undefined;
   private attachedExport: NbdExport | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   private closing = false;
   private closed = false;
-  private readonly peer: string;
+  private peer = '?';
+  /** Handshake bytes not parsed yet because the socket was congested. */
+  private handshakeRest: Buffer | undefined;
+
+  // Budget: bytes of this socket's queue charged to the global budget.
+  private charged = 0;
+  /** Bytes ever queued on the socket; minus writableLength, the bytes that have left. */
+  private queuedTotal = 0;
+
+  // Progress, sampled by tick(): the last values seen and when they last changed.
+  private seenBytesRead = 0;
+  private seenSent = 0;
+  private seenOptions = 0;
+  private lastInputAt: number;
+  private lastOutputAt: number;
+  private lastOptionAt: number;
+
+  /** Bound once: every write completion re-charges the budget. */
+  private readonly onWritten = (): void => this.settle();
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly options: SessionOptions,
   ) {
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    const now = Date.now();
+    this.lastInputAt = now;
+    this.lastOutputAt = now;
+    this.lastOptionAt = now;
     this.handshake = new Handshake(options.directory, {
       write: (buf) => this.write(buf),
       ready: (negotiated, rest) => this.enterTransmission(negotiated, rest),
       close: (reason, violation) => this.close(reason, violation),
+      congested: () => this.congested(),
+      listRefused: () => this.options.stats.listRefusals++,
     });
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.guarded(() => this.transmission?.tryResume()));
-    socket.on('error', (err) =>
-      this.options.logger.debug?.(`nbd ${this.peer}: socket error: ${err.message}`),
-    );
-    socket.on('close', () => this.onSocketClosed());
-    this.handshakeTimer = setTimeout(
-      () => this.close(`handshake not finished within ${options.handshakeTimeoutMs} ms`, false),
-      options.handshakeTimeoutMs,
-    );
-    this.handshakeTimer.unref();
+    this.attach(socket);
     this.write(greeting());
   }
 
@@ -85,12 +119,118 @@ export class Session {
     return this.attachedExport;
   }
 
+  /**
+   * Checks the timeouts; `now` is Date.now(). Progress is sampled here rather than recorded on
+   * every event, so the data path pays nothing for it; a timeout therefore fires between its
+   * value and one tick later.
+   */
+  tick(now: number): void {
+    if (this.closing) return;
+    const socket = this.socket;
+    const limits = this.options.limits;
+    const stats = this.options.stats;
+    if (socket.bytesRead !== this.seenBytesRead) {
+      this.seenBytesRead = socket.bytesRead;
+      this.lastInputAt = now;
+    }
+    const queued = socket.writableLength;
+    const sent = this.queuedTotal - queued;
+    if (sent !== this.seenSent || queued === 0) {
+      this.seenSent = sent;
+      this.lastOutputAt = now;
+    }
+    this.settle();
+    if (this.transmission === undefined) {
+      const options = this.handshake.options;
+      if (options !== this.seenOptions) {
+        this.seenOptions = options;
+        this.lastOptionAt = now;
+      }
+      if (limits.handshakeIdleMs > 0 && now - this.lastOptionAt >= limits.handshakeIdleMs) {
+        stats.handshakeTimeouts++;
+        this.close(`no handshake option for ${limits.handshakeIdleMs} ms`, false);
+      }
+      return;
+    }
+    const t = this.transmission;
+    if (limits.stallMs > 0) {
+      if (queued > 0 && now - this.lastOutputAt >= limits.stallMs) {
+        stats.replyStalls++;
+        this.close(`${queued} reply bytes unread for ${limits.stallMs} ms`, false);
+        return;
+      }
+      if (t.receivingPayload && now - this.lastInputAt >= limits.stallMs) {
+        stats.payloadStalls++;
+        this.close(`write payload stalled for ${limits.stallMs} ms`, false);
+        return;
+      }
+    }
+    if (limits.idleMs > 0 && queued === 0 && t.idle && now - this.lastInputAt >= limits.idleMs) {
+      stats.idleTimeouts++;
+      this.close(`idle for ${limits.idleMs} ms`, false);
+    }
+  }
+
+  /** Wires `socket` to this session (all socket events are handled here and only here). */
+  private attach(socket: Socket): void {
+    this.socket = socket;
+    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.seenBytesRead = socket.bytesRead;
+    this.queuedTotal = socket.writableLength;
+    this.seenSent = 0;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', (err) =>
+      this.options.logger.debug?.(`nbd ${this.peer}: socket error: ${err.message}`),
+    );
+    socket.on('close', () => this.onSocketClosed());
+  }
+
+  private congested(): boolean {
+    return this.socket.writableLength >= this.options.limits.replyQueuedBytesMax;
+  }
+
   private onData(chunk: Buffer): void {
+    this.options.stats.bytesReceived += chunk.length;
     if (this.closing) return;
     this.guarded(() => {
       if (this.transmission !== undefined) this.transmission.feed(chunk);
-      else this.handshake.feed(chunk);
+      else this.feedHandshake(chunk);
     });
+  }
+
+  private onDrain(): void {
+    this.settle();
+    if (this.closing) return;
+    this.guarded(() => {
+      if (this.transmission !== undefined) {
+        this.transmission.tryResume();
+      } else if (this.handshakeRest !== undefined && !this.congested()) {
+        const rest = this.handshakeRest;
+        this.handshakeRest = undefined;
+        this.socket.resume();
+        this.feedHandshake(rest);
+      }
+    });
+  }
+
+  /** Feeds the handshake; when it stops for congestion, keeps the rest and stops reading. */
+  private feedHandshake(chunk: Buffer): void {
+    if (this.handshakeRest !== undefined) {
+      this.handshakeRest = Buffer.concat([this.handshakeRest, chunk]);
+      return;
+    }
+    const rest = this.handshake.feed(chunk);
+    if (rest === undefined || this.closing) return;
+    if (this.transmission !== undefined) {
+      // The handshake finished inside this chunk; `ready` already handed the rest on.
+      return;
+    }
+    this.handshakeRest = rest;
+    this.options.stats.replyPauses++;
+    this.socket.pause();
   }
 
   /**
@@ -108,6 +248,7 @@ export class Session {
       this.internalError(err);
     } finally {
       socket.uncork();
+      this.settle();
     }
   }
 
@@ -117,44 +258,61 @@ export class Session {
   }
 
   private enterTransmission(negotiated: Negotiated, rest: Buffer | undefined): void {
-    clearTimeout(this.handshakeTimer);
-    this.handshakeTimer = undefined;
     this.options.directory.onAttach?.(negotiated.exportName, 1);
     // Only an attach that succeeded is undone when the socket closes.
     this.attachedName = negotiated.exportName;
     this.attachedExport = negotiated.export;
+    // Idleness and stalls are measured from here: the handshake's bytes are not news.
+    this.lastInputAt = Date.now();
+    this.seenBytesRead = this.socket.bytesRead;
     this.transmission = new Transmission(
       negotiated,
       {
         write: (buf, written) => this.write(buf, written),
-        congested: () => this.socket.writableLength >= REPLY_QUEUED_BYTES_MAX,
+        congested: () => this.congested(),
         setInputPaused: (paused) => {
           if (this.closing) return;
           if (paused) this.socket.pause();
           else this.socket.resume();
         },
+        resume: () => this.guarded(() => this.transmission?.tryResume()),
         close: (reason, violation) => this.close(reason, violation),
         internalError: (err) => this.internalError(err),
       },
       this.options.stats,
+      this.options.budget,
     );
     if (rest !== undefined) this.transmission.feed(rest);
   }
 
   private write(buf: Buffer, written?: () => void): void {
-    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
-    if (written === undefined) this.socket.write(buf);
-    else
-      this.socket.write(buf, (err) => {
+    const socket = this.socket;
+    if (this.closed || socket.destroyed || socket.writableEnded) return;
+    this.queuedTotal += buf.length;
+    if (written === undefined) {
+      socket.write(buf, this.onWritten);
+    } else {
+      socket.write(buf, (err) => {
+        this.settle();
         if (!err) written();
       });
+    }
+    this.settle();
+  }
+
+  /** Re-charges the global budget with what the socket holds now. */
+  private settle(): void {
+    if (this.closed) return;
+    const queued = this.socket.writableLength;
+    if (queued === this.charged) return;
+    this.options.budget.adjust(queued - this.charged);
+    this.charged = queued;
   }
 
   private close(reason: string, violation: boolean): void {
     if (this.closing) return;
     this.closing = true;
-    clearTimeout(this.handshakeTimer);
-    this.handshakeTimer = undefined;
+    this.handshakeRest = undefined;
     this.transmission?.stop();
     if (violation) {
       this.options.stats.protocolViolations++;
@@ -173,11 +331,13 @@ export class Session {
 
   private onSocketClosed(): void {
     if (this.closed) return;
-    this.closed = true;
     this.closing = true;
-    clearTimeout(this.handshakeTimer);
     clearTimeout(this.graceTimer);
     this.transmission?.stop();
+    // Whatever the socket still held is gone with it.
+    this.options.budget.adjust(-this.charged);
+    this.charged = 0;
+    this.closed = true;
     try {
       if (this.attachedName !== undefined) this.options.directory.onAttach?.(this.attachedName, -1);
     } catch (err) {

@@ -15,9 +15,14 @@
  * replies without payload). A READ reply is one buffer, header then payload, and the export
  * reads straight into its payload: one allocation and one socket write per read.
  *
- * Bounds: parsing pauses while more than REPLY_QUEUED_BYTES_MAX reply bytes wait in the socket
- * or ASYNC_REQUESTS_MAX flushes are pending, and resumes when both fall back (tryResume).
+ * Bounds: parsing pauses while the connection's reply queue is at its bound (the session's
+ * `replyQueuedBytesMax`) or ASYNC_REQUESTS_MAX flushes are pending, and resumes when both fall
+ * back (tryResume). Every READ reserves its reply and every WRITE its payload in the server's
+ * global BufferBudget before it is admitted; a request that does not fit is left in the parser
+ * (WAIT) and offered again once the budget grants its bytes, so nothing is dropped and requests
+ * still run in order.
  */
+import type { BudgetWaiter, BufferBudget } from './budget.js';
 import type { NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import {
@@ -48,7 +53,7 @@ import {
 import { errnoForError, messageForError } from './errno.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
-import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP } from './request-parser.js';
+import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
 import type { StatsCounters } from './stats.js';
 import type { ValidationContext } from './validate.js';
 import {
@@ -75,6 +80,8 @@ export interface TransmissionIo {
   congested(): boolean;
   /** Stop or restart reading the socket (mirrors the parser's pause state). */
   setInputPaused(paused: boolean): void;
+  /** The budget granted a waiting request: call tryResume from a guarded context. */
+  resume(): void;
   /** Transmission ended: after NBD_CMD_DISC (`violation` false) or a broken frame. */
   close(reason: string, violation: boolean): void;
   /** A bug in this layer surfaced outside a socket event (in a flush completion). */
@@ -112,10 +119,24 @@ export class Transmission implements RequestSink {
   /** Bound once, so BLOCK_STATUS does not allocate a closure per request. */
   private readonly emit = (length: number, flags: number): void => this.collectExtent(length, flags);
 
+  // Global budget: the one request waiting for bytes, bytes granted to it, a WRITE's payload.
+  private readonly waiter: BudgetWaiter & { bytes: number } = {
+    bytes: 0,
+    granted: () => this.onGranted(),
+  };
+  /** A request is parked in the parser (WAIT) until the budget grants `waiter.bytes`. */
+  private waitingForBudget = false;
+  /** The parked request was granted; its header is being offered again (not counted twice). */
+  private grantedBytes = 0;
+  private reoffered = false;
+  /** Reserved for the WRITE whose payload is being received. */
+  private payloadReserved = 0;
+
   constructor(
     negotiated: Negotiated,
     private readonly io: TransmissionIo,
     private readonly stats: StatsCounters,
+    private readonly budget: BufferBudget,
   ) {
     this.exp = negotiated.export;
     this.structured = negotiated.structuredReplies;
@@ -135,10 +156,27 @@ export class Transmission implements RequestSink {
     return this.asyncInFlight;
   }
 
+  /** A WRITE payload is partly received (its bytes must keep arriving). */
+  get receivingPayload(): boolean {
+    return this.parser.inPayload && !this.parser.isPaused;
+  }
+
+  /** Nothing in flight, nothing waiting, no request partly received. */
+  get idle(): boolean {
+    return (
+      this.asyncInFlight === 0 && !this.waitingForBudget && !this.parser.inPayload && !this.parser.inHeader
+    );
+  }
+
   /** Stops parsing for good (connection closing); pending flushes still complete but reply nowhere. */
   stop(): void {
     this.ended = true;
     this.parser.stop();
+    // Give back whatever this connection held or was promised.
+    if (this.waitingForBudget && this.budget.cancel(this.waiter)) this.waitingForBudget = false;
+    this.budget.release(this.grantedBytes + this.payloadReserved);
+    this.grantedBytes = 0;
+    this.payloadReserved = 0;
   }
 
   /** Like NBD_CMD_DISC from our side: parse nothing more, answer what is in flight, then close. */
@@ -152,7 +190,7 @@ export class Transmission implements RequestSink {
 
   /** Restarts parsing if nothing holds it back any more. */
   tryResume(): void {
-    if (!this.parser.isPaused || this.parser.stopped) return;
+    if (!this.parser.isPaused || this.parser.stopped || this.waitingForBudget) return;
     if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) return;
     this.io.setInputPaused(false);
     this.parser.resume();
@@ -161,7 +199,8 @@ export class Transmission implements RequestSink {
   // ---- RequestSink ------------------------------------------------------------------------
 
   onHeader(req: RequestHeader): HeaderPlan {
-    this.stats.countRequest(req.type);
+    if (this.reoffered) this.reoffered = false;
+    else this.stats.countRequest(req.type);
     if (req.type === CMD_DISC) {
       // Answer everything outstanding, then close; the client sends nothing after DISC.
       this.disconnecting = true;
@@ -170,7 +209,11 @@ export class Transmission implements RequestSink {
     }
     const reason = validateRequest(req, this.ctx);
     if (req.type === CMD_WRITE) {
-      if (reason === VALID) return PAYLOAD_COLLECT;
+      if (reason === VALID) {
+        if (!this.admit(req.length)) return WAIT;
+        this.payloadReserved = req.length;
+        return PAYLOAD_COLLECT;
+      }
       if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
         this.ended = true;
         this.io.close(`write of ${req.length} bytes is absurdly large`, true);
@@ -180,20 +223,34 @@ export class Transmission implements RequestSink {
       this.skipReason = reason;
       return PAYLOAD_SKIP;
     }
-    if (reason !== VALID) this.reject(req, reason);
-    else this.dispatch(req);
+    if (reason !== VALID) {
+      this.reject(req, reason);
+    } else if (req.type === CMD_READ) {
+      const cost = this.readReplyBytes(req.length);
+      if (!this.admit(cost)) return WAIT;
+      // The reply is charged to the budget (via the socket's queue) as soon as it is written.
+      this.read(req);
+      this.budget.release(cost);
+    } else {
+      this.dispatch(req);
+    }
     this.afterRequest();
     return PAYLOAD_NONE;
   }
 
   onPayload(req: RequestHeader, payload: Buffer): void {
+    // The payload is consumed synchronously below: its reservation ends with this call.
+    const reserved = this.payloadReserved;
+    this.payloadReserved = 0;
     try {
       this.exp.write(req.offset, payload);
     } catch (err) {
+      this.budget.release(reserved);
       this.fail(req, err);
       this.afterRequest();
       return;
     }
+    this.budget.release(reserved);
     this.stats.bytesWritten += payload.length;
     this.complete(req);
     this.afterRequest();
@@ -209,15 +266,50 @@ export class Transmission implements RequestSink {
     this.io.close(reason, true);
   }
 
+  // ---- global budget ----------------------------------------------------------------------
+
+  /**
+   * Takes `bytes` of the global budget for the request being parsed: the grant it waited for,
+   * or fresh bytes; otherwise queues for them, stops reading and answers false (WAIT).
+   */
+  private admit(bytes: number): boolean {
+    if (this.grantedBytes > 0) {
+      // The same request, offered again: the grant was sized for it.
+      this.budget.adjust(bytes - this.grantedBytes);
+      this.grantedBytes = 0;
+      return true;
+    }
+    if (this.budget.tryTake(bytes)) return true;
+    this.stats.budgetWaits++;
+    this.waiter.bytes = bytes;
+    this.waitingForBudget = true;
+    this.budget.wait(this.waiter);
+    this.io.setInputPaused(true);
+    return false;
+  }
+
+  private onGranted(): void {
+    this.waitingForBudget = false;
+    if (this.ended) {
+      this.budget.release(this.waiter.bytes);
+      return;
+    }
+    this.grantedBytes = this.waiter.bytes;
+    this.reoffered = true;
+    this.io.resume();
+  }
+
+  private readReplyBytes(length: number): number {
+    return (this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES) + length;
+  }
+
   // ---- dispatch ---------------------------------------------------------------------------
 
+  /** Everything but READ (admitted by the budget first) and WRITE (after its payload). */
   private dispatch(req: RequestHeader): void {
     const exp = this.exp;
     try {
       switch (req.type) {
-        case CMD_READ:
-          this.read(req);
-          return;
         case CMD_FLUSH:
           this.afterFlush(req.type, req.cookieHi, req.cookieLo);
           return;
@@ -434,7 +526,9 @@ export class Transmission implements RequestSink {
 
   private afterRequest(): void {
     if (this.parser.isPaused || this.parser.stopped) return;
-    if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) {
+    const congested = this.io.congested();
+    if (congested || this.asyncInFlight >= ASYNC_REQUESTS_MAX) {
+      if (congested) this.stats.replyPauses++;
       this.parser.pause();
       this.io.setInputPaused(true);
     }

@@ -1,0 +1,340 @@
+/**
+ * Resource bounds of the NBD server, one hostile client at a time, over real sockets: the
+ * handshake idle timeout (idleness, not total time), the payload stall timeout (progress, not
+ * total time), the reply stall timeout, the opt-in idle timeout, the connection limit, the LIST
+ * cap, and the global buffer budget (requests wait, nothing is lost, the budget returns to 0).
+ *
+ * Time is never asserted. Where a test shows that progress keeps a connection alive, it moves
+ * the server's clock itself (`server.checkTimeouts(now)`) after confirming that the server has
+ * received the bytes (`bytesReceived`), with real timeouts far too long to fire meanwhile.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fc from 'fast-check';
+import { BufferBudget } from '../../src/nbd/budget.js';
+import { defaultMaxConnections, openFilesLimit } from '../../src/nbd/connection-limit.js';
+import * as C from '../../src/nbd/constants.js';
+import type { NbdServer } from '../../src/nbd/server.js';
+import { startServer } from './helpers.js';
+import { testDirectory, MemoryExport } from './memory-export.js';
+import { encodeRequest, RawClient } from './raw-client.js';
+import { waitFor } from '../interop/appliance-process.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** Timeouts that never fire during a test (its clock is moved by hand instead). */
+const NEVER_MS = 3_600_000;
+
+async function received(server: NbdServer, bytes: number): Promise<void> {
+  await waitFor(`server to receive ${bytes} bytes`, () => server.stats().bytesReceived >= bytes);
+}
+
+test('handshake: idleness between options is timed out, not the whole handshake', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: 60_000 });
+  t.after(() => server.close());
+  const busy = await RawClient.handshake(port);
+  t.after(() => busy.destroy());
+  const quiet = await RawClient.handshake(port);
+  t.after(() => quiet.destroy());
+  let now = Date.now();
+  // Five options 40 s apart (200 s in all, far beyond 60 s): each one is progress.
+  for (let i = 0; i < 5; i++) {
+    await busy.go('small', [], C.OPT_INFO);
+    now += 40_000;
+    server.checkTimeouts(now);
+  }
+  assert.equal(busy.closed, false);
+  // The quiet one sent its flags and nothing since: closed at the first check past 60 s.
+  assert.equal(await quiet.waitClosed(), true);
+  assert.equal(server.stats().handshakeTimeouts, 1);
+  const { size } = await busy.go('small');
+  assert.equal(size, MiB);
+});
+
+test('handshake idle timeout closes a silent client with the real timer', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { handshakeTimeoutMs: 200 });
+  t.after(() => server.close());
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  assert.equal(await c.waitClosed(10_000), true);
+  assert.equal(server.stats().handshakeTimeouts, 1);
+});
+
+test('a WRITE payload that stops arriving closes the connection; a slow moving one does not', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { stallTimeoutMs: 60_000 });
+  t.after(() => server.close());
+  const { client: slow } = await RawClient.open(port);
+  t.after(() => slow.destroy());
+  const { client: stuck } = await RawClient.open(port);
+  t.after(() => stuck.destroy());
+  const payload = Buffer.alloc(MiB, 0x5a);
+
+  const header = encodeRequest(C.CMD_WRITE, 0, payload.length, 0, 11n);
+  let sent = server.stats().bytesReceived;
+  stuck.write(Buffer.concat([header, payload.subarray(0, 1000)]));
+  sent += header.length + 1000;
+  await received(server, sent);
+  slow.write(header);
+  sent += header.length;
+  let now = Date.now();
+  // The slow client sends a piece per 40 s of server time: 16 pieces, 640 s, never 60 s still.
+  const piece = payload.length / 16;
+  for (let i = 0; i < 16; i++) {
+    slow.write(payload.subarray(i * piece, (i + 1) * piece));
+    sent += piece;
+    await received(server, sent);
+    now += 40_000;
+    server.checkTimeouts(now);
+    assert.equal(server.stats().payloadStalls, i < 2 ? 0 : 1, `after piece ${i}`);
+  }
+  // stuck sent nothing since the first check: closed once 60 s passed without progress.
+  assert.equal(await stuck.waitClosed(), true);
+  const reply = await slow.readReply();
+  assert.equal(reply.error, 0);
+  assert.equal(reply.cookie, 11n);
+  assert.deepEqual(await slow.pread(0, payload.length), payload);
+  assert.equal(server.stats().payloadStalls, 1);
+});
+
+test('payload stall timeout closes a stalled WRITE with the real timer and frees its budget', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { stallTimeoutMs: 200 });
+  t.after(() => server.close());
+  const { client: c } = await RawClient.open(port);
+  t.after(() => c.destroy());
+  c.write(Buffer.concat([encodeRequest(C.CMD_WRITE, 0, 8 * MiB, 0, 1n), Buffer.alloc(4096)]));
+  await waitFor('the payload to be reserved', () => server.stats().bufferBytesUsed >= 8 * MiB);
+  assert.equal(await c.waitClosed(10_000), true);
+  assert.equal(server.stats().payloadStalls, 1);
+  await waitFor('the budget to be free again', () => server.stats().bufferBytesUsed === 0);
+});
+
+test('replies left unread close the connection after the stall timeout', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { stallTimeoutMs: 200 });
+  t.after(() => server.close());
+  const { client: c } = await RawClient.open(port);
+  t.after(() => c.destroy());
+  c.socket.pause();
+  const frames: Buffer[] = [];
+  for (let i = 0; i < 64; i++) frames.push(encodeRequest(C.CMD_READ, i * MiB, MiB, 0, BigInt(i)));
+  c.write(Buffer.concat(frames));
+  await waitFor('the connection to close', () => server.stats().connectionsOpen === 0, 20_000);
+  assert.equal(server.stats().replyStalls, 1);
+  assert.equal(server.stats().bufferBytesUsed, 0);
+});
+
+test('idle timeout: off by default, and when set it closes idle connections only', async (t) => {
+  const plain = await startServer();
+  t.after(() => plain.server.close());
+  assert.equal(plain.server.effectiveLimits.idleTimeoutMs, 0);
+  const { client: kept } = await RawClient.open(plain.port);
+  t.after(() => kept.destroy());
+  plain.server.checkTimeouts(Date.now() + 365 * 24 * 3_600_000);
+  assert.deepEqual(await kept.pread(0, 512), Buffer.alloc(512));
+  assert.equal(plain.server.stats().idleTimeouts, 0);
+
+  const { server, port } = await startServer(testDirectory(), {
+    idleTimeoutMs: 60_000,
+    stallTimeoutMs: NEVER_MS,
+  });
+  t.after(() => server.close());
+  const { client: idle } = await RawClient.open(port);
+  t.after(() => idle.destroy());
+  const { client: waiting } = await RawClient.open(port);
+  t.after(() => waiting.destroy());
+  // `waiting` has half a request header on the wire: a request is arriving, it is not idle.
+  const before = server.stats().bytesReceived;
+  waiting.write(encodeRequest(C.CMD_READ, 0, 512, 0, 5n).subarray(0, 10));
+  await received(server, before + 10);
+  server.checkTimeouts(Date.now() + 61_000);
+  assert.equal(await idle.waitClosed(), true);
+  assert.equal(server.stats().idleTimeouts, 1);
+  waiting.write(encodeRequest(C.CMD_READ, 0, 512, 0, 5n).subarray(10));
+  const reply = await waiting.readReply();
+  assert.equal(reply.cookie, 5n);
+  assert.equal(reply.error, 0);
+});
+
+test('idle timeout closes an idle connection with the real timer', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { idleTimeoutMs: 200 });
+  t.after(() => server.close());
+  const { client: c } = await RawClient.open(port);
+  t.after(() => c.destroy());
+  assert.deepEqual(await c.pread(0, 512), Buffer.alloc(512));
+  assert.equal(await c.waitClosed(10_000), true);
+  assert.equal(server.stats().idleTimeouts, 1);
+});
+
+test('connection limit: extra connections are closed before the greeting, served again later', async (t) => {
+  const { server, port } = await startServer(testDirectory(), { maxConnections: 3 });
+  t.after(() => server.close());
+  const open: RawClient[] = [];
+  for (let i = 0; i < 3; i++) {
+    const c = await RawClient.handshake(port);
+    t.after(() => c.destroy());
+    open.push(c);
+  }
+  const refused = await RawClient.connect(port);
+  t.after(() => refused.destroy());
+  await assert.rejects(refused.read(C.SERVER_GREETING_BYTES), /closed/);
+  assert.equal(server.stats().connectionsRefused, 1);
+  assert.equal(server.stats().connectionsOpen, 3);
+
+  open[0].destroy();
+  await waitFor('a slot to free', () => server.stats().connectionsOpen === 2);
+  const { client: later } = await RawClient.open(port, 'small');
+  t.after(() => later.destroy());
+  assert.deepEqual(await later.pread(0, 512), Buffer.alloc(512));
+});
+
+test('the default connection limit leaves descriptors for everything else', () => {
+  const limits = (soft: string) =>
+    `Limit                     Soft Limit           Hard Limit           Units\n` +
+    `Max open files            ${soft}                 65536                files\n`;
+  assert.equal(openFilesLimit(limits('1024')), 1024);
+  assert.equal(openFilesLimit(limits('unlimited')), Number.MAX_SAFE_INTEGER);
+  assert.equal(openFilesLimit('garbage'), C.OPEN_FILES_FALLBACK);
+  assert.equal(defaultMaxConnections(1024), (1024 - C.FD_RESERVE) / 2);
+  assert.equal(defaultMaxConnections(64), 1);
+  assert.equal(defaultMaxConnections(1 << 20), C.CONNECTIONS_DEFAULT_MAX);
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 1 << 24 }), (nofile) => {
+      const max = defaultMaxConnections(nofile);
+      return (
+        max >= 1 &&
+        max <= C.CONNECTIONS_DEFAULT_MAX &&
+        (nofile < 2 * C.FD_RESERVE || max + C.FD_RESERVE <= nofile)
+      );
+    }),
+  );
+});
+
+test('LIST: at most LIST_OPTIONS_MAX per connection, later ones refused by policy', async (t) => {
+  const { server, port } = await startServer();
+  t.after(() => server.close());
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  for (let i = 0; i < C.LIST_OPTIONS_MAX + 2; i++) {
+    c.sendOption(C.OPT_LIST);
+    const replies = await c.readOptionRepliesUntilFinal();
+    const last = replies[replies.length - 1];
+    if (i < C.LIST_OPTIONS_MAX) {
+      assert.equal(last.type, C.REP_ACK);
+      assert.equal(replies.length, 4); // three exports, then ACK
+    } else {
+      assert.equal(last.type, C.REP_ERR_POLICY);
+    }
+  }
+  assert.equal(server.stats().listRefusals, 2);
+  const { size } = await c.go('small');
+  assert.equal(size, MiB);
+});
+
+test('handshake: options are not parsed while their replies go unread', async (t) => {
+  const dir = testDirectory();
+  // Long names: one LIST answers ~1 MiB.
+  for (let i = 0; i < 4000; i++) dir.add(`${'n'.repeat(240)}${i}`, new MemoryExport(4096));
+  const { server, port } = await startServer(dir, { replyQueuedBytesMax: 256 * KiB });
+  t.after(() => server.close());
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  c.socket.pause();
+  const list = Buffer.alloc(16);
+  list.writeUInt32BE(C.IHAVEOPT_HI, 0);
+  list.writeUInt32BE(C.IHAVEOPT_LO, 4);
+  list.writeUInt32BE(C.OPT_LIST, 8);
+  c.write(Buffer.concat(new Array<Buffer>(C.LIST_OPTIONS_MAX).fill(list)));
+  await waitFor('the handshake to stop reading', () => server.stats().replyPauses > 0);
+  // Stopped after at most one LIST beyond the bound, not 16 MiB of replies.
+  assert.ok(server.stats().bufferBytesUsed <= 256 * KiB + 1.1 * MiB, `${server.stats().bufferBytesUsed}`);
+  c.socket.resume();
+  let lists = 0;
+  while (lists < C.LIST_OPTIONS_MAX) {
+    const r = await c.readOptionReply();
+    if (r.type === C.REP_ACK) lists++;
+    else assert.equal(r.type, C.REP_SERVER);
+  }
+  const { size } = await c.go('small');
+  assert.equal(size, MiB);
+});
+
+test('global budget: a client holding it stalls others until it is closed; nothing is lost', async (t) => {
+  const { server, port, dir } = await startServer(testDirectory(), {
+    bufferBytesMax: 2 * MiB,
+    stallTimeoutMs: 300,
+  });
+  t.after(() => server.close());
+  // The hog asks for 64 x 1 MiB and reads nothing: it fills the budget and stops there.
+  const { client: hog } = await RawClient.open(port);
+  t.after(() => hog.destroy());
+  hog.socket.pause();
+  const frames: Buffer[] = [];
+  for (let i = 0; i < 64; i++) frames.push(encodeRequest(C.CMD_READ, i * MiB, MiB, 0, BigInt(i)));
+  hog.write(Buffer.concat(frames));
+  await waitFor('the hog to hold the budget', () => server.stats().bufferBytesUsed >= MiB);
+
+  // A good client's writes and reads wait for the budget, then complete with the right bytes.
+  const { client: good } = await RawClient.open(port, 'small');
+  t.after(() => good.destroy());
+  const data = Buffer.alloc(256 * KiB);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 13 + 1) & 0xff;
+  assert.equal(await good.pwrite(4096, data), 0);
+  assert.deepEqual(await good.pread(4096, data.length), data);
+  assert.deepEqual(
+    Buffer.from((dir.exports.get('small') as MemoryExport).data.subarray(4096, 4096 + data.length)),
+    data,
+  );
+  assert.ok(server.stats().bufferBytesUsed <= 2 * MiB + MiB + 64, `${server.stats().bufferBytesUsed}`);
+  await waitFor('the hog to be closed for not reading', () => server.stats().replyStalls === 1, 20_000);
+  hog.socket.resume(); // (a paused socket never sees the server's FIN)
+  assert.equal(await hog.waitClosed(10_000), true);
+  good.destroy();
+  await waitFor('every connection to close', () => server.stats().connectionsOpen === 0);
+  assert.equal(server.stats().bufferBytesUsed, 0, 'every byte charged was given back');
+});
+
+test('BufferBudget: FIFO grants, never above capacity unless alone, used returns to 0', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 64 }),
+      fc.array(fc.record({ bytes: fc.integer({ min: 1, max: 80 }), hold: fc.boolean() }), {
+        minLength: 1,
+        maxLength: 40,
+      }),
+      async (capacity, requests) => {
+        const budget = new BufferBudget(capacity);
+        const granted: number[] = [];
+        const held: number[] = [];
+        const waiting: number[] = [];
+        requests.forEach((r, i) => {
+          if (budget.tryTake(r.bytes)) {
+            // Above capacity only when it is the one reservation (a request larger than the budget).
+            assert.ok(budget.used <= capacity || budget.used === r.bytes);
+            granted.push(i);
+            if (r.hold) held.push(r.bytes);
+            else budget.release(r.bytes);
+          } else {
+            waiting.push(i);
+            budget.wait({
+              bytes: r.bytes,
+              granted: () => {
+                assert.ok(budget.used <= capacity || budget.used === r.bytes);
+                granted.push(i);
+                budget.release(r.bytes);
+              },
+            });
+          }
+        });
+        for (const bytes of held) budget.release(bytes);
+        await waitFor('every waiter to be granted', () => budget.waiting === 0, 5_000, 1);
+        await new Promise((resolve) => setImmediate(resolve));
+        await new Promise((resolve) => setImmediate(resolve));
+        assert.equal(budget.used, 0);
+        assert.equal(granted.length, requests.length);
+        // Waiters were granted in the order they queued.
+        const order = granted.filter((i) => waiting.includes(i));
+        assert.deepEqual(order, waiting);
+      },
+    ),
+    { numRuns: 200 },
+  );
+});
