@@ -337,8 +337,9 @@ test('a slow handshake is dropped by the handshake timeout, not as a violation',
   t.after(() => slow.destroy());
   assert.equal(await slow.waitClosed(), true);
   assert.equal(server.stats().protocolViolations, 0);
+  assert.equal(server.stats().handshakeTimeouts, 1);
   assert.ok(
-    logger.lines.some((l) => l.includes('handshake not finished within 300 ms')),
+    logger.lines.some((l) => l.includes('no handshake option for 300 ms')),
     logger.lines.join('\n'),
   );
 });
