@@ -1,5 +1,5 @@
 /**
- * The pager whose appliances are killed with SIGKILL (issue 12, point 8): real appliance
+ * The pager whose appliances are killed with SIGKILL, or hung with SIGSTOP (issue 12, point 8): real appliance
  * processes, and the pager in a child process of its own so the test can check that it ends
  * by itself afterwards (a pager that leaves a handle open keeps its process alive). The child
  * (fixtures/pager-failure-child.ts) fills a fabric store, the test kills appliances, and the
@@ -52,7 +52,12 @@ function storeFailed(outcome: Outcome, what: string): void {
   );
 }
 
-async function run(t: TestContext, redundancy: 'none' | { data: number; parity: number }, kill: number) {
+async function run(
+  t: TestContext,
+  redundancy: 'none' | { data: number; parity: number },
+  kill: number,
+  signal: 'SIGKILL' | 'SIGSTOP' = 'SIGKILL',
+) {
   const count = redundancy === 'none' ? 1 : redundancy.data + redundancy.parity;
   const appliances = await Promise.all(
     Array.from({ length: count }, () => ApplianceProcess.start({ memory: '512MiB', merge: false })),
@@ -97,7 +102,10 @@ async function run(t: TestContext, redundancy: 'none' | { data: number; parity: 
   };
 
   await phase('written');
-  await Promise.all(appliances.slice(0, kill).map((a) => a.kill()));
+  // SIGKILL: connections reset at once. SIGSTOP: a hung appliance, lost only when a request
+  // gets no answer within requestTimeoutMs (the child uses 2 s). Both by PID; t.after's
+  // SIGKILL ends a stopped one too.
+  for (const appliance of appliances.slice(0, kill)) process.kill(appliance.pid, signal);
   child.stdin.end('killed\n');
   const done = (await phase('done')) as unknown as Done;
 
@@ -134,3 +142,6 @@ test('a plain fabric store whose appliance is SIGKILLed: every call settles, clo
 
 test('a coded (2+1) fabric store losing two appliances to SIGKILL: the same, with MF_DATA_LOST as cause', (t) =>
   run(t, { data: 2, parity: 1 }, 2));
+
+test('a plain fabric store whose appliance hangs (SIGSTOP): every call settles once the request times out', (t) =>
+  run(t, 'none', 1, 'SIGSTOP'));
