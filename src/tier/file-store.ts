@@ -101,7 +101,16 @@ export class FilePageStore implements PageStore {
     let path: string;
     let handle: FileLayerHandle;
     if (temporary) {
-      await checkDirectory(directory, 'swap directory', false);
+      await checkDirectory(directory, 'swap directory', false).catch((error: unknown) => {
+        // The pager's default names no directory the user typed: say where it came from.
+        if (!(error instanceof MemfabricError)) throw error;
+        throw new MemfabricError(
+          error.code,
+          `${error.message} (a pager given no store puts its swap file in the OS temp directory: ` +
+            "set TMPDIR, or pass store { kind: 'file', directory } or { kind: 'file', path })",
+          { cause: error.cause },
+        );
+      });
       path = join(directory, `memfabric-${process.pid}-${randomBytes(6).toString('hex')}.swap`);
       handle = await openTemporary(layer, path);
     } else {

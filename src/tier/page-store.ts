@@ -69,4 +69,6 @@ export type StoreSpec =
       discardDelayMs?: number;
       /** Fail every write to these slots with STORE_FAILED. */
       failWriteSlots?: number[];
+      /** Fail every operation after the first this many with STORE_FAILED (cause: an EIO). */
+      failAfterOps?: number;
     };

@@ -12,7 +12,7 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { MemoryPageStore } from './memory-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
-import { StoreGuard } from './store-guard.js';
+import { StoreGuard, storeFailed } from './store-guard.js';
 
 export type TestStoreSpec = Extract<StoreSpec, { kind: 'test' }>;
 
@@ -27,6 +27,8 @@ export interface TestStoreStats {
   flushes: number;
   /** Writes failed on purpose (failWriteSlots). */
   failedWrites: number;
+  /** Operations failed on purpose because failAfterOps had passed. */
+  failedOps: number;
   /** Most operations in flight at once. */
   inFlightMax: number;
 }
@@ -41,6 +43,8 @@ export class TestPageStore implements PageStore {
   private readonly writeDelayMs: number;
   private readonly discardDelayMs: number;
   private readonly failWriteSlots: ReadonlySet<number>;
+  private readonly failAfterOps: number;
+  private opsStarted = 0;
   private inFlight = 0;
   private readonly counters: TestStoreStats = {
     reads: 0,
@@ -48,6 +52,7 @@ export class TestPageStore implements PageStore {
     discards: 0,
     flushes: 0,
     failedWrites: 0,
+    failedOps: 0,
     inFlightMax: 0,
   };
 
@@ -64,6 +69,28 @@ export class TestPageStore implements PageStore {
       throw invalidArgument(`test store failWriteSlots must be an array of slot numbers`);
     }
     this.failWriteSlots = new Set(fail);
+    const after = spec.failAfterOps ?? Infinity;
+    if (after !== Infinity && !(Number.isInteger(after) && after >= 0)) {
+      throw invalidArgument(`test store failAfterOps ${String(after)} must be a whole number of operations`);
+    }
+    this.failAfterOps = after;
+  }
+
+  /**
+   * Past failAfterOps the store is broken for good, as a disk or an appliance dies: every
+   * operation rejects with STORE_FAILED whose cause is an injected EIO.
+   */
+  private checkBroken(what: string, slot?: number): void {
+    if (++this.opsStarted <= this.failAfterOps) return;
+    this.counters.failedOps++;
+    const cause = Object.assign(
+      new Error(`EIO: i/o error (injected after ${this.failAfterOps} operations)`),
+      {
+        code: 'EIO',
+        errno: -5,
+      },
+    );
+    throw storeFailed(this.name, what, cause, slot);
   }
 
   stats(): TestStoreStats {
@@ -73,6 +100,7 @@ export class TestPageStore implements PageStore {
   read(slot: number, dst: Uint8Array): Promise<void> {
     return this.run(slot, dst, this.readDelayMs, () => {
       this.counters.reads++;
+      this.checkBroken('read', slot);
       return this.inner.read(slot, dst);
     });
   }
@@ -80,6 +108,7 @@ export class TestPageStore implements PageStore {
   write(slot: number, src: Uint8Array): Promise<void> {
     return this.run(slot, src, this.writeDelayMs, () => {
       this.counters.writes++;
+      this.checkBroken('write', slot);
       if (this.failWriteSlots.has(slot)) {
         this.counters.failedWrites++;
         throw new MemfabricError(
@@ -94,6 +123,7 @@ export class TestPageStore implements PageStore {
   discard(slot: number): Promise<void> {
     return this.run(slot, undefined, this.discardDelayMs, () => {
       this.counters.discards++;
+      this.checkBroken('discard', slot);
       return this.inner.discard(slot);
     });
   }
@@ -102,6 +132,7 @@ export class TestPageStore implements PageStore {
     this.guard.enterAll();
     try {
       this.counters.flushes++;
+      this.checkBroken('flush');
       await this.inner.flush();
     } finally {
       this.guard.leave();

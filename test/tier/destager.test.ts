@@ -351,8 +351,12 @@ test('a failing write: FAILED, bytes still readable from staging, flush rejects 
     (error: unknown) => error instanceof MemfabricError && error.code === ErrorCodes.STORE_FAILED,
   );
   assert.deepEqual(r.queue.stats(), before);
-  // Flush keeps reporting the failure; a discard of the failed slot still goes through.
+  // Flush keeps reporting the failure; a discard of the failed slot is not sent to the failed
+  // store but lets go of the kept entry, and the slot reads as zeros again.
+  const dropped = r.queue.stats().dropped;
   r.queue.enqueueDiscard(3);
+  assert.equal(r.queue.stats().dropped, dropped + 1);
+  assert.equal(r.queue.stats().queued, 0, 'the kept failed write is freed');
   await rejectsWith(r.queue.flush(), ErrorCodes.STORE_FAILED);
   assert.deepEqual(await readBack(r, 3), ZEROS);
   r.stop();
@@ -371,5 +375,45 @@ test('arguments: slot range and page length', () => {
   assert.throws(() => DestageQueue.create({ pageSize: PAGE, slots: 1, entries: 6 }), {
     code: ErrorCodes.INVALID_ARGUMENT,
   });
+  r.stop();
+});
+
+test('stopping hands back every entry not started, including those chained behind one in flight', async () => {
+  const r = rig(16, { writeConcurrency: 1 });
+  let open!: () => void;
+  r.store.gate = new Promise<void>((resolve) => (open = resolve));
+  for (let slot = 0; slot < 6; slot++) await r.queue.enqueueWriteAsync(slot, page(slot));
+  await r.queue.enqueueWriteAsync(0, page(100)); // chained behind slot 0's write
+  r.queue.enqueueDiscard(1); // chained behind slot 1's write
+  // Wait until slot 0's write is in flight (held by the gate), then stop.
+  while (r.destager.inFlight === 0) await turn();
+  r.stop();
+  open();
+  // The one in flight finishes; everything else comes back without reaching the store.
+  while (r.destager.inFlight > 0) await turn();
+  r.queue.retire();
+  const stats = r.queue.stats();
+  assert.equal(stats.queued, 0, 'every entry is back with the producer');
+  assert.equal(stats.writesDone, 1);
+  assert.equal(stats.failed, 0, 'abandoned entries are not store failures');
+  assert.equal(r.queue.failure(), undefined);
+  assert.deepEqual(r.store.completions, ['w']);
+});
+
+test('after a failure the discard backlog is dropped and flush answers at once', async () => {
+  const r = rig(16, { deleteConcurrency: 1 });
+  r.store.failSlots.add(0);
+  let open!: () => void;
+  r.store.gate = new Promise<void>((resolve) => (open = resolve));
+  await r.queue.enqueueWriteAsync(0, page(0));
+  for (let slot = 100; slot < 400; slot++) r.queue.enqueueDiscard(slot); // most wait in the backlog
+  assert.ok(r.queue.stats().backlog > 0);
+  open();
+  await rejectsWith(r.queue.flush(), ErrorCodes.STORE_FAILED);
+  const stats = r.queue.stats();
+  assert.equal(stats.backlog, 0, 'nothing waits for a failed store');
+  assert.ok(stats.dropped > 0);
+  assert.ok(stats.discardsDone + stats.dropped + stats.failed >= 300 - stats.queued);
+  await rejectsWith(r.queue.flush(), ErrorCodes.STORE_FAILED);
   r.stop();
 });

@@ -93,8 +93,37 @@ test('the test store fails the writes it is told to, and keeps the rest of the c
     discards: 0,
     flushes: 0,
     failedWrites: 1,
+    failedOps: 0,
     inFlightMax: 1,
   });
+  await store.close();
+});
+
+test('the test store breaks for good after failAfterOps operations, with an EIO as cause', async () => {
+  const store = new TestPageStore({ kind: 'test', failAfterOps: 2 }, { pageSize: PAGE_SIZE, capacity: 8 });
+  const data = randomBytes(PAGE_SIZE);
+  await store.write(1, data);
+  await store.read(1, Buffer.alloc(PAGE_SIZE));
+  for (const op of [
+    () => store.write(2, data),
+    () => store.read(1, Buffer.alloc(PAGE_SIZE)),
+    () => store.discard(1),
+    () => store.flush(),
+  ]) {
+    await assert.rejects(op(), (error: unknown) => {
+      assert.ok(error instanceof MemfabricError);
+      assert.equal(error.code, ErrorCodes.STORE_FAILED);
+      assert.equal((error.cause as { code?: string }).code, 'EIO');
+      return true;
+    });
+  }
+  assert.equal(store.stats().failedOps, 4);
+  assert.throws(
+    () => new TestPageStore({ kind: 'test', failAfterOps: -1 }, { pageSize: PAGE_SIZE, capacity: 8 }),
+    {
+      code: ErrorCodes.INVALID_ARGUMENT,
+    },
+  );
   await store.close();
 });
 
