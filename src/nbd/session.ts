@@ -156,7 +156,9 @@ export class Session {
     if (limits.stallMs > 0) {
       if (queued > 0 && now - this.lastOutputAt >= limits.stallMs) {
         stats.replyStalls++;
+        // No grace period: the client is not reading, and the queued bytes hold the budget.
         this.close(`${queued} reply bytes unread for ${limits.stallMs} ms`, false);
+        this.socket.destroy();
         return;
       }
       if (t.receivingPayload && now - this.lastInputAt >= limits.stallMs) {
