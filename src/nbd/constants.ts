@@ -233,6 +233,12 @@ export const HANDSHAKE_IDLE_MS_MAX = 30_000;
  */
 export const STALL_MS_MAX = 30_000;
 /**
+ * The stall timeout while requests wait for the global buffer budget (when the stall timeout
+ * is longer): bytes held by a client that neither reads nor sends are then keeping others
+ * waiting, so it gets this long instead. A client that keeps moving is never affected.
+ */
+export const PRESSURE_STALL_MS = 2_000;
+/**
  * Time a connection in transmission may stay idle (nothing in flight, nothing arriving); 0 turns
  * it off, the default: the Linux kernel's nbd device sends nothing while the block device is
  * unused and fails all later I/O once its connection is closed (nbd-client reconnects only
