@@ -66,6 +66,8 @@ export interface HostileLoadResult {
   rssMaxBytes: number;
   /** The good client's rounds that read back exactly what they wrote. */
   goodRoundsOk: number;
+  /** Time the good client's rounds took (they start once every hostile client is in place). */
+  goodMs: number;
   /** Hostile connections the server accepted (got a greeting). */
   accepted: number;
   elapsedMs: number;
@@ -185,6 +187,8 @@ export async function hostileLoad(o: HostileLoadOptions): Promise<HostileLoadRes
 
     // The good client's work, while all of the above hold what they can.
     let goodRoundsOk = 0;
+    const goodStarted = Date.now();
+    let goodMs = 0;
     try {
       const data = Buffer.alloc(o.goodBytes);
       for (let round = 0; round < o.goodRounds && Date.now() - started < o.deadlineMs; round++) {
@@ -193,10 +197,11 @@ export async function hostileLoad(o: HostileLoadOptions): Promise<HostileLoadRes
         const back = await good.read(0, data.length);
         if (back.equals(data)) goodRoundsOk++;
       }
+      goodMs = Date.now() - goodStarted;
     } finally {
       await good.disconnect().catch(() => good.destroy());
     }
-    return { rssStartBytes, rssMaxBytes, goodRoundsOk, accepted, elapsedMs: Date.now() - started };
+    return { rssStartBytes, rssMaxBytes, goodRoundsOk, goodMs, accepted, elapsedMs: Date.now() - started };
   } finally {
     clearInterval(sampler);
     for (const s of sockets) s.destroy();
