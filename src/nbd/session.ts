@@ -275,6 +275,7 @@ export class Session {
       {
         write: (buf, written) => this.write(buf, written),
         congested: () => this.congested(),
+        queuedBytes: () => this.socket.writableLength,
         setInputPaused: (paused) => {
           if (this.closing) return;
           if (paused) this.socket.pause();
