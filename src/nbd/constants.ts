@@ -233,6 +233,12 @@ export const HANDSHAKE_IDLE_MS_MAX = 30_000;
  */
 export const STALL_MS_MAX = 30_000;
 /**
+ * The stall timeout while requests wait for the global buffer budget (when the stall timeout
+ * is longer): bytes held by a client that neither reads nor sends are then keeping others
+ * waiting, so it gets this long instead. A client that keeps moving is never affected.
+ */
+export const PRESSURE_STALL_MS = 2_000;
+/**
  * Time a connection in transmission may stay idle (nothing in flight, nothing arriving); 0 turns
  * it off, the default: the Linux kernel's nbd device sends nothing while the block device is
  * unused and fails all later I/O once its connection is closed (nbd-client reconnects only
@@ -270,6 +276,13 @@ export const BLOCK_STATUS_EXTENTS_MAX = 1 << 20;
  * BUFFER_BYTES_MAX bounds the sum.
  */
 export const REPLY_QUEUED_BYTES_MAX = 16 * MiB;
+/**
+ * READs longer than this are answered in pieces of this size, each produced only when the
+ * socket holds less than one piece (and admitted by the global budget on its own): a client
+ * that asks for 32 MiB and does not read it makes the server hold about two pieces, not 32 MiB.
+ * With structured replies each piece is its own OFFSET_DATA chunk.
+ */
+export const READ_PIECE_BYTES = 2 * MiB;
 /** Requests of one connection awaiting an asynchronous flush (FLUSH, FUA) before we stop parsing. */
 export const ASYNC_REQUESTS_MAX = 64;
 /** Scratch buffer kept between split WRITE payloads; larger ones are dropped after use. */

@@ -24,6 +24,7 @@ import {
   BUFFER_BYTES_MAX,
   HANDSHAKE_IDLE_MS_MAX,
   IDLE_MS_DEFAULT,
+  PRESSURE_STALL_MS,
   REPLY_QUEUED_BYTES_MAX,
   STALL_MS_MAX,
   TIMEOUT_TICK_MS_MAX,
@@ -182,7 +183,8 @@ export class NbdServer {
    */
   private startTicker(): void {
     const { handshakeIdleMs, idleMs, stallMs } = this.limits;
-    const enabled = [handshakeIdleMs, idleMs, stallMs].filter((ms) => ms > 0);
+    const stallUnderPressureMs = stallMs > 0 ? Math.min(stallMs, PRESSURE_STALL_MS) : 0;
+    const enabled = [handshakeIdleMs, idleMs, stallUnderPressureMs].filter((ms) => ms > 0);
     if (enabled.length === 0) return;
     const tickMs = Math.min(TIMEOUT_TICK_MS_MAX, Math.max(TIMEOUT_TICK_MS_MIN, Math.min(...enabled) / 4));
     this.ticker = setInterval(() => this.checkTimeouts(), tickMs);

@@ -24,7 +24,7 @@
  */
 import type { Socket } from 'node:net';
 import type { BufferBudget } from './budget.js';
-import { CLOSE_GRACE_MS, TCP_KEEPALIVE_MS } from './constants.js';
+import { CLOSE_GRACE_MS, PRESSURE_STALL_MS, TCP_KEEPALIVE_MS } from './constants.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';
@@ -154,14 +154,19 @@ export class Session {
     }
     const t = this.transmission;
     if (limits.stallMs > 0) {
-      if (queued > 0 && now - this.lastOutputAt >= limits.stallMs) {
+      // While others wait for the budget, whoever holds bytes without moving them gets less time.
+      const stallMs =
+        this.options.budget.waiting > 0 ? Math.min(limits.stallMs, PRESSURE_STALL_MS) : limits.stallMs;
+      if (queued > 0 && now - this.lastOutputAt >= stallMs) {
         stats.replyStalls++;
-        this.close(`${queued} reply bytes unread for ${limits.stallMs} ms`, false);
+        // No grace period: the client is not reading, and the queued bytes hold the budget.
+        this.close(`${queued} reply bytes unread for ${stallMs} ms`, false);
+        this.socket.destroy();
         return;
       }
-      if (t.receivingPayload && now - this.lastInputAt >= limits.stallMs) {
+      if (t.receivingPayload && now - this.lastInputAt >= stallMs) {
         stats.payloadStalls++;
-        this.close(`write payload stalled for ${limits.stallMs} ms`, false);
+        this.close(`write payload stalled for ${stallMs} ms`, false);
         return;
       }
     }
@@ -270,6 +275,7 @@ export class Session {
       {
         write: (buf, written) => this.write(buf, written),
         congested: () => this.congested(),
+        queuedBytes: () => this.socket.writableLength,
         setInputPaused: (paused) => {
           if (this.closing) return;
           if (paused) this.socket.pause();

@@ -41,6 +41,7 @@ import {
   CMD_WRITE_ZEROES,
   EXTENT_DESCRIPTOR_BYTES,
   META_CONTEXT_ID_BASE_ALLOCATION,
+  READ_PIECE_BYTES,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
   REPLY_TYPE_OFFSET_DATA,
@@ -78,6 +79,8 @@ export interface TransmissionIo {
   write(buf: Buffer, written?: () => void): void;
   /** Too many reply bytes are queued: stop parsing until the socket drains. */
   congested(): boolean;
+  /** Reply bytes queued on the socket now. */
+  queuedBytes(): number;
   /** Stop or restart reading the socket (mirrors the parser's pause state). */
   setInputPaused(paused: boolean): void;
   /** The budget granted a waiting request: call tryResume from a guarded context. */
@@ -132,6 +135,22 @@ export class Transmission implements RequestSink {
   /** Reserved for the WRITE whose payload is being received. */
   private payloadReserved = 0;
 
+  // A large READ being answered piece by piece (streamLeft > 0): parsing waits until it is done,
+  // and replies completed meanwhile (flushes) wait in `deferred` so they cannot split it.
+  private streamLeft = 0;
+  private streamOffset = 0;
+  private streamCookieHi = 0;
+  private streamCookieLo = 0;
+  /** No piece sent yet (a simple reply's header goes with the first piece). */
+  private streamFirst = true;
+  private readonly deferred: Buffer[] = [];
+  private readonly streamWaiter: BudgetWaiter & { bytes: number } = {
+    bytes: 0,
+    granted: () => this.onStreamGranted(),
+  };
+  private streamWaiting = false;
+  private streamGrantedBytes = 0;
+
   constructor(
     negotiated: Negotiated,
     private readonly io: TransmissionIo,
@@ -164,7 +183,11 @@ export class Transmission implements RequestSink {
   /** Nothing in flight, nothing waiting, no request partly received. */
   get idle(): boolean {
     return (
-      this.asyncInFlight === 0 && !this.waitingForBudget && !this.parser.inPayload && !this.parser.inHeader
+      this.asyncInFlight === 0 &&
+      this.streamLeft === 0 &&
+      !this.waitingForBudget &&
+      !this.parser.inPayload &&
+      !this.parser.inHeader
     );
   }
 
@@ -174,9 +197,13 @@ export class Transmission implements RequestSink {
     this.parser.stop();
     // Give back whatever this connection held or was promised.
     if (this.waitingForBudget && this.budget.cancel(this.waiter)) this.waitingForBudget = false;
-    this.budget.release(this.grantedBytes + this.payloadReserved);
+    if (this.streamWaiting && this.budget.cancel(this.streamWaiter)) this.streamWaiting = false;
+    this.budget.release(this.grantedBytes + this.payloadReserved + this.streamGrantedBytes);
     this.grantedBytes = 0;
     this.payloadReserved = 0;
+    this.streamGrantedBytes = 0;
+    this.streamLeft = 0;
+    this.deferred.length = 0;
   }
 
   /** Like NBD_CMD_DISC from our side: parse nothing more, answer what is in flight, then close. */
@@ -190,6 +217,11 @@ export class Transmission implements RequestSink {
 
   /** Restarts parsing if nothing holds it back any more. */
   tryResume(): void {
+    if (this.streamLeft > 0) {
+      if (this.streamWaiting || this.ended) return;
+      this.pumpStream();
+      if (this.streamLeft > 0) return;
+    }
     if (!this.parser.isPaused || this.parser.stopped || this.waitingForBudget) return;
     if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) return;
     this.io.setInputPaused(false);
@@ -225,6 +257,13 @@ export class Transmission implements RequestSink {
     }
     if (reason !== VALID) {
       this.reject(req, reason);
+    } else if (req.type === CMD_READ && req.length > READ_PIECE_BYTES) {
+      this.startStream(req);
+      if (this.streamLeft > 0) {
+        this.parser.pause();
+        this.io.setInputPaused(true);
+        return PAYLOAD_NONE;
+      }
     } else if (req.type === CMD_READ) {
       const cost = this.readReplyBytes(req.length);
       if (!this.admit(cost)) return WAIT;
@@ -297,6 +336,114 @@ export class Transmission implements RequestSink {
     this.grantedBytes = this.waiter.bytes;
     this.reoffered = true;
     this.io.resume();
+  }
+
+  // ---- large READs, piece by piece -------------------------------------------------------
+
+  private startStream(req: RequestHeader): void {
+    this.stats.bytesRead += req.length;
+    this.streamCookieHi = req.cookieHi;
+    this.streamCookieLo = req.cookieLo;
+    this.streamOffset = req.offset;
+    this.streamLeft = req.length;
+    this.streamFirst = true;
+    this.pumpStream();
+  }
+
+  /**
+   * Sends pieces while the socket holds less than one and the budget grants them; returns when
+   * the stream is done or must wait (for 'drain' or a grant, both ending in tryResume).
+   */
+  private pumpStream(): void {
+    const structured = this.structured;
+    while (this.streamLeft > 0 && !this.ended) {
+      if (this.io.queuedBytes() >= READ_PIECE_BYTES || this.io.congested()) return;
+      const n = Math.min(READ_PIECE_BYTES, this.streamLeft);
+      const headerBytes = structured
+        ? OFFSET_DATA_HEADER_BYTES
+        : this.streamFirst
+          ? SIMPLE_REPLY_HEADER_BYTES
+          : 0;
+      const size = headerBytes + n;
+      if (this.streamGrantedBytes > 0) {
+        this.budget.adjust(size - this.streamGrantedBytes);
+        this.streamGrantedBytes = 0;
+      } else if (!this.budget.tryTake(size)) {
+        this.stats.budgetWaits++;
+        this.streamWaiter.bytes = size;
+        this.streamWaiting = true;
+        this.budget.wait(this.streamWaiter);
+        return;
+      }
+      const large = takeLargeReplyBuffer(size);
+      const buf = large.subarray(0, size);
+      try {
+        this.exp.read(this.streamOffset, buf.subarray(headerBytes));
+      } catch (err) {
+        giveLargeReplyBuffer(large);
+        this.budget.release(size);
+        this.streamFailed(err);
+        return;
+      }
+      const last = n === this.streamLeft;
+      if (structured) {
+        writeStructuredReplyHeader(
+          buf,
+          0,
+          last ? REPLY_FLAG_DONE : 0,
+          REPLY_TYPE_OFFSET_DATA,
+          this.streamCookieHi,
+          this.streamCookieLo,
+          8 + n,
+        );
+        writeU64(buf, STRUCTURED_REPLY_HEADER_BYTES, this.streamOffset);
+      } else if (this.streamFirst) {
+        writeSimpleReplyHeader(buf, 0, 0, this.streamCookieHi, this.streamCookieLo);
+      }
+      this.io.write(buf, () => giveLargeReplyBuffer(large));
+      this.budget.release(size);
+      this.streamOffset += n;
+      this.streamLeft -= n;
+      this.streamFirst = false;
+    }
+    if (this.streamLeft === 0 && !this.ended) this.finishStream();
+  }
+
+  /** The export failed in the middle of a large READ. */
+  private streamFailed(err: unknown): void {
+    const message = `read at ${this.streamOffset}: ${messageForError(err)}`;
+    this.stats.errors++;
+    if (this.structured || this.streamFirst) {
+      // Nothing of a simple reply has left yet, or structured chunks can end with an error.
+      this.streamLeft = 0;
+      this.io.write(
+        this.structured
+          ? encodeErrorChunk(errnoForError(err), this.streamCookieHi, this.streamCookieLo, message)
+          : encodeSimpleReply(errnoForError(err), this.streamCookieHi, this.streamCookieLo),
+      );
+      this.finishStream();
+      return;
+    }
+    // A simple reply half sent cannot carry an error: the spec's answer is a hard disconnect.
+    this.ended = true;
+    this.io.close(`read failed in the middle of a reply: ${message}`, false);
+  }
+
+  private onStreamGranted(): void {
+    this.streamWaiting = false;
+    if (this.ended) {
+      this.budget.release(this.streamWaiter.bytes);
+      return;
+    }
+    this.streamGrantedBytes = this.streamWaiter.bytes;
+    this.io.resume();
+  }
+
+  /** The large READ is answered: replies held back meanwhile go out, then parsing may go on. */
+  private finishStream(): void {
+    for (const buf of this.deferred) this.io.write(buf);
+    this.deferred.length = 0;
+    if (this.disconnecting) this.finishDisconnect();
   }
 
   private readReplyBytes(length: number): number {
@@ -479,7 +626,7 @@ export class Transmission implements RequestSink {
   }
 
   private finishDisconnect(): void {
-    if (this.asyncInFlight > 0 || this.ended) return;
+    if (this.asyncInFlight > 0 || this.streamLeft > 0 || this.ended) return;
     this.ended = true;
     this.io.close(this.disconnectReason, false);
   }
@@ -521,7 +668,9 @@ export class Transmission implements RequestSink {
   }
 
   private write(buf: Buffer): void {
-    this.io.write(buf);
+    // A large READ is on its way: nothing may come between its pieces.
+    if (this.streamLeft > 0) this.deferred.push(buf);
+    else this.io.write(buf);
   }
 
   private afterRequest(): void {

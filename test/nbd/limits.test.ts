@@ -338,3 +338,37 @@ test('BufferBudget: FIFO grants, never above capacity unless alone, used returns
     { numRuns: 200 },
   );
 });
+
+test('under budget pressure a client that holds bytes without reading gets the short stall', async (t) => {
+  const start = Date.now();
+  // No pressure: a big budget, the hog only fills its own reply queue. 55 s pass: kept.
+  const calm = await startServer(testDirectory(), { stallTimeoutMs: 60_000, bufferBytesMax: 1 << 30 });
+  t.after(() => calm.server.close());
+  const { client: patient } = await RawClient.open(calm.port);
+  t.after(() => patient.destroy());
+  patient.socket.pause();
+  const frames: Buffer[] = [];
+  for (let i = 0; i < 64; i++) frames.push(encodeRequest(C.CMD_READ, i * MiB, MiB, 0, BigInt(i)));
+  patient.write(Buffer.concat(frames));
+  await waitFor('the reply queue to fill', () => calm.server.stats().replyPauses > 0);
+  for (let ms = 5_000; ms <= 55_000; ms += 5_000) calm.server.checkTimeouts(start + ms);
+  assert.equal(calm.server.stats().replyStalls, 0);
+  assert.equal(calm.server.stats().connectionsOpen, 1);
+
+  // Pressure: the budget is smaller than what the hog asks for, so requests wait for it.
+  const tight = await startServer(testDirectory(), { stallTimeoutMs: 60_000, bufferBytesMax: 2 * MiB });
+  t.after(() => tight.server.close());
+  const { client: hog } = await RawClient.open(tight.port);
+  t.after(() => hog.destroy());
+  hog.socket.pause();
+  hog.write(Buffer.concat(frames));
+  await waitFor('requests to wait for the budget', () => tight.server.stats().budgetWaits > 0);
+  let ms = 0;
+  while (tight.server.stats().replyStalls === 0 && ms < 50_000) {
+    ms += C.PRESSURE_STALL_MS + 100;
+    tight.server.checkTimeouts(start + ms);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.equal(tight.server.stats().replyStalls, 1, 'closed long before the 60 s stall timeout');
+  await waitFor('the budget to be free', () => tight.server.stats().bufferBytesUsed === 0);
+});
