@@ -328,6 +328,8 @@ export class FileBacking {
     const chunk = Buffer.alloc(Math.min(LOAD_CHUNK_BYTES, pages * pageSize));
     const chunkPages = chunk.length / pageSize;
     const zeros = Buffer.alloc(pageSize);
+    // Whole pages are copied here (a 4 KiB copy), not viewed: no object per page.
+    const pageBytes = Buffer.alloc(pageSize);
     const dedup = options.dedup;
     let bytesRead = 0;
     let dataPages = 0;
@@ -353,12 +355,16 @@ export class FileBacking {
         for (let at = 0; at < length; at += pageSize) {
           const end = Math.min(at + pageSize, length);
           if (zeros.compare(chunk, at, end, 0, end - at) === 0) continue;
-          const bytes = chunk.subarray(at, end);
           const p = page + at / pageSize;
-          if (dedup && bytes.length === pageSize) {
-            if (dedup.load(space, p, bytes)) sharedPages++;
+          if (end - at < pageSize) {
+            space.write(p * pageSize, chunk.subarray(at, end)); // the partial last page
           } else {
-            space.write(p * pageSize, bytes);
+            chunk.copy(pageBytes, 0, at, end);
+            if (dedup) {
+              if (dedup.load(space, p, pageBytes)) sharedPages++;
+            } else {
+              space.write(p * pageSize, pageBytes);
+            }
           }
           dataPages++;
           found.add(p);
