@@ -81,6 +81,8 @@ export interface LoadReport {
 
 export interface LoadOptions {
   layer?: FileLayer;
+  /** The extent map as readExtentMap found it (else it is read again). */
+  map?: PageRuns | string;
   /** Shares identical pages across the regions being loaded (one per load pass). */
   dedup?: LoadDeduper;
   /** Checked between chunks: true stops the load (it throws). */
@@ -214,12 +216,17 @@ export class FileBacking {
     return meta as RegionFileMeta;
   }
 
-  /**
-   * Bytes a load of this region will read: the extent map's pages, or the whole image when
-   * there is no usable map. Used to load small regions first.
-   */
-  static async loadCost(dataDir: string, meta: RegionFileMeta, layer: FileLayer = nodeFileLayer) {
-    const map = await readExtentMap(FileBacking.paths(dataDir, meta.name), meta, layer);
+  /** The region's extent map, or why there is none to use (then loading reads everything). */
+  static readExtentMap(
+    dataDir: string,
+    meta: RegionFileMeta,
+    layer: FileLayer = nodeFileLayer,
+  ): Promise<PageRuns | string> {
+    return readExtentMap(FileBacking.paths(dataDir, meta.name), meta, layer);
+  }
+
+  /** Bytes a load will read with `map` (from readExtentMap): used to load small regions first. */
+  static loadCost(meta: RegionFileMeta, map: PageRuns | string): number {
     return typeof map === 'string' ? meta.size : map.pageCount * meta.pageSize;
   }
 
@@ -249,7 +256,7 @@ export class FileBacking {
         `${paths.image} is truncated: ${imageSize} bytes, region ${meta.name} needs ${meta.size}`,
       );
     }
-    const map = await readExtentMap(paths, meta, layer);
+    const map = options.map ?? (await readExtentMap(paths, meta, layer));
     const file = await layer.open(paths.image, 'r+');
     const pages = Math.ceil(meta.size / meta.pageSize);
     // Without a map, what is on disk is "any page may hold data".
