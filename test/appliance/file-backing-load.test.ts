@@ -427,6 +427,11 @@ test('a region that is loading is listed as loading, refused over NBD and the AP
   });
   const metrics = (await call('GET', '/metrics')).text;
   assert.match(metrics, /memfabric_regions\{state="loading"\} 1/);
+  assert.match(
+    (await call('GET', '/')).text,
+    /slow<\/td>[^]*?<strong>loading<\/strong>/,
+    'the dashboard shows it',
+  );
   release();
   await appliance.loaded;
   const client = await NbdClient.connect({ port, exportName: 'slow' });
