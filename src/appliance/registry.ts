@@ -237,8 +237,10 @@ export class RegionRegistry implements NbdExportDirectory {
         if (hooks.cancelled?.()) return;
         if (this.pending.get(entry.name) !== entry) continue;
         const meta = entry.meta!;
-        const space = new AddressSpace(this.pool, { size: meta.size, domain: meta.tenant });
+        let space: AddressSpace | undefined;
+        let region: Region;
         try {
+          space = new AddressSpace(this.pool, { size: meta.size, domain: meta.tenant });
           const backing = await FileBacking.openAndLoad(this.dataDir, meta, space, {
             layer: this.layer,
             map: entry.map,
@@ -246,18 +248,19 @@ export class RegionRegistry implements NbdExportDirectory {
             ...(hooks.cancelled ? { cancelled: hooks.cancelled } : {}),
           });
           this.pending.delete(entry.name);
-          const region = this.add(
+          region = this.add(
             new Region({ name: entry.name, space, tenant: meta.tenant, readOnly: meta.readOnly, backing }),
           );
-          hooks.loaded?.(region);
         } catch (error) {
-          space.destroy();
+          space?.destroy();
           if (hooks.cancelled?.()) return;
           entry.state =
             error instanceof MemfabricError && error.code === ErrorCodes.CORRUPT_FILE ? 'corrupt' : 'failed';
           entry.error = errorInfo(error);
           hooks.failed?.(publicView(entry), error);
+          continue;
         }
+        hooks.loaded?.(region);
       }
     } finally {
       dedup.clear();
