@@ -10,8 +10,9 @@ import { memorySuite } from './memory.bench.js';
 import { fabricSuite } from './fabric.bench.js';
 import { tierSuite } from './tier.bench.js';
 import { hostileSuite } from './hostile.bench.js';
+import { restartSuite } from './restart.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite, hostileSuite];
+const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite, hostileSuite, restartSuite];
 
 const { values } = parseArgs({
   options: {

@@ -36,6 +36,13 @@ export {
   type RegionInfo,
   type RegionStats,
   type CreateRegionOptions,
+  type StopReport,
+  type PendingRegion,
+  type RegionState,
+  type UnsavedRegion,
+  type LoadReport,
+  type FileLayer,
+  type LayerFile,
 } from './appliance/index.js';
 export {
   NbdServer,

@@ -87,6 +87,8 @@ export class Appliance {
   loaded: Promise<void> = Promise.resolve();
   private http: FastifyInstance | undefined;
   private stopping: Promise<StopReport> | undefined;
+  /** Set by stop(): background loading ends at the next chunk. */
+  private stopRequested = false;
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -178,8 +180,6 @@ export class Appliance {
     return this.stopping;
   }
 
-  private stopRequested = false;
-
   private async open(options: ApplianceOptions): Promise<void> {
     if (options.dataDir) {
       await prepareDataDir(options.dataDir);
@@ -222,20 +222,25 @@ export class Appliance {
     };
     // Regions load after the listeners are up: a client asking for one still loading is
     // told so (NBD option error, MF_LOADING) and can retry; the others serve meanwhile.
-    this.loaded = this.registry.loadPending({
-      cancelled: () => this.stopRequested,
-      loaded: (region) =>
-        this.logger?.info(
-          {
-            region: region.name,
-            size: region.size,
-            file: region.backing?.imagePath,
-            load: region.backing?.loadReport,
-          },
-          'region loaded',
-        ),
-      failed: (region) => this.logFailed(region.name, region.state, region.error),
-    });
+    this.loaded = this.registry
+      .loadPending({
+        cancelled: () => this.stopRequested,
+        loaded: (region) =>
+          this.logger?.info(
+            {
+              region: region.name,
+              size: region.size,
+              file: region.backing?.imagePath,
+              load: region.backing?.loadReport,
+            },
+            'region loaded',
+          ),
+        failed: (region) => this.logFailed(region.name, region.state, region.error),
+      })
+      .catch((error: unknown) => {
+        // Per-region failures are caught inside; this is a bug, but must not end the process.
+        this.logger?.error({ err: error }, 'loading regions stopped');
+      });
   }
 
   private logFailed(name: string, state: string, error: { code: string; message: string } | null): void {

@@ -27,6 +27,15 @@ export function renderDashboard(appliance: Appliance): string {
 <td>${s.connections}</td><td>${s.reads} / ${s.writes}</td><td><code>nbdinfo ${escapeHtml(uri)}</code></td></tr>`;
     })
     .join('\n');
+  // File-backed regions that do not serve (yet): loading, or why they failed.
+  const pending = appliance.registry
+    .pendingRegions()
+    .map(
+      (region) => `<tr><td>${escapeHtml(region.name)}</td>
+<td>${region.size === null ? '?' : formatSize(region.size)}</td><td>${escapeHtml(region.tenant ?? '?')}</td>
+<td colspan="6"><strong>${region.state}</strong>${region.error ? `: ${escapeHtml(region.error.message)}` : ''}</td></tr>`,
+    )
+    .join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>memfabric appliance</title>
@@ -51,6 +60,7 @@ ${merger.zeroPages} zero pages, ${merger.fullScans} full scans; saves ${formatSi
 <h2>Regions</h2>
 <table><tr><th>name</th><th>size</th><th>tenant</th><th>resident</th><th>shared</th><th>kind</th><th>conns</th><th>reads / writes</th><th>reach it</th></tr>
 ${rows}
+${pending}
 </table>
 <p>API: <code>GET /v1/regions</code>, <code>POST /v1/regions</code>, <code>GET /v1/stats</code>, <code>GET /metrics</code></p>
 </body></html>

@@ -81,6 +81,8 @@ export interface LoadReport {
 
 export interface LoadOptions {
   layer?: FileLayer;
+  /** The extent map as readExtentMap found it (else it is read again). */
+  map?: PageRuns | string;
   /** Shares identical pages across the regions being loaded (one per load pass). */
   dedup?: LoadDeduper;
   /** Checked between chunks: true stops the load (it throws). */
@@ -214,12 +216,17 @@ export class FileBacking {
     return meta as RegionFileMeta;
   }
 
-  /**
-   * Bytes a load of this region will read: the extent map's pages, or the whole image when
-   * there is no usable map. Used to load small regions first.
-   */
-  static async loadCost(dataDir: string, meta: RegionFileMeta, layer: FileLayer = nodeFileLayer) {
-    const map = await readExtentMap(FileBacking.paths(dataDir, meta.name), meta, layer);
+  /** The region's extent map, or why there is none to use (then loading reads everything). */
+  static readExtentMap(
+    dataDir: string,
+    meta: RegionFileMeta,
+    layer: FileLayer = nodeFileLayer,
+  ): Promise<PageRuns | string> {
+    return readExtentMap(FileBacking.paths(dataDir, meta.name), meta, layer);
+  }
+
+  /** Bytes a load will read with `map` (from readExtentMap): used to load small regions first. */
+  static loadCost(meta: RegionFileMeta, map: PageRuns | string): number {
     return typeof map === 'string' ? meta.size : map.pageCount * meta.pageSize;
   }
 
@@ -249,7 +256,7 @@ export class FileBacking {
         `${paths.image} is truncated: ${imageSize} bytes, region ${meta.name} needs ${meta.size}`,
       );
     }
-    const map = await readExtentMap(paths, meta, layer);
+    const map = options.map ?? (await readExtentMap(paths, meta, layer));
     const file = await layer.open(paths.image, 'r+');
     const pages = Math.ceil(meta.size / meta.pageSize);
     // Without a map, what is on disk is "any page may hold data".
@@ -328,6 +335,8 @@ export class FileBacking {
     const chunk = Buffer.alloc(Math.min(LOAD_CHUNK_BYTES, pages * pageSize));
     const chunkPages = chunk.length / pageSize;
     const zeros = Buffer.alloc(pageSize);
+    // Whole pages are copied here (a 4 KiB copy), not viewed: no object per page.
+    const pageBytes = Buffer.alloc(pageSize);
     const dedup = options.dedup;
     let bytesRead = 0;
     let dataPages = 0;
@@ -353,12 +362,16 @@ export class FileBacking {
         for (let at = 0; at < length; at += pageSize) {
           const end = Math.min(at + pageSize, length);
           if (zeros.compare(chunk, at, end, 0, end - at) === 0) continue;
-          const bytes = chunk.subarray(at, end);
           const p = page + at / pageSize;
-          if (dedup && bytes.length === pageSize) {
-            if (dedup.load(space, p, bytes)) sharedPages++;
+          if (end - at < pageSize) {
+            space.write(p * pageSize, chunk.subarray(at, end)); // the partial last page
           } else {
-            space.write(p * pageSize, bytes);
+            chunk.copy(pageBytes, 0, at, end);
+            if (dedup) {
+              if (dedup.load(space, p, pageBytes)) sharedPages++;
+            } else {
+              space.write(p * pageSize, pageBytes);
+            }
           }
           dataPages++;
           found.add(p);

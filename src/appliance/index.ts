@@ -6,6 +6,15 @@ export {
   type ApplianceOptions,
   type ApplianceStats,
   type Endpoint,
+  type StopReport,
 } from './appliance.js';
+export { nodeFileLayer, type FileLayer, type LayerFile } from './file-layer.js';
+export { type LoadReport } from './file-backing.js';
 export { Region, type RegionInfo, type RegionStats } from './region.js';
-export { RegionRegistry, type CreateRegionOptions } from './registry.js';
+export {
+  RegionRegistry,
+  type CreateRegionOptions,
+  type PendingRegion,
+  type RegionState,
+  type UnsavedRegion,
+} from './registry.js';

@@ -5,7 +5,7 @@
  * an identical page was already loaded into a space of the same trust domain, the new page is
  * mapped to that page's frame (AddressSpace.sharePage, copy-on-write) and costs no frame.
  *
- * Identity is a 52-bit xxh64 key (as in the merger) and then a byte compare against the
+ * Identity is an xxh32 key (a plain number: no BigInt per page) and then a byte compare against the
  * source page's bytes as they are now, so a stale entry (the source page was written since, or
  * its space destroyed) never shares wrong bytes: it just fails to match. Like the merger, one
  * frame takes at most MAX_SHARING_DEFAULT references; past that the next page starts a new one.
@@ -13,13 +13,11 @@
  * The table holds numbers only: a ContentIndex from key to the newest entry, and per entry its
  * space (an index into `spaces`), its page and the next entry with the same key.
  */
-import { xxh64 } from '@node-rs/xxhash';
+import { xxh32 } from '@node-rs/xxhash';
 import { MAX_SHARING_DEFAULT, type AddressSpace } from '../memory/index.js';
 import { ContentIndex } from '../memory/content-index.js';
 import { FIRST_FRAME } from '../memory/frame-pool.js';
 import { grown } from '../memory/typed-arrays.js';
-
-const HASH_MASK = (1n << 52n) - 1n;
 
 export class LoadDeduper {
   /** Pages mapped to an existing frame instead of taking one. */
@@ -40,7 +38,7 @@ export class LoadDeduper {
    */
   load(space: AddressSpace, page: number, bytes: Uint8Array): boolean {
     const pool = space.pool;
-    const key = Number(xxh64(bytes) & HASH_MASK);
+    const key = xxh32(bytes);
     let index = this.indexes.get(space.domain);
     if (!index) {
       index = new ContentIndex();
@@ -54,8 +52,8 @@ export class LoadDeduper {
       const frame = source.frameAt(sourcePage);
       if (frame < FIRST_FRAME || pool.refcount[frame]! >= MAX_SHARING_DEFAULT) continue;
       const offset = pool.frameOffset(frame);
-      const segment = pool.frameSegment(frame);
-      if (Buffer.compare(segment.subarray(offset, offset + bytes.length), bytes) !== 0) continue;
+      if (pool.frameSegment(frame).compare(bytes, 0, bytes.length, offset, offset + bytes.length) !== 0)
+        continue;
       space.sharePage(page, source, sourcePage);
       this.pagesShared++;
       return true;

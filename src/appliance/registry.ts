@@ -17,6 +17,7 @@ import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/ind
 import type { NbdExportDirectory } from '../nbd/export.js';
 import { parseSize } from '../size.js';
 import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSION } from './file-backing.js';
+import type { PageRuns } from './extent-map.js';
 import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { LoadDeduper } from './load-dedup.js';
 import { GATE_MOVED, Region, type MovedTo } from './region.js';
@@ -68,6 +69,8 @@ interface PendingEntry extends PendingRegion {
   meta: RegionFileMeta | undefined;
   /** Bytes loading it will read (to load the cheapest first). */
   cost: number;
+  /** Its extent map as the scan read it, or why there is none. */
+  map: PageRuns | string;
 }
 
 export interface LoadHooks {
@@ -179,6 +182,7 @@ export class RegionRegistry implements NbdExportDirectory {
         error: null,
         meta: undefined,
         cost: 0,
+        map: '',
       };
       try {
         const meta = await FileBacking.readMeta(paths.meta, this.layer);
@@ -204,7 +208,8 @@ export class RegionRegistry implements NbdExportDirectory {
           );
         }
         entry.meta = meta;
-        entry.cost = await FileBacking.loadCost(this.dataDir, meta, this.layer);
+        entry.map = await FileBacking.readExtentMap(this.dataDir, meta, this.layer);
+        entry.cost = FileBacking.loadCost(meta, entry.map);
       } catch (error) {
         entry.state = 'corrupt';
         entry.error = errorInfo(error);
@@ -232,26 +237,30 @@ export class RegionRegistry implements NbdExportDirectory {
         if (hooks.cancelled?.()) return;
         if (this.pending.get(entry.name) !== entry) continue;
         const meta = entry.meta!;
-        const space = new AddressSpace(this.pool, { size: meta.size, domain: meta.tenant });
+        let space: AddressSpace | undefined;
+        let region: Region;
         try {
+          space = new AddressSpace(this.pool, { size: meta.size, domain: meta.tenant });
           const backing = await FileBacking.openAndLoad(this.dataDir, meta, space, {
             layer: this.layer,
+            map: entry.map,
             dedup,
             ...(hooks.cancelled ? { cancelled: hooks.cancelled } : {}),
           });
           this.pending.delete(entry.name);
-          const region = this.add(
+          region = this.add(
             new Region({ name: entry.name, space, tenant: meta.tenant, readOnly: meta.readOnly, backing }),
           );
-          hooks.loaded?.(region);
         } catch (error) {
-          space.destroy();
+          space?.destroy();
           if (hooks.cancelled?.()) return;
           entry.state =
             error instanceof MemfabricError && error.code === ErrorCodes.CORRUPT_FILE ? 'corrupt' : 'failed';
           entry.error = errorInfo(error);
           hooks.failed?.(publicView(entry), error);
+          continue;
         }
+        hooks.loaded?.(region);
       }
     } finally {
       dedup.clear();
@@ -474,7 +483,7 @@ function errorInfo(error: unknown): { code: string; message: string } {
 }
 
 function publicView(entry: PendingEntry): PendingRegion {
-  const { meta: _meta, cost: _cost, ...view } = entry;
+  const { meta: _meta, cost: _cost, map: _map, ...view } = entry;
   return { ...view, error: entry.error && { ...entry.error } };
 }
 

@@ -15,7 +15,7 @@ import { nodeFileLayer } from '../../src/appliance/file-layer.js';
 import type { MemfabricError } from '../../src/index.js';
 import { ErrorCodes, FramePool, SamePageMerger } from '../../src/index.js';
 import { NbdClient } from '../../src/nbd/client.js';
-import { errno, hookedLayer } from './file-layers.js';
+import { errno, hookedLayer, SparseLayer } from './file-layers.js';
 import { startAppliance } from './harness.js';
 
 const KiB = 1024;
@@ -148,6 +148,25 @@ test('a sparse 1 TiB region loads by its extent map: it reads the 4 KiB it holds
     assert.equal(loaded!.info().load?.bytesRead, 2 * PAGE, 'the API shows it');
     await registry2.close();
   });
+});
+
+test('a 1 PiB file-backed region is allowed and loads by its extent map (on a file system that holds it)', async () => {
+  const PiB = 1024 * TiB;
+  const layer = new SparseLayer(); // no disk here holds a 1 PiB file; this layer does
+  const pool = new FramePool({ capacity: 16 * MiB });
+  const registry = new RegionRegistry({ pool, dataDir: '/data', layer });
+  const region = await registry.create({ name: 'vast', size: '1PiB', file: true });
+  region.write(0, pattern(8, PAGE));
+  region.write(PiB - PAGE, pattern(9, PAGE));
+  assert.deepEqual(await registry.close(), []);
+  const registry2 = new RegionRegistry({ pool, dataDir: '/data', layer });
+  const [loaded] = await registry2.loadFromDataDir();
+  assert.equal(loaded!.size, PiB);
+  assert.equal(loaded!.backing!.loadReport!.bytesRead, 2 * PAGE);
+  const back = Buffer.alloc(PAGE);
+  loaded!.read(PiB - PAGE, back);
+  assert.ok(back.equals(pattern(9, PAGE)));
+  await registry2.close();
 });
 
 test('version 1 metadata (no extent map) loads by a full read and is migrated to version 2', async () => {
@@ -408,6 +427,11 @@ test('a region that is loading is listed as loading, refused over NBD and the AP
   });
   const metrics = (await call('GET', '/metrics')).text;
   assert.match(metrics, /memfabric_regions\{state="loading"\} 1/);
+  assert.match(
+    (await call('GET', '/')).text,
+    /slow<\/td>[^]*?<strong>loading<\/strong>/,
+    'the dashboard shows it',
+  );
   release();
   await appliance.loaded;
   const client = await NbdClient.connect({ port, exportName: 'slow' });
