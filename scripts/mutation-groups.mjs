@@ -11,10 +11,30 @@ export const groups = {
   },
   nbd: {
     mutate: ['src/nbd/validate.ts:50-85', 'src/nbd/request-parser.ts:106-198'],
-    tests: ['test/nbd/transmission.test.ts'],
-    // Only the tests that parse and validate requests: the server-lifecycle ones (close grace,
-    // flush failure, many connections) reach the parser no differently and cost seconds per mutant.
+    tests: ['test/nbd/validate.test.ts', 'test/nbd/request-parser.test.ts', 'test/nbd/transmission.test.ts'],
+    // Every unit test of the two modules, and of the socket tests those that parse and validate
+    // requests: the server-lifecycle ones (close grace, flush failure, many connections) reach
+    // the parser no differently and cost seconds per mutant.
     only: [
+      // validate.test.ts
+      'the range check',
+      'payload size',
+      'flags:',
+      'FLUSH carries',
+      'read-only exports',
+      'BLOCK_STATUS needs',
+      'a request wrong',
+      'rejectionErrno',
+      // request-parser.test.ts
+      'a zero-length payload',
+      'a payload that exactly',
+      'pause holds',
+      'a pause from the sink',
+      'bytes fed from inside',
+      'a parser stopped',
+      'a bad magic',
+      'random requests',
+      // transmission.test.ts
       'simple replies',
       'structured READ',
       'validation:',
