@@ -122,7 +122,10 @@ test('the appliance survives fuzzed handshakes and requests, and good clients ke
   const running = () => fuzzing;
   const qemuPatterns = new Array<number>(QEMU_BLOCKS).fill(0);
   const good = goodClientLoop(app.nbdPort, model, running);
-  const qemu = missing('qemu-io') ? Promise.resolve(0) : qemuLoop(app, qemuPatterns, running);
+  // qemu-io is part of the test (scripts/setup.sh installs it): missing, it fails, never skips silently.
+  const qemuMissing = missing('qemu-io');
+  assert.equal(qemuMissing, false, `the qemu-io loop cannot run: ${qemuMissing}`);
+  const qemu = qemuLoop(app, qemuPatterns, running);
   // Stop the good loops even if the fuzz fails, so the failure is reported and nothing hangs.
   let runs = 0;
   try {
@@ -159,13 +162,12 @@ test('the appliance survives fuzzed handshakes and requests, and good clients ke
     (await ro.pread(0, MiB)).every((b) => b === 0),
     'the read-only region changed',
   );
-  // qemu-io's blocks hold their last patterns.
-  if (qemuRuns > 0) {
-    const commands = qemuPatterns.map(
-      (p, block) => `read -P ${p} ${block * QEMU_BLOCK_BYTES} ${QEMU_BLOCK_BYTES}`,
-    );
-    assertQemuIoClean(await qemuIo(app.uri('good-q'), commands), QEMU_BLOCKS);
-  }
+  // qemu-io ran, and its blocks hold their last patterns.
+  assert.ok(qemuRuns > 0, 'the qemu-io loop never completed a run');
+  const commands = qemuPatterns.map(
+    (p, block) => `read -P ${p} ${block * QEMU_BLOCK_BYTES} ${QEMU_BLOCK_BYTES}`,
+  );
+  assertQemuIoClean(await qemuIo(app.uri('good-q'), commands), QEMU_BLOCKS);
   check.destroy();
   ro.destroy();
 

@@ -106,14 +106,14 @@ test(
         // already gone
       }
     });
-    const started = Date.now();
     const requests: Promise<unknown>[] = [
       client.read(0, 6),
       client.write(4096, Buffer.alloc(4096)),
       client.flush(),
     ];
-    const results = await settleWithin(requests, 10 * timeoutMs);
-    const elapsed = Date.now() - started;
+    // Only a guard against a hang: what failed them is told by their codes and messages (the
+    // timeout's), never by the clock, which a loaded machine stretches.
+    const results = await settleWithin(requests, 100 * timeoutMs);
     // The flush waits for the write before it (a barrier), so it was never sent: MF_CONNECTION_CLOSED.
     assert.deepEqual(results.map(codeOf), [
       ErrorCodes.TIMEOUT,
@@ -121,8 +121,6 @@ test(
       ErrorCodes.CONNECTION_CLOSED,
     ]);
     assert.match((results[2] as PromiseRejectedResult).reason.message, /not sent/);
-    assert.ok(elapsed >= timeoutMs, `not before the timeout (${elapsed} ms)`);
-    assert.ok(elapsed < 3 * timeoutMs, `soon after it (${elapsed} ms)`);
     assert.equal((await client.closed)?.code, ErrorCodes.TIMEOUT);
     assert.match((results[0] as PromiseRejectedResult).reason.message, /no reply .* within 300 ms/);
 

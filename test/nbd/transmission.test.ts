@@ -328,7 +328,15 @@ test('a client that does not read its replies is throttled, then served in full'
     frames.push(encodeRequest(C.CMD_READ, (i * MiB) % (64 * MiB), MiB, 0, BigInt(i)));
   c.socket.pause();
   c.write(Buffer.concat(frames));
-  await new Promise((r) => setTimeout(r, 200));
+  // No sleep: wait until the server has answered REPLY_QUEUED_BYTES_MAX worth of reads. It
+  // parses a chunk of requests in one go (the export reads synchronously), so a server that did
+  // not stop there would have answered every request by the next turns of the event loop.
+  const threshold = C.REPLY_QUEUED_BYTES_MAX / MiB;
+  for (let i = 0; i < 10_000 && server.stats().requests.read < threshold; i++) {
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  assert.ok(server.stats().requests.read >= threshold, 'the server answered reads up to the limit');
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
   // The server stopped once REPLY_QUEUED_BYTES_MAX was queued, well short of answering everything.
   const early = server.stats().requests.read;
   assert.ok(early <= C.REPLY_QUEUED_BYTES_MAX / MiB + 4, `answered ${early} reads into a stalled socket`);
