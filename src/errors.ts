@@ -54,6 +54,8 @@ export const ErrorCodes = {
   STORE_CLOSED: 'MF_STORE_CLOSED',
   /** The page store has no free slot: every slot holds a page. */
   STORE_FULL: 'MF_STORE_FULL',
+  /** TLS could not be negotiated: STARTTLS refused or required, or the TLS handshake failed. */
+  TLS: 'MF_TLS',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

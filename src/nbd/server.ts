@@ -19,18 +19,23 @@ import { SILENT_LOGGER } from './logger.js';
 import { Session } from './session.js';
 import type { NbdStats } from './stats.js';
 import { StatsCounters } from './stats.js';
+import type { NbdServerTlsOptions, NbdTlsMode, ServerTls } from './tls.js';
+import { loadServerTls } from './tls.js';
 
 export interface NbdServerOptions {
   directory: NbdExportDirectory;
   logger?: NbdLogger;
   /** Time a client may take to finish the handshake; defaults to HANDSHAKE_MS_MAX. */
   handshakeTimeoutMs?: number;
+  /** NBD_OPT_STARTTLS policy and credentials (tls.ts); default NOTLS. Files are read here. */
+  tls?: NbdServerTlsOptions;
 }
 
 export class NbdServer {
   private readonly directory: NbdExportDirectory;
   private readonly logger: NbdLogger;
   private readonly handshakeTimeoutMs: number;
+  private readonly tls: ServerTls | undefined;
   private readonly counters = new StatsCounters();
   private readonly sessions = new Set<Session>();
   private server: Server | undefined;
@@ -42,6 +47,12 @@ export class NbdServer {
     this.directory = options.directory;
     this.logger = options.logger ?? SILENT_LOGGER;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? HANDSHAKE_MS_MAX;
+    this.tls = options.tls === undefined ? undefined : loadServerTls(options.tls);
+  }
+
+  /** The STARTTLS policy: `off` (NOTLS), `on` (at the client's choice) or `require`. */
+  get tlsMode(): NbdTlsMode {
+    return this.tls?.mode ?? 'off';
   }
 
   /** Starts listening; port 0 picks a free port. Resolves with the address actually bound. */
@@ -120,6 +131,7 @@ export class NbdServer {
       stats: this.counters,
       logger: this.logger,
       handshakeTimeoutMs: this.handshakeTimeoutMs,
+      ...(this.tls !== undefined && this.tls.mode !== 'off' ? { tls: this.tls } : {}),
       onClosed: (s) => {
         this.counters.connectionsOpen--;
         this.sessions.delete(s);

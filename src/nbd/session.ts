@@ -9,6 +9,10 @@
  *
  * Writes are corked for the duration of one 'data' event, so every reply produced by one
  * chunk of pipelined requests leaves in one writev.
+ *
+ * TLS: after the handshake acknowledges NBD_OPT_STARTTLS, `startTls` wraps the socket in a
+ * TLSSocket and moves the session's listeners onto it; everything else runs unchanged over the
+ * new socket. The handshake timer still runs, so it bounds the TLS handshake too.
  */
 import type { Socket } from 'node:net';
 import { CLOSE_GRACE_MS, REPLY_QUEUED_BYTES_MAX } from './constants.js';
@@ -17,6 +21,8 @@ import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';
 import type { NbdLogger } from './logger.js';
 import type { StatsCounters } from './stats.js';
+import type { ServerTls } from './tls.js';
+import { upgradeServerSocket } from './tls.js';
 import { Transmission } from './transmission.js';
 
 export interface SessionOptions {
@@ -25,6 +31,8 @@ export interface SessionOptions {
   readonly logger: NbdLogger;
   readonly handshakeTimeoutMs: number;
   readonly onClosed: (session: Session) => void;
+  /** TLS policy and credentials; absent: NOTLS. */
+  readonly tls?: ServerTls;
 }
 
 export class Session {
@@ -37,20 +45,30 @@ export class Session {
   private closing = false;
   private closed = false;
   private readonly peer: string;
+  /** The connection's socket: the accepted one, or the TLSSocket wrapping it after STARTTLS. */
+  private socket: Socket;
+  private readonly onDataListener = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onDrainListener = (): void => this.guarded(() => this.transmission?.tryResume());
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly options: SessionOptions,
   ) {
+    this.socket = socket;
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.handshake = new Handshake(options.directory, {
-      write: (buf) => this.write(buf),
-      ready: (negotiated, rest) => this.enterTransmission(negotiated, rest),
-      close: (reason, violation) => this.close(reason, violation),
-    });
+    this.handshake = new Handshake(
+      options.directory,
+      {
+        write: (buf) => this.write(buf),
+        ready: (negotiated, rest) => this.enterTransmission(negotiated, rest),
+        close: (reason, violation) => this.close(reason, violation),
+        startTls: () => this.startTls(),
+      },
+      { mode: options.tls?.mode ?? 'off' },
+    );
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.guarded(() => this.transmission?.tryResume()));
+    socket.on('data', this.onDataListener);
+    socket.on('drain', this.onDrainListener);
     socket.on('error', (err) =>
       this.options.logger.debug?.(`nbd ${this.peer}: socket error: ${err.message}`),
     );
@@ -83,6 +101,38 @@ export class Session {
   /** The export this connection is attached to (in transmission), if any. */
   get export(): NbdExport | undefined {
     return this.attachedExport;
+  }
+
+  /**
+   * STARTTLS was acknowledged (the ACK is queued on the plain socket): flush it, then speak TLS
+   * on this connection. Data and drain now come from the TLSSocket; the plain socket keeps its
+   * error and close listeners (closing either ends the session once).
+   */
+  private startTls(): void {
+    const plain = this.socket;
+    const tls = this.options.tls;
+    if (tls === undefined) return;
+    plain.off('data', this.onDataListener);
+    plain.off('drain', this.onDrainListener);
+    plain.uncork(); // the ACK must leave in plain text before the first TLS record
+    const secure = upgradeServerSocket(plain, tls, (socket, peer) => {
+      if (this.closing) return;
+      const admin = peer.identity !== undefined && tls.adminIdentities.has(peer.identity);
+      const as = peer.identity === undefined ? '' : ` as '${peer.identity}'${admin ? ' (admin)' : ''}`;
+      this.options.logger.debug?.(
+        `nbd ${this.peer}: ${socket.getProtocol() ?? 'TLS'} ${socket.getCipher().name} established${as}`,
+      );
+      this.guarded(() => this.handshake.tlsEstablished(admin ? undefined : peer.identity));
+    });
+    this.socket = secure;
+    secure.on('data', this.onDataListener);
+    secure.on('drain', this.onDrainListener);
+    secure.on('error', (err) => {
+      // A failed TLS handshake (bad PSK, untrusted certificate) ends this connection only.
+      this.options.logger.warn?.(`nbd ${this.peer}: TLS failed: ${err.message}`);
+      this.close(`TLS failed: ${err.message}`, false);
+    });
+    secure.on('close', () => this.onSocketClosed());
   }
 
   private onData(chunk: Buffer): void {

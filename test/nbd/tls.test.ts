@@ -1,0 +1,313 @@
+/**
+ * NBD TLS (STARTTLS) in process, over real sockets: the server's three modes against a raw
+ * client (every byte visible), the TypeScript client with TLS-PSK and X.509, credentials that
+ * do not match (the handshake fails cleanly, the server keeps serving), and the PSK file format.
+ * Tenant isolation, the fabric and migration over TLS are in test/appliance/tls.test.ts; real
+ * clients (nbdinfo, nbdcopy, qemu-io) in test/interop/tls.test.ts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import fc from 'fast-check';
+import { ErrorCodes } from '../../src/errors.js';
+import * as C from '../../src/nbd/constants.js';
+import { NbdClient } from '../../src/nbd/index.js';
+import { formatPskLine, parsePskFile, PSK_CIPHERS_TLS12 } from '../../src/nbd/tls.js';
+import { NbdServer } from '../../src/nbd/server.js';
+import { startServer } from './helpers.js';
+import { testDirectory } from './memory-export.js';
+import { infoData, RawClient } from './raw-client.js';
+import { credentialsDir, makePsk, makeX509 } from './tls-credentials.js';
+
+const MiB = 1024 * 1024;
+
+async function pskServer(t: test.TestContext, mode: 'on' | 'require') {
+  const root = credentialsDir(t);
+  const psk = makePsk(root, ['tenant-a', 'tenant-b']);
+  const running = await startServer(testDirectory(), { tls: { mode, psk: psk.file } });
+  t.after(() => running.server.close());
+  return { ...running, psk, root };
+}
+
+/** Sends one option over an established TLS socket and reads one reply (header + data). */
+function optionOverTls(socket: TLSSocket, option: number): Promise<{ type: number; data: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let got = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      got = Buffer.concat([got, chunk]);
+      if (got.length < 20 || got.length < 20 + got.readUInt32BE(16)) return;
+      socket.off('data', onData);
+      resolve({ type: got.readUInt32BE(12), data: got.subarray(20, 20 + got.readUInt32BE(16)) });
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error('closed before the option reply')));
+    const header = Buffer.alloc(16);
+    header.writeUInt32BE(C.IHAVEOPT_HI, 0);
+    header.writeUInt32BE(C.IHAVEOPT_LO, 4);
+    header.writeUInt32BE(option, 8);
+    socket.write(header);
+  });
+}
+
+test('require: every option but STARTTLS and ABORT answers ERR_TLS_REQD, and no data is served', async (t) => {
+  const { port, server, dir } = await pskServer(t, 'require');
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  const refused: Array<[number, Buffer]> = [
+    [C.OPT_LIST, Buffer.alloc(0)],
+    [C.OPT_STRUCTURED_REPLY, Buffer.alloc(0)],
+    [C.OPT_INFO, infoData('')],
+    [C.OPT_GO, infoData('')],
+    [C.OPT_LIST_META_CONTEXT, Buffer.alloc(8)],
+    [C.OPT_EXTENDED_HEADERS, Buffer.alloc(0)],
+  ];
+  for (const [option, data] of refused) {
+    c.sendOption(option, data);
+    const reply = await c.readOptionReply();
+    assert.equal(reply.option, option);
+    assert.equal(reply.type, C.REP_ERR_TLS_REQD, `option ${option}`);
+    assert.match(reply.data.toString(), /TLS is required/);
+  }
+  // A plain GO was refused, so the session is still in the handshake: a READ header is junk.
+  c.sendOption(C.OPT_ABORT);
+  assert.equal((await c.readOptionReply()).type, C.REP_ACK);
+  assert.ok(await c.waitClosed());
+  assert.equal(server.stats().requests.read, 0);
+  assert.equal(dir.attached.size, 0, 'no export was ever attached');
+
+  // EXPORT_NAME cannot be refused with an error: the session ends without export data.
+  const e = await RawClient.handshake(port);
+  t.after(() => e.destroy());
+  e.sendOption(C.OPT_EXPORT_NAME, Buffer.from(''));
+  assert.ok(await e.waitClosed());
+  assert.equal(e.available(), 0, 'nothing after the greeting');
+  assert.equal(dir.attached.size, 0);
+});
+
+test('STARTTLS rules: no data, nothing may follow it in plain text, not twice', async (t) => {
+  const { port, server, psk } = await pskServer(t, 'require');
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  c.sendOption(C.OPT_STARTTLS, Buffer.from([1]));
+  assert.equal((await c.readOptionReply()).type, C.REP_ERR_INVALID);
+
+  // STARTTLS followed at once by a plain GO (a command-injection attempt): dropped, not answered.
+  const violationsBefore = server.stats().protocolViolations;
+  const injected = await RawClient.handshake(port);
+  t.after(() => injected.destroy());
+  const header = Buffer.alloc(16);
+  header.writeUInt32BE(C.IHAVEOPT_HI, 0);
+  header.writeUInt32BE(C.IHAVEOPT_LO, 4);
+  header.writeUInt32BE(C.OPT_STARTTLS, 8);
+  const go = Buffer.alloc(16 + infoData('').length);
+  header.copy(go);
+  go.writeUInt32BE(C.OPT_GO, 8);
+  go.writeUInt32BE(infoData('').length, 12);
+  infoData('').copy(go, 16);
+  injected.write(Buffer.concat([header, go]));
+  assert.ok(await injected.waitClosed());
+  assert.equal(injected.available(), 0, 'neither ACK nor a GO reply was sent');
+  assert.equal(server.stats().protocolViolations, violationsBefore + 1);
+
+  // A second STARTTLS inside TLS: ERR_INVALID, and the session goes on.
+  const plain = await RawClient.handshake(port);
+  plain.sendOption(C.OPT_STARTTLS);
+  assert.equal((await plain.readOptionReply()).type, C.REP_ACK);
+  const key = psk.keys.get('tenant-a')!;
+  const secure = await new Promise<TLSSocket>((resolve, reject) => {
+    const s = tlsConnect({
+      socket: plain.socket,
+      ciphers: PSK_CIPHERS_TLS12,
+      pskCallback: () => ({ identity: 'tenant-a', psk: key }),
+      checkServerIdentity: () => undefined,
+    });
+    s.once('secureConnect', () => resolve(s));
+    s.once('error', reject);
+  });
+  t.after(() => secure.destroy());
+  assert.equal((await optionOverTls(secure, C.OPT_STARTTLS)).type, C.REP_ERR_INVALID);
+  const structured = await optionOverTls(secure, C.OPT_STRUCTURED_REPLY);
+  assert.equal(structured.type, C.REP_ACK, 'options work over TLS');
+});
+
+test('on: plain clients and TLS clients are both served', async (t) => {
+  const { port, psk } = await pskServer(t, 'on');
+  const { client: raw, size } = await RawClient.open(port, 'small');
+  t.after(() => raw.destroy());
+  assert.equal(size, 1 * MiB);
+  await raw.pwrite(0, Buffer.alloc(4096, 0x5a));
+
+  const client = await NbdClient.connect({
+    port,
+    exportName: 'small',
+    tls: { psk: { identity: 'tenant-b', file: psk.file } },
+  });
+  t.after(() => client.destroy());
+  assert.deepEqual(await client.read(0, 4096), Buffer.alloc(4096, 0x5a));
+});
+
+test('the TS client over TLS-PSK: data, list and info; plain against require fails with MF_TLS', async (t) => {
+  const { port, psk, server } = await pskServer(t, 'require');
+  const tls = { psk: { identity: 'tenant-a', key: psk.keys.get('tenant-a')!.toString('hex') } };
+  const client = await NbdClient.connect({ port, exportName: '', tls });
+  t.after(() => client.destroy());
+  assert.ok(client.structuredReplies, 'options were negotiated again over TLS');
+  const data = randomBytes(3 * MiB + 17);
+  await client.write(12345, data);
+  await client.flush();
+  assert.deepEqual(await client.read(12345, data.length), data);
+  assert.deepEqual(
+    (await NbdClient.list({ port, tls })).map((e) => e.name),
+    ['', 'small', 'ro'],
+  );
+  assert.equal((await NbdClient.info({ port, exportName: 'small', tls })).size, 1 * MiB);
+
+  await assert.rejects(NbdClient.connect({ port, exportName: '' }), (err: Error & { code?: string }) => {
+    assert.equal(err.code, ErrorCodes.TLS);
+    assert.match(err.message, /requires TLS/);
+    return true;
+  });
+  await assert.rejects(NbdClient.list({ port }), { code: ErrorCodes.TLS });
+  // A reconnect keeps TLS.
+  await client.reconnect();
+  assert.deepEqual(await client.read(12345, 64), data.subarray(0, 64));
+  assert.equal(server.tlsMode, 'require');
+});
+
+test('a client that asks for TLS never falls back to plain text', async (t) => {
+  const root = credentialsDir(t);
+  const psk = makePsk(root, ['tenant-a']);
+  const { port, server } = await startServer(testDirectory());
+  t.after(() => server.close());
+  await assert.rejects(
+    NbdClient.connect({ port, tls: { psk: { identity: 'tenant-a', file: psk.file } } }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, ErrorCodes.TLS);
+      assert.match(err.message, /refused NBD_OPT_STARTTLS/);
+      return true;
+    },
+  );
+  assert.equal(server.stats().requests.read + server.stats().requests.write, 0);
+});
+
+test('a wrong PSK key or an unknown identity fails the handshake; the server keeps serving', async (t) => {
+  const { port, psk, server } = await pskServer(t, 'require');
+  const wrongKey = { psk: { identity: 'tenant-a', key: randomBytes(32) } };
+  const unknown = { psk: { identity: 'mallory', key: randomBytes(32) } };
+  for (const tls of [wrongKey, unknown]) {
+    await assert.rejects(NbdClient.connect({ port, tls }), (err: Error & { code?: string }) => {
+      assert.equal(err.code, ErrorCodes.TLS, err.message);
+      return true;
+    });
+  }
+  const good = await NbdClient.connect({ port, tls: { psk: { identity: 'tenant-b', file: psk.file } } });
+  t.after(() => good.destroy());
+  await good.write(0, Buffer.alloc(512, 1));
+  assert.deepEqual(await good.read(0, 512), Buffer.alloc(512, 1));
+  assert.equal(server.stats().protocolViolations, 0, 'a failed TLS handshake is not a protocol violation');
+});
+
+test('X.509: the client verifies the server against its CA; a wrong CA fails cleanly', async (t) => {
+  const root = credentialsDir(t);
+  const x509 = makeX509(root, ['tenant-a']);
+  const { port, server } = await startServer(testDirectory(), {
+    tls: { mode: 'require', certificates: x509.serverDir },
+  });
+  t.after(() => server.close());
+  const client = await NbdClient.connect({
+    port,
+    exportName: 'small',
+    tls: { certificates: x509.clientDir('tenant-a') },
+  });
+  t.after(() => client.destroy());
+  await client.write(0, Buffer.alloc(1024, 7));
+  assert.deepEqual(await client.read(0, 1024), Buffer.alloc(1024, 7));
+
+  await assert.rejects(
+    NbdClient.connect({ port, tls: { certificates: x509.otherCaDir } }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, ErrorCodes.TLS);
+      assert.match(err.message, /certificate/i);
+      return true;
+    },
+  );
+  // The server is still there for others.
+  const again = await NbdClient.connect({ port, tls: { certificates: x509.clientDir('tenant-a') } });
+  await again.disconnect();
+});
+
+test('X.509 with client verification: a client without a certificate is refused', async (t) => {
+  const root = credentialsDir(t);
+  const x509 = makeX509(root, ['tenant-a']);
+  const { port, server } = await startServer(testDirectory(), {
+    tls: { mode: 'require', certificates: x509.serverDir, verifyClientCertificates: true },
+  });
+  t.after(() => server.close());
+  const withCert = await NbdClient.connect({ port, tls: { certificates: x509.clientDir('tenant-a') } });
+  await withCert.disconnect();
+  // Trusts the server but has no certificate of its own.
+  const ca = readFileSync(join(x509.serverDir, 'ca-cert.pem'));
+  await assert.rejects(NbdClient.connect({ port, tls: { ca } }), { code: ErrorCodes.TLS });
+  const again = await NbdClient.connect({ port, tls: { certificates: x509.clientDir('tenant-a') } });
+  await again.disconnect();
+});
+
+test('server TLS options are checked at construction, naming the file', async (t) => {
+  const root = credentialsDir(t);
+  const directory = testDirectory(1 * MiB);
+  assert.throws(() => new NbdServer({ directory, tls: { mode: 'require' } }), {
+    code: ErrorCodes.INVALID_ARGUMENT,
+    message: /needs credentials/,
+  });
+  assert.throws(() => new NbdServer({ directory, tls: { mode: 'on', psk: join(root, 'absent.psk') } }), {
+    code: ErrorCodes.INVALID_ARGUMENT,
+    message: /absent\.psk \(ENOENT\)/,
+  });
+  assert.throws(() => new NbdServer({ directory, tls: { mode: 'on', certificates: root } }), {
+    code: ErrorCodes.INVALID_ARGUMENT,
+    message: /server-cert\.pem/,
+  });
+  assert.throws(() => new NbdServer({ directory, tls: { mode: 'sometimes' as 'on' } }), {
+    code: ErrorCodes.INVALID_ARGUMENT,
+  });
+  // 'off' needs nothing and answers STARTTLS as a server without TLS does.
+  const off = await startServer(testDirectory(1 * MiB), { tls: { mode: 'off' } });
+  t.after(() => off.server.close());
+  const c = await RawClient.handshake(off.port);
+  t.after(() => c.destroy());
+  c.sendOption(C.OPT_STARTTLS);
+  assert.equal((await c.readOptionReply()).type, C.REP_ERR_UNSUP);
+});
+
+test('PSK files: psktool lines round-trip; malformed lines are refused with their line number', () => {
+  const identity = fc.stringMatching(/^[A-Za-z0-9._@-]{1,64}$/);
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(fc.tuple(identity, fc.uint8Array({ minLength: 16, maxLength: 64 })), {
+        minLength: 1,
+        maxLength: 8,
+        selector: ([id]) => id,
+      }),
+      (entries) => {
+        const text = ['# keys', ...entries.map(([id, key]) => formatPskLine(id, key)), ''].join('\n');
+        const parsed = parsePskFile(text);
+        assert.equal(parsed.size, entries.length);
+        for (const [id, key] of entries) assert.deepEqual(parsed.get(id), Buffer.from(key));
+      },
+    ),
+  );
+  const bad: Array<[string, RegExp]> = [
+    ['', /holds no key/],
+    ['nokey\n', /line 1: expected identity:hexkey/],
+    ['a:' + '00'.repeat(16) + '\nb:xyz\n', /line 2: .*hex digits/],
+    ['a:' + '00'.repeat(8), /line 1: the key has 8 bytes/],
+    ['a:' + '00'.repeat(16) + '\na:' + '11'.repeat(16), /appears twice/],
+    ['bad id:' + '00'.repeat(16), /identity must be/],
+  ];
+  for (const [text, message] of bad) {
+    assert.throws(() => parsePskFile(text, 'keys.psk'), { code: ErrorCodes.INVALID_ARGUMENT, message });
+  }
+});
