@@ -343,8 +343,18 @@ async function handshakeSession<T>(
         : connectionClosed(`nbd connection to ${where} failed: ${err.message}`, err),
     );
   };
+  /** Whether the server has said anything over TLS yet. */
+  let tlsAnswered = false;
   const onClose = (): void =>
-    reader.fail(connectionClosed(`nbd server ${where} closed the connection during the handshake`));
+    reader.fail(
+      socket !== plain && !tlsAnswered
+        ? // A server that takes the TLS handshake and hangs up at once refused who we are.
+          tlsError(
+            `the nbd server ${where} closed the connection right after the TLS handshake: ` +
+              'it does not accept this client certificate or PSK identity',
+          )
+        : connectionClosed(`nbd server ${where} closed the connection during the handshake`),
+    );
   plain.on('error', onError);
   plain.on('close', onClose);
   const timer = setTimeout(() => {
@@ -367,6 +377,7 @@ async function handshakeSession<T>(
       ]);
       socket.on('error', ignoreError);
       socket.setNoDelay(true);
+      socket.once('data', () => (tlsAnswered = true));
       reader = new HandshakeReader(socket);
       socket.on('error', onError);
       socket.on('close', onClose);

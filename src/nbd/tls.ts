@@ -18,6 +18,7 @@
  * a TLS 1.3 external PSK with a SHA-256 suite), which is what GnuTLS clients (libnbd, qemu)
  * offer; see PSK_CIPHERS_TLS12.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext, TLSSocket } from 'node:tls';
@@ -47,6 +48,8 @@ export interface ServerTls {
   readonly secureContext: SecureContext | undefined;
   readonly pskKeys: ReadonlyMap<string, Buffer>;
   readonly requestCert: boolean;
+  /** Trust anchors for client certificates (ca-cert.pem), when they are verified. */
+  readonly clientCas: readonly X509Certificate[];
   readonly adminIdentities: ReadonlySet<string>;
 }
 
@@ -138,7 +141,14 @@ export function loadServerTls(options: NbdServerTlsOptions): ServerTls {
   }
   const adminIdentities = new Set(options.adminIdentities ?? []);
   if (mode === 'off') {
-    return { mode, secureContext: undefined, pskKeys: new Map(), requestCert: false, adminIdentities };
+    return {
+      mode,
+      secureContext: undefined,
+      pskKeys: new Map(),
+      requestCert: false,
+      clientCas: [],
+      adminIdentities,
+    };
   }
   if (options.certificates === undefined && options.psk === undefined) {
     throw invalidArgument(
@@ -147,12 +157,16 @@ export function loadServerTls(options: NbdServerTlsOptions): ServerTls {
   }
   const contextOptions: Parameters<typeof createSecureContext>[0] = { minVersion: 'TLSv1.2' };
   let requestCert = false;
+  let clientCas: X509Certificate[] = [];
   if (options.certificates !== undefined) {
     const dir = options.certificates;
     contextOptions.cert = readConfigFile(join(dir, 'server-cert.pem'), 'server certificate');
     contextOptions.key = readConfigFile(join(dir, 'server-key.pem'), 'server key');
     if (options.verifyClientCertificates) {
-      contextOptions.ca = readConfigFile(join(dir, 'ca-cert.pem'), 'CA certificate');
+      const caPath = join(dir, 'ca-cert.pem');
+      const ca = readConfigFile(caPath, 'CA certificate');
+      contextOptions.ca = ca;
+      clientCas = parseCertificates(ca, caPath);
       requestCert = true;
     }
   } else if (options.verifyClientCertificates) {
@@ -174,7 +188,52 @@ export function loadServerTls(options: NbdServerTlsOptions): ServerTls {
       err,
     );
   }
-  return { mode, secureContext, pskKeys, requestCert, adminIdentities };
+  return { mode, secureContext, pskKeys, requestCert, clientCas, adminIdentities };
+}
+
+function parseCertificates(pem: Buffer, path: string): X509Certificate[] {
+  const blocks = pem
+    .toString('latin1')
+    .match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+  if (blocks === null) throw tlsConfigError(`${path} holds no PEM certificate`);
+  try {
+    return blocks.map((block) => new X509Certificate(block));
+  } catch (err) {
+    throw tlsConfigError(`${path} holds a certificate that cannot be parsed: ${(err as Error).message}`, err);
+  }
+}
+
+/** Longest client certificate chain we follow to a trust anchor. */
+const CHAIN_LENGTH_MAX = 8;
+
+/**
+ * Checks the client's certificate chain against `cas`: each certificate within its validity
+ * period and signed by the next, the last link signed by a trust anchor. OpenSSL already checked
+ * that the client holds the leaf's key; node leaves the chain verdict to the TLS server object,
+ * which a socket upgraded in the middle of a protocol does not have. Returns the reason a chain
+ * is refused, or undefined when it is trusted.
+ */
+export function clientChainProblem(socket: TLSSocket, cas: readonly X509Certificate[]): string | undefined {
+  const chain: X509Certificate[] = [];
+  let link = socket.getPeerCertificate(true);
+  while (link !== undefined && link !== null && link.raw !== undefined && chain.length < CHAIN_LENGTH_MAX) {
+    chain.push(new X509Certificate(link.raw));
+    const issuer = link.issuerCertificate;
+    if (issuer === undefined || issuer === link) break;
+    link = issuer;
+  }
+  if (chain.length === 0) return 'the client sent no certificate';
+  const now = Date.now();
+  for (let i = 0; i < chain.length; i++) {
+    const cert = chain[i];
+    if (now < Date.parse(cert.validFrom) || now > Date.parse(cert.validTo)) {
+      return `certificate '${cert.subject.replace(/\n/g, ', ')}' is not valid now`;
+    }
+    if (cas.some((ca) => cert.checkIssued(ca) && cert.verify(ca.publicKey))) return undefined;
+    const next = chain[i + 1];
+    if (next === undefined || !next.ca || !cert.checkIssued(next) || !cert.verify(next.publicKey)) break;
+  }
+  return 'the client certificate is not signed by ca-cert.pem';
 }
 
 /** The outcome of a server-side upgrade, once the TLS handshake has finished. */
@@ -185,8 +244,8 @@ export interface TlsPeer {
 
 /**
  * Wraps an accepted socket (right after NBD_REP_ACK to STARTTLS was written) in a server-side
- * TLSSocket. `onSecure` runs once the TLS handshake succeeds; failures surface as 'error' on the
- * returned socket. Bytes the peer already sent are handed to TLS by node (TLSSocket reads what
+ * TLSSocket. `onSecure` runs once the TLS handshake succeeds and a client certificate (when
+ * asked for) is trusted; failures surface as 'error' on the returned socket. Bytes the peer already sent are handed to TLS by node (TLSSocket reads what
  * the wrapped socket buffered).
  */
 export function upgradeServerSocket(
@@ -214,8 +273,13 @@ export function upgradeServerSocket(
   });
   tlsSocket.once('secure', () => {
     let identity = pskIdentity;
-    if (identity === undefined && tls.requestCert && tlsSocket.authorized) {
-      const cn = tlsSocket.getPeerCertificate()?.subject?.CN;
+    if (identity === undefined && tls.requestCert) {
+      const problem = clientChainProblem(tlsSocket, tls.clientCas);
+      if (problem !== undefined) {
+        tlsSocket.destroy(new Error(`client certificate refused: ${problem}`));
+        return;
+      }
+      const cn = tlsSocket.getPeerCertificate().subject?.CN;
       identity = typeof cn === 'string' && cn !== '' ? cn : undefined;
     }
     onSecure(tlsSocket, { identity });

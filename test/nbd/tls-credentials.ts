@@ -18,6 +18,8 @@ export interface X509Set {
   clientDir(cn: string): string;
   /** A CA nobody used: its ca-cert.pem does not verify the server. */
   otherCaDir: string;
+  /** Trusts the server, but its client-cert.pem (CN tenant-b) was signed by the other CA. */
+  rogueClientDir: string;
 }
 
 function openssl(cwd: string, args: string[]): void {
@@ -108,9 +110,20 @@ export function makeX509(root: string, clientNames: readonly string[]): X509Set 
   }
   const otherCaDir = join(root, 'other-ca');
   makeCa(otherCaDir, 'some other CA');
+  const rogueClientDir = join(root, 'rogue-client');
+  mkdirSync(rogueClientDir);
+  cpSync(join(caDir, 'ca-cert.pem'), join(rogueClientDir, 'ca-cert.pem'));
+  issue(
+    otherCaDir,
+    rogueClientDir,
+    'client',
+    'tenant-b',
+    'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n',
+  );
   return {
     serverDir,
     otherCaDir,
+    rogueClientDir,
     clientDir(cn: string): string {
       const dir = clients.get(cn);
       if (dir === undefined) throw new Error(`no client certificate for ${cn}`);

@@ -251,6 +251,10 @@ test('X.509 with client verification: a client without a certificate is refused'
   // Trusts the server but has no certificate of its own.
   const ca = readFileSync(join(x509.serverDir, 'ca-cert.pem'));
   await assert.rejects(NbdClient.connect({ port, tls: { ca } }), { code: ErrorCodes.TLS });
+  // A certificate from another CA: the TLS handshake completes, then the server refuses it.
+  await assert.rejects(NbdClient.connect({ port, tls: { certificates: x509.rogueClientDir } }), {
+    code: ErrorCodes.TLS,
+  });
   const again = await NbdClient.connect({ port, tls: { certificates: x509.clientDir('tenant-a') } });
   await again.disconnect();
 });
