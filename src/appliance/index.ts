@@ -9,3 +9,4 @@ export {
 } from './appliance.js';
 export { Region, type RegionInfo, type RegionStats } from './region.js';
 export { RegionRegistry, type CreateRegionOptions } from './registry.js';
+export { isLoopbackHost, nbdExposureWarning } from './exposure.js';
