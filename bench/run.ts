@@ -9,8 +9,9 @@ import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
 import { fabricSuite } from './fabric.bench.js';
 import { tierSuite } from './tier.bench.js';
+import { tlsSuite } from './tls.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite];
+const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite, tlsSuite];
 
 const { values } = parseArgs({
   options: {
