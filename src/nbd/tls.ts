@@ -163,7 +163,13 @@ export function loadServerTls(options: NbdServerTlsOptions): ServerTls {
       `tls mode '${mode}' needs credentials: a certificates directory (--tls-certificates) or a PSK file (--tls-psk)`,
     );
   }
-  const contextOptions: SecureContextOptions = { minVersion: 'TLSv1.2', honorCipherOrder: true };
+  const contextOptions: SecureContextOptions = {
+    minVersion: 'TLSv1.2',
+    honorCipherOrder: true,
+    // OpenSSL refuses session lookups (a TLS 1.3 PSK is one) on a server that verifies peers
+    // without a session id context; tls.Server sets one, a bare TLSSocket must be given it.
+    sessionIdContext: 'memfabric-nbd',
+  };
   let requestCert = false;
   let clientCas: X509Certificate[] = [];
   if (options.certificates !== undefined) {

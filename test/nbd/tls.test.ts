@@ -259,6 +259,22 @@ test('X.509 with client verification: a client without a certificate is refused'
   await again.disconnect();
 });
 
+test('PSK and X.509 with client verification on one server: each client uses its own kind', async (t) => {
+  const root = credentialsDir(t);
+  const x509 = makeX509(root, ['tenant-a']);
+  const psk = makePsk(root, ['tenant-b']);
+  const { port, server } = await startServer(testDirectory(), {
+    tls: { mode: 'require', certificates: x509.serverDir, psk: psk.file, verifyClientCertificates: true },
+  });
+  t.after(() => server.close());
+  const byPsk = await NbdClient.connect({ port, tls: { psk: { identity: 'tenant-b', file: psk.file } } });
+  await byPsk.write(0, Buffer.alloc(4096, 9));
+  await byPsk.disconnect();
+  const byCert = await NbdClient.connect({ port, tls: { certificates: x509.clientDir('tenant-a') } });
+  assert.deepEqual(await byCert.read(0, 4096), Buffer.alloc(4096, 9));
+  await byCert.disconnect();
+});
+
 test('server TLS options are checked at construction, naming the file', async (t) => {
   const root = credentialsDir(t);
   const directory = testDirectory(1 * MiB);
