@@ -23,6 +23,16 @@ import { infoData, RawClient } from './raw-client.js';
 import { credentialsDir, makePsk, makeX509 } from './tls-credentials.js';
 
 const MiB = 1024 * 1024;
+const UNTIL_MS_MAX = 10_000;
+
+/** Polls `condition` (every 5 ms) until it holds; fails naming `what` after UNTIL_MS_MAX. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + UNTIL_MS_MAX;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
 
 async function pskServer(t: test.TestContext, mode: 'on' | 'require') {
   const root = credentialsDir(t);
@@ -208,6 +218,26 @@ test('a wrong PSK key or an unknown identity fails the handshake; the server kee
   await good.write(0, Buffer.alloc(512, 1));
   assert.deepEqual(await good.read(0, 512), Buffer.alloc(512, 1));
   assert.equal(server.stats().protocolViolations, 0, 'a failed TLS handshake is not a protocol violation');
+  // The failed connections are gone from the server, not lingering half-open.
+  await until(() => server.stats().connectionsOpen === 1, 'failed TLS sessions to close');
+  assert.equal(server.stats().connectionsTotal, 3);
+});
+
+test('the handshake timeout also bounds a TLS handshake that never comes', async (t) => {
+  const root = credentialsDir(t);
+  const psk = makePsk(root, ['tenant-a']);
+  const { port, server } = await startServer(testDirectory(1 * MiB), {
+    tls: { mode: 'require', psk: psk.file },
+    handshakeTimeoutMs: 200,
+  });
+  t.after(() => server.close());
+  const c = await RawClient.handshake(port);
+  t.after(() => c.destroy());
+  c.sendOption(C.OPT_STARTTLS);
+  assert.equal((await c.readOptionReply()).type, C.REP_ACK);
+  // No ClientHello: the server gives up when the handshake timer fires.
+  assert.ok(await c.waitClosed(30_000), 'the server closed the silent connection');
+  await until(() => server.stats().connectionsOpen === 0, 'the session to end');
 });
 
 test('X.509: the client verifies the server against its CA; a wrong CA fails cleanly', async (t) => {
