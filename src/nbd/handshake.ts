@@ -213,11 +213,6 @@ export class Handshake {
     this.phase = Phase.OPTION_HEADER;
   }
 
-  /** Whether TLS is up (for statistics and tests). */
-  get tlsNegotiated(): boolean {
-    return this.tlsActive;
-  }
-
   /** Whether the handshake has finished (successfully or not); later bytes are not ours. */
   get done(): boolean {
     return this.phase === Phase.DONE;

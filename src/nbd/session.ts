@@ -111,7 +111,10 @@ export class Session {
   private startTls(): void {
     const plain = this.socket;
     const tls = this.options.tls;
-    if (tls === undefined) return;
+    if (tls === undefined) {
+      this.close('STARTTLS acknowledged without TLS credentials', false); // unreachable: mode is off
+      return;
+    }
     plain.off('data', this.onDataListener);
     plain.off('drain', this.onDrainListener);
     plain.uncork(); // the ACK must leave in plain text before the first TLS record

@@ -97,6 +97,35 @@ test('require: every option but STARTTLS and ABORT answers ERR_TLS_REQD, and no 
   assert.equal(dir.attached.size, 0);
 });
 
+test('require, any plain option sequence: nothing but ERR_TLS_REQD comes back (fast-check)', async (t) => {
+  const { port, server, dir } = await pskServer(t, 'require');
+  // Every option number but the three that change state (EXPORT_NAME, ABORT, STARTTLS).
+  const option = fc
+    .oneof(fc.integer({ min: 0, max: 16 }), fc.integer({ min: 0, max: 0xffffffff }))
+    .filter((o) => o !== C.OPT_EXPORT_NAME && o !== C.OPT_ABORT && o !== C.OPT_STARTTLS);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.tuple(option, fc.uint8Array({ maxLength: 64 })), { minLength: 1, maxLength: 12 }),
+      async (options) => {
+        const c = await RawClient.handshake(port);
+        try {
+          for (const [opt, data] of options) {
+            c.sendOption(opt, Buffer.from(data));
+            const reply = await c.readOptionReply();
+            assert.equal(reply.option, opt >>> 0);
+            assert.equal(reply.type, C.REP_ERR_TLS_REQD);
+          }
+        } finally {
+          c.destroy();
+        }
+      },
+    ),
+    { numRuns: 25 },
+  );
+  assert.equal(dir.attached.size, 0);
+  assert.equal(server.stats().protocolViolations, 0);
+});
+
 test('STARTTLS rules: no data, nothing may follow it in plain text, not twice', async (t) => {
   const { port, server, psk } = await pskServer(t, 'require');
   const c = await RawClient.handshake(port);
