@@ -11,6 +11,7 @@ import { Appliance, isLoopbackHost, nbdExposureWarning } from '../../src/applian
 import type { MigrationStatus } from '../../src/appliance/migration.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { Fabric } from '../../src/fabric/index.js';
+import { SubAllocator } from '../../src/fabric/suballocation.js';
 import { NbdClient, type NbdClientTls, type NbdServerTlsOptions } from '../../src/nbd/index.js';
 import { credentialsDir, makePsk, makeX509 } from '../nbd/tls-credentials.js';
 
@@ -154,6 +155,27 @@ test('a Fabric region over TLS against --tls require appliances', async (t) => {
     held[0].read(4096, copy);
     assert.deepEqual(copy, data, 'the bytes went over TLS to both copies');
   }
+});
+
+test('a SubAllocator chunk over TLS against a --tls require appliance', async (t) => {
+  const psk = makePsk(credentialsDir(t), ['tenant-a']);
+  const appliance = await start(t, { mode: 'require', psk: psk.file });
+  await appliance.registry.create({ name: 'pool', size: '8MiB', tenant: 'tenant-a' });
+  const url = `http://127.0.0.1:${appliance.httpAddress.port}`;
+  const sub = new SubAllocator({
+    appliance: url,
+    region: 'pool',
+    owner: 'worker-1',
+    tls: { psk: { identity: 'tenant-a', file: psk.file } },
+  });
+  t.after(() => sub.close());
+  const chunk = await sub.claim({ size: '1MiB' });
+  const view = await chunk.open();
+  await view.write(0, Buffer.alloc(4096, 0x42));
+  assert.deepEqual(await view.read(0, 4096), Buffer.alloc(4096, 0x42));
+  const direct = Buffer.alloc(4096);
+  appliance.registry.require('pool').read(chunk.offset, direct);
+  assert.deepEqual(direct, Buffer.alloc(4096, 0x42));
 });
 
 test('migration between two --tls require appliances sharing a PSK file', async (t) => {

@@ -26,7 +26,7 @@ test(
   { skip: missing('nbdinfo', 'nbdcopy', 'qemu-io', 'openssl') },
   async (t) => {
     const dir = tempDir(t, 'memfabric-interop-tls-');
-    const psk = makePsk(dir, ['tenant-a', 'tenant-b']);
+    const psk = makePsk(dir, ['tenant-a', 'tenant-b', 'ops']);
     const x509 = makeX509(dir, ['tenant-b']);
     const app = await ApplianceProcess.start({
       memory: '64MiB',
@@ -39,6 +39,8 @@ test(
         '--tls-certificates',
         x509.serverDir,
         '--tls-verify-peer',
+        '--tls-admin',
+        'ops',
       ],
     });
     t.after(() => app.stop());
@@ -85,6 +87,10 @@ test(
       listedB.map((e) => e['export-name']),
       ['b-disk'],
     );
+    const opsFile = psk.clientFile('ops');
+    const listOps = await runOk('nbdinfo', ['--list', '--json', `nbds://ops@${at}/?tls-psk-file=${opsFile}`]);
+    const listedOps = (JSON.parse(listOps.stdout) as { exports: Array<{ 'export-name': string }> }).exports;
+    assert.deepEqual(listedOps.map((e) => e['export-name']).sort(), ['a-disk', 'b-disk', 'default']);
     const other = await run('nbdinfo', [asA('b-disk')]);
     const absent = await run('nbdinfo', [asA('no-disk')]);
     assert.notEqual(other.code, 0);
