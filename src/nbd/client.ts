@@ -345,6 +345,9 @@ async function handshakeSession<T>(
   };
   /** Whether the server has said anything over TLS yet. */
   let tlsAnswered = false;
+  const onTlsData = (): void => {
+    tlsAnswered = true;
+  };
   const onClose = (): void =>
     reader.fail(
       socket !== plain && !tlsAnswered
@@ -370,14 +373,15 @@ async function handshakeSession<T>(
       if (reader.detach() !== undefined) throw protocolError('data after NBD_REP_ACK to NBD_OPT_STARTTLS');
       socket = await Promise.race([
         upgradeClientSocket(plain, host, tls),
-        // A hang-up or the timeout during the TLS handshake fails the reader: end the race.
+        // The plain reader is detached, so this only ever rejects: a hang-up or the timeout
+        // during the TLS handshake fails the reader and so ends the race.
         reader.read(1).then(() => {
           throw protocolError('plain data during the TLS handshake');
         }),
       ]);
       socket.on('error', ignoreError);
       socket.setNoDelay(true);
-      socket.once('data', () => (tlsAnswered = true));
+      socket.once('data', onTlsData);
       reader = new HandshakeReader(socket);
       socket.on('error', onError);
       socket.on('close', onClose);
@@ -394,6 +398,7 @@ async function handshakeSession<T>(
     plain.off('close', onClose);
     socket.off('error', onError);
     socket.off('close', onClose);
+    socket.off('data', onTlsData);
   }
 }
 
