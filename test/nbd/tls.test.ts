@@ -19,7 +19,7 @@ import { formatPskLine, parsePskFile, PSK_CIPHERS_TLS12 } from '../../src/nbd/tl
 import { NbdServer } from '../../src/nbd/server.js';
 import { startServer } from './helpers.js';
 import { testDirectory } from './memory-export.js';
-import { infoData, RawClient } from './raw-client.js';
+import { infoData, metaContextData, RawClient } from './raw-client.js';
 import { credentialsDir, makePsk, makeX509 } from './tls-credentials.js';
 
 const MiB = 1024 * 1024;
@@ -42,23 +42,68 @@ async function pskServer(t: test.TestContext, mode: 'on' | 'require') {
   return { ...running, psk, root };
 }
 
-/** Sends one option over an established TLS socket and reads one reply (header + data). */
-function optionOverTls(socket: TLSSocket, option: number): Promise<{ type: number; data: Buffer }> {
+/**
+ * Sends one option over an established TLS socket and reads its replies up to the final one
+ * (ACK or an error); resolves with all of them.
+ */
+function optionOverTls(
+  socket: TLSSocket,
+  option: number,
+  data: Buffer = Buffer.alloc(0),
+): Promise<Array<{ type: number; data: Buffer }>> {
   return new Promise((resolve, reject) => {
     let got = Buffer.alloc(0);
+    const replies: Array<{ type: number; data: Buffer }> = [];
+    const onClose = (): void => reject(new Error('closed before the final option reply'));
     const onData = (chunk: Buffer): void => {
       got = Buffer.concat([got, chunk]);
-      if (got.length < 20 || got.length < 20 + got.readUInt32BE(16)) return;
-      socket.off('data', onData);
-      resolve({ type: got.readUInt32BE(12), data: got.subarray(20, 20 + got.readUInt32BE(16)) });
+      while (got.length >= 20 && got.length >= 20 + got.readUInt32BE(16)) {
+        const length = got.readUInt32BE(16);
+        const reply = { type: got.readUInt32BE(12), data: got.subarray(20, 20 + length) };
+        got = got.subarray(20 + length);
+        replies.push(reply);
+        if (reply.type === C.REP_ACK || reply.type >= 0x80000000) {
+          socket.off('data', onData);
+          socket.off('close', onClose);
+          resolve(replies);
+          return;
+        }
+      }
     };
     socket.on('data', onData);
-    socket.once('close', () => reject(new Error('closed before the option reply')));
+    socket.once('close', onClose);
     const header = Buffer.alloc(16);
     header.writeUInt32BE(C.IHAVEOPT_HI, 0);
     header.writeUInt32BE(C.IHAVEOPT_LO, 4);
     header.writeUInt32BE(option, 8);
-    socket.write(header);
+    header.writeUInt32BE(data.length, 12);
+    socket.write(Buffer.concat([header, data]));
+  });
+}
+
+/** The final reply's type. */
+const last = (replies: Array<{ type: number }>): number => replies[replies.length - 1]!.type;
+
+/** STARTTLS on a raw connection, then a TLS-PSK session over it. */
+async function startTlsRaw(
+  port: number,
+  identity: string,
+  key: Buffer,
+  before?: (c: RawClient) => Promise<void>,
+): Promise<TLSSocket> {
+  const plain = await RawClient.handshake(port);
+  await before?.(plain);
+  plain.sendOption(C.OPT_STARTTLS);
+  assert.equal((await plain.readOptionReply()).type, C.REP_ACK);
+  return new Promise<TLSSocket>((resolve, reject) => {
+    const s = tlsConnect({
+      socket: plain.socket,
+      ciphers: PSK_CIPHERS_TLS12,
+      pskCallback: () => ({ identity, psk: key }),
+      checkServerIdentity: () => undefined,
+    });
+    s.once('secureConnect', () => resolve(s));
+    s.once('error', reject);
   });
 }
 
@@ -152,24 +197,28 @@ test('STARTTLS rules: no data, nothing may follow it in plain text, not twice', 
   assert.equal(server.stats().protocolViolations, violationsBefore + 1);
 
   // A second STARTTLS inside TLS: ERR_INVALID, and the session goes on.
-  const plain = await RawClient.handshake(port);
-  plain.sendOption(C.OPT_STARTTLS);
-  assert.equal((await plain.readOptionReply()).type, C.REP_ACK);
-  const key = psk.keys.get('tenant-a')!;
-  const secure = await new Promise<TLSSocket>((resolve, reject) => {
-    const s = tlsConnect({
-      socket: plain.socket,
-      ciphers: PSK_CIPHERS_TLS12,
-      pskCallback: () => ({ identity: 'tenant-a', psk: key }),
-      checkServerIdentity: () => undefined,
-    });
-    s.once('secureConnect', () => resolve(s));
-    s.once('error', reject);
+  const secure = await startTlsRaw(port, 'tenant-a', psk.keys.get('tenant-a')!);
+  t.after(() => secure.destroy());
+  assert.equal(last(await optionOverTls(secure, C.OPT_STARTTLS)), C.REP_ERR_INVALID);
+  assert.equal(last(await optionOverTls(secure, C.OPT_STRUCTURED_REPLY)), C.REP_ACK, 'options work over TLS');
+});
+
+test('what was negotiated in plain text is forgotten once TLS is up', async (t) => {
+  const { port, psk } = await pskServer(t, 'on');
+  // Structured replies and base:allocation in plain text, then STARTTLS.
+  const secure = await startTlsRaw(port, 'tenant-a', psk.keys.get('tenant-a')!, async (plain) => {
+    plain.sendOption(C.OPT_STRUCTURED_REPLY);
+    assert.equal((await plain.readOptionReply()).type, C.REP_ACK);
+    plain.sendOption(C.OPT_SET_META_CONTEXT, metaContextData('', ['base:allocation']));
+    const replies = await plain.readOptionRepliesUntilFinal();
+    assert.equal(replies[replies.length - 1]!.type, C.REP_ACK);
   });
   t.after(() => secure.destroy());
-  assert.equal((await optionOverTls(secure, C.OPT_STARTTLS)).type, C.REP_ERR_INVALID);
-  const structured = await optionOverTls(secure, C.OPT_STRUCTURED_REPLY);
-  assert.equal(structured.type, C.REP_ACK, 'options work over TLS');
+  const go = await optionOverTls(secure, C.OPT_GO, infoData(''));
+  assert.equal(last(go), C.REP_ACK);
+  const exportInfo = go.find((r) => r.type === C.REP_INFO && r.data.readUInt16BE(0) === C.INFO_EXPORT)!;
+  const flags = exportInfo.data.readUInt16BE(10);
+  assert.equal(flags & C.FLAG_SEND_DF, 0, 'DF is offered only with structured replies negotiated over TLS');
 });
 
 test('on: plain clients and TLS clients are both served', async (t) => {
