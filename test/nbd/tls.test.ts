@@ -347,7 +347,7 @@ test('X.509: the client verifies the server against its CA; a wrong CA fails cle
   await again.disconnect();
 });
 
-test('X.509 with client verification: a client without a certificate is refused', async (t) => {
+test('X.509 with client verification: a client without a certificate, or with one from another CA, is refused', async (t) => {
   const root = credentialsDir(t);
   const x509 = makeX509(root, ['tenant-a']);
   const { port, server } = await startServer(testDirectory(), {
