@@ -35,13 +35,13 @@ const WARMUP_S = 1;
 /** Extra time a fio run may take beyond its runtime (start-up, connect, prefill). */
 const FIO_SLACK_MS = 60_000;
 
-interface Job {
+export interface Job {
   rw: 'randread' | 'randwrite' | 'read' | 'write';
   bs: string;
   iodepth: number;
 }
 
-interface FioResult {
+export interface FioResult {
   iops: number;
   mibps: number;
   /** fio's total-latency percentiles (submission start to completion), in µs. */
@@ -61,7 +61,14 @@ async function startNbdkit(): Promise<{ uri: string; stop: () => Promise<void> }
 }
 
 /** One fio run: for `seconds` (time-based), or once over the whole region when `seconds` is null. */
-function fio(uri: string, job: Job, seconds: number | null, cwd: string): Promise<FioResult> {
+export function fio(
+  uri: string,
+  job: Job,
+  seconds: number | null,
+  cwd: string,
+  sizeBytes = REGION_BYTES,
+  env?: NodeJS.ProcessEnv,
+): Promise<FioResult> {
   const args = [
     '--name=bench',
     '--ioengine=nbd',
@@ -69,7 +76,7 @@ function fio(uri: string, job: Job, seconds: number | null, cwd: string): Promis
     `--rw=${job.rw}`,
     `--bs=${job.bs}`,
     `--iodepth=${job.iodepth}`,
-    `--size=${REGION_BYTES}`,
+    `--size=${sizeBytes}`,
     ...(seconds === null ? [] : ['--time_based', `--runtime=${seconds}`]),
     '--norandommap',
     '--randrepeat=0',
@@ -83,7 +90,13 @@ function fio(uri: string, job: Job, seconds: number | null, cwd: string): Promis
     execFile(
       'fio',
       args,
-      { cwd, maxBuffer: 16 * MiB, timeout: (seconds ?? 0) * 1000 + FIO_SLACK_MS, killSignal: 'SIGKILL' },
+      {
+        cwd,
+        maxBuffer: 16 * MiB,
+        timeout: (seconds ?? 0) * 1000 + FIO_SLACK_MS,
+        killSignal: 'SIGKILL',
+        ...(env ? { env: { ...process.env, ...env } } : {}),
+      },
       (err, stdout, stderr) => {
         if (err) return reject(new Error(`fio ${args.join(' ')} failed: ${err.message}\n${stderr}`));
         // fio's nbd engine prints a line before the JSON.

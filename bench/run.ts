@@ -11,8 +11,17 @@ import { fabricSuite } from './fabric.bench.js';
 import { tierSuite } from './tier.bench.js';
 import { hostileSuite } from './hostile.bench.js';
 import { restartSuite } from './restart.bench.js';
+import { tlsSuite } from './tls.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite, hostileSuite, restartSuite];
+const suites: Suite[] = [
+  memorySuite,
+  applianceSuite,
+  fabricSuite,
+  tierSuite,
+  hostileSuite,
+  restartSuite,
+  tlsSuite,
+];
 
 const { values } = parseArgs({
   options: {

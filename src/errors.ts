@@ -62,6 +62,8 @@ export const ErrorCodes = {
   LOADING: 'MF_LOADING',
   /** A region could not be loaded at start (corrupt files, too little memory); it serves nothing. */
   REGION_FAILED: 'MF_REGION_FAILED',
+  /** TLS could not be negotiated: STARTTLS refused or required, or the TLS handshake failed. */
+  TLS: 'MF_TLS',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -14,9 +14,16 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
 import { ErrorCodes, MemfabricError } from '../errors.js';
-import { NbdServer, type NbdLimits, type NbdStats } from '../nbd/index.js';
+import {
+  NbdServer,
+  type NbdClientTls,
+  type NbdLimits,
+  type NbdServerTlsOptions,
+  type NbdStats,
+} from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import type { FileLayer } from './file-layer.js';
+import { nbdExposureWarning } from './exposure.js';
 import { createAdminApi } from './http-api.js';
 import { RegionRegistry, type RegionState, type UnsavedRegion } from './registry.js';
 
@@ -54,6 +61,13 @@ export interface ApplianceOptions {
   merge?: { intervalMs?: number; pagesPerBatch?: number; quietEpochs?: number } | false;
   /** Bounds on what NBD clients may hold (connections, buffers, timeouts); see docs/nbd.md. */
   nbdLimits?: NbdLimits;
+  /**
+   * NBD TLS (STARTTLS): mode off|on|require, a certificates directory and/or a PSK file (the PSK
+   * identity names the tenant a connection may see; `adminIdentities` see all). `peer`: the
+   * credentials this appliance presents to other appliances (migration); by default the same
+   * files, as an admin identity (or the region's tenant) for PSK, ca-cert.pem (+ client-cert.pem) for X.509.
+   */
+  tls?: NbdServerTlsOptions & { peer?: NbdClientTls };
   logger?: Logger;
 }
 
@@ -89,6 +103,7 @@ export class Appliance {
   private stopping: Promise<StopReport> | undefined;
   /** Set by stop(): background loading ends at the next chunk. */
   private stopRequested = false;
+  private readonly tlsOptions: ApplianceOptions['tls'];
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -106,10 +121,12 @@ export class Appliance {
       ...(options.fileLayer ? { layer: options.fileLayer } : {}),
     });
     this.logger = options.logger;
+    this.tlsOptions = options.tls;
     const log = options.logger;
     this.nbdServer = new NbdServer({
       ...options.nbdLimits,
       directory: this.registry,
+      ...(options.tls ? { tls: options.tls } : {}),
       logger: {
         debug: (message) => log?.debug({ component: 'nbd' }, message),
         info: (message) => log?.info({ component: 'nbd' }, message),
@@ -156,6 +173,21 @@ export class Appliance {
       merger: this.merger?.stats() ?? null,
       nbd: this.nbdServer.stats(),
     };
+  }
+
+  /**
+   * TLS credentials for reaching another appliance's NBD port on behalf of `tenant` (migration),
+   * or undefined when this appliance does not use TLS. The appliances of one deployment are
+   * expected to share their TLS files.
+   */
+  peerTls(tenant: string): NbdClientTls | undefined {
+    const tls = this.tlsOptions;
+    if (tls === undefined || tls.mode === 'off') return undefined;
+    if (tls.peer !== undefined) return tls.peer;
+    if (tls.psk !== undefined) {
+      return { psk: { identity: tls.adminIdentities?.[0] ?? tenant, file: tls.psk } };
+    }
+    return tls.certificates === undefined ? undefined : { certificates: tls.certificates };
   }
 
   /**
@@ -211,6 +243,8 @@ export class Appliance {
       options.nbd?.port ?? NBD_PORT_DEFAULT,
       options.nbd?.host ?? HOST_DEFAULT,
     );
+    const exposed = nbdExposureWarning(options.nbd?.host ?? HOST_DEFAULT, this.nbdServer.tlsMode);
+    if (exposed !== undefined) this.logger?.warn({ component: 'nbd' }, exposed);
     this.http = createAdminApi(this);
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;

@@ -18,3 +18,4 @@ export {
   type RegionState,
   type UnsavedRegion,
 } from './registry.js';
+export { isLoopbackHost, nbdExposureWarning } from './exposure.js';

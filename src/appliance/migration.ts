@@ -328,9 +328,11 @@ class Migration {
       // Only a region B said it created is deleted on failure: never one someone else named so.
       created = true;
       const nbd = publicEndpoint(stats.endpoints.nbd, plan.target);
+      const tls = this.appliance.peerTls(region.tenant);
       const connecting = NbdClient.connect({
         host: nbd.host,
         port: nbd.port,
+        ...(tls ? { tls } : {}),
         exportName: plan.targetName,
         requestTimeoutMs: MIGRATION_NBD_TIMEOUT_MS,
         inflightMax: COPY_INFLIGHT_MAX,

@@ -415,20 +415,36 @@ export class RegionRegistry implements NbdExportDirectory {
 
   // NbdExportDirectory
 
-  get(name: string): Region | undefined {
-    if (name === '')
-      return this.defaultRegion === undefined ? undefined : this.regions.get(this.defaultRegion);
-    return this.regions.get(name);
+  // An NBD identity (the PSK identity of a TLS connection) is a tenant: it sees only the regions
+  // of that tenant. No identity: every region (plain NBD, or an admin identity).
+
+  get(name: string, identity?: string): Region | undefined {
+    const region =
+      name === ''
+        ? this.defaultRegion === undefined
+          ? undefined
+          : this.regions.get(this.defaultRegion)
+        : this.regions.get(name);
+    return region === undefined || (identity !== undefined && region.tenant !== identity)
+      ? undefined
+      : region;
   }
 
-  /** Why `name` does not serve although it exists (loading or failed), for NBD's refusal. */
-  whyUnavailable(name: string): string | undefined {
+  /**
+   * Why `name` does not serve although it exists (loading or failed), for NBD's refusal; a
+   * region of another tenant than `identity` is not explained (it stays unknown to it).
+   */
+  whyUnavailable(name: string, identity?: string): string | undefined {
     const entry = this.pending.get(name === '' ? (this.defaultRegion ?? '') : name);
-    return entry && unavailable(entry).message;
+    if (entry === undefined || (identity !== undefined && entry.tenant !== identity)) return undefined;
+    return unavailable(entry).message;
   }
 
-  list(): Array<{ name: string; description: string }> {
-    return this.all().map((region) => ({ name: region.name, description: region.description }));
+  list(identity?: string): Array<{ name: string; description: string }> {
+    const regions = this.all();
+    return (identity === undefined ? regions : regions.filter((region) => region.tenant === identity)).map(
+      (region) => ({ name: region.name, description: region.description }),
+    );
   }
 
   onAttach(name: string, delta: 1 | -1): void {

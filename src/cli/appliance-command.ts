@@ -6,6 +6,7 @@
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
 import type { NbdLimits } from '../nbd/index.js';
+import type { NbdTlsMode } from '../nbd/index.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -25,6 +26,12 @@ export interface ApplianceCommandOptions {
   nbdHandshakeTimeout?: number;
   nbdIdleTimeout?: number;
   nbdStallTimeout?: number;
+  /** NBD TLS: off | on | require, with the qemu-nbd/nbdkit file options. */
+  tls?: NbdTlsMode;
+  tlsCertificates?: string;
+  tlsPsk?: string;
+  tlsVerifyPeer?: boolean;
+  tlsAdmin?: string[];
 }
 
 /** Exit status when the final save of some file-backed region failed (or stopping failed). */
@@ -54,6 +61,8 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
   const nbd = parseEndpoint(options.nbd, '127.0.0.1');
   const http = parseEndpoint(options.http, '127.0.0.1');
+  // Credentials without a mode mean TLS is wanted, as with qemu-nbd --tls-creds: require it.
+  const tlsMode = options.tls ?? (options.tlsCertificates || options.tlsPsk ? 'require' : undefined);
   const appliance = await Appliance.start({
     nbd,
     http,
@@ -66,6 +75,17 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
         : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
     merge: options.merge ? {} : false,
     nbdLimits: nbdLimits(options),
+    ...(tlsMode !== undefined
+      ? {
+          tls: {
+            mode: tlsMode,
+            ...(options.tlsCertificates ? { certificates: options.tlsCertificates } : {}),
+            ...(options.tlsPsk ? { psk: options.tlsPsk } : {}),
+            ...(options.tlsVerifyPeer ? { verifyClientCertificates: true } : {}),
+            ...(options.tlsAdmin ? { adminIdentities: options.tlsAdmin } : {}),
+          },
+        }
+      : {}),
     logger,
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
@@ -75,14 +95,21 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     'appliance listening',
   );
   const region = appliance.registry.defaultRegion;
+  const tls = tlsMode !== undefined && tlsMode !== 'off';
+  const scheme = tls ? 'nbds' : 'nbd';
+  const query = tls && options.tlsPsk ? `?tls-psk-file=${options.tlsPsk}` : '';
   // The human part: where it is and a line to paste.
   process.stderr.write(
     [
       `memfabric appliance: ${formatSize(options.memory)} of memory`,
-      `  NBD        nbd://${nbdAt}/${region ?? '<region>'}`,
+      `  NBD        ${scheme}://${nbdAt}/${region ?? '<region>'}${tls ? ` (TLS ${tlsMode})` : ''}`,
       `  dashboard  ${httpAt}/`,
-      `  try        nbdinfo nbd://${nbdAt}/${region ?? ''}`,
-      `             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbdAt}/${region ?? ''}`,
+      `  try        nbdinfo '${scheme}://${tls && options.tlsPsk ? 'TENANT@' : ''}${nbdAt}/${region ?? ''}${query}'`,
+      ...(tls
+        ? []
+        : [
+            `             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbdAt}/${region ?? ''}`,
+          ]),
       `  stop       Ctrl-C (or SIGTERM)`,
       '',
     ].join('\n'),

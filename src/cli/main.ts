@@ -2,7 +2,7 @@
  * The `memfabric` command line. Each subcommand lives in its own module; this file only wires
  * them to commander.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { MemfabricError, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
 import { applianceDefaults, runAppliance } from './appliance-command.js';
@@ -106,6 +106,20 @@ program
     '--nbd-stall-timeout <seconds>',
     'close a connection whose write payload or unread replies stop moving this long (default 30; 0 off)',
     secondsOption,
+  )
+  .addOption(
+    new Option('--tls <mode>', 'NBD TLS: off, on (optional) or require').choices(['off', 'on', 'require']),
+  )
+  .option('--tls-certificates <dir>', 'X.509: ca-cert.pem, server-cert.pem, server-key.pem (qemu-nbd layout)')
+  .option('--tls-psk <file>', 'TLS-PSK keys, identity:hexkey per line (psktool); the identity is the tenant')
+  .option(
+    '--tls-verify-peer',
+    'X.509: require a client certificate signed by ca-cert.pem (its CN is the tenant)',
+  )
+  .option(
+    '--tls-admin <identity>',
+    'a TLS identity that sees every tenant (repeatable)',
+    (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
   )
   .action(runAppliance);
 

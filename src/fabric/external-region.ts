@@ -35,6 +35,7 @@
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ESHUTDOWN } from '../nbd/constants.js';
+import type { NbdClientTls } from '../nbd/index.js';
 import { ReedSolomonCodec, StripeBatch } from './codec.js';
 import type { ApplianceDirectory } from './directory.js';
 import { migrationState, resolveRegion } from './follow.js';
@@ -90,6 +91,8 @@ export interface ExternalRegionOptions {
   shards: Shard[];
   directory: ApplianceDirectory;
   requestTimeoutMs: number;
+  /** NBD TLS credentials for every shard connection, replacements included. */
+  tls?: NbdClientTls | undefined;
 }
 
 export class ExternalRegion {
@@ -107,6 +110,7 @@ export class ExternalRegion {
   private readonly shards: Shard[];
   private readonly directory: ApplianceDirectory;
   private readonly requestTimeoutMs: number;
+  private readonly tls: NbdClientTls | undefined;
   private readonly codec: ReedSolomonCodec | undefined;
   private readonly stripes: number;
   /** Stripes (or mirrored pages) per batch. */
@@ -139,6 +143,7 @@ export class ExternalRegion {
     for (const shard of this.shards) shard.onClose = (closed, error) => void this.follow(closed, error);
     this.directory = options.directory;
     this.requestTimeoutMs = options.requestTimeoutMs;
+    this.tls = options.tls;
     const geometry = shardGeometry(options.redundancy, options.size, options.pageSize);
     this.mode = geometry.mode;
     this.k = geometry.k;
@@ -622,6 +627,7 @@ export class ExternalRegion {
       region,
       nbd: target.nbd,
       requestTimeoutMs: this.requestTimeoutMs,
+      tls: this.tls,
       state: 'rebuilding',
     });
     replacement.onClose = (closed, error) => void this.follow(closed, error);
@@ -768,6 +774,7 @@ export class ExternalRegion {
           region: where.region,
           nbd: where.nbd,
           requestTimeoutMs: this.requestTimeoutMs,
+          tls: this.tls,
           state: shard.state,
         });
         moved.onClose = (closed, closeError) => void this.follow(closed, closeError);

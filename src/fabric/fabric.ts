@@ -18,6 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import type { NbdClientTls } from '../nbd/index.js';
 import { FramePool } from '../memory/index.js';
 import { checkDirectory } from '../paths.js';
 import { parseSize } from '../size.js';
@@ -47,6 +48,11 @@ export interface FabricOptions {
   pageSize?: number;
   /** Default tenant (trust domain) for regions. */
   tenant?: string;
+  /**
+   * TLS for the NBD connections to the appliances (needed against `--tls require`). With PSK,
+   * the identity is the tenant whose regions the connections may open.
+   */
+  tls?: NbdClientTls;
 }
 
 export interface AllocateOptions {
@@ -74,11 +80,13 @@ export class Fabric {
   private readonly fileDirectory: string | undefined;
   private readonly requestTimeoutMs: number;
   private readonly tenant: string;
+  private readonly tls: NbdClientTls | undefined;
   private readonly regions = new Set<MemoryRegion>();
 
   constructor(options: FabricOptions) {
     this.pageSize = options.pageSize ?? 4096;
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
+    this.tls = options.tls;
     this.directory =
       options.appliances && options.appliances.length > 0
         ? new ApplianceDirectory(options.appliances, this.requestTimeoutMs)
@@ -229,6 +237,7 @@ export class Fabric {
             region,
             nbd: appliance.nbd,
             requestTimeoutMs: this.requestTimeoutMs,
+            tls: this.tls,
           }),
         );
       }
@@ -246,6 +255,7 @@ export class Fabric {
       shards,
       directory,
       requestTimeoutMs: this.requestTimeoutMs,
+      tls: this.tls,
     });
   }
 }

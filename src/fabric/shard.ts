@@ -6,7 +6,7 @@
  * answered an error). A lost shard's connection is destroyed, so an appliance that comes back
  * after a hang cannot receive anything more from this region, and nothing it holds is read.
  */
-import { NbdClient } from '../nbd/index.js';
+import { NbdClient, type NbdClientTls } from '../nbd/index.js';
 import type { Endpoint } from '../appliance/appliance.js';
 
 export type ShardState = 'live' | 'rebuilding' | 'lost';
@@ -57,6 +57,8 @@ export class Shard {
     region: string;
     nbd: Endpoint;
     requestTimeoutMs: number;
+    /** NBD TLS credentials (the fabric's `tls`); default plain. */
+    tls?: NbdClientTls | undefined;
     state?: ShardState;
     /** Called when the connection closes unexpectedly (instead of marking the shard lost). */
     onClose?: (shard: Shard, error: Error | undefined) => void;
@@ -67,6 +69,7 @@ export class Shard {
       exportName: options.region,
       requestTimeoutMs: options.requestTimeoutMs,
       connectTimeoutMs: options.requestTimeoutMs,
+      ...(options.tls ? { tls: options.tls } : {}),
     });
     return new Shard(
       options.index,

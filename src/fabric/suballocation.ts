@@ -33,7 +33,7 @@ import { adminRequest } from '../appliance/admin-client.js';
 import type { Endpoint } from '../appliance/appliance.js';
 import type { ChunkClaimView, ChunkListingView } from '../appliance/chunk-routes.js';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
-import { NbdClient } from '../nbd/index.js';
+import { NbdClient, type NbdClientTls } from '../nbd/index.js';
 
 /** Pages of `list()` at most (each up to 4096 allocations: more than one owner may hold). */
 const LIST_PAGES_MAX = 64;
@@ -54,6 +54,8 @@ export interface SubAllocatorOptions {
   nbd?: Partial<Endpoint>;
   /** Timeout of each admin API call. Default 30 s. */
   timeoutMs?: number;
+  /** NBD TLS credentials (needed against an appliance started with `--tls require`). */
+  tls?: NbdClientTls;
 }
 
 /** How much to claim: `count` chunks, or enough chunks to hold `size` bytes; default one chunk. */
@@ -106,6 +108,7 @@ export class SubAllocator {
   private readonly nbdEndpoint: Partial<Endpoint> | undefined;
   private readonly timeoutMs: number | undefined;
   private nbd: Promise<NbdClient> | undefined;
+  private readonly tls: NbdClientTls | undefined;
   private closing: Promise<void> | undefined;
 
   constructor(options: SubAllocatorOptions) {
@@ -120,6 +123,7 @@ export class SubAllocator {
     this.chunkSize = options.chunkSize;
     this.nbdEndpoint = options.nbd;
     this.timeoutMs = options.timeoutMs;
+    this.tls = options.tls;
   }
 
   /**
@@ -204,7 +208,7 @@ export class SubAllocator {
       host ??= wildcard ? new URL(this.appliance).hostname.replace(/^\[|\]$/g, '') : advertised.host;
       port ??= advertised.port;
     }
-    return NbdClient.connect({ host, port, exportName: this.region });
+    return NbdClient.connect({ host, port, exportName: this.region, ...(this.tls ? { tls: this.tls } : {}) });
   }
 
   private assertOpen(): void {

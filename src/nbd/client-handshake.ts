@@ -10,6 +10,10 @@
  *                                             -> ERR_UNSUP: fall back to NBD_OPT_EXPORT_NAME
  *                                             -> other errors: MF_NOT_FOUND / MF_NBD_REQUEST_FAILED
  *
+ * With TLS (client-tls.ts) the greeting is followed by NBD_OPT_STARTTLS, which must be
+ * acknowledged; everything above then runs over TLS. `greet` and `startTls` are therefore
+ * separate steps run by the caller before `negotiate`, `listExports` or `exportInfo`.
+ *
  * `list` (NBD_OPT_LIST) and `info` (NBD_OPT_INFO) end with NBD_OPT_ABORT instead of entering
  * transmission. The handshake is not a hot path, so it is written as plain async code over a
  * reader that yields exactly the bytes asked for. Every length the server sends is bounded
@@ -38,6 +42,7 @@ import {
   OPT_INFO,
   OPT_LIST,
   OPT_SET_META_CONTEXT,
+  OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
   OPTION_REPLY_HEADER_BYTES,
   OPTION_REPLY_MAGIC_HI,
@@ -45,6 +50,7 @@ import {
   EXPORT_NAME_REPLY_BYTES,
   EXPORT_NAME_REPLY_ZEROES_BYTES,
   REP_ACK,
+  REP_ERR_TLS_REQD,
   REP_ERR_UNSUP,
   REP_INFO,
   REP_META_CONTEXT,
@@ -57,6 +63,7 @@ import {
   OPTION_REPLY_BYTES_MAX,
 } from './client-constants.js';
 import { connectionClosed, NbdOptionError, protocolError } from './client-errors.js';
+import { tlsError } from './client-tls.js';
 import {
   encodeClientFlags,
   encodeInfoRequest,
@@ -205,6 +212,7 @@ const OPTION_NAMES: Record<number, string> = {
   [OPT_LIST]: 'NBD_OPT_LIST',
   [OPT_STRUCTURED_REPLY]: 'NBD_OPT_STRUCTURED_REPLY',
   [OPT_SET_META_CONTEXT]: 'NBD_OPT_SET_META_CONTEXT',
+  [OPT_STARTTLS]: 'NBD_OPT_STARTTLS',
 };
 
 function isError(type: number): boolean {
@@ -226,7 +234,13 @@ async function readOptionReply(io: HandshakeReader, option: number): Promise<Opt
   return { type, data: length === 0 ? EMPTY : await io.read(length) };
 }
 
-function optionError(option: number, reply: OptionReply, exportName: string): NbdOptionError {
+function optionError(option: number, reply: OptionReply, exportName: string): MemfabricError {
+  if (reply.type === REP_ERR_TLS_REQD) {
+    return tlsError(
+      `the nbd server requires TLS (it refused ${OPTION_NAMES[option] ?? `option ${option}`} in plain text); ` +
+        'connect with tls: { psk } or tls: { ca }',
+    );
+  }
   return new NbdOptionError(
     OPTION_NAMES[option] ?? `option ${option}`,
     reply.type,
@@ -236,7 +250,7 @@ function optionError(option: number, reply: OptionReply, exportName: string): Nb
 }
 
 /** Reads the greeting and answers with our flags; resolves whether NO_ZEROES is in effect. */
-async function greet(io: HandshakeReader): Promise<boolean> {
+export async function greet(io: HandshakeReader): Promise<boolean> {
   const head = await io.read(16);
   if (head.readUInt32BE(0) !== NBDMAGIC_HI || head.readUInt32BE(4) !== NBDMAGIC_LO) {
     throw protocolError('the peer is not an NBD server (no NBDMAGIC)');
@@ -254,6 +268,27 @@ async function greet(io: HandshakeReader): Promise<boolean> {
   const noZeroes = (flags & FLAG_NO_ZEROES) !== 0;
   io.write(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | (noZeroes ? FLAG_C_NO_ZEROES : 0)));
   return noZeroes;
+}
+
+/**
+ * NBD_OPT_STARTTLS: resolves when the server acknowledged it (the caller then runs the TLS
+ * handshake); any other answer fails with MF_TLS, never a fall back to plain text.
+ */
+export async function startTls(io: HandshakeReader): Promise<void> {
+  io.write(encodeOption(OPT_STARTTLS));
+  const reply = await readOptionReply(io, OPT_STARTTLS);
+  if (reply.type === REP_ACK) {
+    if (reply.data.length !== 0) throw protocolError('NBD_REP_ACK to NBD_OPT_STARTTLS carries data');
+    return;
+  }
+  const detail = reply.data.length === 0 ? '' : `: ${reply.data.toString('utf8')}`;
+  if (isError(reply.type)) {
+    throw tlsError(
+      `the nbd server refused NBD_OPT_STARTTLS (reply 0x${reply.type.toString(16)}${detail}); ` +
+        'TLS is not enabled there (start the appliance with --tls on or --tls require)',
+    );
+  }
+  throw protocolError(`unexpected reply ${reply.type} to NBD_OPT_STARTTLS`);
 }
 
 async function requestStructuredReplies(io: HandshakeReader): Promise<boolean> {
@@ -392,9 +427,12 @@ async function exportNameFallback(
   };
 }
 
-/** The full handshake up to transmission. */
-export async function negotiate(io: HandshakeReader, options: NegotiateOptions): Promise<Negotiated> {
-  const noZeroes = await greet(io);
+/** The full handshake after the greeting (and STARTTLS) up to transmission. */
+export async function negotiate(
+  io: HandshakeReader,
+  options: NegotiateOptions,
+  noZeroes: boolean,
+): Promise<Negotiated> {
   const structured = options.structuredReplies ? await requestStructuredReplies(io) : false;
   const contexts =
     structured && options.metaContexts.length > 0
@@ -418,7 +456,6 @@ export function abort(io: HandshakeReader): void {
 export async function listExports(
   io: HandshakeReader,
 ): Promise<Array<{ name: string; description: string }>> {
-  await greet(io);
   io.write(encodeOption(OPT_LIST));
   const exports: Array<{ name: string; description: string }> = [];
   for (let i = 0; i <= LIST_EXPORTS_MAX; i++) {
@@ -443,7 +480,6 @@ export async function listExports(
 }
 
 export async function exportInfo(io: HandshakeReader, exportName: string): Promise<ExportDetails> {
-  await greet(io);
   const info = await infoOrGo(io, OPT_INFO, exportName);
   if (info.details === undefined) {
     throw new NbdOptionError(

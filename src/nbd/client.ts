@@ -97,7 +97,9 @@ import {
   timeoutError,
 } from './client-errors.js';
 import type { ExportDetails, NbdBlockSizes, Negotiated } from './client-handshake.js';
-import { exportInfo, HandshakeReader, listExports, negotiate } from './client-handshake.js';
+import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './client-handshake.js';
+import type { NbdClientTls, ResolvedClientTls } from './client-tls.js';
+import { resolveClientTls, tlsError, upgradeClientSocket } from './client-tls.js';
 import { InflightTable } from './client-inflight.js';
 import { Op, OP_BARRIER, OpQueue } from './client-queue.js';
 import type { ReplySink } from './client-reply-parser.js';
@@ -114,6 +116,11 @@ export interface NbdServerAddress {
   port?: number;
   /** TCP connect plus handshake. Default 10 s. */
   connectTimeoutMs?: number;
+  /**
+   * Speak TLS (NBD_OPT_STARTTLS) with these credentials (client-tls.ts); the connect fails with
+   * MF_TLS rather than continue in plain text. Default: plain.
+   */
+  tls?: NbdClientTls;
 }
 
 export interface NbdClientOptions extends NbdServerAddress {
@@ -187,6 +194,7 @@ export function decodeTransmissionFlags(raw: number): NbdTransmissionFlags {
 interface ResolvedOptions {
   readonly host: string;
   readonly port: number;
+  readonly tls: ResolvedClientTls | undefined;
   readonly exportName: string;
   readonly structuredReplies: boolean;
   readonly metaContexts: readonly string[];
@@ -222,7 +230,12 @@ function checkTimeout(name: string, value: number | undefined, fallback: number)
   return value;
 }
 
-function checkAddress(options: NbdServerAddress): { host: string; port: number; connectTimeoutMs: number } {
+function checkAddress(options: NbdServerAddress): {
+  host: string;
+  port: number;
+  connectTimeoutMs: number;
+  tls: ResolvedClientTls | undefined;
+} {
   const host = options.host ?? CLIENT_HOST_DEFAULT;
   const port = options.port ?? CLIENT_PORT_DEFAULT;
   if (typeof host !== 'string' || host === '') throw invalidArgument('host must be a non-empty string');
@@ -238,6 +251,7 @@ function checkAddress(options: NbdServerAddress): { host: string; port: number; 
     host,
     port,
     connectTimeoutMs: connectTimeoutMs === 0 ? CONNECT_TIMEOUT_MS_DEFAULT : connectTimeoutMs,
+    tls: options.tls === undefined ? undefined : resolveClientTls(options.tls),
   };
 }
 
@@ -303,41 +317,88 @@ interface Handshaken<T> {
 function ignoreError(): void {}
 
 /**
- * Opens a socket and runs `work` over a HandshakeReader, bounded by `timeoutMs`. A socket
- * error, hang-up or the timeout fails the reader (so `work` rejects) and destroys the socket.
+ * Opens a socket, reads the greeting, upgrades to TLS when `tls` is given, and runs `work` over
+ * a HandshakeReader, all bounded by `timeoutMs`. A socket error, hang-up or the timeout fails
+ * the reader (so `work` rejects) and destroys the socket.
  */
 async function handshakeSession<T>(
-  host: string,
-  port: number,
-  timeoutMs: number,
-  work: (io: HandshakeReader) => Promise<T>,
+  address: { host: string; port: number; connectTimeoutMs: number; tls: ResolvedClientTls | undefined },
+  work: (io: HandshakeReader, noZeroes: boolean) => Promise<T>,
 ): Promise<Handshaken<T>> {
-  const socket = netConnect({ host, port });
-  socket.setNoDelay(true);
+  const { host, port, connectTimeoutMs: timeoutMs, tls } = address;
+  const plain = netConnect({ host, port });
+  plain.setNoDelay(true);
   // Never let a late 'error' crash the process: the reader or the transmission reports it.
-  socket.on('error', ignoreError);
-  const reader = new HandshakeReader(socket);
+  plain.on('error', ignoreError);
+  let socket: Socket = plain;
+  let reader = new HandshakeReader(plain);
   const where = `${host}:${port}`;
-  const onError = (err: Error): void =>
-    reader.fail(connectionClosed(`nbd connection to ${where} failed: ${err.message}`, err));
+  const onError = (err: Error): void => {
+    // With TLS 1.3 the server judges a client certificate after our side of the TLS handshake
+    // is done: its refusal arrives as an alert during the NBD options.
+    const tlsAlert = socket !== plain && /^ERR_SSL/.test((err as NodeJS.ErrnoException).code ?? '');
+    reader.fail(
+      tlsAlert
+        ? tlsError(`the nbd server ${where} ended the TLS session: ${err.message}`, err)
+        : connectionClosed(`nbd connection to ${where} failed: ${err.message}`, err),
+    );
+  };
+  /** Whether the server has said anything over TLS yet. */
+  let tlsAnswered = false;
+  const onTlsData = (): void => {
+    tlsAnswered = true;
+  };
   const onClose = (): void =>
-    reader.fail(connectionClosed(`nbd server ${where} closed the connection during the handshake`));
-  socket.on('error', onError);
-  socket.on('close', onClose);
+    reader.fail(
+      socket !== plain && !tlsAnswered
+        ? // A server that takes the TLS handshake and hangs up at once refused who we are.
+          tlsError(
+            `the nbd server ${where} closed the connection right after the TLS handshake: ` +
+              'it does not accept this client certificate or PSK identity',
+          )
+        : connectionClosed(`nbd server ${where} closed the connection during the handshake`),
+    );
+  plain.on('error', onError);
+  plain.on('close', onClose);
   const timer = setTimeout(() => {
     reader.fail(timeoutError(`nbd connect to ${where} did not finish within ${timeoutMs} ms`));
     socket.destroy();
+    plain.destroy();
   }, timeoutMs);
   try {
-    const value = await work(reader);
+    const noZeroes = await greet(reader);
+    if (tls !== undefined) {
+      await startTls(reader);
+      // The client speaks first in TLS, so nothing may have arrived past the ACK.
+      if (reader.detach() !== undefined) throw protocolError('data after NBD_REP_ACK to NBD_OPT_STARTTLS');
+      socket = await Promise.race([
+        upgradeClientSocket(plain, host, tls),
+        // The plain reader is detached, so this only ever rejects: a hang-up or the timeout
+        // during the TLS handshake fails the reader and so ends the race.
+        reader.read(1).then(() => {
+          throw protocolError('plain data during the TLS handshake');
+        }),
+      ]);
+      socket.on('error', ignoreError);
+      socket.setNoDelay(true);
+      socket.once('data', onTlsData);
+      reader = new HandshakeReader(socket);
+      socket.on('error', onError);
+      socket.on('close', onClose);
+    }
+    const value = await work(reader, noZeroes);
     return { socket, reader, value };
   } catch (err) {
     socket.destroy();
+    plain.destroy();
     throw err;
   } finally {
     clearTimeout(timer);
+    plain.off('error', onError);
+    plain.off('close', onClose);
     socket.off('error', onError);
     socket.off('close', onClose);
+    socket.off('data', onTlsData);
   }
 }
 
@@ -362,19 +423,16 @@ export class NbdClient extends EventEmitter {
 
   /** The server's exports (NBD_OPT_LIST), without entering transmission. */
   static async list(options: NbdServerAddress = {}): Promise<NbdExportListing[]> {
-    const { host, port, connectTimeoutMs } = checkAddress(options);
-    const { socket, reader, value } = await handshakeSession(host, port, connectTimeoutMs, listExports);
+    const { socket, reader, value } = await handshakeSession(checkAddress(options), listExports);
     endAborted(socket, reader);
     return value;
   }
 
   /** Size, flags and block sizes of one export (NBD_OPT_INFO), without entering transmission. */
   static async info(options: NbdServerAddress & { exportName?: string } = {}): Promise<NbdExportInfo> {
-    const { host, port, connectTimeoutMs } = checkAddress(options);
+    const address = checkAddress(options);
     const name = checkName(options.exportName ?? '');
-    const { socket, reader, value } = await handshakeSession(host, port, connectTimeoutMs, (io) =>
-      exportInfo(io, name),
-    );
+    const { socket, reader, value } = await handshakeSession(address, (io) => exportInfo(io, name));
     endAborted(socket, reader);
     return toExportInfo(value);
   }
@@ -693,9 +751,8 @@ export class NbdClient extends EventEmitter {
     this.softCloseReason = undefined;
     this.disconnecting = null;
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
-    const { host, port, connectTimeoutMs } = this.options;
-    this.connecting = handshakeSession(host, port, connectTimeoutMs, (io) =>
-      negotiate(io, this.options),
+    this.connecting = handshakeSession(this.options, (io, noZeroes) =>
+      negotiate(io, this.options, noZeroes),
     ).then(
       ({ socket, reader, value }) => {
         this.connecting = null;

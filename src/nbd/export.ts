@@ -37,17 +37,25 @@ export interface NbdExport {
   blockStatus(offset: number, length: number, emit: (length: number, flags: number) => void): number;
 }
 
-/** The set of exports a server offers; looked up on every NBD_OPT_GO / EXPORT_NAME. */
+/**
+ * The set of exports a server offers; looked up on every NBD_OPT_GO / EXPORT_NAME.
+ *
+ * `identity` is who the connection authenticated as over TLS (a PSK identity or a client
+ * certificate's CN), or undefined for a connection the server does not restrict (plain, anonymous
+ * TLS, or an admin identity). A directory that scopes exports by identity returns undefined from
+ * `get` and omits from `list` whatever that identity may not see: the client then cannot tell it
+ * from an export that does not exist.
+ */
 export interface NbdExportDirectory {
-  /** The export called `name` ('' is the default export), or undefined. */
-  get(name: string): NbdExport | undefined;
-  /** Names and descriptions for NBD_OPT_LIST. */
-  list(): Array<{ name: string; description: string }>;
+  /** The export called `name` ('' is the default export) that `identity` may open, or undefined. */
+  get(name: string, identity?: string): NbdExport | undefined;
+  /** Names and descriptions for NBD_OPT_LIST, as `identity` may see them. */
+  list(identity?: string): Array<{ name: string; description: string }>;
   /**
-   * Why an export that exists does not serve now (e.g. still loading), for the refusal's
-   * message; undefined when `name` is simply unknown. Optional.
+   * Why an export that exists (and that `identity` may see) does not serve now (e.g. still
+   * loading), for the refusal's message; undefined when `name` is simply unknown. Optional.
    */
-  whyUnavailable?(name: string): string | undefined;
+  whyUnavailable?(name: string, identity?: string): string | undefined;
   /** Called when a connection opens and closes an export (for statistics); optional. */
   onAttach?(name: string, delta: 1 | -1): void;
 }

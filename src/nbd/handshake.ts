@@ -22,6 +22,14 @@
  *
  * Meta contexts: only `base:allocation` exists. A SET_META_CONTEXT is remembered with the export
  * name it named; BLOCK_STATUS is allowed only if GO later names the same export.
+ *
+ * TLS (tls.ts): with mode `on` or `require`, NBD_OPT_STARTTLS is acknowledged and `startTls`
+ * asks the connection to upgrade; the handshake waits (bytes arriving meanwhile are a violation:
+ * nothing may follow STARTTLS in plain text) until `tlsEstablished` restarts option haggling
+ * over TLS with every earlier choice forgotten. With `require`, every option before TLS but
+ * STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD (EXPORT_NAME, which cannot be refused,
+ * ends the session). The identity TLS authenticated is handed to every directory lookup, so a
+ * tenant lists and opens only its own exports; others answer as unknown exports do.
  */
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import {
@@ -72,6 +80,7 @@ import {
   REP_ACK,
   REP_ERR_INVALID,
   REP_ERR_POLICY,
+  REP_ERR_TLS_REQD,
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
   REP_ERR_UNSUP,
@@ -80,6 +89,7 @@ import {
   REP_SERVER,
   SERVER_GREETING_BYTES,
 } from './constants.js';
+import type { NbdTlsMode } from './tls.js';
 import { encodeOptionReply, writeU64 } from './wire.js';
 
 /** What the handshake agreed on; the transmission phase is built from it. */
@@ -108,6 +118,16 @@ export interface HandshakeIo {
   congested?(): boolean;
   /** A LIST was refused for exceeding LIST_OPTIONS_MAX (for statistics). */
   listRefused?(): void;
+  /**
+   * NBD_REP_ACK to STARTTLS has been written: upgrade the connection, then call
+   * `tlsEstablished` (or close the session if the TLS handshake fails).
+   */
+  startTls?(): void;
+}
+
+/** The TLS policy of one handshake; without it the server runs in NOTLS mode. */
+export interface HandshakeTls {
+  readonly mode: NbdTlsMode;
 }
 
 /** Transmission flags for an export. DF only makes sense (and is only legal) with structured replies. */
@@ -147,6 +167,8 @@ const enum Phase {
   OPTION_HEADER,
   OPTION_DATA,
   OPTION_SKIP,
+  /** STARTTLS acknowledged; waiting for the connection to finish the TLS handshake. */
+  TLS_PENDING,
   DONE,
 }
 
@@ -176,15 +198,34 @@ export class Handshake {
   private metaExportName: string | null = null;
   private optionsSeen = 0;
   private listsSeen = 0;
+  /** TLS is up on this connection. */
+  private tlsActive = false;
+  /** Who TLS authenticated; undefined: unrestricted (plain, anonymous TLS or an admin identity). */
+  private identity: string | undefined;
 
   constructor(
     private readonly directory: NbdExportDirectory,
     private readonly io: HandshakeIo,
+    private readonly tls: HandshakeTls = { mode: 'off' },
   ) {}
 
   /** Options received so far (the session watches it to time out idleness between options). */
   get options(): number {
     return this.optionsSeen;
+  }
+
+  /**
+   * The TLS handshake finished: option haggling starts again over TLS (no new greeting, the
+   * client flags stand) and everything negotiated in plain text is forgotten. `identity` scopes
+   * every later directory lookup (undefined: no restriction).
+   */
+  tlsEstablished(identity: string | undefined): void {
+    if (this.phase !== Phase.TLS_PENDING) return;
+    this.tlsActive = true;
+    this.identity = identity;
+    this.structuredReplies = false;
+    this.metaExportName = null;
+    this.phase = Phase.OPTION_HEADER;
   }
 
   /** Whether the handshake has finished (successfully or not); later bytes are not ours. */
@@ -270,6 +311,11 @@ export class Handshake {
           this.handleOption(this.option, data, chunk, pos);
           break;
         }
+        case Phase.TLS_PENDING:
+          // The client must wait for our ACK and then speak TLS, which the connection now
+          // decrypts before feeding us; plain bytes here would be injected into the TLS session.
+          this.fail('data after NBD_OPT_STARTTLS before the TLS handshake');
+          return;
         case Phase.OPTION_SKIP: {
           const n = Math.min(chunk.length - pos, this.skipRemaining);
           this.skipRemaining -= n;
@@ -307,6 +353,17 @@ export class Handshake {
 
   /** `chunk` and `pos` locate the bytes after this option, handed on if transmission starts. */
   private handleOption(option: number, data: Buffer, chunk: Buffer, pos: number): void {
+    if (this.tls.mode === 'require' && !this.tlsActive) {
+      if (option === OPT_EXPORT_NAME) {
+        // The spec: EXPORT_NAME cannot be refused, so without TLS the session ends.
+        this.fail('NBD_OPT_EXPORT_NAME before TLS while TLS is required');
+        return;
+      }
+      if (option !== OPT_STARTTLS && option !== OPT_ABORT) {
+        this.reply(option, REP_ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+        return;
+      }
+    }
     switch (option) {
       case OPT_EXPORT_NAME:
         this.exportName(data, chunk, pos);
@@ -327,7 +384,7 @@ export class Handshake {
           this.reply(option, REP_ERR_POLICY, `at most ${LIST_OPTIONS_MAX} NBD_OPT_LIST per connection`);
           return;
         }
-        for (const { name, description } of this.directory.list()) {
+        for (const { name, description } of this.directory.list(this.identity)) {
           const nameBytes = Buffer.from(name, 'utf8');
           const descriptionBytes = Buffer.from(description, 'utf8');
           const payload = Buffer.allocUnsafe(4 + nameBytes.length + descriptionBytes.length);
@@ -339,8 +396,7 @@ export class Handshake {
         this.reply(option, REP_ACK);
         return;
       case OPT_STARTTLS:
-        // NOTLS mode: the spec allows ERR_POLICY or ERR_UNSUP; we have no TLS code at all.
-        this.reply(option, REP_ERR_UNSUP, 'TLS is not supported by this server');
+        this.startTls(option, data, chunk, pos);
         return;
       case OPT_INFO:
       case OPT_GO:
@@ -365,15 +421,39 @@ export class Handshake {
     }
   }
 
+  private startTls(option: number, data: Buffer, chunk: Buffer, pos: number): void {
+    if (this.tls.mode === 'off' || this.io.startTls === undefined) {
+      // NOTLS mode: the spec allows ERR_POLICY or ERR_UNSUP; UNSUP as before TLS existed here.
+      this.reply(option, REP_ERR_UNSUP, 'TLS is not enabled on this server (start it with --tls on)');
+      return;
+    }
+    if (this.tlsActive) {
+      this.reply(option, REP_ERR_INVALID, 'TLS is already negotiated');
+      return;
+    }
+    if (data.length !== 0) {
+      this.reply(option, REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+      return;
+    }
+    if (pos < chunk.length) {
+      // The client must wait for the ACK before it sends anything (the TLS ClientHello).
+      this.fail('data after NBD_OPT_STARTTLS before its reply');
+      return;
+    }
+    this.reply(option, REP_ACK);
+    this.phase = Phase.TLS_PENDING;
+    this.io.startTls();
+  }
+
   private exportName(data: Buffer, chunk: Buffer, pos: number): void {
     const name = decodeString(data, 0, data.length);
-    const exp = name === undefined ? undefined : this.directory.get(name);
+    const exp = name === undefined ? undefined : this.directory.get(name, this.identity);
     if (name === undefined || exp === undefined) {
       // NBD_OPT_EXPORT_NAME has no error reply: the spec requires terminating the session.
       this.fail(
         name === undefined
           ? 'invalid export name'
-          : (this.directory.whyUnavailable?.(name) ?? `unknown export '${name}'`),
+          : (this.directory.whyUnavailable?.(name, this.identity) ?? `unknown export '${name}'`),
       );
       return;
     }
@@ -407,13 +487,14 @@ export class Handshake {
       this.reply(option, REP_ERR_INVALID, 'export name is not a valid string');
       return;
     }
-    const exp = this.directory.get(name);
+    // Another tenant's export answers exactly as one that does not exist.
+    const exp = this.directory.get(name, this.identity);
     if (exp === undefined) {
       // "Not available": unknown, or (with a reason) existing but not serving yet: retry later.
       this.reply(
         option,
         REP_ERR_UNKNOWN,
-        this.directory.whyUnavailable?.(name) ?? `unknown export '${name}'`,
+        this.directory.whyUnavailable?.(name, this.identity) ?? `unknown export '${name}'`,
       );
       return;
     }
@@ -501,7 +582,7 @@ export class Handshake {
       this.reply(option, REP_ERR_INVALID, 'trailing bytes after the last query');
       return;
     }
-    if (this.directory.get(name) === undefined) {
+    if (this.directory.get(name, this.identity) === undefined) {
       this.reply(option, REP_ERR_UNKNOWN, `unknown export '${name}'`);
       return;
     }

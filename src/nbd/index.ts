@@ -19,3 +19,6 @@ export type {
 export { NbdConnectionGroup } from './client-group.js';
 export type { NbdConnectionGroupOptions } from './client-group.js';
 export { NbdRequestError, NbdOptionError } from './client-errors.js';
+export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './tls.js';
+export type { NbdTlsMode, NbdServerTlsOptions } from './tls.js';
+export type { NbdClientTls } from './client-tls.js';

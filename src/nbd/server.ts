@@ -36,6 +36,8 @@ import { SILENT_LOGGER } from './logger.js';
 import { Session, type SessionLimits } from './session.js';
 import type { NbdStats } from './stats.js';
 import { StatsCounters } from './stats.js';
+import type { NbdServerTlsOptions, NbdTlsMode, ServerTls } from './tls.js';
+import { loadServerTls } from './tls.js';
 
 /** What an NBD server lets its clients hold; every field has a default (constants.ts). */
 export interface NbdLimits {
@@ -59,6 +61,8 @@ export interface NbdLimits {
 export interface NbdServerOptions extends NbdLimits {
   directory: NbdExportDirectory;
   logger?: NbdLogger;
+  /** NBD_OPT_STARTTLS policy and credentials (tls.ts); default NOTLS. Files are read here. */
+  tls?: NbdServerTlsOptions;
 }
 
 /** A limit option: a non-negative finite number, or the default. */
@@ -76,6 +80,7 @@ export class NbdServer {
   private readonly limits: SessionLimits;
   private readonly maxConnections: number;
   private readonly budget: BufferBudget;
+  private readonly tls: ServerTls | undefined;
   private readonly counters = new StatsCounters();
   private readonly sessions = new Set<Session>();
   private server: Server | undefined;
@@ -95,6 +100,7 @@ export class NbdServer {
     };
     this.maxConnections = limit(options.maxConnections, defaultMaxConnections(), 'maxConnections');
     this.budget = new BufferBudget(limit(options.bufferBytesMax, BUFFER_BYTES_MAX, 'bufferBytesMax'));
+    this.tls = options.tls === undefined ? undefined : loadServerTls(options.tls);
   }
 
   /** The limits in force (defaults filled in). */
@@ -107,6 +113,11 @@ export class NbdServer {
       bufferBytesMax: this.budget.capacity,
       replyQueuedBytesMax: this.limits.replyQueuedBytesMax,
     };
+  }
+
+  /** The STARTTLS policy: `off` (NOTLS), `on` (at the client's choice) or `require`. */
+  get tlsMode(): NbdTlsMode {
+    return this.tls?.mode ?? 'off';
   }
 
   /** Starts listening; port 0 picks a free port. Resolves with the address actually bound. */
@@ -226,6 +237,7 @@ export class NbdServer {
       logger: this.logger,
       budget: this.budget,
       limits: this.limits,
+      ...(this.tls !== undefined && this.tls.mode !== 'off' ? { tls: this.tls } : {}),
       onClosed: (s) => {
         this.counters.connectionsOpen--;
         this.sessions.delete(s);

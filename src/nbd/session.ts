@@ -19,8 +19,11 @@
  *     bytes out, options seen) and closes a session that is idle in the handshake, idle in
  *     transmission (when enabled), or holding a request whose bytes stopped moving.
  *
- * The socket is wired in one method (`attach`), so that a later upgrade of the connection (to
- * TLS after NBD_OPT_STARTTLS) can replace the socket object and wire the new one the same way.
+ * The socket is wired in one method (`attach`). TLS: after the handshake acknowledges
+ * NBD_OPT_STARTTLS, `startTls` wraps the socket in a TLSSocket and attaches that instead; the
+ * parsing, corking, back-pressure and budget code runs unchanged over the new socket. The
+ * handshake idle timeout still runs (no option arrives during the TLS handshake), so it bounds
+ * the TLS handshake too.
  */
 import type { Socket } from 'node:net';
 import type { BufferBudget } from './budget.js';
@@ -30,6 +33,8 @@ import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';
 import type { NbdLogger } from './logger.js';
 import type { StatsCounters } from './stats.js';
+import type { ServerTls } from './tls.js';
+import { upgradeServerSocket } from './tls.js';
 import { Transmission } from './transmission.js';
 
 /** Per-connection limits; 0 turns a timeout off. */
@@ -47,6 +52,8 @@ export interface SessionOptions {
   readonly budget: BufferBudget;
   readonly limits: SessionLimits;
   readonly onClosed: (session: Session) => void;
+  /** TLS policy and credentials; absent: NOTLS. */
+  readonly tls?: ServerTls;
 }
 
 export class Session {
@@ -77,6 +84,9 @@ export class Session {
 
   /** Bound once: every write completion re-charges the budget. */
   private readonly onWritten = (): void => this.settle();
+  /** Bound once, so that STARTTLS can take them off the plain socket. */
+  private readonly onDataListener = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onDrainListener = (): void => this.onDrain();
 
   constructor(
     socket: Socket,
@@ -86,13 +96,18 @@ export class Session {
     this.lastInputAt = now;
     this.lastOutputAt = now;
     this.lastOptionAt = now;
-    this.handshake = new Handshake(options.directory, {
-      write: (buf) => this.write(buf),
-      ready: (negotiated, rest) => this.enterTransmission(negotiated, rest),
-      close: (reason, violation) => this.close(reason, violation),
-      congested: () => this.congested(),
-      listRefused: () => this.options.stats.listRefusals++,
-    });
+    this.handshake = new Handshake(
+      options.directory,
+      {
+        write: (buf) => this.write(buf),
+        ready: (negotiated, rest) => this.enterTransmission(negotiated, rest),
+        close: (reason, violation) => this.close(reason, violation),
+        congested: () => this.congested(),
+        listRefused: () => this.options.stats.listRefusals++,
+        startTls: () => this.startTls(),
+      },
+      { mode: options.tls?.mode ?? 'off' },
+    );
     this.attach(socket);
     this.write(greeting());
   }
@@ -185,12 +200,50 @@ export class Session {
     this.seenSent = 0;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.onDrain());
+    socket.on('data', this.onDataListener);
+    socket.on('drain', this.onDrainListener);
     socket.on('error', (err) =>
       this.options.logger.debug?.(`nbd ${this.peer}: socket error: ${err.message}`),
     );
     socket.on('close', () => this.onSocketClosed());
+  }
+
+  /**
+   * STARTTLS was acknowledged (the ACK is queued on the plain socket): flush it, then speak TLS
+   * on this connection. Data and drain now come from the TLSSocket; the plain socket keeps its
+   * error and close listeners (closing either ends the session once).
+   */
+  private startTls(): void {
+    const plain = this.socket;
+    const tls = this.options.tls;
+    if (tls === undefined) {
+      this.close('STARTTLS acknowledged without TLS credentials', false); // unreachable: mode is off
+      return;
+    }
+    plain.off('data', this.onDataListener);
+    plain.off('drain', this.onDrainListener);
+    plain.uncork(); // the ACK must leave in plain text before the first TLS record
+    // What the plain socket still holds (the ACK) leaves with it; the budget follows the new socket.
+    this.options.budget.adjust(-this.charged);
+    this.charged = 0;
+    const peer = this.peer;
+    const secure = upgradeServerSocket(plain, tls, (socket, authenticated) => {
+      if (this.closing) return;
+      const identity = authenticated.identity;
+      const admin = identity !== undefined && tls.adminIdentities.has(identity);
+      const as = identity === undefined ? '' : ` as '${identity}'${admin ? ' (admin)' : ''}`;
+      this.options.logger.debug?.(
+        `nbd ${peer}: ${socket.getProtocol() ?? 'TLS'} ${socket.getCipher().name} established${as}`,
+      );
+      this.guarded(() => this.handshake.tlsEstablished(admin ? undefined : identity));
+    });
+    secure.on('error', (err) => {
+      // A failed TLS handshake (bad PSK, untrusted certificate) ends this connection only.
+      this.options.logger.warn?.(`nbd ${peer}: TLS failed: ${err.message}`);
+      this.close(`TLS failed: ${err.message}`, false);
+    });
+    this.attach(secure);
+    this.peer = peer;
   }
 
   private congested(): boolean {
