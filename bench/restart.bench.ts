@@ -5,7 +5,9 @@
  *   - N regions of 1 GiB each holding D MiB of data: loading them (scan metadata and extent
  *     maps, read the data runs, map non-zero pages with merging) vs reading the same data
  *     bytes of the same image files with plain fs reads (open, read in 4 MiB chunks, close)
- *     and doing nothing with them — the I/O floor;
+ *     and doing nothing with them — the I/O floor. Ours also copies every page into fresh frame
+ *     memory (a new pool per sample, as a restarted process has), so it pays the kernel's
+ *     first-touch page faults, which reading into one reused buffer does not;
  *   - a sparse region holding 4 KiB, loaded by its extent map, vs the same region loaded the
  *     way a version 1 image (no map) is: a full read of its virtual size (what every restart
  *     did before the map). At 1 TiB the full read is not run (it would take minutes); the 1 TiB
