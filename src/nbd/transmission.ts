@@ -129,6 +129,7 @@ export class Transmission implements RequestSink {
   };
   /** A request is parked in the parser (WAIT) until the budget grants `waiter.bytes`. */
   private waitingForBudget = false;
+  private waitingForHeader = false;
   /** The parked request was granted; its header is being offered again (not counted twice). */
   private grantedBytes = 0;
   private reoffered = false;
@@ -242,8 +243,10 @@ export class Transmission implements RequestSink {
     const reason = validateRequest(req, this.ctx);
     if (req.type === CMD_WRITE) {
       if (reason === VALID) {
-        if (!this.admit(req.length)) return WAIT;
-        this.payloadReserved = req.length;
+        // The payload is metered as it arrives (allowPayload), a piece at a time.
+        const first = Math.min(req.length, READ_PIECE_BYTES);
+        if (!this.admit(first)) return WAIT;
+        this.payloadReserved = first;
         return PAYLOAD_COLLECT;
       }
       if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
@@ -295,6 +298,22 @@ export class Transmission implements RequestSink {
     this.afterRequest();
   }
 
+  allowPayload(req: RequestHeader, received: number): number {
+    if (this.payloadReserved > received) return this.payloadReserved;
+    if (this.grantedBytes > 0) {
+      this.payloadReserved += this.grantedBytes;
+      this.grantedBytes = 0;
+      return this.payloadReserved;
+    }
+    const step = Math.min(READ_PIECE_BYTES, req.length - this.payloadReserved);
+    if (this.budget.tryTake(step)) {
+      this.payloadReserved += step;
+      return this.payloadReserved;
+    }
+    this.queueForBudget(step, false);
+    return received;
+  }
+
   onSkipped(req: RequestHeader): void {
     this.reject(req, this.skipReason);
     this.afterRequest();
@@ -319,12 +338,18 @@ export class Transmission implements RequestSink {
       return true;
     }
     if (this.budget.tryTake(bytes)) return true;
+    this.queueForBudget(bytes, true);
+    return false;
+  }
+
+  /** Waits for `bytes`, reading nothing meanwhile; `header`: the grant re-offers a header. */
+  private queueForBudget(bytes: number, header: boolean): void {
     this.stats.budgetWaits++;
     this.waiter.bytes = bytes;
     this.waitingForBudget = true;
+    this.waitingForHeader = header;
     this.budget.wait(this.waiter);
     this.io.setInputPaused(true);
-    return false;
   }
 
   private onGranted(): void {
@@ -334,7 +359,8 @@ export class Transmission implements RequestSink {
       return;
     }
     this.grantedBytes = this.waiter.bytes;
-    this.reoffered = true;
+    // A parked header is offered again (and must not be counted twice); a payload goes on.
+    this.reoffered = this.waitingForHeader;
     this.io.resume();
   }
 
