@@ -14,8 +14,8 @@
  * into a scratch buffer reused between requests (kept up to PAYLOAD_SCRATCH_KEEP_BYTES_MAX; larger
  * ones come from the recycled buffers of reply-buffers.ts and go back after onPayload). A
  * header or payload wholly inside one chunk is handed to the sink as a view of that chunk. The
- * sink bounds every length in onHeader before asking for a payload, and meters a split payload
- * as it arrives (allowPayload), so the parser never holds more than the sink allowed.
+ * sink bounds every length in onHeader before asking for a payload, so the parser never
+ * allocates more than the sink allowed.
  *
  * Invariants: `req` describes the request being parsed and is valid only during a sink call
  * (it is reused); a payload view is valid only during onPayload. While paused, unparsed bytes
@@ -49,12 +49,6 @@ export interface RequestSink {
   onHeader(req: RequestHeader): HeaderPlan;
   /** `payload` is a view valid only during this call. */
   onPayload(req: RequestHeader, payload: Buffer): void;
-  /**
-   * A payload split across chunks has `received` bytes in: returns how many bytes (in all) may
-   * be held; `received` or less means wait: parsing pauses, and resume() asks again. Without
-   * it, the whole payload is allowed.
-   */
-  allowPayload?(req: RequestHeader, received: number): number;
   onSkipped(req: RequestHeader): void;
   /** The byte stream is not NBD requests any more (bad magic); nothing more will be parsed. */
   onViolation(reason: string): void;
@@ -79,8 +73,6 @@ export class RequestParser {
   /** The recycled buffer behind a large split payload, given back once the sink has it. */
   private large: Buffer | undefined;
   private payloadFill = 0;
-  /** Bytes of the split payload the sink allows us to hold so far (allowPayload). */
-  private payloadAllowed = 0;
   private skipRemaining = 0;
   private paused = false;
   /** Unparsed views of chunks that arrived or were left over while paused, oldest first. */
@@ -188,20 +180,11 @@ export class RequestParser {
         if (pos < 0) return;
       } else if (this.state === STATE_PAYLOAD) {
         const want = this.req.length;
-        if (this.payloadFill === this.payloadAllowed) {
-          // The sink bounds how much of a split payload may be held; 'no more' pauses here.
-          const allowed = this.sink.allowPayload?.(this.req, this.payloadFill) ?? want;
-          if (allowed <= this.payloadFill) {
-            this.paused = true;
-            continue;
-          }
-          this.payloadAllowed = Math.min(allowed, want);
-        }
-        const n = Math.min(end - pos, this.payloadAllowed - this.payloadFill);
+        const n = Math.min(end - pos, want - this.payloadFill);
         chunk.copy(this.payload, this.payloadFill, pos, pos + n);
         this.payloadFill += n;
         pos += n;
-        if (this.payloadFill < want) continue;
+        if (this.payloadFill < want) return;
         const payload = this.payload;
         const large = this.large;
         this.payload = EMPTY;
@@ -253,7 +236,6 @@ export class RequestParser {
     }
     this.payload = this.scratchFor(req.length);
     this.payloadFill = 0;
-    this.payloadAllowed = 0;
     this.state = STATE_PAYLOAD;
     return pos;
   }

@@ -129,7 +129,6 @@ export class Transmission implements RequestSink {
   };
   /** A request is parked in the parser (WAIT) until the budget grants `waiter.bytes`. */
   private waitingForBudget = false;
-  private waitingForHeader = false;
   /** The parked request was granted; its header is being offered again (not counted twice). */
   private grantedBytes = 0;
   private reoffered = false;
@@ -243,10 +242,11 @@ export class Transmission implements RequestSink {
     const reason = validateRequest(req, this.ctx);
     if (req.type === CMD_WRITE) {
       if (reason === VALID) {
-        // The payload is metered as it arrives (allowPayload), a piece at a time.
-        const first = Math.min(req.length, READ_PIECE_BYTES);
-        if (!this.admit(first)) return WAIT;
-        this.payloadReserved = first;
+        // The whole payload is reserved before any of it is read, never piece by piece as it
+        // arrives: connections each holding part of a payload while waiting for the rest
+        // would deadlock once they hold the whole budget (hold and wait).
+        if (!this.admit(req.length)) return WAIT;
+        this.payloadReserved = req.length;
         return PAYLOAD_COLLECT;
       }
       if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
@@ -298,22 +298,6 @@ export class Transmission implements RequestSink {
     this.afterRequest();
   }
 
-  allowPayload(req: RequestHeader, received: number): number {
-    if (this.payloadReserved > received) return this.payloadReserved;
-    if (this.grantedBytes > 0) {
-      this.payloadReserved += this.grantedBytes;
-      this.grantedBytes = 0;
-      return this.payloadReserved;
-    }
-    const step = Math.min(READ_PIECE_BYTES, req.length - this.payloadReserved);
-    if (this.budget.tryTake(step)) {
-      this.payloadReserved += step;
-      return this.payloadReserved;
-    }
-    this.queueForBudget(step, false);
-    return received;
-  }
-
   onSkipped(req: RequestHeader): void {
     this.reject(req, this.skipReason);
     this.afterRequest();
@@ -338,18 +322,12 @@ export class Transmission implements RequestSink {
       return true;
     }
     if (this.budget.tryTake(bytes)) return true;
-    this.queueForBudget(bytes, true);
-    return false;
-  }
-
-  /** Waits for `bytes`, reading nothing meanwhile; `header`: the grant re-offers a header. */
-  private queueForBudget(bytes: number, header: boolean): void {
     this.stats.budgetWaits++;
     this.waiter.bytes = bytes;
     this.waitingForBudget = true;
-    this.waitingForHeader = header;
     this.budget.wait(this.waiter);
     this.io.setInputPaused(true);
+    return false;
   }
 
   private onGranted(): void {
@@ -359,8 +337,7 @@ export class Transmission implements RequestSink {
       return;
     }
     this.grantedBytes = this.waiter.bytes;
-    // A parked header is offered again (and must not be counted twice); a payload goes on.
-    this.reoffered = this.waitingForHeader;
+    this.reoffered = true;
     this.io.resume();
   }
 
