@@ -280,7 +280,8 @@ export const REPLY_QUEUED_BYTES_MAX = 16 * MiB;
  * READs longer than this are answered in pieces of this size, each produced only when the
  * socket holds less than one piece (and admitted by the global budget on its own): a client
  * that asks for 32 MiB and does not read it makes the server hold about two pieces, not 32 MiB.
- * With structured replies each piece is its own OFFSET_DATA chunk.
+ * With structured replies each piece is its own OFFSET_DATA chunk. A piece includes its header,
+ * so it is exactly a power of two (the size class of the recycled buffers).
  */
 export const READ_PIECE_BYTES = 2 * MiB;
 /** Requests of one connection awaiting an asynchronous flush (FLUSH, FUA) before we stop parsing. */

@@ -242,6 +242,9 @@ export class Transmission implements RequestSink {
     const reason = validateRequest(req, this.ctx);
     if (req.type === CMD_WRITE) {
       if (reason === VALID) {
+        // The whole payload is reserved before any of it is read, never piece by piece as it
+        // arrives: connections each holding part of a payload while waiting for the rest
+        // would deadlock once they hold the whole budget (hold and wait).
         if (!this.admit(req.length)) return WAIT;
         this.payloadReserved = req.length;
         return PAYLOAD_COLLECT;
@@ -358,12 +361,14 @@ export class Transmission implements RequestSink {
     const structured = this.structured;
     while (this.streamLeft > 0 && !this.ended) {
       if (this.io.queuedBytes() >= READ_PIECE_BYTES || this.io.congested()) return;
-      const n = Math.min(READ_PIECE_BYTES, this.streamLeft);
       const headerBytes = structured
         ? OFFSET_DATA_HEADER_BYTES
         : this.streamFirst
           ? SIMPLE_REPLY_HEADER_BYTES
           : 0;
+      // Header and data fill exactly one piece: a power of two, the size class of the recycled
+      // buffers (a piece plus its header would take the next class, twice the memory).
+      const n = Math.min(READ_PIECE_BYTES - headerBytes, this.streamLeft);
       const size = headerBytes + n;
       if (this.streamGrantedBytes > 0) {
         this.budget.adjust(size - this.streamGrantedBytes);

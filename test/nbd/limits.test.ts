@@ -372,3 +372,33 @@ test('under budget pressure a client that holds bytes without reading gets the s
   assert.equal(tight.server.stats().replyStalls, 1, 'closed long before the 60 s stall timeout');
   await waitFor('the budget to be free', () => tight.server.stats().bufferBytesUsed === 0);
 });
+
+test('stalled writers cannot deadlock the budget: a good 4 MiB WRITE still completes', async (t) => {
+  // Writers that send half a payload and stop: with a budget for two payloads, each must either
+  // be admitted whole (then closed by the stall timeout) or wait holding nothing.
+  const { server, port, dir } = await startServer(testDirectory(), {
+    bufferBytesMax: 8 * MiB,
+    stallTimeoutMs: 300,
+  });
+  t.after(() => server.close());
+  const half = Buffer.alloc(2 * MiB, 0xee);
+  for (let i = 0; i < 6; i++) {
+    const { client: w } = await RawClient.open(port);
+    t.after(() => w.destroy());
+    w.write(Buffer.concat([encodeRequest(C.CMD_WRITE, 0, 4 * MiB, 0, BigInt(i)), half]));
+  }
+  await waitFor('writers to wait for the budget', () => server.stats().budgetWaits > 0);
+  const { client: good } = await RawClient.open(port);
+  t.after(() => good.destroy());
+  const data = Buffer.alloc(4 * MiB);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 5) & 0xff;
+  good.request(C.CMD_WRITE, 16 * MiB, data.length, { cookie: 99n, payload: data });
+  // A successful WRITE gets a 16-byte simple reply even with structured replies.
+  const reply = await good.read(C.SIMPLE_REPLY_HEADER_BYTES, 60_000);
+  assert.equal(reply.readUInt32BE(0), C.SIMPLE_REPLY_MAGIC);
+  assert.equal(reply.readUInt32BE(4), 0);
+  assert.equal(reply.readBigUInt64BE(8), 99n);
+  const stored = (dir.exports.get('') as MemoryExport).data.subarray(16 * MiB, 20 * MiB);
+  assert.ok(Buffer.from(stored).equals(data));
+  assert.ok(server.stats().payloadStalls >= 1);
+});
