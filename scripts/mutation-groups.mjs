@@ -77,6 +77,7 @@ export const groups = {
       'our own',
       'short reads and short writes',
       'unwritten and discarded',
+      'each slot has its own',
       // pager.test.ts
       'reports a page written since epoch',
       'keeps the epoch of a page written as zeros',
