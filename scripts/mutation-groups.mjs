@@ -7,7 +7,42 @@ export const groups = {
       'src/memory/frame-pool.ts:191-232',
       'src/memory/merger.ts:363-437',
     ],
-    tests: ['test/memory/address-space.test.ts', 'test/memory/model.test.ts', 'test/memory/merger.test.ts'],
+    // Swapped entries (faults, slot references) exist only with a pager: its tests that evict
+    // and fault pages back are the ones that reach those branches.
+    tests: [
+      'test/memory/address-space.test.ts',
+      'test/memory/model.test.ts',
+      'test/memory/merger.test.ts',
+      'test/tier/pager.test.ts',
+    ],
+    only: [
+      // test/memory: every test
+      'a ',
+      'reads and writes',
+      'scalar accessors',
+      'fork shares',
+      'trim frees',
+      'dirty tracking',
+      'exhaustion raises',
+      'bad arguments',
+      'borrowed pages',
+      'every supported page size',
+      'identical pages',
+      'pages written within',
+      'all-zero pages',
+      'no frame gets',
+      'trust domains',
+      'the background merger',
+      'destroying every space',
+      'address spaces agree',
+      // test/tier/pager.test.ts: the tests that evict and fault back (and 'a store that fails')
+      'reports a page written since epoch',
+      'keeps the epoch of a page written as zeros',
+      'drops a clean page',
+      'shares store slots',
+      'verifies bytes before sharing',
+      'keeps forks, trims and evictions',
+    ],
   },
   nbd: {
     mutate: ['src/nbd/validate.ts:50-85', 'src/nbd/request-parser.ts:106-198'],
