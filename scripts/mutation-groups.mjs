@@ -96,6 +96,7 @@ export const groups = {
       'a stripe coded',
       'ronomon',
       'impossible geometries',
+      'a batch takes',
       'coded 3\\+1: random',
       'coded 4\\+2: losing two',
     ],
