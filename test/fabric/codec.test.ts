@@ -152,3 +152,50 @@ test("ronomon's first parity shard is the XOR of the data shards, so one lost da
     );
   }
 });
+
+test('a batch takes 1 to capacity stripes, and rebuildByXor refuses anything but one lost data shard', async () => {
+  const k = 4;
+  const page = 512;
+  const codec = new ReedSolomonCodec(k, 2);
+  const batch = new StripeBatch(codec, page, 6);
+  assert.equal(batch.capacity, 6);
+  assert.throws(() => batch.reset(0), { code: ErrorCodes.INVALID_ARGUMENT });
+  assert.throws(() => batch.reset(7), { code: ErrorCodes.INVALID_ARGUMENT });
+  batch.reset(6);
+  batch.reset(1);
+  assert.equal(batch.count, 1);
+  const parityK = 1 << k;
+  const dataAll = (1 << k) - 1;
+  // Not one data shard: a parity shard, two data shards. (Nothing lost at all is the caller's to
+  // avoid: loadColumns never asks.)
+  assert.equal(batch.rebuildByXor(dataAll | (1 << (k + 1)), parityK), false, 'a lost parity shard');
+  assert.equal(batch.rebuildByXor((dataAll & ~0b11) | parityK, 0b11), false, 'two lost data shards');
+  // Present must be exactly the other data shards and parity k.
+  assert.equal(batch.rebuildByXor((dataAll & ~0b10) | (1 << (k + 1)), 0b10), false, 'without parity k');
+  assert.equal(batch.rebuildByXor(dataAll & ~0b1110 & ~0b10, 0b10), false, 'too few data shards');
+
+  // Pages at offsets inside larger buffers, in a batch of fewer stripes than its capacity: every
+  // lost data shard rebuilds by XOR to exactly its bytes, and the refusals above changed nothing.
+  batch.reset(3);
+  const stripes = Array.from({ length: 3 }, (_, s) => seededBytes(s + 1, k * page + 7));
+  stripes.forEach((stripe, s) => {
+    for (let i = 0; i < k; i++) batch.putPage(s, i, stripe, 7 + i * page);
+  });
+  await batch.encode();
+  for (let lost = 0; lost < k; lost++) {
+    for (let s = 0; s < 3; s++) batch.zeroPage(s, lost);
+    assert.equal(batch.rebuildByXor((dataAll & ~(1 << lost)) | parityK, 1 << lost), true);
+    const back = Buffer.alloc(page + 3, 0xee);
+    for (const [s, stripe] of stripes.entries()) {
+      batch.getPage(s, lost, back, 3);
+      assert.ok(
+        back.subarray(3).equals(stripe.subarray(7 + lost * page, 7 + (lost + 1) * page)),
+        `stripe ${s} shard ${lost}`,
+      );
+      assert.ok(
+        back.subarray(0, 3).every((b) => b === 0xee),
+        'getPage writes only at its offset',
+      );
+    }
+  }
+});

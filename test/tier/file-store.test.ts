@@ -437,3 +437,78 @@ test('an EIO while reading the header on open is STORE_FAILED and closes the fil
   );
   assert.equal(layer.openHandles, 0);
 });
+
+for (const syncReads of [false, true]) {
+  test(`a layer that claims more bytes than asked, or a negative count, is STORE_FAILED${syncReads ? ' (blocking reads)' : ''}`, async (t) => {
+    const layer = new FaultyLayer();
+    layer.syncReads = syncReads;
+    const store = await openStore(t, tempPath(t), { layer });
+    const data = randomBytes(PAGE_SIZE);
+    await store.write(2, data);
+    // A read that reports one byte more than it was asked for (after a first short piece).
+    let calls = 0;
+    layer.onRead = (_position, length) => (++calls === 2 ? length + 1 : undefined);
+    layer.readBytesMax = 1000;
+    await assert.rejects(
+      store.read(2, Buffer.alloc(PAGE_SIZE)),
+      rejectsWith(
+        ErrorCodes.STORE_FAILED,
+        'slot 2',
+        `reported ${PAGE_SIZE - 1000 + 1} bytes read of ${PAGE_SIZE - 1000}`,
+      ),
+    );
+    layer.onRead = () => -1;
+    await assert.rejects(
+      store.read(2, Buffer.alloc(PAGE_SIZE)),
+      rejectsWith(ErrorCodes.STORE_FAILED, 'reported -1'),
+    );
+    // Exactly what was asked, in one piece or several, is fine.
+    layer.onRead = undefined;
+    const back = Buffer.alloc(PAGE_SIZE);
+    await store.read(2, back);
+    assert.ok(back.equals(data));
+    layer.readBytesMax = Infinity;
+    await store.read(2, back);
+    assert.ok(back.equals(data));
+
+    // Writes: more than asked, or negative, are refused the same way and the slot reads as zeros.
+    layer.onWrite = (_position, length) => length + 1;
+    await assert.rejects(
+      store.write(2, data),
+      rejectsWith(ErrorCodes.STORE_FAILED, 'slot 2', 'took 4097 of 4096'),
+    );
+    await store.read(2, back);
+    assert.ok(back.every((byte) => byte === 0));
+    layer.onWrite = () => -5;
+    await assert.rejects(store.write(3, data), rejectsWith(ErrorCodes.STORE_FAILED, 'slot 3', 'took -5'));
+    // A write of exactly the rest in the last piece completes.
+    layer.onWrite = undefined;
+    layer.writeBytesMax = PAGE_SIZE / 2;
+    await store.write(3, data);
+    await store.read(3, back);
+    assert.ok(back.equals(data));
+  });
+}
+
+test('each slot has its own written bit: neighbours across a byte of the bitmap stay apart', async (t) => {
+  const layer = new FaultyLayer();
+  const store = await openStore(t, tempPath(t), { layer });
+  const pages = new Map<number, Buffer>();
+  for (const slot of [0, 6, 7, 8, 9, 15]) {
+    const data = randomBytes(PAGE_SIZE);
+    await store.write(slot, data);
+    pages.set(slot, data);
+  }
+  await store.discard(8);
+  pages.delete(8);
+  await store.discard(1); // never written: changes nothing
+  const reads = layer.reads;
+  const back = Buffer.alloc(PAGE_SIZE);
+  for (let slot = 0; slot < CAPACITY; slot++) {
+    back.fill(0xee);
+    await store.read(slot, back);
+    const expected = pages.get(slot) ?? Buffer.alloc(PAGE_SIZE);
+    assert.ok(back.equals(expected), `slot ${slot}`);
+  }
+  assert.equal(layer.reads - reads, pages.size, 'only written slots were read from the file');
+});
