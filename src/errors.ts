@@ -54,6 +54,10 @@ export const ErrorCodes = {
   STORE_CLOSED: 'MF_STORE_CLOSED',
   /** The page store has no free slot: every slot holds a page. */
   STORE_FULL: 'MF_STORE_FULL',
+  /** An admin API request without a valid token (none, a wrong one, or none from afar). */
+  UNAUTHORIZED: 'MF_UNAUTHORIZED',
+  /** A valid token that may not do this: a tenant token on an appliance-wide route. */
+  FORBIDDEN: 'MF_FORBIDDEN',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

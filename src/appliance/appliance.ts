@@ -9,11 +9,23 @@
  *   await appliance.stop();
  */
 import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
 import { NbdServer, type NbdStats } from '../nbd/index.js';
+import { invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
+import { AdminAuth, exposureWarnings, type ReadAccess } from './auth.js';
+import {
+  ADMIN_TOKEN_FILE_NAME,
+  TENANT_TOKENS_FILE_NAME,
+  checkToken,
+  generateToken,
+  loadOrCreateTokenFile,
+  readTenantTokens,
+  tenantTokenMap,
+} from './auth-token.js';
 import { createAdminApi } from './http-api.js';
 import { RegionRegistry } from './registry.js';
 
@@ -45,6 +57,26 @@ export interface ApplianceOptions {
   /** Background same-page merging; `false` turns it off. */
   merge?: { intervalMs?: number; pagesPerBatch?: number; quietEpochs?: number } | false;
   logger?: Logger;
+  /** Who may use the admin API; see docs/appliance.md "Security". */
+  auth?: ApplianceAuthOptions;
+  /** Serve the admin API over HTTPS with this certificate and key (PEM). */
+  httpTls?: { cert: string | Buffer; key: string | Buffer };
+  /** CA certificates (PEM) trusted when this appliance calls another's HTTPS admin API (migration). */
+  peerCa?: string | Buffer;
+}
+
+export interface ApplianceAuthOptions {
+  /** The admin token, as given (nothing is written). */
+  token?: string;
+  /** The file holding the admin token: read, or created with a new token (mode 0600). */
+  tokenFile?: string;
+  /**
+   * Tenant tokens: a map of tenant to token, or a JSON file of one. Default: `<dataDir>/tenants.json`
+   * if it exists.
+   */
+  tenantTokens?: string | Record<string, string>;
+  /** 'open' (default): loopback clients may read without a token; 'token': every call needs one. */
+  readAccess?: ReadAccess;
 }
 
 export interface ApplianceStats {
@@ -72,6 +104,14 @@ export class Appliance {
   httpAddress: Endpoint = { host: HOST_DEFAULT, port: 0 };
   private http: FastifyInstance | undefined;
   private stopping: Promise<void> | undefined;
+  private auth: AdminAuth | undefined;
+  private https = false;
+  private token = '';
+  private tokenFile: string | undefined;
+  /** CA certificates trusted when calling other appliances (migration). */
+  readonly peerCa: string | Buffer | undefined;
+  /** Warnings about how the appliance is exposed (also logged at start). */
+  warnings: string[] = [];
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -88,6 +128,7 @@ export class Appliance {
       ...(options.dataDir ? { dataDir: options.dataDir } : {}),
     });
     this.logger = options.logger;
+    this.peerCa = options.peerCa;
     const log = options.logger;
     this.nbdServer = new NbdServer({
       directory: this.registry,
@@ -110,6 +151,30 @@ export class Appliance {
       throw error;
     }
     return appliance;
+  }
+
+  /** The admin token: sent as `Authorization: Bearer <token>` by in-process clients. */
+  get adminToken(): string {
+    return this.token;
+  }
+
+  /** The file that holds the admin token, or undefined when it lives in memory only. */
+  get adminTokenFile(): string | undefined {
+    return this.tokenFile;
+  }
+
+  /** The admin API's access rules (for createAdminApi). */
+  get adminAuth(): AdminAuth {
+    if (!this.auth) throw new Error('the appliance has not started');
+    return this.auth;
+  }
+
+  /** The admin API's URL: http(s)://host:port (a wildcard host becomes 127.0.0.1). */
+  get httpUrl(): string {
+    const { host, port } = this.httpAddress;
+    const reachable = host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' ? '::1' : host;
+    const shown = reachable.includes(':') ? `[${reachable}]` : reachable;
+    return `${this.https ? 'https' : 'http'}://${shown}:${port}`;
   }
 
   stats(): ApplianceStats {
@@ -178,14 +243,74 @@ export class Appliance {
       options.nbd?.port ?? NBD_PORT_DEFAULT,
       options.nbd?.host ?? HOST_DEFAULT,
     );
-    this.http = createAdminApi(this);
+    await this.openAuth(options);
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;
+    this.https = options.httpTls !== undefined;
+    this.warnings = exposureWarnings({
+      http: { host: httpHost, tls: this.https },
+      nbd: { host: this.nbdAddress.host, tls: false },
+    });
+    for (const warning of this.warnings) this.logger?.warn({ component: 'security' }, warning);
+    this.http = createAdminApi(this, options.httpTls);
     await this.http.listen({ port: httpPort, host: httpHost });
     const address = this.http.server.address();
     this.httpAddress = {
       host: httpHost,
       port: typeof address === 'object' && address !== null ? address.port : httpPort,
     };
+  }
+
+  /** Finds or makes the admin token and reads the tenant tokens (docs/appliance.md "Security"). */
+  private async openAuth(options: ApplianceOptions): Promise<void> {
+    const auth = options.auth ?? {};
+    if (auth.readAccess !== undefined && auth.readAccess !== 'open' && auth.readAccess !== 'token') {
+      throw invalidArgument(
+        `auth.readAccess must be 'open' or 'token', not ${JSON.stringify(auth.readAccess)}`,
+      );
+    }
+    const tokenFile =
+      auth.tokenFile ?? (options.dataDir ? join(options.dataDir, ADMIN_TOKEN_FILE_NAME) : undefined);
+    if (auth.token !== undefined) {
+      this.token = checkToken(auth.token, 'the admin token');
+    } else if (tokenFile !== undefined) {
+      const file = await loadOrCreateTokenFile(tokenFile);
+      this.token = file.token;
+      this.tokenFile = file.path;
+      if (file.created) this.logger?.info({ file: file.path }, 'admin token created');
+      if (file.looseMode !== undefined) {
+        this.logger?.warn(
+          { file: file.path, mode: file.looseMode.toString(8) },
+          'the admin token file is readable by other users; chmod 600 it',
+        );
+      }
+    } else {
+      this.token = generateToken();
+    }
+    let tenantTokens: Map<string, string> | undefined;
+    if (typeof auth.tenantTokens === 'object') {
+      tenantTokens = tenantTokenMap(auth.tenantTokens, 'auth.tenantTokens');
+    } else {
+      const path =
+        auth.tenantTokens ?? (options.dataDir ? join(options.dataDir, TENANT_TOKENS_FILE_NAME) : undefined);
+      const read =
+        path === undefined ? undefined : await readTenantTokens(path, auth.tenantTokens === undefined);
+      tenantTokens = read?.tokens;
+      if (read?.looseMode !== undefined) {
+        this.logger?.warn(
+          { file: path, mode: read.looseMode.toString(8) },
+          'the tenant tokens file is readable by other users; chmod 600 it',
+        );
+      }
+    }
+    this.auth = new AdminAuth({
+      adminToken: this.token,
+      ...(this.tokenFile !== undefined ? { adminTokenFile: this.tokenFile } : {}),
+      ...(tenantTokens ? { tenantTokens } : {}),
+      ...(auth.readAccess ? { readAccess: auth.readAccess } : {}),
+    });
+    if (tenantTokens && tenantTokens.size > 0) {
+      this.logger?.info({ tenants: [...tenantTokens.keys()] }, 'tenant tokens loaded');
+    }
   }
 }

@@ -13,10 +13,13 @@
  *   GET    /v1/stats                                                           -> appliance stats
  *   GET    /metrics                 Prometheus text format
  *   GET    /                        dashboard (HTML)
+ *
+ * Who may call which route (tokens, tenants, anonymous reads): auth.ts.
  */
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { Appliance } from './appliance.js';
+import { installAuth, tenantOf } from './auth.js';
 import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
@@ -70,6 +73,10 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.INVALID_SIZE:
       case ErrorCodes.OUT_OF_RANGE:
         return 400;
+      case ErrorCodes.UNAUTHORIZED:
+        return 401;
+      case ErrorCodes.FORBIDDEN:
+        return 403;
       case ErrorCodes.NOT_FOUND:
         return 404;
       case ErrorCodes.ALREADY_EXISTS:
@@ -93,14 +100,19 @@ export function regionView(region: Region): Record<string, unknown> {
   return { ...region.info(), stats: region.stats() };
 }
 
-export function createAdminApi(appliance: Appliance): FastifyInstance {
+export function createAdminApi(
+  appliance: Appliance,
+  tls?: { cert: string | Buffer; key: string | Buffer },
+): FastifyInstance {
   const app = Fastify({
+    ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
     logger: false,
     bodyLimit: ADMIN_BODY_BYTES_MAX,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
   const registry = appliance.registry;
   const metrics = createMetrics(appliance);
+  installAuth(app, appliance.adminAuth, registry);
 
   app.setErrorHandler((error: FastifyError | MemfabricError, request, reply) => {
     const status = httpStatusFor(error);
@@ -147,7 +159,12 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
     },
   );
 
-  app.get('/v1/regions', async () => ({ regions: registry.all().map(regionView) }));
+  // A tenant sees its own regions only (auth.ts hides the others everywhere else).
+  app.get('/v1/regions', async (request) => {
+    const tenant = tenantOf(request);
+    const regions = registry.all().filter((region) => tenant === undefined || region.tenant === tenant);
+    return { regions: regions.map(regionView) };
+  });
 
   app.get<{ Params: { name: string } }>(
     '/v1/regions/:name',
@@ -177,10 +194,16 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
   registerChunkRoutes(app, appliance);
   registerMigrationRoutes(app, appliance);
 
-  app.get('/v1/stats', async () => ({
-    ...appliance.stats(),
-    endpoints: { nbd: appliance.nbdAddress, http: appliance.httpAddress },
-  }));
+  // A tenant gets what a client needs to place and reach regions (memory, endpoints), not the
+  // appliance's counters, which sum every tenant's activity.
+  app.get('/v1/stats', async (request) => {
+    const stats = appliance.stats();
+    const endpoints = { nbd: appliance.nbdAddress, http: appliance.httpAddress };
+    const tenant = tenantOf(request);
+    if (tenant === undefined) return { ...stats, endpoints };
+    const regions = registry.all().filter((region) => region.tenant === tenant).length;
+    return { tenant, memory: stats.memory, regions, endpoints };
+  });
 
   app.get('/metrics', async (_request, reply) => {
     const body = await metrics.metrics();

@@ -1,0 +1,255 @@
+/**
+ * Who may call what on the admin API. Every request is identified once, in an onRequest hook,
+ * from its `Authorization: Bearer <token>` header:
+ *
+ *   admin      the appliance's admin token: everything;
+ *   tenant T   a token from the tenant tokens: only T's regions. Another tenant's region
+ *              answers 404 exactly as if it did not exist; appliance-wide routes answer 403;
+ *              creating a region makes it T's (naming another tenant is 403);
+ *   anonymous  no header: reads only, and only from a loopback client while read access is
+ *              'open' (the default, so Prometheus and the dashboard work on the machine
+ *              itself; Redis's protected mode in spirit). Anything else answers 401.
+ * A header that is present but not a valid token is always 401, even where anonymous access
+ * would do: a client with a wrong token learns so at once instead of seeing less.
+ *
+ * Routes are classed in ROUTE_ACCESS, one table for the whole API; a route missing from it is
+ * treated as appliance-wide (admin only for writes, tenants refused), so forgetting it fails
+ * closed. Tokens are compared as SHA-256 digests with crypto.timingSafeEqual, against every
+ * known token without stopping at a match, so the time taken says nothing about any token.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { BlockList, isIP } from 'node:net';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ErrorCodes, MemfabricError } from '../errors.js';
+import type { RegionRegistry } from './registry.js';
+
+export type ReadAccess = 'open' | 'token';
+
+export type Identity = { kind: 'admin' } | { kind: 'tenant'; tenant: string } | { kind: 'anonymous' };
+
+/**
+ * appliance-write, appliance-read: the appliance as a whole (admin only; anonymous reads
+ *   allowed as above). region-*: one region, named by `:name`; tenants reach their own only.
+ *   region-list: filtered to the tenant. info: GET /v1/stats, which tenants see reduced.
+ */
+export type RouteAccess =
+  | 'appliance-write'
+  | 'appliance-read'
+  | 'region-create'
+  | 'region-write'
+  | 'region-read'
+  | 'region-list'
+  | 'info';
+
+export const ROUTE_ACCESS: Readonly<Record<string, RouteAccess>> = {
+  'POST /v1/regions': 'region-create',
+  'GET /v1/regions': 'region-list',
+  'GET /v1/regions/:name': 'region-read',
+  'DELETE /v1/regions/:name': 'region-write',
+  'POST /v1/regions/:name/clone': 'region-write',
+  'POST /v1/regions/:name/chunks': 'region-write',
+  'GET /v1/regions/:name/chunks': 'region-read',
+  'DELETE /v1/regions/:name/chunks/:offset': 'region-write',
+  // Migration sends a tenant's bytes to an appliance of the caller's choosing: admin only.
+  'POST /v1/regions/:name/migrate': 'appliance-write',
+  'GET /v1/regions/:name/migration': 'region-read',
+  'GET /v1/stats': 'info',
+  'GET /metrics': 'appliance-read',
+  'GET /': 'appliance-read',
+};
+
+/** The access class of a request (HEAD is a GET; unknown routes are appliance-wide). */
+export function routeAccess(method: string, url: string | undefined): RouteAccess {
+  const verb = method === 'HEAD' ? 'GET' : method;
+  const known = url === undefined ? undefined : ROUTE_ACCESS[`${verb} ${url}`];
+  return known ?? (verb === 'GET' ? 'appliance-read' : 'appliance-write');
+}
+
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** True for 127.0.0.0/8, ::1, IPv4-mapped loopback and the name localhost. */
+export function isLoopback(host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const bare = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (bare === 'localhost') return true;
+  const v4 = bare.startsWith('::ffff:') ? bare.slice(7) : bare;
+  if (isIP(v4) === 4) return LOOPBACK.check(v4, 'ipv4');
+  return isIP(bare) === 6 && LOOPBACK.check(bare, 'ipv6');
+}
+
+/**
+ * Whether the appliance should warn at start (and what to say): an admin API or NBD server
+ * reachable from other machines without TLS carries tokens and data in clear text.
+ */
+export function exposureWarnings(listeners: {
+  http: { host: string; tls: boolean };
+  nbd?: { host: string; tls: boolean };
+}): string[] {
+  const warnings: string[] = [];
+  const { http, nbd } = listeners;
+  if (!isLoopback(http.host) && !http.tls) {
+    warnings.push(
+      `the admin API listens on ${http.host}, which is not loopback, without TLS: tokens and requests ` +
+        'cross the network in clear text; give --http-tls-cert and --http-tls-key, or bind 127.0.0.1',
+    );
+  }
+  if (nbd && !isLoopback(nbd.host) && !nbd.tls) {
+    warnings.push(
+      `NBD listens on ${nbd.host}, which is not loopback, without TLS: anyone who can reach the port ` +
+        'reads and writes the regions it serves; use NBD TLS, a private network, or bind 127.0.0.1',
+    );
+  }
+  return warnings;
+}
+
+/** Whether a request without a token may read, given the client's address. */
+export function anonymousReadAllowed(readAccess: ReadAccess, remoteAddress: string | undefined): boolean {
+  return readAccess === 'open' && isLoopback(remoteAddress);
+}
+
+export interface AdminAuthOptions {
+  adminToken: string;
+  /** Where the admin token is kept, for messages (undefined: in memory only). */
+  adminTokenFile?: string;
+  tenantTokens?: ReadonlyMap<string, string>;
+  readAccess?: ReadAccess;
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+export class AdminAuth {
+  readonly readAccess: ReadAccess;
+  readonly adminTokenFile: string | undefined;
+  private readonly adminDigest: Buffer;
+  private readonly tenantDigests: { tenant: string; digest: Buffer }[];
+
+  constructor(options: AdminAuthOptions) {
+    this.readAccess = options.readAccess ?? 'open';
+    this.adminTokenFile = options.adminTokenFile;
+    this.adminDigest = digest(options.adminToken);
+    this.tenantDigests = [...(options.tenantTokens ?? new Map<string, string>())].map(([tenant, token]) => {
+      if (token === options.adminToken) {
+        throw new MemfabricError(
+          ErrorCodes.INVALID_ARGUMENT,
+          `the token of tenant ${tenant} is the admin token; give each tenant a token of its own`,
+        );
+      }
+      return { tenant, digest: digest(token) };
+    });
+  }
+
+  get tenants(): string[] {
+    return this.tenantDigests.map((entry) => entry.tenant);
+  }
+
+  /** The identity an Authorization header proves; 'invalid' for a header that proves none. */
+  identify(header: string | undefined): Identity | 'invalid' {
+    if (header === undefined) return { kind: 'anonymous' };
+    const match = /^Bearer +([\x21-\x7e]{1,4096}) *$/i.exec(header);
+    if (!match) return 'invalid';
+    const presented = digest(match[1]!);
+    // Compare with every token, whatever matched: the time does not depend on which did.
+    const admin = timingSafeEqual(presented, this.adminDigest);
+    let tenant: string | undefined;
+    for (const entry of this.tenantDigests) {
+      if (timingSafeEqual(presented, entry.digest)) tenant = entry.tenant;
+    }
+    if (admin) return { kind: 'admin' };
+    return tenant === undefined ? 'invalid' : { kind: 'tenant', tenant };
+  }
+
+  /** Where a client finds the admin token, for the messages of 401 answers. */
+  tokenHint(): string {
+    const where = this.adminTokenFile
+      ? `the admin token is in ${this.adminTokenFile} on the appliance's machine`
+      : 'the admin token is held in memory by the program that started the appliance (appliance.adminToken)';
+    return `send "Authorization: Bearer <token>"; ${where} (memfabric CLI: --token, MEMFABRIC_TOKEN or --token-file)`;
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    identity: Identity;
+  }
+}
+
+/** The tenant a request is confined to, or undefined for the admin (and anonymous readers). */
+export function tenantOf(request: FastifyRequest): string | undefined {
+  return request.identity.kind === 'tenant' ? request.identity.tenant : undefined;
+}
+
+export function unauthorized(message: string): MemfabricError {
+  return new MemfabricError(ErrorCodes.UNAUTHORIZED, message);
+}
+
+export function forbidden(message: string): MemfabricError {
+  return new MemfabricError(ErrorCodes.FORBIDDEN, message);
+}
+
+/** The same answer as for a region that does not exist (registry.require's). */
+function noSuchRegion(name: string): MemfabricError {
+  return new MemfabricError(
+    ErrorCodes.NOT_FOUND,
+    `no region named "${name}"; list regions with GET /v1/regions`,
+  );
+}
+
+/** Installs the hooks that identify and authorize every request of `app`. */
+export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: RegionRegistry): void {
+  // null until onRequest sets it (fastify wants no shared object as the initial value).
+  app.decorateRequest('identity', null as never);
+
+  app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    const identity = auth.identify(request.headers.authorization);
+    const what = `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`;
+    if (identity === 'invalid') {
+      void reply.header('www-authenticate', 'Bearer realm="memfabric", error="invalid_token"');
+      throw unauthorized(`the bearer token is not valid for this appliance; ${auth.tokenHint()}`);
+    }
+    request.identity = identity;
+    const access = routeAccess(request.method, request.routeOptions.url);
+    const reads = request.method === 'GET' || request.method === 'HEAD';
+    if (identity.kind === 'anonymous') {
+      if (!reads) {
+        void reply.header('www-authenticate', 'Bearer realm="memfabric"');
+        throw unauthorized(`${what} needs a token; ${auth.tokenHint()}`);
+      }
+      if (!anonymousReadAllowed(auth.readAccess, request.socket.remoteAddress)) {
+        void reply.header('www-authenticate', 'Bearer realm="memfabric"');
+        throw unauthorized(
+          `${what} needs a token here (${auth.readAccess === 'token' ? 'reads need a token on this appliance' : 'only loopback clients may read without one'}); ${auth.tokenHint()}`,
+        );
+      }
+      return;
+    }
+    if (identity.kind === 'admin') return;
+    if (access === 'appliance-write' || access === 'appliance-read') {
+      throw forbidden(
+        `a token of tenant ${identity.tenant} may not use ${what}: it reaches beyond the tenant's regions; use the admin token`,
+      );
+    }
+    const name = (request.params as { name?: unknown } | undefined)?.name;
+    if (typeof name === 'string') {
+      const owner = registry.find(name)?.tenant ?? registry.movedRecord(name)?.tenant;
+      if (owner !== undefined && owner !== identity.tenant) throw noSuchRegion(name);
+    }
+  });
+
+  // A tenant's new region is the tenant's: the body may name it or leave it out, nothing else.
+  app.addHook('preHandler', async (request: FastifyRequest) => {
+    const tenant = tenantOf(request);
+    if (tenant === undefined || routeAccess(request.method, request.routeOptions.url) !== 'region-create')
+      return;
+    const body = request.body as { tenant?: string };
+    if (body.tenant !== undefined && body.tenant !== tenant) {
+      throw forbidden(
+        `a token of tenant ${tenant} may create regions of tenant ${tenant} only, not ${body.tenant}; leave tenant out`,
+      );
+    }
+    body.tenant = tenant;
+  });
+}
