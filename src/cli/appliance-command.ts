@@ -2,8 +2,12 @@
  * `memfabric appliance`: runs one appliance in the foreground, logging structured lines (pino)
  * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0.
  */
+import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
+import type { ReadAccess } from '../appliance/auth.js';
+import { stateTokenFile } from '../appliance/auth-token.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -17,6 +21,38 @@ export interface ApplianceCommandOptions {
   pageSize: number;
   merge: boolean;
   logLevel: string;
+  tokenFile?: string;
+  tenantTokens?: string;
+  httpTlsCert?: string;
+  httpTlsKey?: string;
+  peerCa?: string;
+  readAccess?: string;
+}
+
+/**
+ * Where the admin token lives: --token-file, else the data directory (the library's default),
+ * else a per-user file keyed by the HTTP port, which `memfabric region …` finds by its
+ * --appliance URL. With --http :0 and no data directory the token stays in memory.
+ */
+export function applianceTokenFile(
+  options: { tokenFile?: string; dataDir?: string },
+  httpPort: number,
+): string | undefined {
+  if (options.tokenFile) return options.tokenFile;
+  if (options.dataDir || httpPort === 0) return undefined;
+  return stateTokenFile(httpPort);
+}
+
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (error) {
+    throw new MemfabricError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `cannot read ${what} ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'}); give a PEM file`,
+      { cause: error },
+    );
+  }
 }
 
 export const applianceDefaults = {
@@ -30,6 +66,14 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
   const nbd = parseEndpoint(options.nbd, '127.0.0.1');
   const http = parseEndpoint(options.http, '127.0.0.1');
+  if ((options.httpTlsCert === undefined) !== (options.httpTlsKey === undefined)) {
+    throw invalidArgument('HTTPS needs both --http-tls-cert and --http-tls-key');
+  }
+  const readAccess = (options.readAccess ?? 'open') as ReadAccess;
+  if (readAccess !== 'open' && readAccess !== 'token') {
+    throw invalidArgument(`--read-access must be open or token, not ${JSON.stringify(options.readAccess)}`);
+  }
+  const tokenFile = applianceTokenFile(options, http.port);
   const appliance = await Appliance.start({
     nbd,
     http,
@@ -42,11 +86,31 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
         : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
     merge: options.merge ? {} : false,
     logger,
+    auth: {
+      ...(tokenFile !== undefined ? { tokenFile } : {}),
+      ...(options.tenantTokens !== undefined ? { tenantTokens: options.tenantTokens } : {}),
+      readAccess,
+    },
+    ...(options.httpTlsCert !== undefined && options.httpTlsKey !== undefined
+      ? {
+          httpTls: {
+            cert: readPem(options.httpTlsCert, 'the certificate'),
+            key: readPem(options.httpTlsKey, 'the key'),
+          },
+        }
+      : {}),
+    ...(options.peerCa !== undefined ? { peerCa: readPem(options.peerCa, 'the CA file') } : {}),
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
-  const httpAt = `http://${appliance.httpAddress.host}:${appliance.httpAddress.port}`;
+  const httpAt = appliance.httpUrl;
   logger.info(
-    { nbd: nbdAt, http: httpAt, memory: options.memory, regions: appliance.registry.size },
+    {
+      nbd: nbdAt,
+      http: httpAt,
+      memory: options.memory,
+      regions: appliance.registry.size,
+      tokenFile: appliance.adminTokenFile ?? null,
+    },
     'appliance listening',
   );
   const region = appliance.registry.defaultRegion;
@@ -56,9 +120,13 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       `memfabric appliance: ${formatSize(options.memory)} of memory`,
       `  NBD        nbd://${nbdAt}/${region ?? '<region>'}`,
       `  dashboard  ${httpAt}/`,
+      appliance.adminTokenFile
+        ? `  token      ${appliance.adminTokenFile} (admin commands: --token-file, or MEMFABRIC_TOKEN)`
+        : '  token      in memory only (HTTP port 0 without --data-dir); pass --token-file FILE to keep it',
       `  try        nbdinfo nbd://${nbdAt}/${region ?? ''}`,
       `             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbdAt}/${region ?? ''}`,
       `  stop       Ctrl-C (or SIGTERM)`,
+      ...appliance.warnings.map((warning) => `  WARNING    ${warning}`),
       '',
     ].join('\n'),
   );

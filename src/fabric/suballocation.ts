@@ -29,7 +29,7 @@
  * owner name can find them with `list()` and release or reuse them (an operator can also
  * force-release any chunk through the admin API).
  */
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, type AdminTarget } from '../appliance/admin-client.js';
 import type { Endpoint } from '../appliance/appliance.js';
 import type { ChunkClaimView, ChunkListingView } from '../appliance/chunk-routes.js';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
@@ -54,6 +54,10 @@ export interface SubAllocatorOptions {
   nbd?: Partial<Endpoint>;
   /** Timeout of each admin API call. Default 30 s. */
   timeoutMs?: number;
+  /** Token sent to the appliance: the admin token, or a token of the region's tenant. */
+  token?: string;
+  /** CA certificates (PEM) trusted for an https appliance URL. */
+  ca?: string | Buffer;
 }
 
 /** How much to claim: `count` chunks, or enough chunks to hold `size` bytes; default one chunk. */
@@ -105,6 +109,7 @@ export class SubAllocator {
   private readonly chunkSize: number | string | undefined;
   private readonly nbdEndpoint: Partial<Endpoint> | undefined;
   private readonly timeoutMs: number | undefined;
+  private readonly target: AdminTarget;
   private nbd: Promise<NbdClient> | undefined;
   private closing: Promise<void> | undefined;
 
@@ -120,6 +125,11 @@ export class SubAllocator {
     this.chunkSize = options.chunkSize;
     this.nbdEndpoint = options.nbd;
     this.timeoutMs = options.timeoutMs;
+    this.target = {
+      url: options.appliance,
+      ...(options.token !== undefined ? { token: options.token } : {}),
+      ...(options.ca !== undefined ? { ca: options.ca } : {}),
+    };
   }
 
   /**
@@ -171,7 +181,7 @@ export class SubAllocator {
 
   /** @internal */
   api<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return adminRequest<T>(this.appliance, method, path, body, this.timeoutMs);
+    return adminRequest<T>(this.target, method, path, body, this.timeoutMs);
   }
 
   /** @internal */
