@@ -234,8 +234,10 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
     }
     const name = (request.params as { name?: unknown } | undefined)?.name;
     if (typeof name === 'string') {
+      // Not this tenant's (another's, or none at all): one answer for both, whatever the route,
+      // so a tenant cannot tell another tenant's region from a name nobody uses.
       const owner = registry.find(name)?.tenant ?? registry.movedRecord(name)?.tenant;
-      if (owner !== undefined && owner !== identity.tenant) throw noSuchRegion(name);
+      if (owner !== identity.tenant) throw noSuchRegion(name);
     }
   });
 
