@@ -13,6 +13,7 @@ declare -A NEED=(
   [qemu-img]=qemu-utils
   [fio]=fio
   [nbdkit]=nbdkit
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
