@@ -205,7 +205,7 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
 
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const identity = auth.identify(request.headers.authorization);
-    const what = `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`;
+    const what = `${request.method} ${request.url.split('?')[0]}`;
     if (identity === 'invalid') {
       void reply.header('www-authenticate', 'Bearer realm="memfabric", error="invalid_token"');
       throw unauthorized(`the bearer token is not valid for this appliance; ${auth.tokenHint()}`);
