@@ -9,23 +9,13 @@
  *   await appliance.stop();
  */
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
 import { NbdServer, type NbdStats } from '../nbd/index.js';
-import { invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
-import { AdminAuth, exposureWarnings, type ReadAccess } from './auth.js';
-import {
-  ADMIN_TOKEN_FILE_NAME,
-  TENANT_TOKENS_FILE_NAME,
-  checkToken,
-  generateToken,
-  loadOrCreateTokenFile,
-  readTenantTokens,
-  tenantTokenMap,
-} from './auth-token.js';
+import { exposureWarnings, type AdminAuth, type ReadAccess } from './auth.js';
+import { loadAdminAuth } from './auth-config.js';
 import { createAdminApi } from './http-api.js';
 import { RegionRegistry } from './registry.js';
 
@@ -209,6 +199,11 @@ export class Appliance {
   }
 
   private async open(options: ApplianceOptions): Promise<void> {
+    // First: a bad token or tenant file stops the start before any region is loaded.
+    const access = await loadAdminAuth(options, this.logger);
+    this.auth = access.auth;
+    this.token = access.token;
+    this.tokenFile = access.tokenFile;
     if (options.dataDir) {
       await mkdir(options.dataDir, { recursive: true });
       const loaded = await this.registry.loadFromDataDir();
@@ -243,7 +238,6 @@ export class Appliance {
       options.nbd?.port ?? NBD_PORT_DEFAULT,
       options.nbd?.host ?? HOST_DEFAULT,
     );
-    await this.openAuth(options);
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;
     this.https = options.httpTls !== undefined;
@@ -259,58 +253,5 @@ export class Appliance {
       host: httpHost,
       port: typeof address === 'object' && address !== null ? address.port : httpPort,
     };
-  }
-
-  /** Finds or makes the admin token and reads the tenant tokens (docs/appliance.md "Security"). */
-  private async openAuth(options: ApplianceOptions): Promise<void> {
-    const auth = options.auth ?? {};
-    if (auth.readAccess !== undefined && auth.readAccess !== 'open' && auth.readAccess !== 'token') {
-      throw invalidArgument(
-        `auth.readAccess must be 'open' or 'token', not ${JSON.stringify(auth.readAccess)}`,
-      );
-    }
-    const tokenFile =
-      auth.tokenFile ?? (options.dataDir ? join(options.dataDir, ADMIN_TOKEN_FILE_NAME) : undefined);
-    if (auth.token !== undefined) {
-      this.token = checkToken(auth.token, 'the admin token');
-    } else if (tokenFile !== undefined) {
-      const file = await loadOrCreateTokenFile(tokenFile);
-      this.token = file.token;
-      this.tokenFile = file.path;
-      if (file.created) this.logger?.info({ file: file.path }, 'admin token created');
-      if (file.looseMode !== undefined) {
-        this.logger?.warn(
-          { file: file.path, mode: file.looseMode.toString(8) },
-          'the admin token file is readable by other users; chmod 600 it',
-        );
-      }
-    } else {
-      this.token = generateToken();
-    }
-    let tenantTokens: Map<string, string> | undefined;
-    if (typeof auth.tenantTokens === 'object') {
-      tenantTokens = tenantTokenMap(auth.tenantTokens, 'auth.tenantTokens');
-    } else {
-      const path =
-        auth.tenantTokens ?? (options.dataDir ? join(options.dataDir, TENANT_TOKENS_FILE_NAME) : undefined);
-      const read =
-        path === undefined ? undefined : await readTenantTokens(path, auth.tenantTokens === undefined);
-      tenantTokens = read?.tokens;
-      if (read?.looseMode !== undefined) {
-        this.logger?.warn(
-          { file: path, mode: read.looseMode.toString(8) },
-          'the tenant tokens file is readable by other users; chmod 600 it',
-        );
-      }
-    }
-    this.auth = new AdminAuth({
-      adminToken: this.token,
-      ...(this.tokenFile !== undefined ? { adminTokenFile: this.tokenFile } : {}),
-      ...(tenantTokens ? { tenantTokens } : {}),
-      ...(auth.readAccess ? { readAccess: auth.readAccess } : {}),
-    });
-    if (tenantTokens && tenantTokens.size > 0) {
-      this.logger?.info({ tenants: [...tenantTokens.keys()] }, 'tenant tokens loaded');
-    }
   }
 }
