@@ -6,9 +6,10 @@
  *   tenant T   a token from the tenant tokens: only T's regions. Another tenant's region
  *              answers 404 exactly as if it did not exist; appliance-wide routes answer 403;
  *              creating a region makes it T's (naming another tenant is 403);
- *   anonymous  no header: reads only, and only from a loopback client while read access is
- *              'open' (the default, so Prometheus and the dashboard work on the machine
- *              itself; Redis's protected mode in spirit). Anything else answers 401.
+ *   anonymous  no header: reads only, and only from a loopback client that asked for a
+ *              loopback name (Host), while read access is 'open' (the default, so Prometheus
+ *              and the dashboard work on the machine itself; Redis's protected mode in
+ *              spirit). Anything else answers 401.
  * A header that is present but not a valid token is always 401, even where anonymous access
  * would do: a client with a wrong token learns so at once instead of seeing less.
  *
@@ -104,9 +105,26 @@ export function exposureWarnings(listeners: {
   return warnings;
 }
 
-/** Whether a request without a token may read, given the client's address. */
-export function anonymousReadAllowed(readAccess: ReadAccess, remoteAddress: string | undefined): boolean {
-  return readAccess === 'open' && isLoopback(remoteAddress);
+/**
+ * Whether a request without a token may read: read access is open, the client is on this
+ * machine, and it asked for a loopback name. The last check stops DNS rebinding: a web page
+ * whose name an attacker points at 127.0.0.1 makes the operator's browser a local client, but
+ * its requests carry the attacker's name in Host.
+ */
+export function anonymousReadAllowed(
+  readAccess: ReadAccess,
+  remoteAddress: string | undefined,
+  hostHeader: string | undefined,
+): boolean {
+  return readAccess === 'open' && isLoopback(remoteAddress) && isLoopback(hostName(hostHeader));
+}
+
+/** The name in a Host header, without the port ('[::1]:80' -> '::1'). */
+function hostName(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const bracketed = /^\[([^\]]*)\](?::\d*)?$/.exec(header);
+  if (bracketed) return bracketed[1];
+  return header.replace(/:\d*$/, '');
 }
 
 export interface AdminAuthOptions {
@@ -218,11 +236,13 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
         void reply.header('www-authenticate', 'Bearer realm="memfabric"');
         throw unauthorized(`${what} needs a token; ${auth.tokenHint()}`);
       }
-      if (!anonymousReadAllowed(auth.readAccess, request.socket.remoteAddress)) {
+      if (!anonymousReadAllowed(auth.readAccess, request.socket.remoteAddress, request.headers.host)) {
         void reply.header('www-authenticate', 'Bearer realm="memfabric"');
-        throw unauthorized(
-          `${what} needs a token here (${auth.readAccess === 'token' ? 'reads need a token on this appliance' : 'only loopback clients may read without one'}); ${auth.tokenHint()}`,
-        );
+        const why =
+          auth.readAccess === 'token'
+            ? 'reads need a token on this appliance'
+            : 'only clients on this machine asking for a loopback address may read without one';
+        throw unauthorized(`${what} needs a token here (${why}); ${auth.tokenHint()}`);
       }
       return;
     }

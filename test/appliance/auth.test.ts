@@ -7,6 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -225,6 +226,8 @@ test('reads without a token: open to loopback clients, closed with readAccess to
   t.after(() => open.appliance.stop());
   for (const path of ['/v1/regions', '/v1/stats', '/metrics', '/']) {
     assert.equal((await open.callAs(undefined, 'GET', path)).status, 200, path);
+    // A page from another site whose name resolves to 127.0.0.1 (DNS rebinding) reads nothing.
+    assert.equal(await statusWithHost(open.appliance.httpAddress.port, path, 'evil.example'), 401, path);
   }
   const closed = await startAppliance({ defaultRegion: false, auth: { readAccess: 'token' } });
   t.after(() => closed.appliance.stop());
@@ -276,11 +279,20 @@ test('loopback, anonymous reads and start-up warnings, decided by address', () =
   ])
     assert.equal(isLoopback(host), false, host);
   assert.equal(isLoopback(undefined), false);
-  assert.equal(anonymousReadAllowed('open', '127.0.0.1'), true);
-  assert.equal(anonymousReadAllowed('open', '::ffff:127.0.0.1'), true);
-  assert.equal(anonymousReadAllowed('open', '10.1.2.3'), false, 'remote clients always need a token');
-  assert.equal(anonymousReadAllowed('token', '127.0.0.1'), false);
-  assert.equal(anonymousReadAllowed('open', undefined), false);
+  assert.equal(anonymousReadAllowed('open', '127.0.0.1', '127.0.0.1:10880'), true);
+  assert.equal(anonymousReadAllowed('open', '::ffff:127.0.0.1', 'localhost:10880'), true);
+  assert.equal(anonymousReadAllowed('open', '::1', '[::1]:10880'), true);
+  assert.equal(anonymousReadAllowed('open', '127.0.0.1', '127.0.0.2'), true);
+  assert.equal(
+    anonymousReadAllowed('open', '10.1.2.3', '127.0.0.1:10880'),
+    false,
+    'remote clients need a token',
+  );
+  assert.equal(anonymousReadAllowed('open', '127.0.0.1', 'evil.example:10880'), false, 'DNS rebinding');
+  assert.equal(anonymousReadAllowed('open', '127.0.0.1', '10.0.0.2:10880'), false);
+  assert.equal(anonymousReadAllowed('open', '127.0.0.1', undefined), false);
+  assert.equal(anonymousReadAllowed('token', '127.0.0.1', '127.0.0.1'), false);
+  assert.equal(anonymousReadAllowed('open', undefined, '127.0.0.1'), false);
 
   assert.deepEqual(
     exposureWarnings({ http: { host: '127.0.0.1', tls: false }, nbd: { host: '::1', tls: false } }),
@@ -435,6 +447,18 @@ test('migration: needs the admin token at the source and forwards the target tok
   assert.ok(!JSON.stringify(done).includes(b.appliance.adminToken));
   assert.equal(b.appliance.registry.require('vm').tenant, 'a');
 });
+
+/** GET `path` with a Host header of our choosing (fetch may not set Host). */
+function statusWithHost(port: number, path: string, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const request = httpRequest({ host: '127.0.0.1', port, path, headers: { host } }, (response) => {
+      response.resume();
+      response.on('end', () => resolve(response.statusCode ?? 0));
+    });
+    request.on('error', reject);
+    request.end();
+  });
+}
 
 /** Polls a migration's status until it is done or failed (bounded by polls, not time). */
 async function settled(
