@@ -9,8 +9,9 @@ import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
 import { fabricSuite } from './fabric.bench.js';
 import { tierSuite } from './tier.bench.js';
+import { authSuite } from './auth.bench.js';
 
-const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite];
+const suites: Suite[] = [memorySuite, applianceSuite, fabricSuite, tierSuite, authSuite];
 
 const { values } = parseArgs({
   options: {

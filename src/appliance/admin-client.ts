@@ -6,13 +6,20 @@
  *
  * It uses node:http and node:https rather than fetch because fetch cannot be told which CA to
  * trust for one request. Each call opens its own connection: admin calls are few, and no idle
- * connection is left to race the server's keep-alive timeout.
+ * connection is left to race the server's keep-alive timeout (HTTPS resumes TLS sessions).
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { ErrorCodes, MemfabricError, invalidArgument, type ErrorCode } from '../errors.js';
 
 export const ADMIN_TIMEOUT_MS_DEFAULT = 30_000;
+
+/**
+ * HTTPS calls share one agent without keep-alive: no connection outlives its call, but the
+ * agent caches TLS sessions (per CA), so later calls to an appliance resume instead of
+ * running a full handshake.
+ */
+const httpsAgent = new HttpsAgent({ keepAlive: false, maxCachedSessions: 256 });
 /** Answers larger than this are refused (a listing of 4096 regions is about 2 MiB). */
 export const ADMIN_ANSWER_BYTES_MAX = 64 * 1024 * 1024;
 
@@ -111,10 +118,10 @@ function send(
         if (!response.complete) reject(new Error('the answer was cut short'));
       });
     };
-    const options = { method, headers, agent: false as const, signal };
+    const options = { method, headers, signal };
     const request = secure
-      ? httpsRequest(url, { ...options, ...(ca !== undefined ? { ca } : {}) }, onAnswer)
-      : httpRequest(url, options, onAnswer);
+      ? httpsRequest(url, { ...options, agent: httpsAgent, ...(ca !== undefined ? { ca } : {}) }, onAnswer)
+      : httpRequest(url, { ...options, agent: false }, onAnswer);
     request.on('error', reject);
     request.end(payload);
   });
