@@ -145,6 +145,8 @@ export class AdminAuth {
   readonly readAccess: ReadAccess;
   readonly adminTokenFile: string | undefined;
   private readonly adminDigest: Buffer;
+  /** Requests refused so far, by reason (for the metrics). */
+  readonly refusals = { unauthorized: 0, forbidden: 0 };
   /** Tenant by the hex SHA-256 digest of its token. */
   private readonly tenantByDigest = new Map<string, string>();
 
@@ -200,11 +202,13 @@ export function tenantOf(request: FastifyRequest): string | undefined {
   return request.identity.kind === 'tenant' ? request.identity.tenant : undefined;
 }
 
-export function unauthorized(message: string): MemfabricError {
+function unauthorized(auth: AdminAuth, message: string): MemfabricError {
+  auth.refusals.unauthorized++;
   return new MemfabricError(ErrorCodes.UNAUTHORIZED, message);
 }
 
-export function forbidden(message: string): MemfabricError {
+function forbidden(auth: AdminAuth, message: string): MemfabricError {
+  auth.refusals.forbidden++;
   return new MemfabricError(ErrorCodes.FORBIDDEN, message);
 }
 
@@ -226,7 +230,7 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
     const what = `${request.method} ${request.url.split('?')[0]}`;
     if (identity === 'invalid') {
       void reply.header('www-authenticate', 'Bearer realm="memfabric", error="invalid_token"');
-      throw unauthorized(`the bearer token is not valid for this appliance; ${auth.tokenHint()}`);
+      throw unauthorized(auth, `the bearer token is not valid for this appliance; ${auth.tokenHint()}`);
     }
     request.identity = identity;
     const access = routeAccess(request.method, request.routeOptions.url);
@@ -234,7 +238,7 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
     if (identity.kind === 'anonymous') {
       if (!reads) {
         void reply.header('www-authenticate', 'Bearer realm="memfabric"');
-        throw unauthorized(`${what} needs a token; ${auth.tokenHint()}`);
+        throw unauthorized(auth, `${what} needs a token; ${auth.tokenHint()}`);
       }
       if (!anonymousReadAllowed(auth.readAccess, request.socket.remoteAddress, request.headers.host)) {
         void reply.header('www-authenticate', 'Bearer realm="memfabric"');
@@ -242,13 +246,14 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
           auth.readAccess === 'token'
             ? 'reads need a token on this appliance'
             : 'only clients on this machine asking for a loopback address may read without one';
-        throw unauthorized(`${what} needs a token here (${why}); ${auth.tokenHint()}`);
+        throw unauthorized(auth, `${what} needs a token here (${why}); ${auth.tokenHint()}`);
       }
       return;
     }
     if (identity.kind === 'admin') return;
     if (access === 'appliance-write' || access === 'appliance-read') {
       throw forbidden(
+        auth,
         `a token of tenant ${identity.tenant} may not use ${what}: it reaches beyond the tenant's regions; use the admin token`,
       );
     }
@@ -269,6 +274,7 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
     const body = request.body as { tenant?: string };
     if (body.tenant !== undefined && body.tenant !== tenant) {
       throw forbidden(
+        auth,
         `a token of tenant ${tenant} may create regions of tenant ${tenant} only, not ${body.tenant}; leave tenant out`,
       );
     }

@@ -116,6 +116,13 @@ test('without a token, or with a wrong one, every mutating route answers 401 and
   assert.equal(appliance.registry.find('fresh'), undefined);
   // Unknown routes: a write without a token learns nothing about what exists.
   assert.equal((await callAs(undefined, 'PUT', '/v1/whatever', {})).status, 401);
+  // Every refusal is counted for the operator.
+  const metrics = await callAs(appliance.adminToken, 'GET', '/metrics');
+  const refused = wrong.length * mutations('ra').length + 4 + 1 + 1;
+  assert.match(
+    metrics.text,
+    new RegExp(`memfabric_admin_refusals_total\\{reason="unauthorized"\\} ${refused}\\n`),
+  );
 });
 
 test('the admin token may do everything; a scheme in any case is accepted', async (t) => {
@@ -219,6 +226,8 @@ test('a tenant token may not use appliance-wide routes (403)', async (t) => {
     assert.match(answer.json.error.message, /tenant a.*admin token/);
   }
   assert.equal(appliance.registry.require('ra').migrating, false);
+  const metrics = await callAs(appliance.adminToken, 'GET', '/metrics');
+  assert.match(metrics.text, /memfabric_admin_refusals_total\{reason="forbidden"\} 4\n/);
 });
 
 test('reads without a token: open to loopback clients, closed with readAccess token', async (t) => {
