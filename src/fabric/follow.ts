@@ -41,8 +41,10 @@ export interface ResolveOptions {
   /** Per admin API call. Default 10 s. */
   timeoutMs?: number;
   /**
-   * How to call an appliance the region moved to (its token and CA). Default: the token and
-   * CA given with `adminUrl`, for every appliance on the way.
+   * How to call an appliance the region moved to (its token and CA); the first appliance is
+   * called as given. Default: the CA given
+   * with the first appliance and no token (a token is never sent to an appliance it was not
+   * given for; reads without one work from the same machine).
    */
   targetFor?: (url: string) => AdminTarget;
 }
@@ -63,7 +65,10 @@ export async function resolveRegion(
 ): Promise<ResolvedRegion> {
   const first = adminTarget(admin);
   const adminUrl = first.url;
-  const targetFor = options.targetFor ?? ((url: string): AdminTarget => ({ ...first, url }));
+  const others =
+    options.targetFor ??
+    ((url: string): AdminTarget => ({ url, ...(first.ca !== undefined ? { ca: first.ca } : {}) }));
+  const targetFor = (url: string): AdminTarget => (url === adminUrl ? first : others(url));
   const hopsMax = options.hopsMax ?? RESOLVE_HOPS_MAX_DEFAULT;
   if (!Number.isInteger(hopsMax) || hopsMax < 0 || hopsMax > RESOLVE_HOPS_MAX) {
     throw invalidArgument(`hopsMax must be a whole number from 0 to ${RESOLVE_HOPS_MAX}`);

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +27,7 @@ import {
 } from '../../src/appliance/auth-token.js';
 import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { resolveRegion } from '../../src/fabric/follow.js';
 import { startAppliance } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -481,3 +482,36 @@ async function settled(
   }
   throw new Error(`the migration of ${name} did not settle`);
 }
+
+test("resolveRegion sends a token only where it was given for (never the first appliance's to the next)", async (t) => {
+  const { appliance } = await startAppliance({ defaultRegion: false, merge: false });
+  t.after(() => appliance.stop());
+  // The appliance the region "moved to": records the Authorization header of every request.
+  const seen: Array<string | undefined> = [];
+  const next = createServer((request, response) => {
+    seen.push(request.headers.authorization);
+    response.setHeader('content-type', 'application/json');
+    response.end(
+      request.url === '/v1/stats'
+        ? JSON.stringify({ endpoints: { nbd: { host: '127.0.0.1', port: 1 } } })
+        : '{}',
+    );
+  });
+  await new Promise<void>((resolve) => next.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => next.close(() => resolve())));
+  const nextUrl = `http://127.0.0.1:${(next.address() as { port: number }).port}`;
+  const region = await appliance.registry.create({ name: 'gone', size: MiB });
+  await appliance.registry.markMoved(region, {
+    appliance: nextUrl,
+    region: 'here',
+    nbd: { host: '127.0.0.1', port: 1 },
+  });
+  const first = { url: appliance.httpUrl, token: appliance.adminToken };
+  const where = await resolveRegion(first, 'gone');
+  assert.equal(where.appliance, nextUrl);
+  assert.deepEqual(seen, [undefined, undefined], "the first appliance's token stays with it");
+  seen.length = 0;
+  const nextToken = generateToken();
+  await resolveRegion(first, 'gone', { targetFor: (url) => ({ url, token: nextToken }) });
+  assert.deepEqual(seen, [`Bearer ${nextToken}`, `Bearer ${nextToken}`]);
+});
