@@ -99,7 +99,11 @@ export const fabricSuite: Suite = {
       ),
     );
     try {
-      const fabric = new Fabric({ appliances: appliances.map((a) => a.httpUrl), requestTimeoutMs: 30_000 });
+      const fabric = new Fabric({
+        appliances: appliances.map((a) => a.httpUrl),
+        token: appliances[0]!.token,
+        requestTimeoutMs: 30_000,
+      });
       const kinds: Array<[string, Redundancy]> = [
         ['plain', 'none'],
         ['coded 4+2', { data: 4, parity: 2 }],

@@ -12,6 +12,7 @@ import { tierSuite } from './tier.bench.js';
 import { hostileSuite } from './hostile.bench.js';
 import { restartSuite } from './restart.bench.js';
 import { tlsSuite } from './tls.bench.js';
+import { authSuite } from './auth.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -21,6 +22,7 @@ const suites: Suite[] = [
   hostileSuite,
   restartSuite,
   tlsSuite,
+  authSuite,
 ];
 
 const { values } = parseArgs({

@@ -64,6 +64,10 @@ export const ErrorCodes = {
   REGION_FAILED: 'MF_REGION_FAILED',
   /** TLS could not be negotiated: STARTTLS refused or required, or the TLS handshake failed. */
   TLS: 'MF_TLS',
+  /** An admin API request without a valid token (none, a wrong one, or none from afar). */
+  UNAUTHORIZED: 'MF_UNAUTHORIZED',
+  /** A valid token that may not do this: a tenant token on an appliance-wide route. */
+  FORBIDDEN: 'MF_FORBIDDEN',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -23,7 +23,9 @@ import {
 } from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import type { FileLayer } from './file-layer.js';
-import { nbdExposureWarning } from './exposure.js';
+import { type AdminAuth, type ReadAccess } from './auth.js';
+import { loadAdminAuth } from './auth-config.js';
+import { exposureWarnings } from './exposure.js';
 import { createAdminApi } from './http-api.js';
 import { RegionRegistry, type RegionState, type UnsavedRegion } from './registry.js';
 
@@ -69,6 +71,26 @@ export interface ApplianceOptions {
    */
   tls?: NbdServerTlsOptions & { peer?: NbdClientTls };
   logger?: Logger;
+  /** Who may use the admin API; see docs/appliance.md "Security". */
+  auth?: ApplianceAuthOptions;
+  /** Serve the admin API over HTTPS with this certificate and key (PEM). */
+  httpTls?: { cert: string | Buffer; key: string | Buffer };
+  /** CA certificates (PEM) trusted when this appliance calls another's HTTPS admin API (migration). */
+  peerCa?: string | Buffer;
+}
+
+export interface ApplianceAuthOptions {
+  /** The admin token, as given (nothing is written). */
+  token?: string;
+  /** The file holding the admin token: read, or created with a new token (mode 0600). */
+  tokenFile?: string;
+  /**
+   * Tenant tokens: a map of tenant to token, or a JSON file of one. Default: `<dataDir>/tenants.json`
+   * if it exists.
+   */
+  tenantTokens?: string | Record<string, string>;
+  /** 'open' (default): loopback clients may read without a token; 'token': every call needs one. */
+  readAccess?: ReadAccess;
 }
 
 export interface ApplianceStats {
@@ -104,6 +126,14 @@ export class Appliance {
   /** Set by stop(): background loading ends at the next chunk. */
   private stopRequested = false;
   private readonly tlsOptions: ApplianceOptions['tls'];
+  private auth: AdminAuth | undefined;
+  private https = false;
+  private token = '';
+  private tokenFile: string | undefined;
+  /** CA certificates trusted when calling other appliances (migration). */
+  readonly peerCa: string | Buffer | undefined;
+  /** Warnings about how the appliance is exposed (also logged at start). */
+  warnings: string[] = [];
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -122,6 +152,7 @@ export class Appliance {
     });
     this.logger = options.logger;
     this.tlsOptions = options.tls;
+    this.peerCa = options.peerCa;
     const log = options.logger;
     this.nbdServer = new NbdServer({
       ...options.nbdLimits,
@@ -146,6 +177,30 @@ export class Appliance {
       throw error;
     }
     return appliance;
+  }
+
+  /** The admin token: sent as `Authorization: Bearer <token>` by in-process clients. */
+  get adminToken(): string {
+    return this.token;
+  }
+
+  /** The file that holds the admin token, or undefined when it lives in memory only. */
+  get adminTokenFile(): string | undefined {
+    return this.tokenFile;
+  }
+
+  /** The admin API's access rules (for createAdminApi). */
+  get adminAuth(): AdminAuth {
+    if (!this.auth) throw new Error('the appliance has not started');
+    return this.auth;
+  }
+
+  /** The admin API's URL: http(s)://host:port (a wildcard host becomes 127.0.0.1). */
+  get httpUrl(): string {
+    const { host, port } = this.httpAddress;
+    const reachable = host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' ? '::1' : host;
+    const shown = reachable.includes(':') ? `[${reachable}]` : reachable;
+    return `${this.https ? 'https' : 'http'}://${shown}:${port}`;
   }
 
   stats(): ApplianceStats {
@@ -213,6 +268,11 @@ export class Appliance {
   }
 
   private async open(options: ApplianceOptions): Promise<void> {
+    // First: a bad token or tenant file stops the start before any region is loaded.
+    const access = await loadAdminAuth(options, this.logger);
+    this.auth = access.auth;
+    this.token = access.token;
+    this.tokenFile = access.tokenFile;
     if (options.dataDir) {
       await prepareDataDir(options.dataDir);
       for (const region of await this.registry.scanDataDir()) {
@@ -243,11 +303,15 @@ export class Appliance {
       options.nbd?.port ?? NBD_PORT_DEFAULT,
       options.nbd?.host ?? HOST_DEFAULT,
     );
-    const exposed = nbdExposureWarning(options.nbd?.host ?? HOST_DEFAULT, this.nbdServer.tlsMode);
-    if (exposed !== undefined) this.logger?.warn({ component: 'nbd' }, exposed);
-    this.http = createAdminApi(this);
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;
+    this.https = options.httpTls !== undefined;
+    this.warnings = exposureWarnings({
+      http: { host: httpHost, tls: this.https },
+      nbd: { host: this.nbdAddress.host, tls: this.nbdServer.tlsMode },
+    });
+    for (const warning of this.warnings) this.logger?.warn({ component: 'security' }, warning);
+    this.http = createAdminApi(this, options.httpTls);
     await this.http.listen({ port: httpPort, host: httpHost });
     const address = this.http.server.address();
     this.httpAddress = {

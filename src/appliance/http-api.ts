@@ -13,10 +13,13 @@
  *   GET    /v1/stats                                                           -> appliance stats
  *   GET    /metrics                 Prometheus text format
  *   GET    /                        dashboard (HTML)
+ *
+ * Who may call which route (tokens, tenants, anonymous reads): auth.ts.
  */
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { Appliance } from './appliance.js';
+import { installAuth, tenantOf } from './auth.js';
 import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
@@ -74,6 +77,10 @@ export function httpStatusFor(error: unknown): number {
         return 400;
       case ErrorCodes.LOADING:
         return 503;
+      case ErrorCodes.UNAUTHORIZED:
+        return 401;
+      case ErrorCodes.FORBIDDEN:
+        return 403;
       case ErrorCodes.NOT_FOUND:
         return 404;
       case ErrorCodes.ALREADY_EXISTS:
@@ -129,14 +136,19 @@ export function pendingView(region: PendingRegion): Record<string, unknown> {
   };
 }
 
-export function createAdminApi(appliance: Appliance): FastifyInstance {
+export function createAdminApi(
+  appliance: Appliance,
+  tls?: { cert: string | Buffer; key: string | Buffer },
+): FastifyInstance {
   const app = Fastify({
+    ...(tls ? { https: { cert: tls.cert, key: tls.key } } : {}),
     logger: false,
     bodyLimit: ADMIN_BODY_BYTES_MAX,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
   const registry = appliance.registry;
   const metrics = createMetrics(appliance);
+  installAuth(app, appliance.adminAuth, registry);
 
   app.setErrorHandler((error: FastifyError | MemfabricError, request, reply) => {
     const status = httpStatusFor(error);
@@ -183,11 +195,18 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
     },
   );
 
-  app.get('/v1/regions', async () => ({
-    regions: [...registry.all().map(regionView), ...registry.pendingRegions().map(pendingView)].sort((a, b) =>
-      String(a.name).localeCompare(String(b.name)),
-    ),
-  }));
+  // A tenant sees its own regions only (auth.ts hides the others everywhere else).
+  app.get('/v1/regions', async (request) => {
+    const tenant = tenantOf(request);
+    const mine = (region: { tenant: string | null }): boolean =>
+      tenant === undefined || region.tenant === tenant;
+    return {
+      regions: [
+        ...registry.all().filter(mine).map(regionView),
+        ...registry.pendingRegions().filter(mine).map(pendingView),
+      ].sort((a, b) => String(a.name).localeCompare(String(b.name))),
+    };
+  });
 
   app.get<{ Params: { name: string } }>('/v1/regions/:name', async (request) => {
     const name = request.params.name;
@@ -219,10 +238,16 @@ export function createAdminApi(appliance: Appliance): FastifyInstance {
   registerChunkRoutes(app, appliance);
   registerMigrationRoutes(app, appliance);
 
-  app.get('/v1/stats', async () => ({
-    ...appliance.stats(),
-    endpoints: { nbd: appliance.nbdAddress, http: appliance.httpAddress },
-  }));
+  // A tenant gets what a client needs to place and reach regions (memory, endpoints), not the
+  // appliance's counters, which sum every tenant's activity.
+  app.get('/v1/stats', async (request) => {
+    const stats = appliance.stats();
+    const endpoints = { nbd: appliance.nbdAddress, http: appliance.httpAddress };
+    const tenant = tenantOf(request);
+    if (tenant === undefined) return { ...stats, endpoints };
+    const regions = registry.all().filter((region) => region.tenant === tenant).length;
+    return { tenant, memory: stats.memory, regions, endpoints };
+  });
 
   app.get('/metrics', async (_request, reply) => {
     const body = await metrics.metrics();

@@ -3,6 +3,7 @@ export {
   DEFAULT_REGION_NAME,
   HTTP_PORT_DEFAULT,
   NBD_PORT_DEFAULT,
+  type ApplianceAuthOptions,
   type ApplianceOptions,
   type ApplianceStats,
   type Endpoint,
@@ -18,4 +19,7 @@ export {
   type RegionState,
   type UnsavedRegion,
 } from './registry.js';
-export { isLoopbackHost, nbdExposureWarning } from './exposure.js';
+export { exposureWarnings, isLoopback, nbdExposureWarning } from './exposure.js';
+export { adminRequest, type AdminBase, type AdminTarget } from './admin-client.js';
+export { type Identity, type ReadAccess } from './auth.js';
+export { generateToken, stateTokenFile } from './auth-token.js';

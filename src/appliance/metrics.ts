@@ -45,6 +45,17 @@ export function createMetrics(appliance: Appliance): Registry {
   const stats = () => appliance.stats();
   const regions = () => appliance.registry.all();
 
+  const refusals = appliance.adminAuth.refusals;
+  mirroredCounter(
+    registry,
+    'memfabric_admin_refusals_total',
+    'Admin API requests refused: no or a wrong token (unauthorized), a tenant token beyond its tenant (forbidden).',
+    ['reason'],
+    () => [
+      [{ reason: 'unauthorized' }, refusals.unauthorized],
+      [{ reason: 'forbidden' }, refusals.forbidden],
+    ],
+  );
   mirroredGauge(registry, 'memfabric_memory_capacity_bytes', 'Frame budget of the appliance.', [], () => [
     [{}, stats().memory.capacityBytes],
   ]);

@@ -1,7 +1,7 @@
 /**
  * Region migration on the admin API (the algorithm and its guarantees: migration.ts). Routes:
  *
- *   POST /v1/regions/:name/migrate    { target, targetName?, maxRounds?, blackoutPages? }
+ *   POST /v1/regions/:name/migrate    { target, targetName?, targetToken?, maxRounds?, blackoutPages? }
  *          -> 202 the migration's status; 404 unknown region, 400 bad target URL,
  *             409 already migrating (MF_MIGRATING) or read-only (MF_READ_ONLY)
  *   GET  /v1/regions/:name/migration  -> the latest migration's status; 404 if none
@@ -24,6 +24,7 @@ const migrateBody = {
   properties: {
     target: { type: 'string', minLength: 1, maxLength: 2048 },
     targetName: { type: 'string', minLength: 1, maxLength: 128 },
+    targetToken: { type: 'string', minLength: 1, maxLength: 512 },
     maxRounds: { type: 'integer', minimum: 1, maximum: MAX_ROUNDS_MAX },
     blackoutPages: { type: 'integer', minimum: 0, maximum: BLACKOUT_PAGES_MAX },
   },

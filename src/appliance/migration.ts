@@ -7,7 +7,7 @@
  * it to B over NBD; R's clients keep reading and writing R on A until the blackout, and then
  * find it on B through the `movedTo` that A publishes.
  *
- *   1. Prepare. GET B/v1/stats (B's NBD endpoint and free memory: a region whose data cannot
+ *   1. Prepare. With the token given for B (`targetToken`): GET B/v1/stats (B's NBD endpoint and free memory: a region whose data cannot
  *      fit is refused before anything is created), POST B/v1/regions (same size and tenant,
  *      file-backed if R is; the name R or `targetName`), open an NbdClient to it.
  *   2. Round 1. s1 = advanceEpoch(); walk R's extents(): data pages are written to B, zero
@@ -55,7 +55,7 @@ import { setImmediate as yieldToEventLoop, setTimeout as delay } from 'node:time
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type AddressSpace } from '../memory/index.js';
 import { NbdClient } from '../nbd/client.js';
-import { adminRequest } from './admin-client.js';
+import { adminRequest, type AdminTarget } from './admin-client.js';
 import type { Appliance, Endpoint } from './appliance.js';
 import { GATE_BLACKOUT, GATE_OPEN, type MovedTo, type Region } from './region.js';
 
@@ -99,6 +99,11 @@ export interface MigrateOptions {
   target: string;
   /** The region's name on the target (default: the same name). */
   targetName?: string;
+  /**
+   * The target's admin token (or a token of the region's tenant there), sent with every call
+   * to the target. Never shown in the status or the log.
+   */
+  targetToken?: string;
   maxRounds?: number;
   blackoutPages?: number;
 }
@@ -173,6 +178,11 @@ export class MigrationManager {
     }
     const migration = new Migration(this.appliance, region, {
       target,
+      targetApi: {
+        url: target,
+        ...(options.targetToken !== undefined ? { token: options.targetToken } : {}),
+        ...(this.appliance.peerCa !== undefined ? { ca: this.appliance.peerCa } : {}),
+      },
       targetName: options.targetName ?? name,
       maxRounds,
       blackoutPages,
@@ -214,6 +224,8 @@ export class MigrationManager {
 
 interface MigrationPlan {
   target: string;
+  /** The target's URL with its token and the CA to trust. */
+  targetApi: AdminTarget;
   targetName: string;
   maxRounds: number;
   blackoutPages: number;
@@ -302,7 +314,7 @@ class Migration {
     try {
       this.log('migration started', { targetName: plan.targetName });
       const stats = await this.unlessCancelled(
-        adminRequest<TargetStats>(plan.target, 'GET', '/v1/stats', undefined, MIGRATION_ADMIN_TIMEOUT_MS),
+        adminRequest<TargetStats>(plan.targetApi, 'GET', '/v1/stats', undefined, MIGRATION_ADMIN_TIMEOUT_MS),
       );
       const needed = space.stats().dataPages * space.pageSize;
       if (needed > stats.memory.freeBytes) {
@@ -313,7 +325,7 @@ class Migration {
       }
       await this.unlessCancelled(
         adminRequest(
-          plan.target,
+          plan.targetApi,
           'POST',
           '/v1/regions',
           {
@@ -482,7 +494,7 @@ class Migration {
     const timeoutMs = this.abort.signal.aborted ? CLEANUP_CANCELLED_TIMEOUT_MS : MIGRATION_ADMIN_TIMEOUT_MS;
     for (let attempt = 1; attempt <= CLEANUP_ATTEMPTS_MAX; attempt++) {
       try {
-        await adminRequest(this.plan.target, 'DELETE', path, undefined, timeoutMs);
+        await adminRequest(this.plan.targetApi, 'DELETE', path, undefined, timeoutMs);
         return true;
       } catch (error) {
         const code = (error as MemfabricError).code;

@@ -1,7 +1,7 @@
 /**
  * `memfabric region …` and `memfabric stats`: thin clients of an appliance's admin API.
  */
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, type AdminBase } from '../appliance/admin-client.js';
 import { formatSize } from '../size.js';
 
 export const APPLIANCE_URL_DEFAULT = 'http://127.0.0.1:10880';
@@ -45,7 +45,7 @@ export function formatRegions(regions: RegionView[]): string {
 }
 
 export async function regionCreate(
-  base: string,
+  base: AdminBase,
   name: string,
   options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean },
 ): Promise<RegionView> {
@@ -58,12 +58,12 @@ export async function regionCreate(
   });
 }
 
-export async function regionList(base: string): Promise<RegionView[]> {
+export async function regionList(base: AdminBase): Promise<RegionView[]> {
   return (await adminRequest<{ regions: RegionView[] }>(base, 'GET', '/v1/regions')).regions;
 }
 
 export async function regionClone(
-  base: string,
+  base: AdminBase,
   source: string,
   name: string,
   readOnly: boolean,
@@ -74,10 +74,10 @@ export async function regionClone(
   });
 }
 
-export async function regionRemove(base: string, name: string): Promise<void> {
+export async function regionRemove(base: AdminBase, name: string): Promise<void> {
   await adminRequest<void>(base, 'DELETE', `/v1/regions/${encodeURIComponent(name)}`);
 }
 
-export async function applianceStats(base: string): Promise<unknown> {
+export async function applianceStats(base: AdminBase): Promise<unknown> {
   return adminRequest<unknown>(base, 'GET', '/v1/stats');
 }

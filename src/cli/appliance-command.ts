@@ -3,10 +3,13 @@
  * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0 — or 1 when
  * a final save failed, naming each region not saved (log line and stderr).
  */
+import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
-import type { NbdLimits } from '../nbd/index.js';
-import type { NbdTlsMode } from '../nbd/index.js';
+import type { NbdLimits, NbdTlsMode } from '../nbd/index.js';
+import type { ReadAccess } from '../appliance/auth.js';
+import { stateTokenFile } from '../appliance/auth-token.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -32,6 +35,38 @@ export interface ApplianceCommandOptions {
   tlsPsk?: string;
   tlsVerifyPeer?: boolean;
   tlsAdmin?: string[];
+  tokenFile?: string;
+  tenantTokens?: string;
+  httpTlsCert?: string;
+  httpTlsKey?: string;
+  peerCa?: string;
+  readAccess?: string;
+}
+
+/**
+ * Where the admin token lives: --token-file, else the data directory (the library's default),
+ * else a per-user file keyed by the HTTP port, which `memfabric region …` finds by its
+ * --appliance URL. With --http :0 and no data directory the token stays in memory.
+ */
+export function applianceTokenFile(
+  options: { tokenFile?: string; dataDir?: string },
+  httpPort: number,
+): string | undefined {
+  if (options.tokenFile) return options.tokenFile;
+  if (options.dataDir || httpPort === 0) return undefined;
+  return stateTokenFile(httpPort);
+}
+
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (error) {
+    throw new MemfabricError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `cannot read ${what} ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'}); give a PEM file`,
+      { cause: error },
+    );
+  }
 }
 
 /** Exit status when the final save of some file-backed region failed (or stopping failed). */
@@ -63,6 +98,14 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   const http = parseEndpoint(options.http, '127.0.0.1');
   // Credentials without a mode mean TLS is wanted, as with qemu-nbd --tls-creds: require it.
   const tlsMode = options.tls ?? (options.tlsCertificates || options.tlsPsk ? 'require' : undefined);
+  if ((options.httpTlsCert === undefined) !== (options.httpTlsKey === undefined)) {
+    throw invalidArgument('HTTPS needs both --http-tls-cert and --http-tls-key');
+  }
+  const readAccess = (options.readAccess ?? 'open') as ReadAccess;
+  if (readAccess !== 'open' && readAccess !== 'token') {
+    throw invalidArgument(`--read-access must be open or token, not ${JSON.stringify(options.readAccess)}`);
+  }
+  const tokenFile = applianceTokenFile(options, http.port);
   const appliance = await Appliance.start({
     nbd,
     http,
@@ -87,11 +130,31 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
         }
       : {}),
     logger,
+    auth: {
+      ...(tokenFile !== undefined ? { tokenFile } : {}),
+      ...(options.tenantTokens !== undefined ? { tenantTokens: options.tenantTokens } : {}),
+      readAccess,
+    },
+    ...(options.httpTlsCert !== undefined && options.httpTlsKey !== undefined
+      ? {
+          httpTls: {
+            cert: readPem(options.httpTlsCert, 'the certificate'),
+            key: readPem(options.httpTlsKey, 'the key'),
+          },
+        }
+      : {}),
+    ...(options.peerCa !== undefined ? { peerCa: readPem(options.peerCa, 'the CA file') } : {}),
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
-  const httpAt = `http://${appliance.httpAddress.host}:${appliance.httpAddress.port}`;
+  const httpAt = appliance.httpUrl;
   logger.info(
-    { nbd: nbdAt, http: httpAt, memory: options.memory, regions: appliance.registry.size },
+    {
+      nbd: nbdAt,
+      http: httpAt,
+      memory: options.memory,
+      regions: appliance.registry.size,
+      tokenFile: appliance.adminTokenFile ?? null,
+    },
     'appliance listening',
   );
   const region = appliance.registry.defaultRegion;
@@ -104,6 +167,9 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       `memfabric appliance: ${formatSize(options.memory)} of memory`,
       `  NBD        ${scheme}://${nbdAt}/${region ?? '<region>'}${tls ? ` (TLS ${tlsMode})` : ''}`,
       `  dashboard  ${httpAt}/`,
+      appliance.adminTokenFile
+        ? `  token      ${appliance.adminTokenFile} (admin commands: --token-file, or MEMFABRIC_TOKEN)`
+        : '  token      in memory only (HTTP port 0 without --data-dir); pass --token-file FILE to keep it',
       `  try        nbdinfo '${scheme}://${tls && options.tlsPsk ? 'TENANT@' : ''}${nbdAt}/${region ?? ''}${query}'`,
       ...(tls
         ? []
@@ -111,6 +177,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
             `             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbdAt}/${region ?? ''}`,
           ]),
       `  stop       Ctrl-C (or SIGTERM)`,
+      ...appliance.warnings.map((warning) => `  WARNING    ${warning}`),
       '',
     ].join('\n'),
   );

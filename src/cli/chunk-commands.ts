@@ -7,9 +7,10 @@
  *   memfabric region chunk release pool 4194304 --owner job-1      (or --force)
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, type AdminBase } from '../appliance/admin-client.js';
 import type { ChunkClaimView, ChunkListingView } from '../appliance/chunk-routes.js';
 import { formatSize } from '../size.js';
+import { adminTargetFor, type CredentialOptions } from './credentials.js';
 
 /** Listing pages `ls` follows at most (4096 allocations each). */
 const LS_PAGES_MAX = 256;
@@ -36,7 +37,7 @@ function offsetArgument(value: string): number {
 }
 
 export async function chunkClaim(
-  base: string,
+  base: AdminBase,
   region: string,
   options: { owner: string; size?: string; count?: number; chunkSize?: string },
 ): Promise<ChunkClaimView> {
@@ -49,7 +50,7 @@ export async function chunkClaim(
 }
 
 export async function chunkRelease(
-  base: string,
+  base: AdminBase,
   region: string,
   offset: number,
   options: { owner?: string; force?: boolean },
@@ -62,7 +63,7 @@ export async function chunkRelease(
 
 /** Every allocation (of `owner`, if given), following the listing's cursor. */
 export async function chunkList(
-  base: string,
+  base: AdminBase,
   region: string,
   options: { owner?: string } = {},
 ): Promise<ChunkListingView> {
@@ -106,7 +107,7 @@ export function formatChunkListing(listing: ChunkListingView): string {
 
 /**
  * Adds `chunk claim|release|ls` under the `region` command. `withAppliance` adds the
- * `--appliance <url>` option the other region commands have.
+ * `--appliance <url>` option (and the token options) the other region commands have.
  */
 export function registerChunkCommands(region: Command, withAppliance: (command: Command) => Command): void {
   const chunk = region.command('chunk').description("claim and release chunks of a region's sub-allocation");
@@ -126,10 +127,9 @@ export function registerChunkCommands(region: Command, withAppliance: (command: 
           count?: number;
           chunkSize?: string;
           json?: boolean;
-          appliance: string;
-        },
+        } & CredentialOptions,
       ) => {
-        const claimed = await chunkClaim(options.appliance, name, options);
+        const claimed = await chunkClaim(await adminTargetFor(options), name, options);
         console.log(
           options.json
             ? JSON.stringify(claimed, null, 2)
@@ -147,9 +147,9 @@ export function registerChunkCommands(region: Command, withAppliance: (command: 
       async (
         name: string,
         offset: number,
-        options: { owner?: string; force?: boolean; appliance: string },
+        options: { owner?: string; force?: boolean } & CredentialOptions,
       ) => {
-        await chunkRelease(options.appliance, name, offset, options);
+        await chunkRelease(await adminTargetFor(options), name, offset, options);
         console.log(`released offset ${offset} of ${name}`);
       },
     );
@@ -157,8 +157,8 @@ export function registerChunkCommands(region: Command, withAppliance: (command: 
     .description("list a region's chunk allocations and statistics")
     .option('--owner <owner>', "only this owner's allocations")
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { owner?: string; json?: boolean; appliance: string }) => {
-      const listing = await chunkList(options.appliance, name, options);
+    .action(async (name: string, options: { owner?: string; json?: boolean } & CredentialOptions) => {
+      const listing = await chunkList(await adminTargetFor(options), name, options);
       console.log(options.json ? JSON.stringify(listing, null, 2) : formatChunkListing(listing));
     });
 }

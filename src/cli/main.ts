@@ -17,6 +17,7 @@ import {
 } from './admin-commands.js';
 import { registerMigrateCommand } from './migrate-command.js';
 import { registerChunkCommands } from './chunk-commands.js';
+import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
 function sizeOption(value: string): number {
   try {
@@ -121,10 +122,26 @@ program
     'a TLS identity that sees every tenant (repeatable)',
     (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
   )
+  .option(
+    '--token-file <file>',
+    'admin token file, created (mode 0600) if missing (default: DATA_DIR/admin.token, else a per-user file for the port)',
+  )
+  .option(
+    '--tenant-tokens <file>',
+    'JSON file of tenant tokens, {"tenant": "token"} (default: DATA_DIR/tenants.json)',
+  )
+  .option('--http-tls-cert <file>', 'serve the admin API over HTTPS with this certificate (PEM)')
+  .option('--http-tls-key <file>', "the certificate's private key (PEM)")
+  .option('--peer-ca <file>', "CA certificate(s) trusted when calling another appliance's https admin API")
+  .option(
+    '--read-access <mode>',
+    "'open': loopback clients read without a token; 'token': every call needs one",
+    'open',
+  )
   .action(runAppliance);
 
 const appliance = (command: Command) =>
-  command.option('--appliance <url>', 'the appliance admin API', APPLIANCE_URL_DEFAULT);
+  withCredentials(command.option('--appliance <url>', 'the appliance admin API', APPLIANCE_URL_DEFAULT));
 
 const region = program.command('region').description('manage regions on an appliance');
 appliance(region.command('create <name>'))
@@ -136,39 +153,41 @@ appliance(region.command('create <name>'))
   .action(
     async (
       name: string,
-      options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean; appliance: string },
+      options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean } & CredentialOptions,
     ) => {
-      const created = await regionCreate(options.appliance, name, options);
+      const created = await regionCreate(await adminTargetFor(options), name, options);
       console.log(formatRegions([created]));
     },
   );
 appliance(region.command('ls'))
   .description('list regions')
   .option('--json', 'print JSON')
-  .action(async (options: { appliance: string; json?: boolean }) => {
-    const regions = await regionList(options.appliance);
+  .action(async (options: CredentialOptions & { json?: boolean }) => {
+    const regions = await regionList(await adminTargetFor(options));
     console.log(options.json ? JSON.stringify(regions, null, 2) : formatRegions(regions));
   });
 appliance(region.command('clone <source> <name>'))
   .description('make a copy-on-write clone of a region')
   .option('--read-only', 'make the clone read-only')
-  .action(async (source: string, name: string, options: { appliance: string; readOnly?: boolean }) => {
+  .action(async (source: string, name: string, options: CredentialOptions & { readOnly?: boolean }) => {
     console.log(
-      formatRegions([await regionClone(options.appliance, source, name, options.readOnly ?? false)]),
+      formatRegions([
+        await regionClone(await adminTargetFor(options), source, name, options.readOnly ?? false),
+      ]),
     );
   });
 appliance(region.command('rm <name>'))
   .description('delete a region and free its memory')
-  .action(async (name: string, options: { appliance: string }) => {
-    await regionRemove(options.appliance, name);
+  .action(async (name: string, options: CredentialOptions) => {
+    await regionRemove(await adminTargetFor(options), name);
     console.log(`deleted ${name}`);
   });
 registerMigrateCommand(region);
 registerChunkCommands(region, appliance);
 appliance(program.command('stats'))
   .description("print an appliance's statistics as JSON")
-  .action(async (options: { appliance: string }) => {
-    console.log(JSON.stringify(await applianceStats(options.appliance), null, 2));
+  .action(async (options: CredentialOptions) => {
+    console.log(JSON.stringify(await applianceStats(await adminTargetFor(options)), null, 2));
   });
 
 try {

@@ -4,10 +4,11 @@
  * round by round until it is done or failed.
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, type AdminTarget } from '../appliance/admin-client.js';
 import type { MigrationStatus } from '../appliance/migration.js';
 import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
 import { APPLIANCE_URL_DEFAULT } from './admin-commands.js';
+import { adminTargetFor, findToken, withCredentials, type CredentialOptions } from './credentials.js';
 
 /** How often the migration's status is polled, and for how long at most by default. */
 export const MIGRATE_POLL_MS = 100;
@@ -20,7 +21,9 @@ interface MigrateCommandOptions {
   blackoutPages?: number;
   wait: boolean;
   timeout: number;
-  appliance: string;
+  /** The target's token (else --to-token-file, else the state-dir file for its port). */
+  toToken?: string;
+  toTokenFile?: string;
 }
 
 function wholeNumber(value: string): number {
@@ -31,13 +34,14 @@ function wholeNumber(value: string): number {
 
 /** Adds `migrate` under the `region` command. */
 export function registerMigrateCommand(region: Command): void {
-  region
-    .command('migrate <name>')
+  withCredentials(region.command('migrate <name>'))
     .description('move a region to another appliance while its clients keep using it')
     .requiredOption('--to <url>', "the target appliance's admin API, e.g. http://10.0.0.2:10880")
     .option('--as <name>', 'the region name on the target (default: the same)')
     .option('--max-rounds <n>', 'pre-copy rounds at most before the blackout', wholeNumber)
     .option('--blackout-pages <n>', 'stop pre-copying once this few pages are dirty', wholeNumber)
+    .option('--to-token <token>', "the target appliance's token, passed on to the source appliance")
+    .option('--to-token-file <file>', "file holding the target appliance's token")
     .option('--no-wait', 'start the migration and return')
     .option('--timeout <seconds>', 'give up waiting after this long', wholeNumber, MIGRATE_WAIT_S_DEFAULT)
     .option(
@@ -45,20 +49,36 @@ export function registerMigrateCommand(region: Command): void {
       'the admin API of the appliance that holds the region',
       APPLIANCE_URL_DEFAULT,
     )
-    .action(async (name: string, options: MigrateCommandOptions) => {
-      await runMigrate(name, options, (line) => console.log(line));
+    .action(async (name: string, options: MigrateCommandOptions & CredentialOptions) => {
+      const source = await adminTargetFor(options);
+      // The target's token goes to the source appliance, which calls the target with it.
+      const toToken = await findToken(
+        options.to,
+        {
+          ...(options.toToken !== undefined ? { token: options.toToken } : {}),
+          ...(options.toTokenFile !== undefined ? { tokenFile: options.toTokenFile } : {}),
+        },
+        // MEMFABRIC_TOKEN(_FILE) are the source's; the target's token comes from flags or its port.
+        { ...process.env, MEMFABRIC_TOKEN: '', MEMFABRIC_TOKEN_FILE: '' },
+      );
+      await runMigrate(
+        name,
+        { ...options, ...(toToken !== undefined ? { toToken } : {}), appliance: source },
+        (line) => console.log(line),
+      );
     });
 }
 
 export async function runMigrate(
   name: string,
-  options: MigrateCommandOptions,
+  options: MigrateCommandOptions & { appliance: string | AdminTarget },
   out: (line: string) => void,
 ): Promise<MigrationStatus> {
   const path = `/v1/regions/${encodeURIComponent(name)}`;
   let status = await adminRequest<MigrationStatus>(options.appliance, 'POST', `${path}/migrate`, {
     target: options.to,
     ...(options.as !== undefined ? { targetName: options.as } : {}),
+    ...(options.toToken !== undefined ? { targetToken: options.toToken } : {}),
     ...(options.maxRounds !== undefined ? { maxRounds: options.maxRounds } : {}),
     ...(options.blackoutPages !== undefined ? { blackoutPages: options.blackoutPages } : {}),
   });

@@ -741,12 +741,17 @@ export class ExternalRegion {
     shard: Shard,
     shutdown: boolean,
   ): Promise<{ appliance: string; region: string; nbd: { host: string; port: number } } | undefined> {
-    const where = await resolveRegion(shard.appliance, shard.region, {
+    const where = await resolveRegion(this.directory.target(shard.appliance), shard.region, {
       waitMs: MIGRATION_WAIT_MS,
       timeoutMs: this.requestTimeoutMs,
+      targetFor: (url) => this.directory.target(url),
     });
     if (where.appliance !== shard.appliance || where.region !== shard.region) return where;
-    const state = await migrationState(shard.appliance, shard.region, this.requestTimeoutMs);
+    const state = await migrationState(
+      this.directory.target(shard.appliance),
+      shard.region,
+      this.requestTimeoutMs,
+    );
     return state === 'failed' || (state === 'none' && shutdown) ? where : undefined;
   }
 

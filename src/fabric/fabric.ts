@@ -22,7 +22,7 @@ import type { NbdClientTls } from '../nbd/index.js';
 import { FramePool } from '../memory/index.js';
 import { checkDirectory } from '../paths.js';
 import { parseSize } from '../size.js';
-import { ApplianceDirectory, type ApplianceState } from './directory.js';
+import { ApplianceDirectory, type ApplianceAccess, type ApplianceState } from './directory.js';
 import { ExternalRegion, describeRedundancy, shardGeometry, type Redundancy } from './external-region.js';
 import { FileRegion } from './file-region.js';
 import { LocalRegion } from './local-region.js';
@@ -34,8 +34,15 @@ export const REQUEST_TIMEOUT_MS_DEFAULT = 5000;
 const MEMORY_TYPES: readonly MemoryType[] = ['local', 'external', 'file'];
 
 export interface FabricOptions {
-  /** Admin URLs of the appliances (e.g. http://127.0.0.1:10880). */
-  appliances?: string[];
+  /**
+   * The appliances: admin URLs (e.g. http://127.0.0.1:10880), or `{ url, token?, ca? }` for an
+   * appliance with a token (or CA) of its own.
+   */
+  appliances?: ApplianceAccess[];
+  /** Token sent to appliances given without one (an admin token, or a tenant token). */
+  token?: string;
+  /** CA certificates (PEM) trusted for https appliances given without a CA of their own. */
+  ca?: string | Buffer;
   /** Local memory the fabric may use for local regions (default none). */
   localMemory?: number | string;
   /**
@@ -89,7 +96,10 @@ export class Fabric {
     this.tls = options.tls;
     this.directory =
       options.appliances && options.appliances.length > 0
-        ? new ApplianceDirectory(options.appliances, this.requestTimeoutMs)
+        ? new ApplianceDirectory(options.appliances, this.requestTimeoutMs, {
+            ...(options.token !== undefined ? { token: options.token } : {}),
+            ...(options.ca !== undefined ? { ca: options.ca } : {}),
+          })
         : undefined;
     this.localBudget = options.localMemory === undefined ? 0 : parseSize(options.localMemory, 'localMemory');
     this.localPool =
@@ -110,9 +120,9 @@ export class Fabric {
   }
 
   /** Adds an appliance to the fabric (for new regions and rebuilds). */
-  addAppliance(url: string): void {
+  addAppliance(appliance: ApplianceAccess): void {
     if (!this.directory) throw invalidArgument('this fabric was created without appliances');
-    this.directory.add(url);
+    this.directory.add(appliance);
   }
 
   /** The appliances and what they report (free memory, NBD endpoint, reachability). */

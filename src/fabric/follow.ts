@@ -12,7 +12,7 @@
  * `waitMs`, a region found in its blackout is polled (every RESOLVE_POLL_MS) until it has moved
  * or its migration failed (then it stays where it was), for at most `waitMs`.
  */
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, adminTarget, type AdminBase, type AdminTarget } from '../appliance/admin-client.js';
 import type { MovedTo } from '../appliance/region.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 
@@ -40,6 +40,13 @@ export interface ResolveOptions {
   waitMs?: number;
   /** Per admin API call. Default 10 s. */
   timeoutMs?: number;
+  /**
+   * How to call an appliance the region moved to (its token and CA); the first appliance is
+   * called as given. Default: the CA given
+   * with the first appliance and no token (a token is never sent to an appliance it was not
+   * given for; reads without one work from the same machine).
+   */
+  targetFor?: (url: string) => AdminTarget;
 }
 
 interface RegionAnswer {
@@ -52,10 +59,16 @@ interface StatsAnswer {
 
 /** Where region `name` of the appliance at `adminUrl` is served now, following migrations. */
 export async function resolveRegion(
-  adminUrl: string,
+  admin: AdminBase,
   name: string,
   options: ResolveOptions = {},
 ): Promise<ResolvedRegion> {
+  const first = adminTarget(admin);
+  const adminUrl = first.url;
+  const others =
+    options.targetFor ??
+    ((url: string): AdminTarget => ({ url, ...(first.ca !== undefined ? { ca: first.ca } : {}) }));
+  const targetFor = (url: string): AdminTarget => (url === adminUrl ? first : others(url));
   const hopsMax = options.hopsMax ?? RESOLVE_HOPS_MAX_DEFAULT;
   if (!Number.isInteger(hopsMax) || hopsMax < 0 || hopsMax > RESOLVE_HOPS_MAX) {
     throw invalidArgument(`hopsMax must be a whole number from 0 to ${RESOLVE_HOPS_MAX}`);
@@ -69,7 +82,8 @@ export async function resolveRegion(
   for (let hops = 0; hops <= hopsMax;) {
     const key = `${appliance} ${region}`;
     const path = `/v1/regions/${encodeURIComponent(region)}`;
-    const answer = await adminRequest<RegionAnswer>(appliance, 'GET', path, undefined, timeoutMs);
+    const api = targetFor(appliance);
+    const answer = await adminRequest<RegionAnswer>(api, 'GET', path, undefined, timeoutMs);
     if (answer.movedTo) {
       if (seen.has(key)) {
         throw new MemfabricError(ErrorCodes.NOT_FOUND, `region ${name} moves in a loop (back to ${key})`);
@@ -81,7 +95,7 @@ export async function resolveRegion(
       continue;
     }
     if (performance.now() < deadline) {
-      const state = await migrationState(appliance, region, timeoutMs);
+      const state = await migrationState(api, region, timeoutMs);
       if (state === 'blackout') {
         await new Promise((resolve) => setTimeout(resolve, RESOLVE_POLL_MS));
         continue; // ask the same appliance again: moved, or back to serving
@@ -93,7 +107,7 @@ export async function resolveRegion(
         continue;
       }
     }
-    const stats = await adminRequest<StatsAnswer>(appliance, 'GET', '/v1/stats', undefined, timeoutMs);
+    const stats = await adminRequest<StatsAnswer>(api, 'GET', '/v1/stats', undefined, timeoutMs);
     return { appliance, region, nbd: publicNbd(stats.endpoints.nbd, appliance), hops };
   }
   throw new MemfabricError(
@@ -103,7 +117,11 @@ export async function resolveRegion(
 }
 
 /** The state of the region's latest migration on `appliance` ('none' when it never migrated). */
-export async function migrationState(appliance: string, region: string, timeoutMs: number): Promise<string> {
+export async function migrationState(
+  appliance: AdminBase,
+  region: string,
+  timeoutMs: number,
+): Promise<string> {
   const path = `/v1/regions/${encodeURIComponent(region)}/migration`;
   try {
     return (await adminRequest<{ state: string }>(appliance, 'GET', path, undefined, timeoutMs)).state;

@@ -13,7 +13,7 @@ export {
 export type { MemoryRegion, MemoryType } from './memory-region.js';
 export { LocalRegion } from './local-region.js';
 export { FileRegion } from './file-region.js';
-export { ApplianceDirectory, type ApplianceState } from './directory.js';
+export { ApplianceDirectory, type ApplianceAccess, type ApplianceState } from './directory.js';
 export { place, type PlacementRequest } from './placement.js';
 export { ReedSolomonCodec, StripeBatch } from './codec.js';
 export type { ShardState, ShardStatus } from './shard.js';

@@ -29,7 +29,7 @@
  * owner name can find them with `list()` and release or reuse them (an operator can also
  * force-release any chunk through the admin API).
  */
-import { adminRequest } from '../appliance/admin-client.js';
+import { adminRequest, type AdminTarget } from '../appliance/admin-client.js';
 import type { Endpoint } from '../appliance/appliance.js';
 import type { ChunkClaimView, ChunkListingView } from '../appliance/chunk-routes.js';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
@@ -56,6 +56,10 @@ export interface SubAllocatorOptions {
   timeoutMs?: number;
   /** NBD TLS credentials (needed against an appliance started with `--tls require`). */
   tls?: NbdClientTls;
+  /** Token sent to the appliance: the admin token, or a token of the region's tenant. */
+  token?: string;
+  /** CA certificates (PEM) trusted for an https appliance URL. */
+  ca?: string | Buffer;
 }
 
 /** How much to claim: `count` chunks, or enough chunks to hold `size` bytes; default one chunk. */
@@ -107,6 +111,7 @@ export class SubAllocator {
   private readonly chunkSize: number | string | undefined;
   private readonly nbdEndpoint: Partial<Endpoint> | undefined;
   private readonly timeoutMs: number | undefined;
+  private readonly target: AdminTarget;
   private nbd: Promise<NbdClient> | undefined;
   private readonly tls: NbdClientTls | undefined;
   private closing: Promise<void> | undefined;
@@ -124,6 +129,11 @@ export class SubAllocator {
     this.nbdEndpoint = options.nbd;
     this.timeoutMs = options.timeoutMs;
     this.tls = options.tls;
+    this.target = {
+      url: options.appliance,
+      ...(options.token !== undefined ? { token: options.token } : {}),
+      ...(options.ca !== undefined ? { ca: options.ca } : {}),
+    };
   }
 
   /**
@@ -175,7 +185,7 @@ export class SubAllocator {
 
   /** @internal */
   api<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return adminRequest<T>(this.appliance, method, path, body, this.timeoutMs);
+    return adminRequest<T>(this.target, method, path, body, this.timeoutMs);
   }
 
   /** @internal */

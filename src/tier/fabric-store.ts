@@ -81,6 +81,8 @@ export class FabricPageStore implements PageStore {
       pageSize,
       ...(timeout === undefined ? {} : { requestTimeoutMs: timeout }),
       ...(spec.tenant === undefined ? {} : { tenant: spec.tenant }),
+      ...(spec.token === undefined ? {} : { token: spec.token }),
+      ...(spec.ca === undefined ? {} : { ca: spec.ca }),
     });
     try {
       const region = await fabric.allocate({

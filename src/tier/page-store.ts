@@ -54,6 +54,10 @@ export type StoreSpec =
       kind: 'fabric';
       /** Admin URLs of the appliances. */
       appliances: string[];
+      /** Token sent to the appliances' admin APIs (an admin token, or a token of `tenant`). */
+      token?: string;
+      /** CA certificates (PEM text) trusted for https appliance URLs. */
+      ca?: string;
       /** 'none', { copies } or { data, parity } (see docs/fabric.md). */
       redundancy?: 'none' | { copies: number } | { data: number; parity: number };
       tenant?: string;

@@ -1,8 +1,20 @@
 /**
  * An in-process appliance on free loopback ports, and a small caller for its admin API that
  * returns status, parsed JSON and raw text (so tests can send malformed bodies with `raw`).
+ * `call` sends the appliance's admin token; `callAs(token, …)` sends another one (or none).
+ * TEST_TOKEN is one admin token for tests that start several appliances and talk to all of
+ * them (pass `auth: testAuth` to Appliance.start, `token: TEST_TOKEN` to clients).
  */
 import { Appliance } from '../../src/appliance/index.js';
+import { generateToken } from '../../src/appliance/auth-token.js';
+
+export const TEST_TOKEN = generateToken();
+export const testAuth = { token: TEST_TOKEN };
+
+/** The Authorization header for a token. */
+export function bearer(token: string): { authorization: string } {
+  return { authorization: `Bearer ${token}` };
+}
 
 export interface ApiAnswer {
   status: number;
@@ -19,12 +31,20 @@ export async function startAppliance(options: Parameters<typeof Appliance.start>
     ...options,
   });
   const base = `http://127.0.0.1:${appliance.httpAddress.port}`;
-  const call = async (method: string, path: string, body?: unknown, raw?: string): Promise<ApiAnswer> => {
+  const callAs = async (
+    token: string | undefined,
+    method: string,
+    path: string,
+    body?: unknown,
+    raw?: string,
+  ): Promise<ApiAnswer> => {
     const response = await fetch(base + path, {
       method,
-      ...(body !== undefined || raw !== undefined
-        ? { headers: { 'content-type': 'application/json' }, body: raw ?? JSON.stringify(body) }
-        : {}),
+      headers: {
+        ...(body !== undefined || raw !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(token !== undefined ? bearer(token) : {}),
+      },
+      ...(body !== undefined || raw !== undefined ? { body: raw ?? JSON.stringify(body) } : {}),
     });
     const text = await response.text();
     return {
@@ -33,5 +53,7 @@ export async function startAppliance(options: Parameters<typeof Appliance.start>
       text,
     };
   };
-  return { appliance, call };
+  const call = (method: string, path: string, body?: unknown, raw?: string): Promise<ApiAnswer> =>
+    callAs(appliance.adminToken, method, path, body, raw);
+  return { appliance, call, callAs, base };
 }

@@ -20,6 +20,7 @@ import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { resolveRegion } from '../../src/fabric/follow.js';
 import { ESHUTDOWN } from '../../src/nbd/constants.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
+import { TEST_TOKEN, bearer, testAuth } from './harness.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -35,6 +36,7 @@ async function start(memory = '64MiB'): Promise<{ appliance: Appliance; url: str
     http: { port: 0 },
     defaultRegion: false,
     merge: false,
+    auth: testAuth,
   });
   return { appliance, url: `http://127.0.0.1:${appliance.httpAddress.port}` };
 }
@@ -47,16 +49,18 @@ async function call(
 ): Promise<{ status: number; json: Record<string, unknown> }> {
   const response = await fetch(base + path, {
     method,
-    ...(body === undefined
-      ? {}
-      : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+    headers: { ...bearer(TEST_TOKEN), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   const text = await response.text();
   return { status: response.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
 }
 
 async function migrate(base: string, name: string, body: Record<string, unknown>): Promise<MigrationStatus> {
-  const started = await call(base, 'POST', `/v1/regions/${name}/migrate`, body);
+  const started = await call(base, 'POST', `/v1/regions/${name}/migrate`, {
+    targetToken: TEST_TOKEN,
+    ...body,
+  });
   assert.equal(started.status, 202, JSON.stringify(started.json));
   return started.json as unknown as MigrationStatus;
 }
@@ -427,6 +431,7 @@ test('stopping the appliance fails a migration under way and keeps the region', 
     http: { port: 0 },
     defaultRegion: false as const,
     dataDir,
+    auth: testAuth,
   };
   // The appliance's log says how the migration ended (its status API stops with it).
   const logged: Array<{ level: number; msg: string; error?: { message?: string } }> = [];
@@ -474,8 +479,21 @@ test('memfabric region migrate moves a region and reports it', async (t) => {
     : [join(root, 'bin', 'memfabric.js')];
   const { stdout } = await promisify(execFile)(
     process.execPath,
-    [...cli, 'region', 'migrate', 'vm', '--to', b.url, '--as', 'vm-b', '--appliance', a.url],
-    { timeout: 60_000, cwd: root },
+    [
+      ...cli,
+      'region',
+      'migrate',
+      'vm',
+      '--to',
+      b.url,
+      '--to-token',
+      TEST_TOKEN,
+      '--as',
+      'vm-b',
+      '--appliance',
+      a.url,
+    ],
+    { timeout: 60_000, cwd: root, env: { ...process.env, MEMFABRIC_TOKEN: TEST_TOKEN } },
   );
   assert.match(stdout, /moved vm to http:\/\/127\.0\.0\.1:\d+ as vm-b/);
   assert.match(stdout, /nbd:\/\/127\.0\.0\.1:\d+\/vm-b/);

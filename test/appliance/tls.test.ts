@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { Appliance, isLoopbackHost, nbdExposureWarning } from '../../src/appliance/index.js';
+import { Appliance, isLoopback, nbdExposureWarning } from '../../src/appliance/index.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { Fabric } from '../../src/fabric/index.js';
@@ -212,11 +212,11 @@ test('migration between two --tls require appliances sharing a PSK file', async 
 
 test('the exposure warning: loopback is quiet; any other address without required TLS is not', () => {
   for (const host of ['127.0.0.1', '127.3.2.1', '::1', '[::1]', 'localhost', '::ffff:127.0.0.1']) {
-    assert.ok(isLoopbackHost(host), host);
+    assert.ok(isLoopback(host), host);
     assert.equal(nbdExposureWarning(host, 'off'), undefined);
   }
   for (const host of ['0.0.0.0', '', '::', '10.0.0.5', 'appliance.example', '128.0.0.1']) {
-    assert.ok(!isLoopbackHost(host), host);
+    assert.ok(!isLoopback(host), host);
     assert.match(nbdExposureWarning(host, 'off') ?? '', /without TLS/);
     assert.match(nbdExposureWarning(host, 'on') ?? '', /optional TLS/);
     assert.equal(nbdExposureWarning(host, 'require'), undefined);

@@ -24,7 +24,11 @@ test('region chunk claim / ls / release drive a real appliance', async (t) => {
   const cli = async (...args: string[]) => {
     const program = new Command().exitOverride().configureOutput({ writeErr: () => undefined });
     const region = program.command('region');
-    registerChunkCommands(region, (command) => command.option('--appliance <url>', 'admin API', url));
+    registerChunkCommands(region, (command) =>
+      command
+        .option('--appliance <url>', 'admin API', url)
+        .option('--token <token>', 'token', appliance.adminToken),
+    );
     printed.length = 0;
     await program.parseAsync(['region', 'chunk', ...args], { from: 'user' });
     return printed.join('\n');

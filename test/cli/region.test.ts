@@ -15,7 +15,10 @@ test('region create / clone / ls / rm and stats drive a real appliance', async (
   t.after(() => appliance.stop());
   const url = `http://127.0.0.1:${appliance.httpAddress.port}`;
   const cli = (...args: string[]) =>
-    run(process.execPath, [...source, ...args, '--appliance', url], { timeout: 60_000 });
+    run(process.execPath, [...source, ...args, '--appliance', url], {
+      timeout: 60_000,
+      env: { ...process.env, MEMFABRIC_TOKEN: appliance.adminToken },
+    });
 
   const created = await cli('region', 'create', 'vm1', '--size', '2GiB', '--tenant', 'blue');
   assert.match(created.stdout, /vm1\s+2 GiB\s+blue/);

@@ -20,13 +20,21 @@ import {
   type Redundancy,
 } from '../../src/fabric/index.js';
 import { ReedSolomonCodec } from '../../src/fabric/codec.js';
+import { TEST_TOKEN, bearer, testAuth } from '../appliance/harness.js';
 
 const MiB = 1024 * 1024;
 
 async function appliances(count: number, memory = '128MiB'): Promise<{ list: Appliance[]; urls: string[] }> {
   const list = await Promise.all(
     Array.from({ length: count }, () =>
-      Appliance.start({ memory, nbd: { port: 0 }, http: { port: 0 }, defaultRegion: false, merge: false }),
+      Appliance.start({
+        memory,
+        nbd: { port: 0 },
+        http: { port: 0 },
+        defaultRegion: false,
+        merge: false,
+        auth: testAuth,
+      }),
     ),
   );
   return { list, urls: list.map((a) => `http://127.0.0.1:${a.httpAddress.port}`) };
@@ -111,7 +119,7 @@ for (const [label, redundancy, shards] of redundancies) {
   test(`${label}: random reads, writes and trims agree with a model, in every shard and degraded`, async (t) => {
     const { list, urls } = await appliances(shards);
     t.after(() => Promise.all(list.map((a) => a.stop())));
-    const fabric = new Fabric({ appliances: urls, requestTimeoutMs: 5000 });
+    const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 5000 });
     t.after(() => fabric.close());
     const size = 3 * MiB + 1234;
     const op = fc.record({
@@ -180,7 +188,7 @@ for (const [label, redundancy, shards] of redundancies) {
 test('coded 4+2: losing two appliances loses nothing; writes go on; a third loss is DATA_LOST', async (t) => {
   const { list, urls } = await appliances(6);
   t.after(() => Promise.all(list.map((a) => a.stop())));
-  const fabric = new Fabric({ appliances: urls, requestTimeoutMs: 3000 });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 3000 });
   const region = (await fabric.allocate({
     size: 8 * MiB,
     redundancy: { data: 4, parity: 2 },
@@ -207,7 +215,7 @@ test('coded 4+2: losing two appliances loses nothing; writes go on; a third loss
 test('rebuild onto fresh appliances while writes go on, then lose two others', async (t) => {
   const { list, urls } = await appliances(8);
   t.after(() => Promise.all(list.map((a) => a.stop())));
-  const fabric = new Fabric({ appliances: urls.slice(0, 6), requestTimeoutMs: 3000 });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls.slice(0, 6), requestTimeoutMs: 3000 });
   const region = (await fabric.allocate({
     size: 6 * MiB,
     redundancy: { data: 4, parity: 2 },
@@ -249,7 +257,7 @@ test('rebuild onto fresh appliances while writes go on, then lose two others', a
 test('scrub finds corrupted parity and copies, and repairs them', async (t) => {
   const { list, urls } = await appliances(6);
   t.after(() => Promise.all(list.map((a) => a.stop())));
-  const fabric = new Fabric({ appliances: urls, requestTimeoutMs: 3000 });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 3000 });
   t.after(() => fabric.close());
   for (const redundancy of [{ data: 4, parity: 2 }, { copies: 3 }] as const) {
     const region = (await fabric.allocate({ size: 2 * MiB, redundancy })) as ExternalRegion;
@@ -306,7 +314,7 @@ test('allocate prefers the asked memory type and falls back local â†’ external â
   t.after(() => Promise.all(list.map((a) => a.stop())));
   const dir = await mkdtemp(join(tmpdir(), 'memfabric-fabric-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const fabric = new Fabric({ appliances: urls, localMemory: '4MiB', fileDirectory: dir });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, localMemory: '4MiB', fileDirectory: dir });
   t.after(() => fabric.close());
   const local = await fabric.allocate({ size: 3 * MiB, prefer: 'local' });
   assert.equal(local.kind, 'local');
@@ -336,7 +344,7 @@ test('allocate prefers the asked memory type and falls back local â†’ external â
 test('closing a region deletes its shards on the appliances', async (t) => {
   const { list, urls } = await appliances(3);
   t.after(() => Promise.all(list.map((a) => a.stop())));
-  const fabric = new Fabric({ appliances: urls });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls });
   const region = await fabric.allocate({ size: 4 * MiB, redundancy: { copies: 3 } });
   await region.write(0, randomBytes(MiB));
   assert.deepEqual(
@@ -357,7 +365,7 @@ test('closing a region deletes its shards on the appliances', async (t) => {
 test('a shard migrated to another appliance is followed: no degradation, nothing lost', async (t) => {
   const { list, urls } = await appliances(4);
   t.after(() => Promise.all(list.map((a) => a.stop())));
-  const fabric = new Fabric({ appliances: urls.slice(0, 3), requestTimeoutMs: 5000 });
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls.slice(0, 3), requestTimeoutMs: 5000 });
   t.after(() => fabric.close());
   // No redundancy to hide behind: without following, the region would be lost.
   for (const redundancy of ['none', { data: 2, parity: 1 }] as const) {
@@ -380,8 +388,8 @@ test('a shard migrated to another appliance is followed: no degradation, nothing
     })();
     const started = await fetch(`${shard.appliance}/v1/regions/${shard.region}/migrate`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ target }),
+      headers: { 'content-type': 'application/json', ...bearer(TEST_TOKEN) },
+      body: JSON.stringify({ target, targetToken: TEST_TOKEN }),
     });
     assert.equal(started.status, 202, await started.text());
     const deadline = Date.now() + 30_000;

@@ -1,7 +1,7 @@
 /**
  * One client process of the concurrent sub-allocation test (suballocation.test.ts):
  *
- *   node --import tsx test/fabric/suballocation-worker.ts <admin-url> <region> <owner> <chunk-size>
+ *   MEMFABRIC_TOKEN=… node --import tsx test/fabric/suballocation-worker.ts <admin-url> <region> <owner> <chunk-size>
  *        <claims-max> <deadline-ms>
  *
  * Prints {"ready":true} once loaded and waits for a line on stdin, so that every worker starts
@@ -44,6 +44,7 @@ async function main(): Promise<void> {
     region: region!,
     owner: owner!,
     chunkSize: Number(chunkSize),
+    ...(process.env.MEMFABRIC_TOKEN ? { token: process.env.MEMFABRIC_TOKEN } : {}),
   });
 
   const lines = createInterface({ input: process.stdin });

@@ -12,6 +12,7 @@ import { regionChunks } from '../../src/appliance/chunk-routes.js';
 import { SubAllocator, claimChunk } from '../../src/fabric/suballocation.js';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
 import { chunkPattern, type WorkerReport } from './suballocation-worker.js';
+import { TEST_TOKEN, testAuth } from '../appliance/harness.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -23,6 +24,7 @@ async function start() {
     http: { port: 0 },
     merge: false,
     defaultRegion: false,
+    auth: testAuth,
   });
   const url = `http://127.0.0.1:${appliance.httpAddress.port}`;
   return { appliance, url };
@@ -52,8 +54,20 @@ test('claimChunk: a chunk, a view bounded to it, and release', async (t) => {
   await appliance.registry.create({ name: 'pool', size: '8MiB' });
   const region = appliance.registry.require('pool');
 
-  const first = await claimChunk({ appliance: url, region: 'pool', owner: 'job-1', chunkSize: '256KiB' });
-  const chunk = await claimChunk({ appliance: url, region: 'pool', owner: 'job-2', size: 300 * KiB });
+  const first = await claimChunk({
+    appliance: url,
+    token: TEST_TOKEN,
+    region: 'pool',
+    owner: 'job-1',
+    chunkSize: '256KiB',
+  });
+  const chunk = await claimChunk({
+    appliance: url,
+    token: TEST_TOKEN,
+    region: 'pool',
+    owner: 'job-2',
+    size: 300 * KiB,
+  });
   assert.equal(first.offset, 0);
   assert.equal(chunk.offset, 256 * KiB);
   assert.equal(chunk.length, 512 * KiB);
@@ -119,7 +133,13 @@ test('SubAllocator: many chunks over one connection, typed errors, list() after 
   const { appliance, url } = await start();
   t.after(() => appliance.stop());
   await appliance.registry.create({ name: 'pool', size: '1MiB' });
-  const sub = new SubAllocator({ appliance: url, region: 'pool', owner: 'svc-a', chunkSize: 128 * KiB });
+  const sub = new SubAllocator({
+    appliance: url,
+    token: TEST_TOKEN,
+    region: 'pool',
+    owner: 'svc-a',
+    chunkSize: 128 * KiB,
+  });
   const chunks = [];
   for (let i = 0; i < 6; i++) chunks.push(await sub.claim());
   const views = await Promise.all(chunks.map((chunk) => chunk.open()));
@@ -130,21 +150,27 @@ test('SubAllocator: many chunks over one connection, typed errors, list() after 
   assert.equal(appliance.nbdServer.stats().connectionsTotal, 1, 'one NBD connection for all views');
 
   await assert.rejects(sub.claim({ count: 3 }), withCode(ErrorCodes.CHUNKS_EXHAUSTED, /2 of 8 are free/));
-  const other = new SubAllocator({ appliance: url, region: 'pool', owner: 'svc-b', chunkSize: '64KiB' });
+  const other = new SubAllocator({
+    appliance: url,
+    token: TEST_TOKEN,
+    region: 'pool',
+    owner: 'svc-b',
+    chunkSize: '64KiB',
+  });
   await assert.rejects(other.claim(), withCode(ErrorCodes.CONFLICT, /131072/));
-  const missing = new SubAllocator({ appliance: url, region: 'nope', owner: 'svc-b' });
+  const missing = new SubAllocator({ appliance: url, token: TEST_TOKEN, region: 'nope', owner: 'svc-b' });
   await assert.rejects(missing.claim(), withCode(ErrorCodes.NOT_FOUND));
-  const bad = new SubAllocator({ appliance: url, region: 'pool', owner: 'no spaces' });
+  const bad = new SubAllocator({ appliance: url, token: TEST_TOKEN, region: 'pool', owner: 'no spaces' });
   await assert.rejects(bad.claim(), withCode(ErrorCodes.INVALID_ARGUMENT, /owner/));
   assert.throws(
-    () => new SubAllocator({ appliance: url, region: '', owner: 'x' }),
+    () => new SubAllocator({ appliance: url, token: TEST_TOKEN, region: '', owner: 'x' }),
     withCode(ErrorCodes.INVALID_ARGUMENT),
   );
 
   // The process "restarts": a new SubAllocator with the same owner finds its chunks.
   await sub.close();
   await assert.rejects(sub.claim(), withCode(ErrorCodes.DESTROYED));
-  const again = new SubAllocator({ appliance: url, region: 'pool', owner: 'svc-a' });
+  const again = new SubAllocator({ appliance: url, token: TEST_TOKEN, region: 'pool', owner: 'svc-a' });
   const found = await again.list();
   assert.deepEqual(
     found.map((chunk) => chunk.offset),
@@ -197,7 +223,7 @@ function spawnWorker(url: string, owner: string): Worker {
       String(CLAIMS_MAX),
       String(WORKER_DEADLINE_MS),
     ],
-    { stdio: ['pipe', 'pipe', 'pipe'] },
+    { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, MEMFABRIC_TOKEN: TEST_TOKEN } },
   );
   const worker: Worker = {
     child,

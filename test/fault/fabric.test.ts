@@ -90,6 +90,7 @@ async function killAndRebuild(t: TestContext, redundancy: Redundancy, lose: numb
   const originals = appliances.slice(0, shards);
   const spares = appliances.slice(shards);
   const fabric = new Fabric({
+    token: originals[0]!.token,
     appliances: originals.map((a) => a.httpUrl),
     requestTimeoutMs: REQUEST_TIMEOUT_MS,
   });
@@ -136,6 +137,7 @@ test(`mirrored over two appliance processes: SIGKILL one mid-write, rebuild, SIG
 test('a hung appliance (SIGSTOP) is detected by the timeout, and when it resumes it corrupts nothing', async (t) => {
   const appliances = await startAppliances(3, t);
   const fabric = new Fabric({
+    token: appliances[0]!.token,
     appliances: appliances.map((a) => a.httpUrl),
     requestTimeoutMs: REQUEST_TIMEOUT_MS,
   });

@@ -17,7 +17,7 @@
  * tests' own sockets), each with a timeout.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -139,6 +139,19 @@ export interface StartOptions {
   args?: string[];
   /** Log level (default info: the listening line is at info). */
   logLevel?: string;
+  /**
+   * --token-file. Default: with a data dir none (the token is DATA_DIR/admin.token), else one
+   * file shared by every appliance this test process starts (so one token reaches them all).
+   */
+  tokenFile?: string;
+}
+
+let sharedTokenDir: string | undefined;
+
+/** The token file shared by this process's appliances without a data dir (removed at exit). */
+function sharedTokenFile(): string {
+  sharedTokenDir ??= mkdtempSync(join(tmpdir(), 'memfabric-token-'));
+  return join(sharedTokenDir, 'admin.token');
 }
 
 export interface Exit {
@@ -155,6 +168,7 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
+    if (sharedTokenDir) rmSync(sharedTokenDir, { recursive: true, force: true });
     for (const child of live) {
       if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
         try {
@@ -173,6 +187,10 @@ export class ApplianceProcess {
   readonly nbdPort: number;
   /** The admin API, e.g. http://127.0.0.1:PORT */
   readonly httpUrl: string;
+  /** The admin token (read from the token file the appliance reported). */
+  readonly token: string;
+  /** The file holding it. */
+  readonly tokenFile: string;
   readonly logs: LogLine[];
   readonly exited: Promise<Exit>;
   private readonly child: ChildProcess;
@@ -193,6 +211,8 @@ export class ApplianceProcess {
     this.nbdHost = nbd.slice(0, colon);
     this.nbdPort = Number(nbd.slice(colon + 1));
     this.httpUrl = String(listening.http);
+    this.tokenFile = String(listening.tokenFile);
+    this.token = readFileSync(this.tokenFile, 'utf8').trim();
     this.logs = logs;
     this.stderrText = stderr;
     this.exited = exited.then((exit) => (this.exit = exit));
@@ -214,6 +234,9 @@ export class ApplianceProcess {
       '--log-level',
       options.logLevel ?? 'info',
       ...(options.dataDir ? ['--data-dir', options.dataDir] : []),
+      ...(options.tokenFile || !options.dataDir
+        ? ['--token-file', options.tokenFile ?? sharedTokenFile()]
+        : []),
       ...(options.merge === false ? ['--no-merge'] : []),
       ...(options.args ?? []),
     ];
@@ -322,7 +345,15 @@ export class ApplianceProcess {
 
   /** Runs `memfabric region ARGS... --appliance URL` (the real CLI) and returns its output. */
   async region(...args: string[]): Promise<Run> {
-    const r = await run(process.execPath, [...cliCommand(), 'region', ...args, '--appliance', this.httpUrl]);
+    const r = await run(process.execPath, [
+      ...cliCommand(),
+      'region',
+      ...args,
+      '--appliance',
+      this.httpUrl,
+      '--token-file',
+      this.tokenFile,
+    ]);
     assert.equal(r.code, 0, `memfabric region ${args.join(' ')} exited ${r.code}:\n${r.output}`);
     return r;
   }
@@ -331,9 +362,11 @@ export class ApplianceProcess {
   async api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
     const response = await fetch(new URL(path, this.httpUrl), {
       method,
-      ...(body === undefined
-        ? {}
-        : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      headers: {
+        authorization: `Bearer ${this.token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(CLIENT_MS_MAX),
     });
     const text = await response.text();

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Appliance, ErrorCodes, MemfabricError } from '../../src/index.js';
 import { FabricPageStore } from '../../src/tier/fabric-store.js';
+import { TEST_TOKEN, testAuth } from '../appliance/harness.js';
 
 const PAGE_SIZE = 4096;
 const CAPACITY = 64;
@@ -21,6 +22,7 @@ async function appliances(t: TestContext, count: number): Promise<{ list: Applia
         http: { port: 0 },
         defaultRegion: false,
         merge: false,
+        auth: testAuth,
       }),
     ),
   );
@@ -42,7 +44,7 @@ function storeFailed(...fragments: string[]) {
 test('the store is one region per shard, named from the spec, and close deletes it', async (t) => {
   const { list, urls } = await appliances(t, 2);
   const store = await FabricPageStore.open(
-    { kind: 'fabric', appliances: urls, redundancy: { copies: 2 }, name: 'swap-test' },
+    { kind: 'fabric', appliances: urls, token: TEST_TOKEN, redundancy: { copies: 2 }, name: 'swap-test' },
     { pageSize: PAGE_SIZE, capacity: CAPACITY },
   );
   assert.match(store.name, /^fabric swap-test-[0-9a-f]{8} \(2 copies\)$/);
@@ -76,7 +78,13 @@ test('no reachable appliance: open is STORE_FAILED with the placement error as c
 test('a mirrored store keeps its pages when an appliance is lost', async (t) => {
   const { list, urls } = await appliances(t, 2);
   const store = await FabricPageStore.open(
-    { kind: 'fabric', appliances: urls, redundancy: { copies: 2 }, requestTimeoutMs: 2000 },
+    {
+      kind: 'fabric',
+      appliances: urls,
+      token: TEST_TOKEN,
+      redundancy: { copies: 2 },
+      requestTimeoutMs: 2000,
+    },
     { pageSize: PAGE_SIZE, capacity: CAPACITY },
   );
   t.after(() => store.close());
@@ -98,7 +106,7 @@ test('a mirrored store keeps its pages when an appliance is lost', async (t) => 
 test('losing more than the redundancy covers is STORE_FAILED naming the slot, the fabric error as cause', async (t) => {
   const { list, urls } = await appliances(t, 1);
   const store = await FabricPageStore.open(
-    { kind: 'fabric', appliances: urls, requestTimeoutMs: 2000 },
+    { kind: 'fabric', appliances: urls, token: TEST_TOKEN, requestTimeoutMs: 2000 },
     { pageSize: PAGE_SIZE, capacity: CAPACITY },
   );
   await store.write(3, randomBytes(PAGE_SIZE));

@@ -36,6 +36,7 @@ it('pages a 4 GiB space under a 64 MiB budget to a coded (2+1) appliance store, 
     store: {
       kind: 'fabric',
       appliances: appliances.map((appliance) => appliance.httpUrl),
+      token: appliances[0]!.token,
       redundancy: { data: 2, parity: 1 },
     },
   });

@@ -298,6 +298,7 @@ function fabricSpec(redundancy: Extract<StoreSpec, { kind: 'fabric' }>['redundan
   return {
     kind: 'fabric',
     appliances: appliances.map((appliance) => appliance.httpUrl),
+    token: appliances[0]!.token,
     redundancy,
     name: 'conformance',
     requestTimeoutMs: 5000,
