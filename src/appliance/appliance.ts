@@ -268,13 +268,14 @@ export class Appliance {
   }
 
   private async open(options: ApplianceOptions): Promise<void> {
-    // First: a bad token or tenant file stops the start before any region is loaded.
+    // First the data directory (the token file may live in it), then a bad token or tenant
+    // file stops the start before any region is loaded.
+    if (options.dataDir) await prepareDataDir(options.dataDir);
     const access = await loadAdminAuth(options, this.logger);
     this.auth = access.auth;
     this.token = access.token;
     this.tokenFile = access.tokenFile;
     if (options.dataDir) {
-      await prepareDataDir(options.dataDir);
       for (const region of await this.registry.scanDataDir()) {
         if (region.state !== 'loading') this.logFailed(region.name, region.state, region.error);
       }

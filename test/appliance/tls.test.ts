@@ -14,6 +14,7 @@ import { Fabric } from '../../src/fabric/index.js';
 import { SubAllocator } from '../../src/fabric/suballocation.js';
 import { NbdClient, type NbdClientTls, type NbdServerTlsOptions } from '../../src/nbd/index.js';
 import { credentialsDir, makePsk, makeX509 } from '../nbd/tls-credentials.js';
+import { TEST_TOKEN, bearer, testAuth } from './harness.js';
 
 const MiB = 1024 * 1024;
 /** Status polls while waiting for a migration to finish (every POLL_MS). */
@@ -28,6 +29,7 @@ async function start(t: test.TestContext, tls: NbdServerTlsOptions): Promise<App
     defaultRegion: { name: 'shared', size: '1MiB' },
     merge: false,
     tls,
+    auth: testAuth,
   });
   t.after(() => appliance.stop());
   return appliance;
@@ -133,12 +135,13 @@ test('a Fabric region over TLS against --tls require appliances', async (t) => {
     await start(t, { mode: 'require', psk: psk.file }),
   ];
   const urls = appliances.map((a) => `http://127.0.0.1:${a.httpAddress.port}`);
-  const plainFabric = new Fabric({ appliances: urls, tenant: 'tenant-a' });
+  const plainFabric = new Fabric({ appliances: urls, tenant: 'tenant-a', token: TEST_TOKEN });
   t.after(() => plainFabric.close());
   await assert.rejects(plainFabric.allocate({ size: '1MiB', prefer: 'external' }), { code: ErrorCodes.TLS });
 
   const fabric = new Fabric({
     appliances: urls,
+    token: TEST_TOKEN,
     tenant: 'tenant-a',
     tls: { psk: { identity: 'tenant-a', file: psk.file } },
   });
@@ -166,6 +169,7 @@ test('a SubAllocator chunk over TLS against a --tls require appliance', async (t
     appliance: url,
     region: 'pool',
     owner: 'worker-1',
+    token: TEST_TOKEN,
     tls: { psk: { identity: 'tenant-a', file: psk.file } },
   });
   t.after(() => sub.close());
@@ -194,8 +198,8 @@ test('migration between two --tls require appliances sharing a PSK file', async 
   const bUrl = `http://127.0.0.1:${b.httpAddress.port}`;
   const started = await fetch(`${aUrl}/v1/regions/vm/migrate`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ target: bUrl }),
+    headers: { 'content-type': 'application/json', ...bearer(TEST_TOKEN) },
+    body: JSON.stringify({ target: bUrl, targetToken: TEST_TOKEN }),
   });
   assert.equal(started.status, 202, await started.clone().text());
   let status: MigrationStatus | undefined;

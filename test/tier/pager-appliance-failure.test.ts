@@ -65,7 +65,16 @@ async function run(
   t.after(() => Promise.all(appliances.map((a) => a.kill())));
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', CHILD, JSON.stringify({ appliances: appliances.map((a) => a.httpUrl), redundancy })],
+    [
+      '--import',
+      'tsx',
+      CHILD,
+      JSON.stringify({
+        appliances: appliances.map((a) => a.httpUrl),
+        token: appliances[0]!.token,
+        redundancy,
+      }),
+    ],
     { stdio: ['pipe', 'pipe', 'pipe'] },
   );
   let stderr = '';
