@@ -67,7 +67,13 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = `http://${appliance.httpAddress.host}:${appliance.httpAddress.port}`;
   logger.info(
-    { nbd: nbdAt, http: httpAt, memory: options.memory, regions: appliance.registry.size },
+    {
+      nbd: nbdAt,
+      http: httpAt,
+      memory: options.memory,
+      regions: appliance.registry.size,
+      nbdLimits: appliance.nbdServer.effectiveLimits,
+    },
     'appliance listening',
   );
   const region = appliance.registry.defaultRegion;
