@@ -154,6 +154,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       memory: options.memory,
       regions: appliance.registry.size,
       tokenFile: appliance.adminTokenFile ?? null,
+      nbdLimits: appliance.nbdServer.effectiveLimits,
     },
     'appliance listening',
   );
