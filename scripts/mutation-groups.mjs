@@ -122,6 +122,8 @@ export const groups = {
       'verifies bytes before sharing',
       'a store that fails a write',
       'keeps forks, trims and evictions',
+      'a frame shared by a fork',
+      'counts zero pages dropped',
     ],
   },
 };

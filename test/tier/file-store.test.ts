@@ -481,6 +481,18 @@ for (const syncReads of [false, true]) {
     assert.ok(back.every((byte) => byte === 0));
     layer.onWrite = () => -5;
     await assert.rejects(store.write(3, data), rejectsWith(ErrorCodes.STORE_FAILED, 'slot 3', 'took -5'));
+    // The same on a later round, after a short first piece; the message says where.
+    let rounds = 0;
+    layer.writeBytesMax = 1000;
+    layer.onWrite = (_position, length) => (++rounds === 2 ? length + 1 : undefined);
+    await assert.rejects(
+      store.write(4, data),
+      rejectsWith(
+        ErrorCodes.STORE_FAILED,
+        'slot 4',
+        `took ${PAGE_SIZE - 1000 + 1} of ${PAGE_SIZE - 1000} bytes at ${5 * PAGE_SIZE + 1000}`,
+      ),
+    );
     // A write of exactly the rest in the last piece completes.
     layer.onWrite = undefined;
     layer.writeBytesMax = PAGE_SIZE / 2;

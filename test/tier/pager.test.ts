@@ -219,6 +219,55 @@ describe('pager', () => {
     assert.equal(pager.stats().slotsInUse, 0, 'the overwritten page gave its slot back');
   });
 
+  for (const dedup of [true, false]) {
+    it(`a frame shared by a fork and its parent is written once, then dropped clean (dedup ${dedup})`, async () => {
+      const pager = await openPager({ budget: 1 * MiB, prefetch: 0, dedup });
+      const parent = pager.createSpace({ size: 16 * MiB });
+      const bytes = Buffer.alloc(PAGE);
+      const pages = 8;
+      for (let page = 0; page < pages; page++) parent.write(page * PAGE, pattern(page, 1, bytes));
+      const child = parent.fork();
+      // The child's first write copies the shared leaf: every frame in it now has two references.
+      child.write(0, pattern(0, 2, bytes));
+      const zeroEntries = pager.pool.zeroEntries;
+      pager.shrink(0);
+      const stats = pager.stats();
+      // Each shared frame: written once where the first entry goes, dropped clean at the second.
+      assert.equal(stats.writeBacks, pages + 1, 'pages 1..7 once, page 0 in both versions');
+      assert.equal(stats.cleanDrops, pages - 1);
+      assert.equal(stats.dedupHits, 0, 'nothing was looked up: the frame knew its slot');
+      assert.equal(stats.evictions, 2 * pages, 'one eviction per entry');
+      assert.equal(stats.slotsInUse, pages + 1);
+      assert.equal(pager.pool.zeroEntries, zeroEntries, 'no zero pages');
+      assert.equal(pager.pool.used, 0);
+      checkSlotInvariants(pager, [parent, child]);
+      const scratch = Buffer.alloc(PAGE);
+      for (let page = 0; page < pages; page++) {
+        expectPage(parent, page, pattern(page, 1, bytes), scratch);
+        expectPage(child, page, pattern(page, page === 0 ? 2 : 1, bytes), scratch);
+      }
+      parent.destroy();
+      child.destroy();
+      assert.equal(pager.stats().slotsInUse, 0);
+    });
+  }
+
+  it('counts zero pages dropped by eviction in the pool, and each eviction once', async () => {
+    const pager = await openPager({ budget: 1 * MiB, prefetch: 0 });
+    const space = pager.createSpace({ size: 16 * MiB });
+    const zeros = Buffer.alloc(PAGE);
+    const bytes = Buffer.alloc(PAGE);
+    for (let page = 0; page < 6; page++) space.write(page * PAGE, page < 4 ? zeros : pattern(page, 1, bytes));
+    const before = pager.pool.zeroEntries;
+    const evictions = pager.stats().evictions;
+    pager.shrink(0);
+    assert.equal(pager.pool.zeroEntries - before, 4, 'four zero entries');
+    assert.equal(pager.stats().evictions - evictions, 6);
+    assert.equal(space.stats().zeroPages, 4);
+    space.destroy();
+    assert.equal(pager.pool.zeroEntries, before, 'destroying the space gives them back');
+  });
+
   it('shares store slots across a clone chain: 8 forks evicted use one slot per distinct page', async () => {
     const pager = await openPager({ budget: 8 * MiB, prefetch: 0 });
     const parent = pager.createSpace({ size: 64 * MiB });
