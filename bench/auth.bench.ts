@@ -15,7 +15,6 @@
  * figure is skipped, saying why, without it). Calls run one at a time, interleaved with their
  * baseline.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,7 +23,8 @@ import { AdminAuth } from '../src/appliance/auth.js';
 import { generateToken } from '../src/appliance/auth-token.js';
 import { Appliance } from '../src/appliance/index.js';
 import { missing } from '../test/interop/appliance-process.js';
-import { interleaved, median, type BenchContext, type Suite } from './harness.js';
+import { makeSelfSigned } from '../test/nbd/tls-credentials.js';
+import { interleaved, interleavedAsync, median, type BenchContext, type Suite } from './harness.js';
 
 const TENANTS = 1024;
 
@@ -43,23 +43,6 @@ async function callMs(target: string | AdminTarget, path: string, calls: number)
     times.push(performance.now() - started);
   }
   return median(times);
-}
-
-/** Interleaves two async measurements `repeats` times; returns both medians. */
-async function interleavedAsync(
-  repeats: number,
-  ours: () => Promise<number>,
-  baseline: () => Promise<number>,
-): Promise<[number, number]> {
-  await ours();
-  await baseline();
-  const a: number[] = [];
-  const b: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    a.push(await ours());
-    b.push(await baseline());
-  }
-  return [median(a), median(b)];
 }
 
 export const authSuite: Suite = {
@@ -115,29 +98,7 @@ export const authSuite: Suite = {
       }
       const dir = mkdtempSync(join(tmpdir(), 'memfabric-bench-tls-'));
       try {
-        execFileSync(
-          'openssl',
-          [
-            'req',
-            '-x509',
-            '-newkey',
-            'ec',
-            '-pkeyopt',
-            'ec_paramgen_curve:prime256v1',
-            '-nodes',
-            '-keyout',
-            join(dir, 'key.pem'),
-            '-out',
-            join(dir, 'cert.pem'),
-            '-days',
-            '1',
-            '-subj',
-            '/CN=bench',
-            '-addext',
-            'subjectAltName=IP:127.0.0.1',
-          ],
-          { stdio: 'ignore' },
-        );
+        makeSelfSigned(dir, 'bench', 'IP:127.0.0.1');
         const cert = readFileSync(join(dir, 'cert.pem'));
         const secure = await Appliance.start({
           memory: '16MiB',

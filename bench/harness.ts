@@ -70,6 +70,23 @@ export function interleaved(repeats: number, ours: () => number, baseline: () =>
   return [median(a), median(b)];
 }
 
+/** `interleaved` for measurements that must await (a request, a restart). */
+export async function interleavedAsync(
+  repeats: number,
+  ours: () => Promise<number>,
+  baseline: () => Promise<number>,
+): Promise<[number, number]> {
+  await ours();
+  await baseline();
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    a.push(await ours());
+    b.push(await baseline());
+  }
+  return [median(a), median(b)];
+}
+
 export function formatNumber(value: number): string {
   if (!Number.isFinite(value)) return String(value);
   const magnitude = Math.abs(value);

@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegionRegistry } from '../src/appliance/index.js';
 import { FramePool } from '../src/index.js';
-import { median, type BenchContext, type Suite } from './harness.js';
+import { interleavedAsync, type BenchContext, type Suite } from './harness.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -77,22 +77,6 @@ async function readImages(paths: string[], offset: number, length: number): Prom
     await handle.close();
   }
   return performance.now() - start;
-}
-
-async function interleavedAsync(
-  repeats: number,
-  ours: () => Promise<number>,
-  baseline: () => Promise<number>,
-): Promise<[number, number]> {
-  await ours();
-  await baseline();
-  const a: number[] = [];
-  const b: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    a.push(await ours());
-    b.push(await baseline());
-  }
-  return [median(a), median(b)];
 }
 
 /** Rewrites region `name`'s metadata as version 1 (no extent map), as an older appliance left it. */

@@ -5,7 +5,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { adminRequest } from '../../src/appliance/admin-client.js';
 import type { Appliance } from '../../src/appliance/index.js';
 import { Fabric } from '../../src/fabric/index.js';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { makeSelfSigned } from '../nbd/tls-credentials.js';
 import { startAppliance } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -29,32 +30,10 @@ let key: Buffer;
 
 before(() => {
   dir = mkdtempSync(join(tmpdir(), 'memfabric-https-'));
-  certFile = join(dir, 'cert.pem');
-  const keyFile = join(dir, 'key.pem');
   // A self-signed certificate is its own CA; it names 127.0.0.1, where the appliances listen.
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      certFile,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=memfabric test appliance',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1,DNS:localhost',
-    ],
-    { stdio: 'ignore', timeout: 30_000 },
-  );
+  const made = makeSelfSigned(dir, 'memfabric test appliance', 'IP:127.0.0.1,DNS:localhost');
+  certFile = made.certFile;
+  const keyFile = made.keyFile;
   cert = readFileSync(certFile);
   key = readFileSync(keyFile);
 });

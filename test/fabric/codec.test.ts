@@ -4,19 +4,7 @@ import fc from 'fast-check';
 import { randomBytes } from 'node:crypto';
 import { ReedSolomonCodec, StripeBatch } from '../../src/fabric/codec.js';
 import { ErrorCodes } from '../../src/index.js';
-
-/** `length` bytes from a xorshift generator seeded by fast-check. */
-function seededBytes(seed: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let x = seed | 0 || 0x9e3779b9;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+import { seededBytes } from './seeded-bytes.js';
 
 test('any m lost shards of a k+m stripe batch are rebuilt exactly', async () => {
   await fc.assert(

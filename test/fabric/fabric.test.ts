@@ -21,6 +21,7 @@ import {
 } from '../../src/fabric/index.js';
 import { ReedSolomonCodec } from '../../src/fabric/codec.js';
 import { TEST_TOKEN, bearer, testAuth } from '../appliance/harness.js';
+import { seededBytes } from './seeded-bytes.js';
 
 const MiB = 1024 * 1024;
 
@@ -50,19 +51,6 @@ const redundancies: Array<[string, Redundancy, number]> = [
   ['coded 4+2', { data: 4, parity: 2 }, 6],
   ['coded 3+1', { data: 3, parity: 1 }, 4],
 ];
-
-/** `length` bytes from a xorshift generator seeded by fast-check, so a counterexample replays. */
-function seededBytes(seed: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let x = seed | 0 || 0x9e3779b9;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
 
 /**
  * Reads every shard's bytes straight from its appliance's memory and checks them against the

@@ -19,23 +19,14 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { ErrorCodes } from '../../src/index.js';
 import { Fabric } from '../../src/fabric/index.js';
+import { typedError } from '../typed-error.js';
 
 function tempDir(t: TestContext): string {
   const dir = mkdtempSync(join(tmpdir(), 'memfabric-file-directory-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-function typed(code: string, ...fragments: string[]) {
-  return (error: unknown): boolean => {
-    assert.ok(error instanceof MemfabricError, `expected a MemfabricError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    for (const fragment of fragments)
-      assert.ok(error.message.includes(fragment), `"${fragment}" in: ${error.message}`);
-    return true;
-  };
 }
 
 test('a missing fileDirectory is created, with its parents, and the region works', async (t) => {
@@ -72,7 +63,7 @@ test('a fileDirectory that is a file, or lies under one, is BAD_PATH naming it; 
     const fabric = new Fabric({ fileDirectory: directory });
     await assert.rejects(
       fabric.allocate({ size: '64KiB', prefer: 'file' }),
-      typed(ErrorCodes.BAD_PATH, `fileDirectory ${directory}`, 'not a directory'),
+      typedError(ErrorCodes.BAD_PATH, `fileDirectory ${directory}`, 'not a directory'),
     );
     await fabric.close();
   }
@@ -88,7 +79,7 @@ test(
     const fabric = new Fabric({ fileDirectory: directory });
     await assert.rejects(
       fabric.allocate({ size: '64KiB', prefer: 'file', name: 'r' }),
-      typed(ErrorCodes.BAD_PATH, join(directory, 'r.fabric'), 'cannot be opened for writing'),
+      typedError(ErrorCodes.BAD_PATH, join(directory, 'r.fabric'), 'cannot be opened for writing'),
     );
   },
 );
@@ -99,7 +90,7 @@ test('a region file that already exists is ALREADY_EXISTS and stays as it was', 
   const fabric = new Fabric({ fileDirectory: directory });
   await assert.rejects(
     fabric.allocate({ size: '64KiB', prefer: 'file', name: 'taken' }),
-    typed(ErrorCodes.ALREADY_EXISTS, join(directory, 'taken.fabric')),
+    typedError(ErrorCodes.ALREADY_EXISTS, join(directory, 'taken.fabric')),
   );
   assert.equal(readFileSync(join(directory, 'taken.fabric'), 'utf8'), 'someone else');
 });
@@ -113,7 +104,7 @@ test('a size the file system refuses for one file is INVALID_ARGUMENT and leaves
   try {
     region = await fabric.allocate({ size: 2 ** 52, prefer: 'file', name: 'huge' });
   } catch (error) {
-    typed(ErrorCodes.INVALID_ARGUMENT, directory, 'ask for less')(error);
+    typedError(ErrorCodes.INVALID_ARGUMENT, directory, 'ask for less')(error);
     assert.deepEqual(readdirSync(directory), [], 'nothing left behind');
     return;
   }
@@ -121,5 +112,8 @@ test('a size the file system refuses for one file is INVALID_ARGUMENT and leaves
 });
 
 test('fileDirectory must be a non-empty path', () => {
-  assert.throws(() => new Fabric({ fileDirectory: '' }), typed(ErrorCodes.INVALID_ARGUMENT, 'fileDirectory'));
+  assert.throws(
+    () => new Fabric({ fileDirectory: '' }),
+    typedError(ErrorCodes.INVALID_ARGUMENT, 'fileDirectory'),
+  );
 });

@@ -81,6 +81,35 @@ function issue(caDir: string, outDir: string, prefix: string, cn: string, extens
 }
 
 /** A fresh CA, server certificate and client certificates for `clientNames`, under `root`. */
+/**
+ * A self-signed certificate (its own CA) for `subjectAltName`, e.g. 'IP:127.0.0.1', written as
+ * cert.pem and key.pem in `dir`: enough for an HTTPS listener and a client given the cert as CA.
+ */
+export function makeSelfSigned(
+  dir: string,
+  commonName: string,
+  subjectAltName: string,
+): { certFile: string; keyFile: string } {
+  const certFile = join(dir, 'cert.pem');
+  const keyFile = join(dir, 'key.pem');
+  openssl(dir, [
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    keyFile,
+    '-out',
+    certFile,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${commonName}`,
+    '-addext',
+    `subjectAltName=${subjectAltName}`,
+  ]);
+  return { certFile, keyFile };
+}
+
 export function makeX509(root: string, clientNames: readonly string[]): X509Set {
   const caDir = join(root, 'ca');
   makeCa(caDir, 'memfabric test CA');

@@ -18,9 +18,10 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ErrorCodes, MemfabricError } from '../../src/index.js';
+import { ErrorCodes, type MemfabricError } from '../../src/index.js';
 import { nodeFileLayer, type FileLayer, type FileLayerHandle } from '../../src/tier/file-layer.js';
 import { FilePageStore, SWAP_FORMAT_VERSION } from '../../src/tier/file-store.js';
+import { typedError } from '../typed-error.js';
 
 const PAGE_SIZE = 4096;
 const CAPACITY = 16;
@@ -39,16 +40,6 @@ async function openStore(
   const store = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, ...extra });
   t.after(() => store.close());
   return store;
-}
-
-function rejectsWith(code: string, ...fragments: string[]) {
-  return (error: unknown): boolean => {
-    assert.ok(error instanceof MemfabricError, `expected a MemfabricError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    for (const fragment of fragments)
-      assert.ok(error.message.includes(fragment), `"${fragment}" in: ${error.message}`);
-    return true;
-  };
 }
 
 function eio(syscall: string): NodeJS.ErrnoException {
@@ -148,7 +139,7 @@ test('a foreign file is refused and left byte-for-byte unchanged', async (t) => 
     writeFileSync(path, content);
     await assert.rejects(
       FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer }),
-      rejectsWith(ErrorCodes.CORRUPT_FILE, path, 'not a memfabric swap file', 'untouched'),
+      typedError(ErrorCodes.CORRUPT_FILE, path, 'not a memfabric swap file', 'untouched'),
     );
     assert.ok(readFileSync(path).equals(content), 'not one byte changed');
     assert.equal(layer.openHandles, 0, 'the refused file is closed again');
@@ -165,7 +156,7 @@ test('a truncated header is refused and left unchanged', async (t) => {
     const before = readFileSync(path);
     await assert.rejects(
       FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
-      rejectsWith(ErrorCodes.CORRUPT_FILE, path, 'truncated', `${length} of 24`),
+      typedError(ErrorCodes.CORRUPT_FILE, path, 'truncated', `${length} of 24`),
     );
     assert.ok(readFileSync(path).equals(before));
   }
@@ -177,7 +168,7 @@ test('a swap file of another page size or format version is refused and left unc
   const ours = readFileSync(path);
   await assert.rejects(
     FilePageStore.open({ path, pageSize: 2 * PAGE_SIZE, capacity: CAPACITY }),
-    rejectsWith(ErrorCodes.CORRUPT_FILE, path, `${PAGE_SIZE}-byte pages, not ${2 * PAGE_SIZE}`),
+    typedError(ErrorCodes.CORRUPT_FILE, path, `${PAGE_SIZE}-byte pages, not ${2 * PAGE_SIZE}`),
   );
   assert.ok(readFileSync(path).equals(ours));
   const future = Buffer.from(ours);
@@ -185,7 +176,7 @@ test('a swap file of another page size or format version is refused and left unc
   writeFileSync(path, future);
   await assert.rejects(
     FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY }),
-    rejectsWith(ErrorCodes.CORRUPT_FILE, path, `version ${SWAP_FORMAT_VERSION + 1}`),
+    typedError(ErrorCodes.CORRUPT_FILE, path, `version ${SWAP_FORMAT_VERSION + 1}`),
   );
   assert.ok(readFileSync(path).equals(future));
 });
@@ -226,7 +217,7 @@ test('an empty existing file is taken (nothing in it to lose)', async (t) => {
 
 function badPath(...fragments: string[]) {
   return (error: unknown): boolean => {
-    rejectsWith(ErrorCodes.BAD_PATH, ...fragments)(error);
+    typedError(ErrorCodes.BAD_PATH, ...fragments)(error);
     assert.ok((error as MemfabricError).cause instanceof Error, 'the system error is kept as cause');
     return true;
   };
@@ -300,11 +291,11 @@ test('a temporary swap file directory that is missing or a file is BAD_PATH nami
   writeFileSync(file, '');
   await assert.rejects(
     FilePageStore.open({ directory: file, pageSize: PAGE_SIZE, capacity: CAPACITY }),
-    rejectsWith(ErrorCodes.BAD_PATH, `swap directory ${file} is a file`),
+    typedError(ErrorCodes.BAD_PATH, `swap directory ${file} is a file`),
   );
   await assert.rejects(
     FilePageStore.open({ directory: file, path: file, pageSize: PAGE_SIZE, capacity: CAPACITY }),
-    rejectsWith(ErrorCodes.INVALID_ARGUMENT, 'either path'),
+    typedError(ErrorCodes.INVALID_ARGUMENT, 'either path'),
   );
 });
 
@@ -349,7 +340,7 @@ test('an EIO on write is STORE_FAILED naming the path and the slot; the slot the
   await assert.rejects(
     store.write(3, randomBytes(PAGE_SIZE)),
     (error: unknown) =>
-      rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 3', 'EIO')(error) &&
+      typedError(ErrorCodes.STORE_FAILED, path, 'slot 3', 'EIO')(error) &&
       (error as MemfabricError).cause instanceof Error &&
       ((error as MemfabricError).cause as NodeJS.ErrnoException).code === 'EIO',
   );
@@ -371,7 +362,7 @@ test('a write the file system takes no byte of is STORE_FAILED, not a hang', asy
   layer.onWrite = () => 0;
   await assert.rejects(
     store.write(1, randomBytes(PAGE_SIZE)),
-    rejectsWith(ErrorCodes.STORE_FAILED, 'slot 1', 'short write'),
+    typedError(ErrorCodes.STORE_FAILED, 'slot 1', 'short write'),
   );
 });
 
@@ -384,7 +375,7 @@ test('a short read past end of file (the file cut behind our back) is STORE_FAIL
   truncateSync(path, 7 * PAGE_SIZE + 100); // slot 6 keeps 100 bytes
   await assert.rejects(
     store.read(6, Buffer.alloc(PAGE_SIZE)),
-    rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 6', 'short read past end of file'),
+    typedError(ErrorCodes.STORE_FAILED, path, 'slot 6', 'short read past end of file'),
   );
   const back = Buffer.alloc(PAGE_SIZE);
   await store.read(2, back); // still inside the file
@@ -401,15 +392,15 @@ test('a read that hits end of file through the layer, an EIO on read or on datas
   layer.onRead = () => (++calls === 3 ? 0 : undefined);
   await assert.rejects(
     store.read(0, Buffer.alloc(PAGE_SIZE)),
-    rejectsWith(ErrorCodes.STORE_FAILED, 'slot 0', `ends at byte ${PAGE_SIZE + 1024}`),
+    typedError(ErrorCodes.STORE_FAILED, 'slot 0', `ends at byte ${PAGE_SIZE + 1024}`),
   );
   layer.onRead = () => eio('read');
   await assert.rejects(
     store.read(0, Buffer.alloc(PAGE_SIZE)),
-    rejectsWith(ErrorCodes.STORE_FAILED, path, 'slot 0', 'EIO'),
+    typedError(ErrorCodes.STORE_FAILED, path, 'slot 0', 'EIO'),
   );
   layer.failDatasync = true;
-  await assert.rejects(store.flush(), rejectsWith(ErrorCodes.STORE_FAILED, path, 'flush', 'EIO'));
+  await assert.rejects(store.flush(), typedError(ErrorCodes.STORE_FAILED, path, 'flush', 'EIO'));
 });
 
 test('unwritten and discarded slots read as zeros without I/O', async (t) => {
@@ -433,7 +424,7 @@ test('an EIO while reading the header on open is STORE_FAILED and closes the fil
   layer.onRead = () => eio('read');
   await assert.rejects(
     FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer }),
-    rejectsWith(ErrorCodes.STORE_FAILED, path, 'EIO'),
+    typedError(ErrorCodes.STORE_FAILED, path, 'EIO'),
   );
   assert.equal(layer.openHandles, 0);
 });
@@ -451,7 +442,7 @@ for (const syncReads of [false, true]) {
     layer.readBytesMax = 1000;
     await assert.rejects(
       store.read(2, Buffer.alloc(PAGE_SIZE)),
-      rejectsWith(
+      typedError(
         ErrorCodes.STORE_FAILED,
         'slot 2',
         `reported ${PAGE_SIZE - 1000 + 1} bytes read of ${PAGE_SIZE - 1000}`,
@@ -460,7 +451,7 @@ for (const syncReads of [false, true]) {
     layer.onRead = () => -1;
     await assert.rejects(
       store.read(2, Buffer.alloc(PAGE_SIZE)),
-      rejectsWith(ErrorCodes.STORE_FAILED, 'reported -1'),
+      typedError(ErrorCodes.STORE_FAILED, 'reported -1'),
     );
     // Exactly what was asked, in one piece or several, is fine.
     layer.onRead = undefined;
@@ -475,19 +466,19 @@ for (const syncReads of [false, true]) {
     layer.onWrite = (_position, length) => length + 1;
     await assert.rejects(
       store.write(2, data),
-      rejectsWith(ErrorCodes.STORE_FAILED, 'slot 2', 'took 4097 of 4096'),
+      typedError(ErrorCodes.STORE_FAILED, 'slot 2', 'took 4097 of 4096'),
     );
     await store.read(2, back);
     assert.ok(back.every((byte) => byte === 0));
     layer.onWrite = () => -5;
-    await assert.rejects(store.write(3, data), rejectsWith(ErrorCodes.STORE_FAILED, 'slot 3', 'took -5'));
+    await assert.rejects(store.write(3, data), typedError(ErrorCodes.STORE_FAILED, 'slot 3', 'took -5'));
     // The same on a later round, after a short first piece; the message says where.
     let rounds = 0;
     layer.writeBytesMax = 1000;
     layer.onWrite = (_position, length) => (++rounds === 2 ? length + 1 : undefined);
     await assert.rejects(
       store.write(4, data),
-      rejectsWith(
+      typedError(
         ErrorCodes.STORE_FAILED,
         'slot 4',
         `took ${PAGE_SIZE - 1000 + 1} of ${PAGE_SIZE - 1000} bytes at ${5 * PAGE_SIZE + 1000}`,
