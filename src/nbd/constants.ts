@@ -239,6 +239,13 @@ export const STALL_MS_MAX = 30_000;
  */
 export const PRESSURE_STALL_MS = 2_000;
 /**
+ * A request that has waited this long for the global buffer budget is granted before any
+ * younger one (oldest first), whatever the connections hold: the bound on how long requests of
+ * connections that hold little may overtake it (budget.ts). Several pressure stall periods, so
+ * connections sitting on bytes are closed, and their bytes re-granted, well before it matters.
+ */
+export const BUDGET_AGED_MS = 10_000;
+/**
  * Time a connection in transmission may stay idle (nothing in flight, nothing arriving); 0 turns
  * it off, the default: the Linux kernel's nbd device sends nothing while the block device is
  * unused and fails all later I/O once its connection is closed (nbd-client reconnects only

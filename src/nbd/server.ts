@@ -208,6 +208,7 @@ export class NbdServer {
    */
   checkTimeouts(now = Date.now()): void {
     for (const session of this.sessions) session.tick(now);
+    this.budget.tick(now);
   }
 
   private accept(socket: Socket): void {

@@ -26,7 +26,7 @@
  * the TLS handshake too.
  */
 import type { Socket } from 'node:net';
-import type { BufferBudget } from './budget.js';
+import type { BudgetAccount, BufferBudget } from './budget.js';
 import { CLOSE_GRACE_MS, PRESSURE_STALL_MS, TCP_KEEPALIVE_MS } from './constants.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { Negotiated } from './handshake.js';
@@ -71,6 +71,8 @@ export class Session {
 
   // Budget: bytes of this socket's queue charged to the global budget.
   private charged = 0;
+  /** Everything this connection holds in the budget (socket bytes and its transmission's reservations). */
+  private readonly account: BudgetAccount = { held: 0 };
   /** Bytes ever queued on the socket; minus writableLength, the bytes that have left. */
   private queuedTotal = 0;
 
@@ -224,7 +226,7 @@ export class Session {
     plain.off('drain', this.onDrainListener);
     plain.uncork(); // the ACK must leave in plain text before the first TLS record
     // What the plain socket still holds (the ACK) leaves with it; the budget follows the new socket.
-    this.options.budget.adjust(-this.charged);
+    this.options.budget.adjust(this.account, -this.charged);
     this.charged = 0;
     const peer = this.peer;
     const secure = upgradeServerSocket(plain, tls, (socket, authenticated) => {
@@ -340,6 +342,7 @@ export class Session {
       },
       this.options.stats,
       this.options.budget,
+      this.account,
     );
     if (rest !== undefined) this.transmission.feed(rest);
   }
@@ -364,7 +367,7 @@ export class Session {
     if (this.closed) return;
     const queued = this.socket.writableLength;
     if (queued === this.charged) return;
-    this.options.budget.adjust(queued - this.charged);
+    this.options.budget.adjust(this.account, queued - this.charged);
     this.charged = queued;
   }
 
@@ -394,7 +397,7 @@ export class Session {
     clearTimeout(this.graceTimer);
     this.transmission?.stop();
     // Whatever the socket still held is gone with it.
-    this.options.budget.adjust(-this.charged);
+    this.options.budget.adjust(this.account, -this.charged);
     this.charged = 0;
     this.closed = true;
     try {

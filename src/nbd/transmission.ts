@@ -22,7 +22,7 @@
  * (WAIT) and offered again once the budget grants its bytes, so nothing is dropped and requests
  * still run in order.
  */
-import type { BudgetWaiter, BufferBudget } from './budget.js';
+import type { BudgetAccount, BudgetWaiter, BufferBudget } from './budget.js';
 import type { NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import {
@@ -123,10 +123,7 @@ export class Transmission implements RequestSink {
   private readonly emit = (length: number, flags: number): void => this.collectExtent(length, flags);
 
   // Global budget: the one request waiting for bytes, bytes granted to it, a WRITE's payload.
-  private readonly waiter: BudgetWaiter & { bytes: number } = {
-    bytes: 0,
-    granted: () => this.onGranted(),
-  };
+  private readonly waiter: BudgetWaiter & { bytes: number };
   /** A request is parked in the parser (WAIT) until the budget grants `waiter.bytes`. */
   private waitingForBudget = false;
   /** The parked request was granted; its header is being offered again (not counted twice). */
@@ -144,10 +141,7 @@ export class Transmission implements RequestSink {
   /** No piece sent yet (a simple reply's header goes with the first piece). */
   private streamFirst = true;
   private readonly deferred: Buffer[] = [];
-  private readonly streamWaiter: BudgetWaiter & { bytes: number } = {
-    bytes: 0,
-    granted: () => this.onStreamGranted(),
-  };
+  private readonly streamWaiter: BudgetWaiter & { bytes: number };
   private streamWaiting = false;
   private streamGrantedBytes = 0;
 
@@ -156,7 +150,12 @@ export class Transmission implements RequestSink {
     private readonly io: TransmissionIo,
     private readonly stats: StatsCounters,
     private readonly budget: BufferBudget,
+    /** The connection's account: what it holds in the budget (its socket's bytes included). */
+    private readonly account: BudgetAccount,
   ) {
+    // One waiter object each, reused for every request: waiting allocates nothing.
+    this.waiter = { account, bytes: 0, since: 0, granted: () => this.onGranted() };
+    this.streamWaiter = { account, bytes: 0, since: 0, granted: () => this.onStreamGranted() };
     this.exp = negotiated.export;
     this.structured = negotiated.structuredReplies;
     this.ctx = {
@@ -198,7 +197,7 @@ export class Transmission implements RequestSink {
     // Give back whatever this connection held or was promised.
     if (this.waitingForBudget && this.budget.cancel(this.waiter)) this.waitingForBudget = false;
     if (this.streamWaiting && this.budget.cancel(this.streamWaiter)) this.streamWaiting = false;
-    this.budget.release(this.grantedBytes + this.payloadReserved + this.streamGrantedBytes);
+    this.budget.release(this.account, this.grantedBytes + this.payloadReserved + this.streamGrantedBytes);
     this.grantedBytes = 0;
     this.payloadReserved = 0;
     this.streamGrantedBytes = 0;
@@ -272,7 +271,7 @@ export class Transmission implements RequestSink {
       if (!this.admit(cost)) return WAIT;
       // The reply is charged to the budget (via the socket's queue) as soon as it is written.
       this.read(req);
-      this.budget.release(cost);
+      this.budget.release(this.account, cost);
     } else {
       this.dispatch(req);
     }
@@ -287,12 +286,12 @@ export class Transmission implements RequestSink {
     try {
       this.exp.write(req.offset, payload);
     } catch (err) {
-      this.budget.release(reserved);
+      this.budget.release(this.account, reserved);
       this.fail(req, err);
       this.afterRequest();
       return;
     }
-    this.budget.release(reserved);
+    this.budget.release(this.account, reserved);
     this.stats.bytesWritten += payload.length;
     this.complete(req);
     this.afterRequest();
@@ -317,11 +316,11 @@ export class Transmission implements RequestSink {
   private admit(bytes: number): boolean {
     if (this.grantedBytes > 0) {
       // The same request, offered again: the grant was sized for it.
-      this.budget.adjust(bytes - this.grantedBytes);
+      this.budget.adjust(this.account, bytes - this.grantedBytes);
       this.grantedBytes = 0;
       return true;
     }
-    if (this.budget.tryTake(bytes)) return true;
+    if (this.budget.tryTake(this.account, bytes)) return true;
     this.stats.budgetWaits++;
     this.waiter.bytes = bytes;
     this.waitingForBudget = true;
@@ -333,7 +332,7 @@ export class Transmission implements RequestSink {
   private onGranted(): void {
     this.waitingForBudget = false;
     if (this.ended) {
-      this.budget.release(this.waiter.bytes);
+      this.budget.release(this.account, this.waiter.bytes);
       return;
     }
     this.grantedBytes = this.waiter.bytes;
@@ -371,9 +370,9 @@ export class Transmission implements RequestSink {
       const n = Math.min(READ_PIECE_BYTES - headerBytes, this.streamLeft);
       const size = headerBytes + n;
       if (this.streamGrantedBytes > 0) {
-        this.budget.adjust(size - this.streamGrantedBytes);
+        this.budget.adjust(this.account, size - this.streamGrantedBytes);
         this.streamGrantedBytes = 0;
-      } else if (!this.budget.tryTake(size)) {
+      } else if (!this.budget.tryTake(this.account, size)) {
         this.stats.budgetWaits++;
         this.streamWaiter.bytes = size;
         this.streamWaiting = true;
@@ -386,7 +385,7 @@ export class Transmission implements RequestSink {
         this.exp.read(this.streamOffset, buf.subarray(headerBytes));
       } catch (err) {
         giveLargeReplyBuffer(large);
-        this.budget.release(size);
+        this.budget.release(this.account, size);
         this.streamFailed(err);
         return;
       }
@@ -406,7 +405,7 @@ export class Transmission implements RequestSink {
         writeSimpleReplyHeader(buf, 0, 0, this.streamCookieHi, this.streamCookieLo);
       }
       this.io.write(buf, () => giveLargeReplyBuffer(large));
-      this.budget.release(size);
+      this.budget.release(this.account, size);
       this.streamOffset += n;
       this.streamLeft -= n;
       this.streamFirst = false;
@@ -437,7 +436,7 @@ export class Transmission implements RequestSink {
   private onStreamGranted(): void {
     this.streamWaiting = false;
     if (this.ended) {
-      this.budget.release(this.streamWaiter.bytes);
+      this.budget.release(this.account, this.streamWaiter.bytes);
       return;
     }
     this.streamGrantedBytes = this.streamWaiter.bytes;

@@ -11,7 +11,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fc from 'fast-check';
-import { BufferBudget } from '../../src/nbd/budget.js';
+import { BufferBudget, type BudgetAccount, type BudgetWaiter } from '../../src/nbd/budget.js';
 import { defaultMaxConnections, openFilesLimit } from '../../src/nbd/connection-limit.js';
 import * as C from '../../src/nbd/constants.js';
 import type { NbdServer } from '../../src/nbd/server.js';
@@ -292,50 +292,150 @@ test('global budget: a client holding it stalls others until it is closed; nothi
   assert.equal(server.stats().bufferBytesUsed, 0, 'every byte charged was given back');
 });
 
-test('BufferBudget: FIFO grants, never above capacity unless alone, used returns to 0', async () => {
+/** Lets grants (delivered from setImmediate) run. */
+function turn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function waiter(account: BudgetAccount, bytes: number, granted: () => void): BudgetWaiter {
+  return { account, bytes, since: 0, granted };
+}
+
+test('BufferBudget: a connection holding nothing is granted before one holding a lot', async () => {
+  const budget = new BufferBudget(12 * MiB);
+  const hog = { held: 0 };
+  const other = { held: 0 };
+  const fresh = { held: 0 };
+  assert.ok(budget.tryTake(hog, 8 * MiB));
+  assert.ok(budget.tryTake(other, 2 * MiB));
+  const order: string[] = [];
+  // The hog queues first (FIFO would serve it first), the fresh connection second.
+  budget.wait(waiter(hog, 3 * MiB, () => order.push('hog')));
+  budget.wait(waiter(fresh, 3 * MiB, () => order.push('fresh')));
+  // A newcomer that would hold more than the best waiter does not overtake it.
+  assert.equal(budget.tryTake({ held: 0 }, 3 * MiB), false);
+  budget.release(other, 2 * MiB); // 4 MiB free: room for one of them
+  await turn();
+  assert.deepEqual(order, ['fresh']);
+  assert.equal(fresh.held, 3 * MiB);
+  assert.equal(budget.used, 11 * MiB);
+  budget.release(fresh, 3 * MiB);
+  await turn();
+  assert.deepEqual(order, ['fresh', 'hog']);
+  assert.equal(hog.held, 11 * MiB);
+  budget.release(hog, 11 * MiB);
+  assert.equal(budget.used, 0);
+});
+
+test('BufferBudget: an old large waiter is not starved by a stream of small requests', async () => {
+  const budget = new BufferBudget(10, 1_000);
+  budget.tick(5_000);
+  const small = [{ held: 0 }, { held: 0 }, { held: 0 }];
+  const big = { held: 0 };
+  for (const s of small) assert.ok(budget.tryTake(s, 2));
+  const order: string[] = [];
+  budget.wait(waiter(big, 8, () => order.push('big')));
+  // Young, it is overtaken: the small ones give back and take again, never leaving 8 free.
+  for (let i = 0; i < 5; i++) {
+    for (const s of small) {
+      budget.release(s, 2);
+      assert.ok(budget.tryTake(s, 2));
+    }
+    budget.tick(5_000 + i * 100);
+  }
+  await turn();
+  assert.equal(order.length, 0);
+  // Aged: nobody overtakes it any more, and it goes first once its bytes are free.
+  budget.tick(6_000);
+  budget.release(small[0], 2);
+  assert.equal(budget.tryTake(small[0], 2), false);
+  budget.wait(waiter(small[0], 2, () => order.push('small')));
+  budget.release(small[1], 2);
+  await turn();
+  assert.deepEqual(order, ['big']);
+  budget.release(small[2], 2);
+  await turn();
+  assert.deepEqual(order, ['big', 'small']);
+  assert.equal(budget.used, 10);
+});
+
+test('BufferBudget model: never above capacity unless one request alone; every waiter is granted', async () => {
+  const CONNECTIONS = 5;
+  const op = fc.oneof(
+    fc.record({
+      kind: fc.constant('ask' as const),
+      conn: fc.nat(CONNECTIONS - 1),
+      bytes: fc.integer({ min: 1, max: 80 }),
+    }),
+    fc.record({ kind: fc.constant('free' as const), conn: fc.nat(CONNECTIONS - 1) }),
+    fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 0, max: 600 }) }),
+  );
   await fc.assert(
     fc.asyncProperty(
       fc.integer({ min: 1, max: 64 }),
-      fc.array(fc.record({ bytes: fc.integer({ min: 1, max: 80 }), hold: fc.boolean() }), {
-        minLength: 1,
-        maxLength: 40,
-      }),
-      async (capacity, requests) => {
-        const budget = new BufferBudget(capacity);
-        const granted: number[] = [];
-        const held: number[] = [];
-        const waiting: number[] = [];
-        requests.forEach((r, i) => {
-          if (budget.tryTake(r.bytes)) {
-            // Above capacity only when it is the one reservation (a request larger than the budget).
-            assert.ok(budget.used <= capacity || budget.used === r.bytes);
-            granted.push(i);
-            if (r.hold) held.push(r.bytes);
-            else budget.release(r.bytes);
-          } else {
-            waiting.push(i);
-            budget.wait({
-              bytes: r.bytes,
-              granted: () => {
-                assert.ok(budget.used <= capacity || budget.used === r.bytes);
-                granted.push(i);
-                budget.release(r.bytes);
-              },
-            });
+      fc.array(op, { maxLength: 60 }),
+      async (capacity, ops) => {
+        const budget = new BufferBudget(capacity, 1_000);
+        const conns = Array.from({ length: CONNECTIONS }, () => ({
+          account: { held: 0 },
+          holds: [] as number[],
+        }));
+        let now = 0;
+        let asked = 0;
+        let granted = 0;
+        const check = (): void => {
+          let total = 0;
+          let reservations = 0;
+          for (const c of conns) {
+            const held = c.holds.reduce((a, b) => a + b, 0);
+            assert.equal(c.account.held, held, 'an account holds what its connection was granted');
+            total += held;
+            reservations += c.holds.length;
           }
-        });
-        for (const bytes of held) budget.release(bytes);
-        await waitFor('every waiter to be granted', () => budget.waiting === 0, 5_000, 1);
-        await new Promise((resolve) => setImmediate(resolve));
-        await new Promise((resolve) => setImmediate(resolve));
+          assert.equal(budget.used, total);
+          assert.ok(budget.used <= capacity || reservations === 1, `${budget.used} > ${capacity}`);
+        };
+        for (const o of ops) {
+          if (o.kind === 'ask') {
+            const c = conns[o.conn];
+            asked++;
+            if (budget.tryTake(c.account, o.bytes)) {
+              c.holds.push(o.bytes);
+              granted++;
+            } else {
+              budget.wait(
+                waiter(c.account, o.bytes, () => {
+                  c.holds.push(o.bytes);
+                  granted++;
+                }),
+              );
+            }
+          } else if (o.kind === 'free') {
+            const c = conns[o.conn];
+            const bytes = c.holds.shift();
+            if (bytes !== undefined) budget.release(c.account, bytes);
+          } else {
+            now += o.ms;
+            budget.tick(now);
+          }
+          await turn();
+          check();
+        }
+        // Everybody gives back what they hold, again and again: every waiter must get its turn.
+        for (let round = 0; round <= asked && granted < asked; round++) {
+          for (const c of conns) {
+            for (const bytes of c.holds.splice(0)) budget.release(c.account, bytes);
+          }
+          await turn();
+          check();
+        }
+        assert.equal(granted, asked, 'every waiter was granted');
+        assert.equal(budget.waiting, 0);
+        for (const c of conns) for (const bytes of c.holds.splice(0)) budget.release(c.account, bytes);
         assert.equal(budget.used, 0);
-        assert.equal(granted.length, requests.length);
-        // Waiters were granted in the order they queued.
-        const order = granted.filter((i) => waiting.includes(i));
-        assert.deepEqual(order, waiting);
       },
     ),
-    { numRuns: 200 },
+    { numRuns: 300 },
   );
 });
 
