@@ -259,7 +259,7 @@ export const TCP_KEEPALIVE_MS = 60_000;
 /**
  * Global buffer budget: reply bytes queued on all sockets plus WRITE payload bytes being
  * assembled, across every connection. When it is spent, connections stop reading new data
- * requests until bytes are freed (first come, first served).
+ * requests until bytes are freed (the least-holding connection first, see budget.ts).
  */
 export const BUFFER_BYTES_MAX = 128 * MiB;
 /**
