@@ -292,6 +292,57 @@ test('global budget: a client holding it stalls others until it is closed; nothi
   assert.equal(server.stats().bufferBytesUsed, 0, 'every byte charged was given back');
 });
 
+test('global budget: a connection holding nothing is served before one sitting on unread replies', async (t) => {
+  // No timeouts at all: no timer moves the server's clock, nobody is closed, nothing ages, so
+  // only the grant order decides who gets the bytes F frees.
+  const { server, port, dir } = await startServer(testDirectory(), {
+    bufferBytesMax: 4 * MiB,
+    stallTimeoutMs: 0,
+    handshakeTimeoutMs: 0,
+  });
+  t.after(() => server.close());
+  // F reserves a 2 MiB WRITE payload and sends only its first 4 KiB for now.
+  const { client: f } = await RawClient.open(port);
+  t.after(() => f.destroy());
+  const rest = Buffer.alloc(2 * MiB - 4096, 0x11);
+  f.write(Buffer.concat([encodeRequest(C.CMD_WRITE, 0, 2 * MiB, 0, 1n), Buffer.alloc(4096, 0x11)]));
+  await waitFor('the payload to be reserved', () => server.stats().bufferBytesUsed >= 2 * MiB);
+  // A pipelines 1 MiB READs and reads nothing: it fills the rest of the budget (holding more
+  // than 1 MiB of unread replies, or its next READ would fit) and waits for more.
+  const { client: a } = await RawClient.open(port);
+  t.after(() => a.destroy());
+  a.socket.pause();
+  const frames: Buffer[] = [];
+  for (let i = 0; i < 64; i++) frames.push(encodeRequest(C.CMD_READ, 0, MiB, 0, BigInt(100 + i)));
+  a.write(Buffer.concat(frames));
+  await waitFor('the reader to wait for the budget', () => server.stats().budgetWaits >= 1);
+  // G holds nothing and asks for 2 MiB, after A: first come, first served would give A the
+  // bytes F frees, and A never gives them back.
+  const { client: g } = await RawClient.open(port);
+  t.after(() => g.destroy());
+  const data = Buffer.alloc(2 * MiB);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 11 + 3) & 0xff;
+  const waits = server.stats().budgetWaits;
+  g.request(C.CMD_WRITE, 8 * MiB, data.length, { cookie: 7n, payload: data });
+  await waitFor('the good client to wait for the budget', () => server.stats().budgetWaits > waits);
+  f.write(rest);
+  const reply = await g.read(C.SIMPLE_REPLY_HEADER_BYTES);
+  assert.equal(reply.readUInt32BE(0), C.SIMPLE_REPLY_MAGIC);
+  assert.equal(reply.readUInt32BE(4), 0);
+  assert.equal(reply.readBigUInt64BE(8), 7n);
+  const stored = (dir.exports.get('') as MemoryExport).data.subarray(8 * MiB, 10 * MiB);
+  assert.ok(Buffer.from(stored).equals(data));
+  // A is still served once it reads: nothing it asked for was lost.
+  a.socket.resume();
+  for (let i = 0; i < 64; i++) {
+    const chunk = await a.readReply(MiB);
+    assert.equal(chunk.cookie, BigInt(100 + i));
+  }
+  for (const c of [f, a, g]) c.destroy();
+  await waitFor('every connection to close', () => server.stats().connectionsOpen === 0);
+  assert.equal(server.stats().bufferBytesUsed, 0, 'every byte charged was given back');
+});
+
 /** Lets grants (delivered from setImmediate) run. */
 function turn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
