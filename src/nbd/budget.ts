@@ -32,9 +32,14 @@
  * chosen waiter is therefore granted, and aging makes every waiter the chosen one in bounded
  * time. Also: `used` == Σ accounts' `held`, and `used` <= capacity unless one request alone.
  *
- * The clock is the server's timeout clock (`tick`), so tests move it by hand. Choosing a
- * waiter scans the queue (one entry per waiting request, at most two per connection) only when
- * someone waits; nothing here allocates per request.
+ * The clock is the server's timeout clock (`tick`), so tests move it by hand. With every
+ * timeout of the server off there is no timer, so nothing ages: waiters are then served least-
+ * holding first only; with the stall timeout off, holders are not closed either, so liveness
+ * already rests on clients reading and sending.
+ *
+ * Cost: with nobody waiting, `tryTake` and `adjust` are a few additions and allocate nothing.
+ * Only while requests wait does choosing one scan the queue (one entry per waiting request, at
+ * most one per connection) and a grant allocate its setImmediate callback.
  */
 import { BUDGET_AGED_MS } from './constants.js';
 
