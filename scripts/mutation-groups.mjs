@@ -97,6 +97,7 @@ export const groups = {
       'ronomon',
       'impossible geometries',
       'a batch takes',
+      'zeroPage clears',
       'coded 3\\+1: random',
       'coded 4\\+2: losing two',
     ],

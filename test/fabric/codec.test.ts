@@ -157,6 +157,7 @@ test('a batch takes 1 to capacity stripes, and rebuildByXor refuses anything but
   // Not one data shard: a parity shard, two data shards. (Nothing lost at all is the caller's to
   // avoid: loadColumns never asks.)
   assert.equal(batch.rebuildByXor(dataAll | (1 << (k + 1)), parityK), false, 'a lost parity shard');
+  assert.equal(batch.rebuildByXor(dataAll | parityK, parityK), false, 'parity k itself');
   assert.equal(batch.rebuildByXor((dataAll & ~0b11) | parityK, 0b11), false, 'two lost data shards');
   // Present must be exactly the other data shards and parity k.
   assert.equal(batch.rebuildByXor((dataAll & ~0b10) | (1 << (k + 1)), 0b10), false, 'without parity k');
@@ -183,6 +184,34 @@ test('a batch takes 1 to capacity stripes, and rebuildByXor refuses anything but
       assert.ok(
         back.subarray(0, 3).every((b) => b === 0xee),
         'getPage writes only at its offset',
+      );
+    }
+  }
+});
+
+test('zeroPage clears exactly one page of the batch', () => {
+  const k = 2;
+  const page = 512;
+  const batch = new StripeBatch(new ReedSolomonCodec(k, 1), page, 4);
+  batch.reset(3);
+  const pages = new Map<string, Buffer>();
+  for (let s = 0; s < 3; s++) {
+    for (let shard = 0; shard <= k; shard++) {
+      const bytes = seededBytes(s * 10 + shard + 1, page);
+      batch.putPage(s, shard, bytes);
+      pages.set(`${s}/${shard}`, bytes);
+    }
+  }
+  batch.zeroPage(1, 0);
+  batch.zeroPage(2, k); // a parity page
+  const back = Buffer.alloc(page);
+  for (let s = 0; s < 3; s++) {
+    for (let shard = 0; shard <= k; shard++) {
+      batch.getPage(s, shard, back);
+      const zeroed = (s === 1 && shard === 0) || (s === 2 && shard === k);
+      assert.ok(
+        back.equals(zeroed ? Buffer.alloc(page) : pages.get(`${s}/${shard}`)!),
+        `stripe ${s} shard ${shard}`,
       );
     }
   }

@@ -134,8 +134,16 @@ for (const [label, redundancy, shards] of redundancies) {
           const offset = Math.floor(at * (size - length));
           if (op === 'write') {
             const data = seededBytes(seed, length);
+            const coded = region.stats().codedBytes;
             await region.write(offset, data);
             data.copy(model, offset);
+            if (typeof redundancy === 'object' && 'data' in redundancy) {
+              // Every stripe the write touches is coded once, whole.
+              const stripeBytes = redundancy.data * fabric.pageSize;
+              const stripes =
+                Math.floor((offset + length - 1) / stripeBytes) - Math.floor(offset / stripeBytes) + 1;
+              assert.equal(region.stats().codedBytes - coded, stripes * stripeBytes, 'coded bytes');
+            }
           } else if (op === 'trim') {
             await region.trim(offset, length);
             model.fill(0, offset, offset + length);

@@ -220,3 +220,30 @@ test('destroying every space frees every frame, merged or not', () => {
   assert.equal(merger.registeredSpaces, 0);
   merger.destroy();
 });
+
+test('a scan reports exactly the pages it examined, merged and zeroed', () => {
+  const { pool, merger, parent } = setup();
+  for (let p = 0; p < 6; p++) parent.write(p * PAGE, page(5)); // six identical pages
+  for (let p = 6; p < 9; p++) parent.write(p * PAGE, Buffer.alloc(PAGE)); // three written zero pages
+  parent.write(9 * PAGE, page(6)); // one of its own
+  const result = merger.scan();
+  assert.equal(result.pagesScanned, 10);
+  assert.equal(result.pagesMerged, 5, 'five pages joined the first');
+  assert.equal(result.zeroPagesMerged, 3);
+  const stats = merger.stats();
+  assert.equal(stats.pagesScanned, 10);
+  assert.equal(stats.pagesMerged, 5);
+  assert.equal(stats.zeroPagesMerged, 3);
+  assert.equal(pool.used, 2);
+  // Merged and zero pages read back as they were written, through fresh translations.
+  const back = Buffer.alloc(PAGE);
+  for (let p = 0; p < 10; p++) {
+    parent.read(p * PAGE, back);
+    assert.ok(back.equals(p < 6 ? page(5) : p < 9 ? Buffer.alloc(PAGE) : page(6)), `page ${p}`);
+  }
+  // A second scan finds them merged already: nothing examined twice, nothing counted again.
+  const again = merger.scan();
+  assert.equal(again.pagesMerged + again.zeroPagesMerged, 0);
+  assert.equal(merger.stats().pagesScanned, 10 + again.pagesScanned);
+  checkPoolInvariants(pool, [parent]);
+});
