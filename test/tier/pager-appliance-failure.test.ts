@@ -14,18 +14,11 @@ import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApplianceProcess } from '../interop/appliance-process.js';
+import type { Outcome } from './fixtures/pager-failure-child.js';
 
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'pager-failure-child.ts');
 /** Generous bounds: the child's own calls are bounded at 60 s each inside it. */
 const PHASE_MS = 240_000;
-
-interface Outcome {
-  ok?: true;
-  hung?: true;
-  code?: string;
-  causeCode?: string;
-  message?: string;
-}
 
 interface Done {
   phase: 'done';
