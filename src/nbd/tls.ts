@@ -21,6 +21,7 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { constants as cryptoConstants } from 'node:crypto';
 import { createSecureContext, TLSSocket } from 'node:tls';
 import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { Socket } from 'node:net';
@@ -69,6 +70,8 @@ export const PSK_CIPHERS_TLS12 = [
  * 1.3 external PSK from the PSK callback only with them.
  */
 export const TLS13_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384';
+/** The TLS 1.3 suites offered when PSK keys are loaded (see loadServerTls). */
+export const TLS13_SUITES_SHA256 = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256';
 /** TLS 1.2 suites for certificates: forward secret AEAD only. */
 const CERT_CIPHERS_TLS12 = 'ECDHE+AESGCM:ECDHE+CHACHA20';
 
@@ -198,7 +201,15 @@ export function loadServerTls(options: NbdServerTlsOptions): ServerTls {
     ...(options.certificates !== undefined ? [CERT_CIPHERS_TLS12] : []),
     ...(options.psk !== undefined ? [PSK_CIPHERS_TLS12] : []),
   ];
-  contextOptions.ciphers = [TLS13_SUITES, ...tls12].join(':');
+  // With PSK keys, TLS 1.3 suites are limited to SHA-256 ones (the hash of a PSK from the
+  // callback): OpenSSL skips a PSK whose hash does not match the suite before it checks the
+  // binder, so a SHA-384 suite would let a client name an identity it holds no key for.
+  contextOptions.ciphers = [options.psk !== undefined ? TLS13_SUITES_SHA256 : TLS13_SUITES, ...tls12].join(
+    ':',
+  );
+  // No session tickets: a resumed TLS 1.3 session looks like an external PSK (isSessionReused),
+  // and identities are only ever proven by a key from the PSK file or a verified certificate.
+  contextOptions.secureOptions = cryptoConstants.SSL_OP_NO_TICKET;
   let secureContext: SecureContext;
   try {
     secureContext = createSecureContext(contextOptions);
@@ -292,15 +303,30 @@ export function upgradeServerSocket(
       : {}),
   });
   tlsSocket.once('secure', () => {
-    let identity = pskIdentity;
+    // The callback having been asked for a key does not mean the PSK was used: OpenSSL may drop
+    // it and go on with a certificate handshake. Only a session that really ran on the PSK
+    // (TLS 1.3: an accepted external PSK shows as a reused session, and there are no tickets;
+    // TLS 1.2: a PSK suite) proves the identity.
+    const viaPsk =
+      pskIdentity !== undefined &&
+      (tlsSocket.getProtocol() === 'TLSv1.3'
+        ? tlsSocket.isSessionReused()
+        : tlsSocket.getCipher().name.includes('PSK'));
+    let identity = viaPsk ? pskIdentity : undefined;
     if (identity === undefined && tls.requestCert) {
       const problem = clientChainProblem(tlsSocket, tls.clientCas);
       if (problem !== undefined) {
         tlsSocket.destroy(new Error(`client certificate refused: ${problem}`));
         return;
       }
+      // A verified certificate names its tenant; one without a single usable CN is refused
+      // rather than left unrestricted.
       const cn = tlsSocket.getPeerCertificate().subject?.CN;
-      identity = typeof cn === 'string' && cn !== '' ? cn : undefined;
+      if (typeof cn !== 'string' || cn === '') {
+        tlsSocket.destroy(new Error('client certificate refused: it has no single CN to name its tenant'));
+        return;
+      }
+      identity = cn;
     }
     onSecure(tlsSocket, { identity });
   });

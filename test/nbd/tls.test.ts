@@ -439,3 +439,41 @@ test('PSK files: psktool lines round-trip; malformed lines are refused with thei
     assert.throws(() => parsePskFile(text, 'keys.psk'), { code: ErrorCodes.INVALID_ARGUMENT, message });
   }
 });
+
+test('a PSK identity named without its key authenticates nothing, even when OpenSSL drops the PSK for a certificate handshake', async (t) => {
+  // The attack: offer tenant-b's identity with a wrong key, TLS 1.3 suites whose hash does not
+  // fit the PSK (so OpenSSL skips it before checking the binder), and a client certificate from
+  // another CA. The server must neither take the identity nor accept the certificate.
+  const root = credentialsDir(t);
+  const x509 = makeX509(root, ['tenant-a']);
+  const psk = makePsk(root, ['tenant-b']);
+  const { port, server } = await startServer(testDirectory(), {
+    tls: { mode: 'require', certificates: x509.serverDir, psk: psk.file, verifyClientCertificates: true },
+  });
+  t.after(() => server.close());
+  const plain = await RawClient.handshake(port);
+  t.after(() => plain.destroy());
+  plain.sendOption(C.OPT_STARTTLS);
+  assert.equal((await plain.readOptionReply()).type, C.REP_ACK);
+  const outcome = await new Promise<string>((resolve) => {
+    const s = tlsConnect({
+      socket: plain.socket,
+      minVersion: 'TLSv1.3',
+      ciphers: 'TLS_AES_256_GCM_SHA384',
+      ca: readFileSync(join(x509.serverDir, 'ca-cert.pem')),
+      cert: readFileSync(join(x509.rogueClientDir, 'client-cert.pem')),
+      key: readFileSync(join(x509.rogueClientDir, 'client-key.pem')),
+      pskCallback: () => ({ identity: 'tenant-b', psk: randomBytes(32) }),
+      checkServerIdentity: () => undefined,
+    });
+    s.once('error', (err) => resolve(`refused: ${err.message}`));
+    s.once('close', () => resolve('refused: closed'));
+    s.once('secureConnect', () => {
+      optionOverTls(s, C.OPT_LIST).then(
+        (replies) => resolve(`served ${replies.length} LIST replies`),
+        () => resolve('refused after TLS'),
+      );
+    });
+  });
+  assert.match(outcome, /^refused/, outcome);
+});
