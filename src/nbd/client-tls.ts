@@ -98,8 +98,12 @@ export function resolveClientTls(tls: NbdClientTls): ResolvedClientTls {
         ciphers: PSK_CIPHERS_TLS12,
         minVersion: 'TLSv1.2',
         pskCallback: () => ({ identity, psk: key }),
-        // No certificate in a PSK session: the key authenticates the server.
-        checkServerIdentity: () => undefined,
+        // The key authenticates the server: a certificate in a "PSK" session means the server
+        // (or someone in between) ignored the key, and no CA trust makes that acceptable.
+        checkServerIdentity: (_host: string, cert: { raw?: Buffer } | undefined) =>
+          cert?.raw !== undefined
+            ? new Error('the server answered with a certificate instead of the pre-shared key')
+            : undefined,
       },
     };
   }
