@@ -98,7 +98,12 @@ export class FileBacking {
   private readonly file: LayerFile;
   private readonly layer: FileLayer;
   private readonly pageSize: number;
-  /** The extent map as it is on disk (or a superset of it). */
+  /**
+   * The extent map, never more than any map that may be on disk: `saveNow` trusts it to decide
+   * whether the map on disk must grow before data lands outside it. So it grows only after a
+   * grown map is durable, and shrinks before a smaller map is written (a write that fails after
+   * its rename, at the directory fsync, must not leave memory covering more than the disk).
+   */
   private map: PageRuns;
   private readonly staging = Buffer.alloc(SAVE_CHUNK_BYTES);
   private savedEpoch = 0;
@@ -385,8 +390,8 @@ export class FileBacking {
       // Migration: write the map this load found, then (version 1) the metadata as version 2.
       try {
         const exact = found.build();
+        this.map = exact; // before the write: see `map`
         await writeFileAtomically(this.layer, this.extentsPath, exact.encode(pageSize));
-        this.map = exact;
         if (meta.version !== REGION_FILE_VERSION) {
           await writeFileAtomically(
             this.layer,
@@ -446,8 +451,8 @@ export class FileBacking {
     if (zeroPages.length > 0) {
       const shrunk = this.map.withoutPages(zeroPages);
       if (!shrunk.equals(this.map)) {
+        this.map = shrunk; // before the write: see `map`
         await writeFileAtomically(this.layer, this.extentsPath, shrunk.encode(this.pageSize));
-        this.map = shrunk;
       }
     }
     this.savedEpoch = upTo;
