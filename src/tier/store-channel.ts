@@ -282,6 +282,9 @@ export class StoreChannel {
     if (this.deadReason !== undefined) return;
     this.deadReason = reason;
     this.deadCause = cause ?? new Error(reason);
+    // Readers waiting for a descriptor wake to checkUsable() and fail; one that fails while
+    // waiting wakes nobody, so all of them are woken here or some would wait for ever.
+    for (const wake of this.asyncDescWaiters.splice(0)) wake();
   }
 
   private deadError(): MemfabricError {
