@@ -337,7 +337,14 @@ export class RegionRegistry implements NbdExportDirectory {
     this.regions.delete(name);
     if (this.defaultRegion === name) this.defaultRegion = undefined;
     region.space.destroy();
-    await region.backing?.remove();
+    // The name stays taken until its files are gone: a create of the same name meanwhile would
+    // find the old image, or have its temporary files removed under it.
+    this.reserved.add(name);
+    try {
+      await region.backing?.remove();
+    } finally {
+      this.reserved.delete(name);
+    }
   }
 
   /**
@@ -379,7 +386,13 @@ export class RegionRegistry implements NbdExportDirectory {
     }
     this.movedAway.set(region.name, record);
     // A save in progress reads the space: let it finish before the frames go back to the pool.
-    await region.backing?.remove();
+    // The name stays taken until the files are gone (as in delete).
+    this.reserved.add(region.name);
+    try {
+      await region.backing?.remove();
+    } finally {
+      this.reserved.delete(region.name);
+    }
     region.space.destroy();
     return record;
   }
