@@ -284,6 +284,11 @@ export const BLOCK_STATUS_EXTENTS_MAX = 1 << 20;
  */
 export const REPLY_QUEUED_BYTES_MAX = 16 * MiB;
 /**
+ * The least a caller may set REPLY_QUEUED_BYTES_MAX to: above a socket's default high-water
+ * mark (16 KiB), so that a connection paused for it always sees 'drain' again.
+ */
+export const REPLY_QUEUED_BYTES_MIN = 64 * KiB;
+/**
  * READs longer than this are answered in pieces of this size, each produced only when the
  * socket holds less than one piece (and admitted by the global budget on its own): a client
  * that asks for 32 MiB and does not read it makes the server hold about two pieces, not 32 MiB.

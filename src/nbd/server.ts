@@ -26,6 +26,7 @@ import {
   IDLE_MS_DEFAULT,
   PRESSURE_STALL_MS,
   REPLY_QUEUED_BYTES_MAX,
+  REPLY_QUEUED_BYTES_MIN,
   STALL_MS_MAX,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
@@ -98,6 +99,13 @@ export class NbdServer {
       stallMs: limit(options.stallTimeoutMs, STALL_MS_MAX, 'stallTimeoutMs'),
       replyQueuedBytesMax: limit(options.replyQueuedBytesMax, REPLY_QUEUED_BYTES_MAX, 'replyQueuedBytesMax'),
     };
+    if (this.limits.replyQueuedBytesMax < REPLY_QUEUED_BYTES_MIN) {
+      // Below the socket's high-water mark 'drain' may never fire, and a paused connection would
+      // wait for ever.
+      throw invalidArgument(
+        `NBD replyQueuedBytesMax must be at least ${REPLY_QUEUED_BYTES_MIN} bytes, not ${this.limits.replyQueuedBytesMax}`,
+      );
+    }
     this.maxConnections = limit(options.maxConnections, defaultMaxConnections(), 'maxConnections');
     this.budget = new BufferBudget(limit(options.bufferBytesMax, BUFFER_BYTES_MAX, 'bufferBytesMax'));
     this.tls = options.tls === undefined ? undefined : loadServerTls(options.tls);

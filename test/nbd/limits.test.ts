@@ -14,7 +14,8 @@ import * as fc from 'fast-check';
 import { BufferBudget, type BudgetAccount, type BudgetWaiter } from '../../src/nbd/budget.js';
 import { defaultMaxConnections, openFilesLimit } from '../../src/nbd/connection-limit.js';
 import * as C from '../../src/nbd/constants.js';
-import type { NbdServer } from '../../src/nbd/server.js';
+import { NbdServer } from '../../src/nbd/server.js';
+import { ErrorCodes } from '../../src/errors.js';
 import { startServer } from './helpers.js';
 import { testDirectory, MemoryExport } from './memory-export.js';
 import { encodeRequest, RawClient } from './raw-client.js';
@@ -552,4 +553,14 @@ test('stalled writers cannot deadlock the budget: a good 4 MiB WRITE still compl
   const stored = (dir.exports.get('') as MemoryExport).data.subarray(16 * MiB, 20 * MiB);
   assert.ok(Buffer.from(stored).equals(data));
   assert.ok(server.stats().payloadStalls >= 1);
+});
+
+test('replyQueuedBytesMax below a socket high-water mark is refused (the connection could wait for ever)', () => {
+  assert.throws(() => new NbdServer({ directory: testDirectory(), replyQueuedBytesMax: 1024 }), {
+    code: ErrorCodes.INVALID_ARGUMENT,
+    message: /replyQueuedBytesMax must be at least 65536/,
+  });
+  assert.doesNotThrow(
+    () => new NbdServer({ directory: testDirectory(), replyQueuedBytesMax: C.REPLY_QUEUED_BYTES_MIN }),
+  );
 });
