@@ -248,7 +248,9 @@ export class FileBacking {
   ): Promise<FileBacking> {
     const layer = options.layer ?? nodeFileLayer;
     const paths = FileBacking.paths(dataDir, meta.name);
-    const imageSize = await layer.size(paths.image);
+    const imageSize = await layer.size(paths.image).catch((error: unknown) => {
+      throw unusableImage(error, paths.image, meta.name);
+    });
     if (imageSize === undefined) {
       throw new MemfabricError(
         ErrorCodes.CORRUPT_FILE,
@@ -262,7 +264,9 @@ export class FileBacking {
       );
     }
     const map = options.map ?? (await readExtentMap(paths, meta, layer));
-    const file = await layer.open(paths.image, 'r+');
+    const file = await layer.open(paths.image, 'r+').catch((error: unknown) => {
+      throw unusableImage(error, paths.image, meta.name);
+    });
     const pages = Math.ceil(meta.size / meta.pageSize);
     // Without a map, what is on disk is "any page may hold data".
     const backing = new FileBacking(
@@ -515,6 +519,18 @@ function tooLarge(cause: unknown, dataDir: string, size: number, largest: number
 }
 
 /** File-system refusals a user can act on become MF_FILE_REFUSED; anything else is passed on. */
+/** A region's image that exists but cannot be examined or opened at load (EACCES, EIO, …). */
+function unusableImage(error: unknown, image: string, region: string): unknown {
+  if (error instanceof MemfabricError) return error;
+  const code = (error as NodeJS.ErrnoException).code ?? 'error';
+  return new MemfabricError(
+    ErrorCodes.FILE_REFUSED,
+    `${image} of region ${region} cannot be opened (${code}); give the appliance's user read and ` +
+      'write access to it and restart, or delete the region',
+    { cause: error },
+  );
+}
+
 function refusal(error: unknown, dataDir: string, size: number): unknown {
   if (error instanceof MemfabricError) return error;
   const code = (error as NodeJS.ErrnoException).code;

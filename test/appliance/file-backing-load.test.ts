@@ -324,6 +324,35 @@ test('ENOSPC, EACCES and a failed metadata write leave nothing behind either', a
   });
 });
 
+test('an image the appliance may not open at load fails alone with MF_FILE_REFUSED naming it', async () => {
+  await withDir(async (dir) => {
+    const registry = new RegionRegistry({ pool: new FramePool({ capacity: 16 * MiB }), dataDir: dir });
+    for (const name of ['locked', 'open']) {
+      const region = await registry.create({ name, size: MiB, file: true });
+      region.write(0, pattern(7, PAGE));
+    }
+    await registry.close();
+    const layer = hookedLayer((op, path) => {
+      if (op === 'open' && path.endsWith('locked.img')) throw errno('EACCES');
+    });
+    const registry2 = new RegionRegistry({
+      pool: new FramePool({ capacity: 16 * MiB }),
+      dataDir: dir,
+      layer,
+    });
+    await registry2.scanDataDir();
+    await registry2.loadPending({});
+    const locked = registry2.pendingRegion('locked')!;
+    assert.equal(locked.state, 'failed');
+    assert.equal(locked.error?.code, ErrorCodes.FILE_REFUSED);
+    assert.match(locked.error?.message ?? '', /locked\.img of region locked cannot be opened \(EACCES\)/);
+    const back = Buffer.alloc(PAGE);
+    registry2.require('open').read(0, back);
+    assert.ok(back.equals(pattern(7, PAGE)), 'the other region loads');
+    await registry2.close();
+  });
+});
+
 test('a real file system that refuses 1 PiB (EFBIG) gives 400 MF_FILE_REFUSED over HTTP, and the name stays free', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'memfabric-load-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
