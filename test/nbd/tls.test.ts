@@ -42,6 +42,18 @@ async function pskServer(t: test.TestContext, mode: 'on' | 'require') {
   return { ...running, psk, root };
 }
 
+/** A server requiring TLS with both kinds: X.509 (client certificates verified, CN tenant-a) and PSK (tenant-b). */
+async function mixedServer(t: test.TestContext) {
+  const root = credentialsDir(t);
+  const x509 = makeX509(root, ['tenant-a']);
+  const psk = makePsk(root, ['tenant-b']);
+  const { port, server } = await startServer(testDirectory(), {
+    tls: { mode: 'require', certificates: x509.serverDir, psk: psk.file, verifyClientCertificates: true },
+  });
+  t.after(() => server.close());
+  return { port, x509, psk };
+}
+
 /**
  * Sends one option over an established TLS socket and reads its replies up to the final one
  * (ACK or an error); resolves with all of them.
@@ -368,13 +380,7 @@ test('X.509 with client verification: a client without a certificate, or with on
 });
 
 test('PSK and X.509 with client verification on one server: each client uses its own kind', async (t) => {
-  const root = credentialsDir(t);
-  const x509 = makeX509(root, ['tenant-a']);
-  const psk = makePsk(root, ['tenant-b']);
-  const { port, server } = await startServer(testDirectory(), {
-    tls: { mode: 'require', certificates: x509.serverDir, psk: psk.file, verifyClientCertificates: true },
-  });
-  t.after(() => server.close());
+  const { port, x509, psk } = await mixedServer(t);
   const byPsk = await NbdClient.connect({ port, tls: { psk: { identity: 'tenant-b', file: psk.file } } });
   await byPsk.write(0, Buffer.alloc(4096, 9));
   await byPsk.disconnect();
@@ -444,13 +450,7 @@ test('a PSK identity named without its key authenticates nothing, even when Open
   // The attack: offer tenant-b's identity with a wrong key, TLS 1.3 suites whose hash does not
   // fit the PSK (so OpenSSL skips it before checking the binder), and a client certificate from
   // another CA. The server must neither take the identity nor accept the certificate.
-  const root = credentialsDir(t);
-  const x509 = makeX509(root, ['tenant-a']);
-  const psk = makePsk(root, ['tenant-b']);
-  const { port, server } = await startServer(testDirectory(), {
-    tls: { mode: 'require', certificates: x509.serverDir, psk: psk.file, verifyClientCertificates: true },
-  });
-  t.after(() => server.close());
+  const { port, x509 } = await mixedServer(t);
   const plain = await RawClient.handshake(port);
   t.after(() => plain.destroy());
   plain.sendOption(C.OPT_STARTTLS);
