@@ -68,6 +68,22 @@ export const ErrorCodes = {
   UNAUTHORIZED: 'MF_UNAUTHORIZED',
   /** A valid token that may not do this: a tenant token on an appliance-wide route. */
   FORBIDDEN: 'MF_FORBIDDEN',
+  /** A heap image already exists where `Heap.create` was asked to make one. */
+  HEAP_EXISTS: 'MF_HEAP_EXISTS',
+  /** A file is not a memfabric heap image, or one of a newer format version. */
+  HEAP_FOREIGN: 'MF_HEAP_FOREIGN',
+  /** A heap image fails its checks: a checksum, a truncated file, inconsistent allocator state. */
+  HEAP_CORRUPT: 'MF_HEAP_CORRUPT',
+  /** The heap was closed (or failed) and can no longer be used. */
+  HEAP_CLOSED: 'MF_HEAP_CLOSED',
+  /** free/realloc of an address the allocator did not hand out, or already freed. */
+  HEAP_BAD_FREE: 'MF_HEAP_BAD_FREE',
+  /** The heap's address space has no room for the allocation. */
+  HEAP_FULL: 'MF_HEAP_FULL',
+  /** A checkpoint could not be written (disk full, I/O error); the previous one still stands. */
+  CHECKPOINT_FAILED: 'MF_CHECKPOINT_FAILED',
+  /** A heap value does not match what the call expects (a struct of another schema, a bad type tag). */
+  HEAP_TYPE: 'MF_HEAP_TYPE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
