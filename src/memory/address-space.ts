@@ -590,6 +590,28 @@ export class AddressSpace implements TranslationCache {
     source.invalidatePage(sourcePage);
   }
 
+  /**
+   * @internal For loaders (the heap's open): maps page `page`, never written in this space, to
+   * `entry` (a swapped entry naming a store slot, see paging.ts, or ZERO_FRAME) without marking
+   * it written: its epoch stays 0, so it is not dirty. The caller has already taken the
+   * reference the entry holds (on the slot).
+   */
+  installStored(page: number, entry: number): void {
+    this.checkPage(page);
+    if (!(entry < 0 || entry === ZERO_FRAME)) {
+      throw invalidArgument(`installStored takes a swapped entry or the zero frame, not ${entry}`);
+    }
+    const leaf = this.ownLeaf(this.leafSlotIndex(page, true));
+    const arena = this.pool.leaves;
+    const at = leaf * LEAF_ENTRIES + (page & LEAF_MASK);
+    if (arena.entries[at] !== NO_FRAME) {
+      throw invalidArgument(`page ${page} is already mapped; installStored maps only holes`);
+    }
+    arena.entries[at] = entry;
+    if (entry === ZERO_FRAME) this.pool.zeroEntries++;
+    this.invalidatePage(page);
+  }
+
   // ---------------------------------------------------------------------------------------
   // Fork, epochs, extents, destroy
 

@@ -7,6 +7,7 @@
 import { invalidArgument } from '../errors.js';
 import { FabricPageStore } from './fabric-store.js';
 import { FilePageStore } from './file-store.js';
+import { ImagePageStore } from './image-store.js';
 import { MemoryPageStore } from './memory-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { checkStoreGeometry } from './store-guard.js';
@@ -49,6 +50,14 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
       return FilePageStore.open({ path: spec.path, ...geometry });
     case 'fabric':
       return FabricPageStore.open(spec, geometry);
+    case 'image':
+      return ImagePageStore.open({
+        path: spec.path,
+        ...geometry,
+        ...(spec.base ? { base: spec.base } : {}),
+        ...(spec.readOnly ? { readOnly: true } : {}),
+        ...(spec.powerLoss ? { powerLoss: spec.powerLoss } : {}),
+      });
     case 'test':
       return new TestPageStore(spec, geometry);
     default:

@@ -66,6 +66,19 @@ export type StoreSpec =
       requestTimeoutMs?: number;
     }
   | {
+      /**
+       * A heap image (src/heap/): slot s at byte s·pageSize of an existing file, whose contents
+       * are kept (see image-store.ts). The heap opens its images with this; it is not a swap store.
+       */
+      kind: 'image';
+      path: string;
+      /** A fork's base image: slots [2, slots) are read from it. */
+      base?: { path: string; slots: number };
+      readOnly?: boolean;
+      /** Test double (crash tests only): lose power at a chosen flush, see power-loss-layer.ts. */
+      powerLoss?: { crashAtSync: number; seed: number };
+    }
+  | {
       /** Test double: a memory store that can delay and fail operations (test/tier only). */
       kind: 'test';
       readDelayMs?: number;

@@ -41,7 +41,8 @@ import { xxh32 } from '@node-rs/xxhash';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
 import { AddressSpace, type AddressSpaceOptions } from '../memory/address-space.js';
-import { FIRST_FRAME, FramePool, ZERO_FRAME, PAGE_SIZE_DEFAULT } from '../memory/frame-pool.js';
+import { FIRST_FRAME, FramePool, NO_FRAME, ZERO_FRAME, PAGE_SIZE_DEFAULT } from '../memory/frame-pool.js';
+import { grown } from '../memory/typed-arrays.js';
 import { LEAF_BITS, LEAF_ENTRIES } from '../memory/leaf-arena.js';
 import { swappedEntry, type PagingBackend } from '../memory/paging.js';
 import type { StoreSpec } from './page-store.js';
@@ -75,6 +76,13 @@ export interface PagerOptions {
   dedup?: boolean;
   /** Page-content hash (tests force collisions with it). Default xxh32. */
   hash?: (page: Uint8Array) => number;
+  /**
+   * Keep a checksum (xxh32) of every slot's bytes and verify it whenever a slot is read back:
+   * a page that does not match fails the read with HEAP_CORRUPT instead of handing out wrong
+   * bytes. The heap turns this on: its image outlives the process, and a flipped byte on disk
+   * must be found. Default false (swap is scratch and lives no longer than the process).
+   */
+  checksums?: boolean;
 }
 
 export interface PagerStats {
@@ -133,6 +141,13 @@ export class Pager implements PagingBackend {
   private readonly batchEntries: Float64Array;
   private readonly batchFrames: Int32Array;
   private closed = false;
+  private readonly checksums: boolean;
+  private readonly storeName: string;
+  /** Pages stagePage had to queue for writing (the rest were in the store already). */
+  stagedWrites = 0;
+  /** With checksums: xxh32 of each slot's bytes, valid where `sumKnown` is 1. */
+  private slotSums = new Uint32Array(0);
+  private sumKnown = new Uint8Array(0);
   private counters = {
     faults: 0,
     asyncLoads: 0,
@@ -191,11 +206,12 @@ export class Pager implements PagingBackend {
     this.pool = pool;
     this.pageSize = pool.pageSize;
     this.channel = channel;
-    this.slots = new SwapSlots(capacity, describeStore(options.store));
+    this.storeName = describeStore(options.store);
+    this.slots = new SwapSlots(capacity, this.storeName);
     this.prefetch = options.prefetch ?? PREFETCH_DEFAULT;
     this.evictBatch = Math.min(options.evictBatch ?? EVICT_BATCH_DEFAULT, Math.max(1, pool.capacity >> 2));
     this.dedup = options.dedup ?? true;
-    this.hash = options.hash ?? ((page) => xxh32(page, 0));
+    this.hash = options.hash ?? defaultHash;
     this.scratch = scratch;
     this.scratchSegment = scratchSegment;
     this.zeroPage = Buffer.alloc(pool.pageSize);
@@ -205,6 +221,7 @@ export class Pager implements PagingBackend {
     this.batchOffsets = new Float64Array(batch);
     this.batchEntries = new Float64Array(batch);
     this.batchFrames = new Int32Array(batch);
+    this.checksums = options.checksums ?? false;
     pool.attachPaging(this);
   }
 
@@ -273,6 +290,15 @@ export class Pager implements PagingBackend {
       for (let i = 1; i < count; i++) pool.release(this.batchFrames[i]!);
       throw error;
     }
+    if (this.checksums) {
+      for (let i = 0; i < count; i++) {
+        const bad = this.mismatch(this.batchSlots[i]!, i === 0 ? frame : this.batchFrames[i]!);
+        if (bad !== undefined) {
+          for (let j = 1; j < count; j++) pool.release(this.batchFrames[j]!);
+          throw bad;
+        }
+      }
+    }
     const arena = pool.leaves;
     for (let i = 1; i < count; i++) {
       // The entry's slot reference becomes the frame's "copy in the store".
@@ -323,7 +349,15 @@ export class Pager implements PagingBackend {
       const read = this.channel
         .readAsync(slot, frame >>> pool.segmentShift, pool.frameOffset(frame))
         .then(
-          () => this.installLoaded(space, page, swapped, frame),
+          () => {
+            const bad = this.checksums ? this.mismatch(slot, frame) : undefined;
+            if (bad === undefined) {
+              this.installLoaded(space, page, swapped, frame);
+            } else {
+              pool.release(frame);
+              failure ??= bad;
+            }
+          },
           (error: unknown) => {
             pool.release(frame);
             failure ??= error;
@@ -378,6 +412,122 @@ export class Pager implements PagingBackend {
     };
   }
 
+  // ---------------------------------------------------------------------------------------
+  // Slot-level access, for the heap: its image is this pager's store, and it keeps its own
+  // references on the slots a checkpoint names (see src/heap/checkpoint.ts).
+
+  /**
+   * While opening a store that already holds pages (a heap image): takes a reference on
+   * `slot` and records its checksum. Call `sealAdopted()` once every slot is adopted.
+   */
+  adoptSlot(slot: number, checksum: number): void {
+    this.assertOpen();
+    this.slots.adopt(slot);
+    if (this.checksums) this.recordSum(slot, checksum);
+  }
+
+  /** Ends adoption: every slot nothing adopted is free for new pages. */
+  sealAdopted(): void {
+    this.slots.sealAdopted();
+  }
+
+  /**
+   * Makes sure a slot holds the current bytes of `page` of `space` without evicting it, and
+   * returns the slot with one new reference for the caller (or -1 for a hole, -2 for a zero
+   * page: nothing to store). A resident page already copied to a slot costs nothing; another
+   * resident page is queued to a new slot, and its frame remembers that slot (so a later
+   * eviction costs no I/O). Resolves once the bytes are in the destage queue: durable after
+   * `flush()`. The page must not change meanwhile (the heap passes a frozen fork).
+   */
+  async stagePage(space: AddressSpace, page: number): Promise<number> {
+    this.assertOpen();
+    const pool = this.pool;
+    const at = space.entryIndexAt(page);
+    if (at < 0) return -1;
+    const entry = pool.leaves.entries[at]!;
+    if (entry === NO_FRAME) return -1;
+    if (entry === ZERO_FRAME) return -2;
+    if (entry < 0) {
+      const slot = -1 - entry;
+      this.slots.retain(slot);
+      return slot;
+    }
+    const copy = pool.frameSlot[entry]!;
+    if (copy !== 0) {
+      this.slots.retain(copy - 1);
+      return copy - 1;
+    }
+    const bytes = pool.frameBytes(entry);
+    if (bytes.equals(this.zeroPage)) return -2;
+    // Hold the frame while the copy is queued: an eviction meanwhile drops only the entry's
+    // reference, so the frame (and its bytes) cannot be reused under the queued copy.
+    pool.refcount[entry]!++;
+    const slot = this.slots.allocate();
+    try {
+      await this.channel.enqueueWriteAsync(slot, bytes);
+    } catch (error) {
+      this.slots.unallocate(slot);
+      pool.release(entry);
+      throw error;
+    }
+    if (this.checksums) this.recordSum(slot, xxh32(bytes, 0) >>> 0);
+    this.stagedWrites++;
+    this.slots.retain(slot); // the caller's reference; the allocation's is the frame's copy
+    if (pool.frameSlot[entry] === 0) pool.frameSlot[entry] = slot + 1;
+    else this.slots.release(slot); // a concurrent eviction already copied it elsewhere
+    pool.release(entry);
+    return slot;
+  }
+
+  /** Writes `bytes` (one page) to a new slot and returns it with one reference for the caller. */
+  async storeBytes(bytes: Uint8Array): Promise<number> {
+    this.assertOpen();
+    const slot = this.slots.allocate();
+    try {
+      await this.channel.enqueueWriteAsync(slot, bytes);
+    } catch (error) {
+      this.slots.unallocate(slot);
+      throw error;
+    }
+    if (this.checksums) this.recordSum(slot, xxh32(bytes, 0) >>> 0);
+    return slot;
+  }
+
+  /**
+   * Overwrites a slot the caller owns outright (a heap's superblock slots, adopted and never
+   * released). Resolves once queued; durable after `flush()`.
+   */
+  async overwriteSlot(slot: number, bytes: Uint8Array): Promise<void> {
+    this.assertOpen();
+    await this.channel.enqueueWriteAsync(slot, bytes);
+    if (this.checksums) this.recordSum(slot, xxh32(bytes, 0) >>> 0);
+  }
+
+  /** Reads slot `slot` into `dst` (one page) without blocking; no checksum check (the caller checks). */
+  async readSlot(slot: number, dst: Uint8Array): Promise<void> {
+    this.assertOpen();
+    const pool = this.pool;
+    if (pool.free === 0) pool.reserve(1);
+    const frame = pool.allocate();
+    try {
+      await this.channel.readAsync(slot, frame >>> pool.segmentShift, pool.frameOffset(frame));
+      const offset = pool.frameOffset(frame);
+      dst.set(pool.frameSegment(frame).subarray(offset, offset + this.pageSize));
+    } finally {
+      pool.release(frame);
+    }
+  }
+
+  /** The checksum recorded for `slot` (with `checksums` on), or undefined. */
+  slotChecksum(slot: number): number | undefined {
+    return slot < this.sumKnown.length && this.sumKnown[slot] === 1 ? this.slotSums[slot] : undefined;
+  }
+
+  /** Slots below the highest one ever used: the store's extent, in slots. */
+  get slotHighWater(): number {
+    return this.slots.highWater;
+  }
+
   /** @internal References held on `slot` (entries plus frames whose bytes it holds): for tests. */
   slotReferences(slot: number): number {
     return this.slots.references(slot);
@@ -426,6 +576,11 @@ export class Pager implements PagingBackend {
       }
       const chain = arena.chain[entry >>> LEAF_BITS]!;
       const hash = this.dedup ? this.hash(bytes) >>> 0 : 0;
+      const sum = this.checksums
+        ? this.dedup && this.hash === defaultHash
+          ? hash
+          : xxh32(bytes, 0) >>> 0
+        : 0;
       slot = this.dedup ? this.findStored(chain, hash, bytes) : -1;
       if (slot >= 0) {
         this.slots.retain(slot);
@@ -438,6 +593,7 @@ export class Pager implements PagingBackend {
           this.slots.unallocate(slot);
           throw error;
         }
+        if (this.checksums) this.recordSum(slot, sum);
         if (this.dedup) this.slots.index(slot, chain, hash);
         this.counters.writeBacks++;
       }
@@ -498,6 +654,31 @@ export class Pager implements PagingBackend {
     this.counters.asyncLoads++;
   }
 
+  private recordSum(slot: number, sum: number): void {
+    if (slot >= this.slotSums.length) {
+      let length = Math.max(1024, this.slotSums.length);
+      while (length <= slot) length *= 2;
+      this.slotSums = grown(this.slotSums, length);
+      this.sumKnown = grown(this.sumKnown, length);
+    }
+    this.slotSums[slot] = sum;
+    this.sumKnown[slot] = 1;
+  }
+
+  /** HEAP_CORRUPT when frame `frame` (just read from `slot`) does not match the slot's checksum. */
+  private mismatch(slot: number, frame: number): MemfabricError | undefined {
+    const expected = this.slotChecksum(slot);
+    if (expected === undefined) return undefined;
+    const found = xxh32(this.pool.frameBytes(frame), 0) >>> 0;
+    if (found === expected) return undefined;
+    return new MemfabricError(
+      ErrorCodes.HEAP_CORRUPT,
+      `page store ${this.storeName}: slot ${slot} (byte ${slot * this.pageSize}) does not match its ` +
+        `checksum (found ${hex(found)}, recorded ${hex(expected)}): the image was changed or damaged ` +
+        'outside memfabric; run `memfabric heap check` on it and restore it from a copy',
+    );
+  }
+
   private assertOpen(): void {
     if (this.closed) {
       throw new MemfabricError(
@@ -508,10 +689,19 @@ export class Pager implements PagingBackend {
   }
 }
 
+function hex(value: number): string {
+  return `0x${value.toString(16).padStart(8, '0')}`;
+}
+
+function defaultHash(page: Uint8Array): number {
+  return xxh32(page, 0);
+}
+
 function describeStore(spec: StoreSpec | undefined): string {
   if (!spec) return 'temporary swap file';
   if (spec.kind === 'file')
     return spec.path === undefined ? `temporary swap file in ${spec.directory}` : `file ${spec.path}`;
+  if (spec.kind === 'image') return `heap image ${spec.path}`;
   if (spec.kind === 'fabric') return `fabric region on ${spec.appliances.join(', ')}`;
   return spec.kind;
 }

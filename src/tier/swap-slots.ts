@@ -75,6 +75,34 @@ export class SwapSlots {
     return slot;
   }
 
+  /**
+   * Takes a reference on a slot whose bytes were written before this process (a heap image's
+   * committed pages): used only while opening, before the first allocate(); `sealAdopted`
+   * then frees every slot below the high-water mark that nothing adopted.
+   */
+  adopt(slot: number): void {
+    if (slot >= this.capacity) {
+      throw new MemfabricError(
+        ErrorCodes.STORE_FULL,
+        `slot ${slot} is outside the page store ${this.storeName} (${this.capacity} slots); open it with a larger storeSize`,
+      );
+    }
+    if (slot >= this.refs.length) {
+      let length = this.refs.length;
+      while (length <= slot) length *= 2;
+      this.grow(Math.min(this.capacity, length));
+    }
+    if (slot >= this.top) this.top = slot + 1;
+    this.refs[slot]!++;
+  }
+
+  /** Ends adoption: every slot below the high-water mark with no reference becomes free, lowest first out. */
+  sealAdopted(): void {
+    for (let slot = this.top - 1; slot >= 0; slot--) {
+      if (this.refs[slot] === 0) this.pushFree(slot);
+    }
+  }
+
   /** Gives back a slot that was allocated but never used (its write was refused). */
   unallocate(slot: number): void {
     this.refs[slot] = 0;
