@@ -73,6 +73,8 @@ export interface HeapImageOptions {
   readOnly?: boolean;
   /** Test double (crash tests): lose power at a chosen flush. */
   powerLoss?: { crashAtSync: number; seed: number };
+  /** Test double: image writes after the first this many fail with EIO. */
+  failWritesAfter?: number;
 }
 
 export interface CheckpointReport {
@@ -221,6 +223,7 @@ export class HeapImage {
       path: options.path,
       ...(options.readOnly ? { readOnly: true } : {}),
       ...(options.powerLoss ? { powerLoss: options.powerLoss } : {}),
+      ...(options.failWritesAfter === undefined ? {} : { failWritesAfter: options.failWritesAfter }),
       ...(block.baseSlots > 0 ? { base: { path: block.basePath, slots: block.baseSlots } } : {}),
     };
     const pager = await Pager.open({

@@ -28,6 +28,8 @@ export interface ImagePageStoreOptions {
   readOnly?: boolean;
   /** Test double: simulate a power loss at a chosen flush (see power-loss-layer.ts). */
   powerLoss?: PowerLossOptions;
+  /** Test double: every write after the first `failWritesAfter` fails with EIO (a dying disk). */
+  failWritesAfter?: number;
   layer?: FileLayer;
 }
 
@@ -36,6 +38,7 @@ export class ImagePageStore implements PageStore {
   readonly pageSize: number;
   readonly capacity: number;
   private readonly guard: StoreGuard;
+  private writes = 0;
 
   private constructor(
     private readonly options: ImagePageStoreOptions,
@@ -108,6 +111,9 @@ export class ImagePageStore implements PageStore {
     this.guard.enterPage(slot, src);
     try {
       if (this.options.readOnly) throw new Error('the image was opened read-only');
+      if (this.options.failWritesAfter !== undefined && ++this.writes > this.options.failWritesAfter) {
+        throw Object.assign(new Error('EIO: i/o error, write (injected by failWritesAfter)'), { code: 'EIO' });
+      }
       if (this.baseFd !== undefined && slot >= 2 && slot < this.options.base!.slots) {
         throw new Error(`slot ${slot} belongs to the base image, which a fork never writes`);
       }

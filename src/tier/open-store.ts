@@ -57,6 +57,7 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
         ...(spec.base ? { base: spec.base } : {}),
         ...(spec.readOnly ? { readOnly: true } : {}),
         ...(spec.powerLoss ? { powerLoss: spec.powerLoss } : {}),
+        ...(spec.failWritesAfter === undefined ? {} : { failWritesAfter: spec.failWritesAfter }),
       });
     case 'test':
       return new TestPageStore(spec, geometry);

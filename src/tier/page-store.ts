@@ -77,6 +77,8 @@ export type StoreSpec =
       readOnly?: boolean;
       /** Test double (crash tests only): lose power at a chosen flush, see power-loss-layer.ts. */
       powerLoss?: { crashAtSync: number; seed: number };
+      /** Test double: writes after the first this many fail with EIO. */
+      failWritesAfter?: number;
     }
   | {
       /** Test double: a memory store that can delay and fail operations (test/tier only). */

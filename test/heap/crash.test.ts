@@ -126,7 +126,7 @@ async function checkRecovered(
 test(`a writer killed with SIGKILL ${KILLS} times: each reopen yields exactly one checkpoint, whole`, async () => {
   const path = join(dir, 'kill.img');
   await (await HeapImage.create({ path, budget: BUDGET, size: PAGES * PAGE })).close();
-  let state = new Uint8Array(PAGES * PAGE);
+  let state: Uint8Array = new Uint8Array(PAGES * PAGE);
   let generation = 0;
   let duringCheckpoint = 0;
   const rng = fc.sample(
@@ -156,7 +156,7 @@ test(`a writer killed with SIGKILL ${KILLS} times: each reopen yields exactly on
 test(`a writer losing power ${POWER_LOSSES} times (unsynced writes dropped, one torn): each reopen yields one whole checkpoint`, async () => {
   const path = join(dir, 'power.img');
   await (await HeapImage.create({ path, budget: BUDGET, size: PAGES * PAGE })).close();
-  let state = new Uint8Array(PAGES * PAGE);
+  let state: Uint8Array = new Uint8Array(PAGES * PAGE);
   let generation = 0;
   const rng = fc.sample(
     fc.tuple(
