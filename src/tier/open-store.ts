@@ -8,6 +8,7 @@ import { invalidArgument } from '../errors.js';
 import { FabricPageStore } from './fabric-store.js';
 import { FilePageStore } from './file-store.js';
 import { MemoryPageStore } from './memory-store.js';
+import { NbdPageStore } from './nbd-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { checkStoreGeometry } from './store-guard.js';
 import { TestPageStore } from './test-store.js';
@@ -49,11 +50,13 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
       return FilePageStore.open({ path: spec.path, ...geometry });
     case 'fabric':
       return FabricPageStore.open(spec, geometry);
+    case 'nbd':
+      return NbdPageStore.open(spec, geometry);
     case 'test':
       return new TestPageStore(spec, geometry);
     default:
       throw invalidArgument(
-        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'test'`,
+        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'nbd', 'test'`,
       );
   }
 }
