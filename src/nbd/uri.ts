@@ -46,6 +46,9 @@ export function parseNbdUri(uri: unknown): NbdUri {
       `an NBD URI must be a non-empty string, not ${String(uri)}; for example ${NBD_URI_EXAMPLE}`,
     );
   }
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(uri) && !/^nbd/i.test(uri)) {
+    throw bad(uri, 'it has no scheme: start it with nbd:// (or nbds:// for TLS)');
+  }
   let url: URL;
   try {
     url = new URL(uri);

@@ -207,6 +207,11 @@ export class NbdPageStore implements PageStore {
     this.guard = new StoreGuard(this.name, pageSize, capacity);
   }
 
+  /** Connections open to the export (the spec's count when the server allows multi-conn, else 1). */
+  get connections(): number {
+    return this.group.clients.length;
+  }
+
   /** Connects to the export and checks it can hold `capacity` slots; see the overview. */
   static async open(
     spec: NbdStoreSpec,
