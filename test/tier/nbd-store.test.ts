@@ -14,8 +14,10 @@ import { NbdClient } from '../../src/nbd/client.js';
 import { NbdPageStore, inspectNbdStore, readSlots } from '../../src/tier/nbd-store.js';
 import { openPageStore } from '../../src/tier/open-store.js';
 import type { StoreSpec } from '../../src/tier/page-store.js';
+import { Appliance } from '../../src/appliance/index.js';
 import { startAppliance } from '../appliance/harness.js';
 import { freePort, spawnServer } from '../nbd/client-servers.js';
+import { credentialsDir, makePsk } from '../nbd/tls-credentials.js';
 
 const PAGE_SIZE = 4096;
 const REGION_BYTES = 64 * PAGE_SIZE;
@@ -278,4 +280,39 @@ test('a server that dies under the store: STORE_FAILED naming the store and slot
   await assert.rejects(store.flush(), failed(undefined));
   await store.close(); // still releases everything
   await assert.rejects(store.read(3, Buffer.alloc(PAGE_SIZE)), rejectsWith(ErrorCodes.STORE_CLOSED));
+});
+
+test('nbds:// with a PSK reaches a --tls require appliance; a wrong key is MF_TLS naming the URL', async (t) => {
+  const psk = makePsk(credentialsDir(t), ['tenant-a']);
+  const appliance = await Appliance.start({
+    memory: '16MiB',
+    nbd: { port: 0 },
+    http: { port: 0 },
+    defaultRegion: false,
+    merge: false,
+    tls: { mode: 'require', psk: psk.file },
+  });
+  t.after(() => appliance.stop());
+  await appliance.registry.create({ name: 'heap-a', size: REGION_BYTES, tenant: 'tenant-a' });
+  const url = `nbds://127.0.0.1:${appliance.nbdAddress.port}/heap-a`;
+  const key = psk.keys.get('tenant-a')!.toString('hex');
+  // The spec crosses into the pager's worker as plain data: use it after a structured clone.
+  const spec = structuredClone<StoreSpec>({ kind: 'nbd', url, tls: { psk: { identity: 'tenant-a', key } } });
+  const store = await opened(t, spec, 64);
+  const data = randomBytes(PAGE_SIZE);
+  await store.write(9, data);
+  await store.flush();
+  assert.ok((await readSlot(store, 9)).equals(data));
+  const direct = Buffer.alloc(PAGE_SIZE);
+  appliance.registry.require('heap-a').read(9 * PAGE_SIZE, direct);
+  assert.ok(direct.equals(data), 'the bytes are in the region, at slot 9');
+
+  const wrong = randomBytes(32).toString('hex');
+  await assert.rejects(
+    openPageStore(
+      { kind: 'nbd', url, tls: { psk: { identity: 'tenant-a', key: wrong } } },
+      { pageSize: PAGE_SIZE, capacity: 4 },
+    ),
+    rejectsWith(ErrorCodes.TLS, url),
+  );
 });
