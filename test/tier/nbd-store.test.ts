@@ -9,6 +9,9 @@
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { NbdPageStore, inspectNbdStore, readSlots } from '../../src/tier/nbd-store.js';
@@ -315,4 +318,42 @@ test('nbds:// with a PSK reaches a --tls require appliance; a wrong key is MF_TL
     ),
     rejectsWith(ErrorCodes.TLS, url),
   );
+});
+
+test('on an export without FLUSH, flush waits for the writes in flight and resolves', async (t) => {
+  // nbdkit's eval plugin over a file, with no flush method: the server advertises no FLUSH.
+  const dir = mkdtempSync(join(tmpdir(), 'memfabric-noflush-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'image');
+  writeFileSync(image, Buffer.alloc(16 * PAGE_SIZE));
+  const port = await freePort();
+  const server = await spawnServer(
+    'nbdkit',
+    [
+      '--foreground',
+      '--exit-with-parent',
+      '-i',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      'eval',
+      `get_size=echo ${16 * PAGE_SIZE}`,
+      `pread=dd if=${image} iflag=skip_bytes,count_bytes skip=$4 count=$3 status=none`,
+      `pwrite=dd of=${image} oflag=seek_bytes conv=notrunc seek=$4 status=none`,
+      'can_write=exit 0',
+    ],
+    port,
+  );
+  t.after(() => server.stop());
+  const url = `nbd://127.0.0.1:${port}/`;
+  assert.equal((await inspectNbdStore({ kind: 'nbd', url }, PAGE_SIZE)).flushes, false);
+  const store = await opened(t, { kind: 'nbd', url }, 16);
+  const pages = [randomBytes(PAGE_SIZE), randomBytes(PAGE_SIZE)];
+  const writes = pages.map((data, i) => store.write(i + 2, data));
+  await store.flush();
+  // Resolved after both writes were answered: the bytes are in the file behind the export.
+  const file = readFileSync(image);
+  assert.ok(file.subarray(2 * PAGE_SIZE, 3 * PAGE_SIZE).equals(pages[0]!));
+  assert.ok(file.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE).equals(pages[1]!));
+  await Promise.all(writes);
 });
