@@ -142,7 +142,7 @@ async function connectChecked(resolved: Resolved, pageSize: number): Promise<Nbd
   try {
     group = await NbdConnectionGroup.connect(resolved.connect);
   } catch (error) {
-    if (error instanceof MemfabricError && error.code !== ErrorCodes.INTERNAL) {
+    if (error instanceof MemfabricError) {
       // The client's own code (unreachable, unknown export, TLS refused, timeout), and the URL.
       throw new MemfabricError(error.code, `page store ${name}: cannot open the export: ${error.message}`, {
         cause: error,
