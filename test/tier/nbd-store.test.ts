@@ -357,3 +357,32 @@ test('on an export without FLUSH, flush waits for the writes in flight and resol
   assert.ok(file.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE).equals(pages[1]!));
   await Promise.all(writes);
 });
+
+test('a server that stops answering fails the store after requestTimeoutMs, cause MF_TIMEOUT', async (t) => {
+  const port = await freePort();
+  const server = await spawnServer(
+    'nbdkit',
+    [
+      '--foreground',
+      '--exit-with-parent',
+      '-i',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      'memory',
+      String(REGION_BYTES),
+    ],
+    port,
+  );
+  t.after(() => server.stop()); // SIGCONT, then SIGKILL
+  const url = `nbd://127.0.0.1:${port}/`;
+  const store = await opened(t, { kind: 'nbd', url, requestTimeoutMs: 300 }, 64);
+  await store.write(1, randomBytes(PAGE_SIZE));
+  process.kill(server.pid, 'SIGSTOP'); // alive, connected, silent
+  await assert.rejects(store.read(1, Buffer.alloc(PAGE_SIZE)), (error: unknown) => {
+    rejectsWith(ErrorCodes.STORE_FAILED, `page store ${url}`, 'slot 1')(error);
+    const cause = (error as MemfabricError).cause;
+    assert.ok(cause instanceof MemfabricError && cause.code === ErrorCodes.TIMEOUT, String(cause));
+    return true;
+  });
+});
