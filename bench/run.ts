@@ -13,6 +13,7 @@ import { hostileSuite } from './hostile.bench.js';
 import { restartSuite } from './restart.bench.js';
 import { tlsSuite } from './tls.bench.js';
 import { authSuite } from './auth.bench.js';
+import { nbdStoreSuite } from './nbd-store.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -23,6 +24,7 @@ const suites: Suite[] = [
   restartSuite,
   tlsSuite,
   authSuite,
+  nbdStoreSuite,
 ];
 
 const { values } = parseArgs({

@@ -22,3 +22,4 @@ export { NbdRequestError, NbdOptionError } from './client-errors.js';
 export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './tls.js';
 export type { NbdTlsMode, NbdServerTlsOptions } from './tls.js';
 export type { NbdClientTls } from './client-tls.js';
+export { parseNbdUri, type NbdUri } from './uri.js';

@@ -9,6 +9,7 @@ import { FabricPageStore } from './fabric-store.js';
 import { FilePageStore } from './file-store.js';
 import { ImagePageStore } from './image-store.js';
 import { MemoryPageStore } from './memory-store.js';
+import { NbdPageStore } from './nbd-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { checkStoreGeometry } from './store-guard.js';
 import { TestPageStore } from './test-store.js';
@@ -59,11 +60,13 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
         ...(spec.powerLoss ? { powerLoss: spec.powerLoss } : {}),
         ...(spec.failWritesAfter === undefined ? {} : { failWritesAfter: spec.failWritesAfter }),
       });
+    case 'nbd':
+      return NbdPageStore.open(spec, geometry);
     case 'test':
       return new TestPageStore(spec, geometry);
     default:
       throw invalidArgument(
-        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'test'`,
+        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'nbd', 'image', 'test'`,
       );
   }
 }

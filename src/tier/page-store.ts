@@ -81,6 +81,25 @@ export type StoreSpec =
       failWritesAfter?: number;
     }
   | {
+      kind: 'nbd';
+      /**
+       * The export holding the slots: `nbd://host[:port]/export`, or `nbds://…` for TLS (the NBD
+       * URI spec's TCP forms; port 10809 when omitted). Slot s lives at byte offset + s ·
+       * pageSize. The store keeps the export's contents: it wipes nothing at open or close.
+       */
+      url: string;
+      /** Credentials for an nbds:// URL (required with nbds://, refused with nbd://). */
+      tls?: NbdStoreTls;
+      /** Connections to open when the server allows multi-conn (else 1). Default 1, at most 16. */
+      connections?: number;
+      /** A request unanswered this long fails the store (STORE_FAILED). Default 30 s. */
+      requestTimeoutMs?: number;
+      /** TCP connect plus the NBD handshake. Default 10 s. */
+      connectTimeoutMs?: number;
+      /** Byte offset of slot 0 in the export (a multiple of the server's minimum block size). Default 0. */
+      offset?: number;
+    }
+  | {
       /** Test double: a memory store that can delay and fail operations (test/tier only). */
       kind: 'test';
       readDelayMs?: number;
@@ -91,3 +110,21 @@ export type StoreSpec =
       /** Fail every operation after the first this many with STORE_FAILED (cause: an EIO). */
       failAfterOps?: number;
     };
+
+/**
+ * TLS credentials of an 'nbd' store, as plain data (specs cross a worker boundary): the
+ * NBD client's options (src/nbd/client-tls.ts) with PEM text and paths rather than Buffers.
+ */
+export interface NbdStoreTls {
+  /** PEM certificate(s) of the CA that signed the server's certificate. */
+  ca?: string;
+  /** A directory holding ca-cert.pem, and client-cert.pem + client-key.pem when present. */
+  certificates?: string;
+  /** A client certificate and its key (PEM), for servers that verify clients. */
+  cert?: string;
+  key?: string;
+  /** TLS-PSK: the identity (on a memfabric appliance, the tenant) and its key (hex) or key file. */
+  psk?: { identity: string; key?: string | Uint8Array; file?: string };
+  /** The name the server certificate must carry; default the URL's tls-hostname, else its host. */
+  servername?: string;
+}

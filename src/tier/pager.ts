@@ -702,6 +702,7 @@ function describeStore(spec: StoreSpec | undefined): string {
   if (spec.kind === 'file')
     return spec.path === undefined ? `temporary swap file in ${spec.directory}` : `file ${spec.path}`;
   if (spec.kind === 'image') return `heap image ${spec.path}`;
+  if (spec.kind === 'nbd') return `nbd export ${spec.url}`;
   if (spec.kind === 'fabric') return `fabric region on ${spec.appliances.join(', ')}`;
   return spec.kind;
 }

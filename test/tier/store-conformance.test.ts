@@ -1,6 +1,7 @@
 /**
  * The PageStore contract (src/tier/page-store.ts), one suite run against every store: memory,
- * file, the test double, and fabric stores on real appliance processes (mirrored and coded).
+ * file, the test double, fabric stores on real appliance processes (mirrored and coded), and
+ * an nbd store on a plain region of one of them.
  * A new store joins by adding one line at the bottom.
  */
 import { after, before, describe, test, type TestContext } from 'node:test';
@@ -309,3 +310,17 @@ pageStoreConformance('fabric, mirrored (2 copies)', () => openPageStore(fabricSp
 pageStoreConformance('fabric, coded (2 data + 1 parity)', () =>
   openPageStore(fabricSpec({ data: 2, parity: 1 }), geometry),
 );
+
+// The 'nbd' store keeps what its export holds, so every open gets a fresh (zeroed) region.
+let nbdRegions = 0;
+pageStoreConformance('nbd (a plain appliance region by URL)', async () => {
+  const appliance = appliances[0]!;
+  const name = `conformance-nbd-${++nbdRegions}`;
+  const created = await fetch(`${appliance.httpUrl.replace(/\/$/, '')}/v1/regions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${appliance.token}` },
+    body: JSON.stringify({ name, size: CAPACITY * PAGE_SIZE }),
+  });
+  assert.equal(created.status, 201, await created.text());
+  return openPageStore({ kind: 'nbd', url: appliance.uri(name), requestTimeoutMs: 5000 }, geometry);
+});
