@@ -126,7 +126,8 @@ export class HeapImage {
   /** Where the next superblock goes, and its generation. */
   private nextSlot: 0 | 1;
   private nextGeneration: number;
-  private chain: Promise<unknown> = Promise.resolve();
+  /** The checkpoint running or queued last, if any (settles, never rejects). */
+  private busy: Promise<void> | undefined;
   private closed = false;
   private failure: MemfabricError | undefined;
 
@@ -284,9 +285,20 @@ export class HeapImage {
    * state.
    */
   checkpoint(usedBytes = this.block.usedBytes): Promise<CheckpointReport> {
-    const run = this.chain.then(() => this.runCheckpoint(usedBytes));
-    this.chain = run.catch(() => undefined);
+    // When none is running, fork now (runCheckpoint forks before its first await): the
+    // checkpoint is exactly the state at this call. Otherwise queue behind the running one.
+    const start = (): Promise<CheckpointReport> => this.runCheckpoint(usedBytes);
+    const run = this.busy ? this.busy.then(start) : start();
+    const tracked: Promise<void> = run.then(
+      () => this.settled(tracked),
+      () => this.settled(tracked),
+    );
+    this.busy = tracked;
     return run;
+  }
+
+  private settled(tracked: Promise<void>): void {
+    if (this.busy === tracked) this.busy = undefined;
   }
 
   private async runCheckpoint(usedBytes: number): Promise<CheckpointReport> {
@@ -459,7 +471,7 @@ export class HeapImage {
     if (options.checkpoint !== false && !this.readOnly && !this.failure) {
       await this.checkpoint().catch((error: unknown) => (failure = error));
     } else {
-      await this.chain;
+      await this.busy;
     }
     this.closed = true;
     this.space.destroy();

@@ -256,16 +256,27 @@ export class AddressSpace implements TranslationCache {
 
   /**
    * Like write(), but a partly overwritten page that is out in a page store is fetched without
-   * blocking the event loop (wholly overwritten pages need no fetch at all).
+   * blocking the event loop (wholly overwritten pages need no fetch at all). With a pager, a
+   * range larger than its budget is written in pieces that fit (so a failure part-way leaves
+   * the earlier pieces written); without one, the write is all or nothing like write().
    */
   async writeAsync(offset: number, src: Uint8Array): Promise<void> {
     this.checkRange(offset, src.length);
-    if (this.pool.paging && src.length > 0) {
-      const end = offset + src.length;
-      if (offset % this.pageSize !== 0) await this.load(offset, 1);
+    if (!this.pool.paging || src.length === 0) return this.write(offset, src);
+    const piece = Math.max(
+      this.pageSize,
+      Math.min(ASYNC_CHUNK_BYTES, Math.floor(this.pool.capacity / 4) * this.pageSize),
+    );
+    for (let done = 0; done < src.length; ) {
+      const at = offset + done;
+      // Pieces end on page boundaries, so only the range's own ends can be partial pages.
+      const n = Math.min(src.length - done, piece - (at % this.pageSize));
+      const end = at + n;
+      if (at % this.pageSize !== 0) await this.load(at, 1);
       if (end % this.pageSize !== 0) await this.load(end - 1, 1);
+      this.write(at, src.subarray(done, done + n));
+      done += n;
     }
-    this.write(offset, src);
   }
 
   /**

@@ -69,7 +69,7 @@ test('checkpoint, close and reopen: the bytes come back, and pages fault in lazi
   const path = fresh();
   const heap = await HeapImage.create({ path, budget: '256KiB', size: '64MiB' });
   const data = seededBytes(7, 200 * PAGE); // 800 KiB: more than the budget
-  heap.space.write(3 * PAGE + 5, data);
+  await heap.space.writeAsync(3 * PAGE + 5, data);
   const report = await heap.checkpoint();
   assert.equal(report.generation, 1);
   assert.equal(report.dirtyPages, 201);
@@ -170,7 +170,7 @@ test('freed slots are reused: rewriting the same pages over many checkpoints doe
   const heap = await HeapImage.create({ path, budget: '128KiB', size: '16MiB' });
   const sizes: number[] = [];
   for (let round = 0; round < 30; round++) {
-    heap.space.write(0, seededBytes(round, 64 * PAGE));
+    await heap.space.writeAsync(0, seededBytes(round, 64 * PAGE));
     await heap.checkpoint();
     sizes.push(heap.stats().imageBytes);
   }
@@ -222,7 +222,7 @@ test('a flipped byte in a data page fails the read of that page with HEAP_CORRUP
 test('a flipped byte in the page map, a truncated image, or both superblocks damaged: open says HEAP_CORRUPT', async () => {
   const path = fresh();
   const heap = await HeapImage.create({ path, budget: '64KiB', size: '8MiB' });
-  heap.space.write(0, seededBytes(3, 40 * PAGE));
+  await heap.space.writeAsync(0, seededBytes(3, 40 * PAGE));
   await heap.close();
   const pristine = readFileSync(path);
   const sb = superblockOf(path, 1);
@@ -264,7 +264,6 @@ test('a checkpoint that fails on a dying disk rejects with CHECKPOINT_FAILED; re
   );
   assert.equal(heap.generation, 1);
   // The heap's memory still answers.
-  assert.deepEqual(Buffer.from(heap.space.read(0, new Uint8Array(16)) ?? new Uint8Array(0)).length, 0);
   const resident = new Uint8Array(10 * PAGE);
   heap.space.read(0, resident);
   assert.deepEqual(Buffer.from(resident), seededBytes(2, 10 * PAGE));
