@@ -32,8 +32,8 @@
  * map's checksums, and maps every stored page as a swapped entry: no data page is read until
  * the program touches it, and each is checked against its checksum when it is.
  */
-import { open as openFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { open as openFile, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
 import type { AddressSpace } from '../memory/address-space.js';
@@ -45,7 +45,9 @@ import type { StoreSpec } from '../tier/page-store.js';
 import { STORE_SLOTS_MAX } from '../tier/store-guard.js';
 import { PageMap, SLOT_HOLE, SLOT_ZERO } from './page-map.js';
 import {
+  BASE_PATH_MAX,
   HEAP_FORMAT_VERSION,
+  PINS_MAX,
   SUPERBLOCK_BYTES,
   chooseSuperblock,
   decodeSuperblock,
@@ -126,6 +128,8 @@ export class HeapImage {
   /** Where the next superblock goes, and its generation. */
   private nextSlot: 0 | 1;
   private nextGeneration: number;
+  /** Slots each pin holds (one reference each), by the pinned checkpoint's generation. */
+  private readonly pinned = new Map<number, Uint32Array>();
   /** The checkpoint running or queued last, if any (settles, never rejects). */
   private busy: Promise<void> | undefined;
   private closed = false;
@@ -179,22 +183,12 @@ export class HeapImage {
       pages: 0,
       baseSlots: 0,
       basePath: '',
+      baseGeneration: 0,
       time: Date.now(),
       usedBytes: 0,
       pins: [],
     };
-    let handle;
-    try {
-      handle = await openFile(options.path, 'wx');
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
-        throw new MemfabricError(
-          ErrorCodes.HEAP_EXISTS,
-          `${options.path} already exists; it was left untouched: open it with Heap.open, or give another path`,
-        );
-      }
-      throw filePathError(error, 'heap image', options.path) ?? error;
-    }
+    const handle = await createExclusive(options.path);
     try {
       // Both superblock slots, the second all zeros: the image is two pages long from the start.
       const first = encodeSuperblock(block, pageSize);
@@ -218,7 +212,10 @@ export class HeapImage {
       throw invalidArgument(`${options.path} has ${block.pageSize}-byte pages, not ${options.pageSize}`);
     }
     const pageSize = block.pageSize;
-    const capacity = Math.min(STORE_SLOTS_MAX - 1, Math.max(1024, 2 * Math.ceil(block.size / pageSize) + 2));
+    const capacity = Math.min(
+      STORE_SLOTS_MAX - 1,
+      block.baseSlots + Math.max(1024, 2 * Math.ceil(block.size / pageSize) + 2),
+    );
     const store: StoreSpec = {
       kind: 'image',
       path: options.path,
@@ -251,9 +248,23 @@ export class HeapImage {
         (slot, dst) => pager.readSlot(slot, dst),
         options.path,
       );
+      const pins: PageMap[] = [];
+      for (const pin of chosen.block.pins) {
+        pins.push(
+          await PageMap.read(
+            pageSize,
+            pin,
+            pin.pages,
+            (slot, dst) => pager.readSlot(slot, dst),
+            options.path,
+          ),
+        );
+      }
       space = pager.createSpace({ size: chosen.block.size });
-      adoptCheckpoint(pager, space, map, capacity, options.path);
-      return new HeapImage(options.path, pager, space, map, chosen, options.readOnly ?? false);
+      adoptCheckpoint(pager, space, map, pins, chosen.block, capacity, options.path);
+      const image = new HeapImage(options.path, pager, space, map, chosen, options.readOnly ?? false);
+      chosen.block.pins.forEach((pin, i) => image.pinned.set(pin.generation, slotsNamed(pins[i]!)));
+      return image;
     } catch (error) {
       space?.destroy();
       await pager.close().catch(() => undefined);
@@ -284,10 +295,10 @@ export class HeapImage {
    * On failure rejects with CHECKPOINT_FAILED; the previous checkpoint stays the recoverable
    * state.
    */
-  checkpoint(usedBytes = this.block.usedBytes): Promise<CheckpointReport> {
+  checkpoint(usedBytes = this.block.usedBytes, change: PinChange = {}): Promise<CheckpointReport> {
     // When none is running, fork now (runCheckpoint forks before its first await): the
     // checkpoint is exactly the state at this call. Otherwise queue behind the running one.
-    const start = (): Promise<CheckpointReport> => this.runCheckpoint(usedBytes);
+    const start = (): Promise<CheckpointReport> => this.runCheckpoint(usedBytes, change);
     const run = this.busy ? this.busy.then(start) : start();
     const tracked: Promise<void> = run.then(
       () => this.settled(tracked),
@@ -301,7 +312,7 @@ export class HeapImage {
     if (this.busy === tracked) this.busy = undefined;
   }
 
-  private async runCheckpoint(usedBytes: number): Promise<CheckpointReport> {
+  private async runCheckpoint(usedBytes: number, change: PinChange): Promise<CheckpointReport> {
     this.assertOpen();
     if (this.readOnly) {
       throw new MemfabricError(
@@ -328,7 +339,12 @@ export class HeapImage {
     try {
       // 2. Stage every dirty page in a slot the committed checkpoint does not name.
       const dirty = frozen.dirtyPages(since);
-      if (dirty.length === 0 && usedBytes === this.block.usedBytes) {
+      if (
+        dirty.length === 0 &&
+        usedBytes === this.block.usedBytes &&
+        !change.addPin &&
+        change.dropPin === undefined
+      ) {
         // Nothing changed since the committed checkpoint: it already is this checkpoint.
         this.since = epoch;
         return {
@@ -366,13 +382,17 @@ export class HeapImage {
       released.push(...mapWrite.replaced);
       await pager.flush();
       // 3. The commit.
+      const generation = this.nextGeneration;
+      let pins = this.block.pins.filter((pin) => pin.generation !== change.dropPin);
+      if (change.addPin) pins = [...pins, { ...mapWrite.root, pages: map.pages, generation }];
       const block: Superblock = {
         ...this.block,
-        generation: this.nextGeneration,
+        generation,
         root: mapWrite.root,
         pages: map.pages,
         time: Date.now(),
         usedBytes,
+        pins,
       };
       submitted = true;
       await pager.overwriteSlot(this.nextSlot, encodeSuperblock(block, this.pageSize));
@@ -381,6 +401,17 @@ export class HeapImage {
       this.nextSlot = this.nextSlot === 0 ? 1 : 0;
       this.nextGeneration = block.generation + 1;
       this.since = epoch;
+      // A new pin holds every slot the committed map names; a dropped one lets go of its own.
+      if (change.addPin) {
+        const slots = slotsNamed(map);
+        for (const slot of slots) pager.retainSlot(slot);
+        this.pinned.set(generation, slots);
+        change.pinnedMap = map.cloneForWrite();
+      }
+      if (change.dropPin !== undefined) {
+        for (const slot of this.pinned.get(change.dropPin) ?? []) pager.releaseSlot(slot);
+        this.pinned.delete(change.dropPin);
+      }
       for (const slot of released) pager.releaseSlot(slot);
       return {
         generation: block.generation,
@@ -414,6 +445,122 @@ export class HeapImage {
     } finally {
       frozen.destroy();
     }
+  }
+
+  /**
+   * Forks the heap into a new image at `path` (seed 001): the fork holds this heap's contents
+   * as of now, at the same addresses, and shares this image's pages instead of copying them:
+   * it reads them from here, and writes only to its own file. This image pins those pages (a
+   * checkpoint records the pin, so it survives a restart) and never reuses their slots until
+   * `releaseFork`. After the fork, each side sees only its own writes, and each checkpoints on
+   * its own; the fork may be opened by another process while this one keeps writing.
+   */
+  async fork(path: string, usedBytes = this.block.usedBytes): Promise<void> {
+    this.assertOpen();
+    checkPath(path);
+    if (this.readOnly) {
+      throw new MemfabricError(
+        ErrorCodes.READ_ONLY,
+        `${this.path} was opened read-only; open it writable to fork it`,
+      );
+    }
+    if (this.block.baseSlots > 0) {
+      throw invalidArgument(
+        `${this.path} is itself a fork (of ${this.block.basePath}); fork the original, or compact this one first ` +
+          '(a compacted fork holds all of its pages)',
+      );
+    }
+    if (this.block.pins.length >= PINS_MAX) {
+      throw invalidArgument(
+        `${this.path} already has ${PINS_MAX} forks; release one (releaseFork) before forking again`,
+      );
+    }
+    const basePath = resolve(this.path);
+    if (Buffer.byteLength(basePath, 'utf8') > BASE_PATH_MAX) {
+      throw invalidArgument(
+        `the image path ${basePath} is longer than ${BASE_PATH_MAX} bytes; a fork could not name it`,
+      );
+    }
+    // The fork's file first: a bad path or an existing file fails before anything is pinned.
+    const handle = await createExclusive(path);
+    let pinned: number | undefined;
+    try {
+      const change: PinChange = { addPin: true };
+      const report = await this.checkpoint(usedBytes, change);
+      pinned = report.generation;
+      const map = change.pinnedMap!;
+      const pageSize = this.pageSize;
+      // The fork's own slots start above every slot this image has used: none is in the base.
+      const baseSlots = this.pager.slotHighWater;
+      let next = baseSlots;
+      const mapWrite = await map.write(async (bytes) => {
+        const slot = next++;
+        await handle.write(bytes, 0, bytes.length, slot * pageSize);
+        return slot;
+      });
+      const block: Superblock = {
+        pageSize,
+        size: this.size,
+        generation: 1,
+        root: mapWrite.root,
+        pages: map.pages,
+        baseSlots,
+        basePath,
+        baseGeneration: report.generation,
+        time: Date.now(),
+        usedBytes,
+        pins: [],
+      };
+      const both = Buffer.alloc(2 * pageSize);
+      both.set(encodeSuperblock(block, pageSize), 0);
+      await handle.write(both, 0, both.length, 0);
+      await handle.datasync();
+      await handle.close();
+      await syncDirectory(dirname(path));
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      if (pinned !== undefined) await this.releaseFork(pinned).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Lets go of a fork's pages (give the fork's path, or the generation it was forked at): this
+   * image may reuse them from the next checkpoint on. The fork must no longer be used, unless
+   * it was compacted (then it holds all of its pages).
+   */
+  async releaseFork(fork: string | number, usedBytes = this.block.usedBytes): Promise<void> {
+    this.assertOpen();
+    let generation: number;
+    if (typeof fork === 'number') {
+      generation = fork;
+    } else {
+      const { block } = await probeImage(fork);
+      if (block.baseSlots === 0 || resolve(block.basePath) !== resolve(this.path)) {
+        throw invalidArgument(`${fork} is not a fork of ${this.path}`);
+      }
+      generation = block.baseGeneration;
+    }
+    if (!this.block.pins.some((pin) => pin.generation === generation)) {
+      throw new MemfabricError(
+        ErrorCodes.NOT_FOUND,
+        `${this.path} holds no fork taken at generation ${generation} (it was released already?)`,
+      );
+    }
+    await this.checkpoint(usedBytes, { dropPin: generation });
+  }
+
+  /** The forks this image pins: the generation each was taken at. */
+  forks(): number[] {
+    return this.block.pins.map((pin) => pin.generation);
+  }
+
+  /** A fork's base image, if this image is a fork. */
+  get base(): { path: string; generation: number } | undefined {
+    return this.block.baseSlots > 0
+      ? { path: this.block.basePath, generation: this.block.baseGeneration }
+      : undefined;
   }
 
   /**
@@ -490,19 +637,47 @@ export class HeapImage {
   }
 }
 
-/** Maps every page the committed map names into `space` and takes the checkpoint's references. */
+/** A checkpoint that also adds a pin for a new fork, or drops one. */
+export interface PinChange {
+  addPin?: boolean;
+  /** Out: the committed map, copied for the fork's own image. */
+  pinnedMap?: PageMap;
+  /** Generation of the pin to drop. */
+  dropPin?: number;
+}
+
+/** Every slot a map names: its data slots and its own map pages. */
+function slotsNamed(map: PageMap): Uint32Array {
+  const slots: number[] = [];
+  map.forEachEntry((_, word) => {
+    if (word >= 2) slots.push(word);
+  });
+  map.forEachMapSlot((slot) => slots.push(slot));
+  return Uint32Array.from(slots);
+}
+
+/**
+ * Takes every reference the committed state holds: the superblock slots; for a fork, every
+ * slot of its base (never to be written); each pin's slots (forks of this image read them);
+ * and the committed map's own (its map pages, and each data slot twice: the checkpoint's
+ * reference and the page-table entry's). Maps every stored page into `space` untouched.
+ */
 function adoptCheckpoint(
   pager: Pager,
   space: AddressSpace,
   map: PageMap,
+  pins: PageMap[],
+  block: Superblock,
   capacity: number,
   where: string,
 ): void {
-  pager.adoptSlot(0, 0);
-  pager.adoptSlot(1, 0);
+  pager.adoptSlot(0);
+  pager.adoptSlot(1);
+  for (let slot = 2; slot < block.baseSlots; slot++) pager.adoptSlot(slot);
+  for (const pinned of pins) for (const slot of slotsNamed(pinned)) pager.adoptSlot(slot);
   map.forEachMapSlot((slot) => {
     if (slot >= capacity) throw slotOutside(where, slot, capacity);
-    pager.adoptSlot(slot, 0);
+    pager.adoptSlot(slot);
   });
   map.forEachEntry((page, word, sum) => {
     if (word === SLOT_ZERO) {
@@ -575,6 +750,21 @@ async function probeImage(path: string): Promise<Probe> {
     throw new MemfabricError(ErrorCodes.HEAP_CORRUPT, `${path}: no valid superblock`);
   } finally {
     await handle.close();
+  }
+}
+
+/** Creates `path` for writing, refusing (HEAP_EXISTS) if anything is there. */
+async function createExclusive(path: string): Promise<FileHandle> {
+  try {
+    return await openFile(path, 'wx');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new MemfabricError(
+        ErrorCodes.HEAP_EXISTS,
+        `${path} already exists; it was left untouched: open it with Heap.open, or give another path`,
+      );
+    }
+    throw filePathError(error, 'heap image', path) ?? error;
   }
 }
 

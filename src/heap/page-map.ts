@@ -97,6 +97,18 @@ export class PageMap {
     return count;
   }
 
+  /** A copy of this map with every map page marked for writing (a fork writes its own copy). */
+  cloneForWrite(): PageMap {
+    const copy = new PageMap(this.pageSize);
+    copy.pages = this.pages;
+    copy.levels = 0;
+    copy.words = this.words.map((w) => w.slice());
+    copy.dirty = this.dirty.map((d) => d.slice().fill(1));
+    // The copy's map pages are all new: forget the slots of this map's pages.
+    for (let level = 1; level < copy.words.length; level++) copy.words[level]!.fill(0);
+    return copy;
+  }
+
   /** Copies the state needed to undo a write() that never committed. */
   snapshotNodes(): { levels: number; words: Uint32Array[]; dirty: Uint8Array[] } {
     return {

@@ -19,9 +19,10 @@
  *   56   u64 time of the checkpoint (ms since the epoch)
  *   64   u64 bytes the heap's header page says are in use (informational, for `heap info`)
  *   72   u32 fork pins in use (at most PINS_MAX)
- *   76   u32 reserved
- *   80   PINS_MAX × 16: pinned page maps (root slot word, root checksum, levels, reserved), kept
- *        for forks that read this image as their base: their slots are never reused
+ *   76   u32 a fork's base generation: the parent's checkpoint it was forked from (0 = no base)
+ *   80   PINS_MAX × 32: pinned page maps (u32 root slot word, u32 root checksum, u32 levels,
+ *        u32 reserved, u64 pages, u64 generation), kept for forks that read this image as
+ *        their base: no slot a pinned map names is ever reused
  *   592  u16 base path length, then the base image's path (UTF-8, at most BASE_PATH_MAX bytes)
  *   1020 u32 xxh32 of bytes [0, 1020)
  */
@@ -31,7 +32,7 @@ import { ErrorCodes, MemfabricError } from '../errors.js';
 export const HEAP_MAGIC = Buffer.from('MFHEAP\0\x01', 'latin1');
 export const HEAP_FORMAT_VERSION = 1;
 export const SUPERBLOCK_BYTES = 1024;
-export const PINS_MAX = 32;
+export const PINS_MAX = 16;
 export const BASE_PATH_MAX = 400;
 const PINS_OFFSET = 80;
 const BASE_PATH_OFFSET = 592;
@@ -44,6 +45,12 @@ export interface MapRoot {
   levels: number;
 }
 
+/** A page map kept for a fork: the parent's checkpoint `generation`, which the fork reads. */
+export interface Pin extends MapRoot {
+  pages: number;
+  generation: number;
+}
+
 export interface Superblock {
   pageSize: number;
   generation: number;
@@ -53,9 +60,10 @@ export interface Superblock {
   pages: number;
   baseSlots: number;
   basePath: string;
+  baseGeneration: number;
   time: number;
   usedBytes: number;
-  pins: MapRoot[];
+  pins: Pin[];
 }
 
 export function encodeSuperblock(block: Superblock, pageSize: number): Uint8Array {
@@ -74,11 +82,14 @@ export function encodeSuperblock(block: Superblock, pageSize: number): Uint8Arra
   out.writeBigUInt64LE(BigInt(block.usedBytes), 64);
   if (block.pins.length > PINS_MAX) throw new Error(`at most ${PINS_MAX} pins`);
   out.writeUInt32LE(block.pins.length, 72);
+  out.writeUInt32LE(block.baseGeneration, 76);
   block.pins.forEach((pin, i) => {
-    const at = PINS_OFFSET + i * 16;
+    const at = PINS_OFFSET + i * 32;
     out.writeUInt32LE(pin.slot >>> 0, at);
     out.writeUInt32LE(pin.checksum >>> 0, at + 4);
     out.writeUInt32LE(pin.levels, at + 8);
+    out.writeBigUInt64LE(BigInt(pin.pages), at + 16);
+    out.writeBigUInt64LE(BigInt(pin.generation), at + 24);
   });
   const path = Buffer.from(block.basePath, 'utf8');
   if (path.length > BASE_PATH_MAX) throw new Error(`base path longer than ${BASE_PATH_MAX} bytes`);
@@ -110,13 +121,15 @@ export function decodeSuperblock(bytes: Uint8Array): SuperblockRead {
   const pathLength = buf.readUInt16LE(BASE_PATH_OFFSET);
   if (pinCount > PINS_MAX || pathLength > BASE_PATH_MAX)
     return { kind: 'damaged', why: 'impossible field values' };
-  const pins: MapRoot[] = [];
+  const pins: Pin[] = [];
   for (let i = 0; i < pinCount; i++) {
-    const at = PINS_OFFSET + i * 16;
+    const at = PINS_OFFSET + i * 32;
     pins.push({
       slot: buf.readUInt32LE(at),
       checksum: buf.readUInt32LE(at + 4),
       levels: buf.readUInt32LE(at + 8),
+      pages: Number(buf.readBigUInt64LE(at + 16)),
+      generation: Number(buf.readBigUInt64LE(at + 24)),
     });
   }
   return {
@@ -127,6 +140,7 @@ export function decodeSuperblock(bytes: Uint8Array): SuperblockRead {
       size: Number(buf.readBigUInt64LE(24)),
       root: { slot: buf.readUInt32LE(32), checksum: buf.readUInt32LE(36), levels: buf.readUInt32LE(40) },
       baseSlots: buf.readUInt32LE(44),
+      baseGeneration: buf.readUInt32LE(76),
       pages: Number(buf.readBigUInt64LE(48)),
       time: Number(buf.readBigUInt64LE(56)),
       usedBytes: Number(buf.readBigUInt64LE(64)),

@@ -420,10 +420,10 @@ export class Pager implements PagingBackend {
    * While opening a store that already holds pages (a heap image): takes a reference on
    * `slot` and records its checksum. Call `sealAdopted()` once every slot is adopted.
    */
-  adoptSlot(slot: number, checksum: number): void {
+  adoptSlot(slot: number, checksum?: number): void {
     this.assertOpen();
     this.slots.adopt(slot);
-    if (this.checksums) this.recordSum(slot, checksum);
+    if (this.checksums && checksum !== undefined) this.recordSum(slot, checksum);
   }
 
   /** Ends adoption: every slot nothing adopted is free for new pages. */
