@@ -37,7 +37,8 @@
  *
  * Descriptor (16 bytes): kind u8 | class u8 | used u16 | a u32 | next u32 | prev u32, where
  * `a` is the run length (FREE_HEAD, FREE_TAIL, LARGE), the head page (SPAN_TAIL, LARGE_TAIL),
- * or for a SPAN the free-list head (u16, block index + 1) and `init` (u16). `next`/`prev` link
+ * or for a SPAN the free-list head (u16, block index + 1) and `init` (u16). The first two
+ * words are read and written whole (one accessor call each) on the hot path. `next`/`prev` link
  * a free run into its bin's list, or a span into its class's list (0 = none: page 0 is never
  * a heap page, it holds at least the header).
  *
@@ -49,7 +50,8 @@
  *   - per span: used == bits set in its bitmap; used + |free list| == init <= capacity;
  *     every free-list entry is < init, unset in the bitmap and listed once;
  *   - a span is in its class list iff used < capacity;
- *   - header counters equal the sums over runs (live bytes/objects, free/span/large pages).
+ *   - header counters equal the sums over runs: live blocks per class, large objects, free,
+ *     span and large pages, span bitmap bytes.
  *
  * Costs: alloc/free of a small object is O(1) with no JS allocation (a dozen typed accessor
  * calls on resident pages). A large alloc or free is O(pages in the run) descriptor writes
@@ -73,7 +75,7 @@ const MAGIC = 0x4c41464d; // "MFAL" little-endian
 const VERSION = 1;
 
 /** Header bytes at `base`; the descriptor table follows. */
-export const HEADER_BYTES = 1024;
+export const HEADER_BYTES = 2048;
 /** Bytes per page descriptor (a power of two, so a descriptor never crosses a page). */
 export const DESC_BYTES = 16;
 /** Objects are 16-byte aligned; the smallest block is 16 bytes. */
@@ -101,23 +103,28 @@ const H_DATA_START = 32; // u32 page
 const H_LIMIT_PAGE = 36; // u32 page (exclusive)
 const H_TOP = 40; // u32 page (exclusive)
 const H_PEAK = 44; // u32 page: highest top since the last trimFree()
-const H_LIVE_BYTES = 48; // f64
-const H_LIVE_OBJECTS = 56; // f64
+const H_LARGE_OBJECTS = 48; // f64 (live large objects; their bytes are H_LARGE_PAGES pages)
 const H_FREE_PAGES = 64; // f64
 const H_SPAN_PAGES = 72; // f64
 const H_LARGE_PAGES = 80; // f64
 const H_SPAN_HEADER_BYTES = 88; // f64
 const H_CLASS_HEADS = 96; // u32 x MAX_CLASSES
 const H_BIN_HEADS = H_CLASS_HEADS + 4 * MAX_CLASSES; // u32 x NUM_BINS
-const H_END = H_BIN_HEADS + 4 * NUM_BINS;
+/** Live blocks per size class (f64): small-object stats without touching two counters per call. */
+const H_CLASS_LIVE = H_BIN_HEADS + 4 * NUM_BINS + 4; // 8-aligned
+const H_END = H_CLASS_LIVE + 8 * MAX_CLASSES;
 if (H_END > HEADER_BYTES) throw new Error('allocator header fields overflow HEADER_BYTES');
 
-// Descriptor fields.
-const D_KIND = 0;
-const D_CLASS = 1;
-const D_USED = 2;
-const D_A = 4; // run length | head page | (span) free-list head u16
-const D_INIT = 6; // (span) blocks carved so far, u16
+// Descriptor fields. Word 0 packs kind | class << 8 | used << 16 and, for a span, word 1
+// packs free-list head | init << 16, so the hot path reads and writes each with one call.
+const D_KIND = 0; // u8, the low byte of word 0
+const D_A = 4; // run length | head page | (span) free-list head u16 + init u16
+const USED_ONE = 0x10000; // `used` += 1 in word 0
+// The same fields as bytes, for the slow paths (walks, check).
+const D_CLASS = 1; // u8
+const D_USED = 2; // u16
+const D_FREE = 4; // u16
+const D_INIT = 6; // u16
 const D_NEXT = 8;
 const D_PREV = 12;
 
@@ -266,6 +273,10 @@ export class HeapAllocator implements HeapAllocatorApi {
   private hitClass = 0;
   private hitIndex = 0;
   private hitSize = 0;
+  /** The span's descriptor words 0 and 1 and the block's bitmap byte, as locate() read them. */
+  private hitHead = 0;
+  private hitWord = 0;
+  private hitBits = 0;
   private copyBuffer: Uint8Array | undefined;
 
   private constructor(space: AddressSpace, base: number, limit: number) {
@@ -404,31 +415,31 @@ export class HeapAllocator implements HeapAllocatorApi {
     if (span === 0) span = this.newSpan(c);
     const d = this.desc(span);
     const spanAddr = span * this.pageSize;
-    const blockSize = sizes.blockSize[c]!;
-    const free = sp.readU16(d + D_A);
-    let index: number;
+    const word = sp.readU32(d + D_A);
+    const init = word >>> 16;
+    let index = (word & 0xffff) - 1;
     let address: number;
-    if (free !== 0) {
-      index = free - 1;
-      address = spanAddr + sizes.firstBlock[c]! + index * blockSize;
+    if (index >= 0) {
+      address = spanAddr + sizes.firstBlock[c]! + index * sizes.blockSize[c]!;
       const next = sp.readU32(address);
-      if (next > sp.readU16(d + D_INIT)) {
+      if (next > init) {
         throw corrupt(
           `span at page ${span}: free block ${hex(address)} links to block ${next - 1}, never carved`,
         );
       }
-      sp.writeU16(d + D_A, next);
+      sp.writeU32(d + D_A, next | (init << 16));
     } else {
-      index = sp.readU16(d + D_INIT);
-      sp.writeU16(d + D_INIT, index + 1);
-      address = spanAddr + sizes.firstBlock[c]! + index * blockSize;
+      index = init;
+      address = spanAddr + sizes.firstBlock[c]! + index * sizes.blockSize[c]!;
+      sp.writeU32(d + D_A, (init + 1) << 16);
     }
-    const used = sp.readU16(d + D_USED) + 1;
-    sp.writeU16(d + D_USED, used);
+    const head = sp.readU32(d) + USED_ONE;
+    sp.writeU32(d, head);
     const bits = spanAddr + (index >>> 3);
     sp.writeU8(bits, sp.readU8(bits) | (1 << (index & 7)));
-    if (used === sizes.capacity[c]) this.unlink(headAt, span);
-    this.count(blockSize, 1);
+    if (head >>> 16 === sizes.capacity[c]) this.unlink(headAt, span);
+    const live = this.base + H_CLASS_LIVE + 8 * c;
+    sp.writeF64(live, sp.readF64(live) + 1);
     return address;
   }
 
@@ -506,13 +517,20 @@ export class HeapAllocator implements HeapAllocatorApi {
   stats(): AllocatorStats {
     const sp = this.space;
     const h = this.base;
-    const liveBytes = sp.readF64(h + H_LIVE_BYTES);
+    const sizes = this.sizes;
+    let liveObjects = sp.readF64(h + H_LARGE_OBJECTS);
+    let liveBytes = sp.readF64(h + H_LARGE_PAGES) * this.pageSize;
+    for (let c = 0; c < sizes.count; c++) {
+      const blocks = sp.readF64(h + H_CLASS_LIVE + 8 * c);
+      liveObjects += blocks;
+      liveBytes += blocks * sizes.blockSize[c]!;
+    }
     const spanHeaders = sp.readF64(h + H_SPAN_HEADER_BYTES);
     const top = this.top;
     const heapBytes = (top - this.dataStart) * this.pageSize;
     return {
       liveBytes,
-      liveObjects: sp.readF64(h + H_LIVE_OBJECTS),
+      liveObjects,
       heapBytes,
       freeBytes: heapBytes - liveBytes - spanHeaders,
       freeRunBytes: sp.readF64(h + H_FREE_PAGES) * this.pageSize,
@@ -565,11 +583,8 @@ export class HeapAllocator implements HeapAllocatorApi {
     const head = this.allocRun(pages);
     if (head < 0) throw this.full(sizes.blockSize[c]!, pages);
     const d = this.desc(head);
-    sp.writeU8(d + D_KIND, K_SPAN);
-    sp.writeU8(d + D_CLASS, c);
-    sp.writeU16(d + D_USED, 0);
-    sp.writeU16(d + D_A, 0);
-    sp.writeU16(d + D_INIT, 0);
+    sp.writeU32(d, K_SPAN | (c << 8));
+    sp.writeU32(d + D_A, 0);
     for (let p = 1; p < pages; p++) this.setTail(head + p, K_SPAN_TAIL, head);
     sp.writeZeroes(head * this.pageSize, sizes.firstBlock[c]!);
     this.link(this.base + H_CLASS_HEADS + 4 * c, head);
@@ -586,13 +601,15 @@ export class HeapAllocator implements HeapAllocatorApi {
     const c = this.hitClass;
     const index = this.hitIndex;
     const d = this.desc(span);
-    const bits = span * this.pageSize + (index >>> 3);
-    sp.writeU8(bits, sp.readU8(bits) & ~(1 << (index & 7)));
-    sp.writeU32(address, sp.readU16(d + D_A));
-    sp.writeU16(d + D_A, index + 1);
-    const used = sp.readU16(d + D_USED) - 1;
-    sp.writeU16(d + D_USED, used);
-    this.count(-sizes.blockSize[c]!, -1);
+    sp.writeU8(span * this.pageSize + (index >>> 3), this.hitBits & ~(1 << (index & 7)));
+    const word = this.hitWord;
+    sp.writeU32(address, word & 0xffff);
+    sp.writeU32(d + D_A, (word & 0xffff0000) | (index + 1));
+    const head = this.hitHead - USED_ONE;
+    sp.writeU32(d, head);
+    const used = head >>> 16;
+    const live = this.base + H_CLASS_LIVE + 8 * c;
+    sp.writeF64(live, sp.readF64(live) - 1);
     const headAt = this.base + H_CLASS_HEADS + 4 * c;
     if (used + 1 === sizes.capacity[c]) {
       this.link(headAt, span); // was full, so not listed
@@ -619,14 +636,14 @@ export class HeapAllocator implements HeapAllocatorApi {
     this.space.writeU32(this.desc(head) + D_A, pages);
     for (let p = 1; p < pages; p++) this.setTail(head + p, K_LARGE_TAIL, head);
     this.addF64(H_LARGE_PAGES, pages);
-    this.count(pages * this.pageSize, 1);
+    this.addF64(H_LARGE_OBJECTS, 1);
     return head * this.pageSize;
   }
 
   private freeLarge(): void {
     const pages = this.hitSize / this.pageSize;
     this.addF64(H_LARGE_PAGES, -pages);
-    this.count(-this.hitSize, -1);
+    this.addF64(H_LARGE_OBJECTS, -1);
     this.freeRun(this.hitPage, pages);
   }
 
@@ -634,7 +651,6 @@ export class HeapAllocator implements HeapAllocatorApi {
     this.space.writeU32(this.desc(head) + D_A, wanted);
     const cut = pages - wanted;
     this.addF64(H_LARGE_PAGES, -cut);
-    this.count(-cut * this.pageSize, 0);
     this.freeRun(head + wanted, cut);
   }
 
@@ -657,7 +673,6 @@ export class HeapAllocator implements HeapAllocatorApi {
     sp.writeU32(this.desc(head) + D_A, wanted);
     for (let p = pages; p < wanted; p++) this.setTail(head + p, K_LARGE_TAIL, head);
     this.addF64(H_LARGE_PAGES, extra);
-    this.count(extra * this.pageSize, 0);
     return true;
   }
 
@@ -788,17 +803,14 @@ export class HeapAllocator implements HeapAllocatorApi {
       throw this.badFree(op, address, 'is not 16-byte aligned, so not an object start');
     const page = Math.floor(address / P);
     const d = this.desc(page);
-    const kind = sp.readU8(d + D_KIND);
+    const head = sp.readU32(d);
+    const kind = head & 0xff;
     if (kind === K_SPAN || kind === K_SPAN_TAIL) {
       const span = kind === K_SPAN ? page : sp.readU32(d + D_A);
-      const sd = this.desc(span);
-      const c = sp.readU8(sd + D_CLASS);
-      if (
-        span < this.dataStart ||
-        span > page ||
-        sp.readU8(sd + D_KIND) !== K_SPAN ||
-        c >= this.sizes.count
-      ) {
+      const sd = kind === K_SPAN ? d : this.desc(span);
+      const spanHead = kind === K_SPAN ? head : sp.readU32(sd);
+      const c = (spanHead >>> 8) & 0xff;
+      if (span < this.dataStart || span > page || (spanHead & 0xff) !== K_SPAN || c >= this.sizes.count) {
         throw corrupt(
           `page ${page} claims to belong to a small-object span at page ${span}, which is not one`,
         );
@@ -814,11 +826,15 @@ export class HeapAllocator implements HeapAllocatorApi {
           `points inside a ${size}-byte block, not at its start (interior pointer)`,
         );
       }
-      if (index >= sp.readU16(sd + D_INIT))
-        throw this.badFree(op, address, 'is a block that was never allocated');
-      if (((sp.readU8(span * P + (index >>> 3)) >>> (index & 7)) & 1) === 0) {
+      const word = sp.readU32(sd + D_A);
+      if (index >= word >>> 16) throw this.badFree(op, address, 'is a block that was never allocated');
+      const bits = sp.readU8(span * P + (index >>> 3));
+      if (((bits >>> (index & 7)) & 1) === 0) {
         throw this.badFree(op, address, 'is already free (a double free, or never allocated)');
       }
+      this.hitHead = spanHead;
+      this.hitWord = word;
+      this.hitBits = bits;
       this.hitPage = span;
       this.hitClass = c;
       this.hitIndex = index;
@@ -930,13 +946,6 @@ export class HeapAllocator implements HeapAllocatorApi {
     this.space.writeF64(at, this.space.readF64(at) + delta);
   }
 
-  private count(bytes: number, objects: number): void {
-    const sp = this.space;
-    const at = this.base + H_LIVE_BYTES;
-    sp.writeF64(at, sp.readF64(at) + bytes);
-    if (objects !== 0) sp.writeF64(at + 8, sp.readF64(at + 8) + objects);
-  }
-
   /** @internal For check(): the pieces it verifies. */
   get internals(): CheckerView {
     return {
@@ -1000,8 +1009,14 @@ class Checker {
       const stored = sp.readF64(base + field);
       if (stored !== actual) this.report(`header: ${name} is ${stored}, but the pages add up to ${actual}`);
     };
-    expect('live bytes', H_LIVE_BYTES, totals.liveBytes);
-    expect('live objects', H_LIVE_OBJECTS, totals.liveObjects);
+    for (let c = 0; c < this.v.sizes.count; c++) {
+      expect(
+        `live blocks of class ${c} (${this.v.sizes.blockSize[c]} B)`,
+        H_CLASS_LIVE + 8 * c,
+        totals.classLive[c]!,
+      );
+    }
+    expect('large objects', H_LARGE_OBJECTS, totals.largeObjects);
     expect('free pages', H_FREE_PAGES, totals.freePages);
     expect('span pages', H_SPAN_PAGES, totals.spanPages);
     expect('large pages', H_LARGE_PAGES, totals.largePages);
@@ -1031,15 +1046,22 @@ class Checker {
 
   /** Walks the runs that tile [dataStart, top), checking each run's own pages and contents. */
   private walkRuns(top: number): {
-    liveBytes: number;
-    liveObjects: number;
+    classLive: Float64Array;
+    largeObjects: number;
     freePages: number;
     spanPages: number;
     largePages: number;
     spanHeaderBytes: number;
   } {
     const { space: sp, sizes } = this.v;
-    const t = { liveBytes: 0, liveObjects: 0, freePages: 0, spanPages: 0, largePages: 0, spanHeaderBytes: 0 };
+    const t = {
+      classLive: new Float64Array(sizes.count),
+      largeObjects: 0,
+      freePages: 0,
+      spanPages: 0,
+      largePages: 0,
+      spanHeaderBytes: 0,
+    };
     let previousFree = false;
     let page = this.v.dataStart;
     while (page < top) {
@@ -1070,8 +1092,7 @@ class Checker {
         if (!this.runFits(page, length, top, 'large object')) return t;
         this.expectTails(page, length, K_LARGE_TAIL, 'large object');
         t.largePages += length;
-        t.liveBytes += length * this.v.pageSize;
-        t.liveObjects++;
+        t.largeObjects++;
         previousFree = false;
       } else if (kind === K_SPAN) {
         const c = sp.readU8(d + D_CLASS);
@@ -1085,8 +1106,7 @@ class Checker {
         const used = this.checkSpan(page, c);
         t.spanPages += length;
         t.spanHeaderBytes += sizes.firstBlock[c]!;
-        t.liveBytes += used * sizes.blockSize[c]!;
-        t.liveObjects += used;
+        t.classLive[c] += used;
         previousFree = false;
       } else {
         this.report(
@@ -1156,7 +1176,7 @@ class Checker {
     if (set !== used) this.report(`${at}: used count is ${used} but ${set} blocks are marked allocated`);
     let listed = 0;
     const seen = new Uint8Array(cap);
-    for (let link = sp.readU16(d + D_A); link !== 0;) {
+    for (let link = sp.readU16(d + D_FREE); link !== 0;) {
       const i = link - 1;
       if (i >= init || i >= cap) {
         this.report(`${at}: free list links to block ${i}, beyond the ${init} carved blocks`);

@@ -565,10 +565,10 @@ test('check() names the page and what is wrong when a metadata word is corrupted
       },
     ],
     [
-      'the live byte counter',
+      'the large-object counter',
       (t) => {
-        t.space.writeF64(BASE + 48, 1);
-        return ['live bytes is 1'];
+        t.space.writeF64(BASE + 48, 7);
+        return ['large objects is 7, but the pages add up to 1'];
       },
     ],
     [
