@@ -63,9 +63,8 @@
  * large ones), not requested sizes, which the allocator does not store.
  *
  * Failure atomicity: an error the caller causes (bad size, bad free, heap full) is detected
- * before any write. A frame-pool failure (MF_POOL_EXHAUSTED) in the middle of an operation may
- * leave the metadata half-updated; the heap treats it as fatal and recovers from its last
- * checkpoint.
+ * before any write, and each operation reserves the frames for every page it may write before
+ * its first write, so MF_POOL_EXHAUSTED (a full pool without a pager) changes nothing either.
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
@@ -91,6 +90,15 @@ const BIN_SCAN_MAX = 16;
 /** Page numbers are stored as u32. */
 const PAGES_MAX = 2 ** 32 - 1;
 const COPY_CHUNK = 64 * 1024;
+/**
+ * Failure atomicity: before an operation writes anything it reserves (FramePool.reserve) as
+ * many frames as the distinct pages it can write, so a full pool fails it with
+ * MF_POOL_EXHAUSTED having changed nothing. A small alloc/free writes at most the header page,
+ * three descriptor pages (its span and the list neighbours) and two span pages.
+ */
+const OP_PAGES_SMALL = 8;
+/** Pages a page-run operation writes besides its run's descriptors: header, run and neighbour descriptors, span bitmap. */
+const OP_PAGES_RUN = 32;
 
 // Header fields (byte offsets from base).
 const H_MAGIC = 0;
@@ -413,6 +421,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const headAt = this.base + H_CLASS_HEADS + 4 * c;
     let span = sp.readU32(headAt);
     if (span === 0) span = this.newSpan(c);
+    else sp.pool.reserve(OP_PAGES_SMALL);
     const d = this.desc(span);
     const spanAddr = span * this.pageSize;
     const word = sp.readU32(d + D_A);
@@ -444,8 +453,15 @@ export class HeapAllocator implements HeapAllocatorApi {
   }
 
   free(address: number): void {
-    if (this.locate(address, 'free') === K_SPAN) this.freeSmall(address);
-    else this.freeLarge();
+    if (this.locate(address, 'free') === K_SPAN) {
+      // The last block out returns its span to the page allocator: a run operation.
+      const last = this.hitHead >>> 16 === 1;
+      this.space.pool.reserve(last ? OP_PAGES_SMALL + this.runOpPages(SPAN_PAGES_MAX) : OP_PAGES_SMALL);
+      this.freeSmall(address);
+    } else {
+      this.space.pool.reserve(this.runOpPages(this.hitSize / this.pageSize));
+      this.freeLarge();
+    }
   }
 
   realloc(address: number, bytes: number): number {
@@ -467,6 +483,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const wanted = Math.max(1, Math.ceil(bytes / this.pageSize));
     if (bytes <= sizes.maxSmall) return this.move(address, this.hitSize, bytes); // small enough for a span
     if (wanted === pages) return address;
+    this.space.pool.reserve(this.runOpPages(Math.max(pages, wanted)));
     if (wanted < pages) {
       this.shrinkLarge(head, pages, wanted);
       return address;
@@ -580,6 +597,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const sp = this.space;
     const sizes = this.sizes;
     const pages = sizes.spanPages[c]!;
+    this.space.pool.reserve(this.runOpPages(pages) + OP_PAGES_SMALL);
     const head = this.allocRun(pages);
     if (head < 0) throw this.full(sizes.blockSize[c]!, pages);
     const d = this.desc(head);
@@ -630,6 +648,7 @@ export class HeapAllocator implements HeapAllocatorApi {
   private allocLarge(bytes: number): number {
     this.checkSize(bytes);
     const pages = Math.max(1, Math.ceil(bytes / this.pageSize));
+    this.space.pool.reserve(this.runOpPages(pages));
     const head = this.allocRun(pages);
     if (head < 0) throw this.full(bytes, pages);
     this.space.writeU8(this.desc(head) + D_KIND, K_LARGE);
@@ -677,6 +696,12 @@ export class HeapAllocator implements HeapAllocatorApi {
   }
 
   private move(address: number, oldSize: number, bytes: number): number {
+    // The new object, the copy into it and the free of the old one, reserved together.
+    const oldPages = Math.ceil(oldSize / this.pageSize);
+    const newPages = Math.ceil(bytes / this.pageSize) + 1;
+    this.space.pool.reserve(
+      this.runOpPages(newPages) + newPages + this.runOpPages(oldPages) + 2 * OP_PAGES_SMALL,
+    );
     const fresh = this.alloc(bytes); // HEAP_FULL here leaves the old object as it was
     const sp = this.space;
     const n = Math.min(oldSize, bytes);
@@ -855,6 +880,11 @@ export class HeapAllocator implements HeapAllocatorApi {
       throw this.badFree(op, address, 'is in free space (already freed, or never allocated)');
     }
     throw corrupt(`page ${page} below top has descriptor kind ${kind}`);
+  }
+
+  /** Frames to reserve for a page-run operation over `pages` pages (see OP_PAGES_SMALL). */
+  private runOpPages(pages: number): number {
+    return OP_PAGES_RUN + Math.ceil((pages * DESC_BYTES) / this.pageSize) + 1;
   }
 
   private checkSize(bytes: number): void {

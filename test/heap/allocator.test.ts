@@ -322,6 +322,49 @@ test('a heap with a small limit fills up with MF_HEAP_FULL, changes nothing, and
   assertChecks(allocator, 'reuse in a full heap');
 });
 
+test('a frame pool that runs out fails alloc, free and realloc with MF_POOL_EXHAUSTED having written nothing', () => {
+  // 100 frames of 4 KiB and no pager: the heap's own metadata and objects exhaust it. A fork
+  // shares every frame, so the parent's writes need copies too.
+  const pool = new FramePool({ pageSize: PAGE, capacity: 100 * PAGE });
+  const space = new AddressSpace(pool, { size: '1GiB' });
+  const allocator = HeapAllocator.format(space, { base: BASE });
+  const random = fc.sample(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 5 * PAGE })), {
+    numRuns: 3000,
+    seed: 7,
+  });
+  const live: number[] = [];
+  let exhausted = 0;
+  let fork: AddressSpace | undefined;
+  random.forEach(([pick, size], step) => {
+    if (step === 1500) fork = space.fork();
+    const op = pick % 5;
+    const written = watch(space);
+    const before = allocator.stats();
+    try {
+      if (op <= 2 || live.length === 0) live.push(allocator.alloc(pick % 2 === 0 ? size % 300 : size));
+      else if (op === 3) {
+        const at = pick % live.length;
+        allocator.free(live[at]!);
+        live.splice(at, 1);
+      } else {
+        const at = pick % live.length;
+        live[at] = allocator.realloc(live[at]!, size);
+      }
+    } catch (error) {
+      typedError(ErrorCodes.POOL_EXHAUSTED)(error);
+      exhausted++;
+      assert.equal(written(), 0, `step ${step}: the failed call wrote no page`);
+      assert.deepEqual(allocator.stats(), before);
+      if (exhausted % 20 === 0) assertChecks(allocator, `exhaustion at step ${step}`);
+      // Give frames back now and then so the run keeps going.
+      if (exhausted % 5 === 0) allocator.trimFree();
+    }
+  });
+  assert.ok(exhausted > 10, `the pool ran out ${exhausted} times`);
+  assertChecks(allocator, 'the exhaustion run');
+  assert.ok(fork);
+});
+
 test('format refuses a base that is not page-aligned and a range with no room', () => {
   const space = makeSpace();
   assert.throws(
