@@ -21,6 +21,13 @@
  *   dataStart * P             heap pages, handed out from low addresses up to `top`
  *   top * P .. limit          never handed out yet (or given back by lowering top)
  *
+ * Page numbers are stored as u32, so a heap manages at most 2^32 - 1 pages (16 TiB of 4 KiB
+ * pages); `format` refuses a larger limit.
+ *
+ * Size classes (derived from P alone): 16 to 128 bytes in steps of 16, then four classes per
+ * doubling (at most 25 % lost to rounding) up to 2 P. A class's span is the fewest pages (1 to
+ * 16) that waste at most 1/8 of the span. Larger requests get a run of whole pages.
+ *
  * Every page in [dataStart, top) belongs to exactly one *run* of consecutive pages, and the
  * runs tile that range without gaps:
  *
@@ -53,11 +60,22 @@
  *   - header counters equal the sums over runs: live blocks per class, large objects, free,
  *     span and large pages, span bitmap bytes.
  *
- * Costs: alloc/free of a small object is O(1) with no JS allocation (a dozen typed accessor
- * calls on resident pages). A large alloc or free is O(pages in the run) descriptor writes
+ * Spans: a span leaves its class list when full and rejoins on its next free; when its last
+ * block is freed it goes back to the page allocator, except the only listed span of its class
+ * (kept, so one object allocated and freed in a loop does not take and return a span each time).
+ * Free runs: bins of exact length for 1..32 pages, then one bin per power of two; a run is
+ * taken from the smallest non-empty bin that must fit (a bounded first-fit scan in the one bin
+ * that may hold runs too short), split, and the rest goes back to its bin. Only when none fits
+ * does top grow.
+ *
+ * Costs: alloc/free of a small object is O(1) with no JS allocation (about a dozen typed
+ * accessor calls each on resident pages). A large alloc or free is O(pages in the run) descriptor writes
  * (16 bytes per 4 KiB page, small beside the object); finding a run is O(bins) plus a
  * bounded first-fit scan of one bin. free() validates its argument exactly (bitmap bit, block
  * alignment, run head) before changing anything, so a bad free changes nothing.
+ *
+ * No state is cached in JS: every call reads the space, so any number of HeapAllocator objects
+ * attached to one space (or one re-attached after the space was restored) agree.
  *
  * Stats: liveBytes counts USABLE sizes (the block size for small objects, whole pages for
  * large ones), not requested sizes, which the allocator does not store.
