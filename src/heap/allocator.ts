@@ -543,7 +543,7 @@ export class HeapAllocator implements HeapAllocatorApi {
         page += Math.max(1, sp.readU32(d + D_A));
       } else {
         throw corrupt(
-          `page ${page} (${hex(page * this.pageSize)}) has a ${KIND_NAMES[kind] ?? kind} descriptor where a run should start`,
+          `${this.where(page)} has a ${KIND_NAMES[kind] ?? kind} descriptor where a run should start`,
         );
       }
     }
@@ -853,7 +853,13 @@ export class HeapAllocator implements HeapAllocatorApi {
       const sd = kind === K_SPAN ? d : this.desc(span);
       const spanHead = kind === K_SPAN ? head : sp.readU32(sd);
       const c = (spanHead >>> 8) & 0xff;
-      if (span < this.dataStart || span > page || (spanHead & 0xff) !== K_SPAN || c >= this.sizes.count) {
+      if (
+        span < this.dataStart ||
+        span > page ||
+        (spanHead & 0xff) !== K_SPAN ||
+        c >= this.sizes.count ||
+        page - span >= this.sizes.spanPages[c]!
+      ) {
         throw corrupt(
           `page ${page} claims to belong to a small-object span at page ${span}, which is not one`,
         );
@@ -887,8 +893,14 @@ export class HeapAllocator implements HeapAllocatorApi {
     if (kind === K_LARGE) {
       if (address !== page * P)
         throw this.badFree(op, address, 'points inside a large object, not at its start');
+      const pages = sp.readU32(d + D_A);
+      if (pages < 1 || page + pages > this.top) {
+        throw corrupt(
+          `large object at ${this.where(page)} claims ${pages} pages, past the top page ${this.top}`,
+        );
+      }
       this.hitPage = page;
-      this.hitSize = sp.readU32(d + D_A) * P;
+      this.hitSize = pages * P;
       return K_LARGE;
     }
     if (kind === K_LARGE_TAIL) {
@@ -898,6 +910,10 @@ export class HeapAllocator implements HeapAllocatorApi {
       throw this.badFree(op, address, 'is in free space (already freed, or never allocated)');
     }
     throw corrupt(`page ${page} below top has descriptor kind ${kind}`);
+  }
+
+  private where(page: number): string {
+    return `page ${page} (${hex(page * this.pageSize)})`;
   }
 
   /** Frames to reserve for a page-run operation over `pages` pages (see OP_PAGES_SMALL). */

@@ -657,6 +657,16 @@ test('check() names the page and what is wrong when a metadata word is corrupted
     result.problems.join('\n'),
   );
   assert.throws(() => t.allocator.alloc(64), typedError(ErrorCodes.HEAP_CORRUPT, 'never carved'));
+
+  // A large object whose length was overwritten: free refuses it as corrupt and writes nothing.
+  const u = setup();
+  u.space.writeU32(descOf(u.large / PAGE) + 4, 1_000_000);
+  const written = watch(u.space);
+  assert.throws(
+    () => u.allocator.free(u.large),
+    typedError(ErrorCodes.HEAP_CORRUPT, `page ${u.large / PAGE} `, '1000000 pages'),
+  );
+  assert.equal(written(), 0);
 });
 
 // ---------------------------------------------------------------------------------------------
