@@ -529,8 +529,10 @@ export class HeapAllocator implements HeapAllocatorApi {
         if (c >= sizes.count) throw corrupt(`span at page ${page} has class ${c}`);
         const init = sp.readU16(d + D_INIT);
         const spanAddr = page * this.pageSize;
+        let bits = 0;
         for (let i = 0; i < init; i++) {
-          if ((sp.readU8(spanAddr + (i >>> 3)) >>> (i & 7)) & 1) {
+          if ((i & 7) === 0) bits = sp.readU8(spanAddr + (i >>> 3));
+          if ((bits >>> (i & 7)) & 1) {
             visit(spanAddr + sizes.firstBlock[c]! + i * sizes.blockSize[c]!, sizes.blockSize[c]!);
           }
         }
@@ -605,7 +607,15 @@ export class HeapAllocator implements HeapAllocatorApi {
 
   /** Verifies every invariant in the header comment; each problem names the page or address. */
   check(): CheckResult {
-    return new Checker(this).run();
+    return new Checker({
+      space: this.space,
+      base: this.base,
+      pageSize: this.pageSize,
+      dataStart: this.dataStart,
+      limitPage: this.limitPage,
+      sizes: this.sizes,
+      desc: (page) => this.desc(page),
+    }).run();
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1009,27 +1019,13 @@ export class HeapAllocator implements HeapAllocatorApi {
     const at = this.base + field;
     this.space.writeF64(at, this.space.readF64(at) + delta);
   }
-
-  /** @internal For check(): the pieces it verifies. */
-  get internals(): CheckerView {
-    return {
-      space: this.space,
-      base: this.base,
-      pageSize: this.pageSize,
-      basePage: this.basePage,
-      dataStart: this.dataStart,
-      limitPage: this.limitPage,
-      sizes: this.sizes,
-      desc: (page) => this.desc(page),
-    };
-  }
 }
 
+/** What check() needs of the allocator. */
 interface CheckerView {
   space: AddressSpace;
   base: number;
   pageSize: number;
-  basePage: number;
   dataStart: number;
   limitPage: number;
   sizes: ClassTable;
@@ -1048,8 +1044,8 @@ class Checker {
   /** Spans with room (used < capacity), by class. */
   private readonly openSpans = new Map<number, number>();
 
-  constructor(allocator: HeapAllocator) {
-    this.v = allocator.internals;
+  constructor(view: CheckerView) {
+    this.v = view;
   }
 
   run(): CheckResult {
