@@ -669,6 +669,55 @@ test('check() names the page and what is wrong when a metadata word is corrupted
   assert.equal(written(), 0);
 });
 
+test('check() never throws on damaged metadata: random flipped bytes are reported or harmless', () => {
+  const space = makeSpace();
+  const allocator = HeapAllocator.format(space, { base: BASE });
+  const objects: number[] = [];
+  for (let i = 0; i < 300; i++)
+    objects.push(allocator.alloc([24, 64, 500, 3000, 9 * PAGE, 40 * PAGE][i % 6]!));
+  for (let i = 0; i < 300; i += 3) allocator.free(objects[i]!);
+  assertChecks(allocator, 'setup');
+  const top = allocator.top;
+  const descEnd = BASE + HEADER_BYTES + (top - BASE / PAGE) * DESC_BYTES;
+  const spans: number[] = [];
+  allocator.forEachObject((address, size) => {
+    if (size < PAGE) spans.push(Math.floor(address / PAGE) * PAGE);
+  });
+  // Damage lands in the header, the descriptors below top, or a span's bitmap.
+  const target = fc.oneof(
+    fc.integer({ min: BASE, max: BASE + 1200 }),
+    fc.integer({ min: BASE + HEADER_BYTES, max: descEnd - 1 }),
+    fc.constantFrom(...spans).chain((span) => fc.integer({ min: span, max: span + 31 })),
+  );
+  const outcomes = { refused: 0, reported: 0, clean: 0 };
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(target, fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }),
+      (flips) => {
+        const damaged = space.fork();
+        for (const [at, mask] of flips) damaged.writeU8(at, damaged.readU8(at) ^ mask);
+        let reopened: HeapAllocator;
+        try {
+          reopened = HeapAllocator.attach(damaged, BASE);
+        } catch (error) {
+          typedError(ErrorCodes.HEAP_CORRUPT)(error);
+          outcomes.refused++;
+          damaged.destroy();
+          return;
+        }
+        const result = reopened.check(); // must not throw
+        assert.equal(result.ok, result.problems.length === 0);
+        for (const problem of result.problems) assert.ok(problem.length > 10);
+        outcomes[result.ok ? 'clean' : 'reported']++;
+        damaged.destroy();
+      },
+    ),
+    { numRuns: 300, seed: 0xa110c },
+  );
+  // Unused bytes (spare header space, list links of runs on no list) may take a flip harmlessly.
+  assert.ok(outcomes.reported + outcomes.refused > 200, JSON.stringify(outcomes));
+});
+
 // ---------------------------------------------------------------------------------------------
 // Forks
 
