@@ -191,7 +191,7 @@ export interface AllocatorStats {
   fragmentation: number;
 }
 
-export interface CheckResult {
+export interface AllocatorCheckResult {
   ok: boolean;
   problems: string[];
 }
@@ -606,7 +606,7 @@ export class HeapAllocator implements HeapAllocatorApi {
   }
 
   /** Verifies every invariant in the header comment; each problem names the page or address. */
-  check(): CheckResult {
+  check(): AllocatorCheckResult {
     return new Checker({
       space: this.space,
       base: this.base,
@@ -1048,7 +1048,7 @@ class Checker {
     this.v = view;
   }
 
-  run(): CheckResult {
+  run(): AllocatorCheckResult {
     const { space: sp, base } = this.v;
     if (sp.readU32(base + H_MAGIC) !== MAGIC) {
       this.report(`header at ${hex(base)}: magic is ${hex(sp.readU32(base + H_MAGIC))}, not ${hex(MAGIC)}`);
@@ -1096,7 +1096,7 @@ class Checker {
     return this.result();
   }
 
-  private result(): CheckResult {
+  private result(): AllocatorCheckResult {
     if (this.dropped > 0) this.problems.push(`... and ${this.dropped} more problems`);
     return { ok: this.problems.length === 0, problems: this.problems };
   }
