@@ -15,8 +15,8 @@ import { typedError } from '../typed-error.js';
 const PAGE = 4096;
 const BASE = PAGE;
 
-function makeSpace(): AddressSpace {
-  const pool = new FramePool({ pageSize: PAGE, capacity: '64MiB' });
+function makeSpace(pageSize = PAGE): AddressSpace {
+  const pool = new FramePool({ pageSize, capacity: '64MiB' });
   return new AddressSpace(pool, { size: '1GiB' });
 }
 
@@ -201,6 +201,36 @@ test('model: random alloc/free/realloc keep contents, never overlap, pass check(
     fc.property(fc.array(opArb, { minLength: 1, maxLength: 80 }), (ops) => runModel(ops)),
     { numRuns: 60 },
   );
+});
+
+test('every page size from 512 B to 64 KiB: objects of 1 B to many pages keep their bytes and check() passes', () => {
+  for (const pageSize of [512, 16384, 65536]) {
+    const space = makeSpace(pageSize);
+    const allocator = HeapAllocator.format(space, { base: pageSize });
+    const live: Live[] = [];
+    const steps = fc.sample(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 5 * pageSize })), {
+      numRuns: 1500,
+      seed: pageSize,
+    });
+    steps.forEach(([pick, size], step) => {
+      const bytes = pick % 3 === 0 ? size : size % 200;
+      if (live.length > 0 && pick % 5 < 2) {
+        const [object] = live.splice(pick % live.length, 1);
+        verify(space, object!.address, object!.id, object!.size, `page size ${pageSize} step ${step}`);
+        allocator.free(object!.address);
+      } else {
+        const address = allocator.alloc(bytes);
+        assert.equal(address % 16, 0);
+        assert.ok(allocator.usableSize(address) >= bytes);
+        fill(space, address, step, bytes);
+        live.push({ id: step, address, size: bytes });
+      }
+    });
+    for (const object of live)
+      verify(space, object.address, object.id, object.size, `page size ${pageSize} at the end`);
+    assertChecks(allocator, `page size ${pageSize}`);
+    assert.equal(allocator.stats().liveObjects, live.length);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
