@@ -88,6 +88,8 @@ interface Live {
   id: number;
   address: number;
   size: number;
+  /** The pattern the forked twin holds: the same as `id` until either side rewrites it. */
+  twinId?: number;
 }
 
 interface Side {
@@ -102,6 +104,8 @@ function runModel(ops: Op[]): void {
   const live: Live[] = [];
   let nextId = 1;
   const sides = (): Side[] => (twin ? [main, twin] : [main]);
+  // Each side writes its own pattern after the fork, so a write leaking across would show.
+  const idOn = (side: Side, object: Live): number => (side === main ? object.id : object.twinId!);
 
   const checkAll = (when: string): void => {
     for (const side of sides()) {
@@ -139,10 +143,10 @@ function runModel(ops: Op[]): void {
       case 'alloc': {
         const addresses = sides().map((side) => side.allocator.alloc(op.size));
         if (twin) assert.equal(addresses[1], addresses[0], `twin allocates the same address at ${when}`);
-        const object = { id: nextId++, address: addresses[0]!, size: op.size };
+        const object: Live = { id: nextId++, address: addresses[0]!, size: op.size, twinId: nextId++ };
         for (const side of sides()) {
           assert.ok(side.allocator.usableSize(object.address) >= op.size);
-          fill(side.space, object.address, object.id, object.size);
+          fill(side.space, object.address, idOn(side, object), object.size);
         }
         live.push(object);
         break;
@@ -151,7 +155,7 @@ function runModel(ops: Op[]): void {
         if (live.length === 0) return;
         const [object] = live.splice(op.pick % live.length, 1);
         for (const side of sides()) {
-          verify(side.space, object!.address, object!.id, object!.size, when);
+          verify(side.space, object!.address, idOn(side, object!), object!.size, when);
           side.allocator.free(object!.address);
         }
         break;
@@ -163,20 +167,22 @@ function runModel(ops: Op[]): void {
         if (twin) assert.equal(addresses[1], addresses[0], `twin reallocates to the same address at ${when}`);
         const kept = Math.min(object.size, op.size);
         for (const side of sides()) {
-          verify(side.space, addresses[0]!, object.id, kept, `${when}: realloc keeps the prefix`);
+          verify(side.space, addresses[0]!, idOn(side, object), kept, `${when}: realloc keeps the prefix`);
           assert.ok(side.allocator.usableSize(addresses[0]!) >= op.size);
         }
         // Rewrite the whole object with a fresh pattern so later checks cover the new tail too.
         object.id = nextId++;
+        object.twinId = nextId++;
         object.address = addresses[0]!;
         object.size = op.size;
-        for (const side of sides()) fill(side.space, object.address, object.id, object.size);
+        for (const side of sides()) fill(side.space, object.address, idOn(side, object), object.size);
         break;
       }
       case 'fork': {
         if (twin) return;
         const space = main.space.fork();
         twin = { space, allocator: HeapAllocator.attach(space, BASE) };
+        for (const object of live) object.twinId = object.id; // the fork holds the parent's bytes
         break;
       }
       case 'reattach': {
@@ -188,7 +194,7 @@ function runModel(ops: Op[]): void {
   });
   checkAll('the last step');
   for (const side of sides()) {
-    for (const object of live) verify(side.space, object.address, object.id, object.size, 'the end');
+    for (const object of live) verify(side.space, object.address, idOn(side, object), object.size, 'the end');
     for (const object of live) side.allocator.free(object.address);
     assertChecks(side.allocator, 'freeing everything');
     assert.equal(side.allocator.stats().liveBytes, 0);
