@@ -191,7 +191,7 @@ export interface AllocatorStats {
   fragmentation: number;
 }
 
-export interface CheckResult {
+export interface AllocatorCheckResult {
   ok: boolean;
   problems: string[];
 }
@@ -606,7 +606,7 @@ export class HeapAllocator implements HeapAllocatorApi {
   }
 
   /** Verifies every invariant in the header comment; each problem names the page or address. */
-  check(): CheckResult {
+  check(): AllocatorCheckResult {
     return new Checker({
       space: this.space,
       base: this.base,
@@ -1048,7 +1048,7 @@ class Checker {
     this.v = view;
   }
 
-  run(): CheckResult {
+  run(): AllocatorCheckResult {
     const { space: sp, base } = this.v;
     if (sp.readU32(base + H_MAGIC) !== MAGIC) {
       this.report(`header at ${hex(base)}: magic is ${hex(sp.readU32(base + H_MAGIC))}, not ${hex(MAGIC)}`);
@@ -1076,6 +1076,12 @@ class Checker {
         totals.classLive[c]!,
       );
     }
+    for (let c = this.v.sizes.count; c < MAX_CLASSES; c++) {
+      // Slots past this page size's classes are never used: anything there is damage.
+      expect(`live blocks of unused class slot ${c}`, H_CLASS_LIVE + 8 * c, 0);
+      const head = sp.readU32(base + H_CLASS_HEADS + 4 * c);
+      if (head !== 0) this.report(`header: unused class slot ${c} has a span list head (page ${head})`);
+    }
     expect('large objects', H_LARGE_OBJECTS, totals.largeObjects);
     expect('free pages', H_FREE_PAGES, totals.freePages);
     expect('span pages', H_SPAN_PAGES, totals.spanPages);
@@ -1090,7 +1096,7 @@ class Checker {
     return this.result();
   }
 
-  private result(): CheckResult {
+  private result(): AllocatorCheckResult {
     if (this.dropped > 0) this.problems.push(`... and ${this.dropped} more problems`);
     return { ok: this.problems.length === 0, problems: this.problems };
   }
@@ -1305,11 +1311,11 @@ class Checker {
   private checkClassLists(top: number): void {
     const { space: sp, sizes } = this.v;
     let listed = 0;
-    for (let c = 0; c < MAX_CLASSES; c++) {
+    for (let c = 0; c < sizes.count; c++) {
       let prev = 0;
       const seen = new Set<number>();
       for (let span = sp.readU32(this.v.base + H_CLASS_HEADS + 4 * c); span !== 0;) {
-        if (c >= sizes.count || span < this.v.dataStart || span >= top || seen.has(span)) {
+        if (span < this.v.dataStart || span >= top || seen.has(span)) {
           this.report(
             `class ${c} span list: entry page ${span} is ${seen.has(span) ? 'listed twice (a cycle)' : 'not a valid span'}`,
           );
@@ -1348,6 +1354,7 @@ class Checker {
     const sp = this.v.space;
     for (let at = head, steps = 0; at !== 0 && steps <= this.v.limitPage; steps++) {
       if (at === page) return true;
+      if (at < this.v.dataStart || at >= this.v.limitPage) return false; // a broken link, reported by the list walk
       at = sp.readU32(this.v.desc(at) + D_NEXT);
     }
     return false;

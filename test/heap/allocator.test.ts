@@ -15,8 +15,8 @@ import { typedError } from '../typed-error.js';
 const PAGE = 4096;
 const BASE = PAGE;
 
-function makeSpace(): AddressSpace {
-  const pool = new FramePool({ pageSize: PAGE, capacity: '64MiB' });
+function makeSpace(pageSize = PAGE): AddressSpace {
+  const pool = new FramePool({ pageSize, capacity: '64MiB' });
   return new AddressSpace(pool, { size: '1GiB' });
 }
 
@@ -88,6 +88,8 @@ interface Live {
   id: number;
   address: number;
   size: number;
+  /** The pattern the forked twin holds: the same as `id` until either side rewrites it. */
+  twinId?: number;
 }
 
 interface Side {
@@ -102,6 +104,8 @@ function runModel(ops: Op[]): void {
   const live: Live[] = [];
   let nextId = 1;
   const sides = (): Side[] => (twin ? [main, twin] : [main]);
+  // Each side writes its own pattern after the fork, so a write leaking across would show.
+  const idOn = (side: Side, object: Live): number => (side === main ? object.id : object.twinId!);
 
   const checkAll = (when: string): void => {
     for (const side of sides()) {
@@ -139,10 +143,10 @@ function runModel(ops: Op[]): void {
       case 'alloc': {
         const addresses = sides().map((side) => side.allocator.alloc(op.size));
         if (twin) assert.equal(addresses[1], addresses[0], `twin allocates the same address at ${when}`);
-        const object = { id: nextId++, address: addresses[0]!, size: op.size };
+        const object: Live = { id: nextId++, address: addresses[0]!, size: op.size, twinId: nextId++ };
         for (const side of sides()) {
           assert.ok(side.allocator.usableSize(object.address) >= op.size);
-          fill(side.space, object.address, object.id, object.size);
+          fill(side.space, object.address, idOn(side, object), object.size);
         }
         live.push(object);
         break;
@@ -151,7 +155,7 @@ function runModel(ops: Op[]): void {
         if (live.length === 0) return;
         const [object] = live.splice(op.pick % live.length, 1);
         for (const side of sides()) {
-          verify(side.space, object!.address, object!.id, object!.size, when);
+          verify(side.space, object!.address, idOn(side, object!), object!.size, when);
           side.allocator.free(object!.address);
         }
         break;
@@ -163,20 +167,22 @@ function runModel(ops: Op[]): void {
         if (twin) assert.equal(addresses[1], addresses[0], `twin reallocates to the same address at ${when}`);
         const kept = Math.min(object.size, op.size);
         for (const side of sides()) {
-          verify(side.space, addresses[0]!, object.id, kept, `${when}: realloc keeps the prefix`);
+          verify(side.space, addresses[0]!, idOn(side, object), kept, `${when}: realloc keeps the prefix`);
           assert.ok(side.allocator.usableSize(addresses[0]!) >= op.size);
         }
         // Rewrite the whole object with a fresh pattern so later checks cover the new tail too.
         object.id = nextId++;
+        object.twinId = nextId++;
         object.address = addresses[0]!;
         object.size = op.size;
-        for (const side of sides()) fill(side.space, object.address, object.id, object.size);
+        for (const side of sides()) fill(side.space, object.address, idOn(side, object), object.size);
         break;
       }
       case 'fork': {
         if (twin) return;
         const space = main.space.fork();
         twin = { space, allocator: HeapAllocator.attach(space, BASE) };
+        for (const object of live) object.twinId = object.id; // the fork holds the parent's bytes
         break;
       }
       case 'reattach': {
@@ -188,7 +194,7 @@ function runModel(ops: Op[]): void {
   });
   checkAll('the last step');
   for (const side of sides()) {
-    for (const object of live) verify(side.space, object.address, object.id, object.size, 'the end');
+    for (const object of live) verify(side.space, object.address, idOn(side, object), object.size, 'the end');
     for (const object of live) side.allocator.free(object.address);
     assertChecks(side.allocator, 'freeing everything');
     assert.equal(side.allocator.stats().liveBytes, 0);
@@ -201,6 +207,36 @@ test('model: random alloc/free/realloc keep contents, never overlap, pass check(
     fc.property(fc.array(opArb, { minLength: 1, maxLength: 80 }), (ops) => runModel(ops)),
     { numRuns: 60 },
   );
+});
+
+test('every page size from 512 B to 64 KiB: objects of 1 B to many pages keep their bytes and check() passes', () => {
+  for (const pageSize of [512, 16384, 65536]) {
+    const space = makeSpace(pageSize);
+    const allocator = HeapAllocator.format(space, { base: pageSize });
+    const live: Live[] = [];
+    const steps = fc.sample(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 5 * pageSize })), {
+      numRuns: 1500,
+      seed: pageSize,
+    });
+    steps.forEach(([pick, size], step) => {
+      const bytes = pick % 3 === 0 ? size : size % 200;
+      if (live.length > 0 && pick % 5 < 2) {
+        const [object] = live.splice(pick % live.length, 1);
+        verify(space, object!.address, object!.id, object!.size, `page size ${pageSize} step ${step}`);
+        allocator.free(object!.address);
+      } else {
+        const address = allocator.alloc(bytes);
+        assert.equal(address % 16, 0);
+        assert.ok(allocator.usableSize(address) >= bytes);
+        fill(space, address, step, bytes);
+        live.push({ id: step, address, size: bytes });
+      }
+    });
+    for (const object of live)
+      verify(space, object.address, object.id, object.size, `page size ${pageSize} at the end`);
+    assertChecks(allocator, `page size ${pageSize}`);
+    assert.equal(allocator.stats().liveObjects, live.length);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -667,6 +703,55 @@ test('check() names the page and what is wrong when a metadata word is corrupted
     typedError(ErrorCodes.HEAP_CORRUPT, `page ${u.large / PAGE} `, '1000000 pages'),
   );
   assert.equal(written(), 0);
+});
+
+test('check() never throws on damaged metadata: random flipped bytes are reported or harmless', () => {
+  const space = makeSpace();
+  const allocator = HeapAllocator.format(space, { base: BASE });
+  const objects: number[] = [];
+  for (let i = 0; i < 300; i++)
+    objects.push(allocator.alloc([24, 64, 500, 3000, 9 * PAGE, 40 * PAGE][i % 6]!));
+  for (let i = 0; i < 300; i += 3) allocator.free(objects[i]!);
+  assertChecks(allocator, 'setup');
+  const top = allocator.top;
+  const descEnd = BASE + HEADER_BYTES + (top - BASE / PAGE) * DESC_BYTES;
+  const spans: number[] = [];
+  allocator.forEachObject((address, size) => {
+    if (size < PAGE) spans.push(Math.floor(address / PAGE) * PAGE);
+  });
+  // Damage lands in the header, the descriptors below top, or a span's bitmap.
+  const target = fc.oneof(
+    fc.integer({ min: BASE, max: BASE + 1200 }),
+    fc.integer({ min: BASE + HEADER_BYTES, max: descEnd - 1 }),
+    fc.constantFrom(...spans).chain((span) => fc.integer({ min: span, max: span + 31 })),
+  );
+  const outcomes = { refused: 0, reported: 0, clean: 0 };
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(target, fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }),
+      (flips) => {
+        const damaged = space.fork();
+        for (const [at, mask] of flips) damaged.writeU8(at, damaged.readU8(at) ^ mask);
+        let reopened: HeapAllocator;
+        try {
+          reopened = HeapAllocator.attach(damaged, BASE);
+        } catch (error) {
+          typedError(ErrorCodes.HEAP_CORRUPT)(error);
+          outcomes.refused++;
+          damaged.destroy();
+          return;
+        }
+        const result = reopened.check(); // must not throw
+        assert.equal(result.ok, result.problems.length === 0);
+        for (const problem of result.problems) assert.ok(problem.length > 10);
+        outcomes[result.ok ? 'clean' : 'reported']++;
+        damaged.destroy();
+      },
+    ),
+    { numRuns: 300, seed: 0xa110c },
+  );
+  // Unused bytes (spare header space, list links of runs on no list) may take a flip harmlessly.
+  assert.ok(outcomes.reported + outcomes.refused > 200, JSON.stringify(outcomes));
 });
 
 // ---------------------------------------------------------------------------------------------
