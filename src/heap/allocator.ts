@@ -439,7 +439,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const headAt = this.base + H_CLASS_HEADS + 4 * c;
     let span = sp.readU32(headAt);
     if (span === 0) span = this.newSpan(c);
-    else sp.pool.reserve(OP_PAGES_SMALL);
+    else this.reserve(OP_PAGES_SMALL);
     const d = this.desc(span);
     const spanAddr = span * this.pageSize;
     const word = sp.readU32(d + D_A);
@@ -474,10 +474,10 @@ export class HeapAllocator implements HeapAllocatorApi {
     if (this.locate(address, 'free') === K_SPAN) {
       // The last block out returns its span to the page allocator: a run operation.
       const last = this.hitHead >>> 16 === 1;
-      this.space.pool.reserve(last ? OP_PAGES_SMALL + this.runOpPages(SPAN_PAGES_MAX) : OP_PAGES_SMALL);
+      this.reserve(last ? OP_PAGES_SMALL + this.runOpPages(SPAN_PAGES_MAX) : OP_PAGES_SMALL);
       this.freeSmall(address);
     } else {
-      this.space.pool.reserve(this.runOpPages(this.hitSize / this.pageSize));
+      this.reserve(this.runOpPages(this.hitSize / this.pageSize));
       this.freeLarge();
     }
   }
@@ -501,7 +501,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const wanted = Math.max(1, Math.ceil(bytes / this.pageSize));
     if (bytes <= sizes.maxSmall) return this.move(address, this.hitSize, bytes); // small enough for a span
     if (wanted === pages) return address;
-    this.space.pool.reserve(this.runOpPages(Math.max(pages, wanted)));
+    this.reserve(this.runOpPages(Math.max(pages, wanted)));
     if (wanted < pages) {
       this.shrinkLarge(head, pages, wanted);
       return address;
@@ -625,7 +625,7 @@ export class HeapAllocator implements HeapAllocatorApi {
     const sp = this.space;
     const sizes = this.sizes;
     const pages = sizes.spanPages[c]!;
-    this.space.pool.reserve(this.runOpPages(pages) + OP_PAGES_SMALL);
+    this.reserve(this.runOpPages(pages) + OP_PAGES_SMALL);
     const head = this.allocRun(pages);
     if (head < 0) throw this.full(sizes.blockSize[c]!, pages);
     const d = this.desc(head);
@@ -676,7 +676,7 @@ export class HeapAllocator implements HeapAllocatorApi {
   private allocLarge(bytes: number): number {
     this.checkSize(bytes);
     const pages = Math.max(1, Math.ceil(bytes / this.pageSize));
-    this.space.pool.reserve(this.runOpPages(pages));
+    this.reserve(this.runOpPages(pages));
     const head = this.allocRun(pages);
     if (head < 0) throw this.full(bytes, pages);
     this.space.writeU8(this.desc(head) + D_KIND, K_LARGE);
@@ -723,13 +723,22 @@ export class HeapAllocator implements HeapAllocatorApi {
     return true;
   }
 
+  /**
+   * Makes sure `frames` frames are free before an operation writes anything, so a plain pool's
+   * POOL_EXHAUSTED changes nothing. With a pager the pool makes room by evicting, and each
+   * write makes its own room; the bound is capped at half the budget, so a tiny budget still
+   * serves operations whose worst case exceeds it.
+   */
+  private reserve(frames: number): void {
+    const pool = this.space.pool;
+    pool.reserve(pool.paging ? Math.min(frames, pool.capacity >> 1) : frames);
+  }
+
   private move(address: number, oldSize: number, bytes: number): number {
     // The new object, the copy into it and the free of the old one, reserved together.
     const oldPages = Math.ceil(oldSize / this.pageSize);
     const newPages = Math.ceil(bytes / this.pageSize) + 1;
-    this.space.pool.reserve(
-      this.runOpPages(newPages) + newPages + this.runOpPages(oldPages) + 2 * OP_PAGES_SMALL,
-    );
+    this.reserve(this.runOpPages(newPages) + newPages + this.runOpPages(oldPages) + 2 * OP_PAGES_SMALL);
     const fresh = this.alloc(bytes); // HEAP_FULL here leaves the old object as it was
     const sp = this.space;
     const n = Math.min(oldSize, bytes);

@@ -18,7 +18,7 @@
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
-import { HeapAllocator, type AllocatorStats, type CheckResult } from './allocator.js';
+import { HeapAllocator, type AllocatorStats, type AllocatorCheckResult } from './allocator.js';
 import { HeapImage, type CheckpointReport, type HeapImageOptions, type HeapImageStats } from './image.js';
 import type { HeapMemory } from './memory.js';
 
@@ -141,7 +141,9 @@ export class Heap implements HeapMemory {
     this.assertOpen();
     const encoded = Buffer.from(checkRootName(name), 'utf8');
     if (!Number.isSafeInteger(address) || address < 0 || address >= this.image.size) {
-      throw invalidArgument(`root address ${address} is not an address of this heap (0 to ${this.image.size - 1})`);
+      throw invalidArgument(
+        `root address ${address} is not an address of this heap (0 to ${this.image.size - 1})`,
+      );
     }
     const space = this.image.space;
     const count = space.readU32(H_ROOTS);
@@ -236,7 +238,7 @@ export class Heap implements HeapMemory {
    * Checks the image and the allocator: every stored page against its checksum (reads the
    * whole image), the header, and every allocator invariant. For `memfabric heap check`.
    */
-  async check(): Promise<CheckResult> {
+  async check(): Promise<AllocatorCheckResult> {
     this.assertOpen();
     const problems = await this.image.verify();
     if (problems.length === 0) {
@@ -261,7 +263,8 @@ export class Heap implements HeapMemory {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    const live = this.image.readOnly || options.checkpoint === false ? undefined : this.allocator.stats().liveBytes;
+    const live =
+      this.image.readOnly || options.checkpoint === false ? undefined : this.allocator.stats().liveBytes;
     if (live === undefined) await this.image.close({ checkpoint: false });
     else {
       // The image's own close checkpoint, with the allocator's figure for `heap info`.
@@ -303,7 +306,10 @@ export class Heap implements HeapMemory {
 
   private assertOpen(): void {
     if (this.closed) {
-      throw new MemfabricError(ErrorCodes.HEAP_CLOSED, `the heap ${this.image.path} was closed; open it again with Heap.open`);
+      throw new MemfabricError(
+        ErrorCodes.HEAP_CLOSED,
+        `the heap ${this.image.path} was closed; open it again with Heap.open`,
+      );
     }
   }
 }
@@ -337,17 +343,22 @@ function attach(image: HeapImage): HeapAllocator {
 function headerProblems(space: AddressSpace): string[] {
   const problems: string[] = [];
   if (space.readU32(H_MAGIC) !== HEADER_MAGIC) problems.push('the heap header (page 0) has the wrong magic');
-  else if (space.readU32(H_VERSION) !== HEADER_VERSION) problems.push(`the heap header has version ${space.readU32(H_VERSION)}`);
+  else if (space.readU32(H_VERSION) !== HEADER_VERSION)
+    problems.push(`the heap header has version ${space.readU32(H_VERSION)}`);
   const roots = space.readU32(H_ROOTS);
-  if (roots > Math.floor((space.pageSize - ROOTS_AT) / ROOT_BYTES)) problems.push(`the heap header counts ${roots} roots, more than fit`);
+  if (roots > Math.floor((space.pageSize - ROOTS_AT) / ROOT_BYTES))
+    problems.push(`the heap header counts ${roots} roots, more than fit`);
   return problems;
 }
 
 function checkRootName(name: unknown): string {
-  if (typeof name !== 'string' || name === '') throw invalidArgument('a root name must be a non-empty string');
+  if (typeof name !== 'string' || name === '')
+    throw invalidArgument('a root name must be a non-empty string');
   const bytes = Buffer.byteLength(name, 'utf8');
   if (bytes > ROOT_NAME_MAX) {
-    throw invalidArgument(`root name "${name.slice(0, 20)}…" is ${bytes} bytes of UTF-8; at most ${ROOT_NAME_MAX}`);
+    throw invalidArgument(
+      `root name "${name.slice(0, 20)}…" is ${bytes} bytes of UTF-8; at most ${ROOT_NAME_MAX}`,
+    );
   }
   return name;
 }

@@ -67,7 +67,7 @@ export interface HeapImageOptions {
   budget?: number | string;
   /** Create only: the heap's address-space size. Default 1 TiB (sparse: unused space costs nothing). */
   size?: number | string;
-  /** Create only: page size, a power of two from 512 to 65536. Default 4096. */
+  /** Create only: page size, a power of two from 1024 to 65536. Default 4096. */
   pageSize?: number;
   /** Pages read ahead on a sequential fault. Default 16. */
   prefetch?: number;
@@ -166,11 +166,14 @@ export class HeapImage {
     const size = parseSize(options.size ?? HEAP_SIZE_DEFAULT, 'size');
     if (
       !Number.isInteger(pageSize) ||
-      pageSize < 512 ||
+      pageSize < SUPERBLOCK_BYTES ||
       pageSize > 65536 ||
       (pageSize & (pageSize - 1)) !== 0
     ) {
-      throw invalidArgument(`pageSize ${pageSize} must be a power of two from 512 to 65536`);
+      // A superblock fills 1 KiB: a heap's pages are at least that.
+      throw invalidArgument(
+        `a heap's pageSize ${pageSize} must be a power of two from ${SUPERBLOCK_BYTES} to 65536`,
+      );
     }
     if (size < 2 * pageSize || size > 2 ** 52) {
       throw invalidArgument(`size ${size} must be from two pages to 4 PiB (2^52 bytes)`);
