@@ -735,8 +735,12 @@ function alignUp(n: number, align: number): number {
   return Math.ceil(n / align) * align;
 }
 
-/** A declared schema. Make one with defineStruct. */
-export class Struct<F extends Fields = Fields> {
+/**
+ * A declared schema. Make one with defineStruct. A bare `Struct` (the default parameter is
+ * `any`) accepts a schema of any fields, so helpers can take structs generically.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export class Struct<F extends Fields = any> {
   readonly kind = 'struct' as const;
   /** 32-bit tag stored at the start of every instance: a hash of name and layout. */
   readonly typeId: number;
