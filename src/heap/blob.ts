@@ -13,7 +13,8 @@
  * once per shape), bigints as bigints (int64 and msgpackr's bigint extension), and copied
  * buffers (a decoded Uint8Array never aliases the heap or our scratch). What msgpack cannot
  * say comes back normalised: -0 as 0, holes in sparse arrays as undefined, null-prototype
- * objects as plain objects; functions and symbols are refused by msgpackr.
+ * objects and class instances as plain objects of their own enumerable properties, functions
+ * (and WeakMaps, Promises) as undefined or empty objects; a symbol is refused.
  *
  * Layout. A blob is one allocation: an 8-byte header, [u32 tag][u32 payload bytes], then the
  * payload. The tag (type-tags.ts) makes getValue of a struct, of freed memory or of any other
@@ -86,9 +87,10 @@ function pack(format: Format, value: unknown): Buffer {
   try {
     encoded = format.packr.pack(value);
   } catch (error) {
+    if (error instanceof MemfabricError) throw error; // from saving a codec's table (MF_HEAP_FULL)
     throw new MemfabricError(
       ErrorCodes.INVALID_ARGUMENT,
-      `this value cannot be stored as msgpack (${(error as Error).message}); functions, symbols and class instances with hidden state cannot be`,
+      `this value cannot be stored as msgpack (${(error as Error).message}); remove symbols and other values msgpack cannot encode`,
       { cause: error },
     );
   }

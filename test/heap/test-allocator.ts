@@ -1,6 +1,6 @@
 /**
- * A stand-in for the heap's allocator in the values' tests: first-fit reuse of freed blocks,
- * else a bump pointer, over an AddressSpace. It keeps the HeapAllocatorApi contract: 16-byte
+ * A stand-in for the heap's allocator in the values' tests: first fit among freed blocks
+ * (splitting a larger one), else a bump pointer, over an AddressSpace. It keeps the HeapAllocatorApi contract: 16-byte
  * alignment, address 0 never handed out, MF_HEAP_FULL when nothing fits, MF_HEAP_BAD_FREE for a
  * free of an address it did not hand out or already freed. It fills new blocks with 0xa5 and
  * freed ones with 0xdd, as a real allocator's metadata and reuse would leave them, so that code
@@ -32,10 +32,12 @@ export class TestAllocator implements HeapAllocatorApi {
     }
     const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
     let address = -1;
-    const reuse = this.freed.findIndex((block) => block.size === size);
+    const reuse = this.freed.findIndex((block) => block.size >= size);
     if (reuse >= 0) {
-      address = this.freed[reuse]!.address;
-      this.freed.splice(reuse, 1);
+      const block = this.freed[reuse]!;
+      address = block.address;
+      if (block.size > size) this.freed[reuse] = { address: address + size, size: block.size - size };
+      else this.freed.splice(reuse, 1);
     } else {
       if (this.next + size > this.space.size) {
         throw new MemfabricError(ErrorCodes.HEAP_FULL, `no room for ${bytes} bytes; free objects first`);
@@ -55,11 +57,12 @@ export class TestAllocator implements HeapAllocatorApi {
     this.freed.push({ address, size });
   }
 
+  /** Stays in place while the new size is from half the block to all of it, else moves (as size classes would). */
   realloc(address: number, bytes: number): number {
     const size = this.usableSize(address);
-    if (bytes <= size) return address;
+    if (bytes <= size && bytes * 2 >= size) return address;
     const moved = this.alloc(bytes);
-    const copy = Buffer.alloc(size);
+    const copy = Buffer.alloc(Math.min(size, bytes));
     this.space.read(address, copy);
     this.space.write(moved, copy);
     this.free(address);
@@ -92,10 +95,10 @@ export interface TestMemory extends HeapMemory {
   readonly pool: FramePool;
 }
 
-/** A 1 GiB space over a 64 MiB pool of 4 KiB pages, with a TestAllocator. */
-export function testMemory(): TestMemory {
+/** A space (1 GiB unless told) over a 64 MiB pool of 4 KiB pages, with a TestAllocator. */
+export function testMemory(size: number | string = '1GiB'): TestMemory {
   const pool = new FramePool({ pageSize: 4096, capacity: '64MiB' });
-  const space = new AddressSpace(pool, { size: '1GiB' });
+  const space = new AddressSpace(pool, { size });
   return { pool, space, allocator: new TestAllocator(space) };
 }
 
