@@ -14,7 +14,8 @@
  * buffers (a decoded Uint8Array never aliases the heap or our scratch). What msgpack cannot
  * say comes back normalised: -0 as 0, holes in sparse arrays as undefined, null-prototype
  * objects and class instances as plain objects of their own enumerable properties, functions
- * (and WeakMaps, Promises) as undefined or empty objects; a symbol is refused.
+ * (and WeakMaps, Promises) as undefined or empty objects; an own key named "__proto__" as
+ * "__proto_" (msgpackr's guard against prototype pollution); a symbol is refused.
  *
  * Layout. A blob is one allocation: an 8-byte header, [u32 tag][u32 payload bytes], then the
  * payload. The tag (type-tags.ts) makes getValue of a struct, of freed memory or of any other
