@@ -43,7 +43,7 @@
 import { Packr, type Options } from 'msgpackr';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { HeapMemory } from './memory.js';
-import { BLOB_TAG, CODEC_TAG, SHARED_BLOB_TAG, wrongTypeError } from './type-tags.js';
+import { BLOB_TAG, CODEC_TAG, SHARED_BLOB_TAG, readTag, wrongTypeError } from './type-tags.js';
 
 /** Header of a self-contained blob: tag, payload length. */
 const BLOB_HEADER_BYTES = 8;
@@ -117,7 +117,7 @@ function writeBlob(memory: HeapMemory, format: Format, address: number, encoded:
 /** Payload length of the blob at `address`, after checking its tag (and owner). */
 function checkBlob(memory: HeapMemory, format: Format, address: number): number {
   const space = memory.space;
-  const tag = address === 0 ? 0 : space.readU32(address);
+  const tag = readTag(space, address);
   if (tag !== format.tag) throw wrongTypeError(address, format.what, tag);
   if (format.headerBytes === SHARED_HEADER_BYTES) {
     const owner = space.readU32(address + 8) + space.readU32(address + 12) * 4294967296;
@@ -201,7 +201,7 @@ function replace(memory: HeapMemory, format: Format, address: number, value: unk
 
 function freeBlob(memory: HeapMemory, format: Format, address: number): void {
   const space = memory.space;
-  const tag = address === 0 ? 0 : space.readU32(address);
+  const tag = readTag(space, address);
   if (tag !== format.tag) {
     if (address !== 0) memory.allocator.usableSize(address); // MF_HEAP_BAD_FREE for a non-object
     throw wrongTypeError(address, format.what, tag);
@@ -314,7 +314,7 @@ export class BlobCodec {
   /** Reopens the codec whose header is at `address` (what `create` returned as `.address`). */
   static open(memory: HeapMemory, address: number): BlobCodec {
     const space = memory.space;
-    const tag = address === 0 ? 0 : space.readU32(address);
+    const tag = readTag(space, address);
     if (tag !== CODEC_TAG) throw wrongTypeError(address, 'a BlobCodec header', tag);
     const version = space.readU16(address + 4);
     if (version !== CODEC_VERSION) {

@@ -46,7 +46,7 @@
 import type { AddressSpace } from '../memory/address-space.js';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
 import type { HeapMemory } from './memory.js';
-import { hash32, isReservedTag, registerTag, wrongTypeError } from './type-tags.js';
+import { hash32, isReservedTag, readTag, registerTag, wrongTypeError } from './type-tags.js';
 
 // -----------------------------------------------------------------------------------------
 // Field types
@@ -403,7 +403,7 @@ const helpers = {
     );
   },
   wrongType(sp: AddressSpace, address: number, schema: Struct): never {
-    const tag = typeof address === 'number' && address !== 0 ? sp.readU32(address) : 0;
+    const tag = readTag(sp, address);
     throw wrongTypeError(address, `a ${schema.name}`, tag);
   },
   readString(sp: AddressSpace, address: number, info: FieldInfo): string {
@@ -818,7 +818,7 @@ export class Struct<F extends Fields = any> {
 
   /** True when `address` holds an instance of this schema (its tag matches). */
   is(memory: HeapMemory | AddressSpace, address: number): boolean {
-    return address !== 0 && spaceOf(memory).readU32(address) === this.typeId;
+    return readTag(spaceOf(memory), address) === this.typeId;
   }
 
   /**
@@ -846,7 +846,7 @@ export class Struct<F extends Fields = any> {
    */
   free(memory: HeapMemory, address: number): void {
     const space = memory.space;
-    const tag = address === 0 ? 0 : space.readU32(address);
+    const tag = readTag(space, address);
     if (tag !== this.typeId) {
       if (address !== 0) memory.allocator.usableSize(address);
       throw wrongTypeError(address, `a ${this.name}`, tag);
@@ -946,7 +946,7 @@ export class Struct<F extends Fields = any> {
       'h',
       'schema',
       `return function at(a) {
-        if (a === 0 || this.space.readU32(a) !== ${this.typeId}) h.wrongType(this.space, a, schema);
+        if (typeof a !== 'number' || a === 0 || this.space.readU32(a) !== ${this.typeId}) h.wrongType(this.space, a, schema);
         this.address = a;
         this._base = a + ${this.bodyOffset};
         return this;

@@ -11,7 +11,8 @@
  * The registry maps the tags this process knows to a name, only to make error messages say
  * what was found ("a Line", "a msgpack blob") rather than a number.
  */
-import { ErrorCodes, MemfabricError } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import type { AddressSpace } from '../memory/address-space.js';
 
 /** Tag of a self-contained msgpack blob (putValue). The bytes spell "MFB1" in memory. */
 export const BLOB_TAG = 0x3142464d;
@@ -60,6 +61,17 @@ export function wrongTypeError(address: number, expected: string, foundTag: numb
     `the value at address ${address} is ${describeTag(foundTag)}, not ${expected}; ` +
       'read it with the schema or codec it was written with (a changed struct declaration is a new schema)',
   );
+}
+
+/**
+ * The tag at `address` (0 for address 0, the null reference). A non-number address is refused
+ * here: the space's accessors would otherwise coerce a string such as "16" and read elsewhere.
+ */
+export function readTag(space: AddressSpace, address: number): number {
+  if (typeof address !== 'number') {
+    throw invalidArgument(`a heap address is a number, got ${typeof address} ${String(address)}`);
+  }
+  return address === 0 ? 0 : space.readU32(address);
 }
 
 /** FNV-1a over a string's UTF-16 code units: a stable 32-bit hash with no dependency. */

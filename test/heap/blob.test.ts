@@ -229,6 +229,10 @@ test('an address that holds no blob fails with MF_HEAP_TYPE; a double free with 
   assert.throws(() => freeValue(memory, point), typedError(ErrorCodes.HEAP_TYPE));
   assert.throws(() => replaceValue(memory, point, 1), typedError(ErrorCodes.HEAP_TYPE));
   assert.throws(() => getValue(memory, 0), typedError(ErrorCodes.HEAP_TYPE, 'null reference'));
+  assert.throws(
+    () => getValue(memory, String(point) as never),
+    typedError(ErrorCodes.INVALID_ARGUMENT, 'a number'),
+  );
   const blob = putValue(memory, [1, 2]);
   assert.throws(() => Point.cursor(memory).at(blob), typedError(ErrorCodes.HEAP_TYPE, 'a msgpack blob'));
   freeValue(memory, blob);

@@ -310,6 +310,13 @@ test('reading an address with the wrong schema, a freed instance, or null throws
   Point.free(memory, point);
   assert.throws(() => Point.cursor(memory).at(point), typedError(ErrorCodes.HEAP_TYPE));
   assert.throws(() => Point.free(memory, point), typedError(ErrorCodes.HEAP_BAD_FREE));
+  for (const notANumber of [String(line), null, undefined, {}]) {
+    assert.throws(
+      () => Point.cursor(memory).at(notANumber as never),
+      typedError(ErrorCodes.INVALID_ARGUMENT, 'a number'),
+    );
+    assert.throws(() => Line.free(memory, notANumber as never), typedError(ErrorCodes.INVALID_ARGUMENT));
+  }
   assert.equal(Line.is(memory, line), true);
   assert.equal(Point.is(memory, line), false);
   // An older declaration of the same name reads nothing written by the new one, and vice versa.
