@@ -42,647 +42,72 @@
  * gets an integer 0..255, a string fits its field, …) and throw MF_INVALID_ARGUMENT naming
  * the field before anything is written. Field names are validated identifiers and only
  * numbers are spliced into the generated code.
+ *
+ * Files: struct-fields.ts declares the field types and the value types TypeScript sees;
+ * struct-accessors.ts generates and runs the accessors; this file lays schemas out, derives
+ * their type ids, and allocates, checks and frees instances.
  */
 import type { AddressSpace } from '../memory/address-space.js';
-import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
+import { invalidArgument } from '../errors.js';
 import type { HeapMemory } from './memory.js';
+import {
+  badValue,
+  fieldAccessor,
+  helpers,
+  plainOf,
+  subCursor,
+  validate,
+  type CursorState,
+  type FieldInfo,
+} from './struct-accessors.js';
+import {
+  BODY_BYTES_MAX,
+  STRUCT_TAG_BYTES,
+  alignUp,
+  checkFieldType,
+  checkName,
+  type FieldType,
+  type Fields,
+  type StructCursor,
+  type StructInit,
+  type StructObject,
+} from './struct-fields.js';
 import { hash32, isReservedTag, readTag, registerTag, wrongTypeError } from './type-tags.js';
 
-// -----------------------------------------------------------------------------------------
-// Field types
-
-export type ScalarName = 'u8' | 'i8' | 'u16' | 'i16' | 'u32' | 'i32' | 'f32' | 'f64' | 'u64' | 'i64' | 'bool';
-
-interface TypeBase {
-  /** Bytes the type takes inline (in a struct body or an array element). */
-  readonly byteLength: number;
-  /** Alignment of its offset within a body. */
-  readonly align: number;
-  /** Canonical text of the type, hashed into the type tag of every struct that holds it. */
-  readonly descriptor: string;
-}
-
-export interface ScalarType<N extends ScalarName = ScalarName> extends TypeBase {
-  readonly kind: 'scalar';
-  readonly name: N;
-}
-export interface StringType extends TypeBase {
-  readonly kind: 'string';
-  readonly maxBytes: number;
-  readonly prefixBytes: 1 | 2 | 4;
-}
-export interface BytesType extends TypeBase {
-  readonly kind: 'bytes';
-  readonly length: number;
-}
-export interface RefType extends TypeBase {
-  readonly kind: 'ref';
-  /** Name of the struct the reference points to, or undefined for any heap object. */
-  readonly target: string | undefined;
-}
-export interface ArrayType<E extends FieldType = FieldType> extends TypeBase {
-  readonly kind: 'array';
-  readonly element: E;
-  readonly length: number;
-  /** Bytes from one element to the next. */
-  readonly stride: number;
-}
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type FieldType = ScalarType | StringType | BytesType | RefType | ArrayType<any> | Struct<any>;
-export type Fields = Record<string, FieldType>;
-
-/** Largest string, bytes or array field (elements), and the largest struct body. */
-const FIELD_BYTES_MAX = 1 << 24;
-const BODY_BYTES_MAX = 1 << 30;
-/** Bytes of the type tag at the start of every allocated instance. */
-export const STRUCT_TAG_BYTES = 4;
-
-function scalar<N extends ScalarName>(name: N, byteLength: number): ScalarType<N> {
-  return Object.freeze({ kind: 'scalar', name, byteLength, align: byteLength, descriptor: name });
-}
-
-export const u8 = scalar('u8', 1);
-export const i8 = scalar('i8', 1);
-export const u16 = scalar('u16', 2);
-export const i16 = scalar('i16', 2);
-export const u32 = scalar('u32', 4);
-export const i32 = scalar('i32', 4);
-export const f32 = scalar('f32', 4);
-export const f64 = scalar('f64', 8);
-export const u64 = scalar('u64', 8);
-export const i64 = scalar('i64', 8);
-export const bool = scalar('bool', 1);
-
-function checkCount(what: string, n: number): void {
-  if (!Number.isSafeInteger(n) || n < 1 || n > FIELD_BYTES_MAX) {
-    throw invalidArgument(`${what} must be a whole number from 1 to ${FIELD_BYTES_MAX}, got ${String(n)}`);
-  }
-}
-
-/** A UTF-8 string of at most `maxBytes` bytes, stored length-prefixed in a fixed-size field. */
-export function string(maxBytes: number): StringType {
-  checkCount('string(maxBytes): maxBytes', maxBytes);
-  const prefixBytes = maxBytes <= 0xff ? 1 : maxBytes <= 0xffff ? 2 : 4;
-  return Object.freeze({
-    kind: 'string',
-    maxBytes,
-    prefixBytes,
-    byteLength: prefixBytes + maxBytes,
-    align: prefixBytes,
-    descriptor: `string(${maxBytes})`,
-  });
-}
-
-/** Exactly `length` raw bytes. */
-export function bytes(length: number): BytesType {
-  checkCount('bytes(length): length', length);
-  return Object.freeze({
-    kind: 'bytes',
-    length,
-    byteLength: length,
-    align: 1,
-    descriptor: `bytes(${length})`,
-  });
-}
-
-/**
- * A reference to another heap object: its address, 0 for none. `target` (a struct, or a
- * struct's name for a struct that refers to itself or is declared later) documents what it
- * points to and is part of the schema's identity; omit it for "any heap object". The target's
- * type is checked when the reference is followed (`Target.cursor(heap).at(p.next)`).
- */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export function ref(target?: Struct<any> | string): RefType {
-  if (typeof target === 'string') checkName('ref(target): a struct name', target);
-  const name = target === undefined ? undefined : typeof target === 'string' ? target : target.name;
-  return Object.freeze({
-    kind: 'ref',
-    target: name,
-    byteLength: 8,
-    align: 8,
-    descriptor: `ref(${name ?? '*'})`,
-  });
-}
-
-/** `length` elements of `element`, inline. */
-export function array<E extends FieldType>(element: E, length: number): ArrayType<E> {
-  checkFieldType('array(element, length): element', element);
-  checkCount('array(element, length): length', length);
-  const stride = alignUp(element.byteLength, element.align);
-  if (stride * length > BODY_BYTES_MAX) {
-    throw invalidArgument(
-      `array of ${length} × ${stride} bytes exceeds ${BODY_BYTES_MAX} bytes; use a smaller array`,
-    );
-  }
-  return Object.freeze({
-    kind: 'array',
-    element,
-    length,
-    stride,
-    byteLength: stride * length,
-    align: element.align,
-    descriptor: `[${element.descriptor};${length}]`,
-  });
-}
-
-// -----------------------------------------------------------------------------------------
-// Value types as TypeScript sees them
-
-/** What reading a field of type T returns. */
-export type Get<T> = T extends ScalarType<'u64'> | ScalarType<'i64'>
-  ? bigint
-  : T extends ScalarType<'bool'>
-    ? boolean
-    : T extends ScalarType
-      ? number
-      : T extends StringType
-        ? string
-        : T extends BytesType
-          ? Uint8Array
-          : T extends RefType
-            ? number
-            : T extends Struct<infer F>
-              ? StructCursor<F>
-              : T extends ArrayType<infer E>
-                ? ArrayCursor<E>
-                : never;
-
-/** What may be written to a field of type T (plain objects and arrays for structs and arrays). */
-export type Init<T> =
-  T extends Struct<infer F> ? StructInit<F> : T extends ArrayType<infer E> ? ArrayLike<Init<E>> : Get<T>;
-
-/** A plain copy of a value of type T (toObject / toArray). */
-export type Plain<T> =
-  T extends Struct<infer F> ? StructObject<F> : T extends ArrayType<infer E> ? Array<Plain<E>> : Get<T>;
-
-export type StructInit<F extends Fields> = { [K in keyof F]?: Init<F[K]> };
-export type StructObject<F extends Fields> = { [K in keyof F]: Plain<F[K]> };
-
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type Composite = Struct<any> | ArrayType<any>;
-type ByteFieldKeys<F extends Fields> = {
-  [K in keyof F]: F[K] extends StringType | BytesType ? K : never;
-}[keyof F];
-
-export interface CursorMethods<F extends Fields> {
-  /** The address `at()` positioned this cursor on (0 for a struct nested in another). */
-  readonly address: number;
-  readonly schema: Struct<F>;
-  /** Positions the cursor on an instance; MF_HEAP_TYPE when the address holds no such struct. */
-  at(address: number): StructCursor<F>;
-  /** Writes the given fields; every value is checked before any is written. */
-  set(values: StructInit<F>): StructCursor<F>;
-  /** A plain object copy of every field (allocates). */
-  toObject(): StructObject<F>;
-  /** Copies a string field's UTF-8 bytes (or a bytes field) into `dst`; returns the byte count. */
-  readBytes(field: ByteFieldKeys<F> & string, dst: Uint8Array): number;
-  /** Writes a string field from UTF-8 bytes (not validated as UTF-8), or a bytes field. */
-  writeBytes(field: ByteFieldKeys<F> & string, src: Uint8Array): void;
-}
-
-/** A cursor over instances of a schema: one property per field, plus the methods above. */
-export type StructCursor<F extends Fields> = {
-  -readonly [K in keyof F as F[K] extends Composite ? never : K]: Get<F[K]>;
-} & { readonly [K in keyof F as F[K] extends Composite ? K : never]: Get<F[K]> } & CursorMethods<F>;
-
-/**
- * An array field seen through a reusable cursor. `get(i)` of a struct or array element returns
- * the same sub-cursor each time, repositioned: read it before the next `get`.
- */
-export interface ArrayCursor<E extends FieldType> {
-  readonly length: number;
-  get(index: number): Get<E>;
-  set(index: number, value: Init<E>): void;
-  /** Writes every element; `values.length` must equal the array's length. */
-  setAll(values: ArrayLike<Init<E>>): void;
-  /** A plain array copy (allocates). */
-  toArray(): Array<Plain<E>>;
-  /** For string and bytes elements: copies element `index`'s bytes into `dst`; returns the count. */
-  readBytes(index: number, dst: Uint8Array): number;
-  writeBytes(index: number, src: Uint8Array): void;
-}
-
-// -----------------------------------------------------------------------------------------
-// Value checks and the slower encodings (strings, bytes), shared by the generated accessors
-
-/** Per-field constants handed to generated code: its label for messages, its type, its scratch. */
-interface FieldInfo {
-  readonly label: string;
-  readonly type: FieldType;
-  /** Body-relative offset within the owning struct (or 0 for an array element). */
-  readonly offset: number;
-  /** prefix + maxBytes bytes for strings, reused by every write of this field (one thread). */
-  scratch: Buffer | undefined;
-}
-
-/** JS source of a test that is true when `v` is NOT a valid value for a scalar or ref type. */
-function badValueTest(type: ScalarType | RefType): string {
-  if (type.kind === 'ref') {
-    return "typeof v !== 'number' || !(v >= 0 && v <= 9007199254740991 && Math.floor(v) === v)";
-  }
-  switch (type.name) {
-    case 'u8':
-      return "typeof v !== 'number' || (v & 255) !== v";
-    case 'i8':
-      return "typeof v !== 'number' || ((v << 24) >> 24) !== v";
-    case 'u16':
-      return "typeof v !== 'number' || (v & 65535) !== v";
-    case 'i16':
-      return "typeof v !== 'number' || ((v << 16) >> 16) !== v";
-    case 'u32':
-      return "typeof v !== 'number' || (v >>> 0) !== v";
-    case 'i32':
-      return "typeof v !== 'number' || (v | 0) !== v";
-    case 'f32':
-    case 'f64':
-      return "typeof v !== 'number'";
-    case 'u64':
-      return "typeof v !== 'bigint' || v < 0n || v > 18446744073709551615n";
-    case 'i64':
-      return "typeof v !== 'bigint' || v < -9223372036854775808n || v > 9223372036854775807n";
-    case 'bool':
-      return "typeof v !== 'boolean'";
-  }
-}
-
-const EXPECTED: Record<ScalarName | 'ref', string> = {
-  u8: 'an integer from 0 to 255',
-  i8: 'an integer from -128 to 127',
-  u16: 'an integer from 0 to 65535',
-  i16: 'an integer from -32768 to 32767',
-  u32: 'an integer from 0 to 4294967295',
-  i32: 'an integer from -2147483648 to 2147483647',
-  f32: 'a number',
-  f64: 'a number',
-  u64: 'a bigint from 0n to 2n ** 64n - 1n',
-  i64: 'a bigint from -(2n ** 63n) to 2n ** 63n - 1n',
-  bool: 'a boolean',
-  ref: 'a heap address (a whole number ≥ 0; 0 for null)',
-};
-
-function show(value: unknown): string {
-  if (typeof value === 'bigint') return `${value}n`;
-  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
-  if (value instanceof Uint8Array) return `a ${value.constructor.name} of ${value.length} bytes`;
-  if (Array.isArray(value)) return `an array of ${value.length}`;
-  return typeof value === 'object' && value !== null ? 'an object' : String(value);
-}
-
-function badValue(label: string, value: unknown, expected: string): never {
-  throw invalidArgument(`${label} must be ${expected}, got ${show(value)}; nothing was written`);
-}
-
-/** JS source that reads a scalar or ref at address expression `a` from space `sp`. */
-function readCode(type: ScalarType | RefType, a: string): string {
-  if (type.kind === 'ref') return `(sp.readU32(${a}) + sp.readU32(${a} + 4) * 4294967296)`;
-  const method = {
-    u8: 'U8',
-    i8: 'I8',
-    u16: 'U16',
-    i16: 'I16',
-    u32: 'U32',
-    i32: 'I32',
-    f32: 'F32',
-    f64: 'F64',
-    u64: 'U64',
-    i64: 'I64',
-    bool: 'U8',
-  }[type.name];
-  return type.name === 'bool' ? `(sp.readU8(${a}) !== 0)` : `sp.read${method}(${a})`;
-}
-
-/** JS source that writes checked value `v` at address expression `a`. */
-function writeCode(type: ScalarType | RefType, a: string): string {
-  if (type.kind === 'ref')
-    return `sp.writeU32(${a}, v >>> 0); sp.writeU32(${a} + 4, (v / 4294967296) >>> 0);`;
-  if (type.name === 'bool') return `sp.writeU8(${a}, v ? 1 : 0);`;
-  const method = {
-    u8: 'U8',
-    i8: 'I8',
-    u16: 'U16',
-    i16: 'I16',
-    u32: 'U32',
-    i32: 'I32',
-    f32: 'F32',
-    f64: 'F64',
-    u64: 'U64',
-    i64: 'I64',
-  }[type.name];
-  return `sp.write${method}(${a}, v);`;
-}
-
-function stringScratch(info: FieldInfo, type: StringType): Buffer {
-  return (info.scratch ??= Buffer.alloc(type.prefixBytes + type.maxBytes));
-}
-
-function readLength(sp: AddressSpace, address: number, type: StringType, label: string): number {
-  const n =
-    type.prefixBytes === 1
-      ? sp.readU8(address)
-      : type.prefixBytes === 2
-        ? sp.readU16(address)
-        : sp.readU32(address);
-  if (n > type.maxBytes) {
-    throw new MemfabricError(
-      ErrorCodes.HEAP_CORRUPT,
-      `${label} at address ${address} claims ${n} bytes but holds at most ${type.maxBytes}; the heap is damaged or the address is wrong`,
-    );
-  }
-  return n;
-}
-
-/** Helpers the generated code calls (passed in as `h`). */
-const helpers = {
-  badValue(info: FieldInfo, value: unknown): never {
-    const type = info.type as ScalarType | RefType;
-    return badValue(info.label, value, EXPECTED[type.kind === 'ref' ? 'ref' : type.name]);
-  },
-  badIndex(label: string, length: number, index: unknown): never {
-    throw outOfRange(
-      `${label}[${show(index)}] is out of range; the array holds ${length} elements (0 to ${length - 1})`,
-    );
-  },
-  wrongType(sp: AddressSpace, address: number, schema: Struct): never {
-    const tag = readTag(sp, address);
-    throw wrongTypeError(address, `a ${schema.name}`, tag);
-  },
-  readString(sp: AddressSpace, address: number, info: FieldInfo): string {
-    const type = info.type as StringType;
-    const n = readLength(sp, address, type, info.label);
-    if (n === 0) return '';
-    const scratch = stringScratch(info, type);
-    sp.read(address + type.prefixBytes, scratch.subarray(0, n));
-    return scratch.toString('utf8', 0, n);
-  },
-  writeString(sp: AddressSpace, address: number, value: unknown, info: FieldInfo): void {
-    const type = info.type as StringType;
-    checkString(info.label, type, value);
-    const scratch = stringScratch(info, type);
-    const n = scratch.write(value, type.prefixBytes, 'utf8');
-    scratch.fill(0, type.prefixBytes + n);
-    writePrefix(scratch, type, n);
-    sp.write(address, scratch);
-  },
-  writeStringBytes(sp: AddressSpace, address: number, src: Uint8Array, info: FieldInfo): void {
-    const type = info.type as StringType;
-    if (!(src instanceof Uint8Array) || src.length > type.maxBytes) {
-      badValue(info.label, src, `a Uint8Array of at most ${type.maxBytes} bytes`);
-    }
-    const scratch = stringScratch(info, type);
-    scratch.set(src, type.prefixBytes);
-    scratch.fill(0, type.prefixBytes + src.length);
-    writePrefix(scratch, type, src.length);
-    sp.write(address, scratch);
-  },
-  readBytesCopy(sp: AddressSpace, address: number, info: FieldInfo): Uint8Array {
-    const out = new Uint8Array((info.type as BytesType).length);
-    sp.read(address, out);
-    return out;
-  },
-  writeBytes(sp: AddressSpace, address: number, value: unknown, info: FieldInfo): void {
-    checkBytes(info.label, info.type as BytesType, value);
-    sp.write(address, value);
-  },
-  /** Copies a string's or bytes field's bytes into dst without allocating when it can. */
-  copyOut(sp: AddressSpace, address: number, dst: Uint8Array, info: FieldInfo): number {
-    if (!(dst instanceof Uint8Array)) badValue(`readBytes(${info.label}) dst`, dst, 'a Uint8Array');
-    const type = info.type;
-    let from = address;
-    let n: number;
-    if (type.kind === 'string') {
-      n = readLength(sp, address, type, info.label);
-      from += type.prefixBytes;
-    } else {
-      n = (type as BytesType).length;
-    }
-    if (dst.length < n) {
-      throw invalidArgument(
-        `${info.label} holds ${n} bytes but dst has room for ${dst.length}; pass a larger buffer`,
-      );
-    }
-    if (n === dst.length) sp.read(from, dst);
-    else if (n <= 32) for (let i = 0; i < n; i++) dst[i] = sp.readU8(from + i);
-    else sp.read(from, dst.subarray(0, n));
-    return n;
-  },
-};
-
-function writePrefix(scratch: Buffer, type: StringType, n: number): void {
-  if (type.prefixBytes === 1) scratch[0] = n;
-  else if (type.prefixBytes === 2) scratch.writeUInt16LE(n, 0);
-  else scratch.writeUInt32LE(n, 0);
-}
-
-function checkString(label: string, type: StringType, value: unknown): asserts value is string {
-  if (typeof value !== 'string') badValue(label, value, `a string of at most ${type.maxBytes} UTF-8 bytes`);
-  const n = Buffer.byteLength(value, 'utf8');
-  if (n > type.maxBytes) {
-    throw invalidArgument(
-      `${label} holds at most ${type.maxBytes} UTF-8 bytes, and this string takes ${n}; ` +
-        'shorten it or declare the field with a larger string(maxBytes); nothing was written',
-    );
-  }
-}
-
-function checkBytes(label: string, type: BytesType, value: unknown): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array) || value.length !== type.length) {
-    badValue(label, value, `a Uint8Array of exactly ${type.length} bytes`);
-  }
-}
-
-/** Per scalar type, a compiled `(v) => v is bad` from the same source the setters inline. */
-const scalarChecks = new Map<string, (v: unknown) => boolean>();
-function scalarCheck(type: ScalarType | RefType): (v: unknown) => boolean {
-  let check = scalarChecks.get(type.descriptor);
-  if (!check) {
-    check = new Function('v', `return ${badValueTest(type)};`) as (v: unknown) => boolean;
-    scalarChecks.set(type.descriptor, check);
-  }
-  return check;
-}
-
-/** Checks a value for a field of any type, recursively, without writing (for set / setAll). */
-function validate(type: FieldType, value: unknown, label: string): void {
-  switch (type.kind) {
-    case 'scalar':
-    case 'ref':
-      if (scalarCheck(type)(value)) badValue(label, value, EXPECTED[type.kind === 'ref' ? 'ref' : type.name]);
-      return;
-    case 'string':
-      return checkString(label, type, value);
-    case 'bytes':
-      return checkBytes(label, type, value);
-    case 'array': {
-      const list = value as ArrayLike<unknown> | null;
-      if (typeof list !== 'object' || list === null || list.length !== type.length) {
-        badValue(label, value, `an array of exactly ${type.length} elements`);
-      }
-      for (let i = 0; i < type.length; i++) validate(type.element, list[i], `${label}[${i}]`);
-      return;
-    }
-    case 'struct':
-      return type.validate(value, label);
-  }
-}
-
-// -----------------------------------------------------------------------------------------
-// Generated accessors
-
-interface CursorState {
-  space: AddressSpace;
-  address: number;
-  _base: number;
-  _subs: unknown[];
-}
-
-function compile<T>(source: string, info: FieldInfo): T {
-  return new Function('h', 'k', source)(helpers, info) as T;
-}
-
-/** A getter/setter pair for a field at body offset `offset`; `sub` indexes this._subs. */
-function fieldAccessor(type: FieldType, offset: number, info: FieldInfo, sub: number): PropertyDescriptor {
-  const a = `this._base + ${offset}`;
-  switch (type.kind) {
-    case 'scalar':
-    case 'ref':
-      return compile(
-        `return {
-          get() { const sp = this.space; return ${readCode(type, a)}; },
-          set(v) { if (${badValueTest(type)}) h.badValue(k, v); const sp = this.space; ${writeCode(type, a)} },
-        };`,
-        info,
-      );
-    case 'string':
-      return compile(
-        `return {
-          get() { return h.readString(this.space, ${a}, k); },
-          set(v) { h.writeString(this.space, ${a}, v, k); },
-        };`,
-        info,
-      );
-    case 'bytes':
-      return compile(
-        `return {
-          get() { return h.readBytesCopy(this.space, ${a}, k); },
-          set(v) { h.writeBytes(this.space, ${a}, v, k); },
-        };`,
-        info,
-      );
-    case 'struct':
-    case 'array':
-      return compile(
-        `return {
-          get() { const c = this._subs[${sub}]; c._base = ${a}; return c; },
-          set(v) { const c = this._subs[${sub}]; c._base = ${a}; c.${type.kind === 'struct' ? 'set' : 'setAll'}(v); },
-        };`,
-        info,
-      );
-  }
-}
-
-/** A reusable cursor for a nested struct or array type, over `space`; `label` names it in errors. */
-function subCursor(type: FieldType, space: AddressSpace, label: string): unknown {
-  if (type.kind === 'struct')
-    return new (type as unknown as { Cursor: new (s: AddressSpace) => unknown }).Cursor(space);
-  if (type.kind === 'array') return new (arrayCursorClass(type))(space, label);
-  return null;
-}
-
-type ArrayCursorClass = new (space: AddressSpace, label: string) => unknown;
-const arrayClasses = new WeakMap<ArrayType, ArrayCursorClass>();
-
-/**
- * The cursor class of an array type: get/set compiled with its stride and length. A cursor
- * instance carries its field's label (`_label`) and an element FieldInfo (`_e`) for messages
- * and the string scratch, both made once per cursor.
- */
-function arrayCursorClass(type: ArrayType): ArrayCursorClass {
-  const cached = arrayClasses.get(type);
-  if (cached) return cached;
-  const element = type.element as FieldType;
-  class ArrayCursorImpl {
-    space: AddressSpace;
-    _base = Number.NaN;
-    _sub: unknown;
-    _label: string;
-    _e: FieldInfo;
-    constructor(space: AddressSpace, label: string) {
-      this.space = space;
-      this._label = label;
-      this._e = { label: `${label}[]`, type: element, offset: 0, scratch: undefined };
-      this._sub = subCursor(element, space, `${label}[]`);
-    }
-    get length(): number {
-      return type.length;
-    }
-    setAll(values: ArrayLike<unknown>): void {
-      validate(type, values, this._label);
-      const self = this as unknown as ArrayCursor<FieldType>;
-      for (let i = 0; i < type.length; i++) self.set(i, values[i] as never);
-    }
-    toArray(): unknown[] {
-      const self = this as unknown as ArrayCursor<FieldType>;
-      const out: unknown[] = [];
-      for (let i = 0; i < type.length; i++) out.push(plainOf(element, self.get(i)));
-      return out;
-    }
-  }
-  const index = `if (typeof i !== 'number' || (i >>> 0) !== i || i >= ${type.length}) h.badIndex(this._label, ${type.length}, i); const a = this._base + i * ${type.stride};`;
-  let body: string;
-  switch (element.kind) {
-    case 'scalar':
-    case 'ref':
-      body = `return {
-        get(i) { ${index} const sp = this.space; return ${readCode(element, 'a')}; },
-        set(i, v) { ${index} if (${badValueTest(element)}) h.badValue(this._e, v); const sp = this.space; ${writeCode(element, 'a')} },
-      };`;
-      break;
-    case 'string':
-      body = `return {
-        get(i) { ${index} return h.readString(this.space, a, this._e); },
-        set(i, v) { ${index} h.writeString(this.space, a, v, this._e); },
-        readBytes(i, dst) { ${index} return h.copyOut(this.space, a, dst, this._e); },
-        writeBytes(i, src) { ${index} h.writeStringBytes(this.space, a, src, this._e); },
-      };`;
-      break;
-    case 'bytes':
-      body = `return {
-        get(i) { ${index} return h.readBytesCopy(this.space, a, this._e); },
-        set(i, v) { ${index} h.writeBytes(this.space, a, v, this._e); },
-        readBytes(i, dst) { ${index} return h.copyOut(this.space, a, dst, this._e); },
-        writeBytes(i, src) { ${index} h.writeBytes(this.space, a, src, this._e); },
-      };`;
-      break;
-    default:
-      body = `return {
-        get(i) { ${index} const c = this._sub; c._base = a; return c; },
-        set(i, v) { ${index} const c = this._sub; c._base = a; c.${element.kind === 'struct' ? 'set' : 'setAll'}(v); },
-      };`;
-  }
-  const methods = new Function('h', body)(helpers) as Record<string, unknown>;
-  for (const [name, fn] of Object.entries(methods)) {
-    Object.defineProperty(ArrayCursorImpl.prototype, name, { value: fn });
-  }
-  if (!('readBytes' in methods)) {
-    const unsupported = (): never => {
-      throw invalidArgument('readBytes/writeBytes apply to arrays of string or bytes elements only');
-    };
-    Object.defineProperty(ArrayCursorImpl.prototype, 'readBytes', { value: unsupported });
-    Object.defineProperty(ArrayCursorImpl.prototype, 'writeBytes', { value: unsupported });
-  }
-  arrayClasses.set(type, ArrayCursorImpl);
-  return ArrayCursorImpl;
-}
-
-/** Plain copy of a value read through a getter (sub-cursors become objects and arrays). */
-function plainOf(type: FieldType, value: unknown): unknown {
-  if (type.kind === 'struct') return (value as CursorMethods<Fields>).toObject();
-  if (type.kind === 'array') return (value as ArrayCursor<FieldType>).toArray();
-  return value;
-}
-
-// -----------------------------------------------------------------------------------------
-// Struct
+export {
+  STRUCT_TAG_BYTES,
+  array,
+  bool,
+  bytes,
+  f32,
+  f64,
+  i16,
+  i32,
+  i64,
+  i8,
+  ref,
+  string,
+  u16,
+  u32,
+  u64,
+  u8,
+  type ArrayCursor,
+  type ArrayType,
+  type BytesType,
+  type CursorMethods,
+  type FieldType,
+  type Fields,
+  type Get,
+  type Init,
+  type Plain,
+  type RefType,
+  type ScalarName,
+  type ScalarType,
+  type StringType,
+  type StructCursor,
+  type StructInit,
+  type StructObject,
+} from './struct-fields.js';
 
 /** A field as laid out: `offset` counts from the start of an allocated instance (its tag). */
 export interface FieldLayout {
@@ -692,7 +117,6 @@ export interface FieldLayout {
   readonly byteLength: number;
 }
 
-const NAME_PATTERN = /^[A-Za-z$][\w$]*(\.[A-Za-z$][\w$]*)*$/;
 const FIELD_PATTERN = /^[A-Za-z$][\w$]*$/;
 /** Names a field may not take because the cursor uses them. */
 const RESERVED_FIELDS = new Set([
@@ -715,25 +139,6 @@ const RESERVED_FIELDS = new Set([
 ]);
 /** Type id → descriptor of every schema declared in this process, to refuse hash collisions. */
 const declared = new Map<number, string>();
-
-function checkName(what: string, name: unknown): void {
-  if (typeof name !== 'string' || name.length > 200 || !NAME_PATTERN.test(name)) {
-    throw invalidArgument(`${what} must be an identifier (dots allowed between parts), got ${show(name)}`);
-  }
-}
-
-function checkFieldType(what: string, type: unknown): asserts type is FieldType {
-  const kind = (type as { kind?: unknown } | null)?.kind;
-  if (!['scalar', 'string', 'bytes', 'ref', 'array', 'struct'].includes(kind as string)) {
-    throw invalidArgument(
-      `${what} must be a field type (u8 … f64, u64, i64, bool, string(n), bytes(n), ref(), array(), or a struct)`,
-    );
-  }
-}
-
-function alignUp(n: number, align: number): number {
-  return Math.ceil(n / align) * align;
-}
 
 /**
  * A declared schema. Make one with defineStruct. A bare `Struct` (the default parameter is
