@@ -6,7 +6,9 @@
  * A struct's tag is a 32-bit hash of its schema (name and layout, see struct.ts); a blob's
  * tag is one of the fixed constants below. Tag 0 is never used: zero-filled memory, and an
  * object whose tag was cleared when it was freed, is "nothing". Struct tags are steered
- * away from the reserved constants, so a struct can never be taken for a blob.
+ * away from the reserved constants, so a struct can never be taken for a blob, and from
+ * every value below 2^16, so the small integers an allocator writes over a freed block's
+ * first bytes (the heap's writes a free-list link there) never pass for a tag.
  *
  * The registry maps the tags this process knows to a name, only to make error messages say
  * what was found ("a Line", "a msgpack blob") rather than a number.
@@ -28,9 +30,12 @@ const names = new Map<number, string>([
   [CODEC_TAG, 'a BlobCodec header'],
 ]);
 
+/** Tags below this are never used (small integers: free-list links, counts, zero). */
+const TAG_MIN = 0x10000;
+
 /** True for tags no struct may take. */
 export function isReservedTag(tag: number): boolean {
-  return reserved.has(tag);
+  return tag < TAG_MIN || reserved.has(tag);
 }
 
 /** Records what a struct tag means, for error messages. */

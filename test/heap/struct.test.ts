@@ -196,9 +196,10 @@ test('a new instance reads as zeros even though the allocator hands out dirty me
 
 test('instances that straddle page boundaries read and write correctly', () => {
   const memory = testMemory();
-  const S = defineStruct('Straddler', { a: u64, b: f64, c: string(40), d: array(u32, 9) });
+  // About 1.5 KiB: allocators put objects this size in multi-page spans, so some straddle.
+  const S = defineStruct('Straddler', { a: u64, b: f64, c: string(1400), d: array(u32, 9) });
   let crossing = 0;
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 40; i++) {
     const address = S.alloc(memory, {
       a: BigInt(i) * 3n,
       b: i / 7,
@@ -224,6 +225,10 @@ test('layouts use natural alignment, never overlap, and pad to the struct alignm
   fc.assert(
     fc.property(schema, (S) => {
       assert.ok(S.bodyOffset >= 4 && S.bodyOffset % S.align === 0, 'the body follows the tag, aligned');
+      assert.ok(
+        S.typeId >= 0x10000 && S.typeId < 2 ** 32,
+        'a tag no small integer (a free-list link) can pass for',
+      );
       let end = S.bodyOffset;
       for (const field of S.fields) {
         assert.equal((field.offset - S.bodyOffset) % field.type.align, 0, `${field.name} aligned`);
@@ -305,6 +310,7 @@ test('reading an address with the wrong schema, a freed instance, or null throws
   assert.throws(() => Point.free(memory, line), typedError(ErrorCodes.HEAP_TYPE, 'not a Point'));
   assert.throws(() => Point.cursor(memory).at(0), typedError(ErrorCodes.HEAP_TYPE, 'null reference'));
   const plain = memory.allocator.alloc(64);
+  memory.space.writeU32(plain, 0x12345678);
   assert.throws(() => Point.cursor(memory).at(plain), typedError(ErrorCodes.HEAP_TYPE, 'unknown tag'));
   const point = Point.alloc(memory, { x: 1, y: 2 });
   Point.free(memory, point);
