@@ -266,6 +266,7 @@ export function validate(type: FieldType, value: unknown, label: string): void {
     case 'bytes':
       return checkBytes(label, type, value);
     case 'array': {
+      if (value instanceof arrayCursorClass(type)) return; // copied whole by setAll
       const list = value as ArrayLike<unknown> | null;
       if (typeof list !== 'object' || list === null || list.length !== type.length) {
         badValue(label, value, `an array of exactly ${type.length} elements`);
@@ -375,6 +376,13 @@ function arrayCursorClass(type: ArrayType): ArrayCursorClass {
       return type.length;
     }
     setAll(values: ArrayLike<unknown>): void {
+      if (values instanceof ArrayCursorImpl) {
+        // The same array type from another cursor (this heap or another): copy its bytes.
+        const bytes = Buffer.allocUnsafe(type.byteLength);
+        values.space.read(values._base, bytes);
+        this.space.write(this._base, bytes);
+        return;
+      }
       validate(type, values, this._label);
       const self = this as unknown as ArrayCursor<FieldType>;
       for (let i = 0; i < type.length; i++) self.set(i, values[i] as never);

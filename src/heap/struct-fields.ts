@@ -167,7 +167,11 @@ export type Get<T> = T extends ScalarType<'u64'> | ScalarType<'i64'>
 
 /** What may be written to a field of type T (plain objects and arrays for structs and arrays). */
 export type Init<T> =
-  T extends Struct<infer F> ? StructInit<F> : T extends ArrayType<infer E> ? ArrayLike<Init<E>> : Get<T>;
+  T extends Struct<infer F>
+    ? StructInit<F> | StructCursor<F>
+    : T extends ArrayType<infer E>
+      ? ArrayLike<Init<E>> | ArrayCursor<E>
+      : Get<T>;
 
 /** A plain copy of a value of type T (toObject / toArray). */
 export type Plain<T> =
@@ -176,8 +180,6 @@ export type Plain<T> =
 export type StructInit<F extends Fields> = { [K in keyof F]?: Init<F[K]> };
 export type StructObject<F extends Fields> = { [K in keyof F]: Plain<F[K]> };
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type Composite = Struct<any> | ArrayType<any>;
 export type ByteFieldKeys<F extends Fields> = {
   [K in keyof F]: F[K] extends StringType | BytesType ? K : never;
 }[keyof F];
@@ -188,8 +190,11 @@ export interface CursorMethods<F extends Fields> {
   readonly schema: Struct<F>;
   /** Positions the cursor on an instance; MF_HEAP_TYPE when the address holds no such struct. */
   at(address: number): StructCursor<F>;
-  /** Writes the given fields; every value is checked before any is written. */
-  set(values: StructInit<F>): StructCursor<F>;
+  /**
+   * Writes the given fields; every value is checked before any is written. Given a cursor of
+   * the same schema (`a.set(b)`, or `line.start = other.start` for a nested struct), copies it.
+   */
+  set(values: StructInit<F> | StructCursor<F>): StructCursor<F>;
   /** A plain object copy of every field (allocates). */
   toObject(): StructObject<F>;
   /** Copies a string field's UTF-8 bytes (or a bytes field) into `dst`; returns the byte count. */
@@ -200,8 +205,8 @@ export interface CursorMethods<F extends Fields> {
 
 /** A cursor over instances of a schema: one property per field, plus the methods above. */
 export type StructCursor<F extends Fields> = {
-  -readonly [K in keyof F as F[K] extends Composite ? never : K]: Get<F[K]>;
-} & { readonly [K in keyof F as F[K] extends Composite ? K : never]: Get<F[K]> } & CursorMethods<F>;
+  -readonly [K in keyof F]: Get<F[K]>;
+} & CursorMethods<F>;
 
 /**
  * An array field seen through a reusable cursor. `get(i)` of a struct or array element returns
@@ -211,8 +216,11 @@ export interface ArrayCursor<E extends FieldType> {
   readonly length: number;
   get(index: number): Get<E>;
   set(index: number, value: Init<E>): void;
-  /** Writes every element; `values.length` must equal the array's length. */
-  setAll(values: ArrayLike<Init<E>>): void;
+  /**
+   * Writes every element; `values.length` must equal the array's length. Given a cursor of the
+   * same array field type (`a.tags = b.tags`), copies it.
+   */
+  setAll(values: ArrayLike<Init<E>> | ArrayCursor<E>): void;
   /** A plain array copy (allocates). */
   toArray(): Array<Plain<E>>;
   /** For string and bytes elements: copies element `index`'s bytes into `dst`; returns the count. */

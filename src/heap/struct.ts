@@ -268,6 +268,7 @@ export class Struct<F extends Fields = any> {
 
   /** @internal Checks a plain value for this struct without writing (MF_INVALID_ARGUMENT). */
   validate(value: unknown, label: string): void {
+    if (this.isCursor(value)) return;
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {
       badValue(label, value, `an object with fields of ${this.name}`);
     }
@@ -282,6 +283,14 @@ export class Struct<F extends Fields = any> {
       if (v !== undefined)
         validate(entry.type, v, label === this.name ? entry.info.label : `${label}.${key}`);
     }
+  }
+
+  /** True for a cursor of this schema (or of another declaration of the very same layout). */
+  private isCursor(value: unknown): value is CursorState {
+    const schema = (value as { schema?: unknown } | null)?.schema;
+    return (
+      schema instanceof Struct && schema.typeId === this.typeId && value instanceof Object && '_base' in value
+    );
   }
 
   private cachedCursor(space: AddressSpace): StructCursor<F> {
@@ -312,7 +321,14 @@ export class Struct<F extends Fields = any> {
       get schema(): Struct<F> {
         return schema;
       }
-      set(values: StructInit<F>): this {
+      set(values: StructInit<F> | StructCursor<F>): this {
+        if (schema.isCursor(values)) {
+          // A whole struct from another cursor (this heap or another): copy its bytes.
+          const bytes = Buffer.allocUnsafe(schema.byteLength);
+          values.space.read(values._base, bytes);
+          this.space.write(this._base, bytes);
+          return this;
+        }
         schema.validate(values, schema.name);
         const self = this as unknown as Record<string, unknown>;
         for (const key of Object.keys(values)) {

@@ -566,3 +566,35 @@ test('instances survive a fork: parent and child change them independently', () 
   assert.equal(inChild.at(added).id, 999);
   assert.equal(Account.is(memory, added), false, 'the parent does not see the child’s allocation');
 });
+
+test('a nested struct or array assigned from another cursor is copied whole, across heaps too', () => {
+  const memory = testMemory();
+  const Point = defineStruct('CopyPoint', { x: f64, y: f64, label: string(8) });
+  const Segment = defineStruct('CopySegment', { start: Point, end: Point, marks: array(u16, 3) });
+  const a = Segment.cursor(memory).at(
+    Segment.alloc(memory, {
+      start: { x: 1, y: 2, label: 's' },
+      end: { x: 3, y: 4, label: 'e' },
+      marks: [7, 8, 9],
+    }),
+  );
+  const b = Segment.cursor(memory).at(Segment.alloc(memory));
+  b.start = a.end;
+  b.marks = a.marks;
+  assert.deepStrictEqual(b.toObject(), {
+    start: { x: 3, y: 4, label: 'e' },
+    end: { x: 0, y: 0, label: '' },
+    marks: [7, 8, 9],
+  });
+  const child = forkMemory(memory);
+  const c = Segment.cursor(child).at(Segment.alloc(child));
+  c.set(a);
+  assert.deepStrictEqual(c.toObject(), a.toObject());
+  c.end.set(b.start);
+  assert.equal(c.end.label, 'e');
+  assert.throws(
+    () => b.set({ start: a.marks as never }),
+    typedError(ErrorCodes.INVALID_ARGUMENT, 'CopySegment.start'),
+  );
+  assert.deepStrictEqual(a.toObject().start, { x: 1, y: 2, label: 's' }, 'the source is unchanged');
+});
