@@ -40,6 +40,16 @@ import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { getF64, getU16, getU32, putF64, putU16, putU32 } from './bytes-le.js';
 import { KEY_KIND_CODES, keyCodec, keyKindOf, type KeyCodec, type KeyKind, type KeyOf } from './key-codec.js';
 import type { HeapMemory } from './memory.js';
+import {
+  NODE_SIZE_MAX,
+  NODE_SIZE_MIN,
+  inlineMaxFor,
+  keyMaxFor,
+  nodeSizeFor,
+  type CheckResult,
+  type CollectionOptions,
+  type HeapKey,
+} from './collection.js';
 import { NodeIO } from './node-io.js';
 import {
   TAG_BLOB,
@@ -52,22 +62,6 @@ import {
   type ValueKind,
   type ValueOf,
 } from './value-codec.js';
-
-export type HeapKey = string | number | Uint8Array;
-
-/** How a collection stores its keys and values, fixed at creation. */
-export interface CollectionOptions<KK extends KeyKind = KeyKind, VK extends ValueKind = ValueKind> {
-  keys: KK;
-  values: VK;
-  /** Bytes per bucket/node. Default: the space's page size (one node = one page). 512 to 65536. */
-  nodeSize?: number;
-}
-
-/** Result of a structural check: `ok` when `problems` is empty. */
-export interface CheckResult {
-  ok: boolean;
-  problems: string[];
-}
 
 const MAGIC = 0x4d48464d; // 'MFHM' little-endian
 const VERSION = 1;
@@ -92,30 +86,10 @@ const ENTRY_HEADER = 8;
 
 /** The directory may reach 2^DEPTH_MAX slots (8 GiB); splitting stops there and chains begin. */
 const DEPTH_MAX = 30;
-export const NODE_SIZE_MIN = 512;
-export const NODE_SIZE_MAX = 65536;
 /** Bytes copied at a time when the directory doubles. */
 const COPY_CHUNK = 64 * 1024;
 /** Problems check() lists before it stops looking. */
 const PROBLEMS_MAX = 100;
-
-/** Longest key a collection with nodes of `nodeSize` bytes accepts: a quarter node, less headers. */
-export function keyMaxFor(nodeSize: number): number {
-  return Math.floor(nodeSize / 4) - 16;
-}
-
-/** Longest packed msgpack value kept inline in a node; longer ones get a blob of their own. */
-export function inlineMaxFor(nodeSize: number): number {
-  return Math.floor(nodeSize / 8) - 2;
-}
-
-export function nodeSizeFor(memory: HeapMemory, nodeSize: number | undefined): number {
-  const size = nodeSize ?? memory.space.pageSize;
-  if (!Number.isInteger(size) || size < NODE_SIZE_MIN || size > NODE_SIZE_MAX) {
-    throw invalidArgument(`nodeSize ${size} must be a whole number of bytes from 512 to 65536`);
-  }
-  return size;
-}
 
 function maskOf(depth: number): number {
   return depth === 0 ? 0 : 0xffffffff >>> (32 - depth);
@@ -757,41 +731,43 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
         );
       }
     };
+    return this.walk(withValues, make, verify);
+  }
+
+  private *walk<T>(withValues: boolean, make: (key: K, value: V) => T, verify: () => void): Generator<T> {
+    const space = this.memory.space;
     const depth = space.readU8(this.address + H_DEPTH);
     const directory = space.readF64(this.address + H_DIRECTORY);
     const slots = 2 ** depth;
     const work = Buffer.alloc(this.bucketSize);
     const keys: K[] = [];
     const values: V[] = [];
-    const self = this;
-    function* walk(): Generator<T> {
-      for (let j = 0; j < slots; j++) {
-        verify();
-        const bucket = space.readF64(directory + j * 8);
-        if ((j & maskOf(space.readU8(bucket + B_DEPTH))) >>> 0 !== j) continue;
-        for (let page = bucket; page !== 0;) {
-          self.io.load(page, work);
-          const n = getU16(work, B_COUNT);
-          keys.length = 0;
-          values.length = 0;
-          let offset = B_HEADER;
-          for (let i = 0; i < n; i++) {
-            const size = entrySizeAt(work, offset);
-            const keyLength = getU16(work, offset + 4);
-            keys.push(self.keyCodec.decode(work, offset + size - keyLength, keyLength));
-            if (withValues)
-              values.push(self.valueCodec.read(self.memory, work[offset + 6]!, work, offset + ENTRY_HEADER));
-            offset += size;
+    for (let j = 0; j < slots; j++) {
+      verify();
+      const bucket = space.readF64(directory + j * 8);
+      if ((j & maskOf(space.readU8(bucket + B_DEPTH))) >>> 0 !== j) continue;
+      for (let page = bucket; page !== 0;) {
+        this.io.load(page, work);
+        const n = getU16(work, B_COUNT);
+        keys.length = 0;
+        values.length = 0;
+        let offset = B_HEADER;
+        for (let i = 0; i < n; i++) {
+          const size = entrySizeAt(work, offset);
+          const keyLength = getU16(work, offset + 4);
+          keys.push(this.keyCodec.decode(work, offset + size - keyLength, keyLength));
+          if (withValues) {
+            values.push(this.valueCodec.read(this.memory, work[offset + 6]!, work, offset + ENTRY_HEADER));
           }
-          page = getF64(work, B_NEXT);
-          for (let i = 0; i < n; i++) {
-            verify();
-            yield make(keys[i]!, values[i]!);
-          }
+          offset += size;
+        }
+        page = getF64(work, B_NEXT);
+        for (let i = 0; i < n; i++) {
+          verify();
+          yield make(keys[i]!, values[i]!);
         }
       }
     }
-    return walk();
   }
 
   private changed(): void {
