@@ -317,3 +317,20 @@ test('a forked space holds an independent copy of the map', () => {
   assert.deepEqual(childMap.check().problems, []);
   childSpace.destroy();
 });
+
+test('the structural checker reports an entry in the wrong bucket and a wrong size', () => {
+  const memory = freshMemory();
+  const map = HeapHashMap.create(memory, { keys: 'number', values: 'number' });
+  for (let i = 0; i < 2000; i++) map.set(i, i);
+  assert.deepEqual(map.check().problems, []);
+  const space = memory.space;
+  space.writeF64(map.address + 8, 1999); // the recorded size
+  assert.match(map.check().problems.join('\n'), /records size 1999 but holds 2000/);
+  space.writeF64(map.address + 8, 2000);
+  // Flip a bit of the first entry's stored hash in the first bucket.
+  const bucket = space.readF64(space.readF64(map.address + 16));
+  space.writeU32(bucket + 16, space.readU32(bucket + 16) ^ 1);
+  const result = map.check();
+  assert.equal(result.ok, false);
+  assert.match(result.problems.join('\n'), /records hash/);
+});
