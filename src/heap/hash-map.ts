@@ -25,7 +25,7 @@
  *                  f64 size | f64 directory | u32 seed | u32 bucket size | f64 changes
  *   bucket         u8 localDepth | u8 0 | u16 count | u32 used | f64 next overflow bucket (0: none) |
  *                  entries packed from byte 16: u32 hash | u16 key length | u8 value tag | u8 0 |
- *                  value part (value-codec.ts) | key bytes
+ *                  u16 entry size | value part (value-codec.ts) | key bytes
  *
  * Costs. get/set/has/delete of a number key allocate nothing (the value aside: msgpack values are
  * packed). A string key is UTF-8-encoded into a scratch buffer first (one pass, no allocation);
@@ -82,7 +82,9 @@ const B_COUNT = 2;
 const B_USED = 4;
 const B_NEXT = 8;
 const B_HEADER = 16;
-const ENTRY_HEADER = 8;
+/** Entry: u32 hash | u16 key length | u8 value tag | u8 0 | u16 entry size | value part | key. */
+const ENTRY_HEADER = 10;
+const E_SIZE = 8;
 
 /** The directory may reach 2^DEPTH_MAX slots (8 GiB); splitting stops there and chains begin. */
 const DEPTH_MAX = 30;
@@ -377,6 +379,12 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
           const tag = work[offset + 6]!;
           if (tag < TAG_NUMBER || tag > TAG_BLOB) report(`bucket ${page} entry ${i} has value tag ${tag}`);
           const size = entrySizeAt(work, offset);
+          const parsed =
+            ENTRY_HEADER + valuePartSize(tag, work, offset + ENTRY_HEADER) + getU16(work, offset + 4);
+          if (size !== parsed) {
+            report(`bucket ${page} entry ${i} records ${size} bytes but its fields take ${parsed}`);
+            break;
+          }
           if (offset + size > B_HEADER + used) {
             report(
               `bucket ${page} entry ${i} (${size} bytes at ${offset}) runs past the bucket's ${used} bytes`,
@@ -447,20 +455,24 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
       const n = view[B_COUNT]! | (view[B_COUNT + 1]! << 8);
       let offset = B_HEADER;
       for (let i = 0; i < n; i++) {
-        const tag = view[offset + 6]!;
-        const keyAt = offset + ENTRY_HEADER + valuePartSize(tag, view, offset + ENTRY_HEADER);
-        const length = view[offset + 4]! | (view[offset + 5]! << 8);
+        const size = view[offset + E_SIZE]! | (view[offset + E_SIZE + 1]! << 8);
         if (
-          length === keyLength &&
-          getU32(view, offset) === hash &&
-          sameBytes(view, keyAt, keyBytes, keyLength)
+          (view[offset]! |
+            (view[offset + 1]! << 8) |
+            (view[offset + 2]! << 16) |
+            (view[offset + 3]! << 24)) >>>
+            0 ===
+          hash
         ) {
-          this.foundBucket = bucket;
-          this.foundOffset = offset;
-          this.foundPrev = prev;
-          return true;
+          const length = view[offset + 4]! | (view[offset + 5]! << 8);
+          if (length === keyLength && sameBytes(view, offset + size - length, keyBytes, keyLength)) {
+            this.foundBucket = bucket;
+            this.foundOffset = offset;
+            this.foundPrev = prev;
+            return true;
+          }
         }
-        offset = keyAt + length;
+        offset += size;
       }
       prev = bucket;
       bucket = getF64(view, B_NEXT);
@@ -475,6 +487,7 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
     putU16(work, at + 4, this.keyCodec.length);
     work[at + 6] = this.valueCodec.tag;
     work[at + 7] = 0;
+    putU16(work, at + E_SIZE, ENTRY_HEADER + this.valueCodec.partSize + this.keyCodec.length);
     this.valueCodec.writePart(work, at + ENTRY_HEADER);
     work.set(
       this.keyCodec.length === this.keyCodec.bytes.length
@@ -789,9 +802,7 @@ function writeEmptyBucket(memory: HeapMemory, bucket: number, bucketSize: number
 }
 
 function entrySizeAt(bytes: Uint8Array, offset: number): number {
-  return (
-    ENTRY_HEADER + valuePartSize(bytes[offset + 6]!, bytes, offset + ENTRY_HEADER) + getU16(bytes, offset + 4)
-  );
+  return getU16(bytes, offset + E_SIZE);
 }
 
 function sameBytes(a: Uint8Array, aOff: number, b: Uint8Array, length: number): boolean {

@@ -89,6 +89,21 @@ class StringKeyCodec extends KeyCodec<string> {
       const length = Buffer.byteLength(key, 'utf8');
       if (length > this.keyMax) this.tooLong(length);
     }
+    // ASCII (the common key) is copied in JS: cheaper than the native encoder for short keys.
+    const n = key.length;
+    const bytes = this.bytes;
+    if (n <= bytes.length) {
+      let i = 0;
+      for (; i < n; i++) {
+        const c = key.charCodeAt(i);
+        if (c >= 0x80) break;
+        bytes[i] = c;
+      }
+      if (i === n) {
+        this.length = n;
+        return;
+      }
+    }
     if (!isWellFormed(key)) {
       throw invalidArgument('a string key must be well-formed UTF-16 (it has a lone surrogate)');
     }
