@@ -262,11 +262,29 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
         this.changed();
         return this;
       }
-      // The new value does not fit beside the others: remove the entry, insert it anew.
-      this.removeFound();
-      space.writeF64(this.address + H_SIZE, this.size - 1);
+      // The new value does not fit beside the others: make room elsewhere first (this may
+      // allocate, and fail, while the old entry is still in place), then move the entry.
+      this.valueCodec.storeBlob(this.memory);
+      try {
+        this.reserve(hash, entrySize);
+      } catch (error) {
+        this.valueCodec.abandonBlob(this.memory);
+        throw error;
+      }
+      // From here nothing allocates: the chain has a bucket with room, and removing only adds room.
+      this.find(key); // splits may have moved it
+      this.removeFound(this.foundBucket === this.reserve(hash, entrySize));
+      this.place(this.reserve(hash, entrySize), hash, entrySize);
+      this.changed();
+      return this;
     }
-    this.insert(hash, entrySize);
+    this.valueCodec.storeBlob(this.memory);
+    try {
+      this.place(this.reserve(hash, entrySize), hash, entrySize);
+    } catch (error) {
+      this.valueCodec.abandonBlob(this.memory);
+      throw error;
+    }
     space.writeF64(this.address + H_SIZE, this.size + 1);
     this.changed();
     return this;
@@ -497,8 +515,11 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
     );
   }
 
-  /** Removes the entry find() found, freeing its blob and an overflow bucket it empties. */
-  private removeFound(): void {
+  /**
+   * Removes the entry find() found, freeing its blob and (unless `keepEmpty`, when the caller is
+   * about to fill it) an overflow bucket it empties.
+   */
+  private removeFound(keepEmpty = false): void {
     const bucket = this.foundBucket;
     const offset = this.foundOffset;
     const prev = this.foundPrev;
@@ -514,7 +535,9 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
     putU32(work, B_USED, used - size);
     putU16(work, B_COUNT, count);
     const next = getF64(work, B_NEXT);
-    if (count === 0 && prev !== 0) {
+    if (keepEmpty) {
+      this.io.store(bucket, work);
+    } else if (count === 0 && prev !== 0) {
       // An emptied overflow bucket leaves the chain.
       space.writeF64(prev + B_NEXT, next);
       allocator.free(bucket);
@@ -530,8 +553,12 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
     if (blob !== 0) allocator.free(blob);
   }
 
-  /** Inserts the prepared entry (not present) with `hash`, splitting or chaining as needed. */
-  private insert(hash: number, entrySize: number): void {
+  /**
+   * A bucket of `hash`'s chain with room for `entrySize` bytes, splitting the chain or appending
+   * an (empty) overflow bucket to make one. Each split is complete on its own, so MF_HEAP_FULL
+   * leaves a consistent map with every entry in place.
+   */
+  private reserve(hash: number, entrySize: number): number {
     const { space, allocator } = this.memory;
     const capacity = this.bucketSize - B_HEADER;
     for (;;) {
@@ -539,24 +566,12 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
       const directory = space.readF64(this.address + H_DIRECTORY);
       const slot = (hash & maskOf(depth)) >>> 0;
       const head = space.readF64(directory + slot * 8);
-      // A bucket of the chain with room?
       let bucket = head;
       let last = head;
       while (bucket !== 0) {
-        if (space.readU32(bucket + B_USED) + entrySize <= capacity) break;
+        if (space.readU32(bucket + B_USED) + entrySize <= capacity) return bucket;
         last = bucket;
         bucket = space.readF64(bucket + B_NEXT);
-      }
-      if (bucket !== 0) {
-        this.valueCodec.storeBlob(this.memory);
-        const work = this.work;
-        this.io.load(bucket, work);
-        const used = getU32(work, B_USED);
-        this.writeEntry(work, B_HEADER + used, hash);
-        putU32(work, B_USED, used + entrySize);
-        putU16(work, B_COUNT, getU16(work, B_COUNT) + 1);
-        this.io.store(bucket, work);
-        return;
       }
       const local = space.readU8(head + B_DEPTH);
       if (local < DEPTH_MAX && this.separable(head, hash, local)) {
@@ -565,22 +580,21 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
       }
       // Equal hashes from bit `local` up: only a chain can hold them.
       const overflow = allocator.alloc(this.bucketSize);
-      try {
-        this.valueCodec.storeBlob(this.memory);
-      } catch (error) {
-        allocator.free(overflow);
-        throw error;
-      }
-      const work = this.work;
-      work.fill(0);
-      work[B_DEPTH] = local;
-      this.writeEntry(work, B_HEADER, hash);
-      putU32(work, B_USED, entrySize);
-      putU16(work, B_COUNT, 1);
-      this.io.store(overflow, work);
+      writeEmptyBucket(this.memory, overflow, this.bucketSize, local);
       space.writeF64(last + B_NEXT, overflow);
-      return;
+      return overflow;
     }
+  }
+
+  /** Appends the prepared entry (its blob stored) to `bucket`, which reserve() said has room. */
+  private place(bucket: number, hash: number, entrySize: number): void {
+    const work = this.work;
+    this.io.load(bucket, work);
+    const used = getU32(work, B_USED);
+    this.writeEntry(work, B_HEADER + used, hash);
+    putU32(work, B_USED, used + entrySize);
+    putU16(work, B_COUNT, getU16(work, B_COUNT) + 1);
+    this.io.store(bucket, work);
   }
 
   /** True when some entry of the chain (or the new hash) differs from the others in a bit >= local. */

@@ -391,3 +391,35 @@ test('a forked space holds an independent copy of the tree', () => {
   assert.deepEqual(childTree.check().problems, []);
   childSpace.destroy();
 });
+
+test('MF_HEAP_FULL at any allocation of a set leaves the tree as it was', () => {
+  const memory = freshMemory();
+  const tree = HeapBTree.create(memory, { keys: 'string', values: 'msgpack', nodeSize: 512 });
+  const model = new Map<string, unknown>();
+  let state = 5;
+  const random = (n: number) => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return state % n;
+  };
+  let failures = 0;
+  for (let step = 0; step < 4000; step++) {
+    const key = `${'k'.repeat(random(80))}${random(800)}`;
+    const value = random(3) === 0 ? 'b'.repeat(60 + random(200)) : random(1000);
+    memory.allocator.failIn = 1 + random(4);
+    try {
+      tree.set(key, value);
+      model.set(key, value);
+    } catch (error) {
+      assert.equal((error as { code?: string }).code, ErrorCodes.HEAP_FULL);
+      failures++;
+    }
+    memory.allocator.failIn = 0;
+    assert.deepEqual(tree.get(key), model.get(key));
+  }
+  assert.ok(failures > 100, `${failures} injected failures`);
+  assert.equal(tree.size, model.size);
+  for (const [key, value] of model) assert.deepEqual(tree.get(key), value);
+  assert.deepEqual(tree.check().problems, []);
+  tree.destroy();
+  assert.equal(memory.allocator.liveObjects, 0, 'nothing leaked by the failed calls');
+});

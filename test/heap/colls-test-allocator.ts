@@ -28,6 +28,8 @@ export class TestAllocator implements HeapAllocatorApi {
   private smallPage = 0;
   private smallUsed = 0;
   liveBytes = 0;
+  /** When > 0: the failIn-th alloc from now throws MF_HEAP_FULL (fault injection). */
+  failIn = 0;
 
   constructor(
     private readonly space: AddressSpace,
@@ -44,6 +46,12 @@ export class TestAllocator implements HeapAllocatorApi {
   alloc(bytes: number): number {
     if (!Number.isSafeInteger(bytes) || bytes < 0) {
       throw new MemfabricError(ErrorCodes.INVALID_ARGUMENT, `cannot allocate ${bytes} bytes`);
+    }
+    if (this.failIn > 0 && --this.failIn === 0) {
+      throw new MemfabricError(
+        ErrorCodes.HEAP_FULL,
+        'injected: no room for this allocation in the test heap',
+      );
     }
     const size = Math.max(16, Math.ceil(bytes / 16) * 16);
     let address: number;

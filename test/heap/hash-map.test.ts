@@ -334,3 +334,39 @@ test('the structural checker reports an entry in the wrong bucket and a wrong si
   assert.equal(result.ok, false);
   assert.match(result.problems.join('\n'), /records hash/);
 });
+
+test('MF_HEAP_FULL at any allocation of a set leaves the map as it was', () => {
+  const memory = freshMemory();
+  const map = HeapHashMap.create(memory, { keys: 'number', values: 'msgpack', nodeSize: 512 });
+  const model = new Map<number, unknown>();
+  let state = 11;
+  const random = (n: number) => {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    return state % n;
+  };
+  let failures = 0;
+  for (let step = 0; step < 4000; step++) {
+    const key = random(600);
+    const value = random(3) === 0 ? 'b'.repeat(100 + random(200)) : random(1000);
+    memory.allocator.failIn = 1 + random(3);
+    try {
+      map.set(key, value);
+      model.set(key, value);
+    } catch (error) {
+      assert.equal((error as { code?: string }).code, ErrorCodes.HEAP_FULL);
+      failures++;
+    }
+    memory.allocator.failIn = 0;
+    if (random(4) === 0) {
+      const victim = random(600);
+      assert.equal(map.delete(victim), model.delete(victim));
+    }
+    assert.deepEqual(map.get(key), model.get(key));
+  }
+  assert.ok(failures > 100, `${failures} injected failures`);
+  assert.equal(map.size, model.size);
+  for (const [key, value] of model) assert.deepEqual(map.get(key), value);
+  assert.deepEqual(map.check().problems, []);
+  map.destroy();
+  assert.equal(memory.allocator.liveObjects, 0, 'nothing leaked by the failed calls');
+});
