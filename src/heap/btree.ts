@@ -47,7 +47,7 @@
  *   branch entry   u16 key length | f64 child | key
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { getF64, getU16, getU32, putF64, putU16, putU32 } from './bytes-le.js';
+import { copyBytes, getF64, getU16, getU32, putF64, putU16, putU32 } from './bytes-le.js';
 import {
   KEY_KIND_CODES,
   compareBytes,
@@ -284,7 +284,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
     putU16(entry, 0, codec.length);
     entry[2] = this.valueCodec.tag;
     const partSize = this.valueCodec.partSize;
-    entry.set(codec.bytes.subarray(0, codec.length), LEAF_ENTRY_HEADER + partSize);
+    copyBytes(codec.bytes, 0, entry, LEAF_ENTRY_HEADER + partSize, codec.length);
     const entrySize = LEAF_ENTRY_HEADER + partSize + codec.length;
     let oldBlob = 0;
     if (exists) {
@@ -636,7 +636,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
     const entry = this.entry;
     putU16(entry, 0, keyLength);
     putF64(entry, 2, child);
-    entry.set(src.subarray(keyAt, keyAt + keyLength), BRANCH_ENTRY_HEADER);
+    copyBytes(src, keyAt, entry, BRANCH_ENTRY_HEADER, keyLength);
   }
 
   /**
@@ -649,7 +649,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
     let used = 0;
     let n = 0;
     const add = (src: Uint8Array, at: number, size: number): void => {
-      this.stage.set(src.subarray(at, at + size), used);
+      copyBytes(src, at, this.stage, used, size);
       this.stageOffset[n] = used;
       this.stageSize[n] = size;
       used += size;
@@ -695,7 +695,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
     for (let i = from; i < to; i++) {
       const size = this.stageSize[i]!;
       data -= size;
-      b.set(this.stage.subarray(this.stageOffset[i]!, this.stageOffset[i]! + size), data);
+      copyBytes(this.stage, this.stageOffset[i]!, b, data, size);
       putU16(b, N_HEADER + 2 * (i - from), data);
     }
     putU16(b, N_COUNT, to - from);
@@ -750,9 +750,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
       const separatorAt = getU16(parentView, N_HEADER + 2 * separator);
       const separatorKeyLength = getU16(parentView, separatorAt);
       // this.entry := the separator (a branch merge pulls it down, pointing at right's child0).
-      this.entry.set(
-        parentView.subarray(separatorAt, separatorAt + BRANCH_ENTRY_HEADER + separatorKeyLength),
-      );
+      copyBytes(parentView, separatorAt, this.entry, 0, BRANCH_ENTRY_HEADER + separatorKeyLength);
       const left = this.work;
       const right = this.work2;
       this.io.load(leftNode, left);
@@ -764,7 +762,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
       let n = 0;
       let used = 0;
       const add = (src: Uint8Array, at: number, size: number): void => {
-        this.stage.set(src.subarray(at, at + size), used);
+        copyBytes(src, at, this.stage, used, size);
         this.stageOffset[n] = used;
         this.stageSize[n] = size;
         used += size;
@@ -957,7 +955,7 @@ export class HeapBTree<K extends HeapKey = HeapKey, V = unknown> {
       }
       const key = this.keyCodec.decode(view, keyAt, keyLength);
       if (last.length < keyLength) last = new Uint8Array(keyLength);
-      last.set(view.subarray(keyAt, keyAt + keyLength));
+      copyBytes(view, keyAt, last, 0, keyLength);
       lastLength = keyLength;
       const value = withValues
         ? this.valueCodec.read(this.memory, view[at + 2]!, view, at + LEAF_ENTRY_HEADER)
@@ -1049,13 +1047,13 @@ function insertEntry(
       const at = getU16(scratch, N_HEADER + 2 * s);
       const length = leaf ? leafEntrySize(scratch, at) : BRANCH_ENTRY_HEADER + getU16(scratch, at);
       data -= length;
-      b.set(scratch.subarray(at, at + length), data);
+      copyBytes(scratch, at, b, data, length);
       putU16(b, N_HEADER + 2 * s, data);
     }
     b.fill(0, N_HEADER + 2 * count, data);
   }
   data -= size;
-  b.set(src.subarray(from, from + size), data);
+  copyBytes(src, from, b, data, size);
   b.copyWithin(N_HEADER + 2 * (i + 1), N_HEADER + 2 * i, N_HEADER + 2 * count);
   putU16(b, N_HEADER + 2 * i, data);
   count++;

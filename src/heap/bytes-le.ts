@@ -35,3 +35,23 @@ export function putF64(b: Uint8Array, o: number, v: number): void {
   f64[0] = v;
   for (let i = 0; i < 8; i++) b[o + i] = f64Bytes[i]!;
 }
+
+const nativeCopy = Buffer.prototype.copy;
+
+/**
+ * Copies src[srcStart, srcStart + length) to dst[dstStart]: a memcpy that, unlike
+ * `dst.set(src.subarray(...))`, makes no view object (hot paths must not allocate).
+ */
+export function copyBytes(
+  src: Uint8Array,
+  srcStart: number,
+  dst: Uint8Array,
+  dstStart: number,
+  length: number,
+): void {
+  if (length <= 16) {
+    for (let i = 0; i < length; i++) dst[dstStart + i] = src[srcStart + i]!;
+    return;
+  }
+  nativeCopy.call(src, dst, dstStart, srcStart, srcStart + length);
+}

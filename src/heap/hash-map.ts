@@ -37,7 +37,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { getF64, getU16, getU32, putF64, putU16, putU32 } from './bytes-le.js';
+import { copyBytes, getF64, getU16, getU32, putF64, putU16, putU32 } from './bytes-le.js';
 import { KEY_KIND_CODES, keyCodec, keyKindOf, type KeyCodec, type KeyKind, type KeyOf } from './key-codec.js';
 import type { HeapMemory } from './memory.js';
 import {
@@ -507,11 +507,12 @@ export class HeapHashMap<K extends HeapKey = HeapKey, V = unknown> {
     work[at + 7] = 0;
     putU16(work, at + E_SIZE, ENTRY_HEADER + this.valueCodec.partSize + this.keyCodec.length);
     this.valueCodec.writePart(work, at + ENTRY_HEADER);
-    work.set(
-      this.keyCodec.length === this.keyCodec.bytes.length
-        ? this.keyCodec.bytes
-        : this.keyCodec.bytes.subarray(0, this.keyCodec.length),
+    copyBytes(
+      this.keyCodec.bytes,
+      0,
+      work,
       at + ENTRY_HEADER + this.valueCodec.partSize,
+      this.keyCodec.length,
     );
   }
 
