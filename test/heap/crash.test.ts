@@ -6,8 +6,11 @@
  * died, whose commit may have landed — and every stored page must match its checksum. The
  * same image goes through every death in turn, so recovery is tested after recovery.
  *
- * CRASH_KILLS (default 20) and CRASH_POWER_LOSSES (default 10) set the number of deaths;
- * `npm run test:crash` runs 200 of each.
+ * Two workloads: raw page writes, trims and zeroes on the image; and heap operations (a hash
+ * map of msgpack values, structs allocated, written and freed, a B+tree of references), whose
+ * recovered state must also pass heap.check() and the collections' own checks.
+ * CRASH_KILLS (default 10) and CRASH_POWER_LOSSES (default 5) set the deaths per workload:
+ * 20 kills and 10 power losses in the suite; `npm run test:crash` runs 200 of each per workload.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -17,12 +20,17 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
+import { isDeepStrictEqual } from 'node:util';
+import { Heap } from '../../src/heap/heap.js';
 import { HeapImage } from '../../src/heap/image.js';
+import { HEAP_BUDGET, collections, heapModelAfter, readModel, type Model } from './crash-heap-workload.js';
 import { BUDGET, PAGE, PAGES, modelAfter } from './crash-workload.js';
 
 const WRITER = fileURLToPath(new URL('./crash-writer.ts', import.meta.url));
-const KILLS = Number(process.env.CRASH_KILLS ?? 20);
-const POWER_LOSSES = Number(process.env.CRASH_POWER_LOSSES ?? 10);
+const HEAP_WRITER = fileURLToPath(new URL('./crash-heap-writer.ts', import.meta.url));
+/** Deaths per workload (image-level and heap-level): 20 kills and 10 power losses in all by default. */
+const KILLS = Number(process.env.CRASH_KILLS ?? 10);
+const POWER_LOSSES = Number(process.env.CRASH_POWER_LOSSES ?? 5);
 /** Operations one writer runs at most, so a writer never killed still ends. */
 const MAX_OPS = 3000;
 const dir = mkdtempSync(join(tmpdir(), 'memfabric-crash-'));
@@ -40,6 +48,7 @@ interface Run {
  * many BEGIN lines (a delay of 0 kills it as the checkpoint starts).
  */
 function runWriter(
+  writer: string,
   path: string,
   seed: number,
   killAfterBegins: number,
@@ -49,7 +58,7 @@ function runWriter(
   const args = [
     '--import',
     'tsx',
-    WRITER,
+    writer,
     path,
     String(seed),
     String(MAX_OPS),
@@ -138,7 +147,7 @@ test(`a writer killed with SIGKILL ${KILLS} times: each reopen yields exactly on
     { numRuns: KILLS, seed: 4242 },
   );
   for (const [seed, begins, delay] of rng) {
-    const run = await runWriter(path, seed, begins, delay);
+    const run = await runWriter(WRITER, path, seed, begins, delay);
     assert.equal(
       run.signal,
       'SIGKILL',
@@ -167,7 +176,7 @@ test(`a writer losing power ${POWER_LOSSES} times (unsynced writes dropped, one 
     { numRuns: POWER_LOSSES, seed: 777 },
   );
   for (const [seed, crashAtSync, powerSeed] of rng) {
-    const run = await runWriter(path, seed, 0, 0, [crashAtSync, powerSeed]);
+    const run = await runWriter(WRITER, path, seed, 0, 0, [crashAtSync, powerSeed]);
     assert.equal(
       run.signal,
       'SIGKILL',
@@ -177,4 +186,63 @@ test(`a writer losing power ${POWER_LOSSES} times (unsynced writes dropped, one 
     state = recovered.state;
     generation = recovered.generation;
   }
+});
+
+/** Heap-level check: the maps, structs and roots equal one candidate's model; heap.check() passes. */
+async function checkHeapRecovered(path: string, seed: number, run: Run, base: Model): Promise<Model> {
+  const heap = await Heap.open({ path, budget: HEAP_BUDGET, checkpointIntervalMs: 0 });
+  try {
+    const found =
+      heap.root('kv') === 0 ? { kv: new Map(), items: new Map() } : readModel(heap, collections(heap));
+    const options = candidates(run);
+    const match = options.findIndex((c) => isDeepStrictEqual(heapModelAfter(seed, c.ops, base), found));
+    assert.ok(
+      match >= 0,
+      `after the writer died (${run.signal ?? run.code}), the heap (generation ${heap.generation}) holds neither the last committed checkpoint (op ${options[0]!.ops}) nor the one in flight; writer said: ${run.lines.slice(-4).join(' | ')} ${run.stderr.slice(-500)}`,
+    );
+    const result = await heap.check();
+    assert.deepEqual(result, { ok: true, problems: [] }, 'checksums, header and allocator consistent');
+    if (heap.root('kv') !== 0) {
+      const c = collections(heap);
+      assert.deepEqual(c.kv.check().problems, []);
+      assert.deepEqual(c.items.check().problems, []);
+    }
+    return found;
+  } finally {
+    await heap.close({ checkpoint: false });
+  }
+}
+
+async function heapDeaths(name: string, count: number, power: boolean, sampleSeed: number): Promise<void> {
+  const path = join(dir, `${name}.heap`);
+  await (await Heap.create({ path, size: '64MiB', budget: HEAP_BUDGET, checkpointIntervalMs: 0 })).close();
+  let model: Model = { kv: new Map(), items: new Map() };
+  const rng = fc.sample(
+    fc.tuple(
+      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+      fc.integer({ min: 1, max: 14 }),
+      fc.integer({ min: 0, max: 12 }),
+      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+    ),
+    { numRuns: count, seed: sampleSeed },
+  );
+  for (const [seed, n, delay, powerSeed] of rng) {
+    const run = power
+      ? await runWriter(HEAP_WRITER, path, seed, 0, 0, [n, powerSeed])
+      : await runWriter(HEAP_WRITER, path, seed, Math.min(n, 6), delay);
+    assert.equal(
+      run.signal,
+      'SIGKILL',
+      `the writer should have died; it ended with ${run.code}: ${run.stderr.slice(-800)}`,
+    );
+    model = await checkHeapRecovered(path, seed, run, model);
+  }
+}
+
+test(`heap operations (maps, structs, allocator) killed with SIGKILL ${KILLS} times: one whole checkpoint each time`, async () => {
+  await heapDeaths('heap-kill', KILLS, false, 99);
+});
+
+test(`heap operations losing power ${POWER_LOSSES} times: one whole checkpoint each time`, async () => {
+  await heapDeaths('heap-power', POWER_LOSSES, true, 1234);
 });

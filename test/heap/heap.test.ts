@@ -316,7 +316,10 @@ test('compact gives freed space back: the image shrinks and every object survive
   for (const address of dropped) heap.free(address);
   await heap.close();
   const report = await Heap.compact({ path });
-  assert.ok(report.afterBytes < report.beforeBytes / 3, `compacted ${report.beforeBytes} -> ${report.afterBytes}`);
+  assert.ok(
+    report.afterBytes < report.beforeBytes / 3,
+    `compacted ${report.beforeBytes} -> ${report.afterBytes}`,
+  );
   const again = await Heap.open({ path, checkpointIntervalMs: 0 });
   for (const [address, bytes] of kept) {
     const back = Buffer.alloc(bytes.length);
