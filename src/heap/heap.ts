@@ -19,7 +19,13 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import { HeapAllocator, type AllocatorStats, type AllocatorCheckResult } from './allocator.js';
-import { HeapImage, type CheckpointReport, type CompactReport, type HeapImageOptions, type HeapImageStats } from './image.js';
+import {
+  HeapImage,
+  type CheckpointReport,
+  type CompactReport,
+  type HeapImageOptions,
+  type HeapImageStats,
+} from './image.js';
 import type { HeapMemory } from './memory.js';
 
 const HEADER_MAGIC = 0x50414548; // "HEAP" little-endian

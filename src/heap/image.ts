@@ -238,14 +238,16 @@ export class HeapImage {
       block.baseSlots + Math.max(1024, 2 * Math.ceil(block.size / pageSize) + 2),
     );
     if (url) capacity = Math.min(capacity, (await inspectNbdStore(nbdSpec(options), pageSize)).capacity);
-    const store: StoreSpec = url ? nbdSpec(options) : {
-      kind: 'image',
-      path: options.path,
-      ...(options.readOnly ? { readOnly: true } : {}),
-      ...(options.powerLoss ? { powerLoss: options.powerLoss } : {}),
-      ...(options.failWritesAfter === undefined ? {} : { failWritesAfter: options.failWritesAfter }),
-      ...(block.baseSlots > 0 ? { base: { path: block.basePath, slots: block.baseSlots } } : {}),
-    };
+    const store: StoreSpec = url
+      ? nbdSpec(options)
+      : {
+          kind: 'image',
+          path: options.path,
+          ...(options.readOnly ? { readOnly: true } : {}),
+          ...(options.powerLoss ? { powerLoss: options.powerLoss } : {}),
+          ...(options.failWritesAfter === undefined ? {} : { failWritesAfter: options.failWritesAfter }),
+          ...(block.baseSlots > 0 ? { base: { path: block.basePath, slots: block.baseSlots } } : {}),
+        };
     const pager = await Pager.open({
       budget: options.budget ?? HEAP_BUDGET_DEFAULT,
       pageSize,
@@ -304,7 +306,9 @@ export class HeapImage {
   static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
     checkPath(options.path);
     if (isNbdUrl(options.path)) {
-      throw invalidArgument(`compaction rewrites a file; ${options.path} is an NBD export (its size is the export's)`);
+      throw invalidArgument(
+        `compaction rewrites a file; ${options.path} is an NBD export (its size is the export's)`,
+      );
     }
     const budget = options.budget ?? HEAP_BUDGET_DEFAULT;
     const beforeBytes = (await stat(options.path)).size;
@@ -318,7 +322,12 @@ export class HeapImage {
         );
       }
       await unlink(temporary).catch(() => undefined);
-      target = await HeapImage.create({ path: temporary, budget, size: source.size, pageSize: source.pageSize });
+      target = await HeapImage.create({
+        path: temporary,
+        budget,
+        size: source.size,
+        pageSize: source.pageSize,
+      });
       const page = new Uint8Array(source.pageSize);
       const pages: number[] = [];
       source.map.forEachEntry((heapPage) => pages.push(heapPage));

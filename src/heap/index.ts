@@ -1,5 +1,11 @@
 /** The persistent heap (seed 003, seed 001): see docs/heap.md. */
-export { Heap, ROOT_NAME_MAX, CHECKPOINT_INTERVAL_DEFAULT_MS, type HeapOptions, type HeapStats } from './heap.js';
+export {
+  Heap,
+  ROOT_NAME_MAX,
+  CHECKPOINT_INTERVAL_DEFAULT_MS,
+  type HeapOptions,
+  type HeapStats,
+} from './heap.js';
 export {
   HeapImage,
   HEAP_SIZE_DEFAULT,

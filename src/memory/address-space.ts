@@ -267,7 +267,7 @@ export class AddressSpace implements TranslationCache {
       this.pageSize,
       Math.min(ASYNC_CHUNK_BYTES, Math.floor(this.pool.capacity / 4) * this.pageSize),
     );
-    for (let done = 0; done < src.length; ) {
+    for (let done = 0; done < src.length;) {
       const at = offset + done;
       // Pieces end on page boundaries, so only the range's own ends can be partial pages.
       const n = Math.min(src.length - done, piece - (at % this.pageSize));

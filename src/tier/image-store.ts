@@ -112,7 +112,9 @@ export class ImagePageStore implements PageStore {
     try {
       if (this.options.readOnly) throw new Error('the image was opened read-only');
       if (this.options.failWritesAfter !== undefined && ++this.writes > this.options.failWritesAfter) {
-        throw Object.assign(new Error('EIO: i/o error, write (injected by failWritesAfter)'), { code: 'EIO' });
+        throw Object.assign(new Error('EIO: i/o error, write (injected by failWritesAfter)'), {
+          code: 'EIO',
+        });
       }
       if (this.baseFd !== undefined && slot >= 2 && slot < this.options.base!.slots) {
         throw new Error(`slot ${slot} belongs to the base image, which a fork never writes`);

@@ -5,7 +5,7 @@
  * writer and the checker, starting from the same recovered state, agree on every step.
  */
 import { defineStruct, f64, string, u32 } from '../../src/heap/struct.js';
-import { Heap } from '../../src/heap/heap.js';
+import type { Heap } from '../../src/heap/heap.js';
 import { HeapBTree } from '../../src/heap/btree.js';
 import { HeapHashMap } from '../../src/heap/hash-map.js';
 
