@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { ErrorCodes } from '../../src/errors.js';
 import { Heap } from '../../src/heap/heap.js';
 import { HeapImage } from '../../src/heap/image.js';
+import { HeapBTree } from '../../src/heap/btree.js';
 import { seededBytes } from '../fabric/seeded-bytes.js';
 import { typedError } from '../typed-error.js';
 
@@ -80,7 +81,7 @@ test('root names: too long or empty is INVALID_ARGUMENT; the table holds rootsMa
   await heap.close();
 });
 
-test('model: allocations, frees, writes, roots, checkpoints and reopens agree with a JS model', async () => {
+test('model: allocations, frees, reallocs, roots, B+tree entries, checkpoints and reopens agree with a JS model', async () => {
   const op = fc.oneof(
     {
       arbitrary: fc.record({
@@ -108,6 +109,18 @@ test('model: allocations, frees, writes, roots, checkpoints and reopens agree wi
       }),
       weight: 1,
     },
+    {
+      arbitrary: fc.record({
+        kind: fc.constant('put' as const),
+        key: fc.string({ maxLength: 12 }),
+        value: fc
+          .jsonValue()
+          .filter((v) => !JSON.stringify(v).includes('__proto__'))
+          .map((v) => JSON.parse(JSON.stringify(v)) as unknown),
+      }),
+      weight: 3,
+    },
+    { arbitrary: fc.record({ kind: fc.constant('del' as const), pick: fc.nat() }), weight: 1 },
     { arbitrary: fc.record({ kind: fc.constant('checkpoint' as const) }), weight: 1 },
     { arbitrary: fc.record({ kind: fc.constant('reopen' as const) }), weight: 1 },
   );
@@ -116,9 +129,21 @@ test('model: allocations, frees, writes, roots, checkpoints and reopens agree wi
       const path = fresh();
       const options = { path, size: '256MiB', budget: '256KiB', checkpointIntervalMs: 0 };
       let heap = await Heap.create(options);
-      type Model = { objects: Map<number, Buffer>; roots: Map<string, number> };
-      let live: Model = { objects: new Map(), roots: new Map() };
-      const copy = (m: Model): Model => ({ objects: new Map(m.objects), roots: new Map(m.roots) });
+      // A B+tree of msgpack values at a root the model never names.
+      const tree = (h: Heap): HeapBTree<string, unknown> => {
+        if (h.root('tree') === 0)
+          h.setRoot('tree', HeapBTree.create(h, { keys: 'string', values: 'msgpack' }).address);
+        return HeapBTree.open(h, h.root('tree'), { keys: 'string', values: 'msgpack' });
+      };
+      let entries = tree(heap);
+      type Model = { objects: Map<number, Buffer>; roots: Map<string, number>; tree: Map<string, unknown> };
+      let live: Model = { objects: new Map(), roots: new Map(), tree: new Map() };
+      const copy = (m: Model): Model => ({
+        objects: new Map(m.objects),
+        roots: new Map(m.roots),
+        tree: new Map(m.tree),
+      });
+      await heap.checkpoint();
       let committed = copy(live);
       const pick = (n: number): number | undefined =>
         [...live.objects.keys()][n % Math.max(1, live.objects.size)];
@@ -152,12 +177,21 @@ test('model: allocations, frees, writes, roots, checkpoints and reopens agree wi
             heap.setRoot(o.name, address);
             if (address === 0) live.roots.delete(o.name);
             else live.roots.set(o.name, address);
+          } else if (o.kind === 'put') {
+            entries.set(o.key, o.value);
+            live.tree.set(o.key, o.value);
+          } else if (o.kind === 'del') {
+            const key = [...live.tree.keys()].sort()[o.pick % Math.max(1, live.tree.size)];
+            if (key === undefined) continue;
+            assert.equal(entries.delete(key), true);
+            live.tree.delete(key);
           } else if (o.kind === 'checkpoint') {
             await heap.checkpoint();
             committed = copy(live);
           } else {
             await heap.close({ checkpoint: false });
             heap = await Heap.open(options);
+            entries = tree(heap);
             live = copy(committed);
           }
         }
@@ -168,8 +202,16 @@ test('model: allocations, frees, writes, roots, checkpoints and reopens agree wi
           await heap.space.readAsync(address, back);
           assert.deepEqual(back, bytes);
         }
-        assert.deepEqual(heap.roots(), live.roots);
-        assert.equal(heap.stats().allocator.liveObjects, live.objects.size);
+        const roots = heap.roots();
+        roots.delete('tree');
+        assert.deepEqual(roots, live.roots);
+        entries = tree(heap);
+        assert.deepEqual(
+          new Map(entries.entries()),
+          new Map([...live.tree].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+        );
+        assert.deepEqual(entries.check().problems, []);
+
         assert.deepEqual(await heap.check(), { ok: true, problems: [] });
       } finally {
         await heap.close({ checkpoint: false });
