@@ -379,6 +379,7 @@ test('a server that stops answering fails the store after requestTimeoutMs, caus
   const store = await opened(t, { kind: 'nbd', url, requestTimeoutMs: 300 }, 64);
   await store.write(1, randomBytes(PAGE_SIZE));
   process.kill(server.pid, 'SIGSTOP'); // alive, connected, silent
+  await stopped(server.pid); // a signal lands asynchronously: a read sent before would be served
   await assert.rejects(store.read(1, Buffer.alloc(PAGE_SIZE)), (error: unknown) => {
     rejectsWith(ErrorCodes.STORE_FAILED, `page store ${url}`, 'slot 1')(error);
     const cause = (error as MemfabricError).cause;
@@ -386,3 +387,13 @@ test('a server that stops answering fails the store after requestTimeoutMs, caus
     return true;
   });
 });
+
+/** Resolves once the kernel reports process `pid` stopped (state T in /proc/PID/stat), bounded. */
+async function stopped(pid: number): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')) return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  throw new Error(`process ${pid} did not stop after SIGSTOP`);
+}
