@@ -211,6 +211,65 @@ test('exhaustion raises POOL_EXHAUSTED and changes nothing', () => {
   checkPoolInvariants(pool, [space, child]);
 });
 
+test('a write one frame short fails with POOL_EXHAUSTED before writing any page', () => {
+  // Four pages to write, three frames free: whether the pages are unwritten, frames a fork
+  // shares from its own leaf, or a leaf the fork shares, the write must count all four up front.
+  const PAGE = 4096;
+  const cases: [string, (pool: FramePool) => AddressSpace[]][] = [
+    [
+      'unwritten pages',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: MiB });
+        space.write(100 * PAGE, Buffer.alloc(PAGE, 9));
+        return [space];
+      },
+    ],
+    [
+      'frames shared with a fork',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: MiB });
+        space.write(0, Buffer.alloc(4 * PAGE, 9));
+        const fork = space.fork();
+        fork.write(100 * PAGE, Buffer.alloc(PAGE, 9)); // the fork copies the leaf
+        return [space, fork];
+      },
+    ],
+    [
+      'a leaf shared with a fork',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: 4 * MiB });
+        space.write(0, Buffer.alloc(4 * PAGE, 9));
+        space.write(600 * PAGE, Buffer.alloc(PAGE, 9)); // another leaf
+        return [space, space.fork()];
+      },
+    ],
+  ];
+  for (const [name, build] of cases) {
+    const pool = new FramePool({ capacity: (name === 'unwritten pages' ? 4 : 8) * PAGE });
+    const spaces = build(pool);
+    const writer = spaces[0]!;
+    assert.equal(pool.free, 3, `${name}: three frames free`);
+    const before = spaces.map((space) => {
+      const bytes = Buffer.alloc(4 * PAGE);
+      space.read(0, bytes);
+      return bytes;
+    });
+    const used = pool.used;
+    assert.equal(
+      code(() => writer.write(0, Buffer.alloc(4 * PAGE, 1))),
+      ErrorCodes.POOL_EXHAUSTED,
+      name,
+    );
+    spaces.forEach((space, i) => {
+      const bytes = Buffer.alloc(4 * PAGE);
+      space.read(0, bytes);
+      assert.ok(bytes.equals(before[i]!), `${name}: space ${i} unchanged`);
+    });
+    assert.equal(pool.used, used, `${name}: no frame taken`);
+    checkPoolInvariants(pool, spaces);
+  }
+});
+
 test('a full pool still lets a space overwrite the pages it owns, in bulk and by scalar', () => {
   const pool = new FramePool({ capacity: 4 * 4096 });
   const space = new AddressSpace(pool, { size: MiB });
