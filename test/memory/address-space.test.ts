@@ -225,6 +225,14 @@ test('a write one frame short fails with POOL_EXHAUSTED before writing any page'
       },
     ],
     [
+      'pages no leaf maps yet',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: 4 * MiB });
+        space.write(600 * PAGE, Buffer.alloc(PAGE, 9));
+        return [space];
+      },
+    ],
+    [
       'frames shared with a fork',
       (pool) => {
         const space = new AddressSpace(pool, { size: MiB });
@@ -244,8 +252,9 @@ test('a write one frame short fails with POOL_EXHAUSTED before writing any page'
       },
     ],
   ];
+  const spacesOf = (name: string): number => (name.includes('fork') ? 2 : 1);
   for (const [name, build] of cases) {
-    const pool = new FramePool({ capacity: (name === 'unwritten pages' ? 4 : 8) * PAGE });
+    const pool = new FramePool({ capacity: (spacesOf(name) === 1 ? 4 : 8) * PAGE });
     const spaces = build(pool);
     const writer = spaces[0]!;
     assert.equal(pool.free, 3, `${name}: three frames free`);
@@ -276,8 +285,9 @@ test('a full pool still lets a space overwrite the pages it owns, in bulk and by
   space.write(0, Buffer.alloc(4 * 4096, 1));
   assert.equal(pool.free, 0);
   space.advanceEpoch(); // the next writes re-translate (and must not ask for a frame)
-  space.write(4096, Buffer.alloc(4096, 2));
+  space.write(0, Buffer.alloc(2 * 4096, 2)); // page 0 holds the pool's first frame
   space.writeU32(3 * 4096 + 8, 0xdeadbeef);
+  assert.equal(space.readU8(0), 2);
   assert.equal(space.readU8(4096), 2);
   assert.equal(space.readU32(3 * 4096 + 8), 0xdeadbeef);
   assert.equal(

@@ -24,6 +24,8 @@ export class MapPaging implements PagingBackend {
   /** Every fetch, in order: [page, slot]. */
   readonly fetches: [number, number][] = [];
   makeRoomCalls = 0;
+  /** When set, `fetch` throws it (a store that fails a read). */
+  fetchError: Error | undefined;
   /**
    * What `makeRoom` evicts: every resident page ('all'); or resident pages in leaf order until
    * enough frames are free ('needed'); or the pages in `victims`, in order, until enough are
@@ -86,6 +88,7 @@ export class MapPaging implements PagingBackend {
   fetch(_space: AddressSpace, page: number, slot: number, frame: number): void {
     const held = this.slots.get(slot);
     assert.ok(held !== undefined && held.refs > 0, `fetch of slot ${slot}, which nobody holds`);
+    if (this.fetchError) throw this.fetchError;
     this.fetches.push([page, slot]);
     held.bytes.copy(this.pool.frameSegment(frame), this.pool.frameOffset(frame));
   }

@@ -305,3 +305,101 @@ test("a write reads a page's entry only after making room, which may have evicte
   assert.equal(paging.slots.size, 0);
   assert.equal(pool.used, 0);
 });
+
+test('with a pager, translations count resident hits and set the accessed bit CLOCK reads', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 16 * PAGE, shared: true });
+  const paging = new MapPaging(pool);
+  const space = new AddressSpace(pool, { size: 64 * PAGE });
+  const accessed = (page: number): number => pool.leaves.accessed[space.entryIndexAt(page)]!;
+  space.write(0, bytesOf(1)); // a new frame: not a hit
+  space.write(PAGE, bytesOf(2));
+  assert.equal(accessed(0), 1, 'a write marks its page accessed');
+  pool.leaves.accessed.fill(0);
+  space.flushTranslations();
+  const before = pool.translations;
+  const scratch = Buffer.alloc(PAGE);
+  space.read(0, scratch); // resident: a hit
+  assert.equal(pool.translations - before, 1, 'one resident page translated');
+  assert.equal(accessed(0), 1, 'a read marks its page accessed');
+  space.flushTranslations();
+  space.writeU8(PAGE + 3, 7); // a private resident page written in place: a hit
+  assert.equal(pool.translations - before, 2);
+  assert.equal(accessed(1), 1);
+  paging.evictPage(space, 0);
+  pool.leaves.accessed.fill(0);
+  space.read(0, scratch); // a fault: not a hit, but the page is now in use
+  assert.equal(pool.translations - before, 2, 'a fault is not a hit');
+  assert.equal(accessed(0), 1, 'a faulted-in page is marked accessed');
+  space.destroy();
+});
+
+test('without a pager, reads are not counted as translations nor marked accessed', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 16 * PAGE });
+  const space = new AddressSpace(pool, { size: 64 * PAGE });
+  space.write(0, bytesOf(1));
+  pool.leaves.accessed.fill(0);
+  space.flushTranslations();
+  space.read(0, Buffer.alloc(PAGE));
+  assert.equal(pool.translations, 0);
+  assert.equal(pool.leaves.accessed[space.entryIndexAt(0)], 0);
+});
+
+test('a fetch that fails leaves the page swapped and its frame free, for a read and for a partial write', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 16 * PAGE, shared: true });
+  const paging = new MapPaging(pool);
+  const space = new AddressSpace(pool, { size: 64 * PAGE });
+  space.write(0, bytesOf(1));
+  paging.evictAll();
+  const swapped = space.frameAt(0);
+  assert.ok(swapped < 0);
+  paging.fetchError = new Error('store read failed');
+  const scratch = Buffer.alloc(PAGE);
+  assert.throws(() => space.read(0, scratch), /store read failed/);
+  assert.throws(() => space.writeU8(3, 1), /store read failed/);
+  assert.equal(space.frameAt(0), swapped, 'still swapped');
+  assert.equal(pool.used, 0, 'the frame taken for the fetch was given back');
+  checkSlotReferences(paging, [space]);
+  paging.fetchError = undefined;
+  space.read(0, scratch);
+  assert.ok(scratch.equals(bytesOf(1)));
+  space.destroy();
+  assert.equal(paging.slots.size, 0);
+});
+
+test('a whole-page write to a swapped page fetches nothing; a partial one fetches the old bytes', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 16 * PAGE, shared: true });
+  const paging = new MapPaging(pool);
+  const space = new AddressSpace(pool, { size: 64 * PAGE });
+  space.write(0, Buffer.concat([bytesOf(1), bytesOf(2)]));
+  paging.evictAll();
+  space.write(0, bytesOf(3));
+  assert.deepEqual(paging.fetches, [], 'the old bytes of a page overwritten whole are not read');
+  space.write(PAGE + 10, Buffer.from([1, 2, 3]));
+  assert.equal(paging.fetches.length, 1);
+  const expected = bytesOf(2);
+  expected.set([1, 2, 3], 10);
+  const scratch = Buffer.alloc(PAGE);
+  space.read(PAGE, scratch);
+  assert.ok(scratch.equals(expected));
+  checkSlotReferences(paging, [space]);
+  space.destroy();
+});
+
+test('a page faulted in and then written in place is written out again, not dropped onto its old slot', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 16 * PAGE, shared: true });
+  const paging = new MapPaging(pool);
+  const space = new AddressSpace(pool, { size: 64 * PAGE });
+  space.write(0, bytesOf(1));
+  paging.evictAll();
+  const scratch = Buffer.alloc(PAGE);
+  space.read(0, scratch); // faulted in: the frame's bytes are also in the store
+  space.writeU32(8, 0xfeedface); // private and resident: written in place
+  checkSlotReferences(paging, [space]);
+  paging.evictAll();
+  space.read(0, scratch);
+  const expected = bytesOf(1);
+  expected.writeUInt32LE(0xfeedface, 8);
+  assert.ok(scratch.equals(expected), 'the write survived eviction');
+  space.destroy();
+  assert.equal(paging.slots.size, 0);
+});
