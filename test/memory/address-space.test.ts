@@ -407,3 +407,21 @@ test('every supported page size works, from 512 B to 64 KiB', () => {
     assert.equal(pool.used, 0);
   }
 });
+
+test('a fork that copies a shared leaf keeps every page epoch and retains only that leaf', () => {
+  const pool = new FramePool({ capacity: 64 * 4096 });
+  const a = new AddressSpace(pool, { size: MiB });
+  a.write(0, Buffer.alloc(4 * 4096, 1)); // leaf 1: pages 0-3
+  const b = new AddressSpace(pool, { size: MiB });
+  b.write(0, Buffer.alloc(4096, 2)); // leaf 2
+  const c = new AddressSpace(pool, { size: MiB });
+  c.write(0, Buffer.alloc(4096, 3)); // leaf 3: its first entry holds a frame
+  b.destroy(); // leaf 2 is free: the next leaf copy takes it, just below c's leaf
+  const written = a.epoch;
+  a.advanceEpoch();
+  const fork = a.fork();
+  fork.write(10 * 4096, Buffer.alloc(4096, 4)); // the fork copies leaf 1
+  for (let page = 0; page < 4; page++) assert.equal(fork.pageEpoch(page), written, `page ${page} epoch`);
+  assert.deepEqual(Array.from(fork.dirtyPages(written)), [0, 1, 2, 3, 10]);
+  checkPoolInvariants(pool, [a, fork, c]);
+});

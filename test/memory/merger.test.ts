@@ -292,3 +292,25 @@ test('with quietMs, a page merges once that long has passed since the scan after
   merger.scan();
   assert.equal(parent.frameAt(0), other.frameAt(0), 'quiet long enough: merged');
 });
+
+test('a copy-on-write break counts as a merged break only for a merged frame', () => {
+  const { pool, merger, parent } = setup();
+  parent.write(0, page(5, 1));
+  const fork = parent.fork();
+  fork.write(0, page(6, 1)); // copies a frame the fork shares, which no merge made
+  assert.equal(pool.cowCopies, 1);
+  assert.equal(merger.stats().cowBreaks, 0);
+});
+
+test('a merged frame that is freed leaves the index: the frame, handed out again, merges as usual', () => {
+  const { pool, merger, parent } = setup();
+  parent.write(0, page(5));
+  merger.scan(); // page 0's frame is indexed
+  parent.trim(0, PAGE); // and freed
+  parent.write(PAGE, page(6)); // takes the freed frame
+  parent.write(2 * PAGE, page(6));
+  merger.scan();
+  assert.equal(parent.frameAt(1), parent.frameAt(2), 'the two identical pages merged');
+  assert.equal(pool.used, 1);
+  checkPoolInvariants(pool, [parent]);
+});
