@@ -54,7 +54,12 @@ export const groups = {
       span('src/nbd/validate.ts', 'validateRequest', 'commandName'),
       span('src/nbd/request-parser.ts', 'feed', 'plan'),
     ],
-    tests: ['test/nbd/validate.test.ts', 'test/nbd/request-parser.test.ts', 'test/nbd/transmission.test.ts'],
+    tests: [
+      'test/nbd/validate.test.ts',
+      'test/nbd/request-parser.test.ts',
+      'test/nbd/request-parser-wait.test.ts',
+      'test/nbd/transmission.test.ts',
+    ],
     // Every unit test of the two modules, and of the socket tests those that parse and validate
     // requests: the server-lifecycle ones (close grace, flush failure, many connections) reach
     // the parser no differently and cost seconds per mutant.
@@ -77,6 +82,8 @@ export const groups = {
       'a parser stopped',
       'a bad magic',
       'random requests',
+      // request-parser-wait.test.ts
+      'RequestParser: WAIT',
       // transmission.test.ts
       'simple replies',
       'structured READ',
