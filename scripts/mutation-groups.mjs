@@ -39,6 +39,7 @@ export const groups = {
     // per test (a quarter of a second each).
     tests: [
       'test/memory/address-space.test.ts',
+      'test/memory/frame-pool.test.ts',
       'test/memory/model.test.ts',
       'test/memory/paging.test.ts',
       'test/memory/merger.test.ts',
