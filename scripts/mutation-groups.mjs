@@ -1,52 +1,66 @@
 // Module groups for the mutation run (stryker.config.mjs, scripts/mutation.mjs). Each group mutates
-// the modules where a silent bug costs data and runs only the test files that exercise them.
+// the code where a silent bug costs data and runs only the test files (and, by name, the tests)
+// that exercise it. Groups are narrow on purpose: every mutant runs its group's whole command
+// (the command runner has no per-test coverage), so a module's mutants should not pay for
+// another module's tests.
+import { readFileSync } from 'node:fs';
+
+/**
+ * Stryker's `file:first-last` for the code from the declaration of `from` up to the line before
+ * the declaration of `to` (or the file's end), found by name so the ranges follow the code as
+ * it moves. A declaration is a function, class or class member at the top or one indent level.
+ */
+function span(file, from, to) {
+  const lines = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8').split('\n');
+  const line = (name) => {
+    const declaration = new RegExp(
+      `^(?:  )?(?:export )?(?:async )?(?:function |class )?(?:(?:private|static|async|get) )*${name}[(<\\s]`,
+    );
+    const index = lines.findIndex((text) => declaration.test(text));
+    if (index < 0) throw new Error(`mutation groups: no declaration of ${name} in ${file}`);
+    return index + 1;
+  };
+  const first = line(from);
+  const last = to === undefined ? lines.length : line(to) - 1;
+  return `${file}:${first}-${last}`;
+}
+
 export const groups = {
   memory: {
+    // Translation, faults, copy-on-write, leaf ownership and the frames a write reserves; the
+    // pool's frame references. Not `FramePool.retain`: nothing in src calls it.
     mutate: [
-      'src/memory/address-space.ts:846-990',
-      'src/memory/frame-pool.ts:191-232',
-      'src/memory/merger.ts:363-437',
+      span('src/memory/address-space.ts', 'translateForRead', 'zeroRange'),
+      span('src/memory/frame-pool.ts', 'allocate', 'retain'),
+      span('src/memory/frame-pool.ts', 'release', 'attachPaging'),
     ],
-    // Swapped entries (faults, slot references) exist only with a pager: its tests that evict
-    // and fault pages back are the ones that reach those branches.
+    // Swapped entries come from test/memory/paging.test.ts's in-process paging backend, which
+    // reaches the fault and slot-reference paths the pager's tests reach, without a store worker
+    // per test (a quarter of a second each).
     tests: [
       'test/memory/address-space.test.ts',
+      'test/memory/frame-pool.test.ts',
       'test/memory/model.test.ts',
+      'test/memory/paging.test.ts',
       'test/memory/merger.test.ts',
-      'test/tier/pager.test.ts',
-    ],
-    only: [
-      // test/memory: every test
-      'a ',
-      'reads and writes',
-      'scalar accessors',
-      'fork shares',
-      'trim frees',
-      'dirty tracking',
-      'exhaustion raises',
-      'bad arguments',
-      'borrowed pages',
-      'every supported page size',
-      'identical pages',
-      'pages written within',
-      'all-zero pages',
-      'no frame gets',
-      'trust domains',
-      'the background merger',
-      'destroying every space',
-      'address spaces agree',
-      // test/tier/pager.test.ts: the tests that evict and fault back (and 'a store that fails')
-      'reports a page written since epoch',
-      'keeps the epoch of a page written as zeros',
-      'drops a clean page',
-      'shares store slots',
-      'verifies bytes before sharing',
-      'keeps forks, trims and evictions',
     ],
   },
+  merger: {
+    mutate: [span('src/memory/merger.ts', 'scanLeaf', 'quietLongEnough')],
+    // The model test merges between random writes, forks and destroys.
+    tests: ['test/memory/merger.test.ts', 'test/memory/model.test.ts'],
+  },
   nbd: {
-    mutate: ['src/nbd/validate.ts:50-85', 'src/nbd/request-parser.ts:106-198'],
-    tests: ['test/nbd/validate.test.ts', 'test/nbd/request-parser.test.ts', 'test/nbd/transmission.test.ts'],
+    mutate: [
+      span('src/nbd/validate.ts', 'validateRequest', 'commandName'),
+      span('src/nbd/request-parser.ts', 'feed', 'plan'),
+    ],
+    tests: [
+      'test/nbd/validate.test.ts',
+      'test/nbd/request-parser.test.ts',
+      'test/nbd/request-parser-wait.test.ts',
+      'test/nbd/transmission.test.ts',
+    ],
     // Every unit test of the two modules, and of the socket tests those that parse and validate
     // requests: the server-lifecycle ones (close grace, flush failure, many connections) reach
     // the parser no differently and cost seconds per mutant.
@@ -69,6 +83,8 @@ export const groups = {
       'a parser stopped',
       'a bad magic',
       'random requests',
+      // request-parser-wait.test.ts
+      'RequestParser: WAIT',
       // transmission.test.ts
       'simple replies',
       'structured READ',
@@ -86,36 +102,23 @@ export const groups = {
       'DISC',
     ],
   },
-  fabric: {
-    mutate: ['src/fabric/codec.ts:171-249', 'src/fabric/external-region.ts:311-370'],
-    tests: ['test/fabric/codec.test.ts', 'test/fabric/fabric.test.ts'],
-    // The codec tests, and of the fabric tests those that write coded regions (writeBatch):
-    // the mirrored, plain and placement tests never reach the mutated code.
-    only: [
-      'any m lost',
-      'a stripe coded',
-      'ronomon',
-      'impossible geometries',
-      'a batch takes',
-      'zeroPage clears',
-      'coded 3\\+1: random',
-      'coded 4\\+2: losing two',
-    ],
+  codec: {
+    mutate: [span('src/fabric/codec.ts', 'reset')],
+    tests: ['test/fabric/codec.test.ts'],
   },
-  tier: {
-    mutate: ['src/tier/pager.ts:408-460', 'src/tier/file-store.ts:96-156', 'src/tier/file-store.ts:229-279'],
-    tests: ['test/tier/pager.test.ts', 'test/tier/file-store.test.ts'],
-    // Every file-store test; of the pager tests those that evict (the 4 GiB soak, the async
-    // loads and the option checks never reach a mutated line that the others do not).
+  fabric: {
+    mutate: [span('src/fabric/external-region.ts', 'writeBatch', 'loaded')],
+    tests: ['test/fabric/fabric.test.ts'],
+    // The tests that write coded regions: the mirrored, plain and placement tests never reach
+    // writeBatch.
+    only: ['coded 3\\+1: random', 'coded 4\\+2: losing two'],
+  },
+  pager: {
+    mutate: [span('src/tier/pager.ts', 'evict', 'findStored')],
+    tests: ['test/tier/pager.test.ts'],
+    // The tests that evict (the 4 GiB soak, the async loads and the option checks never reach
+    // a line of evict that the others do not).
     only: [
-      // file-store.test.ts (all of it)
-      'a ',
-      'an ',
-      'our own',
-      'short reads and short writes',
-      'unwritten and discarded',
-      'each slot has its own',
-      // pager.test.ts
       'reports a page written since epoch',
       'keeps the epoch of a page written as zeros',
       'drops a clean page',
@@ -126,5 +129,14 @@ export const groups = {
       'a frame shared by a fork',
       'counts zero pages dropped',
     ],
+  },
+  'file-store': {
+    // The I/O paths: read, write, discard, flush, close, and the loops that finish short
+    // reads and writes.
+    mutate: [
+      span('src/tier/file-store.ts', 'read', 'storeName'),
+      span('src/tier/file-store.ts', 'advanceRead'),
+    ],
+    tests: ['test/tier/file-store.test.ts'],
   },
 };

@@ -211,14 +211,83 @@ test('exhaustion raises POOL_EXHAUSTED and changes nothing', () => {
   checkPoolInvariants(pool, [space, child]);
 });
 
+test('a write one frame short fails with POOL_EXHAUSTED before writing any page', () => {
+  // Four pages to write, three frames free: whether the pages are unwritten, frames a fork
+  // shares from its own leaf, or a leaf the fork shares, the write must count all four up front.
+  const PAGE = 4096;
+  const cases: [string, (pool: FramePool) => AddressSpace[]][] = [
+    [
+      'unwritten pages',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: MiB });
+        space.write(100 * PAGE, Buffer.alloc(PAGE, 9));
+        return [space];
+      },
+    ],
+    [
+      'pages no leaf maps yet',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: 4 * MiB });
+        space.write(600 * PAGE, Buffer.alloc(PAGE, 9));
+        return [space];
+      },
+    ],
+    [
+      'frames shared with a fork',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: MiB });
+        space.write(0, Buffer.alloc(4 * PAGE, 9));
+        const fork = space.fork();
+        fork.write(100 * PAGE, Buffer.alloc(PAGE, 9)); // the fork copies the leaf
+        return [space, fork];
+      },
+    ],
+    [
+      'a leaf shared with a fork',
+      (pool) => {
+        const space = new AddressSpace(pool, { size: 4 * MiB });
+        space.write(0, Buffer.alloc(4 * PAGE, 9));
+        space.write(600 * PAGE, Buffer.alloc(PAGE, 9)); // another leaf
+        return [space, space.fork()];
+      },
+    ],
+  ];
+  const spacesOf = (name: string): number => (name.includes('fork') ? 2 : 1);
+  for (const [name, build] of cases) {
+    const pool = new FramePool({ capacity: (spacesOf(name) === 1 ? 4 : 8) * PAGE });
+    const spaces = build(pool);
+    const writer = spaces[0]!;
+    assert.equal(pool.free, 3, `${name}: three frames free`);
+    const before = spaces.map((space) => {
+      const bytes = Buffer.alloc(4 * PAGE);
+      space.read(0, bytes);
+      return bytes;
+    });
+    const used = pool.used;
+    assert.equal(
+      code(() => writer.write(0, Buffer.alloc(4 * PAGE, 1))),
+      ErrorCodes.POOL_EXHAUSTED,
+      name,
+    );
+    spaces.forEach((space, i) => {
+      const bytes = Buffer.alloc(4 * PAGE);
+      space.read(0, bytes);
+      assert.ok(bytes.equals(before[i]!), `${name}: space ${i} unchanged`);
+    });
+    assert.equal(pool.used, used, `${name}: no frame taken`);
+    checkPoolInvariants(pool, spaces);
+  }
+});
+
 test('a full pool still lets a space overwrite the pages it owns, in bulk and by scalar', () => {
   const pool = new FramePool({ capacity: 4 * 4096 });
   const space = new AddressSpace(pool, { size: MiB });
   space.write(0, Buffer.alloc(4 * 4096, 1));
   assert.equal(pool.free, 0);
   space.advanceEpoch(); // the next writes re-translate (and must not ask for a frame)
-  space.write(4096, Buffer.alloc(4096, 2));
+  space.write(0, Buffer.alloc(2 * 4096, 2)); // page 0 holds the pool's first frame
   space.writeU32(3 * 4096 + 8, 0xdeadbeef);
+  assert.equal(space.readU8(0), 2);
   assert.equal(space.readU8(4096), 2);
   assert.equal(space.readU32(3 * 4096 + 8), 0xdeadbeef);
   assert.equal(
@@ -337,4 +406,22 @@ test('every supported page size works, from 512 B to 64 KiB', () => {
     space.destroy();
     assert.equal(pool.used, 0);
   }
+});
+
+test('a fork that copies a shared leaf keeps every page epoch and retains only that leaf', () => {
+  const pool = new FramePool({ capacity: 64 * 4096 });
+  const a = new AddressSpace(pool, { size: MiB });
+  a.write(0, Buffer.alloc(4 * 4096, 1)); // leaf 1: pages 0-3
+  const b = new AddressSpace(pool, { size: MiB });
+  b.write(0, Buffer.alloc(4096, 2)); // leaf 2
+  const c = new AddressSpace(pool, { size: MiB });
+  c.write(0, Buffer.alloc(4096, 3)); // leaf 3: its first entry holds a frame
+  b.destroy(); // leaf 2 is free: the next leaf copy takes it, just below c's leaf
+  const written = a.epoch;
+  a.advanceEpoch();
+  const fork = a.fork();
+  fork.write(10 * 4096, Buffer.alloc(4096, 4)); // the fork copies leaf 1
+  for (let page = 0; page < 4; page++) assert.equal(fork.pageEpoch(page), written, `page ${page} epoch`);
+  assert.deepEqual(Array.from(fork.dirtyPages(written)), [0, 1, 2, 3, 10]);
+  checkPoolInvariants(pool, [a, fork, c]);
 });

@@ -247,3 +247,70 @@ test('a scan reports exactly the pages it examined, merged and zeroed', () => {
   assert.equal(merger.stats().pagesScanned, 10 + again.pagesScanned);
   checkPoolInvariants(pool, [parent]);
 });
+
+test('a leaf that forks share is scanned once a round, not once per space', () => {
+  const { merger, parent } = setup({ quietEpochs: 4 }); // every page stays volatile: examined, never merged
+  for (let p = 0; p < 8; p++) parent.write(p * PAGE, page(7, p));
+  const forks = [parent.fork(), parent.fork()]; // three spaces, one leaf
+  const result = merger.scan();
+  assert.equal(result.pagesScanned, 8, 'the shared leaf is examined once');
+  assert.equal(merger.stats().pagesVolatile, 8);
+  for (const fork of forks) fork.destroy();
+});
+
+test('a merge drops cached translations: a page merged away is never read through its freed frame', () => {
+  // Once a page that merges into another, once a written zero page: each scan frees one frame.
+  for (const merged of [page(5), Buffer.alloc(PAGE)]) {
+    const { pool, merger, parent } = setup();
+    parent.write(0, page(5));
+    parent.write(PAGE, merged);
+    const back = Buffer.alloc(PAGE);
+    for (let p = 0; p < 2; p++) parent.read(p * PAGE, back); // cache both translations
+    merger.scan();
+    assert.equal(pool.used, 1, 'one frame freed');
+    // The freed frame is the next one handed out: fill it with other bytes.
+    parent.write(3 * PAGE, page(9, 1));
+    parent.read(PAGE, back);
+    assert.ok(back.equals(merged), 'the merged page reads what was written');
+    parent.writeU8(PAGE + 1, 0xee); // a write through the merged page copies it
+    parent.read(0, back);
+    assert.ok(back.equals(page(5)), 'page 0 is unchanged');
+    checkPoolInvariants(pool, [parent]);
+  }
+});
+
+test('with quietMs, a page merges once that long has passed since the scan after its write', async () => {
+  const { merger, parent } = setup({ quietEpochs: 0, quietMs: 1 });
+  const other = new AddressSpace(parent.pool, { size: 1024 * PAGE });
+  merger.register(other);
+  parent.write(0, page(5));
+  other.write(0, page(5));
+  merger.scan(); // begins the epoch after the writes; they may still be too recent
+  // Wait on the clock itself (not a margin): until more than quietMs has passed.
+  const since = performance.now();
+  while (performance.now() - since <= 1) await new Promise((resolve) => setTimeout(resolve, 1));
+  merger.scan();
+  assert.equal(parent.frameAt(0), other.frameAt(0), 'quiet long enough: merged');
+});
+
+test('a copy-on-write break counts as a merged break only for a merged frame', () => {
+  const { pool, merger, parent } = setup();
+  parent.write(0, page(5, 1));
+  const fork = parent.fork();
+  fork.write(0, page(6, 1)); // copies a frame the fork shares, which no merge made
+  assert.equal(pool.cowCopies, 1);
+  assert.equal(merger.stats().cowBreaks, 0);
+});
+
+test('a merged frame that is freed leaves the index: the frame, handed out again, merges as usual', () => {
+  const { pool, merger, parent } = setup();
+  parent.write(0, page(5));
+  merger.scan(); // page 0's frame is indexed
+  parent.trim(0, PAGE); // and freed
+  parent.write(PAGE, page(6)); // takes the freed frame
+  parent.write(2 * PAGE, page(6));
+  merger.scan();
+  assert.equal(parent.frameAt(1), parent.frameAt(2), 'the two identical pages merged');
+  assert.equal(pool.used, 1);
+  checkPoolInvariants(pool, [parent]);
+});

@@ -269,10 +269,14 @@ function run(
   assert.equal(pool.leaves.live, 0, 'and every leaf');
 }
 
+// `npm run test:mutation` runs this file once per mutant: fewer runs there (each still up to 60
+// random operations), the full count in the normal suite.
+const MUTATION_RUN = process.env.MUTATION === '1';
+
 test('address spaces agree with a naive model under random operations (one leaf, roomy pool)', () => {
   fc.assert(
     fc.property(fc.array(opArb, { maxLength: 60 }), (ops) => run(ops, 40, 4096)),
-    { numRuns: 150 },
+    { numRuns: MUTATION_RUN ? 60 : 150 },
   );
 });
 
@@ -282,6 +286,6 @@ test('address spaces agree with a naive model across several leaves, a pool that
       // A hash with four values: most different pages collide, so only the byte compare keeps them apart.
       run(ops, 1100, capacity, (page) => page[0]! & 3),
     ),
-    { numRuns: 80 },
+    { numRuns: MUTATION_RUN ? 40 : 80 },
   );
 });

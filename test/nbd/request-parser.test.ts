@@ -200,6 +200,7 @@ test('random requests, chunkings and pauses: the sink sees exactly the model, in
         assert.equal(parser.heldBytes, 0);
       },
     ),
-    { numRuns: 300 },
+    // Fewer under `npm run test:mutation`, which runs this once per mutant.
+    { numRuns: process.env.MUTATION === '1' ? 100 : 300 },
   );
 });

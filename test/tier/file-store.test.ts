@@ -55,6 +55,7 @@ class FaultyLayer implements FileLayer {
   onRead: ((position: number, length: number) => number | Error | undefined) | undefined;
   onWrite: ((position: number, length: number) => number | Error | undefined) | undefined;
   failDatasync = false;
+  failTruncate = false;
   /** Offer a blocking readSync too (the real layer does; the store then reads through it). */
   syncReads = false;
   reads = 0;
@@ -90,7 +91,10 @@ class FaultyLayer implements FileLayer {
         if (fault !== undefined) return { bytesWritten: fault };
         return real.write(buffer, offset, Math.min(length, this.writeBytesMax), position);
       },
-      truncate: (length) => real.truncate(length),
+      truncate: async (length) => {
+        if (this.failTruncate) throw eio('ftruncate');
+        await real.truncate(length);
+      },
       datasync: async () => {
         if (this.failDatasync) throw eio('fdatasync');
         await real.datasync();
@@ -514,4 +518,18 @@ test('each slot has its own written bit: neighbours across a byte of the bitmap 
     assert.ok(back.equals(expected), `slot ${slot}`);
   }
   assert.equal(layer.reads - reads, pages.size, 'only written slots were read from the file');
+});
+
+test('close closes the file, and a failure to truncate it is STORE_FAILED naming the path (the file is closed still)', async (t) => {
+  const path = tempPath(t);
+  const layer = new FaultyLayer();
+  const store = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer });
+  await store.write(0, randomBytes(PAGE_SIZE));
+  await store.close();
+  assert.equal(layer.openHandles, 0, 'closed');
+  const failing = await FilePageStore.open({ path, pageSize: PAGE_SIZE, capacity: CAPACITY, layer });
+  await failing.write(0, randomBytes(PAGE_SIZE));
+  layer.failTruncate = true;
+  await assert.rejects(failing.close(), typedError(ErrorCodes.STORE_FAILED, path, 'truncating', 'EIO'));
+  assert.equal(layer.openHandles, 0, 'closed after the failure too');
 });
