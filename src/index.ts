@@ -60,6 +60,8 @@ export {
   NbdConnectionGroup,
   NbdRequestError,
   NbdOptionError,
+  parseNbdUri,
+  type NbdUri,
   errnoForError,
   parsePskFile,
   formatPskLine,
@@ -109,6 +111,9 @@ export {
   MemoryPageStore,
   FilePageStore,
   FabricPageStore,
+  NbdPageStore,
+  inspectNbdStore,
+  readSlots,
   STORE_SIZE_DEFAULT,
   PREFETCH_DEFAULT,
   EVICT_BATCH_DEFAULT,
@@ -117,6 +122,9 @@ export {
   type PageStore,
   type StoreSpec,
   type StoreChannelStats,
+  type NbdStoreSpec,
+  type NbdStoreExport,
+  type NbdStoreTls,
 } from './tier/index.js';
 export { type MigrateOptions, type MigrationStatus, type MigrationState } from './appliance/migration.js';
 export { type MovedTo } from './appliance/region.js';
@@ -129,3 +137,4 @@ export {
   type ClaimChunkOptions,
   type SubAllocatorOptions,
 } from './fabric/suballocation.js';
+export * from './heap/index.js';

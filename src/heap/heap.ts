@@ -19,7 +19,7 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import { HeapAllocator, type AllocatorStats, type AllocatorCheckResult } from './allocator.js';
-import { HeapImage, type CheckpointReport, type HeapImageOptions, type HeapImageStats } from './image.js';
+import { HeapImage, type CheckpointReport, type CompactReport, type HeapImageOptions, type HeapImageStats } from './image.js';
 import type { HeapMemory } from './memory.js';
 
 const HEADER_MAGIC = 0x50414548; // "HEAP" little-endian
@@ -94,6 +94,21 @@ export class Heap implements HeapMemory {
       await image.close({ checkpoint: false }).catch(() => undefined);
       throw error;
     }
+  }
+
+  /**
+   * Gives a heap's free space back to the file system: frees the allocator's free runs (they
+   * become holes), then rewrites the image compactly (HeapImage.compact). Run it on a heap no
+   * process has open.
+   */
+  static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
+    const heap = await Heap.open({ ...options, checkpointIntervalMs: 0 });
+    try {
+      heap.allocator.trimFree();
+    } finally {
+      await heap.close();
+    }
+    return HeapImage.compact(options);
   }
 
   /** The heap's address space: byte addresses, typed accessors (see AddressSpace). */

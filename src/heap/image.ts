@@ -32,7 +32,7 @@
  * map's checksums, and maps every stored page as a swapped entry: no data page is read until
  * the program touches it, and each is checked against its checksum when it is.
  */
-import { open as openFile, unlink, type FileHandle } from 'node:fs/promises';
+import { open as openFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { parseSize } from '../size.js';
@@ -41,7 +41,8 @@ import { PAGE_SIZE_DEFAULT, ZERO_FRAME } from '../memory/frame-pool.js';
 import { swappedEntry } from '../memory/paging.js';
 import { filePathError } from '../paths.js';
 import { Pager } from '../tier/pager.js';
-import type { StoreSpec } from '../tier/page-store.js';
+import type { NbdStoreTls, StoreSpec } from '../tier/page-store.js';
+import { NbdPageStore, inspectNbdStore, readSlots, type NbdStoreSpec } from '../tier/nbd-store.js';
 import { STORE_SLOTS_MAX } from '../tier/store-guard.js';
 import { PageMap, SLOT_HOLE, SLOT_ZERO } from './page-map.js';
 import {
@@ -61,8 +62,13 @@ export const HEAP_BUDGET_DEFAULT = '64MiB';
 const STAGE_BATCH = 256;
 
 export interface HeapImageOptions {
-  /** The image file. */
+  /**
+   * The image: a local file, or an NBD export by URL (`nbd://host:port/export`, `nbds://…` with
+   * `tls`), such as a region of a memfabric appliance. Forks and compaction need a file.
+   */
   path: string;
+  /** TLS credentials for an `nbds://` image (see the 'nbd' page store). */
+  tls?: NbdStoreTls;
   /** Resident memory: the most bytes of the heap kept in memory at once. Default 64 MiB. */
   budget?: number | string;
   /** Create only: the heap's address-space size. Default 1 TiB (sparse: unused space costs nothing). */
@@ -91,6 +97,13 @@ export interface CheckpointReport {
   pauseMs: number;
   /** From the call to the commit, in milliseconds. */
   durationMs: number;
+}
+
+export interface CompactReport {
+  beforeBytes: number;
+  afterBytes: number;
+  /** Stored pages copied. */
+  pages: number;
 }
 
 export interface HeapImageStats {
@@ -191,6 +204,10 @@ export class HeapImage {
       usedBytes: 0,
       pins: [],
     };
+    if (isNbdUrl(options.path)) {
+      await createOnExport(nbdSpec(options), block);
+      return HeapImage.open(options);
+    }
     const handle = await createExclusive(options.path);
     try {
       // Both superblock slots, the second all zeros: the image is two pages long from the start.
@@ -209,17 +226,19 @@ export class HeapImage {
   /** Opens an existing image at its last committed checkpoint. */
   static async open(options: HeapImageOptions): Promise<HeapImage> {
     checkPath(options.path);
-    const probe = await probeImage(options.path);
+    const url = isNbdUrl(options.path);
+    const probe = url ? await probeExport(nbdSpec(options)) : await probeImage(options.path);
     const { block } = probe;
     if (options.pageSize !== undefined && options.pageSize !== block.pageSize) {
       throw invalidArgument(`${options.path} has ${block.pageSize}-byte pages, not ${options.pageSize}`);
     }
     const pageSize = block.pageSize;
-    const capacity = Math.min(
+    let capacity = Math.min(
       STORE_SLOTS_MAX - 1,
       block.baseSlots + Math.max(1024, 2 * Math.ceil(block.size / pageSize) + 2),
     );
-    const store: StoreSpec = {
+    if (url) capacity = Math.min(capacity, (await inspectNbdStore(nbdSpec(options), pageSize)).capacity);
+    const store: StoreSpec = url ? nbdSpec(options) : {
       kind: 'image',
       path: options.path,
       ...(options.readOnly ? { readOnly: true } : {}),
@@ -271,6 +290,58 @@ export class HeapImage {
     } catch (error) {
       space?.destroy();
       await pager.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Rewrites the image at `path` compactly and gives the freed space back to the file system:
+   * a new image in the same directory receives every stored page, in order, then replaces the
+   * old one by an atomic rename (a crash before it leaves the old image intact; the stray
+   * `.compact` file can be deleted). A fork's compacted image holds all of its pages and no
+   * longer needs its base. Refuses an image whose pages forks still read (release them first).
+   */
+  static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
+    checkPath(options.path);
+    if (isNbdUrl(options.path)) {
+      throw invalidArgument(`compaction rewrites a file; ${options.path} is an NBD export (its size is the export's)`);
+    }
+    const budget = options.budget ?? HEAP_BUDGET_DEFAULT;
+    const beforeBytes = (await stat(options.path)).size;
+    const source = await HeapImage.open({ path: options.path, budget, readOnly: true });
+    const temporary = `${options.path}.compact`;
+    let target: HeapImage | undefined;
+    try {
+      if (source.block.pins.length > 0) {
+        throw invalidArgument(
+          `${options.path} has ${source.block.pins.length} fork(s) reading its pages; release them (releaseFork) before compacting`,
+        );
+      }
+      await unlink(temporary).catch(() => undefined);
+      target = await HeapImage.create({ path: temporary, budget, size: source.size, pageSize: source.pageSize });
+      const page = new Uint8Array(source.pageSize);
+      const pages: number[] = [];
+      source.map.forEachEntry((heapPage) => pages.push(heapPage));
+      for (const heapPage of pages) {
+        const at = heapPage * source.pageSize;
+        if (source.map.slotWord(heapPage) === SLOT_ZERO) {
+          target.space.writeZeroes(at, source.pageSize);
+        } else {
+          await source.space.readAsync(at, page);
+          await target.space.writeAsync(at, page);
+        }
+      }
+      await target.checkpoint(source.block.usedBytes);
+      await target.close({ checkpoint: false });
+      target = undefined;
+      await source.close();
+      await rename(temporary, options.path);
+      await syncDirectory(dirname(options.path));
+      return { beforeBytes, afterBytes: (await stat(options.path)).size, pages: pages.length };
+    } catch (error) {
+      await target?.close({ checkpoint: false }).catch(() => undefined);
+      await unlink(temporary).catch(() => undefined);
+      if (!source.isClosed) await source.close().catch(() => undefined);
       throw error;
     }
   }
@@ -754,6 +825,65 @@ async function probeImage(path: string): Promise<Probe> {
   } finally {
     await handle.close();
   }
+}
+
+function isNbdUrl(path: string): boolean {
+  return /^nbds?:\/\//i.test(path);
+}
+
+function nbdSpec(options: HeapImageOptions): NbdStoreSpec {
+  return { kind: 'nbd', url: options.path, ...(options.tls ? { tls: options.tls } : {}) };
+}
+
+/**
+ * Creates an image on an NBD export: only where its first two pages are zeros (a fresh
+ * appliance region), so a heap is never written over data (HEAP_EXISTS otherwise).
+ */
+async function createOnExport(spec: NbdStoreSpec, block: Superblock): Promise<void> {
+  const pageSize = block.pageSize;
+  const head = await readSlots(spec, pageSize, 0, 2);
+  if (!head.every((byte) => byte === 0)) {
+    throw new MemfabricError(
+      ErrorCodes.HEAP_EXISTS,
+      `${spec.url} already holds data in its first two pages; it was left untouched: open it with Heap.open, ` +
+        'or use a fresh region (its first pages zeros)',
+    );
+  }
+  const store = await NbdPageStore.open(spec, { pageSize, capacity: 2 });
+  try {
+    await store.write(0, encodeSuperblock(block, pageSize));
+    await store.write(1, new Uint8Array(pageSize));
+    await store.flush();
+  } finally {
+    await store.close();
+  }
+}
+
+/** probeImage for an NBD export: the first superblock, else the second at each page size. */
+async function probeExport(spec: NbdStoreSpec): Promise<Probe> {
+  const a = decodeSuperblock(await readSlots(spec, SUPERBLOCK_BYTES, 0, 1));
+  if (a.kind === 'valid') return { block: a.block, slot: 0 };
+  let allEmpty = a.kind === 'empty';
+  for (let pageSize = SUPERBLOCK_BYTES; pageSize <= 65536; pageSize *= 2) {
+    let second: Uint8Array;
+    try {
+      second = await readSlots(spec, pageSize, 1, 1);
+    } catch {
+      break; // the export ends before this page size's second slot
+    }
+    const b = decodeSuperblock(second.subarray(0, SUPERBLOCK_BYTES));
+    if (b.kind === 'valid' && b.block.pageSize === pageSize) return { block: b.block, slot: 1 };
+    if (b.kind === 'newer') chooseSuperblock(spec.url, a, b);
+    if (b.kind !== 'empty') allEmpty = false;
+  }
+  if (allEmpty) {
+    throw new MemfabricError(
+      ErrorCodes.HEAP_FOREIGN,
+      `${spec.url} holds no heap image (its first pages are zeros); create one with Heap.create`,
+    );
+  }
+  chooseSuperblock(spec.url, a, { kind: 'empty' });
+  throw new MemfabricError(ErrorCodes.HEAP_CORRUPT, `${spec.url}: no valid superblock`);
 }
 
 /** Creates `path` for writing, refusing (HEAP_EXISTS) if anything is there. */

@@ -207,6 +207,8 @@ export class PageMap {
           const i = next++;
           const slot = words[2 * i]!;
           const expected = words[2 * i + 1]!;
+          // A map page never written covers only holes: its entries stay zero.
+          if (slot === SLOT_HOLE) continue;
           if (slot < 2)
             throw corrupt(
               `${where}: map page ${i} of level ${level} names slot ${slot}, which holds no map page`,

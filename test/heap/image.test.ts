@@ -274,3 +274,18 @@ test('a checkpoint that fails on a dying disk rejects with CHECKPOINT_FAILED; re
   assert.deepEqual(Buffer.from(back), seededBytes(1, 10 * PAGE));
   await again.close();
 });
+
+test('a sparse heap (map pages that cover only holes) reopens', async () => {
+  const path = fresh();
+  const heap = await HeapImage.create({ path, budget: '256KiB', size: '1GiB' });
+  heap.space.writeU32(0, 11);
+  heap.space.writeU32(5000 * PAGE, 22); // map pages 1 to 8 cover nothing but holes
+  heap.space.writeU32(200_000 * PAGE, 33);
+  await heap.close();
+  const again = await HeapImage.open({ path, budget: '256KiB' });
+  assert.equal(again.space.readU32(0), 11);
+  assert.equal(again.space.readU32(5000 * PAGE), 22);
+  assert.equal(again.space.readU32(200_000 * PAGE), 33);
+  assert.equal(again.space.readU32(3000 * PAGE), 0);
+  await again.close();
+});
