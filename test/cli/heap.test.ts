@@ -269,6 +269,8 @@ test('info shows the forks a heap pins and the base of a fork; compact refuses a
   const childPath = fresh();
   const parent = await Heap.create({ path: parentPath, size: '64MiB', checkpointIntervalMs: 0 });
   parent.setRoot('shared', parent.alloc(64));
+  // A whole free page run: what compact would trim (and so commit) if it did not refuse first.
+  parent.free(parent.alloc(64 * 1024));
   await parent.fork(childPath);
   const [pinned] = parent.forks();
   await parent.close();
@@ -291,4 +293,8 @@ test('info shows the forks a heap pins and the base of a fork; compact refuses a
   const before = snapshot(parentPath);
   assertFails(await heap('compact', parentPath), ErrorCodes.INVALID_ARGUMENT, /release them/);
   assert.ok(snapshot(parentPath).bytes.equals(before.bytes), 'a refused compact leaves the image as it was');
+  assert.equal(
+    JSON.parse((await heap('info', parentPath, '--json')).stdout).generation,
+    parentInfo.generation,
+  );
 });
