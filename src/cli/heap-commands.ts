@@ -20,6 +20,9 @@ import type { AllocatorStats } from '../heap/allocator.js';
 import { formatSize, parseSize } from '../size.js';
 import { describeError } from './describe-error.js';
 
+/** An image on an NBD export (Heap.open takes these too): nothing to stat. */
+const NBD_URL = /^nbds?:\/\//i;
+
 export const EXIT_PROBLEMS = 1;
 export const EXIT_USAGE = 2;
 
@@ -35,9 +38,12 @@ export interface HeapInfo {
   checkpointDate: string;
   /** True for an image whose creator never committed a checkpoint: an empty heap. */
   empty: boolean;
-  /** The file's length, and the bytes the file system has allocated to it (it is sparse). */
-  fileBytes: number;
-  diskBytes: number;
+  /**
+   * The file's length, and the bytes the file system has allocated to it (it is sparse); null
+   * for an image on an NBD export, which has no file here.
+   */
+  fileBytes: number | null;
+  diskBytes: number | null;
   /** Highest image slot ever used, times the page size. */
   imageBytes: number;
   /** Pages the committed checkpoint names, and their bytes: what a compact image would hold. */
@@ -117,7 +123,7 @@ export async function heapCreate(options: {
 export async function heapInfo(path: string, budget?: number): Promise<HeapInfo> {
   const describe = async (image: HeapImage, heap: Heap | undefined): Promise<HeapInfo> => {
     const stats = image.stats();
-    const file = await stat(path);
+    const file = NBD_URL.test(path) ? undefined : await stat(path);
     return {
       path,
       pageSize: stats.pageSize,
@@ -126,8 +132,8 @@ export async function heapInfo(path: string, budget?: number): Promise<HeapInfo>
       checkpointTime: image.checkpointTime,
       checkpointDate: new Date(image.checkpointTime).toISOString(),
       empty: heap === undefined,
-      fileBytes: file.size,
-      diskBytes: file.blocks * 512,
+      fileBytes: file === undefined ? null : file.size,
+      diskBytes: file === undefined ? null : file.blocks * 512,
       imageBytes: stats.imageBytes,
       storedPages: stats.storedPages,
       storedBytes: stats.storedPages * stats.pageSize,
@@ -179,8 +185,10 @@ export function formatHeapInfo(info: HeapInfo): string {
     ],
     [
       'image',
-      `${formatSize(info.diskBytes)} on disk (file ${formatSize(info.fileBytes)}), ` +
-        `${info.storedPages} pages stored (${formatSize(info.storedBytes)})`,
+      (info.fileBytes === null || info.diskBytes === null
+        ? `on an NBD export, ${formatSize(info.imageBytes)} used`
+        : `${formatSize(info.diskBytes)} on disk (file ${formatSize(info.fileBytes)})`) +
+        `, ${info.storedPages} pages stored (${formatSize(info.storedBytes)})`,
     ],
   ];
   const a = info.allocator;

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { Heap } from '../../src/heap/heap.js';
 import { HeapImage } from '../../src/heap/image.js';
@@ -297,4 +298,31 @@ test('info shows the forks a heap pins and the base of a fork; compact refuses a
     JSON.parse((await heap('info', parentPath, '--json')).stdout).generation,
     parentInfo.generation,
   );
+});
+
+test('info and check read a heap on an appliance region by NBD URL', async (t) => {
+  const appliance = await Appliance.start({
+    memory: '64MiB',
+    nbd: { host: '127.0.0.1', port: 0 },
+    http: { host: '127.0.0.1', port: 0 },
+    merge: false,
+    defaultRegion: false,
+  });
+  t.after(() => appliance.stop());
+  await appliance.registry.create({ name: 'heap', size: '32MiB' });
+  const url = `nbd://127.0.0.1:${appliance.nbdAddress.port}/heap`;
+  const h = await Heap.create({ path: url, size: '8MiB', checkpointIntervalMs: 0 });
+  h.setRoot('object', h.alloc(1000));
+  const root = h.root('object');
+  await h.close();
+
+  const info = await heap('info', url, '--json');
+  assert.equal(info.code, 0, info.stderr);
+  const parsed = JSON.parse(info.stdout);
+  assert.equal(parsed.fileBytes, null);
+  assert.equal(parsed.diskBytes, null);
+  assert.deepEqual(parsed.roots, { object: root });
+  assert.match((await heap('info', url)).stdout, /^ {2}image +on an NBD export, /m);
+  const checked = await heap('check', url);
+  assert.equal(checked.code, 0, checked.stdout + checked.stderr);
 });
