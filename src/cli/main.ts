@@ -17,6 +17,8 @@ import {
 } from './admin-commands.js';
 import { registerMigrateCommand } from './migrate-command.js';
 import { registerChunkCommands } from './chunk-commands.js';
+import { registerHeapCommands } from './heap-commands.js';
+import { describeError } from './describe-error.js';
 import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
 function sizeOption(value: string): number {
@@ -189,12 +191,13 @@ appliance(program.command('stats'))
   .action(async (options: CredentialOptions) => {
     console.log(JSON.stringify(await applianceStats(await adminTargetFor(options)), null, 2));
   });
+registerHeapCommands(program);
 
 try {
   await program.parseAsync(process.argv);
 } catch (error) {
   if (error instanceof MemfabricError) {
-    console.error(`memfabric: ${error.message} (${error.code})`);
+    console.error(describeError(error));
     process.exit(2);
   }
   throw error;

@@ -109,6 +109,15 @@ export class Heap implements HeapMemory {
    */
   static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
     const heap = await Heap.open({ ...options, checkpointIntervalMs: 0 });
+    const forks = heap.forks().length;
+    if (forks > 0) {
+      // Refused before trimming: trimming and closing would commit a checkpoint, and a refused
+      // compact must leave the image as it was.
+      await heap.close({ checkpoint: false });
+      throw invalidArgument(
+        `${options.path} has ${forks} fork(s) reading its pages; release them (releaseFork) before compacting`,
+      );
+    }
     try {
       heap.allocator.trimFree();
     } finally {
