@@ -23,8 +23,11 @@ import { describeError } from './describe-error.js';
 /** An image on an NBD export (Heap.open takes these too): nothing to stat. */
 const NBD_URL = /^nbds?:\/\//i;
 
+/** `heap check` found problems in the image. */
 export const EXIT_PROBLEMS = 1;
+/** A usage error, or a command that failed (a MemfabricError): 2, as for every memfabric command. */
 export const EXIT_USAGE = 2;
+export const EXIT_ERROR = 2;
 
 export interface HeapInfo {
   path: string;
@@ -242,7 +245,7 @@ function sizeOption(value: string): number {
 
 /**
  * Runs a heap command's action: a MemfabricError is reported (message and code on stderr) and
- * exits 1; anything else is a bug and propagates.
+ * exits 2, as every memfabric command does; anything else is a bug and propagates.
  */
 function action<A extends unknown[]>(run: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
@@ -251,7 +254,7 @@ function action<A extends unknown[]>(run: (...args: A) => Promise<void>): (...ar
     } catch (error) {
       if (!(error instanceof MemfabricError)) throw error;
       console.error(describeError(error));
-      process.exitCode = EXIT_PROBLEMS;
+      process.exitCode = EXIT_ERROR;
     }
   };
 }
@@ -261,7 +264,7 @@ export function registerHeapCommands(program: Command): void {
   const heap = program
     .command('heap')
     .description('create, inspect, check and compact a persistent heap image')
-    // Usage errors exit 2, apart from 1 (a problem found, or a command that failed).
+    // Usage errors exit 2 (like failed commands); 1 means `heap check` found problems.
     // Set before the subcommands are added: they inherit it.
     .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_USAGE));
   heap

@@ -59,7 +59,7 @@ function assertUntouched(path: string, before: { bytes: Buffer; mtimeMs: number 
 }
 
 function assertFails(run: Run, code: string, pattern?: RegExp): void {
-  assert.equal(run.code, 1, `${run.stdout}${run.stderr}`);
+  assert.equal(run.code, 2, `${run.stdout}${run.stderr}`);
   assert.match(run.stderr, new RegExp(`^memfabric: .*\\(${code}\\)$`, 'm'));
   if (pattern) assert.match(run.stderr, pattern);
 }
@@ -188,7 +188,7 @@ test('check names the page whose stored bytes no longer match their checksum', a
   assert.match(json.problems[0], new RegExp(`^page ${page} .*checksum`));
 });
 
-test('a foreign file, a truncated image and a missing one: exit 1 with the error and its code', async () => {
+test('a foreign file, a truncated image and a missing one: exit 2 with the error and its code', async () => {
   const foreign = fresh();
   writeFileSync(foreign, seededBytes(7, 20_000));
   const before = snapshot(foreign);
