@@ -137,8 +137,12 @@ export class PageMap {
     const levels = this.levelsFor(this.pages);
     if (levels === 0) return { root: { slot: SLOT_HOLE, checksum: 0, levels: 0 }, replaced, written };
     this.ensureLevels(levels);
-    // A taller tree than the committed one: the new upper pages must all be written.
-    for (let level = Math.max(1, this.levels + 1); level <= levels; level++) this.dirty[level]!.fill(1);
+    // A taller tree than the committed one: its new upper pages must all be written (they name
+    // the pages below). Level 1 never needs this: a level-1 page with entries is dirty already,
+    // and one covering only holes is never written (its parent's entry stays 0).
+    for (let level = Math.max(2, this.levels + 1); level <= levels; level++) {
+      this.dirty[level]!.fill(1, 0, this.nodesAt(level));
+    }
     const page = Buffer.alloc(this.pageSize);
     for (let level = 1; level <= levels; level++) {
       const count = this.nodesAt(level);
