@@ -139,4 +139,15 @@ export const groups = {
     ],
     tests: ['test/tier/file-store.test.ts'],
   },
+  heap: {
+    // The heap's on-disk format (issue 9): the page map a checkpoint writes and an open reads
+    // back, and the superblocks' decoding and choice. Not in the default run (which is scoped to
+    // the modules of issue 15 and its 30 minutes): `npm run test:mutation -- heap`.
+    extra: true,
+    mutate: [
+      span('src/heap/page-map.ts', 'slotWord'),
+      span('src/heap/superblock.ts', 'encodeSuperblock'),
+    ],
+    tests: ['test/heap/page-map.test.ts'],
+  },
 };

@@ -433,7 +433,11 @@ export class HeapAllocator implements HeapAllocatorApi {
 
   alloc(bytes: number): number {
     const sizes = this.sizes;
-    if (bytes >>> 0 !== bytes || bytes > sizes.maxSmall) return this.allocLarge(bytes);
+    // A whole number of pages gets a page run, so it starts on a page boundary: collections ask
+    // for page-sized nodes and read them in place only when a node is one page, not two halves.
+    if (bytes >>> 0 !== bytes || bytes > sizes.maxSmall || (bytes !== 0 && bytes % this.pageSize === 0)) {
+      return this.allocLarge(bytes);
+    }
     const sp = this.space;
     const c = sizes.byUnits[(bytes + ALIGN - 1) >>> 4]!;
     const headAt = this.base + H_CLASS_HEADS + 4 * c;

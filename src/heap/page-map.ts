@@ -60,6 +60,11 @@ export class PageMap {
     return page < this.pages ? this.words[0]![2 * page + 1]! : 0;
   }
 
+  /** The entries of pages [0, pages) as (slot word, checksum) pairs: a view, not a copy. */
+  entryWords(): Uint32Array {
+    return this.words[0]!.subarray(0, 2 * this.pages);
+  }
+
   /** Sets page `page`'s entry, growing the map to cover it. */
   set(page: number, slotWord: number, checksum: number): void {
     if (page >= this.pages) this.cover(page + 1);

@@ -5,14 +5,9 @@
  * a TypeError from deep inside a store.
  */
 import { invalidArgument } from '../errors.js';
-import { FabricPageStore } from './fabric-store.js';
-import { FilePageStore } from './file-store.js';
-import { ImagePageStore } from './image-store.js';
-import { MemoryPageStore } from './memory-store.js';
-import { NbdPageStore } from './nbd-store.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { checkStoreGeometry } from './store-guard.js';
-import { TestPageStore } from './test-store.js';
+
 
 export interface OpenStoreOptions {
   /** Bytes per slot: a power of two from 512 to 65536 (the pager's page size). */
@@ -32,15 +27,21 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
   }
   const kind: unknown = spec.kind;
   switch (spec.kind) {
-    case 'memory':
+    // Each store's module is loaded when a spec names it: the pager's worker thread starts by
+    // opening its store, and loading every store (the fabric's and NBD clients among them)
+    // would cost each start, a heap's reopen included, tens of milliseconds.
+    case 'memory': {
+      const { MemoryPageStore } = await import('./memory-store.js');
       return new MemoryPageStore(geometry);
-    case 'file':
+    }
+    case 'file': {
       if (spec.directory !== undefined) {
         if (typeof spec.directory !== 'string' || spec.directory === '' || spec.path !== undefined) {
           throw invalidArgument(
             "a 'file' page store takes directory (a non-empty string, for a temporary swap file) or path, not both",
           );
         }
+        const { FilePageStore } = await import('./file-store.js');
         return FilePageStore.open({ directory: spec.directory, ...geometry });
       }
       if (typeof spec.path !== 'string' || spec.path === '') {
@@ -48,10 +49,15 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
           "a 'file' page store needs path (the swap file to create or reuse) or directory (for a temporary one)",
         );
       }
+      const { FilePageStore } = await import('./file-store.js');
       return FilePageStore.open({ path: spec.path, ...geometry });
-    case 'fabric':
+    }
+    case 'fabric': {
+      const { FabricPageStore } = await import('./fabric-store.js');
       return FabricPageStore.open(spec, geometry);
-    case 'image':
+    }
+    case 'image': {
+      const { ImagePageStore } = await import('./image-store.js');
       return ImagePageStore.open({
         path: spec.path,
         ...geometry,
@@ -60,10 +66,15 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
         ...(spec.powerLoss ? { powerLoss: spec.powerLoss } : {}),
         ...(spec.failWritesAfter === undefined ? {} : { failWritesAfter: spec.failWritesAfter }),
       });
-    case 'nbd':
+    }
+    case 'nbd': {
+      const { NbdPageStore } = await import('./nbd-store.js');
       return NbdPageStore.open(spec, geometry);
-    case 'test':
+    }
+    case 'test': {
+      const { TestPageStore } = await import('./test-store.js');
       return new TestPageStore(spec, geometry);
+    }
     default:
       throw invalidArgument(
         `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'nbd', 'image', 'test'`,

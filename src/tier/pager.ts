@@ -426,6 +426,31 @@ export class Pager implements PagingBackend {
     if (this.checksums && checksum !== undefined) this.recordSum(slot, checksum);
   }
 
+  /**
+   * adoptSlot for a whole page map at once: `times` references on every slot word
+   * `words[2·i]` >= `first` (i below `count`), each with the checksum `words[2·i + 1]`.
+   */
+  adoptMapped(words: Uint32Array, count: number, first: number, times: number): void {
+    this.assertOpen();
+    this.slots.adoptMany(words, 2, count, first, times);
+    if (!this.checksums) return;
+    for (let i = 0; i < count; i++) {
+      const slot = words[2 * i]!;
+      if (slot < first) continue;
+      if (slot >= this.slotSums.length) this.recordSum(slot, words[2 * i + 1]!);
+      else {
+        this.slotSums[slot] = words[2 * i + 1]!;
+        this.sumKnown[slot] = 1;
+      }
+    }
+  }
+
+  /** One reference on each slot in [first, end): a fork's base slots, never to be handed out. */
+  adoptRange(first: number, end: number): void {
+    this.assertOpen();
+    this.slots.adoptRange(first, end);
+  }
+
   /** Ends adoption: every slot nothing adopted is free for new pages. */
   sealAdopted(): void {
     this.slots.sealAdopted();

@@ -96,6 +96,34 @@ export class SwapSlots {
     this.refs[slot]!++;
   }
 
+  /** adopt() of every slot in [first, end), with one growth of the arrays. */
+  adoptRange(first: number, end: number): void {
+    if (end <= first) return;
+    this.adopt(end - 1);
+    this.refs[end - 1]!--;
+    for (let slot = first; slot < end; slot++) this.refs[slot]!++;
+  }
+
+  /**
+   * adopt() for many slots at once: `times` references on each slot word `words[stride·i]`
+   * that names a slot (>= `first`), for i below `count`. One growth of the arrays, one loop.
+   */
+  adoptMany(words: Uint32Array, stride: number, count: number, first: number, times: number): void {
+    let highest = -1;
+    for (let i = 0; i < count; i++) {
+      const slot = words[stride * i]!;
+      if (slot >= first && slot > highest) highest = slot;
+    }
+    if (highest < 0) return;
+    this.adopt(highest);
+    this.refs[highest]!--;
+    const refs = this.refs;
+    for (let i = 0; i < count; i++) {
+      const slot = words[stride * i]!;
+      if (slot >= first) refs[slot]! += times;
+    }
+  }
+
   /** Ends adoption: every slot below the high-water mark with no reference becomes free, lowest first out. */
   sealAdopted(): void {
     for (let slot = this.top - 1; slot >= 0; slot--) {
