@@ -5,16 +5,17 @@
  * `node --import tsx bench/heap-collections.bench.ts [--quick]`.
  */
 import { AddressSpace, FramePool } from '../src/index.js';
+import { HeapAllocator } from '../src/heap/allocator.js';
 import { HeapBTree } from '../src/heap/btree.js';
 import { HeapHashMap } from '../src/heap/hash-map.js';
 import type { HeapMemory } from '../src/heap/memory.js';
-import { TestAllocator } from '../test/heap/colls-test-allocator.js';
 import type { BenchContext, Suite } from './harness.js';
 
 function memory(): HeapMemory {
   const pool = new FramePool({ pageSize: 4096, capacity: '1GiB' });
   const space = new AddressSpace(pool, { size: '16GiB' });
-  return { space, allocator: new TestAllocator(space) };
+  // The heap's real allocator, formatted from the second page (page 0 left as a header would be).
+  return { space, allocator: HeapAllocator.format(space, { base: 4096 }) };
 }
 
 interface Store {
@@ -107,7 +108,7 @@ async function run(context: BenchContext): Promise<void> {
   row(`heap B+tree ordered range scan`, 'rows/s', treeScan, mapScan);
 }
 
-export const heapCollectionsSuite: Suite = { name: 'heap collections', run };
+export const heapCollectionsSuite: Suite = { name: 'heap-collections', run };
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   await run({

@@ -14,6 +14,9 @@ import { restartSuite } from './restart.bench.js';
 import { tlsSuite } from './tls.bench.js';
 import { authSuite } from './auth.bench.js';
 import { nbdStoreSuite } from './nbd-store.bench.js';
+import { heapSuite } from './heap.bench.js';
+import { heapValuesSuite } from './heap-values.bench.js';
+import { heapCollectionsSuite } from './heap-collections.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -25,6 +28,9 @@ const suites: Suite[] = [
   tlsSuite,
   authSuite,
   nbdStoreSuite,
+  heapSuite,
+  heapValuesSuite,
+  heapCollectionsSuite,
 ];
 
 const { values } = parseArgs({
