@@ -8,8 +8,11 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { ErrorCodes } from '../../src/errors.js';
 import { PageMap, SLOT_HOLE, SLOT_ZERO } from '../../src/heap/page-map.js';
+import { xxh32 } from '@node-rs/xxhash';
 import {
+  BASE_PATH_MAX,
   HEAP_FORMAT_VERSION,
+  PINS_MAX,
   chooseSuperblock,
   decodeSuperblock,
   encodeSuperblock,
@@ -188,4 +191,103 @@ test('superblocks: encode and decode round-trip; a flipped byte is damage; the n
     () => chooseSuperblock('x', a, { kind: 'newer', version: 2 }),
     typedError(ErrorCodes.HEAP_FOREIGN, 'version 2'),
   );
+});
+
+test('entries past the map read as holes; forEachEntry, forEachMapSlot and mapPages describe exactly what is stored', async () => {
+  const image = memoryImage();
+  const map = new PageMap(PAGE);
+  assert.equal(map.slotWord(5), SLOT_HOLE);
+  assert.equal(map.checksum(5), 0);
+  map.set(3, 40, 41);
+  map.set(200, SLOT_ZERO, 0);
+  map.set(300, 50, 51);
+  assert.equal(map.slotWord(301), SLOT_HOLE, 'past the last page');
+  assert.equal(map.checksum(301), 0);
+  assert.equal(map.slotWord(300), 50);
+  assert.equal(map.checksum(300), 51);
+  const seen: [number, number, number][] = [];
+  map.forEachEntry((page, word, sum) => seen.push([page, word, sum]));
+  assert.deepEqual(seen, [
+    [3, 40, 41],
+    [200, SLOT_ZERO, 0],
+    [300, 50, 51],
+  ]);
+  assert.equal(map.mapPages, 3 + 1, 'three level-1 pages (128 entries each) and a root');
+  const { root, written } = await map.write(image.store);
+  const named: number[] = [];
+  map.forEachMapSlot((slot) => named.push(slot));
+  assert.deepEqual(named.sort(), [...written].sort(), 'every map page written is named, the hole page none');
+  assert.equal(root.slot, named.at(-1));
+  const words = map.entryWords();
+  assert.equal(words.length, 2 * 301);
+  assert.deepEqual([words[600], words[601]], [50, 51]);
+});
+
+test('snapshotNodes/restoreNodes undo a write that never committed; cloneForWrite writes a whole copy', async () => {
+  const image = memoryImage();
+  const map = new PageMap(PAGE);
+  for (let page = 0; page < 400; page += 50) map.set(page, 100 + page, page);
+  const first = await map.write(image.store);
+  const saved = map.snapshotNodes();
+  map.set(60, 999, 1);
+  const second = await map.write(image.store);
+  assert.notEqual(second.root.slot, first.root.slot);
+  map.restoreNodes(saved);
+  map.set(60, SLOT_HOLE, 0);
+  const named: number[] = [];
+  map.forEachMapSlot((slot) => named.push(slot));
+  assert.ok(named.includes(first.root.slot), 'the restored tree names the committed root again');
+  assert.ok(!named.includes(second.root.slot));
+  // Pages dirty before the failed write are dirty again afterwards: the next write redoes them.
+  map.set(60, 777, 2);
+  const third = await map.write(image.store);
+  const back = await PageMap.read(PAGE, third.root, map.pages, image.read, 'image');
+  assert.equal(back.slotWord(60), 777);
+  assert.equal(back.slotWord(350), 450);
+
+  const copy = map.cloneForWrite();
+  const before = image.slots.size;
+  const copied = await copy.write(image.store);
+  assert.equal(copied.replaced.length, 0, 'a clone replaces nothing of the original');
+  assert.equal(image.slots.size - before, map.mapPages, 'a clone writes every map page anew');
+  const fromCopy = await PageMap.read(PAGE, copied.root, copy.pages, image.read, 'image');
+  for (let page = 0; page < 400; page++) assert.equal(fromCopy.slotWord(page), back.slotWord(page));
+  // The original is untouched by the clone's write.
+  const again = await map.write(image.store);
+  assert.equal(again.written.length, 0, 'nothing of the original was dirtied');
+});
+
+test('superblocks with the most pins and the longest base path round-trip; more are refused; impossible counts are damage', () => {
+  const pins = Array.from({ length: PINS_MAX }, (_, i) => ({
+    slot: 10 + i,
+    checksum: 1000 + i,
+    levels: 1 + (i % 3),
+    pages: 2 ** 33 + i,
+    generation: 50 + i,
+  }));
+  const longest = 'é'.repeat(BASE_PATH_MAX / 2);
+  const full = block({ pins, basePath: longest, baseSlots: 9, baseGeneration: 3 });
+  assert.deepEqual(decodeSuperblock(encodeSuperblock(full, 4096)), { kind: 'valid', block: full });
+  assert.throws(() => encodeSuperblock(block({ pins: [...pins, pins[0]!] }), 4096), /at most/);
+  assert.throws(() => encodeSuperblock(block({ basePath: `${longest}x` }), 4096), /longer than/);
+  // A count past the maximum, with a valid checksum, is still refused.
+  const bytes = Buffer.from(encodeSuperblock(block(), 4096));
+  bytes.writeUInt32LE(PINS_MAX + 1, 72);
+  bytes.writeUInt32LE(xxh32(bytes.subarray(0, 1020), 0) >>> 0, 1020);
+  assert.deepEqual(decodeSuperblock(bytes), { kind: 'damaged', why: 'impossible field values' });
+  const path = Buffer.from(encodeSuperblock(block(), 4096));
+  path.writeUInt16LE(BASE_PATH_MAX + 1, 592);
+  path.writeUInt32LE(xxh32(path.subarray(0, 1020), 0) >>> 0, 1020);
+  assert.equal(decodeSuperblock(path).kind, 'damaged');
+  assert.deepEqual(decodeSuperblock(new Uint8Array(512)), {
+    kind: 'damaged',
+    why: 'shorter than a superblock',
+  });
+  // A file that starts with zeros and continues with something else is not a heap either.
+  assert.throws(
+    () => chooseSuperblock('x', { kind: 'empty' }, { kind: 'foreign' }),
+    typedError(ErrorCodes.HEAP_FOREIGN),
+  );
+  const valid = decodeSuperblock(encodeSuperblock(block({ generation: 4 }), 4096));
+  assert.equal(chooseSuperblock('x', { kind: 'empty' }, valid).block.generation, 4);
 });
