@@ -138,7 +138,13 @@ export class ValueCodec<V> {
     if (tag === TAG_NUMBER || tag === TAG_REF) return getF64(bytes, offset) as V;
     if (tag === TAG_INLINE) {
       const length = getU16(bytes, offset);
-      return this.packr.unpack(bytes.subarray(offset + 2, offset + 2 + length)) as V;
+      // Copied out first: a borrowed page view lies on the frame pool's SharedArrayBuffer, and
+      // msgpackr's native string extraction refuses any buffer but an ArrayBuffer.
+      if (this.readBuffer.length < length)
+        this.readBuffer = Buffer.alloc(Math.max(length, this.readBuffer.length * 2));
+      const copy = this.readBuffer.subarray(0, length);
+      copy.set(bytes.subarray(offset + 2, offset + 2 + length));
+      return this.packr.unpack(copy) as V;
     }
     if (tag !== TAG_BLOB) {
       throw new MemfabricError(ErrorCodes.HEAP_CORRUPT, `a collection entry has an unknown value tag ${tag}`);

@@ -372,3 +372,13 @@ test('compact gives freed space back: the image shrinks and every object survive
   assert.deepEqual(await again.check(), { ok: true, problems: [] });
   await again.close();
 });
+
+test('collection values read in place from the pager-backed heap decode (msgpackr refuses shared memory natively)', async () => {
+  const heap = await Heap.create({ path: fresh(), size: '64MiB', checkpointIntervalMs: 0 });
+  const tree = HeapBTree.create(heap, { keys: 'string', values: 'msgpack' });
+  // Small enough to stay inline in the node, with strings long enough for msgpackr's native path.
+  const value = { a: 'x'.repeat(70), b: 'y'.repeat(90), c: ['z'.repeat(65)] };
+  tree.set('k', value);
+  assert.deepEqual(tree.get('k'), value);
+  await heap.close();
+});
