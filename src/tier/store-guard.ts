@@ -9,7 +9,9 @@
  *   invariant: inFlight == operations that passed enter() and have not called leave()
  */
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
-import { PAGE_SIZE_MAX, PAGE_SIZE_MIN } from '../memory/index.js';
+// frame-pool.js, not memory/index.js: the store worker loads this, and the whole memory core
+// (the merger and its native hash among it) would add tens of milliseconds to every start.
+import { PAGE_SIZE_MAX, PAGE_SIZE_MIN } from '../memory/frame-pool.js';
 
 /**
  * Most slots one store may have: slot numbers stay 32-bit integers (bitmaps index them with
