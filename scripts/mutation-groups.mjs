@@ -144,10 +144,7 @@ export const groups = {
     // back, and the superblocks' decoding and choice. Not in the default run (which is scoped to
     // the modules of issue 15 and its 30 minutes): `npm run test:mutation -- heap`.
     extra: true,
-    mutate: [
-      span('src/heap/page-map.ts', 'slotWord'),
-      span('src/heap/superblock.ts', 'encodeSuperblock'),
-    ],
+    mutate: [span('src/heap/page-map.ts', 'slotWord'), span('src/heap/superblock.ts', 'encodeSuperblock')],
     tests: ['test/heap/page-map.test.ts'],
   },
 };

@@ -614,7 +614,7 @@ export class AddressSpace implements TranslationCache {
     this.checkPage(first + entries.length - 1);
     const arena = this.pool.leaves;
     let zeros = 0;
-    for (let i = 0; i < entries.length; ) {
+    for (let i = 0; i < entries.length;) {
       const page = first + i;
       const run = Math.min(entries.length - i, LEAF_ENTRIES - (page & LEAF_MASK));
       let any = false;

@@ -8,7 +8,6 @@ import { invalidArgument } from '../errors.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { checkStoreGeometry } from './store-guard.js';
 
-
 export interface OpenStoreOptions {
   /** Bytes per slot: a power of two from 512 to 65536 (the pager's page size). */
   pageSize: number;
