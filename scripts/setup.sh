@@ -14,6 +14,7 @@ declare -A NEED=(
   [fio]=fio
   [nbdkit]=nbdkit
   [openssl]=openssl
+  [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
