@@ -84,6 +84,12 @@ export const ErrorCodes = {
   CHECKPOINT_FAILED: 'MF_CHECKPOINT_FAILED',
   /** A heap value does not match what the call expects (a struct of another schema, a bad type tag). */
   HEAP_TYPE: 'MF_HEAP_TYPE',
+  /** A fabric region's descriptor copy is damaged or of an unknown format (that copy is skipped). */
+  CORRUPT_DESCRIPTOR: 'MF_CORRUPT_DESCRIPTOR',
+  /** A descriptor update or a shard is older than the region's current generation. */
+  STALE_GENERATION: 'MF_STALE_GENERATION',
+  /** The fleet's catalog (etcd) cannot be reached; metadata changes wait for it or fail with this. */
+  CATALOG_UNAVAILABLE: 'MF_CATALOG_UNAVAILABLE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
