@@ -36,6 +36,12 @@ export interface ShardPlacement {
   region: string;
   /** Where that appliance served NBD when the shard was placed (a hint; stats are the truth). */
   nbd: Endpoint;
+  /**
+   * `live`: holds the region's bytes. `rebuilding`: a replacement being filled (written, never
+   * read; if its client dies, the next one rebuilds it again). `lost`: missed writes; never read
+   * again, even if its appliance comes back.
+   */
+  state: 'live' | 'rebuilding' | 'lost';
 }
 
 export interface RegionDescriptor {
@@ -118,6 +124,18 @@ export function parseDescriptor(value: unknown, where: string): RegionDescriptor
   if (d.state !== 'creating' && d.state !== 'ready' && d.state !== 'deleting')
     throw bad(`state ${String(d.state)}`);
   if (!Array.isArray(d.shards) || d.shards.length === 0) throw bad('no shards');
+  for (const [i, shard] of d.shards.entries()) {
+    if (
+      shard === null ||
+      typeof shard !== 'object' ||
+      shard.index !== i ||
+      typeof shard.appliance !== 'string' ||
+      typeof shard.region !== 'string' ||
+      (shard.state !== 'live' && shard.state !== 'rebuilding' && shard.state !== 'lost')
+    ) {
+      throw bad(`shard ${i} is malformed`);
+    }
+  }
   if (typeof d.checksum !== 'string') throw bad('no checksum');
   const { checksum, ...fields } = d as RegionDescriptor;
   if (checksumOf(fields) !== checksum) throw bad('checksum mismatch');
