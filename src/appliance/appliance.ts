@@ -22,11 +22,12 @@ import {
   type NbdStats,
 } from '../nbd/index.js';
 import { parseSize } from '../size.js';
-import type { FileLayer } from './file-layer.js';
+import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { type AdminAuth, type ReadAccess } from './auth.js';
 import { loadAdminAuth } from './auth-config.js';
 import { exposureWarnings } from './exposure.js';
 import { createAdminApi } from './http-api.js';
+import { NameTable } from './names.js';
 import { RegionRegistry, type RegionState, type UnsavedRegion } from './registry.js';
 
 export const NBD_PORT_DEFAULT = 10809;
@@ -115,6 +116,8 @@ export class Appliance {
   readonly pool: FramePool;
   readonly merger: SamePageMerger | undefined;
   readonly registry: RegionRegistry;
+  /** Names claimed by fabric clients (names.ts); in DATA_DIR/names.json when there is one. */
+  readonly names: NameTable;
   readonly nbdServer: NbdServer;
   readonly logger: Logger | undefined;
   nbdAddress: Endpoint = { host: HOST_DEFAULT, port: 0 };
@@ -150,6 +153,7 @@ export class Appliance {
       ...(options.dataDir ? { dataDir: options.dataDir } : {}),
       ...(options.fileLayer ? { layer: options.fileLayer } : {}),
     });
+    this.names = new NameTable(options.dataDir, options.fileLayer ?? nodeFileLayer);
     this.logger = options.logger;
     this.tlsOptions = options.tls;
     this.peerCa = options.peerCa;
@@ -256,6 +260,7 @@ export class Appliance {
       this.merger?.stop();
       await Promise.allSettled([this.nbdServer.close(), this.http?.close()]);
       await this.loaded;
+      await this.names.close();
       const unsaved = await this.registry.close();
       for (const { name, error } of unsaved) {
         this.logger?.error({ region: name, err: error }, 'region not saved');
@@ -276,6 +281,7 @@ export class Appliance {
     this.token = access.token;
     this.tokenFile = access.tokenFile;
     if (options.dataDir) {
+      await this.names.load();
       for (const region of await this.registry.scanDataDir()) {
         if (region.state !== 'loading') this.logFailed(region.name, region.state, region.error);
       }

@@ -34,6 +34,8 @@ export type Identity = { kind: 'admin' } | { kind: 'tenant'; tenant: string } | 
  * appliance-write, appliance-read: the appliance as a whole (admin only; anonymous reads
  *   allowed as above). region-*: one region, named by `:name`; tenants reach their own only.
  *   region-list: filtered to the tenant. info: GET /v1/stats, which tenants see reduced.
+ *   names: the names table (names-routes.ts); a tenant claims, releases and sees its own
+ *   tenant's names only (checked there, since the tenant is in the body or the path).
  */
 export type RouteAccess =
   | 'appliance-write'
@@ -42,6 +44,7 @@ export type RouteAccess =
   | 'region-write'
   | 'region-read'
   | 'region-list'
+  | 'names'
   | 'info';
 
 export const ROUTE_ACCESS: Readonly<Record<string, RouteAccess>> = {
@@ -56,6 +59,10 @@ export const ROUTE_ACCESS: Readonly<Record<string, RouteAccess>> = {
   // Migration sends a tenant's bytes to an appliance of the caller's choosing: admin only.
   'POST /v1/regions/:name/migrate': 'appliance-write',
   'GET /v1/regions/:name/migration': 'region-read',
+  'PUT /v1/regions/:name/descriptor': 'region-write',
+  'POST /v1/names': 'names',
+  'GET /v1/names': 'names',
+  'DELETE /v1/names/:tenant/:name': 'names',
   'GET /v1/stats': 'info',
   'GET /metrics': 'appliance-read',
   'GET /': 'appliance-read',
@@ -168,7 +175,8 @@ function unauthorized(auth: AdminAuth, message: string): MemfabricError {
   return new MemfabricError(ErrorCodes.UNAUTHORIZED, message);
 }
 
-function forbidden(auth: AdminAuth, message: string): MemfabricError {
+/** A 403 answer, counted for the metrics. */
+export function forbidden(auth: AdminAuth, message: string): MemfabricError {
   auth.refusals.forbidden++;
   return new MemfabricError(ErrorCodes.FORBIDDEN, message);
 }
@@ -219,7 +227,7 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
       );
     }
     const name = (request.params as { name?: unknown } | undefined)?.name;
-    if (typeof name === 'string') {
+    if (typeof name === 'string' && access.startsWith('region-')) {
       // Not this tenant's (another's, or none at all): one answer for both, whatever the route,
       // so a tenant cannot tell another tenant's region from a name nobody uses.
       // A region still loading or failed counts as its tenant's (unknown tenant: admin only).

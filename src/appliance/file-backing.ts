@@ -4,7 +4,9 @@
  *   NAME.img          the contents: a raw sparse image (qemu-img, nbdkit's file plugin or dd
  *                     read it), `size` bytes;
  *   NAME.extents      the extent map (extent-map.ts): the page runs that may hold data;
- *   NAME.region.json  the settings (magic, version, size, page size, tenant, read-only).
+ *   NAME.region.json  the settings (magic, version, size, page size, tenant, read-only) and the
+ *                     fabric region descriptor the region carries, if any (replaced atomically
+ *                     by setDescriptor, one write at a time).
  *
  * Loading reads only the runs of the extent map and maps only their non-zero pages (zeros
  * stay holes), so a sparse 1 PiB region holding 4 KiB reads 4 KiB. Identical pages share one
@@ -38,6 +40,7 @@ import { formatSize } from '../size.js';
 import { PageRuns } from './extent-map.js';
 import { nodeFileLayer, writeFileAtomically, type FileLayer, type LayerFile } from './file-layer.js';
 import type { LoadDeduper } from './load-dedup.js';
+import { readStoredDescriptor, type StoredDescriptor } from './region-descriptor.js';
 
 export const REGION_FILE_MAGIC = 'memfabric-region';
 /** Version 2: an extent map (NAME.extents) accompanies the image. Version 1 is still read. */
@@ -56,6 +59,8 @@ export interface RegionFileMeta {
   tenant: string;
   readOnly: boolean;
   createdAt: string;
+  /** The fabric region descriptor (optional; an unusable one is dropped when read). */
+  descriptor?: StoredDescriptor;
 }
 
 export interface RegionFilePaths {
@@ -110,20 +115,25 @@ export class FileBacking {
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private closed = false;
+  /** The metadata as last written (setDescriptor rewrites it with a new descriptor). */
+  private meta: RegionFileMeta;
+  /** The metadata write under way (descriptor changes are written one at a time, in order). */
+  private metaWrite: Promise<void> = Promise.resolve();
 
   private constructor(
     paths: RegionFilePaths,
     file: LayerFile,
     layer: FileLayer,
-    pageSize: number,
+    meta: RegionFileMeta,
     map: PageRuns,
   ) {
+    this.meta = meta;
     this.imagePath = paths.image;
     this.metaPath = paths.meta;
     this.extentsPath = paths.extents;
     this.file = file;
     this.layer = layer;
-    this.pageSize = pageSize;
+    this.pageSize = meta.pageSize;
     this.map = map;
   }
 
@@ -173,7 +183,7 @@ export class FileBacking {
       const map = PageRuns.empty();
       await writeFileAtomically(layer, paths.extents, map.encode(meta.pageSize));
       await writeFileAtomically(layer, paths.meta, encodeMeta(meta));
-      return new FileBacking(paths, file, layer, meta.pageSize, map);
+      return new FileBacking(paths, file, layer, meta, map);
     } catch (error) {
       await file.close().catch(() => undefined);
       for (const path of [paths.image, paths.extents, paths.meta]) {
@@ -218,7 +228,13 @@ export class FileBacking {
         `${metaPath} lacks name, size, pageSize, tenant or readOnly`,
       );
     }
-    return meta as RegionFileMeta;
+    const checked = meta as RegionFileMeta;
+    // A damaged descriptor costs the region only its descriptor (the fabric then finds the
+    // region's descriptor on its other shards), never its data.
+    const descriptor = readStoredDescriptor(checked.descriptor);
+    if (descriptor === undefined) delete checked.descriptor;
+    else checked.descriptor = descriptor;
+    return checked;
   }
 
   /** The region's extent map, or why there is none to use (then loading reads everything). */
@@ -273,7 +289,7 @@ export class FileBacking {
       paths,
       file,
       layer,
-      meta.pageSize,
+      meta,
       typeof map === 'string' ? PageRuns.range(0, pages) : map,
     );
     try {
@@ -311,8 +327,33 @@ export class FileBacking {
     } finally {
       this.closed = true;
       await this.running?.catch(() => undefined);
+      await this.metaWrite.catch(() => undefined);
       await this.file.close();
     }
+  }
+
+  /**
+   * Makes `descriptor` the one the metadata file holds (durably: temporary file, fsync,
+   * rename, fsync of the directory). Writes run one at a time in call order, so the file ends
+   * with the last descriptor given. Throws MF_NOT_FOUND once the region is being removed (a
+   * write then would bring its metadata back).
+   */
+  setDescriptor(descriptor: StoredDescriptor): Promise<void> {
+    const write = this.metaWrite
+      .catch(() => undefined)
+      .then(async () => {
+        if (this.closed) {
+          throw new MemfabricError(
+            ErrorCodes.NOT_FOUND,
+            `region ${this.meta.name} was deleted or closed; its descriptor was not written`,
+          );
+        }
+        const meta: RegionFileMeta = { ...this.meta, version: REGION_FILE_VERSION, descriptor };
+        await writeFileAtomically(this.layer, this.metaPath, encodeMeta(meta));
+        this.meta = meta;
+      });
+    this.metaWrite = write;
+    return write;
   }
 
   /** Closes the image and deletes the region's files. */
@@ -322,6 +363,8 @@ export class FileBacking {
       await this.running?.catch(() => undefined);
       await this.file.close().catch(() => undefined);
     }
+    // A descriptor write under way would otherwise land after the files are gone.
+    await this.metaWrite.catch(() => undefined);
     await removeRegionFiles(this.layer, {
       image: this.imagePath,
       meta: this.metaPath,
@@ -397,11 +440,9 @@ export class FileBacking {
         this.map = exact; // before the write: see `map`
         await writeFileAtomically(this.layer, this.extentsPath, exact.encode(pageSize));
         if (meta.version !== REGION_FILE_VERSION) {
-          await writeFileAtomically(
-            this.layer,
-            this.metaPath,
-            encodeMeta({ ...meta, version: REGION_FILE_VERSION }),
-          );
+          const upgraded = { ...meta, version: REGION_FILE_VERSION };
+          await writeFileAtomically(this.layer, this.metaPath, encodeMeta(upgraded));
+          this.meta = upgraded;
         }
       } catch (error) {
         problem = `${map}; writing a new map failed: ${(error as Error).message}`;

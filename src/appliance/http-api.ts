@@ -3,11 +3,13 @@
  * (unknown fields are refused, not dropped); every error answers `{ error: { code, message } }`
  * with a status from one mapping (httpStatusFor). Routes:
  *
- *   POST   /v1/regions              { name, size, readOnly?, tenant?, file? }  -> 201 region
+ *   POST   /v1/regions              { name, size, readOnly?, tenant?, file?, descriptor? } -> 201 region
  *   GET    /v1/regions                                                         -> { regions }
  *   GET    /v1/regions/:name                                                   -> region
+ *   PUT    /v1/regions/:name/descriptor { descriptor }                         -> { generation }
  *   POST   /v1/regions/:name/clone  { name, readOnly? }                        -> 201 region
  *   DELETE /v1/regions/:name                                                   -> 204
+ *   POST/GET /v1/names, DELETE /v1/names/:tenant/:name?id=                     (names-routes.ts)
  *   POST/GET /v1/regions/:name/chunks, DELETE …/chunks/:offset                  (chunk-routes.ts)
  *   POST /v1/regions/:name/migrate, GET /v1/regions/:name/migration             (migration-routes.ts)
  *   GET    /v1/stats                                                           -> appliance stats
@@ -24,6 +26,7 @@ import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
 import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
+import { registerNameRoutes } from './names-routes.js';
 import type { Region, RegionStats } from './region.js';
 import type { PendingRegion } from './registry.js';
 
@@ -48,7 +51,16 @@ const createRegionBody = {
     readOnly: { type: 'boolean' },
     tenant: { type: 'string', minLength: 1, maxLength: 64 },
     file: { type: 'boolean' },
+    // Opaque to the appliance but for `generation` (checked by registry.create).
+    descriptor: { type: 'object' },
   },
+} as const;
+
+const putDescriptorBody = {
+  type: 'object',
+  required: ['descriptor'],
+  additionalProperties: false,
+  properties: { descriptor: { type: 'object' } },
 } as const;
 
 const cloneRegionBody = {
@@ -64,6 +76,7 @@ interface CreateRegionBody {
   readOnly?: boolean;
   tenant?: string;
   file?: boolean;
+  descriptor?: Record<string, unknown>;
 }
 
 /** The one mapping from error codes to HTTP statuses. */
@@ -89,6 +102,7 @@ export function httpStatusFor(error: unknown): number {
       case ErrorCodes.CONFLICT:
       case ErrorCodes.MIGRATING:
       case ErrorCodes.REGION_FAILED:
+      case ErrorCodes.STALE_GENERATION:
         return 409;
       case ErrorCodes.POOL_EXHAUSTED:
       case ErrorCodes.CHUNKS_EXHAUSTED:
@@ -132,6 +146,8 @@ export function pendingView(region: PendingRegion): Record<string, unknown> {
     state: region.state,
     error: region.error,
     load: null,
+    connections: 0,
+    ...(region.descriptor !== undefined ? { descriptor: region.descriptor } : {}),
     stats: NO_STATS,
   };
 }
@@ -186,6 +202,7 @@ export function createAdminApi(
         ...(body.readOnly !== undefined ? { readOnly: body.readOnly } : {}),
         ...(body.tenant !== undefined ? { tenant: body.tenant } : {}),
         ...(body.file !== undefined ? { file: body.file } : {}),
+        ...(body.descriptor !== undefined ? { descriptor: body.descriptor } : {}),
       });
       appliance.logger?.info(
         { region: region.name, size: region.size, tenant: region.tenant },
@@ -216,6 +233,14 @@ export function createAdminApi(
     );
   });
 
+  app.put<{ Params: { name: string }; Body: { descriptor: Record<string, unknown> } }>(
+    '/v1/regions/:name/descriptor',
+    { schema: { body: putDescriptorBody } },
+    async (request) => ({
+      generation: await registry.putDescriptor(request.params.name, request.body.descriptor),
+    }),
+  );
+
   app.post<{ Params: { name: string }; Body: { name: string; readOnly?: boolean } }>(
     '/v1/regions/:name/clone',
     { schema: { body: cloneRegionBody } },
@@ -237,6 +262,7 @@ export function createAdminApi(
 
   registerChunkRoutes(app, appliance);
   registerMigrationRoutes(app, appliance);
+  registerNameRoutes(app, appliance);
 
   // A tenant gets what a client needs to place and reach regions (memory, endpoints), not the
   // appliance's counters, which sum every tenant's activity.

@@ -9,7 +9,8 @@
  *
  *   1. Prepare. With the token given for B (`targetToken`): GET B/v1/stats (B's NBD endpoint and free memory: a region whose data cannot
  *      fit is refused before anything is created), POST B/v1/regions (same size and tenant,
- *      file-backed if R is; the name R or `targetName`), open an NbdClient to it.
+ *      file-backed if R is, R's fabric descriptor if it carries one; the name R or
+ *      `targetName`), open an NbdClient to it.
  *   2. Round 1. s1 = advanceEpoch(); walk R's extents(): data pages are written to B, zero
  *      pages become WRITE_ZEROES with NO_HOLE (still no memory on B), holes are skipped (B's
  *      region is new, hence all holes).
@@ -19,7 +20,9 @@
  *      they are now: data, zeros, or a hole (TRIM on B).
  *   4. Blackout (otherwise). R's gate closes in that same synchronous step: writes, trims and
  *      zeroes to R fail with MF_MIGRATING, which NBD answers with ESHUTDOWN, and change
- *      nothing; reads go on. Copy the pages of the last dirty set, FLUSH B, then mark R moved:
+ *      nothing; reads go on, descriptor replacements are refused (MF_MIGRATING). Copy the pages
+ *      of the last dirty set, FLUSH B, send R's descriptor again if it was replaced since
+ *      step 1 (PUT B/v1/regions/:name/descriptor), then mark R moved:
  *      its name answers `movedTo` (GET /v1/regions/:name), its NBD connections are ended and
  *      new ones refused (unknown export), its memory and files are freed.
  *
@@ -323,6 +326,8 @@ class Migration {
           `the target ${plan.target} has ${stats.memory.freeBytes} bytes free; region ${region.name} holds ${needed} bytes of data`,
         );
       }
+      // The descriptor as sent; one replaced during the pre-copy is sent again in the blackout.
+      const sentDescriptor = region.descriptor;
       await this.unlessCancelled(
         adminRequest(
           plan.targetApi,
@@ -333,6 +338,7 @@ class Migration {
             size: region.size,
             tenant: region.tenant,
             ...(region.backing ? { file: true } : {}),
+            ...(sentDescriptor !== undefined ? { descriptor: sentDescriptor } : {}),
           },
           MIGRATION_ADMIN_TIMEOUT_MS,
         ),
@@ -409,6 +415,19 @@ class Migration {
       this.log('migration blackout', { pages: last.length, rounds: this.round, stopReason: this.stopReason });
       await copier.copyPages(last);
       await client.flush();
+      // Replacements are refused in the blackout (registry.putDescriptor), so this one is final.
+      const descriptor = region.descriptor;
+      if (descriptor !== undefined && descriptor !== sentDescriptor) {
+        await this.unlessCancelled(
+          adminRequest(
+            plan.targetApi,
+            'PUT',
+            `/v1/regions/${encodeURIComponent(plan.targetName)}/descriptor`,
+            { descriptor },
+            MIGRATION_ADMIN_TIMEOUT_MS,
+          ),
+        );
+      }
       this.checkCancelled();
       // The point of no return: B holds every byte A acknowledged, and A accepts no more.
       committed = true;

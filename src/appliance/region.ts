@@ -11,6 +11,7 @@ import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { AddressSpace } from '../memory/index.js';
 import type { NbdExport } from '../nbd/export.js';
 import type { FileBacking, LoadReport } from './file-backing.js';
+import type { StoredDescriptor } from './region-descriptor.js';
 
 /** At most this many extents per BLOCK_STATUS reply (clients ask again for the rest). */
 export const EXTENTS_PER_REPLY_MAX = 4096;
@@ -50,6 +51,10 @@ export interface RegionInfo {
   error: null;
   /** What loading it from its files cost (file-backed regions loaded at start), else null. */
   load: LoadReport | null;
+  /** NBD connections attached now (also in `stats`). */
+  connections: number;
+  /** The fabric region descriptor it carries; absent when none was given. */
+  descriptor?: StoredDescriptor;
 }
 
 export interface RegionStats {
@@ -85,6 +90,11 @@ export class Region implements NbdExport {
   gate = GATE_OPEN;
   /** A migration of this region is under way (it cannot be deleted or migrated again). */
   migrating = false;
+  /**
+   * The fabric region's descriptor this region (a shard) carries, if one was given; changed
+   * only through RegionRegistry.putDescriptor (generation check, persistence).
+   */
+  descriptor: StoredDescriptor | undefined;
 
   private reads = 0;
   private writes = 0;
@@ -101,6 +111,7 @@ export class Region implements NbdExport {
     tenant: string;
     backing?: FileBacking | undefined;
     clonedFrom?: string | null;
+    descriptor?: StoredDescriptor | undefined;
   }) {
     this.name = options.name;
     this.space = options.space;
@@ -109,6 +120,7 @@ export class Region implements NbdExport {
     this.tenant = options.tenant;
     this.backing = options.backing;
     this.clonedFrom = options.clonedFrom ?? null;
+    this.descriptor = options.descriptor;
     this.blockSize = options.space.pageSize;
     this.description = `memfabric region ${options.name} (tenant ${options.tenant})`;
   }
@@ -164,6 +176,8 @@ export class Region implements NbdExport {
       state: 'ready',
       error: null,
       load: this.backing?.loadReport ?? null,
+      connections: this.connections,
+      ...(this.descriptor !== undefined ? { descriptor: this.descriptor } : {}),
     };
   }
 

@@ -20,7 +20,8 @@ import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSIO
 import type { PageRuns } from './extent-map.js';
 import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { LoadDeduper } from './load-dedup.js';
-import { GATE_MOVED, Region, type MovedTo } from './region.js';
+import { GATE_MOVED, GATE_OPEN, Region, type MovedTo } from './region.js';
+import { checkDescriptor, staleGeneration, type StoredDescriptor } from './region-descriptor.js';
 
 /** Region names: used in NBD URIs and file names, so a safe, bounded alphabet. */
 export const REGION_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -57,6 +58,8 @@ export interface PendingRegion {
   file: string;
   /** Why it failed (null while loading). */
   error: { code: string; message: string } | null;
+  /** The descriptor its metadata holds, if any (so the region can be found while it loads). */
+  descriptor?: StoredDescriptor;
 }
 
 /** A file-backed region whose final save failed when the registry closed. */
@@ -89,6 +92,8 @@ export interface CreateRegionOptions {
   tenant?: string;
   /** Back the region with a file in the data directory. */
   file?: boolean;
+  /** The fabric region descriptor the region carries (checked: see region-descriptor.ts). */
+  descriptor?: unknown;
 }
 
 export class RegionRegistry implements NbdExportDirectory {
@@ -127,6 +132,7 @@ export class RegionRegistry implements NbdExportDirectory {
     if (options.file && !this.dataDir) {
       throw invalidArgument('file-backed regions need the appliance to run with --data-dir');
     }
+    const descriptor = options.descriptor === undefined ? undefined : checkDescriptor(options.descriptor);
     this.reserve(name);
     try {
       const space = new AddressSpace(this.pool, { size, domain: tenant });
@@ -144,6 +150,7 @@ export class RegionRegistry implements NbdExportDirectory {
               tenant,
               readOnly: options.readOnly ?? false,
               createdAt: new Date().toISOString(),
+              ...(descriptor !== undefined ? { descriptor } : {}),
             },
             this.layer,
           );
@@ -152,7 +159,9 @@ export class RegionRegistry implements NbdExportDirectory {
           throw error;
         }
       }
-      return this.add(new Region({ name, space, tenant, readOnly: options.readOnly ?? false, backing }));
+      return this.add(
+        new Region({ name, space, tenant, readOnly: options.readOnly ?? false, backing, descriptor }),
+      );
     } finally {
       this.reserved.delete(name);
     }
@@ -189,6 +198,7 @@ export class RegionRegistry implements NbdExportDirectory {
         entry.size = meta.size;
         entry.tenant = meta.tenant;
         entry.readOnly = meta.readOnly;
+        if (meta.descriptor !== undefined) entry.descriptor = meta.descriptor;
         if (meta.name !== name) {
           throw new MemfabricError(
             ErrorCodes.CORRUPT_FILE,
@@ -249,7 +259,14 @@ export class RegionRegistry implements NbdExportDirectory {
           });
           this.pending.delete(entry.name);
           region = this.add(
-            new Region({ name: entry.name, space, tenant: meta.tenant, readOnly: meta.readOnly, backing }),
+            new Region({
+              name: entry.name,
+              space,
+              tenant: meta.tenant,
+              readOnly: meta.readOnly,
+              backing,
+              descriptor: meta.descriptor,
+            }),
           );
         } catch (error) {
           space?.destroy();
@@ -288,6 +305,40 @@ export class RegionRegistry implements NbdExportDirectory {
   /** True when `name` is taken: by a region that serves, or one loading or failed to load. */
   has(name: string): boolean {
     return this.regions.has(name) || this.pending.has(name);
+  }
+
+  /**
+   * Replaces region `name`'s descriptor with `value` iff its generation is higher than the
+   * stored one (or none is stored), else MF_STALE_GENERATION. The check and the change happen
+   * in one synchronous step, so of two concurrent replacements with the same generation one
+   * wins and the other is told. A file-backed region answers once the new descriptor is
+   * durable; if that write fails, the old descriptor is put back (unless a newer one came
+   * meanwhile) and the failure thrown. Refused (MF_MIGRATING) during a migration's blackout,
+   * when the descriptor has already been sent to the target.
+   */
+  async putDescriptor(name: string, value: unknown): Promise<number> {
+    const descriptor = checkDescriptor(value);
+    const region = this.require(name);
+    if (region.gate !== GATE_OPEN) {
+      throw new MemfabricError(
+        ErrorCodes.MIGRATING,
+        `region ${name} is in its migration blackout; resolve it again (GET /v1/regions/${name}) and retry where it went`,
+      );
+    }
+    const previous = region.descriptor;
+    if (previous !== undefined && descriptor.generation <= previous.generation) {
+      throw staleGeneration(name, descriptor.generation, previous.generation);
+    }
+    region.descriptor = descriptor;
+    if (region.backing) {
+      try {
+        await region.backing.setDescriptor(descriptor);
+      } catch (error) {
+        if (region.descriptor === descriptor) region.descriptor = previous;
+        throw error;
+      }
+    }
+    return descriptor.generation;
   }
 
   /** A copy-on-write clone of `source` named `name` (memory-only, writable unless asked). */

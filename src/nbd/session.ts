@@ -7,6 +7,13 @@
  * leave, and destroy it if the peer has not gone within CLOSE_GRACE_MS. A violation therefore
  * costs only this connection. Socket errors are logged and end the session; they never propagate.
  *
+ * The connection's claim on its export (directory.onAttach +1 when transmission starts) is given
+ * back exactly once (`releaseClaim`): when the transmission has answered everything after
+ * NBD_CMD_DISC (or a server shutdown), or else when the socket closes, whichever comes first.
+ * Releasing at DISC matters to clients that delete the export right after disconnecting: the
+ * client sees its disconnect complete when the server's FIN arrives, and the server's socket
+ * 'close' may come after the client's next admin call.
+ *
  * Writes are corked for the duration of one 'data' event, so every reply produced by one
  * chunk of pipelined requests leaves in one writev.
  *
@@ -319,7 +326,7 @@ export class Session {
 
   private enterTransmission(negotiated: Negotiated, rest: Buffer | undefined): void {
     this.options.directory.onAttach?.(negotiated.exportName, 1);
-    // Only an attach that succeeded is undone when the socket closes.
+    // Only an attach that succeeded is undone (releaseClaim).
     this.attachedName = negotiated.exportName;
     this.attachedExport = negotiated.export;
     // Idleness and stalls are measured from here: the handshake's bytes are not news.
@@ -337,6 +344,7 @@ export class Session {
           else this.socket.resume();
         },
         resume: () => this.guarded(() => this.transmission?.tryResume()),
+        released: () => this.releaseClaim(),
         close: (reason, violation) => this.close(reason, violation),
         internalError: (err) => this.internalError(err),
       },
@@ -400,14 +408,22 @@ export class Session {
     this.options.budget.adjust(this.account, -this.charged);
     this.charged = 0;
     this.closed = true;
+    this.releaseClaim();
+    this.options.onClosed(this);
+  }
+
+  /** Gives back this connection's claim on its export, once (DISC answered, or socket closed). */
+  private releaseClaim(): void {
+    const name = this.attachedName;
+    if (name === undefined) return;
+    this.attachedName = undefined;
     try {
-      if (this.attachedName !== undefined) this.options.directory.onAttach?.(this.attachedName, -1);
+      this.options.directory.onAttach?.(name, -1);
     } catch (err) {
       // A directory's bookkeeping must not take the process down from a 'close' handler.
       this.options.logger.error?.(
         `nbd ${this.peer}: onAttach threw: ${(err as Error)?.message ?? String(err)}`,
       );
     }
-    this.options.onClosed(this);
   }
 }

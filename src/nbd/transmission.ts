@@ -85,6 +85,14 @@ export interface TransmissionIo {
   setInputPaused(paused: boolean): void;
   /** The budget granted a waiting request: call tryResume from a guarded context. */
   resume(): void;
+  /**
+   * The connection is done with its export: after NBD_CMD_DISC (or a shutdown) every request
+   * has been answered and nothing more will be parsed, so nothing of this connection can touch
+   * the export again. Called once, just before `close`; the session releases its claim on the
+   * export here rather than when the socket closes (a client that saw its DISC through may
+   * delete the region at once).
+   */
+  released(): void;
   /** Transmission ended: after NBD_CMD_DISC (`violation` false) or a broken frame. */
   close(reason: string, violation: boolean): void;
   /** A bug in this layer surfaced outside a socket event (in a flush completion). */
@@ -632,6 +640,7 @@ export class Transmission implements RequestSink {
   private finishDisconnect(): void {
     if (this.asyncInFlight > 0 || this.streamLeft > 0 || this.ended) return;
     this.ended = true;
+    this.io.released();
     this.io.close(this.disconnectReason, false);
   }
 

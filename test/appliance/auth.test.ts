@@ -62,12 +62,18 @@ function mutations(name: string): Array<[string, string, unknown]> {
     ['POST', `/v1/regions/${name}/chunks`, { owner: 'x' }],
     ['DELETE', `/v1/regions/${name}/chunks/0`, undefined],
     ['POST', `/v1/regions/${name}/migrate`, { target: 'http://127.0.0.1:9' }],
+    ['PUT', `/v1/regions/${name}/descriptor`, { descriptor: { generation: 1 } }],
+    ['POST', '/v1/names', { name: 'n', tenant: 'a', id: 'i' }],
+    ['DELETE', '/v1/names/a/n?id=i', undefined],
   ];
 }
 
 test('every mutating route is in the access table, and the list above covers them all', () => {
   const mutating = Object.keys(ROUTE_ACCESS).filter((key) => !key.startsWith('GET '));
-  const covered = mutations(':name').map(([method, path]) => `${method} ${path.replace(/\/0$/, '/:offset')}`);
+  const covered = mutations(':name').map(
+    ([method, path]) =>
+      `${method} ${path.replace(/\/0$/, '/:offset').replace('/a/n?id=i', '/:tenant/:name')}`,
+  );
   assert.deepEqual(covered.sort(), mutating.sort());
   // A route nobody classed fails closed: appliance-wide.
   assert.equal(routeAccess('PUT', '/v1/new-thing'), 'appliance-write');
