@@ -17,6 +17,7 @@ import { nbdStoreSuite } from './nbd-store.bench.js';
 import { heapSuite } from './heap.bench.js';
 import { heapValuesSuite } from './heap-values.bench.js';
 import { heapCollectionsSuite } from './heap-collections.bench.js';
+import { durableSuite } from './durable.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -31,6 +32,7 @@ const suites: Suite[] = [
   heapSuite,
   heapValuesSuite,
   heapCollectionsSuite,
+  durableSuite,
 ];
 
 const { values } = parseArgs({

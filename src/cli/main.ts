@@ -18,6 +18,7 @@ import {
 import { registerMigrateCommand } from './migrate-command.js';
 import { registerChunkCommands } from './chunk-commands.js';
 import { registerHeapCommands } from './heap-commands.js';
+import { registerFabricCommands } from './fabric-commands.js';
 import { describeError } from './describe-error.js';
 import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
@@ -192,6 +193,7 @@ appliance(program.command('stats'))
     console.log(JSON.stringify(await applianceStats(await adminTargetFor(options)), null, 2));
   });
 registerHeapCommands(program);
+registerFabricCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -33,6 +33,7 @@
  * new home and the failed operation is retried there: the writes a migration refused were never
  * acknowledged, so retrying them at the destination loses nothing. Otherwise the shard is lost.
  */
+import { nextGeneration, type RegionDescriptor, type ShardPlacement } from '../catalog/descriptor.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ESHUTDOWN } from '../nbd/constants.js';
 import type { NbdClientTls } from '../nbd/index.js';
@@ -93,6 +94,15 @@ export interface ExternalRegionOptions {
   requestTimeoutMs: number;
   /** NBD TLS credentials for every shard connection, replacements included. */
   tls?: NbdClientTls | undefined;
+  /** The region's descriptor as the catalog holds it (see src/catalog/descriptor.ts). */
+  descriptor: RegionDescriptor;
+  /**
+   * Records the next generation of the descriptor (the catalog, and a copy on each shard).
+   * Called whenever the shard list changes: a shard lost, replaced or moved.
+   */
+  publish: (next: RegionDescriptor) => Promise<void>;
+  /** Forgets the region in the catalog (its name) once close() has deleted its shards. */
+  forget: (descriptor: RegionDescriptor) => Promise<void>;
 }
 
 export class ExternalRegion {
@@ -132,6 +142,11 @@ export class ExternalRegion {
   private closed = false;
   /** Shards being looked up after their connection closed (see "Migration" above). */
   private readonly following = new Map<number, Promise<Shard | undefined>>();
+  private current: RegionDescriptor;
+  private readonly publish: (next: RegionDescriptor) => Promise<void>;
+  private readonly forget: (descriptor: RegionDescriptor) => Promise<void>;
+  /** The publication in progress; the next one waits for it (generations are sequential). */
+  private publishing: Promise<void> = Promise.resolve();
 
   constructor(options: ExternalRegionOptions) {
     this.name = options.name;
@@ -144,6 +159,9 @@ export class ExternalRegion {
     this.directory = options.directory;
     this.requestTimeoutMs = options.requestTimeoutMs;
     this.tls = options.tls;
+    this.current = options.descriptor;
+    this.publish = options.publish;
+    this.forget = options.forget;
     const geometry = shardGeometry(options.redundancy, options.size, options.pageSize);
     this.mode = geometry.mode;
     this.k = geometry.k;
@@ -257,6 +275,27 @@ export class ExternalRegion {
     };
   }
 
+  /** The region's descriptor at its current generation (what `fabric.open` finds). */
+  get descriptor(): RegionDescriptor {
+    return this.current;
+  }
+
+  /** Random id of the region (two regions made under one name at different times differ). */
+  get id(): string {
+    return this.current.id;
+  }
+
+  /**
+   * Disconnects from the shards and keeps the region: its bytes stay on the appliances, and
+   * `fabric.open(name)` (in this process or another) reopens it. Waits for I/O in flight.
+   */
+  async detach(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.publishing.catch(() => undefined);
+    await Promise.all(this.shards.map((shard) => shard.close()));
+  }
+
   /** Disconnects and deletes the region's shards on their appliances. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -265,6 +304,7 @@ export class ExternalRegion {
     await Promise.allSettled(
       this.shards.map((shard) => this.directory.deleteRegion(shard.appliance, shard.region)),
     );
+    await this.forget(this.current);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -282,8 +322,12 @@ export class ExternalRegion {
     for (let index = 0; index < this.shards.length; index++) {
       if (this.shards[index]!.state !== 'lost') continue;
       const replacement = await this.replaceShard(index, wanted.shift());
+      // Recorded as rebuilding first: if this client dies halfway, whoever opens the region
+      // next sees a shard that is not full and rebuilds it again instead of reading it.
+      await this.republish();
       await this.refill(replacement);
       replacement.state = 'live';
+      await this.republish();
       rebuilt++;
     }
     return { rebuilt };
@@ -615,7 +659,9 @@ export class ExternalRegion {
     }
     target ??= place(states, { shards: 1, shardBytes: this.shardBytes, exclude: inUse })[0]!;
     const old = this.shards[index]!;
-    const region = `${this.name}-${index}-r${++this.rebuilds}`;
+    // Named after the generation that adds it: unique across the clients that ever open the region.
+    const region = `${this.name}-${index}-g${this.current.generation + 1}`;
+    this.rebuilds++;
     await this.directory.createRegion(target.url, {
       name: region,
       size: this.shardBytes,
@@ -722,7 +768,50 @@ export class ExternalRegion {
         }
       }),
     );
+    // A shard lost (or moved) by these operations is recorded before they count as done: a
+    // write acknowledged without a shard must never be followed, after a reopen, by a read of
+    // that shard (its appliance may come back with the old bytes).
+    if (this.descriptorBehind()) await this.republish();
     return results.filter((result) => result.status === 'rejected').length;
+  }
+
+  /** The shard list as it is now, in descriptor form. */
+  private placements(): ShardPlacement[] {
+    return this.shards.map((shard) => ({
+      index: shard.index,
+      appliance: shard.appliance,
+      region: shard.region,
+      nbd: { host: shard.endpoint.host, port: shard.endpoint.port },
+      state: shard.state,
+    }));
+  }
+
+  /** Whether a shard was lost, replaced, moved or filled since the descriptor was published. */
+  private descriptorBehind(): boolean {
+    const recorded = this.current.shards;
+    return this.shards.some((shard, i) => {
+      const placed = recorded[i]!;
+      return (
+        placed.state !== shard.state || placed.appliance !== shard.appliance || placed.region !== shard.region
+      );
+    });
+  }
+
+  /**
+   * Publishes the next generation if the shard list changed, one publication at a time; a
+   * failure rejects (the caller's write with it) and the next call tries again.
+   */
+  private republish(): Promise<void> {
+    const run = this.publishing
+      .catch(() => undefined)
+      .then(async () => {
+        if (!this.descriptorBehind()) return;
+        const next = nextGeneration(this.current, { shards: this.placements() });
+        await this.publish(next);
+        this.current = next;
+      });
+    this.publishing = run;
+    return run;
   }
 
   /**
@@ -786,6 +875,7 @@ export class ExternalRegion {
         this.directory.add(where.appliance);
         this.shards[shard.index] = moved;
         shard.lose(`moved to ${where.region} on ${where.appliance}`);
+        void this.republish().catch(() => undefined); // a later write awaits it again, and reports
         return moved;
       } catch (lookupError) {
         shard.lose(`${reason}; and finding where it moved failed: ${(lookupError as Error).message}`);

@@ -17,6 +17,15 @@
  * local memory or a file.
  */
 import { randomBytes } from 'node:crypto';
+import type { Catalog, CatalogEntry } from '../catalog/catalog.js';
+import {
+  DESCRIPTOR_FORMAT,
+  nextGeneration,
+  sealDescriptor,
+  type RegionDescriptor,
+  type ShardPlacement,
+} from '../catalog/descriptor.js';
+import { EmbeddedCatalog, storeCopies } from '../catalog/embedded-catalog.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { NbdClientTls } from '../nbd/index.js';
 import { FramePool } from '../memory/index.js';
@@ -60,6 +69,44 @@ export interface FabricOptions {
    * the identity is the tenant whose regions the connections may open.
    */
   tls?: NbdClientTls;
+  /**
+   * A region left half-made by a client that died while allocating it is collected by the next
+   * allocation of its name once it is this old and none of its shards is connected. Default 60 s.
+   */
+  halfMadeGraceMs?: number;
+  /** Where the fabric reports what it skipped or collected (damaged descriptors, dead appliances). */
+  warn?: (message: string) => void;
+}
+
+export interface OpenOptions {
+  tenant?: string;
+  /**
+   * Open even if a shard still has NBD connections (another client has the region open, or one
+   * that was cut off has not been noticed yet). Two clients writing one region corrupt its parity.
+   */
+  force?: boolean;
+}
+
+export interface DeleteOptions {
+  tenant?: string;
+  /** Delete even if a shard still has NBD connections. */
+  force?: boolean;
+}
+
+/** A fabric region as the catalog describes it (see `fabric.list()`). */
+export interface FabricRegionInfo {
+  name: string;
+  tenant: string;
+  id: string;
+  size: number;
+  redundancy: Redundancy;
+  generation: number;
+  state: RegionDescriptor['state'];
+  shards: ShardPlacement[];
+  /** Shards whose appliance holds a copy of the newest descriptor (embedded catalog). */
+  shardsFound: number[];
+  /** Shards not live in the descriptor (lost or rebuilding): the region is degraded. */
+  degraded: boolean;
 }
 
 export interface AllocateOptions {
@@ -89,6 +136,10 @@ export class Fabric {
   private readonly tenant: string;
   private readonly tls: NbdClientTls | undefined;
   private readonly regions = new Set<MemoryRegion>();
+  /** Regions reopened by name: close() detaches them instead of freeing them. */
+  private readonly opened = new Set<ExternalRegion>();
+  private readonly catalog: Catalog | undefined;
+  private readonly warn: (message: string) => void;
 
   constructor(options: FabricOptions) {
     this.pageSize = options.pageSize ?? 4096;
@@ -114,6 +165,13 @@ export class Fabric {
     }
     this.fileDirectory = options.fileDirectory;
     this.tenant = options.tenant ?? 'default';
+    this.warn = options.warn ?? (() => undefined);
+    this.catalog = this.directory
+      ? new EmbeddedCatalog(this.directory, {
+          warn: this.warn,
+          ...(options.halfMadeGraceMs !== undefined ? { halfMadeGraceMs: options.halfMadeGraceMs } : {}),
+        })
+      : undefined;
     if (!this.directory && !this.localPool && !this.fileDirectory) {
       throw invalidArgument('a fabric needs appliances, localMemory or a fileDirectory to allocate from');
     }
@@ -161,11 +219,119 @@ export class Fabric {
     );
   }
 
-  /** Closes (and frees) every region this fabric allocated. */
+  /**
+   * Reopens a fabric region by name, in this process or any other, from the descriptor its
+   * shards carry: every shard the newest generation lists as live is connected; one whose
+   * appliance does not answer is lost (the region opens degraded, and the loss is recorded
+   * before this resolves). MF_NOT_FOUND if no such region; MF_BUSY if another client has it
+   * open (unless `force`); MF_DATA_LOST if too few shards are left to read it.
+   */
+  async open(name: string, options: OpenOptions = {}): Promise<ExternalRegion> {
+    const { directory, catalog } = this.requireCatalog();
+    const tenant = options.tenant ?? this.tenant;
+    const entry = await catalog.get(tenant, name);
+    if (!entry || entry.descriptor.state !== 'ready') {
+      throw new MemfabricError(
+        ErrorCodes.NOT_FOUND,
+        entry
+          ? `fabric region ${name} (tenant ${tenant}) is ${entry.descriptor.state === 'creating' ? 'half-made: its client died while allocating it' : 'being deleted'}`
+          : `no fabric region named ${name} for tenant ${tenant} on the ${directory.urls.length} known appliance(s); list them with fabric.list()`,
+      );
+    }
+    const descriptor = entry.descriptor;
+    for (const shard of descriptor.shards) directory.add(shard.appliance);
+    await directory.refresh(); // where each appliance serves NBD now
+    const shards = await Promise.all(
+      descriptor.shards.map((placed) => this.openShard(descriptor, placed, options.force ?? false)),
+    );
+    const busy = shards.find((shard): shard is MemfabricError => shard instanceof MemfabricError);
+    if (busy) {
+      await Promise.allSettled(shards.map((shard) => (shard instanceof Shard ? shard.close() : undefined)));
+      throw busy;
+    }
+    const region = new ExternalRegion({
+      name,
+      size: descriptor.size,
+      pageSize: descriptor.pageSize,
+      redundancy: descriptor.redundancy,
+      tenant,
+      shards: shards as Shard[],
+      directory,
+      requestTimeoutMs: this.requestTimeoutMs,
+      tls: this.tls,
+      descriptor,
+      publish: (next) => this.publishDescriptor(next),
+      forget: (descriptor) => catalog.remove(descriptor),
+    });
+    try {
+      // Records shards found lost, and refuses a region that lost more than its redundancy.
+      await region.flush();
+    } catch (error) {
+      await region.detach();
+      throw error;
+    }
+    this.opened.add(region);
+    return region;
+  }
+
+  /** The fabric regions on the known appliances (this fabric's tenant, or `tenant`, or '*' for all). */
+  async list(options: { tenant?: string } = {}): Promise<FabricRegionInfo[]> {
+    const { catalog } = this.requireCatalog();
+    const tenant = options.tenant ?? this.tenant;
+    const entries = await catalog.list(tenant === '*' ? undefined : tenant);
+    return entries.map(describeEntry).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /**
+   * Deletes a fabric region by name: its shards on every appliance that answers, then its name.
+   * A shard whose appliance is down is left marked `deleting` and is collected when it comes
+   * back. MF_BUSY if a client has the region open (unless `force`).
+   */
+  async delete(
+    name: string,
+    options: DeleteOptions = {},
+  ): Promise<{ shardsDeleted: number; leftBehind: string[] }> {
+    const { directory, catalog } = this.requireCatalog();
+    const tenant = options.tenant ?? this.tenant;
+    const entry = await catalog.get(tenant, name);
+    if (!entry) {
+      throw new MemfabricError(ErrorCodes.NOT_FOUND, `no fabric region named ${name} for tenant ${tenant}`);
+    }
+    let descriptor = entry.descriptor;
+    if (!options.force) await this.assertIdle(descriptor);
+    if (descriptor.state !== 'deleting') {
+      descriptor = nextGeneration(descriptor, { state: 'deleting' });
+      await this.publishDescriptor(descriptor).catch((error: unknown) => {
+        this.warn(`marking ${name} deleting failed: ${(error as Error).message}`);
+      });
+    }
+    const leftBehind: string[] = [];
+    let shardsDeleted = 0;
+    await Promise.all(
+      descriptor.shards.map(async (shard) => {
+        try {
+          await directory.deleteRegion(shard.appliance, shard.region);
+          shardsDeleted++;
+        } catch (error) {
+          if (error instanceof MemfabricError && error.code === ErrorCodes.NOT_FOUND) return;
+          leftBehind.push(`${shard.region} on ${shard.appliance}: ${(error as Error).message}`);
+        }
+      }),
+    );
+    await catalog.remove(descriptor);
+    return { shardsDeleted, leftBehind };
+  }
+
+  /** Frees every region this fabric allocated, and detaches (keeps) the ones it opened by name. */
   async close(): Promise<void> {
     const regions = [...this.regions];
+    const opened = [...this.opened];
     this.regions.clear();
-    await Promise.allSettled(regions.map((region) => region.close()));
+    this.opened.clear();
+    await Promise.allSettled([
+      ...regions.map((region) => region.close()),
+      ...opened.map((region) => region.detach()),
+    ]);
   }
 
   private async allocateAs(
@@ -233,27 +399,60 @@ export class Fabric {
         overcommit: placement.overcommit ?? false,
       });
     }
+    const catalog = this.catalog!;
+    const placed: ShardPlacement[] = chosen.map((appliance, index) => ({
+      index,
+      appliance: appliance.url,
+      region: `${name}-${index}`,
+      nbd: { host: appliance.nbd.host, port: appliance.nbd.port },
+      state: 'live',
+    }));
+    const creating = sealDescriptor({
+      format: DESCRIPTOR_FORMAT,
+      id: randomBytes(8).toString('hex'),
+      name,
+      tenant,
+      size,
+      pageSize: this.pageSize,
+      redundancy,
+      generation: 0,
+      state: 'creating',
+      shards: placed,
+      createdAt: Date.now(),
+    });
+    // The name first (unique per tenant), then the shards, each carrying the descriptor, then
+    // the descriptor marked ready: a client killed before that leaves a half-made region that
+    // the next allocation of the name collects.
+    await catalog.create(creating);
     const created: Array<{ url: string; region: string }> = [];
     const shards: Shard[] = [];
+    let descriptor: RegionDescriptor;
     try {
-      for (const [index, appliance] of chosen.entries()) {
-        const region = `${name}-${index}`;
-        await directory.createRegion(appliance.url, { name: region, size: geometry.shardBytes, tenant });
-        created.push({ url: appliance.url, region });
+      for (const shard of placed) {
+        await directory.createRegion(shard.appliance, {
+          name: shard.region,
+          size: geometry.shardBytes,
+          tenant,
+          descriptor: creating,
+        });
+        created.push({ url: shard.appliance, region: shard.region });
         shards.push(
           await Shard.open({
-            index,
-            appliance: appliance.url,
-            region,
-            nbd: appliance.nbd,
+            index: shard.index,
+            appliance: shard.appliance,
+            region: shard.region,
+            nbd: shard.nbd,
             requestTimeoutMs: this.requestTimeoutMs,
             tls: this.tls,
           }),
         );
       }
+      descriptor = nextGeneration(creating, { state: 'ready' });
+      await this.publishDescriptor(descriptor);
     } catch (error) {
       await Promise.allSettled(shards.map((shard) => shard.close()));
       await Promise.allSettled(created.map(({ url, region }) => directory.deleteRegion(url, region)));
+      await catalog.remove(creating).catch(() => undefined);
       throw error;
     }
     return new ExternalRegion({
@@ -266,6 +465,114 @@ export class Fabric {
       directory,
       requestTimeoutMs: this.requestTimeoutMs,
       tls: this.tls,
+      descriptor,
+      publish: (next) => this.publishDescriptor(next),
+      forget: (descriptor) => catalog.remove(descriptor),
     });
   }
+
+  /** Records a descriptor's next generation: in the catalog, and a copy on each shard. */
+  private async publishDescriptor(next: RegionDescriptor): Promise<void> {
+    const catalog = this.catalog!;
+    await catalog.update(next);
+    if (catalog.kind !== 'embedded') await storeCopies(this.directory!, next);
+  }
+
+  private requireCatalog(): { directory: ApplianceDirectory; catalog: Catalog } {
+    if (!this.directory || !this.catalog) {
+      throw invalidArgument('fabric regions are found on appliances: create the fabric with appliances');
+    }
+    return { directory: this.directory, catalog: this.catalog };
+  }
+
+  /** MF_BUSY when a shard of the region has NBD connections (a client has it open). */
+  private async assertIdle(descriptor: RegionDescriptor): Promise<void> {
+    const directory = this.directory!;
+    await Promise.all(
+      descriptor.shards
+        .filter((shard) => shard.state !== 'lost')
+        .map(async (shard) => {
+          const found = await directory.getRegion(shard.appliance, shard.region).catch(() => undefined);
+          const connections = found && 'connections' in found ? found.connections : 0;
+          if (connections > 0) throw busyRegion(descriptor, shard, connections);
+        }),
+    );
+  }
+
+  /**
+   * Connects one shard of a region being opened. A shard the descriptor does not list as live,
+   * or whose appliance or region does not answer, opens lost; a connected one is MF_BUSY
+   * (returned, not thrown, so the other connections can be closed).
+   */
+  private async openShard(
+    descriptor: RegionDescriptor,
+    placed: ShardPlacement,
+    force: boolean,
+  ): Promise<Shard | MemfabricError> {
+    const lost = (reason: string): Shard =>
+      Shard.lostAt({
+        index: placed.index,
+        appliance: placed.appliance,
+        region: placed.region,
+        nbd: placed.nbd,
+        reason,
+      });
+    if (placed.state !== 'live')
+      return lost(`recorded ${placed.state} at generation ${descriptor.generation}`);
+    const directory = this.directory!;
+    try {
+      const found = await directory.getRegion(placed.appliance, placed.region);
+      if (!found) return lost(`${placed.region} is gone from ${placed.appliance}`);
+      // Migrated while no client had the region open: open it where it went (the flush in
+      // open() then records the new home at the next generation).
+      const where =
+        'movedTo' in found
+          ? found.movedTo
+          : { appliance: placed.appliance, region: placed.region, nbd: undefined };
+      if ('connections' in found && found.connections > 0 && !force) {
+        return busyRegion(descriptor, placed, found.connections);
+      }
+      directory.add(where.appliance);
+      const state = directory.state(where.appliance);
+      const nbd = where.nbd ?? (state?.reachable ? state.nbd : placed.nbd);
+      return await Shard.open({
+        index: placed.index,
+        appliance: where.appliance,
+        region: where.region,
+        nbd,
+        requestTimeoutMs: this.requestTimeoutMs,
+        tls: this.tls,
+      });
+    } catch (error) {
+      return lost(`not reachable when the region was opened: ${(error as Error).message}`);
+    }
+  }
+}
+
+function busyRegion(
+  descriptor: RegionDescriptor,
+  shard: ShardPlacement,
+  connections: number,
+): MemfabricError {
+  return new MemfabricError(
+    ErrorCodes.BUSY,
+    `fabric region ${descriptor.name} is open elsewhere: shard ${shard.index} (${shard.region} on ${shard.appliance}) ` +
+      `has ${connections} NBD connection(s); close it there first, or pass force if that client is gone`,
+  );
+}
+
+function describeEntry(entry: CatalogEntry): FabricRegionInfo {
+  const d = entry.descriptor;
+  return {
+    name: d.name,
+    tenant: d.tenant,
+    id: d.id,
+    size: d.size,
+    redundancy: d.redundancy,
+    generation: d.generation,
+    state: d.state,
+    shards: d.shards,
+    shardsFound: [...entry.shardsFound].sort((a, b) => a - b),
+    degraded: d.shards.some((shard) => shard.state !== 'live'),
+  };
 }

@@ -23,6 +23,8 @@ export class Shard {
   readonly index: number;
   readonly appliance: string;
   readonly region: string;
+  /** Where the appliance serves NBD (recorded in the region's descriptor). */
+  readonly endpoint: Endpoint;
   state: ShardState;
   reason: string | undefined;
   private client: NbdClient | undefined;
@@ -33,7 +35,8 @@ export class Shard {
     index: number,
     appliance: string,
     region: string,
-    client: NbdClient,
+    endpoint: Endpoint,
+    client: NbdClient | undefined,
     state: ShardState,
     onClose: ((shard: Shard, error: Error | undefined) => void) | undefined,
   ) {
@@ -41,9 +44,10 @@ export class Shard {
     this.index = index;
     this.appliance = appliance;
     this.region = region;
+    this.endpoint = endpoint;
     this.client = client;
     this.state = state;
-    client.on('close', (error?: Error) => {
+    client?.on('close', (error?: Error) => {
       if (this.state === 'lost') return;
       // The owner may find the region elsewhere (a migration); by default the shard is lost.
       if (this.onClose) this.onClose(this, error);
@@ -75,10 +79,35 @@ export class Shard {
       options.index,
       options.appliance,
       options.region,
+      options.nbd,
       client,
       options.state ?? 'live',
       options.onClose,
     );
+  }
+
+  /**
+   * A shard known lost when its region is opened (its appliance is down, or the descriptor says
+   * it missed writes): never connected, never read or written.
+   */
+  static lostAt(options: {
+    index: number;
+    appliance: string;
+    region: string;
+    nbd: Endpoint;
+    reason: string;
+  }): Shard {
+    const shard = new Shard(
+      options.index,
+      options.appliance,
+      options.region,
+      options.nbd,
+      undefined,
+      'lost',
+      undefined,
+    );
+    shard.reason = options.reason;
+    return shard;
   }
 
   /** The connection, for a shard that is not lost. */
