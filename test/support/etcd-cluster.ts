@@ -29,6 +29,8 @@ const HEARTBEAT_MS = 100;
 const ELECTION_MS = 1000;
 /** Bytes of a member's stderr kept for failure messages. */
 const STDERR_BYTES_MAX = 32 * 1024;
+/** Starts tried when a member exits during start (a port taken between probe and bind). */
+const START_ATTEMPTS = 3;
 
 /** Why the etcd tests cannot run here, or undefined when they can. */
 export function etcdMissing(): string | undefined {
@@ -44,6 +46,9 @@ interface Member {
   dataDir: string;
   child: ChildProcess | undefined;
   exited: Promise<void>;
+  /** Exited without being asked to (killed or stopped by us is not early). */
+  exitedEarly: boolean;
+  stopping?: boolean;
   stderr: string;
 }
 
@@ -90,6 +95,7 @@ export async function until(
     try {
       if (await condition()) return;
     } catch (error) {
+      if (error instanceof StartFailed) throw error;
       last = error;
     }
     if (Date.now() > deadline) {
@@ -133,6 +139,22 @@ export class EtcdCluster {
     }
     installExitHook();
     const count = options.members ?? 3;
+    // A port found free may be taken by another process before etcd binds it: then the member
+    // exits at once, and the cluster is started again on fresh ports.
+    for (let attempt = 1; ; attempt++) {
+      const cluster = await EtcdCluster.spawnAll(count);
+      t.after(() => cluster.stop());
+      try {
+        await cluster.waitHealthy();
+        return cluster;
+      } catch (error) {
+        await cluster.stop();
+        if (attempt >= START_ATTEMPTS || !cluster.members.some((m) => m.exitedEarly)) throw error;
+      }
+    }
+  }
+
+  private static async spawnAll(count: number): Promise<EtcdCluster> {
     const root = mkdtempSync(join(tmpdir(), 'memfabric-etcd-'));
     const members: Member[] = [];
     for (let i = 0; i < count; i++) {
@@ -143,13 +165,12 @@ export class EtcdCluster {
         dataDir: join(root, `m${i}`),
         child: undefined,
         exited: Promise.resolve(),
+        exitedEarly: false,
         stderr: '',
       });
     }
     const cluster = new EtcdCluster(members, `memfabric-test-${process.pid}-${Date.now()}`, root);
-    t.after(() => cluster.stop());
     for (const member of members) cluster.spawn(member);
-    await cluster.waitHealthy();
     return cluster;
   }
 
@@ -197,6 +218,7 @@ export class EtcdCluster {
   async kill(member: string): Promise<void> {
     const m = this.member(member);
     if (!m.child) return;
+    m.stopping = true;
     signal(m.child, 'SIGKILL');
     await m.exited;
   }
@@ -216,6 +238,7 @@ export class EtcdCluster {
     await Promise.all(
       this.members.map(async (m) => {
         if (!m.child) return;
+        m.stopping = true;
         signal(m.child, 'SIGTERM');
         let timer: NodeJS.Timeout | undefined;
         const late = new Promise<'late'>((resolve) => {
@@ -239,6 +262,8 @@ export class EtcdCluster {
       await until(
         'the etcd cluster to elect a leader and answer reads',
         async () => {
+          const early = this.members.find((m) => m.exitedEarly);
+          if (early) throw new StartFailed(`etcd member ${early.name} exited during start`);
           for (const member of this.members) {
             if (!member.child) continue;
             const status = await this.status(member.name);
@@ -315,6 +340,8 @@ export class EtcdCluster {
     if (child.pid === undefined) throw new Error(`could not start ${ETCD_BIN}`);
     live.add(child);
     m.child = child;
+    m.stopping = false;
+    m.exitedEarly = false;
     m.stderr = '';
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (text: string) => {
@@ -324,11 +351,15 @@ export class EtcdCluster {
       child.once('close', () => {
         live.delete(child);
         if (m.child === child) m.child = undefined;
+        if (!m.stopping) m.exitedEarly = true;
         resolve();
       });
     });
   }
 }
+
+/** Ends `until` at once: waiting longer cannot help. */
+class StartFailed extends Error {}
 
 function signal(child: ChildProcess, name: NodeJS.Signals): void {
   try {
