@@ -19,6 +19,9 @@
  *                                                     length), under the claiming client's
  *                                                     lease; <index> is zero-padded so keys
  *                                                     sort in chunk order
+ *   /memfabric/v1/chunkpools/<tenant>/<region>        the chunk size of a region carved into
+ *                                                     chunks (JSON: chunkSize, size), written
+ *                                                     once by its first claimer, no lease
  *   /memfabric/v1/controller/                         reserved for the controller's election
  *
  * <tenant>, <name>, <region> and <id> are percent-encoded (encodeURIComponent), so a '/' in a
@@ -57,6 +60,8 @@ export const EtcdKeys = {
     `${ETCD_PREFIX}regions/${segment(tenant)}/${segment(name)}`,
   appliances: `${ETCD_PREFIX}appliances/`,
   appliance: (id: string): string => `${ETCD_PREFIX}appliances/${segment(id)}`,
+  chunkPool: (tenant: string, region: string): string =>
+    `${ETCD_PREFIX}chunkpools/${segment(tenant)}/${segment(region)}`,
   chunksOf: (tenant: string, region: string): string =>
     `${ETCD_PREFIX}chunks/${segment(tenant)}/${segment(region)}/`,
   chunk: (tenant: string, region: string, index: number): string =>
