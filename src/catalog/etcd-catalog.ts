@@ -52,7 +52,7 @@ export class EtcdCatalog implements Catalog {
   }
 
   async create(descriptor: RegionDescriptor): Promise<void> {
-    parseDescriptor(descriptor, 'the descriptor given to create');
+    checkGiven(descriptor, 'create');
     const key = Buffer.from(EtcdKeys.region(descriptor.tenant, descriptor.name));
     const value = Buffer.from(JSON.stringify(descriptor));
     const answer = await this.connection.run(`create region ${describe(descriptor)}`, () =>
@@ -73,7 +73,7 @@ export class EtcdCatalog implements Catalog {
   }
 
   async update(next: RegionDescriptor): Promise<void> {
-    parseDescriptor(next, 'the descriptor given to update');
+    checkGiven(next, 'update');
     const key = Buffer.from(EtcdKeys.region(next.tenant, next.name));
     const value = Buffer.from(JSON.stringify(next));
     for (let round = 0; round < CAS_ROUNDS_MAX; round++) {
@@ -181,6 +181,19 @@ export class EtcdCatalog implements Catalog {
       else process.emitWarning(corrupt.message, { code: corrupt.code });
       return { descriptor: undefined, modRevision: kv.mod_revision, corrupt };
     }
+  }
+}
+
+/** A descriptor handed in must be whole and sealed: a caller's bug is not a damaged entry. */
+function checkGiven(descriptor: RegionDescriptor, what: string): void {
+  try {
+    parseDescriptor(descriptor, 'the given descriptor');
+  } catch (error) {
+    throw new MemfabricError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `EtcdCatalog.${what}: ${(error as Error).message.replace(/;.*$/, '')}; build it with sealDescriptor or nextGeneration`,
+      { cause: error },
+    );
   }
 }
 

@@ -397,8 +397,8 @@ class LeasedChunk extends ViewedChunk {
   }
 }
 
-/** The lowest index of `count` free chunks in [0, total), or undefined. */
-function firstFit(kvs: IKeyValue[], total: number, count: number): number | undefined {
+/** @internal The lowest index of `count` free chunks in [0, total), or undefined. */
+export function firstFit(kvs: IKeyValue[], total: number, count: number): number | undefined {
   const held = kvs.map((kv) => chunkIndexOf(kv.key.toString())).filter((i) => i >= 0 && i < total);
   held.sort((a, b) => a - b);
   let start = 0;

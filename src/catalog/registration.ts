@@ -140,6 +140,7 @@ export class ApplianceRegistration {
   ): Promise<ApplianceRegistration> {
     const id = options.id ?? (await applianceId(options.dataDir));
     const registration = new ApplianceRegistration(appliance, id, options);
+    registration.warnIfUnreachable();
     registration.schedule(0);
     return registration;
   }
@@ -189,6 +190,23 @@ export class ApplianceRegistration {
       for (const resolve of this.registeredWaiters.splice(0)) resolve();
     })();
     return this.stopping;
+  }
+
+  /**
+   * An appliance that listens on loopback while etcd is elsewhere publishes addresses other
+   * machines cannot reach: say so once (it still registers; a one-machine fleet is fine).
+   */
+  private warnIfUnreachable(): void {
+    const loopback = (host: string) => /^(127\.|localhost$|\[?::1\]?$)/.test(host);
+    const urlHost = new URL(this.appliance.httpUrl).hostname;
+    const remoteEtcd = this.connection.endpoints.some((url) => !loopback(new URL(url).hostname));
+    if (remoteEtcd && (loopback(urlHost) || loopback(this.appliance.nbdAddress.host))) {
+      this.logger?.warn(
+        { component: 'etcd', url: this.appliance.httpUrl, nbd: this.appliance.nbdAddress },
+        'this appliance registers loopback addresses that other machines cannot reach; listen on a routable ' +
+          'address (--http HOST:PORT --nbd HOST:PORT) for a fleet of several machines',
+      );
+    }
   }
 
   private schedule(ms: number): void {

@@ -77,6 +77,12 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
     assert.deepEqual((await b.get('t1', 'alpha'))?.descriptor, d1);
     assert.deepEqual((await b.get('t1', 'alpha'))?.shardsFound, [0]);
     assert.equal(await code(b.create(descriptor('t1', 'alpha'))), ErrorCodes.ALREADY_EXISTS);
+    // A descriptor edited after sealing is the caller's mistake, not a conflict.
+    assert.equal(
+      await code(b.create({ ...descriptor('t1', 'edited'), size: 5 })),
+      ErrorCodes.INVALID_ARGUMENT,
+    );
+    assert.equal(await b.get('t1', 'edited'), undefined);
     // The same name in another tenant is another region.
     await b.create(descriptor('t2', 'alpha'));
 

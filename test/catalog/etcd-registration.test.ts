@@ -18,7 +18,11 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Appliance } from '../../src/appliance/index.js';
 import { EtcdKeys } from '../../src/catalog/etcd.js';
-import { APPLIANCE_ID_FILE, type ApplianceRecord } from '../../src/catalog/registration.js';
+import {
+  APPLIANCE_ID_FILE,
+  ApplianceRegistration,
+  type ApplianceRecord,
+} from '../../src/catalog/registration.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { EtcdCluster, until } from '../support/etcd-cluster.js';
@@ -136,6 +140,28 @@ test('appliance registration in a real etcd', async (t) => {
     await assert.rejects(startAppliance(cluster.endpoints, { etcdTtl: 0 }), {
       code: ErrorCodes.INVALID_ARGUMENT,
     });
+  });
+
+  await t.test('loopback addresses with etcd on another machine: a warning', async () => {
+    const { logger, lines } = capture();
+    const fake = {
+      httpUrl: 'http://127.0.0.1:10880',
+      nbdAddress: { host: '127.0.0.1', port: 10809 },
+      stats: () => ({ memory: { capacityBytes: 1, freeBytes: 1 } }),
+    };
+    // 192.0.2.1 (TEST-NET-1) is never routed: only the warning matters here.
+    const remote = await ApplianceRegistration.start(fake, {
+      endpoints: ['http://192.0.2.1:2379'],
+      callTimeoutMs: 200,
+      logger,
+    });
+    await remote.stop();
+    assert.ok(lines.some((l) => /loopback addresses that other machines cannot reach/.test(String(l.msg))));
+    lines.length = 0;
+    const local = await ApplianceRegistration.start(fake, { endpoints: cluster.endpoints, logger });
+    await local.registered();
+    await local.stop();
+    assert.ok(!lines.some((l) => /cannot reach/.test(String(l.msg))), 'no warning with etcd on loopback too');
   });
 
   await t.test('etcd away longer than the lease: the appliance serves, then registers again', async () => {
