@@ -94,6 +94,8 @@ export class LeasedSubAllocator {
   private lease: Lease | undefined;
   private leaseId: string | undefined;
   private granting: Promise<string> | undefined;
+  /** The region's size once its chunk size was agreed with etcd (not kept on failure). */
+  private sizing: Promise<number> | undefined;
   /** Send times of keep-alives not answered yet, oldest first. */
   private readonly unanswered: number[] = [];
   /** Until when the server surely holds the lease (ms since the epoch); 0 before the grant. */
@@ -141,7 +143,14 @@ export class LeasedSubAllocator {
   async claim(request: ClaimRequest = {}): Promise<Chunk> {
     this.assertOpen();
     const count = this.countOf(request);
-    const regionBytes = await this.regionSize();
+    if (!this.sizing) {
+      const sizing = this.regionSize();
+      sizing.catch(() => {
+        if (this.sizing === sizing) this.sizing = undefined;
+      });
+      this.sizing = sizing;
+    }
+    const regionBytes = await this.sizing;
     const total = Math.floor(regionBytes / this.chunkBytes);
     const lease = await this.grant();
     const prefix = EtcdKeys.chunksOf(this.tenant, this.region);
@@ -219,6 +228,8 @@ export class LeasedSubAllocator {
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      // Releasing here only closes the views and waits for their I/O: the revoke below frees
+      // every key of this lease at once (and etcd expires them if it cannot be reached).
       await Promise.allSettled([...this.held].map((chunk) => chunk.release()));
       const lease = this.lease;
       this.lease = undefined;
@@ -236,6 +247,11 @@ export class LeasedSubAllocator {
   /** @internal */
   nbd(): Promise<NbdClient> {
     return this.plumbing.connection();
+  }
+
+  /** @internal True once close() has begun. */
+  get closed(): boolean {
+    return this.closing !== undefined;
   }
 
   /** @internal True while the server surely still holds this client's lease. */
@@ -392,7 +408,7 @@ class LeasedChunk extends ViewedChunk {
   }
 
   protected async free(): Promise<void> {
-    await this.allocator.deleteRun(this.value, this.keys);
+    if (!this.allocator.closed) await this.allocator.deleteRun(this.value, this.keys);
     this.allocator.forget(this);
   }
 }

@@ -91,4 +91,10 @@ test('discovery follows real appliance processes through etcd', async (t) => {
   const second = await start(dataDir);
   await until('the restarted appliance under its old id', () => idOf(second) === stableId, WAIT_MS);
   assert.equal(discovery.live().filter((a) => a.id === stableId).length, 1);
+
+  // The CLI refuses what cannot be an etcd client URL before serving anything.
+  await assert.rejects(
+    ApplianceProcess.start({ args: ['--etcd', '10.0.0.1:2379'] }),
+    /exited.*before listening[\s\S]*not an etcd client URL/,
+  );
 });
