@@ -21,7 +21,7 @@ import { Etcd3 } from 'etcd3';
 
 export const ETCD_BIN = '/usr/bin/etcd';
 /** From spawn to a cluster with a leader that answers reads (loaded CI machines are slow). */
-export const ETCD_START_MS_MAX = 30_000;
+export const ETCD_START_MS_MAX = 45_000;
 /** Time a member may take to exit after SIGTERM before it gets SIGKILL. */
 const ETCD_STOP_MS_MAX = 10_000;
 /** Raft heartbeat and election timeout (ms): small for fast failover, wide enough for a busy CPU. */
