@@ -149,7 +149,7 @@ export class ApplianceRegistration {
     return this.currentState;
   }
 
-  /** Resolves once the key has been written (for tests and callers that want to know). */
+  /** Resolves once the key has been written, or the registration stopped without it. */
   registered(): Promise<void> {
     if (this.currentState === 'registered') return Promise.resolve();
     return new Promise((resolve) => this.registeredWaiters.push(resolve));
@@ -213,6 +213,8 @@ export class ApplianceRegistration {
     if (this.currentState === 'stopped') return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
+      // One tick at a time: a tick in progress schedules the next one when it ends.
+      if (this.running) return;
       this.running = this.tick().finally(() => {
         this.running = undefined;
       });
@@ -271,7 +273,8 @@ export class ApplianceRegistration {
   /** Writes the key if absent or ours; false when an older holder still has it. */
   private async put(value: string, heldBy?: string): Promise<boolean> {
     const key = Buffer.from(this.key);
-    const lease = this.leaseId!;
+    const lease = this.leaseId;
+    if (lease === undefined) return false; // lost meanwhile: the next tick grants a new one
     const put = { request_put: { key, value: Buffer.from(value), lease } };
     const answer = await this.connection.run('register the appliance', () =>
       this.connection.client.kv.txn({
