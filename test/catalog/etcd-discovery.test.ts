@@ -4,16 +4,20 @@
  * 3-member etcd cluster:
  *   - every started appliance appears, with its admin URL and NBD endpoint;
  *   - a SIGKILLed appliance's key vanishes once its lease expires and discovery drops it (a
- *     'down' event with its last record, as a controller would watch for);
+ *     'down' event with its last record, as a controller would watch for), and placement
+ *     over discovery's view no longer picks it;
  *   - a SIGTERMed appliance revokes its lease: dropped too, and it exits 0;
  *   - with the etcd leader killed, a new appliance still appears (the watch resumes);
  *   - an appliance restarted on its data directory keeps its id, and re-registers once the
- *     lease of its killed predecessor has expired.
+ *     lease of its killed predecessor has expired;
+ *   - a bad --etcd URL stops the CLI before it serves anything.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ApplianceDiscovery, type DiscoveryEvent } from '../../src/catalog/etcd-discovery.js';
 import { EtcdKeys } from '../../src/catalog/etcd.js';
+import { ErrorCodes } from '../../src/errors.js';
+import { place } from '../../src/fabric/placement.js';
 import { ApplianceProcess, tempDir } from '../interop/appliance-process.js';
 import { EtcdCluster, until } from '../support/etcd-cluster.js';
 
@@ -67,6 +71,12 @@ test('discovery follows real appliance processes through etcd', async (t) => {
   t.after(() => client.close());
   assert.equal(await client.get(EtcdKeys.appliance(victimId)).string(), null, 'its key is gone from etcd');
   assert.ok(listed(survivor) && listed(clean));
+  // Placement over discovery's view uses only the live appliances.
+  const placed = place(discovery.states(), { shards: 2, shardBytes: 1024 * 1024 }).map((a) => a.url);
+  assert.deepEqual(placed.sort(), [clean.httpUrl, survivor.httpUrl].sort());
+  assert.throws(() => place(discovery.states(), { shards: 3, shardBytes: 1024 * 1024 }), {
+    code: ErrorCodes.PLACEMENT_FAILED,
+  });
 
   // SIGTERM: the lease is revoked on the way out.
   const cleanId = idOf(clean)!;
