@@ -227,6 +227,29 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
     },
   );
 
+  await t.test('without a quorum, changes wait for it (or fail past retryMs)', async () => {
+    const running = cluster.memberNames.filter((m) => cluster.pid(m) !== undefined);
+    const down = cluster.memberNames.filter((m) => cluster.pid(m) === undefined);
+    // Leave one member of three: no majority, so no leader and no writes.
+    for (const member of running.slice(1)) await cluster.kill(member);
+    const impatient = new EtcdCatalog({ endpoints: cluster.endpoints, retryMs: 1000, callTimeoutMs: 500 });
+    try {
+      await assert.rejects(impatient.create(descriptor('quorum', 'late')), (error: MemfabricError) => {
+        assert.equal(error.code, ErrorCodes.CATALOG_UNAVAILABLE);
+        assert.match(error.message, /could not create region quorum\/late/);
+        return true;
+      });
+    } finally {
+      await impatient.close();
+    }
+    // The patient client's create, begun without a quorum, waits until a member is back.
+    const waiting = a.create(descriptor('quorum', 'waited'));
+    await cluster.restart([...down, ...running.slice(1)][0]!);
+    await waiting;
+    assert.equal((await b.get('quorum', 'waited'))?.descriptor.name, 'waited');
+    assert.equal(await b.get('quorum', 'late'), undefined, 'the failed create left nothing');
+  });
+
   await t.test('no etcd answering: MF_CATALOG_UNAVAILABLE naming the endpoints', async () => {
     const port = await closedPort();
     const lonely = new EtcdCatalog({
