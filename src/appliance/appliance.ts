@@ -22,6 +22,7 @@ import {
   type NbdStats,
 } from '../nbd/index.js';
 import { parseSize } from '../size.js';
+import { ApplianceRegistration } from '../catalog/registration.js';
 import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { type AdminAuth, type ReadAccess } from './auth.js';
 import { loadAdminAuth } from './auth-config.js';
@@ -78,6 +79,10 @@ export interface ApplianceOptions {
   httpTls?: { cert: string | Buffer; key: string | Buffer };
   /** CA certificates (PEM) trusted when this appliance calls another's HTTPS admin API (migration). */
   peerCa?: string | Buffer;
+  /** Fleet mode: etcd client URLs to register this appliance in (see docs/fleet.md). */
+  etcd?: string[];
+  /** Lease TTL of the etcd registration, in seconds (default 5). */
+  etcdTtl?: number;
 }
 
 export interface ApplianceAuthOptions {
@@ -137,6 +142,8 @@ export class Appliance {
   readonly peerCa: string | Buffer | undefined;
   /** Warnings about how the appliance is exposed (also logged at start). */
   warnings: string[] = [];
+  /** Its key in the fleet's etcd, when started with `etcd` (src/catalog/registration.ts). */
+  registration: ApplianceRegistration | undefined;
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -256,6 +263,7 @@ export class Appliance {
    */
   stop(): Promise<StopReport> {
     this.stopping ??= (async () => {
+      await this.registration?.stop(); // first: clients stop placing shards here
       this.stopRequested = true;
       this.merger?.stop();
       await Promise.allSettled([this.nbdServer.close(), this.http?.close()]);
@@ -325,6 +333,14 @@ export class Appliance {
       host: httpHost,
       port: typeof address === 'object' && address !== null ? address.port : httpPort,
     };
+    if (options.etcd) {
+      this.registration = await ApplianceRegistration.start(this, {
+        endpoints: options.etcd,
+        ...(options.etcdTtl !== undefined ? { ttlSeconds: options.etcdTtl } : {}),
+        ...(options.dataDir ? { dataDir: options.dataDir } : {}),
+        ...(this.logger ? { logger: this.logger } : {}),
+      });
+    }
     // Regions load after the listeners are up: a client asking for one still loading is
     // told so (NBD option error, MF_LOADING) and can retry; the others serve meanwhile.
     this.loaded = this.registry

@@ -41,6 +41,9 @@ export interface ApplianceCommandOptions {
   httpTlsKey?: string;
   peerCa?: string;
   readAccess?: string;
+  /** Fleet mode: etcd client URLs, comma-separated, and the registration's lease TTL (s). */
+  etcd?: string;
+  etcdTtl?: number;
 }
 
 /**
@@ -67,6 +70,14 @@ function readPem(file: string, what: string): Buffer {
       { cause: error },
     );
   }
+}
+
+/** `--etcd URL[,URL...]` as a list (checked by the registration: http(s)://HOST:PORT each). */
+function etcdEndpoints(value: string): string[] {
+  return value
+    .split(',')
+    .map((url) => url.trim())
+    .filter((url) => url !== '');
 }
 
 /** Exit status when the final save of some file-backed region failed (or stopping failed). */
@@ -144,6 +155,8 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
         }
       : {}),
     ...(options.peerCa !== undefined ? { peerCa: readPem(options.peerCa, 'the CA file') } : {}),
+    ...(options.etcd !== undefined ? { etcd: etcdEndpoints(options.etcd) } : {}),
+    ...(options.etcdTtl !== undefined ? { etcdTtl: options.etcdTtl } : {}),
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = appliance.httpUrl;
@@ -154,6 +167,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       memory: options.memory,
       regions: appliance.registry.size,
       tokenFile: appliance.adminTokenFile ?? null,
+      ...(appliance.registration ? { etcdKey: appliance.registration.key } : {}),
       nbdLimits: appliance.nbdServer.effectiveLimits,
     },
     'appliance listening',

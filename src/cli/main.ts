@@ -141,6 +141,8 @@ program
     "'open': loopback clients read without a token; 'token': every call needs one",
     'open',
   )
+  .option('--etcd <urls>', 'fleet mode: register in etcd at these client URLs (comma-separated)')
+  .option('--etcd-ttl <seconds>', 'lease TTL of the etcd registration (default 5)', positiveIntegerOption)
   .action(runAppliance);
 
 const appliance = (command: Command) =>

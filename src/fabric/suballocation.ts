@@ -228,18 +228,22 @@ export class SubAllocator {
   }
 }
 
-class ClaimedChunk implements Chunk {
+/**
+ * @internal What every kind of chunk shares: its views and the release order (close the views
+ * to new I/O, wait for what they issued, then free). Subclasses say where the NBD connection
+ * comes from and how a chunk is freed: the appliance's allocator here, etcd keys in fleet mode
+ * (src/catalog/leased-chunks.ts).
+ */
+export abstract class ViewedChunk implements Chunk {
   readonly region: string;
   readonly owner: string;
   readonly offset: number;
   readonly length: number;
   readonly chunkSize: number;
-  private readonly allocator: SubAllocator;
   private readonly views = new Set<ChunkView>();
   private releasing: Promise<void> | undefined;
 
-  constructor(allocator: SubAllocator, claimed: ChunkClaimView) {
-    this.allocator = allocator;
+  constructor(claimed: ChunkClaimView) {
     this.region = claimed.region;
     this.owner = claimed.owner;
     this.offset = claimed.offset;
@@ -247,14 +251,19 @@ class ClaimedChunk implements Chunk {
     this.chunkSize = claimed.chunkSize;
   }
 
+  /** The NBD connection views use (to the whole region). */
+  protected abstract connection(): Promise<NbdClient>;
+  /** Frees the chunk once its views are settled. */
+  protected abstract free(): Promise<void>;
+
   get released(): boolean {
     return this.releasing !== undefined;
   }
 
   async open(): Promise<ChunkView> {
-    if (this.releasing) throw releasedError(this);
-    const client = await this.allocator.connection();
-    if (this.releasing) throw releasedError(this);
+    if (this.released) throw releasedError(this);
+    const client = await this.connection();
+    if (this.released) throw releasedError(this);
     const view = new ChunkView(client, this);
     this.views.add(view);
     return view;
@@ -266,18 +275,35 @@ class ClaimedChunk implements Chunk {
       for (const view of views) view.close();
       this.releasing = (async () => {
         await Promise.all(views.map((view) => view.settled()));
-        const query = `?owner=${encodeURIComponent(this.owner)}`;
-        await this.allocator.api<void>('DELETE', `${this.allocator.chunksPath()}/${this.offset}${query}`);
-        if (singleUse.has(this.allocator)) await this.allocator.close();
+        await this.free();
       })();
-      // A failed DELETE (appliance unreachable) may be retried by calling release() again;
-      // the views stay closed either way.
+      // A failed free (appliance or etcd unreachable) may be retried by calling release()
+      // again; the views stay closed either way.
       this.releasing.catch(() => {
         this.releasing = undefined;
         this.views.clear();
       });
     }
     return this.releasing;
+  }
+}
+
+class ClaimedChunk extends ViewedChunk {
+  private readonly allocator: SubAllocator;
+
+  constructor(allocator: SubAllocator, claimed: ChunkClaimView) {
+    super(claimed);
+    this.allocator = allocator;
+  }
+
+  protected connection(): Promise<NbdClient> {
+    return this.allocator.connection();
+  }
+
+  protected async free(): Promise<void> {
+    const query = `?owner=${encodeURIComponent(this.owner)}`;
+    await this.allocator.api<void>('DELETE', `${this.allocator.chunksPath()}/${this.offset}${query}`);
+    if (singleUse.has(this.allocator)) await this.allocator.close();
   }
 }
 
