@@ -95,6 +95,11 @@ export {
   shardGeometry,
   type FabricOptions,
   type AllocateOptions,
+  type OpenOptions,
+  type DeleteOptions,
+  type FabricRegionInfo,
+  type RebuildOptions,
+  type RebuildProgress,
   type Redundancy,
   type RegionHealth,
   type ScrubResult,
@@ -138,3 +143,11 @@ export {
   type SubAllocatorOptions,
 } from './fabric/suballocation.js';
 export * from './heap/index.js';
+export {
+  parseDescriptor,
+  type RegionDescriptor,
+  type ShardPlacement,
+  type RegionState as FabricRegionState,
+} from './catalog/descriptor.js';
+export type { Catalog, CatalogEntry } from './catalog/catalog.js';
+export * from './catalog/index.js';

@@ -88,8 +88,19 @@ export class ApplianceDirectory {
   private readonly defaults: DirectoryDefaults;
   private states = new Map<string, ApplianceState>();
 
-  constructor(appliances: ApplianceAccess[], timeoutMs: number, defaults: DirectoryDefaults = {}) {
-    if (appliances.length === 0) throw invalidArgument('a fabric needs at least one appliance admin URL');
+  /**
+   * `appliances` may be empty only when they are discovered (fleet mode adds them as etcd
+   * reports them); a fabric given a static list needs at least one.
+   */
+  constructor(
+    appliances: ApplianceAccess[],
+    timeoutMs: number,
+    defaults: DirectoryDefaults = {},
+    discovered = false,
+  ) {
+    if (appliances.length === 0 && !discovered) {
+      throw invalidArgument('a fabric needs at least one appliance admin URL');
+    }
     this.timeoutMs = timeoutMs;
     this.defaults = defaults;
     for (const appliance of appliances) this.add(appliance);

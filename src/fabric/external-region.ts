@@ -34,6 +34,7 @@
  * acknowledged, so retrying them at the destination loses nothing. Otherwise the shard is lost.
  */
 import { nextGeneration, type RegionDescriptor, type ShardPlacement } from '../catalog/descriptor.js';
+import { setTimeout as delay } from 'node:timers/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ESHUTDOWN } from '../nbd/constants.js';
 import type { NbdClientTls } from '../nbd/index.js';
@@ -54,6 +55,24 @@ export const BATCH_STRIPES = 64;
 export const MIGRATION_WAIT_MS = 30_000;
 /** Coding buffers kept per region (bounds memory and concurrent batches). */
 const BATCH_POOL_MAX = 4;
+/** Batches a rebuild refills at once (each holds a coding buffer while it runs). */
+const REFILL_DEPTH = BATCH_POOL_MAX;
+
+export interface RebuildOptions {
+  /** Appliances for the replacements, in shard order (default: placement). */
+  appliances?: string[];
+  /** Refill at most this many bytes per second per shard (default: as fast as it goes). */
+  bytesPerSecond?: number;
+  /** Called after every refilled batch. */
+  onProgress?: (progress: RebuildProgress) => void;
+}
+
+export interface RebuildProgress {
+  /** The shard being refilled. */
+  shard: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
 
 export type Redundancy = 'none' | { copies: number } | { data: number; parity: number };
 
@@ -138,7 +157,6 @@ export class ExternalRegion {
     degradedReads: 0,
     codedBytes: 0,
   };
-  private rebuilds = 0;
   private closed = false;
   /** Shards being looked up after their connection closed (see "Migration" above). */
   private readonly following = new Map<number, Promise<Shard | undefined>>();
@@ -315,7 +333,7 @@ export class ExternalRegion {
    * survivors, while the region stays in use: writes reach the new shard from the moment it
    * exists; reads use it once it is full. `appliances` picks the replacements (else placement).
    */
-  async rebuild(options: { appliances?: string[] } = {}): Promise<{ rebuilt: number }> {
+  async rebuild(options: RebuildOptions = {}): Promise<{ rebuilt: number }> {
     this.assertOpen();
     let rebuilt = 0;
     const wanted = options.appliances ? [...options.appliances] : [];
@@ -325,7 +343,7 @@ export class ExternalRegion {
       // Recorded as rebuilding first: if this client dies halfway, whoever opens the region
       // next sees a shard that is not full and rebuilds it again instead of reading it.
       await this.republish();
-      await this.refill(replacement);
+      await this.refill(replacement, options);
       replacement.state = 'live';
       await this.republish();
       rebuilt++;
@@ -661,7 +679,6 @@ export class ExternalRegion {
     const old = this.shards[index]!;
     // Named after the generation that adds it: unique across the clients that ever open the region.
     const region = `${this.name}-${index}-g${this.current.generation + 1}`;
-    this.rebuilds++;
     await this.directory.createRegion(target.url, {
       name: region,
       size: this.shardBytes,
@@ -683,32 +700,51 @@ export class ExternalRegion {
     return replacement;
   }
 
-  private async refill(shard: Shard): Promise<void> {
+  /**
+   * Fills a replacement shard from the survivors: REFILL_DEPTH batches in flight (each under its
+   * own stripe lock, so writes to other stripes go on), each worker reusing one run buffer;
+   * paced to `bytesPerSecond` when given (a rebuild should not starve the region's own I/O).
+   */
+  private async refill(shard: Shard, options: RebuildOptions): Promise<void> {
     const pageSize = this.pageSize;
     const columns = Math.ceil(this.shardBytes / pageSize);
-    for (let a = 0; a < columns; a += this.batchStripes) {
-      const b = Math.min(columns - 1, a + this.batchStripes - 1);
-      if (this.mode === 'coded') {
-        await this.withStripes(a, b, async (batch) => {
-          batch.reset(b - a + 1);
-          await this.loadColumns(batch, a, a, b, 1 << shard.index);
-          const run = Buffer.alloc((b - a + 1) * pageSize);
-          for (let c = a; c <= b; c++) batch.getPage(c - a, shard.index, run, (c - a) * pageSize);
-          await shard.nbd.write(a * pageSize, run);
-        });
-      } else {
-        const release = await this.lock.acquire(a, b);
-        try {
-          const offset = a * pageSize;
-          const length = Math.min(this.shardBytes, (b + 1) * pageSize) - offset;
-          const run = Buffer.alloc(length);
-          await this.readCopy(offset, run);
-          await shard.nbd.write(offset, run);
-        } finally {
-          release();
+    const total = columns * pageSize;
+    const started = performance.now();
+    let next = 0;
+    let done = 0;
+    const worker = async (): Promise<void> => {
+      const run = Buffer.alloc(this.batchStripes * pageSize);
+      for (let a = next; a < columns; a = next) {
+        next += this.batchStripes;
+        const b = Math.min(columns - 1, a + this.batchStripes - 1);
+        const bytes = (b - a + 1) * pageSize;
+        if (this.mode === 'coded') {
+          await this.withStripes(a, b, async (batch) => {
+            batch.reset(b - a + 1);
+            await this.loadColumns(batch, a, a, b, 1 << shard.index);
+            for (let c = a; c <= b; c++) batch.getPage(c - a, shard.index, run, (c - a) * pageSize);
+            await shard.nbd.write(a * pageSize, run.subarray(0, bytes));
+          });
+        } else {
+          const release = await this.lock.acquire(a, b);
+          try {
+            const offset = a * pageSize;
+            const length = Math.min(this.shardBytes, (b + 1) * pageSize) - offset;
+            await this.readCopy(offset, run.subarray(0, length));
+            await shard.nbd.write(offset, run.subarray(0, length));
+          } finally {
+            release();
+          }
+        }
+        done += bytes;
+        options.onProgress?.({ shard: shard.index, bytesDone: done, bytesTotal: total });
+        if (options.bytesPerSecond) {
+          const ahead = started + (done / options.bytesPerSecond) * 1000 - performance.now();
+          if (ahead > 0) await delay(ahead);
         }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: REFILL_DEPTH }, worker));
     await shard.nbd.flush();
   }
 

@@ -26,6 +26,9 @@ import {
   type ShardPlacement,
 } from '../catalog/descriptor.js';
 import { EmbeddedCatalog, storeCopies } from '../catalog/embedded-catalog.js';
+import { ApplianceDiscovery } from '../catalog/etcd-discovery.js';
+import { EtcdCatalog } from '../catalog/etcd-catalog.js';
+import { checkEndpoints, type EtcdOptions } from '../catalog/etcd.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { NbdClientTls } from '../nbd/index.js';
 import { FramePool } from '../memory/index.js';
@@ -48,6 +51,12 @@ export interface FabricOptions {
    * appliance with a token (or CA) of its own.
    */
   appliances?: ApplianceAccess[];
+  /**
+   * Fleet mode: the etcd members (client URLs) or full etcd options. The live appliances are
+   * discovered from etcd (and may be combined with `appliances`), and the catalog of regions is
+   * kept in etcd, changed only by compare-and-swap transactions (docs/fleet.md).
+   */
+  etcd?: string[] | EtcdOptions;
   /** Token sent to appliances given without one (an admin token, or a tenant token). */
   token?: string;
   /** CA certificates (PEM) trusted for https appliances given without a CA of their own. */
@@ -138,19 +147,33 @@ export class Fabric {
   private readonly regions = new Set<MemoryRegion>();
   /** Regions reopened by name: close() detaches them instead of freeing them. */
   private readonly opened = new Set<ExternalRegion>();
-  private readonly catalog: Catalog | undefined;
+  private catalog: Catalog | undefined;
   private readonly warn: (message: string) => void;
+  /** Fleet mode: etcd's options, and (once started) the discovery of live appliances. */
+  private readonly etcd: EtcdOptions | undefined;
+  private fleet: Promise<ApplianceDiscovery> | undefined;
 
   constructor(options: FabricOptions) {
     this.pageSize = options.pageSize ?? 4096;
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
     this.tls = options.tls;
+    this.etcd =
+      options.etcd === undefined
+        ? undefined
+        : Array.isArray(options.etcd)
+          ? { endpoints: checkEndpoints(options.etcd) }
+          : { ...options.etcd, endpoints: checkEndpoints(options.etcd.endpoints) };
     this.directory =
-      options.appliances && options.appliances.length > 0
-        ? new ApplianceDirectory(options.appliances, this.requestTimeoutMs, {
-            ...(options.token !== undefined ? { token: options.token } : {}),
-            ...(options.ca !== undefined ? { ca: options.ca } : {}),
-          })
+      (options.appliances && options.appliances.length > 0) || this.etcd
+        ? new ApplianceDirectory(
+            options.appliances ?? [],
+            this.requestTimeoutMs,
+            {
+              ...(options.token !== undefined ? { token: options.token } : {}),
+              ...(options.ca !== undefined ? { ca: options.ca } : {}),
+            },
+            this.etcd !== undefined,
+          )
         : undefined;
     this.localBudget = options.localMemory === undefined ? 0 : parseSize(options.localMemory, 'localMemory');
     this.localPool =
@@ -166,12 +189,14 @@ export class Fabric {
     this.fileDirectory = options.fileDirectory;
     this.tenant = options.tenant ?? 'default';
     this.warn = options.warn ?? (() => undefined);
-    this.catalog = this.directory
-      ? new EmbeddedCatalog(this.directory, {
-          warn: this.warn,
-          ...(options.halfMadeGraceMs !== undefined ? { halfMadeGraceMs: options.halfMadeGraceMs } : {}),
-        })
-      : undefined;
+    this.catalog = this.etcd
+      ? new EtcdCatalog(this.etcd)
+      : this.directory
+        ? new EmbeddedCatalog(this.directory, {
+            warn: this.warn,
+            ...(options.halfMadeGraceMs !== undefined ? { halfMadeGraceMs: options.halfMadeGraceMs } : {}),
+          })
+        : undefined;
     if (!this.directory && !this.localPool && !this.fileDirectory) {
       throw invalidArgument('a fabric needs appliances, localMemory or a fileDirectory to allocate from');
     }
@@ -184,8 +209,32 @@ export class Fabric {
   }
 
   /** The appliances and what they report (free memory, NBD endpoint, reachability). */
-  appliances(): Promise<ApplianceState[]> {
-    return this.directory ? this.directory.refresh() : Promise.resolve([]);
+  async appliances(): Promise<ApplianceState[]> {
+    if (!this.directory) return [];
+    await this.discovered();
+    return this.directory.refresh();
+  }
+
+  /**
+   * Fleet mode: starts discovery on first use and adds every live appliance to the directory
+   * (placement then uses only those etcd lists as live). Without etcd: nothing.
+   */
+  private async discovered(): Promise<ApplianceDiscovery | undefined> {
+    if (!this.etcd || !this.directory) return undefined;
+    const directory = this.directory;
+    this.fleet ??= ApplianceDiscovery.start(this.etcd).then((discovery) => {
+      for (const record of discovery.live()) directory.add(record.url);
+      discovery.onChange((event) => {
+        if (event.type !== 'down') directory.add(event.appliance.url);
+      });
+      return discovery;
+    });
+    try {
+      return await this.fleet;
+    } catch (error) {
+      this.fleet = undefined; // etcd away: the next call tries again
+      throw error;
+    }
   }
 
   /** Allocates memory; see the overview for how the memory type is chosen. */
@@ -228,6 +277,7 @@ export class Fabric {
    */
   async open(name: string, options: OpenOptions = {}): Promise<ExternalRegion> {
     const { directory, catalog } = this.requireCatalog();
+    await this.discovered();
     const tenant = options.tenant ?? this.tenant;
     const entry = await catalog.get(tenant, name);
     if (!entry || entry.descriptor.state !== 'ready') {
@@ -277,6 +327,7 @@ export class Fabric {
   /** The fabric regions on the known appliances (this fabric's tenant, or `tenant`, or '*' for all). */
   async list(options: { tenant?: string } = {}): Promise<FabricRegionInfo[]> {
     const { catalog } = this.requireCatalog();
+    await this.discovered();
     const tenant = options.tenant ?? this.tenant;
     const entries = await catalog.list(tenant === '*' ? undefined : tenant);
     return entries.map(describeEntry).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -292,6 +343,7 @@ export class Fabric {
     options: DeleteOptions = {},
   ): Promise<{ shardsDeleted: number; leftBehind: string[] }> {
     const { directory, catalog } = this.requireCatalog();
+    await this.discovered();
     const tenant = options.tenant ?? this.tenant;
     const entry = await catalog.get(tenant, name);
     if (!entry) {
@@ -332,6 +384,10 @@ export class Fabric {
       ...regions.map((region) => region.close()),
       ...opened.map((region) => region.detach()),
     ]);
+    const fleet = this.fleet;
+    this.fleet = undefined;
+    if (fleet) (await fleet.catch(() => undefined))?.close();
+    await this.catalog?.close();
   }
 
   private async allocateAs(
@@ -375,7 +431,12 @@ export class Fabric {
     const directory = this.directory;
     if (!directory) throw new MemfabricError(ErrorCodes.PLACEMENT_FAILED, 'no appliances configured');
     const geometry = shardGeometry(redundancy, size, this.pageSize);
-    const states = await directory.refresh();
+    const discovery = await this.discovered();
+    // Fleet mode: only the appliances etcd lists as live are candidates.
+    const live = discovery ? new Set(discovery.live().map((record) => record.url)) : undefined;
+    const states = (await directory.refresh()).map((state) =>
+      live && !live.has(state.url) ? { ...state, reachable: false, error: 'not live in etcd' } : state,
+    );
     let chosen: ApplianceState[];
     if (placement.appliances) {
       if (

@@ -1,4 +1,12 @@
-export { Fabric, REQUEST_TIMEOUT_MS_DEFAULT, type FabricOptions, type AllocateOptions } from './fabric.js';
+export {
+  Fabric,
+  REQUEST_TIMEOUT_MS_DEFAULT,
+  type FabricOptions,
+  type AllocateOptions,
+  type OpenOptions,
+  type DeleteOptions,
+  type FabricRegionInfo,
+} from './fabric.js';
 export {
   ExternalRegion,
   BATCH_STRIPES,
@@ -9,6 +17,8 @@ export {
   type ScrubResult,
   type ExternalRegionStats,
   type ShardGeometry,
+  type RebuildOptions,
+  type RebuildProgress,
 } from './external-region.js';
 export type { MemoryRegion, MemoryType } from './memory-region.js';
 export { LocalRegion } from './local-region.js';

@@ -407,6 +407,15 @@ test('a shard migrated to another appliance is followed: no degradation, nothing
     assert.equal(health.degraded, false, JSON.stringify(health));
     assert.equal(health.shards[0]!.appliance, target, 'the shard now lives on the target');
     assert.ok((await region.read(0, model.length)).equals(model), 'every acknowledged write reads back');
-    await region.close();
+    // The move is a new generation of the region's descriptor: a client that opens the region
+    // by name afterwards finds the shard where it went.
+    assert.ok(region.descriptor.generation >= 2, `generation ${region.descriptor.generation} after the move`);
+    assert.equal(region.descriptor.shards[0]!.appliance, target);
+    await region.detach();
+    const reopened = await new Fabric({ token: TEST_TOKEN, appliances: urls }).open(region.name);
+    assert.equal(reopened.health().shards[0]!.appliance, target);
+    assert.equal(reopened.health().degraded, false);
+    assert.ok((await reopened.read(0, model.length)).equals(model), 'reopened after the move');
+    await reopened.close();
   }
 });
