@@ -42,7 +42,9 @@ function descriptor(tenant: string, name: string, appliance = 'http://127.0.0.1:
     redundancy: 'none',
     generation: 1,
     state: 'creating',
-    shards: [{ index: 0, appliance, region: `${name}-0`, nbd: { host: '127.0.0.1', port: 1 }, state: 'live' }],
+    shards: [
+      { index: 0, appliance, region: `${name}-0`, nbd: { host: '127.0.0.1', port: 1 }, state: 'live' },
+    ],
     createdAt: Date.now(),
   });
 }
