@@ -55,12 +55,15 @@ export class EtcdCatalog implements Catalog {
     checkGiven(descriptor, 'create');
     const key = Buffer.from(EtcdKeys.region(descriptor.tenant, descriptor.name));
     const value = Buffer.from(JSON.stringify(descriptor));
-    const answer = await this.connection.run(`create region ${describe(descriptor)}`, () =>
-      this.connection.client.kv.txn({
-        compare: [{ key, target: 'Create', result: 'Equal', create_revision: 0 }],
-        success: [{ request_put: { key, value } }],
-        failure: [{ request_range: { key } }],
-      }),
+    const answer = await this.connection.run(
+      `create region ${describe(descriptor)}`,
+      () =>
+        this.connection.client.kv.txn({
+          compare: [{ key, target: 'Create', result: 'Equal', create_revision: 0 }],
+          success: [{ request_put: { key, value } }],
+          failure: [{ request_range: { key } }],
+        }),
+      'write',
     );
     if (answer.succeeded) return;
     const stored = this.decode(answer.responses[0]?.response_range.kvs[0]);
@@ -93,12 +96,15 @@ export class EtcdCatalog implements Catalog {
             'another client changed it first; reopen the region and try again',
         );
       }
-      const answer = await this.connection.run(`update region ${describe(next)}`, () =>
-        this.connection.client.kv.txn({
-          compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: stored.modRevision }],
-          success: [{ request_put: { key, value } }],
-          failure: [],
-        }),
+      const answer = await this.connection.run(
+        `update region ${describe(next)}`,
+        () =>
+          this.connection.client.kv.txn({
+            compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: stored.modRevision }],
+            success: [{ request_put: { key, value } }],
+            failure: [],
+          }),
+        'write',
       );
       if (answer.succeeded) return;
       // Someone wrote between our read and our compare (or our own write landed): read again.
@@ -134,12 +140,15 @@ export class EtcdCatalog implements Catalog {
       const stored = await this.read(key, `read region ${describe(descriptor)}`);
       // Absent, or another region under the name now: nothing of ours to remove.
       if (!stored || stored.descriptor?.id !== descriptor.id) return;
-      const answer = await this.connection.run(`remove region ${describe(descriptor)}`, () =>
-        this.connection.client.kv.txn({
-          compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: stored.modRevision }],
-          success: [{ request_delete_range: { key } }],
-          failure: [],
-        }),
+      const answer = await this.connection.run(
+        `remove region ${describe(descriptor)}`,
+        () =>
+          this.connection.client.kv.txn({
+            compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: stored.modRevision }],
+            success: [{ request_delete_range: { key } }],
+            failure: [],
+          }),
+        'write',
       );
       if (answer.succeeded) return;
     }

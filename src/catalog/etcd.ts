@@ -31,8 +31,9 @@
  * election, a leader change, a deadline) is tried again, on another member when there is one,
  * with a short backoff, until `retryMs` has passed; then it fails with MF_CATALOG_UNAVAILABLE.
  * A write that failed that way may still have been applied (etcd can commit a proposal whose
- * answer was lost), so callers that retry a write check what is stored before they report a
- * conflict (see etcd-catalog.ts).
+ * answer was lost, even after MF_CATALOG_UNAVAILABLE was reported, once a majority is back), so
+ * callers that retry a write check what is stored before they report a conflict (see
+ * etcd-catalog.ts), and repeating the same write after MF_CATALOG_UNAVAILABLE is safe.
  */
 import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
@@ -156,16 +157,27 @@ export function catalogUnavailable(
   endpoints: readonly string[],
   what: string,
   cause: unknown,
+  kind: CallKind = 'read',
 ): MemfabricError {
   const why = cause instanceof Error ? cause.message : String(cause);
   return new MemfabricError(
     ErrorCodes.CATALOG_UNAVAILABLE,
     `etcd (${endpoints.join(', ')}) could not ${what}: ${why}. Check that a majority of the etcd members ` +
-      'run and are reachable from this machine (etcdctl endpoint health), then retry; the data path of ' +
-      'regions already open is not affected',
+      'run and are reachable from this machine (etcdctl endpoint health), then retry' +
+      (kind === 'write'
+        ? ' the same call (the change may still be applied once etcd has a majority again; the same call ' +
+          'then succeeds)'
+        : '') +
+      '; the data path of regions already open is not affected',
     { cause },
   );
 }
+
+/**
+ * 'write': a failed call may still be applied later (etcd can commit a proposal whose answer
+ * was lost, once a majority is back), and the error says so.
+ */
+export type CallKind = 'read' | 'write';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -206,7 +218,7 @@ export class EtcdConnection {
    * any other etcd failure, MF_CATALOG_UNAVAILABLE saying it could not `what`. A MemfabricError
    * thrown by `op` itself passes unchanged.
    */
-  async run<T>(what: string, op: (attempt: number) => Promise<T>): Promise<T> {
+  async run<T>(what: string, op: (attempt: number) => Promise<T>, kind: CallKind = 'read'): Promise<T> {
     const deadline = Date.now() + this.retryMs;
     let backoff = RETRY_BACKOFF_MS_FIRST;
     for (let attempt = 0; ; attempt++) {
@@ -218,7 +230,7 @@ export class EtcdConnection {
       } catch (error) {
         if (error instanceof MemfabricError) throw error;
         if (!isTransient(error) || Date.now() + backoff > deadline) {
-          throw catalogUnavailable(this.endpoints, what, error);
+          throw catalogUnavailable(this.endpoints, what, error, kind);
         }
       }
       await sleep(backoff);

@@ -169,17 +169,20 @@ export class LeasedSubAllocator {
       const keys = Array.from({ length: count }, (_, i) =>
         Buffer.from(EtcdKeys.chunk(this.tenant, this.region, start + i)),
       );
-      const answer = await this.connection.run(`claim chunks of ${this.describe()}`, () =>
-        this.connection.client.kv.txn({
-          compare: keys.map((key) => ({
-            key,
-            target: 'Create' as const,
-            result: 'Equal' as const,
-            create_revision: 0,
-          })),
-          success: keys.map((key) => ({ request_put: { key, value, lease } })),
-          failure: [{ request_range: { key: keys[0]! } }],
-        }),
+      const answer = await this.connection.run(
+        `claim chunks of ${this.describe()}`,
+        () =>
+          this.connection.client.kv.txn({
+            compare: keys.map((key) => ({
+              key,
+              target: 'Create' as const,
+              result: 'Equal' as const,
+              create_revision: 0,
+            })),
+            success: keys.map((key) => ({ request_put: { key, value, lease } })),
+            failure: [{ request_range: { key: keys[0]! } }],
+          }),
+        'write',
       );
       const landed =
         answer.succeeded || answer.responses[0]?.response_range.kvs[0]?.value.equals(value) === true; // our retried write
@@ -261,12 +264,15 @@ export class LeasedSubAllocator {
 
   /** @internal Deletes the keys of a run, each only if it still holds `value`. */
   async deleteRun(value: Buffer, keys: Buffer[]): Promise<void> {
-    await this.connection.run(`release chunks of ${this.describe()}`, () =>
-      this.connection.client.kv.txn({
-        compare: keys.map((key) => ({ key, target: 'Value' as const, result: 'Equal' as const, value })),
-        success: keys.map((key) => ({ request_delete_range: { key } })),
-        failure: [],
-      }),
+    await this.connection.run(
+      `release chunks of ${this.describe()}`,
+      () =>
+        this.connection.client.kv.txn({
+          compare: keys.map((key) => ({ key, target: 'Value' as const, result: 'Equal' as const, value })),
+          success: keys.map((key) => ({ request_delete_range: { key } })),
+          failure: [],
+        }),
+      'write',
     );
   }
 
@@ -307,12 +313,15 @@ export class LeasedSubAllocator {
     }
     const key = Buffer.from(EtcdKeys.chunkPool(this.tenant, this.region));
     const value = Buffer.from(JSON.stringify({ chunkSize: this.chunkBytes, size }));
-    const answer = await this.connection.run(`record the chunk size of ${this.describe()}`, () =>
-      this.connection.client.kv.txn({
-        compare: [{ key, target: 'Create', result: 'Equal', create_revision: 0 }],
-        success: [{ request_put: { key, value } }],
-        failure: [{ request_range: { key } }],
-      }),
+    const answer = await this.connection.run(
+      `record the chunk size of ${this.describe()}`,
+      () =>
+        this.connection.client.kv.txn({
+          compare: [{ key, target: 'Create', result: 'Equal', create_revision: 0 }],
+          success: [{ request_put: { key, value } }],
+          failure: [{ request_range: { key } }],
+        }),
+      'write',
     );
     if (!answer.succeeded) {
       const stored = answer.responses[0]?.response_range.kvs[0]?.value.toString() ?? '{}';

@@ -53,6 +53,8 @@ interface Member {
 }
 
 const live = new Set<ChildProcess>();
+/** Data directories of clusters not stopped yet (removed at exit too). */
+const roots = new Set<string>();
 let exitHookInstalled = false;
 
 function installExitHook(): void {
@@ -66,6 +68,7 @@ function installExitHook(): void {
         // already gone
       }
     }
+    for (const root of roots) rmSync(root, { recursive: true, force: true });
   });
 }
 
@@ -156,6 +159,7 @@ export class EtcdCluster {
 
   private static async spawnAll(count: number): Promise<EtcdCluster> {
     const root = mkdtempSync(join(tmpdir(), 'memfabric-etcd-'));
+    roots.add(root);
     const members: Member[] = [];
     for (let i = 0; i < count; i++) {
       members.push({
@@ -253,6 +257,7 @@ export class EtcdCluster {
       }),
     );
     rmSync(this.root, { recursive: true, force: true });
+    roots.delete(this.root);
   }
 
   /** Waits until every running member sees a leader and the cluster answers a linearizable read. */
