@@ -152,6 +152,8 @@ export class Fabric {
   /** Fleet mode: etcd's options, and (once started) the discovery of live appliances. */
   private readonly etcd: EtcdOptions | undefined;
   private fleet: Promise<ApplianceDiscovery> | undefined;
+  /** Discovered appliances whose etcd lease has expired since (gone from placement). */
+  private readonly leaseExpired = new Set<string>();
 
   constructor(options: FabricOptions) {
     this.pageSize = options.pageSize ?? 4096;
@@ -225,7 +227,11 @@ export class Fabric {
     this.fleet ??= ApplianceDiscovery.start(this.etcd).then((discovery) => {
       for (const record of discovery.live()) directory.add(record.url);
       discovery.onChange((event) => {
-        if (event.type !== 'down') directory.add(event.appliance.url);
+        if (event.type === 'down') this.leaseExpired.add(event.appliance.url);
+        else {
+          this.leaseExpired.delete(event.appliance.url);
+          directory.add(event.appliance.url);
+        }
       });
       return discovery;
     });
@@ -431,11 +437,13 @@ export class Fabric {
     const directory = this.directory;
     if (!directory) throw new MemfabricError(ErrorCodes.PLACEMENT_FAILED, 'no appliances configured');
     const geometry = shardGeometry(redundancy, size, this.pageSize);
-    const discovery = await this.discovered();
-    // Fleet mode: only the appliances etcd lists as live are candidates.
-    const live = discovery ? new Set(discovery.live().map((record) => record.url)) : undefined;
+    await this.discovered();
+    // Fleet mode: an appliance whose lease expired is no candidate, even if it still answers
+    // (it may be cut off from etcd and the controller may be rebuilding what it held).
     const states = (await directory.refresh()).map((state) =>
-      live && !live.has(state.url) ? { ...state, reachable: false, error: 'not live in etcd' } : state,
+      this.leaseExpired.has(state.url)
+        ? { ...state, reachable: false, error: 'its etcd lease expired' }
+        : state,
     );
     let chosen: ApplianceState[];
     if (placement.appliances) {
