@@ -115,9 +115,9 @@ export const groups = {
   },
   pager: {
     mutate: [span('src/tier/pager.ts', 'evict', 'findStored')],
-    tests: ['test/tier/pager.test.ts'],
+    tests: ['test/tier/pager.test.ts', 'test/tier/pager-checksums.test.ts'],
     // The tests that evict (the 4 GiB soak, the async loads and the option checks never reach
-    // a line of evict that the others do not).
+    // a line of evict that the others do not), and the checksum tests (evict records the sums).
     only: [
       'reports a page written since epoch',
       'keeps the epoch of a page written as zeros',
@@ -128,6 +128,9 @@ export const groups = {
       'keeps forks, trims and evictions',
       'a frame shared by a fork',
       'counts zero pages dropped',
+      // pager-checksums.test.ts
+      'checksums \\(',
+      'no checksums',
     ],
   },
   'file-store': {
