@@ -108,16 +108,17 @@ export const groups = {
   },
   fabric: {
     mutate: [span('src/fabric/external-region.ts', 'writeBatch', 'loaded')],
-    tests: ['test/fabric/fabric.test.ts'],
+    tests: ['test/fabric/fabric.test.ts', 'test/fabric/coded-write-io.test.ts'],
     // The tests that write coded regions: the mirrored, plain and placement tests never reach
-    // writeBatch.
-    only: ['coded 3\\+1: random', 'coded 4\\+2: losing two'],
+    // writeBatch. coded-write-io counts what each write reads and writes on every shard: the
+    // model tests see only bytes, which a write that reads or writes more still gets right.
+    only: ['coded 3\\+1: random', 'coded 4\\+2: losing two', 'coded 3\\+1 writes'],
   },
   pager: {
     mutate: [span('src/tier/pager.ts', 'evict', 'findStored')],
-    tests: ['test/tier/pager.test.ts'],
+    tests: ['test/tier/pager.test.ts', 'test/tier/pager-checksums.test.ts'],
     // The tests that evict (the 4 GiB soak, the async loads and the option checks never reach
-    // a line of evict that the others do not).
+    // a line of evict that the others do not), and the checksum tests (evict records the sums).
     only: [
       'reports a page written since epoch',
       'keeps the epoch of a page written as zeros',
@@ -128,6 +129,9 @@ export const groups = {
       'keeps forks, trims and evictions',
       'a frame shared by a fork',
       'counts zero pages dropped',
+      // pager-checksums.test.ts
+      'checksums \\(',
+      'no checksums',
     ],
   },
   'file-store': {

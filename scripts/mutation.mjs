@@ -87,8 +87,8 @@ for (const name of names) {
     const undetected = count('Survived') + count('NoCoverage');
     const score = detected + undetected === 0 ? 100 : (100 * detected) / (detected + undetected);
     console.log(
-      `  ${`${name}: ${file}`.padEnd(44)} ${score.toFixed(1).padStart(5)}%  detected ${detected}, ` +
-        `survived ${undetected}, compile errors ${count('CompileError')}`,
+      `  ${`${name}: ${file}`.padEnd(44)} ${score.toFixed(1).padStart(5)}%  detected ${detected} ` +
+        `(${count('Timeout')} of them timed out), survived ${undetected}, compile errors ${count('CompileError')}`,
     );
   }
 }
