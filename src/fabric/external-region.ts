@@ -257,13 +257,37 @@ export class ExternalRegion {
     };
   }
 
-  /** Disconnects and deletes the region's shards on their appliances. */
+  /**
+   * Disconnects and deletes the region's shards on their appliances, all in parallel (a shard
+   * already gone counts as deleted). If some could not be deleted, rejects with a
+   * MemfabricError carrying the first failure's code and naming every shard left behind; the
+   * region is closed either way (a second close does nothing).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.shards.map((shard) => shard.close()));
-    await Promise.allSettled(
+    const results = await Promise.allSettled(
       this.shards.map((shard) => this.directory.deleteRegion(shard.appliance, shard.region)),
+    );
+    const left: string[] = [];
+    let first: unknown;
+    results.forEach((result, i) => {
+      if (result.status === 'fulfilled') return;
+      const reason: unknown = result.reason;
+      if (reason instanceof MemfabricError && reason.code === ErrorCodes.NOT_FOUND) return;
+      first ??= reason;
+      const shard = this.shards[i]!;
+      const why = reason instanceof Error ? reason.message : String(reason);
+      left.push(`shard ${shard.index} (region ${shard.region} on ${shard.appliance}: ${why})`);
+    });
+    if (first === undefined) return;
+    throw new MemfabricError(
+      first instanceof MemfabricError ? first.code : ErrorCodes.INTERNAL,
+      `region ${this.name} is closed, but ${left.length} of its ${this.shards.length} shards could not be ` +
+        `deleted and still hold memory: ${left.join('; ')}. Remove each with ` +
+        '`memfabric region rm REGION --appliance URL` once its appliance is reachable and idle',
+      { cause: first },
     );
   }
 
