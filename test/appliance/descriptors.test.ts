@@ -90,10 +90,19 @@ test('malformed descriptors are refused with 400 naming the field, and nothing i
     assert.equal(put.status, 400);
     assert.match(put.json.error.message, message);
   }
+  // Nesting deep enough to overflow a recursive serializer is refused, and the server survives.
+  for (const depth of [33, 30_000]) {
+    const raw = `{"name":"y","size":4096,"descriptor":{"generation":1,"a":${'['.repeat(depth)}${']'.repeat(depth)}}}`;
+    const deep = await call('POST', '/v1/regions', undefined, raw);
+    assert.equal(deep.status, 400, `depth ${depth}: ${deep.text.slice(0, 200)}`);
+    assert.match(deep.json.error.message, /deeper than 32 levels/);
+  }
   assert.equal(appliance.registry.find('y'), undefined);
   assert.deepEqual(appliance.registry.require('x').descriptor, descriptor(0), 'the stored one is unchanged');
-  // One byte under the bound is kept.
-  const fits = descriptor(1);
+  const nested32 = descriptor(1, { a: JSON.parse(`${'['.repeat(31)}${']'.repeat(31)}`) });
+  assert.equal((await call('PUT', '/v1/regions/x/descriptor', { descriptor: nested32 })).status, 200);
+  // Exactly the bound is kept.
+  const fits = descriptor(2);
   fits.pad = 'x'.repeat(DESCRIPTOR_BYTES_MAX - JSON.stringify({ ...fits, pad: '' }).length);
   assert.equal(JSON.stringify(fits).length, DESCRIPTOR_BYTES_MAX);
   assert.equal((await call('PUT', '/v1/regions/x/descriptor', { descriptor: fits })).status, 200);
