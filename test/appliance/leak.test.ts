@@ -59,12 +59,13 @@ test(
   'allocate/close rounds in several client processes leave no region on any appliance',
   { timeout: CLIENT_EXIT_MS_MAX + 60_000 },
   async (t) => {
-    const appliances = await Promise.all(
-      Array.from({ length: APPLIANCES }, () =>
-        ApplianceProcess.start({ memory: '96MiB', args: ['--default-region', ''] }),
-      ),
-    );
+    // One at a time: six processes compiling at once on a loaded machine can each miss their start
+    // deadline. Each is stopped by its PID after the test, whatever happens to the others.
+    const appliances: ApplianceProcess[] = [];
     t.after(() => Promise.all(appliances.map((a) => a.stop())));
+    for (let i = 0; i < APPLIANCES; i++) {
+      appliances.push(await ApplianceProcess.start({ memory: '96MiB', args: ['--default-region', ''] }));
+    }
     const urls = appliances.map((a) => a.httpUrl);
     const clients = Array.from({ length: CLIENTS }, (_, i) =>
       spawnClient(urls, appliances[0]!.token, `c${i}`),
