@@ -259,17 +259,28 @@ export class ExternalRegion {
 
   /**
    * Disconnects and deletes the region's shards on their appliances, all in parallel (a shard
-   * already gone counts as deleted). If some could not be deleted, rejects with a
-   * MemfabricError carrying the first failure's code and naming every shard left behind; the
-   * region is closed either way (a second close does nothing).
+   * already gone counts as deleted; one that migrated is deleted where it went). If some could
+   * not be deleted, rejects with a MemfabricError carrying the first failure's code and naming
+   * every shard left behind; the region is closed either way (a second close does nothing).
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.shards.map((shard) => shard.close()));
-    const results = await Promise.allSettled(
-      this.shards.map((shard) => this.directory.deleteRegion(shard.appliance, shard.region)),
-    );
+    // A shard that migrated and was not followed yet (the region closed first) answers its old
+    // name with a forwarding record: deleting only that would leave the region where it went,
+    // so the region is deleted there first, then the record.
+    const deleteShard = async (shard: Shard): Promise<void> => {
+      const where = await resolveRegion(this.directory.target(shard.appliance), shard.region, {
+        timeoutMs: this.requestTimeoutMs,
+        targetFor: (url) => this.directory.target(url),
+      });
+      if (where.appliance !== shard.appliance || where.region !== shard.region) {
+        await this.directory.deleteRegion(where.appliance, where.region);
+      }
+      await this.directory.deleteRegion(shard.appliance, shard.region);
+    };
+    const results = await Promise.allSettled(this.shards.map(deleteShard));
     const left: string[] = [];
     let first: unknown;
     results.forEach((result, i) => {

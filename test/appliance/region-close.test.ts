@@ -134,3 +134,35 @@ test('close() deletes every shard it can and names each one left behind, with th
   );
   assert.equal(busy.appliance.registry.size, 0);
 });
+
+test('close() deletes a shard that migrated where it went, and its forwarding record, even before the region followed it', async (t) => {
+  const a = await start();
+  const b = await start();
+  t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
+  // The fabric knows A through a proxy, so the test can hold the region's own lookup of where
+  // its shard went (it would otherwise follow the shard to B by itself).
+  const proxy = await adminProxy(a.url);
+  t.after(() => proxy.close());
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: [proxy.url], requestTimeoutMs: 5000 });
+  t.after(() => fabric.close());
+  const region = (await fabric.allocate({ size: MiB, redundancy: 'none' })) as ExternalRegion;
+  await region.write(0, Buffer.alloc(4096, 7));
+  const shard = region.health().shards[0]!;
+  const lookup = proxy.hold('GET', `/v1/regions/${shard.region}`);
+
+  const migrate = await fetch(`${a.url}/v1/regions/${shard.region}/migrate`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ target: b.url, targetToken: TEST_TOKEN }),
+  });
+  assert.equal(migrate.status, 202);
+  await lookup.held; // the region saw its connection end and asked where the shard went
+  assert.ok(b.appliance.registry.find(shard.region), 'the shard is on B now');
+  assert.equal(region.health().shards[0]!.appliance, proxy.url, 'the region has not followed yet');
+
+  await region.close();
+  lookup.release();
+  assert.equal(b.appliance.registry.size, 0, 'deleted where it went');
+  assert.equal(a.appliance.registry.movedRecord(shard.region), undefined, 'and the forwarding record');
+  assert.equal(a.appliance.registry.size, 0);
+});
