@@ -9,6 +9,12 @@
 import { DESCRIPTOR_BYTES_MAX } from '../catalog/descriptor.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 
+/**
+ * Objects and arrays nest at most this deep in a descriptor (a real one nests about 4): bounds
+ * the recursion that serializing it costs, wherever that happens.
+ */
+export const DESCRIPTOR_DEPTH_MAX = 32;
+
 /** A descriptor as the appliance sees it: a JSON object with a whole, non-negative generation. */
 export type StoredDescriptor = Record<string, unknown> & { generation: number };
 
@@ -20,6 +26,12 @@ export type StoredDescriptor = Record<string, unknown> & { generation: number };
 export function checkDescriptor(value: unknown, field = 'descriptor'): StoredDescriptor {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw invalidArgument(`${field} must be a JSON object (the region's descriptor)`);
+  }
+  const depth = nestingDepth(value);
+  if (depth > DESCRIPTOR_DEPTH_MAX) {
+    throw invalidArgument(
+      `${field} nests ${depth > DESCRIPTOR_DEPTH_MAX * 2 ? 'far ' : ''}deeper than ${DESCRIPTOR_DEPTH_MAX} levels of objects and arrays; a region descriptor needs a few`,
+    );
   }
   const text = JSON.stringify(value);
   const bytes = Buffer.byteLength(text);
@@ -53,4 +65,21 @@ export function staleGeneration(region: string, given: number, stored: number): 
     `region ${region} holds descriptor generation ${stored}; generation ${given} is not newer ` +
       '(another client changed the region): reopen the region to read its current descriptor, then retry',
   );
+}
+
+/**
+ * How deeply objects and arrays nest in `value` (a scalar: 0), counted without recursion and
+ * stopping once past DESCRIPTOR_DEPTH_MAX, so any input costs a bounded stack.
+ */
+function nestingDepth(value: unknown): number {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [item, depth] = stack.pop()!;
+    if (item === null || typeof item !== 'object') continue;
+    if (depth > deepest) deepest = depth;
+    if (deepest > DESCRIPTOR_DEPTH_MAX) return deepest;
+    for (const child of Object.values(item as Record<string, unknown>)) stack.push([child, depth + 1]);
+  }
+  return deepest;
 }

@@ -14,7 +14,7 @@
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/index.js';
-import type { NbdExportDirectory } from '../nbd/export.js';
+import type { NbdExport, NbdExportDirectory } from '../nbd/export.js';
 import { parseSize } from '../size.js';
 import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSION } from './file-backing.js';
 import type { PageRuns } from './extent-map.js';
@@ -511,8 +511,10 @@ export class RegionRegistry implements NbdExportDirectory {
     );
   }
 
-  onAttach(name: string, delta: 1 | -1): void {
-    const region = this.get(name);
+  onAttach(name: string, delta: 1 | -1, exp?: NbdExport): void {
+    // The region the connection was given: after a migration the name may already stand for
+    // another region (moved back), whose count this connection never took.
+    const region = exp instanceof Region ? exp : this.get(name);
     if (region) region.connections = Math.max(0, region.connections + delta);
   }
 

@@ -314,15 +314,52 @@ export class ExternalRegion {
     await Promise.all(this.shards.map((shard) => shard.close()));
   }
 
-  /** Disconnects and deletes the region's shards on their appliances. */
+  /**
+   * Disconnects and deletes the region's shards on their appliances, all in parallel (a shard
+   * already gone counts as deleted; one that migrated is deleted where it went). If some could
+   * not be deleted, rejects with a MemfabricError carrying the first failure's code and naming
+   * every shard left behind; the region is closed either way (a second close does nothing), and
+   * its name is released in the catalog.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.shards.map((shard) => shard.close()));
-    await Promise.allSettled(
-      this.shards.map((shard) => this.directory.deleteRegion(shard.appliance, shard.region)),
-    );
+    // A shard that migrated and was not followed yet (the region closed first) answers its old
+    // name with a forwarding record: deleting only that would leave the region where it went,
+    // so the region is deleted there first, then the record.
+    const deleteShard = async (shard: Shard): Promise<void> => {
+      const where = await resolveRegion(this.directory.target(shard.appliance), shard.region, {
+        timeoutMs: this.requestTimeoutMs,
+        targetFor: (url) => this.directory.target(url),
+      });
+      if (where.appliance !== shard.appliance || where.region !== shard.region) {
+        await this.directory.deleteRegion(where.appliance, where.region);
+      }
+      await this.directory.deleteRegion(shard.appliance, shard.region);
+    };
+    const results = await Promise.allSettled(this.shards.map(deleteShard));
+    // The name is released whatever was left behind: the caller is told what remains.
     await this.forget(this.current);
+    const left: string[] = [];
+    let first: unknown;
+    results.forEach((result, i) => {
+      if (result.status === 'fulfilled') return;
+      const reason: unknown = result.reason;
+      if (reason instanceof MemfabricError && reason.code === ErrorCodes.NOT_FOUND) return;
+      first ??= reason;
+      const shard = this.shards[i]!;
+      const why = reason instanceof Error ? reason.message : String(reason);
+      left.push(`shard ${shard.index} (region ${shard.region} on ${shard.appliance}: ${why})`);
+    });
+    if (first === undefined) return;
+    throw new MemfabricError(
+      first instanceof MemfabricError ? first.code : ErrorCodes.INTERNAL,
+      `region ${this.name} is closed, but ${left.length} of its ${this.shards.length} shards could not be ` +
+        `deleted and still hold memory: ${left.join('; ')}. Remove each with ` +
+        '`memfabric region rm REGION --appliance URL` once its appliance is reachable and idle',
+      { cause: first },
+    );
   }
 
   // ---------------------------------------------------------------------------------------

@@ -56,6 +56,10 @@ export interface NbdExportDirectory {
    * loading), for the refusal's message; undefined when `name` is simply unknown. Optional.
    */
   whyUnavailable?(name: string, identity?: string): string | undefined;
-  /** Called when a connection opens and closes an export (for statistics); optional. */
-  onAttach?(name: string, delta: 1 | -1): void;
+  /**
+   * Called when a connection starts using an export (+1) and when it is done with it (-1: its
+   * NBD_CMD_DISC answered, or its socket closed), exactly once each; `exp` is the export it was
+   * given (the name may meanwhile stand for another export). Optional.
+   */
+  onAttach?(name: string, delta: 1 | -1, exp?: NbdExport): void;
 }

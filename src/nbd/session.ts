@@ -325,7 +325,7 @@ export class Session {
   }
 
   private enterTransmission(negotiated: Negotiated, rest: Buffer | undefined): void {
-    this.options.directory.onAttach?.(negotiated.exportName, 1);
+    this.options.directory.onAttach?.(negotiated.exportName, 1, negotiated.export);
     // Only an attach that succeeded is undone (releaseClaim).
     this.attachedName = negotiated.exportName;
     this.attachedExport = negotiated.export;
@@ -418,7 +418,7 @@ export class Session {
     if (name === undefined) return;
     this.attachedName = undefined;
     try {
-      this.options.directory.onAttach?.(name, -1);
+      this.options.directory.onAttach?.(name, -1, this.attachedExport);
     } catch (err) {
       // A directory's bookkeeping must not take the process down from a 'close' handler.
       this.options.logger.error?.(

@@ -9,7 +9,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -17,6 +16,7 @@ import { DESCRIPTOR_BYTES_MAX } from '../../src/catalog/descriptor.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { ApplianceDirectory } from '../../src/fabric/directory.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
+import { adminProxy } from './admin-proxy.js';
 import { TEST_TOKEN, bearer, startAppliance, testAuth, type ApiAnswer } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -90,10 +90,19 @@ test('malformed descriptors are refused with 400 naming the field, and nothing i
     assert.equal(put.status, 400);
     assert.match(put.json.error.message, message);
   }
+  // Nesting deep enough to overflow a recursive serializer is refused, and the server survives.
+  for (const depth of [33, 30_000]) {
+    const raw = `{"name":"y","size":4096,"descriptor":{"generation":1,"a":${'['.repeat(depth)}${']'.repeat(depth)}}}`;
+    const deep = await call('POST', '/v1/regions', undefined, raw);
+    assert.equal(deep.status, 400, `depth ${depth}: ${deep.text.slice(0, 200)}`);
+    assert.match(deep.json.error.message, /deeper than 32 levels/);
+  }
   assert.equal(appliance.registry.find('y'), undefined);
   assert.deepEqual(appliance.registry.require('x').descriptor, descriptor(0), 'the stored one is unchanged');
-  // One byte under the bound is kept.
-  const fits = descriptor(1);
+  const nested32 = descriptor(1, { a: JSON.parse(`${'['.repeat(31)}${']'.repeat(31)}`) });
+  assert.equal((await call('PUT', '/v1/regions/x/descriptor', { descriptor: nested32 })).status, 200);
+  // Exactly the bound is kept.
+  const fits = descriptor(2);
   fits.pad = 'x'.repeat(DESCRIPTOR_BYTES_MAX - JSON.stringify({ ...fits, pad: '' }).length);
   assert.equal(JSON.stringify(fits).length, DESCRIPTOR_BYTES_MAX);
   assert.equal((await call('PUT', '/v1/regions/x/descriptor', { descriptor: fits })).status, 200);
@@ -258,59 +267,6 @@ test('tenant tokens: a tenant replaces its own regions’ descriptors only', asy
   );
 });
 
-/**
- * An HTTP proxy in front of an appliance's admin API that holds the answer to the first
- * POST /v1/regions until `release` is called (so a test can act while a migration waits).
- */
-async function holdingProxy(target: string): Promise<{
-  url: string;
-  created: Promise<void>;
-  release: () => void;
-  close: () => Promise<void>;
-}> {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let onCreated!: () => void;
-  const created = new Promise<void>((resolve) => (onCreated = resolve));
-  let held = false;
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => {
-      const upstream = httpRequest(
-        new URL(req.url ?? '/', target),
-        { method: req.method, headers: req.headers },
-        (answer) => {
-          const body: Buffer[] = [];
-          answer.on('data', (chunk: Buffer) => body.push(chunk));
-          answer.on('end', () => {
-            const send = (): void => {
-              res.writeHead(answer.statusCode ?? 502, answer.headers);
-              res.end(Buffer.concat(body));
-            };
-            if (!held && req.method === 'POST' && req.url === '/v1/regions') {
-              held = true;
-              onCreated();
-              void released.then(send);
-            } else {
-              send();
-            }
-          });
-        },
-      );
-      upstream.end(Buffer.concat(chunks));
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    created,
-    release,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
-  };
-}
-
 /** Polls the migration's status until it is done or failed (bounded). */
 async function migrationDone(
   call: (method: string, path: string) => Promise<ApiAnswer>,
@@ -341,8 +297,9 @@ test('migration carries the descriptor, including one replaced while the migrati
 
   // 2. Replaced on A after B's region was made (B's create answer is held meanwhile): B ends
   // with the replacement, sent in the blackout.
-  const proxy = await holdingProxy(b.base);
+  const proxy = await adminProxy(b.base);
   t.after(() => proxy.close());
+  const create = proxy.hold('POST', '/v1/regions');
   assert.equal(
     (await a.call('POST', '/v1/regions', { name: 'm2', size: 4 * MiB, descriptor: descriptor(1) })).status,
     201,
@@ -353,7 +310,7 @@ test('migration carries the descriptor, including one replaced while the migrati
     targetToken: TEST_TOKEN,
   });
   assert.equal(second.status, 202);
-  await proxy.created;
+  await create.held;
   assert.deepEqual(
     b.appliance.registry.require('m2').descriptor,
     descriptor(1),
@@ -363,7 +320,7 @@ test('migration carries the descriptor, including one replaced while the migrati
     descriptor: descriptor(2, { during: true }),
   });
   assert.equal(put.status, 200);
-  proxy.release();
+  create.release();
   const done = await migrationDone(a.call, 'm2');
   assert.equal(done.state, 'done', JSON.stringify(done.error));
   assert.deepEqual(b.appliance.registry.require('m2').descriptor, descriptor(2, { during: true }));

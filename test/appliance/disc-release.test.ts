@@ -96,3 +96,33 @@ test('the claim is given back once: at DISC, not again when the socket closes; a
   await appliance.registry.delete('r');
   assert.equal(appliance.registry.find('r'), undefined);
 });
+
+test('a release counts against the region the connection was given, even when its name now stands for another', async (t) => {
+  const appliance = await Appliance.start({
+    memory: '16MiB',
+    nbd: { port: 0 },
+    http: { port: 0 },
+    defaultRegion: false,
+    merge: false,
+    auth: testAuth,
+  });
+  t.after(() => appliance.stop());
+  const registry = appliance.registry;
+  const old = await registry.create({ name: 'm', size: MiB });
+  // A connection the server is still winding down when `m` moves away and a new `m` is made.
+  registry.onAttach('m', 1, old);
+  await registry.markMoved(old, {
+    appliance: 'http://127.0.0.1:9',
+    region: 'm',
+    nbd: { host: '127.0.0.1', port: 9 },
+  });
+  const fresh = await registry.create({ name: 'm', size: MiB });
+  const client = await NbdClient.connect({ port: appliance.nbdAddress.port, exportName: 'm' });
+  t.after(() => client.destroy());
+  assert.equal(fresh.connections, 1);
+  registry.onAttach('m', -1, old);
+  assert.equal(fresh.connections, 1, 'the new region keeps its own connection');
+  assert.equal(old.connections, 0);
+  await client.disconnect();
+  assert.equal(fresh.connections, 0);
+});

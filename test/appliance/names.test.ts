@@ -290,3 +290,42 @@ test('ApplianceDirectory: claimName, releaseName, listNames with typed errors', 
   await directory.releaseName(base, 'blue', 'fab:vol', 'r1');
   assert.deepEqual(await directory.listNames(base), []);
 });
+
+test('any JSON sent to the new routes is answered below 500, and the appliance goes on serving', async (t) => {
+  const { appliance, call } = await startAppliance({ defaultRegion: false, merge: false });
+  t.after(() => appliance.stop());
+  assert.equal((await call('POST', '/v1/regions', { name: 'r', size: 4096 })).status, 201);
+  const routes: Array<[string, string, (v: unknown) => unknown]> = [
+    ['POST', '/v1/names', (v) => v],
+    ['POST', '/v1/names', (v) => ({ name: 'n', tenant: 't', id: v })],
+    ['PUT', '/v1/regions/r/descriptor', (v) => ({ descriptor: v })],
+    ['PUT', '/v1/regions/r/descriptor', (v) => v],
+    ['POST', '/v1/regions', (v) => ({ name: 'fz', size: 4096, descriptor: v })],
+  ];
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 0, max: routes.length - 1 }),
+      fc.oneof(fc.jsonValue(), fc.record({ generation: fc.jsonValue() }, { requiredKeys: [] })),
+      async (route, value) => {
+        const [method, path, body] = routes[route]!;
+        const answer = await call(method, path, undefined, JSON.stringify(body(value)) ?? 'null');
+        assert.ok(
+          answer.status < 500,
+          `${method} ${path} ${JSON.stringify(value)}: ${answer.status} ${answer.text}`,
+        );
+        if (answer.status >= 400) assert.equal(typeof answer.json.error.code, 'string');
+        if (appliance.registry.find('fz')) await appliance.registry.delete('fz');
+      },
+    ),
+    { numRuns: 150 },
+  );
+  // Path parameters too.
+  for (const path of [
+    '/v1/names/%2e%2e/x?id=i',
+    '/v1/names/t/%00?id=i',
+    `/v1/names/t/${'x'.repeat(5000)}?id=i`,
+  ]) {
+    assert.ok((await call('DELETE', path)).status < 500, path);
+  }
+  assert.equal((await call('GET', '/v1/names')).status, 200);
+});

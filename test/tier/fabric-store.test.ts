@@ -87,7 +87,6 @@ test('a mirrored store keeps its pages when an appliance is lost', async (t) => 
     },
     { pageSize: PAGE_SIZE, capacity: CAPACITY },
   );
-  t.after(() => store.close());
   const data = randomBytes(PAGE_SIZE);
   await store.write(9, data);
   await list[0]!.stop();
@@ -101,6 +100,9 @@ test('a mirrored store keeps its pages when an appliance is lost', async (t) => 
   assert.ok(back.equals(later), 'a page written after the loss reads back from the live copy');
   await store.read(9, back);
   assert.ok(back.equals(data), 'and the earlier page is unchanged');
+  // Closing deletes the live copy and says which shard it could not delete (its appliance is gone).
+  await assert.rejects(store.close(), storeFailed('close', urls[0]!, 'memfabric region rm'));
+  assert.equal(list[1]!.registry.size, 0);
 });
 
 test('losing more than the redundancy covers is STORE_FAILED naming the slot, the fabric error as cause', async (t) => {
@@ -116,6 +118,7 @@ test('losing more than the redundancy covers is STORE_FAILED naming the slot, th
   await assert.rejects(store.discard(4), storeFailed('discard of slot 4'));
   // Argument errors stay the caller's, even on a broken store.
   await assert.rejects(store.read(CAPACITY, Buffer.alloc(PAGE_SIZE)), { code: ErrorCodes.OUT_OF_RANGE });
-  await store.close(); // closing a store whose appliance is gone still succeeds
+  // Closing a store whose appliance is gone names the shard left behind; the store is closed anyway.
+  await assert.rejects(store.close(), storeFailed('close', urls[0]!));
   await assert.rejects(store.flush(), { code: ErrorCodes.STORE_CLOSED });
 });
