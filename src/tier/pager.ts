@@ -291,23 +291,28 @@ export class Pager implements PagingBackend {
       throw error;
     }
     if (this.checksums) {
-      for (let i = 0; i < count; i++) {
-        const bad = this.mismatch(this.batchSlots[i]!, i === 0 ? frame : this.batchFrames[i]!);
-        if (bad !== undefined) {
-          for (let j = 1; j < count; j++) pool.release(this.batchFrames[j]!);
-          throw bad;
-        }
+      const bad = this.mismatch(slot, frame);
+      if (bad !== undefined) {
+        for (let j = 1; j < count; j++) pool.release(this.batchFrames[j]!);
+        throw bad;
       }
     }
     const arena = pool.leaves;
+    let installed = 0;
     for (let i = 1; i < count; i++) {
-      // The entry's slot reference becomes the frame's "copy in the store".
-      const entry = this.batchEntries[i]!;
       const prefetchedFrame = this.batchFrames[i]!;
-      arena.entries[entry] = prefetchedFrame;
+      // A damaged page read ahead is dropped, not reported: the page asked for is intact, and
+      // the damaged one stays swapped, so a read of it fails with its own HEAP_CORRUPT.
+      if (this.checksums && this.mismatch(this.batchSlots[i]!, prefetchedFrame) !== undefined) {
+        pool.release(prefetchedFrame);
+        continue;
+      }
+      // The entry's slot reference becomes the frame's "copy in the store".
+      arena.entries[this.batchEntries[i]!] = prefetchedFrame;
       pool.frameSlot[prefetchedFrame] = this.batchSlots[i]! + 1;
+      installed++;
     }
-    this.counters.prefetched += count - 1;
+    this.counters.prefetched += installed;
     this.seqSpace = space;
     this.seqNext = page + count;
   }

@@ -152,6 +152,32 @@ describe('pager checksums', () => {
     });
   }
 
+  it('checksums with read-ahead: a damaged page read ahead is dropped; the page asked for is handed out', async () => {
+    const { pager, file } = await openPager({ checksums: true, prefetch: 8, dedup: false });
+    const space = pager.createSpace({ size: 16 * MiB });
+    const model = contents();
+    for (const [page, bytes] of model) space.write(page * PAGE, bytes);
+    pager.shrink(0);
+    await pager.flush();
+    const victimSlot = slotOf(space, VICTIM);
+    await flipStored(file, victimSlot, FLIPPED_BYTE);
+    // Sequential faults from page 0: the faults before the victim read it ahead; each of them
+    // must still hand out its own intact page.
+    for (let page = 0; page < VICTIM; page++) {
+      assert.ok(readPage(space, page).equals(model.get(page)!), `page ${page} before the victim`);
+    }
+    assert.ok(pager.stats().prefetched > 0, 'pages were read ahead');
+    assert.ok(space.frameAt(VICTIM) < 0, 'the damaged page read ahead was not installed');
+    assert.throws(
+      () => readPage(space, VICTIM),
+      (error: unknown) => (error as { code?: string }).code === ErrorCodes.HEAP_CORRUPT,
+    );
+    for (let page = VICTIM + 1; page < PAGES; page++) {
+      assert.ok(readPage(space, page).equals(model.get(page)!), `page ${page} after the victim`);
+    }
+    space.destroy();
+  });
+
   it('no checksums (swap, the default): none is recorded, and a flipped stored byte is not caught', async () => {
     const { pager, file } = await openPager({});
     const space = pager.createSpace({ size: 16 * MiB });
