@@ -149,5 +149,7 @@ export {
   type ShardPlacement,
   type RegionState as FabricRegionState,
 } from './catalog/descriptor.js';
-export type { Catalog, CatalogEntry } from './catalog/catalog.js';
+export type { Catalog, CatalogEntry, RegionRef } from './catalog/catalog.js';
+export type { CollectResult, GarbageShard, GarbageKind } from './catalog/garbage.js';
+export type { ApplianceRegion, MovedApplianceRegion, NameClaim } from './fabric/directory.js';
 export * from './catalog/index.js';

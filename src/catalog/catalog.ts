@@ -12,6 +12,9 @@
  */
 import type { RegionDescriptor } from './descriptor.js';
 
+/** Which region: its name under its tenant, and its id (the name may be reused later). */
+export type RegionRef = Pick<RegionDescriptor, 'tenant' | 'name' | 'id'>;
+
 /** A descriptor as found, with what a caller needs to judge it. */
 export interface CatalogEntry {
   descriptor: RegionDescriptor;
@@ -36,7 +39,10 @@ export interface Catalog {
   get(tenant: string, name: string): Promise<CatalogEntry | undefined>;
   /** Every region (every tenant when `tenant` is undefined), newest generation of each. */
   list(tenant?: string): Promise<CatalogEntry[]>;
-  /** Forgets the region (its shards are freed by the caller first). No error if absent. */
-  remove(descriptor: RegionDescriptor): Promise<void>;
+  /**
+   * Forgets the region with this id (its shards are freed by the caller first): its name is
+   * free again. No error if absent or if the name now belongs to another region.
+   */
+  remove(region: RegionRef): Promise<void>;
   close(): Promise<void>;
 }

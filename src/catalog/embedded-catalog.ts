@@ -21,9 +21,10 @@
  * claims released, and the create goes on.
  */
 import { ErrorCodes, MemfabricError } from '../errors.js';
-import type { ApplianceDirectory, ApplianceRegion } from '../fabric/directory.js';
-import type { Catalog, CatalogEntry } from './catalog.js';
-import { parseDescriptor, type RegionDescriptor } from './descriptor.js';
+import type { ApplianceDirectory } from '../fabric/directory.js';
+import type { Catalog, CatalogEntry, RegionRef } from './catalog.js';
+import { groupNewest, scanCopies, storeCopies } from './copies.js';
+import type { RegionDescriptor } from './descriptor.js';
 
 /** A half-made region younger than this is left alone: its client may still be allocating. */
 export const HALF_MADE_GRACE_MS_DEFAULT = 60_000;
@@ -32,13 +33,6 @@ export interface EmbeddedCatalogOptions {
   halfMadeGraceMs?: number;
   /** Where skipped copies are reported (a damaged descriptor, an appliance that did not answer). */
   warn?: (message: string) => void;
-}
-
-/** A copy of a descriptor as one appliance holds it. */
-interface Copy {
-  appliance: string;
-  region: ApplianceRegion;
-  descriptor: RegionDescriptor;
 }
 
 export class EmbeddedCatalog implements Catalog {
@@ -70,7 +64,7 @@ export class EmbeddedCatalog implements Catalog {
   }
 
   async get(tenant: string, name: string): Promise<CatalogEntry | undefined> {
-    const entries = groupNewest(await this.scan()).filter(
+    const entries = groupNewest(await scanCopies(this.directory, this.warn)).filter(
       (entry) => entry.descriptor.tenant === tenant && entry.descriptor.name === name,
     );
     if (entries.length <= 1) return entries[0];
@@ -86,46 +80,16 @@ export class EmbeddedCatalog implements Catalog {
   }
 
   async list(tenant?: string): Promise<CatalogEntry[]> {
-    return groupNewest(await this.scan()).filter(
+    return groupNewest(await scanCopies(this.directory, this.warn)).filter(
       (entry) => tenant === undefined || entry.descriptor.tenant === tenant,
     );
   }
 
-  async remove(descriptor: RegionDescriptor): Promise<void> {
+  async remove(descriptor: RegionRef): Promise<void> {
     await this.releaseClaims(descriptor.tenant, descriptor.name, descriptor.id);
   }
 
   async close(): Promise<void> {}
-
-  /** Every descriptor copy on the known appliances (unreachable appliances are skipped). */
-  private async scan(): Promise<Copy[]> {
-    const listings = await Promise.all(
-      this.directory.urls.map(async (url) => {
-        try {
-          return { url, regions: await this.directory.listRegions(url) };
-        } catch (error) {
-          this.warn(`appliance ${url} did not list its regions: ${(error as Error).message}`);
-          return { url, regions: [] };
-        }
-      }),
-    );
-    const copies: Copy[] = [];
-    for (const { url, regions } of listings) {
-      for (const region of regions) {
-        if (region.descriptor === undefined) continue;
-        try {
-          copies.push({
-            appliance: url,
-            region,
-            descriptor: parseDescriptor(region.descriptor, `${region.name} at ${url}`),
-          });
-        } catch (error) {
-          this.warn((error as Error).message);
-        }
-      }
-    }
-    return copies;
-  }
 
   /** Claims the name on a majority of the known appliances, in sorted order. */
   private async claim(descriptor: RegionDescriptor): Promise<void> {
@@ -198,7 +162,7 @@ export class EmbeddedCatalog implements Catalog {
     if (holders.size !== 1) return false;
     const [[id, claimedAt]] = [...holders];
     if (Date.now() - claimedAt < this.halfMadeGraceMs) return false;
-    const copies = (await this.scan()).filter((copy) => copy.descriptor.id === id);
+    const copies = (await scanCopies(this.directory, this.warn)).filter((copy) => copy.descriptor.id === id);
     const newest = copies.reduce<RegionDescriptor | undefined>(
       (best, copy) => (best && best.generation >= copy.descriptor.generation ? best : copy.descriptor),
       undefined,
@@ -214,51 +178,4 @@ export class EmbeddedCatalog implements Catalog {
     );
     return true;
   }
-}
-
-/**
- * Stores `descriptor` on the appliance of every shard that is not lost, in parallel. Resolves
- * once at least one copy is stored; MF_STALE_GENERATION if an appliance holds a newer
- * generation (another client changed the region); the first failure if no copy was stored.
- */
-export async function storeCopies(
-  directory: ApplianceDirectory,
-  descriptor: RegionDescriptor,
-): Promise<void> {
-  const results = await Promise.allSettled(
-    descriptor.shards
-      .filter((shard) => shard.state !== 'lost')
-      .map((shard) => directory.putDescriptor(shard.appliance, shard.region, descriptor)),
-  );
-  const stale = results.find(
-    (result) =>
-      result.status === 'rejected' &&
-      result.reason instanceof MemfabricError &&
-      result.reason.code === ErrorCodes.STALE_GENERATION,
-  );
-  if (stale?.status === 'rejected') throw stale.reason;
-  if (results.some((result) => result.status === 'fulfilled')) return;
-  const first = results.find((result) => result.status === 'rejected');
-  throw first?.status === 'rejected'
-    ? first.reason
-    : new MemfabricError(ErrorCodes.DATA_LOST, `region ${descriptor.name} has no shard left to describe it`);
-}
-
-/** The newest descriptor of each region id among the copies, with the shards found at it. */
-function groupNewest(copies: Copy[]): CatalogEntry[] {
-  const byId = new Map<string, CatalogEntry>();
-  for (const copy of copies) {
-    const entry = byId.get(copy.descriptor.id);
-    if (!entry || copy.descriptor.generation > entry.descriptor.generation) {
-      byId.set(copy.descriptor.id, { descriptor: copy.descriptor, shardsFound: [] });
-    }
-  }
-  for (const copy of copies) {
-    const entry = byId.get(copy.descriptor.id)!;
-    const shard = entry.descriptor.shards.find(
-      (s) => s.appliance === copy.appliance && s.region === copy.region.name,
-    );
-    if (shard && !entry.shardsFound.includes(shard.index)) entry.shardsFound.push(shard.index);
-  }
-  return [...byId.values()];
 }

@@ -22,7 +22,7 @@
 import type { IKeyValue } from 'etcd3';
 import type { Logger } from 'pino';
 import { ErrorCodes, MemfabricError } from '../errors.js';
-import type { Catalog, CatalogEntry } from './catalog.js';
+import type { Catalog, CatalogEntry, RegionRef } from './catalog.js';
 import { parseDescriptor, type RegionDescriptor } from './descriptor.js';
 import { EtcdConnection, EtcdKeys, type EtcdOptions } from './etcd.js';
 
@@ -134,7 +134,7 @@ export class EtcdCatalog implements Catalog {
     return entries;
   }
 
-  async remove(descriptor: RegionDescriptor): Promise<void> {
+  async remove(descriptor: RegionRef): Promise<void> {
     const key = Buffer.from(EtcdKeys.region(descriptor.tenant, descriptor.name));
     for (let round = 0; round < CAS_ROUNDS_MAX; round++) {
       const stored = await this.read(key, `read region ${describe(descriptor)}`);

@@ -8,6 +8,7 @@
  *   memfabric fabric open vectors --appliances ...      (reopen, print health and shards, detach)
  *   memfabric fabric rebuild vectors --appliances ...   (replace lost shards, refill them, detach)
  *   memfabric fabric rm vectors --appliances ... [--force]
+ *   memfabric fabric gc --appliances ... [--dry-run]     (collect what regions left behind)
  *
  * The appliances also come from MEMFABRIC_APPLIANCES (comma-separated); the token as for the
  * other admin commands (--token, MEMFABRIC_TOKEN, --token-file).
@@ -169,6 +170,28 @@ export function registerFabricCommands(program: Command): void {
           await region.detach();
         }
       });
+    });
+
+  common(fabric.command('gc'))
+    .description('delete what regions left behind: replaced shards, half-made regions, unfinished deletes')
+    .option('--dry-run', 'only list what would be deleted')
+    .option('--json', 'print JSON')
+    .action(async (options: FabricCommandOptions & { dryRun?: boolean }) => {
+      const result = await withFabric(options, (f) => f.collect({ dryRun: options.dryRun ?? false }));
+      if (options.json) {
+        console.log(JSON.stringify(result, null, 2));
+      } else {
+        const verb = options.dryRun ? 'would delete' : 'deleted';
+        for (const shard of result.collected) {
+          console.log(
+            `${verb} ${shard.kind} shard ${shard.region} on ${shard.appliance} (region ${shard.name}, id ${shard.id})`,
+          );
+        }
+        for (const shard of result.failed)
+          console.error(`warning: ${shard.region} on ${shard.appliance}: ${shard.error}`);
+        console.log(`${result.collected.length} shard(s) ${verb}`);
+      }
+      if (result.failed.length > 0) process.exitCode = 1;
     });
 
   common(fabric.command('rm <name>'))

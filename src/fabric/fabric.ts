@@ -25,7 +25,15 @@ import {
   type RegionDescriptor,
   type ShardPlacement,
 } from '../catalog/descriptor.js';
-import { EmbeddedCatalog, storeCopies } from '../catalog/embedded-catalog.js';
+import { storeCopies } from '../catalog/copies.js';
+import { EmbeddedCatalog, HALF_MADE_GRACE_MS_DEFAULT } from '../catalog/embedded-catalog.js';
+import {
+  collectGarbage,
+  collectIfHalfMade,
+  findGarbage,
+  type CollectResult,
+  type GarbageShard,
+} from '../catalog/garbage.js';
 import { ApplianceDiscovery } from '../catalog/etcd-discovery.js';
 import { EtcdCatalog } from '../catalog/etcd-catalog.js';
 import { checkEndpoints, type EtcdOptions } from '../catalog/etcd.js';
@@ -149,6 +157,7 @@ export class Fabric {
   private readonly opened = new Set<ExternalRegion>();
   private catalog: Catalog | undefined;
   private readonly warn: (message: string) => void;
+  private readonly halfMadeGraceMs: number;
   /** Fleet mode: etcd's options, and (once started) the discovery of live appliances. */
   private readonly etcd: EtcdOptions | undefined;
   private fleet: Promise<ApplianceDiscovery> | undefined;
@@ -191,6 +200,7 @@ export class Fabric {
     this.fileDirectory = options.fileDirectory;
     this.tenant = options.tenant ?? 'default';
     this.warn = options.warn ?? (() => undefined);
+    this.halfMadeGraceMs = options.halfMadeGraceMs ?? HALF_MADE_GRACE_MS_DEFAULT;
     this.catalog = this.etcd
       ? new EtcdCatalog(this.etcd)
       : this.directory
@@ -380,6 +390,23 @@ export class Fabric {
     return { shardsDeleted, leftBehind };
   }
 
+  /**
+   * Finds (`dryRun`) or deletes what fabric regions left behind on the appliances: shards a
+   * rebuild replaced while their appliance was away, half-made regions (still `creating` after
+   * `halfMadeGraceMs`), deletes that did not finish, and unreadable remains of closed regions.
+   * A shard with an NBD connection is never touched. See src/catalog/garbage.ts.
+   */
+  async collect(options: { dryRun?: boolean } = {}): Promise<CollectResult> {
+    const { directory, catalog } = this.requireCatalog();
+    await this.discovered();
+    const garbage = { halfMadeGraceMs: this.halfMadeGraceMs, warn: this.warn };
+    if (options.dryRun) {
+      const found: GarbageShard[] = await findGarbage(directory, catalog, garbage);
+      return { collected: found, failed: [] };
+    }
+    return collectGarbage(directory, catalog, garbage);
+  }
+
   /** Frees every region this fabric allocated, and detaches (keeps) the ones it opened by name. */
   async close(): Promise<void> {
     const regions = [...this.regions];
@@ -492,7 +519,27 @@ export class Fabric {
     // The name first (unique per tenant), then the shards, each carrying the descriptor, then
     // the descriptor marked ready: a client killed before that leaves a half-made region that
     // the next allocation of the name collects.
-    await catalog.create(creating);
+    try {
+      await catalog.create(creating);
+    } catch (error) {
+      // Fleet mode: the name may be held by a region whose client died while allocating it.
+      if (
+        !(error instanceof MemfabricError) ||
+        error.code !== ErrorCodes.ALREADY_EXISTS ||
+        catalog.kind !== 'etcd'
+      ) {
+        throw error;
+      }
+      const holder = await catalog.get(tenant, name);
+      if (
+        !holder ||
+        !(await collectIfHalfMade(directory, catalog, holder.descriptor, this.halfMadeGraceMs))
+      ) {
+        throw error;
+      }
+      this.warn(`collected the half-made region ${name} (tenant ${tenant}, id ${holder.descriptor.id})`);
+      await catalog.create(creating);
+    }
     const created: Array<{ url: string; region: string }> = [];
     const shards: Shard[] = [];
     let descriptor: RegionDescriptor;

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ErrorCodes } from '../../src/index.js';
+import { ErrorCodes, NbdClient } from '../../src/index.js';
 import { ApplianceDirectory, Fabric, type ExternalRegion, type Redundancy } from '../../src/fabric/index.js';
 import { DESCRIPTOR_FORMAT, sealDescriptor } from '../../src/catalog/descriptor.js';
 import { ApplianceProcess, MiB, waitFor } from '../interop/appliance-process.js';
@@ -307,4 +307,80 @@ test("reopened degraded with one shard's appliance dead, rebuilt, and reopened h
   assert.equal(healed.health().degraded, false);
   await assertBytes(healed, 31, 'after the rebuild');
   await healed.close();
+});
+
+test('collect: stale shards and half-made regions are deleted; nothing in use is touched', async () => {
+  const list = shared.slice(0, 4);
+  const urls = list.map((a) => a.httpUrl);
+  const fabric = fabricOn(list.slice(0, 3), { halfMadeGraceMs: 0 });
+  const region = (await fabric.allocate({
+    size: SIZE,
+    redundancy: { data: 2, parity: 1 },
+    name: 'leftovers',
+  })) as ExternalRegion;
+  await region.write(0, seededBytes(41, SIZE));
+  // What a rebuild leaves when the replaced shard's appliance was away and came back later: a
+  // shard carrying an old generation of the region that the newest generation does not list.
+  // And what a client killed mid-allocation leaves: a claim and a shard still `creating`.
+  // Both made through the same admin calls the fabric uses, so the state is exact.
+  const directory = new ApplianceDirectory(urls, 5000, { token });
+  await directory.createRegion(urls[3]!, {
+    name: 'leftovers-0-old',
+    size: SIZE / 2,
+    tenant: 'default',
+    descriptor: region.descriptor,
+  });
+  const states = await directory.refresh();
+  const dead = sealDescriptor({
+    ...region.descriptor,
+    id: 'deadbeefdeadbeef',
+    name: 'abandoned',
+    generation: 0,
+    state: 'creating',
+    shards: [{ index: 0, appliance: urls[3]!, region: 'abandoned-0', nbd: states[3]!.nbd, state: 'live' }],
+    createdAt: Date.now() - 1000,
+  });
+  for (const url of [...urls].sort())
+    await directory.claimName(url, { tenant: 'default', name: 'abandoned', id: dead.id });
+  await directory.createRegion(urls[3]!, {
+    name: 'abandoned-0',
+    size: SIZE,
+    tenant: 'default',
+    descriptor: dead,
+  });
+
+  const collector = fabricOn(list, { halfMadeGraceMs: 0 });
+  // A shard with an NBD connection is in use, whatever its descriptor says.
+  const user = await NbdClient.connect({ ...states[3]!.nbd, exportName: 'leftovers-0-old' });
+  assert.deepEqual(
+    (await collector.collect({ dryRun: true })).collected.map((g) => g.region),
+    ['abandoned-0'],
+    'a connected shard is never garbage',
+  );
+  await user.disconnect();
+  const dry = await collector.collect({ dryRun: true });
+  assert.deepEqual(
+    dry.collected.map((g) => [g.kind, g.region]).sort(),
+    [
+      ['half-made', 'abandoned-0'],
+      ['stale', 'leftovers-0-old'],
+    ],
+    'exactly the leftovers; the region in use is not garbage',
+  );
+  assert.equal(
+    (await list[3]!.api('GET', '/v1/regions/leftovers-0-old')).status,
+    200,
+    'a dry run deletes nothing',
+  );
+  const done = await collector.collect();
+  assert.equal(done.collected.length, 2);
+  assert.deepEqual(done.failed, []);
+  assert.equal((await list[3]!.api('GET', '/v1/regions/leftovers-0-old')).status, 404);
+  assert.deepEqual((await collector.collect({ dryRun: true })).collected, []);
+  // The half-made region's name is free again.
+  const reused = await collector.allocate({ size: SIZE, name: 'abandoned' });
+  await reused.close();
+  await assertBytes(region, 41, 'the region in use is untouched');
+  await region.close();
+  assert.deepEqual(await leftovers(shared), []);
 });
