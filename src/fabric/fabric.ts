@@ -544,30 +544,45 @@ export class Fabric {
     const shards: Shard[] = [];
     let descriptor: RegionDescriptor;
     try {
-      for (const shard of placed) {
-        await directory.createRegion(shard.appliance, {
-          name: shard.region,
-          size: geometry.shardBytes,
-          tenant,
-          descriptor: creating,
-        });
-        created.push({ url: shard.appliance, region: shard.region });
-        shards.push(
-          await Shard.open({
+      // Every shard at once: each is made on its own appliance, and the name is already ours.
+      const made = await Promise.allSettled(
+        placed.map(async (shard) => {
+          await directory.createRegion(shard.appliance, {
+            name: shard.region,
+            size: geometry.shardBytes,
+            tenant,
+            descriptor: creating,
+          });
+          created.push({ url: shard.appliance, region: shard.region });
+          return Shard.open({
             index: shard.index,
             appliance: shard.appliance,
             region: shard.region,
             nbd: shard.nbd,
             requestTimeoutMs: this.requestTimeoutMs,
             tls: this.tls,
-          }),
-        );
-      }
+          });
+        }),
+      );
+      for (const result of made) if (result.status === 'fulfilled') shards.push(result.value);
+      const failed = made.find((result) => result.status === 'rejected');
+      if (failed) throw failed.reason;
+      shards.sort((a, b) => a.index - b.index);
       descriptor = nextGeneration(creating, { state: 'ready' });
       await this.publishDescriptor(descriptor);
     } catch (error) {
       await Promise.allSettled(shards.map((shard) => shard.close()));
-      await Promise.allSettled(created.map(({ url, region }) => directory.deleteRegion(url, region)));
+      const deleted = await Promise.allSettled(
+        created.map(({ url, region }) => directory.deleteRegion(url, region)),
+      );
+      deleted.forEach((result, i) => {
+        if (result.status === 'rejected') {
+          this.warn(
+            `allocating ${name} failed, and its shard ${created[i]!.region} on ${created[i]!.url} could not be ` +
+              `deleted (${(result.reason as Error).message}); fabric.collect() deletes it later`,
+          );
+        }
+      });
       await catalog.remove(creating).catch(() => undefined);
       throw error;
     }
