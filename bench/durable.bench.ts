@@ -11,6 +11,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { ApplianceProcess } from '../test/interop/appliance-process.js';
+import { EtcdCluster } from '../test/support/etcd-cluster.js';
 import { Fabric, type ExternalRegion } from '../src/fabric/index.js';
 import { NbdClient } from '../src/nbd/index.js';
 import { median, type Suite } from './harness.js';
@@ -70,6 +71,62 @@ export const durableSuite: Suite = {
         goal: '<= 50 ms',
       });
       await fabric.delete('kept');
+
+      // ---- open by name in fleet mode: the descriptor from etcd (one member on loopback)
+      const cleanups: Array<() => Promise<void>> = [];
+      const cluster = await EtcdCluster.start(
+        {
+          after: (fn) => cleanups.push(fn),
+          skip: (message) => context.log(`etcd figure skipped: ${message}`),
+        },
+        { members: 1 },
+      );
+      try {
+        if (cluster) {
+          const fleet = () => new Fabric({ etcd: cluster.endpoints, appliances: urls, token });
+          const made = fleet();
+          const region = (await made.allocate({
+            size: 4 * MiB,
+            redundancy: CODED,
+            name: 'kept-etcd',
+          })) as ExternalRegion;
+          const etcdShards = region.health().shards;
+          await region.detach();
+          await made.close();
+          const etcdOpens: number[] = [];
+          const etcdDirect: number[] = [];
+          for (let i = 0; i < samples; i++) {
+            const client = fleet();
+            let started = performance.now();
+            await client.open('kept-etcd');
+            etcdOpens.push(performance.now() - started);
+            await client.close(); // detaches the region it opened
+            started = performance.now();
+            const clients = await Promise.all(
+              etcdShards.map((shard) => {
+                const app = appliances.find((a) => a.httpUrl === shard.appliance)!;
+                return NbdClient.connect({ host: app.nbdHost, port: app.nbdPort, exportName: shard.region });
+              }),
+            );
+            etcdDirect.push(performance.now() - started);
+            await Promise.all(clients.map((c) => c.disconnect()));
+          }
+          context.record({
+            id: 'fabric open of a coded 4+2 region by name (etcd catalog, new client each time)',
+            unit: 'ms',
+            value: median(etcdOpens),
+            baseline: 'connecting its 6 shards over NBD directly',
+            baselineValue: median(etcdDirect),
+            higherIsBetter: false,
+            goal: '<= 50 ms',
+          });
+          const remover = fleet();
+          await remover.delete('kept-etcd');
+          await remover.close();
+        }
+      } finally {
+        for (const cleanup of cleanups) await cleanup();
+      }
 
       // ---- allocate/close cycles
       const cycles = context.quick ? 60 : 300;
