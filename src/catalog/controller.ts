@@ -28,7 +28,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Campaign } from 'etcd3';
+import type { Campaign, Election, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ApplianceDirectory } from '../fabric/directory.js';
@@ -155,6 +155,7 @@ export class FleetController {
   private readonly ownerSilenceMs: number;
   private role: Role = 'candidate';
   private campaign: Campaign | undefined;
+  private election: Election | undefined;
   /** Leader term state (reset at each election). */
   private term: Term | undefined;
   private readonly roleWaiters = new Set<() => void>();
@@ -225,6 +226,7 @@ export class FleetController {
       await this.term?.end();
       this.term = undefined;
       await this.campaign?.resign().catch(() => undefined);
+      await cancelLeftoverWatches(this.election);
       this.connection.close();
     })();
     return this.stopping;
@@ -240,10 +242,10 @@ export class FleetController {
   private runCampaign(): void {
     if (this.role === 'stopped') return;
     const ttl = this.options.ttlSeconds ?? REGISTRATION_TTL_SECONDS_DEFAULT;
-    const campaign = this.connection.client
+    this.election ??= this.connection.client
       .namespace(EtcdKeys.controller)
-      .election(CONTROLLER_ELECTION, ttl)
-      .campaign(this.id);
+      .election(CONTROLLER_ELECTION, ttl);
+    const campaign = this.election.campaign(this.id);
     this.campaign = campaign;
     campaign.on('elected', () => {
       if (this.campaign !== campaign || this.role !== 'candidate') return;
@@ -296,6 +298,29 @@ export class FleetController {
   leads(campaign: Campaign): boolean {
     return this.role === 'leader' && this.campaign === campaign;
   }
+}
+
+/** A watch cancel that etcd does not answer (a member down) is not waited for longer. */
+const CANCEL_MS_MAX = 1000;
+
+/**
+ * A standby's Campaign watches the key of the candidate before it and does not cancel that watch
+ * when it resigns; a watch left attached reconnects forever after the client is closed (its
+ * timers keep the process alive: an appliance would not exit on SIGTERM). So, on stop, every
+ * watch still attached to the election's namespace is cancelled, each within CANCEL_MS_MAX.
+ */
+async function cancelLeftoverWatches(election: Election | undefined): Promise<void> {
+  const internals = election as unknown as
+    { namespace?: { watchManager?: { watchers?: Watcher[] } } } | undefined;
+  const watchers = [...(internals?.namespace?.watchManager?.watchers ?? [])];
+  await Promise.allSettled(
+    watchers.map((watcher) =>
+      Promise.race([
+        watcher.cancel(),
+        new Promise<void>((resolve) => setTimeout(resolve, CANCEL_MS_MAX).unref()),
+      ]),
+    ),
+  );
 }
 
 /** One leadership term: discovery, the queue, the workers and the status writer. */
