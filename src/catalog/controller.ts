@@ -52,6 +52,8 @@ const RETRY_MS_MAX = 120_000;
 const STATUS_MS = 500;
 /** An owner that shows no progress for this long is given up on (the request is retried later). */
 export const OWNER_SILENCE_MS_DEFAULT = 60_000;
+/** A campaign failing again and again (etcd away) is logged at most this often. */
+const CAMPAIGN_WARN_MS = 30_000;
 /** How often a request handed to an owner is looked at. */
 const FOLLOW_MS = 200;
 /** Completed and failed entries kept in the status. */
@@ -161,6 +163,7 @@ export class FleetController {
   private readonly roleWaiters = new Set<() => void>();
   private stopping: Promise<void> | undefined;
   private recampaignTimer: NodeJS.Timeout | undefined;
+  private lastCampaignWarn = 0;
 
   private constructor(options: FleetControllerOptions) {
     this.options = options;
@@ -257,10 +260,15 @@ export class FleetController {
     campaign.on('error', (error: Error) => {
       if (this.campaign !== campaign || this.role === 'stopped') return;
       // The campaign's lease is gone: another candidate may lead now, so stop acting at once.
-      this.logger?.warn(
-        { component: 'controller', reason: error.message },
-        'controller campaign lost; campaigning again',
-      );
+      // Logged on the first failure, then at most every CAMPAIGN_WARN_MS (etcd away for long).
+      const now = Date.now();
+      if (now - this.lastCampaignWarn >= CAMPAIGN_WARN_MS) {
+        this.lastCampaignWarn = now;
+        this.logger?.warn(
+          { component: 'controller', reason: error.message },
+          'controller campaign lost; campaigning again',
+        );
+      }
       const term = this.term;
       this.term = undefined;
       void term?.end();

@@ -63,6 +63,11 @@ export async function runController(options: ControllerCommandOptions): Promise<
     logger,
   });
   logger.info({ id: controller.id, etcd: endpoints }, 'controller campaigning');
+  if (token === undefined) {
+    logger.warn(
+      'no admin token (--token, MEMFABRIC_TOKEN or --token-file): the appliances will refuse to create the replacement shards',
+    );
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal }, 'stopping');
