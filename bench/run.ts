@@ -18,6 +18,7 @@ import { heapSuite } from './heap.bench.js';
 import { heapValuesSuite } from './heap-values.bench.js';
 import { heapCollectionsSuite } from './heap-collections.bench.js';
 import { durableSuite } from './durable.bench.js';
+import { fleetSuite } from './fleet.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -33,6 +34,7 @@ const suites: Suite[] = [
   heapValuesSuite,
   heapCollectionsSuite,
   durableSuite,
+  fleetSuite,
 ];
 
 const { values } = parseArgs({

@@ -23,6 +23,7 @@ import {
 } from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import { ApplianceRegistration } from '../catalog/registration.js';
+import { FleetController, type FleetControllerOptions } from '../catalog/controller.js';
 import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { type AdminAuth, type ReadAccess } from './auth.js';
 import { loadAdminAuth } from './auth-config.js';
@@ -83,6 +84,12 @@ export interface ApplianceOptions {
   etcd?: string[];
   /** Lease TTL of the etcd registration, in seconds (default 5). */
   etcdTtl?: number;
+  /**
+   * Fleet mode: run a fleet controller candidate here (default on with `etcd`; false: none).
+   * It uses this appliance's admin token, which every appliance of the fleet must accept.
+   */
+  controller?:
+    boolean | Partial<Pick<FleetControllerOptions, 'maxConcurrentRebuilds' | 'rebuildBytesPerSecond'>>;
 }
 
 export interface ApplianceAuthOptions {
@@ -144,6 +151,8 @@ export class Appliance {
   warnings: string[] = [];
   /** Its key in the fleet's etcd, when started with `etcd` (src/catalog/registration.ts). */
   registration: ApplianceRegistration | undefined;
+  /** Its fleet controller candidate, when started with `etcd` (src/catalog/controller.ts). */
+  controller: FleetController | undefined;
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -263,6 +272,7 @@ export class Appliance {
    */
   stop(): Promise<StopReport> {
     this.stopping ??= (async () => {
+      await this.controller?.stop(); // resigns: a standby leads at once
       await this.registration?.stop(); // first: clients stop placing shards here
       this.stopRequested = true;
       this.merger?.stop();
@@ -340,6 +350,17 @@ export class Appliance {
         ...(options.dataDir ? { dataDir: options.dataDir } : {}),
         ...(this.logger ? { logger: this.logger } : {}),
       });
+      if (options.controller !== false) {
+        this.controller = FleetController.start({
+          ...(typeof options.controller === 'object' ? options.controller : {}),
+          etcd: options.etcd,
+          token: this.token,
+          ...(this.peerCa !== undefined ? { ca: this.peerCa } : {}),
+          ...(options.etcdTtl !== undefined ? { ttlSeconds: options.etcdTtl } : {}),
+          id: `${this.registration.id}@${this.httpUrl}`,
+          ...(this.logger ? { logger: this.logger } : {}),
+        });
+      }
     }
     // Regions load after the listeners are up: a client asking for one still loading is
     // told so (NBD option error, MF_LOADING) and can retry; the others serve meanwhile.

@@ -1,6 +1,6 @@
 /**
  * The fleet's catalog on etcd: the connection and key layout, the region catalog, appliance
- * registration and discovery, and leased sub-allocation (docs/fleet.md).
+ * registration and discovery, leased sub-allocation, and the fleet controller (docs/fleet.md).
  */
 export {
   EtcdConnection,
@@ -28,3 +28,16 @@ export {
   CHUNK_LEASE_TTL_SECONDS_DEFAULT,
   type LeasedSubAllocatorOptions,
 } from './leased-chunks.js';
+export {
+  FleetController,
+  CONTROLLER_STATUS_KEY,
+  type ControllerStatus,
+  type FleetControllerOptions,
+  type RebuildInProgress,
+} from './controller.js';
+export {
+  RebuildRequests,
+  REBUILD_REQUESTS_PREFIX,
+  rebuildRequestKey,
+  type RebuildRequest,
+} from './rebuild-requests.js';

@@ -44,6 +44,8 @@ export interface ApplianceCommandOptions {
   /** Fleet mode: etcd client URLs, comma-separated, and the registration's lease TTL (s). */
   etcd?: string;
   etcdTtl?: number;
+  /** false with --no-controller: no fleet controller candidate in this appliance. */
+  controller?: boolean;
 }
 
 /**
@@ -157,6 +159,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     ...(options.peerCa !== undefined ? { peerCa: readPem(options.peerCa, 'the CA file') } : {}),
     ...(options.etcd !== undefined ? { etcd: etcdEndpoints(options.etcd) } : {}),
     ...(options.etcdTtl !== undefined ? { etcdTtl: options.etcdTtl } : {}),
+    ...(options.controller === false ? { controller: false } : {}),
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = appliance.httpUrl;
@@ -168,6 +171,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       regions: appliance.registry.size,
       tokenFile: appliance.adminTokenFile ?? null,
       ...(appliance.registration ? { etcdKey: appliance.registration.key } : {}),
+      ...(appliance.controller ? { controller: appliance.controller.id } : {}),
       nbdLimits: appliance.nbdServer.effectiveLimits,
     },
     'appliance listening',

@@ -19,6 +19,7 @@ import { registerMigrateCommand } from './migrate-command.js';
 import { registerChunkCommands } from './chunk-commands.js';
 import { registerHeapCommands } from './heap-commands.js';
 import { registerFabricCommands } from './fabric-commands.js';
+import { registerControllerCommand } from './controller-command.js';
 import { describeError } from './describe-error.js';
 import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
@@ -143,6 +144,7 @@ program
   )
   .option('--etcd <urls>', 'fleet mode: register in etcd at these client URLs (comma-separated)')
   .option('--etcd-ttl <seconds>', 'lease TTL of the etcd registration (default 5)', positiveIntegerOption)
+  .option('--no-controller', 'fleet mode: run no fleet controller candidate in this appliance')
   .action(runAppliance);
 
 const appliance = (command: Command) =>
@@ -196,6 +198,7 @@ appliance(program.command('stats'))
   });
 registerHeapCommands(program);
 registerFabricCommands(program);
+registerControllerCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -37,6 +37,7 @@ import {
 import { ApplianceDiscovery } from '../catalog/etcd-discovery.js';
 import { EtcdCatalog } from '../catalog/etcd-catalog.js';
 import { checkEndpoints, type EtcdOptions } from '../catalog/etcd.js';
+import { RebuildRequests } from '../catalog/rebuild-requests.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { NbdClientTls } from '../nbd/index.js';
 import { FramePool } from '../memory/index.js';
@@ -163,6 +164,8 @@ export class Fabric {
   private fleet: Promise<ApplianceDiscovery> | undefined;
   /** Discovered appliances whose etcd lease has expired since (gone from placement). */
   private readonly leaseExpired = new Set<string>();
+  /** Fleet mode: answers the controller's rebuild requests for the regions this fabric holds. */
+  private rebuildRequests: RebuildRequests | undefined;
 
   constructor(options: FabricOptions) {
     this.pageSize = options.pageSize ?? 4096;
@@ -272,6 +275,7 @@ export class Fabric {
       try {
         const region = await this.allocateAs(type, name, size, redundancy, tenant, options.placement ?? {});
         this.regions.add(region);
+        if (region instanceof ExternalRegion) this.answerRebuilds(region);
         return region;
       } catch (error) {
         if (!(error instanceof MemfabricError) || error.code !== ErrorCodes.PLACEMENT_FAILED) throw error;
@@ -337,6 +341,7 @@ export class Fabric {
       throw error;
     }
     this.opened.add(region);
+    this.answerRebuilds(region);
     return region;
   }
 
@@ -417,6 +422,7 @@ export class Fabric {
       ...regions.map((region) => region.close()),
       ...opened.map((region) => region.detach()),
     ]);
+    await this.rebuildRequests?.close();
     const fleet = this.fleet;
     this.fleet = undefined;
     if (fleet) (await fleet.catch(() => undefined))?.close();
@@ -600,6 +606,12 @@ export class Fabric {
       publish: (next) => this.publishDescriptor(next),
       forget: (descriptor) => catalog.remove(descriptor),
     });
+  }
+
+  /** Fleet mode: the controller's rebuild requests for `region` are answered (src/catalog/rebuild-requests.ts). */
+  private answerRebuilds(region: ExternalRegion): void {
+    if (this.etcd)
+      (this.rebuildRequests ??= new RebuildRequests({ etcd: this.etcd, warn: this.warn })).track(region);
   }
 
   /** Records a descriptor's next generation: in the catalog, and a copy on each shard. */
