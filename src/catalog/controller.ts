@@ -13,7 +13,7 @@
  * is not `live` or whose appliance is not live in etcd. For each (at most
  * `maxConcurrentRebuilds` at once):
  *   - more shards gone than the redundancy covers: reported failed with MF_DATA_LOST, never
- *     retried (until the region's generation changes);
+ *     retried (unless an appliance comes back and fewer shards are gone);
  *   - a client has the region open (a live shard has NBD connections): the controller must not
  *     write it too (two writers corrupt parity; only the owner holds the stripe locks), so it
  *     puts a rebuild request (rebuild-requests.ts) and the owner rebuilds; the controller follows
@@ -124,8 +124,12 @@ export interface ControllerStatus {
 interface Failure {
   attempts: number;
   retryAt: number;
-  /** Not retried while the region stays at this generation. */
-  permanentAt?: number;
+  /**
+   * Past its redundancy (MF_DATA_LOST): not tried again while this region (id) has at least
+   * this many shards lost or on dead appliances, i.e. until an appliance comes back. (Not
+   * keyed on the generation: the failed attempt itself records the losses it found.)
+   */
+  dataLost?: { regionId: string; lostShards: number };
 }
 
 type Role = 'candidate' | 'leader' | 'stopped';
@@ -490,7 +494,8 @@ class Term {
       }
       if (this.queue.has(key) || this.inProgress.has(key)) continue;
       const failure = this.failures.get(key);
-      if (failure?.permanentAt === descriptor.generation) continue;
+      if (failure?.dataLost?.regionId === descriptor.id && lost.length >= failure.dataLost.lostShards)
+        continue;
       if (failure && failure.retryAt > now) {
         nextRetry = Math.min(nextRetry, failure.retryAt);
         continue;
@@ -541,7 +546,7 @@ class Term {
           ErrorCodes.DATA_LOST,
           `region ${key} has ${lost.length} of ${descriptor.shards.length} shards lost or on dead appliances, more than its redundancy covers; it is not rebuilt`,
         ),
-        true,
+        lost.length,
       );
       return;
     }
@@ -590,21 +595,23 @@ class Term {
         'region rebuild finished',
       );
     } catch (error) {
-      const permanent = error instanceof MemfabricError && error.code === ErrorCodes.DATA_LOST;
-      this.fail(key, descriptor, error, permanent);
+      const dataLost = error instanceof MemfabricError && error.code === ErrorCodes.DATA_LOST;
+      this.fail(key, descriptor, error, dataLost ? lost.length : undefined);
     } finally {
       this.inProgress.delete(key);
     }
   }
 
-  private fail(key: string, descriptor: RegionDescriptor, error: unknown, permanent: boolean): void {
+  /** Records a failed attempt; `lostShards` given: MF_DATA_LOST (see Failure.dataLost), not retried. */
+  private fail(key: string, descriptor: RegionDescriptor, error: unknown, lostShards?: number): void {
+    const permanent = lostShards !== undefined;
     const previous = this.failures.get(key);
     const attempts = (previous?.attempts ?? 0) + 1;
     const wait = Math.min(RETRY_MS_MAX, this.s.retryMs * 2 ** (attempts - 1));
     const failure: Failure = {
       attempts,
       retryAt: Date.now() + wait,
-      ...(permanent ? { permanentAt: descriptor.generation } : {}),
+      ...(permanent ? { dataLost: { regionId: descriptor.id, lostShards } } : {}),
     };
     this.failures.set(key, failure);
     const reason = (error as Error).message;

@@ -33,6 +33,8 @@ export function rebuildRequestKey(tenant: string, name: string): string {
 
 /** Progress is written into the request at most this often. */
 const PROGRESS_MS = 500;
+/** Longest wait for etcd to confirm the watch's cancel on close. */
+const CANCEL_MS_MAX = 1000;
 /** Wait before the watch is tried again after etcd failed to start it. */
 const RETRY_MS = 1000;
 
@@ -129,7 +131,15 @@ export class RebuildRequests {
     clearTimeout(this.retryTimer);
     this.regions.clear();
     await this.starting?.catch(() => undefined);
-    await this.watcher?.cancel().catch(() => undefined);
+    // etcd answers a cancel; one that does not (its member just died) is not waited for longer.
+    const watcher = this.watcher;
+    this.watcher = undefined;
+    if (watcher) {
+      await Promise.race([
+        watcher.cancel().catch(() => undefined),
+        new Promise<void>((resolve) => setTimeout(resolve, CANCEL_MS_MAX).unref()),
+      ]);
+    }
     await Promise.allSettled(this.handling.values());
     this.connection.close();
   }
