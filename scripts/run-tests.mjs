@@ -20,9 +20,21 @@ if (files.length === 0) {
   console.error(`no test files found under ${roots.join(', ')}`);
   process.exit(1);
 }
+// --test-force-exit: a file's process exits once its tests are done, even if a handle is left
+// open. Twice under load a fleet test file (etcd3 clients, a controller candidate) passed and
+// then never exited, which would hold CI until its deadline; the cause is not found yet (see
+// docs/testing.md), and a leak must not cost the whole run.
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...files],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    '--test-force-exit',
+    '--test-reporter=spec',
+    '--test-concurrency=2',
+    ...files,
+  ],
   { stdio: 'inherit' },
 );
 process.exit(result.status ?? 1);

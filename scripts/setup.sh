@@ -29,6 +29,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   # shellcheck disable=SC2086
   $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  # Debian starts a system etcd on 127.0.0.1:2379 when it installs etcd-server. Nothing here
+  # uses it (the fleet tests start their own members on free ports): stop what we just started.
+  if [[ " $pkgs " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
