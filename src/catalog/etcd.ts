@@ -22,7 +22,11 @@
  *   /memfabric/v1/chunkpools/<tenant>/<region>        the chunk size of a region carved into
  *                                                     chunks (JSON: chunkSize, size), written
  *                                                     once by its first claimer, no lease
- *   /memfabric/v1/controller/                         reserved for the controller's election
+ *   /memfabric/v1/controller/election/                the fleet controller's election (etcd's
+ *                                                     election API; controller.ts)
+ *   /memfabric/v1/controller/status                   the leader's progress report (JSON)
+ *   /memfabric/v1/controller/rebuild/<tenant>/<name>  a rebuild asked of a region's owner
+ *                                                     (rebuild-requests.ts)
  *
  * <tenant>, <name>, <region> and <id> are percent-encoded (encodeURIComponent), so a '/' in a
  * name cannot reach into another key's space.
