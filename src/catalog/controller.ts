@@ -30,6 +30,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Campaign, Election, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
+import { moveShard, planRebalance, type ShardMove } from './rebalance.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { ApplianceDirectory } from '../fabric/directory.js';
 import { Fabric } from '../fabric/fabric.js';
@@ -78,6 +79,11 @@ export interface FleetControllerOptions {
   retryMs?: number;
   ownerSilenceMs?: number;
   requestTimeoutMs?: number;
+  /**
+   * Move shards onto an appliance that joins until it holds its share (rebalance.ts).
+   * Default true.
+   */
+  rebalance?: boolean;
   logger?: Pick<Logger, 'info' | 'warn' | 'error'>;
 }
 
@@ -109,6 +115,8 @@ export interface ControllerStatus {
     generation: number;
     at: number;
   }>;
+  /** Shards moved onto appliances that joined (newest last). */
+  rebalanced: Array<ShardMove & { at: number }>;
   failed: Array<{
     tenant: string;
     name: string;
@@ -362,6 +370,9 @@ class Term {
   private readonly running = new Set<Promise<void>>();
   /** Regions this term opened to rebuild: detached at the end of the term (cuts the rebuild). */
   private readonly opened = new Set<ExternalRegion>();
+  private readonly rebalanced: ControllerStatus['rebalanced'] = [];
+  /** Rebalances run one after another (each waits for the one before). */
+  private rebalancing: Promise<void> = Promise.resolve();
 
   constructor(controller: FleetController, campaign: Campaign) {
     this.controller = controller;
@@ -403,7 +414,10 @@ class Term {
               'appliance down',
             );
             this.scan();
-          } else this.directory?.add(event.appliance.url);
+          } else {
+            this.directory?.add(event.appliance.url);
+            if (event.type === 'up') this.rebalance(event.appliance.url);
+          }
         });
         for (const record of this.discovery.live()) this.directory.add(record.url);
         this.scan();
@@ -446,6 +460,7 @@ class Term {
         rate: Math.round(p.bytesDone / Math.max(0.001, (now - p.startedAt) / 1000)),
       })),
       completed: [...this.completed],
+      rebalanced: [...this.rebalanced],
       failed: [...this.failed.values()],
     };
   }
@@ -509,6 +524,40 @@ class Term {
     }
     this.pump();
     this.writeStatus();
+  }
+
+  /** Queues moving shards onto `joined` (an appliance that just registered). */
+  private rebalance(joined: string): void {
+    if (this.s.options.rebalance === false) return;
+    const run = this.rebalancing.then(() => this.rebalanceOnto(joined));
+    this.rebalancing = run.catch((error: unknown) =>
+      this.s.logger?.warn(
+        { component: 'controller', appliance: joined, reason: (error as Error).message },
+        'rebalance failed',
+      ),
+    );
+    this.running.add(this.rebalancing);
+    void this.rebalancing.finally(() => this.running.delete(this.rebalancing));
+  }
+
+  private async rebalanceOnto(joined: string): Promise<void> {
+    if (!this.active) return;
+    const moves = planRebalance(await this.catalog!.list(), this.liveUrls(), joined);
+    for (const move of moves) {
+      if (!this.active) return;
+      this.s.logger?.info({ component: 'controller', ...move }, 'moving a shard to an appliance that joined');
+      await moveShard(move, this.directory!, this.fabric!, {
+        ...(this.s.options.token !== undefined ? { token: this.s.options.token } : {}),
+        readGeneration: async () => {
+          const shard = (await this.catalog!.get(move.tenant, move.name))?.descriptor.shards[move.shard];
+          return shard && { appliance: shard.appliance, region: shard.region };
+        },
+      });
+      this.rebalanced.push({ ...move, at: Date.now() });
+      if (this.rebalanced.length > HISTORY_MAX) this.rebalanced.shift();
+      this.s.logger?.info({ component: 'controller', ...move }, 'shard moved');
+      this.writeStatus();
+    }
   }
 
   private liveUrls(): Set<string> {

@@ -41,3 +41,4 @@ export {
   rebuildRequestKey,
   type RebuildRequest,
 } from './rebuild-requests.js';
+export { planRebalance, type ShardMove } from './rebalance.js';
