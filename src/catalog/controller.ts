@@ -548,7 +548,7 @@ class Term {
       this.s.logger?.info({ component: 'controller', ...move }, 'moving a shard to an appliance that joined');
       await moveShard(move, this.directory!, this.fabric!, {
         ...(this.s.options.token !== undefined ? { token: this.s.options.token } : {}),
-        readGeneration: async () => {
+        readPlacement: async () => {
           const shard = (await this.catalog!.get(move.tenant, move.name))?.descriptor.shards[move.shard];
           return shard && { appliance: shard.appliance, region: shard.region };
         },

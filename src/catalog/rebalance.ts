@@ -100,7 +100,7 @@ export async function moveShard(
   fabric: Fabric,
   options: {
     token?: string;
-    readGeneration: () => Promise<{ appliance: string; region: string } | undefined>;
+    readPlacement: () => Promise<{ appliance: string; region: string } | undefined>;
   },
 ): Promise<void> {
   const source = directory.target(move.from);
@@ -139,7 +139,7 @@ export async function moveShard(
   }
   // Either way, the catalog must name the new home before the move counts as done.
   while (Date.now() < deadline) {
-    const now = await options.readGeneration();
+    const now = await options.readPlacement();
     if (now && now.appliance === move.to) return;
     await delay(POLL_MS);
   }
