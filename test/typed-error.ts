@@ -14,3 +14,17 @@ export function typedError(code: string, ...fragments: string[]): (error: unknow
     return true;
   };
 }
+
+/**
+ * What a call came to: 'ok', or the code of the MemfabricError it rejected with (anything else
+ * is rethrown). For races where either outcome is right, e.g. `[ok, MF_ALREADY_EXISTS]`.
+ */
+export async function outcome(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'ok';
+  } catch (error) {
+    if (error instanceof MemfabricError) return error.code;
+    throw error;
+  }
+}

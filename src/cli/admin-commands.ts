@@ -3,6 +3,7 @@
  */
 import { adminRequest, type AdminBase } from '../appliance/admin-client.js';
 import { formatSize } from '../size.js';
+import { formatTable } from './table.js';
 
 export const APPLIANCE_URL_DEFAULT = 'http://127.0.0.1:10880';
 
@@ -33,15 +34,7 @@ export function formatRegions(regions: RegionView[]): string {
       .filter(Boolean)
       .join(', '),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  return [header, ...rows]
-    .map((row) =>
-      row
-        .map((cell, i) => cell.padEnd(widths[i]!))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
+  return formatTable(header, rows);
 }
 
 export async function regionCreate(

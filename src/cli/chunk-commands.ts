@@ -11,6 +11,7 @@ import { adminRequest, type AdminBase } from '../appliance/admin-client.js';
 import type { ChunkClaimView, ChunkListingView } from '../appliance/chunk-routes.js';
 import { formatSize } from '../size.js';
 import { adminTargetFor, type CredentialOptions } from './credentials.js';
+import { formatTable } from './table.js';
 
 /** Listing pages `ls` follows at most (4096 allocations each). */
 const LS_PAGES_MAX = 256;
@@ -94,15 +95,8 @@ export function formatChunkListing(listing: ChunkListingView): string {
     `${s.chunksFree} free (longest free run ${s.largestFreeRun}), ${s.allocations} allocations, ${s.owners} owners`;
   const header = ['OFFSET', 'LENGTH', 'OWNER'];
   const rows = listing.allocations.map((a) => [String(a.offset), formatSize(a.length), a.owner]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const table = [header, ...rows].map((row) =>
-    row
-      .map((cell, i) => cell.padEnd(widths[i]!))
-      .join('  ')
-      .trimEnd(),
-  );
   const more = listing.next === null ? [] : [`... more from offset ${listing.next}`];
-  return [summary, ...table, ...more].join('\n');
+  return [summary, formatTable(header, rows), ...more].join('\n');
 }
 
 /**

@@ -19,6 +19,7 @@ import { Fabric, type FabricRegionInfo } from '../fabric/fabric.js';
 import { describeRedundancy, type ExternalRegion } from '../fabric/external-region.js';
 import { formatSize } from '../size.js';
 import { findToken } from './credentials.js';
+import { formatTable } from './table.js';
 
 interface FabricCommandOptions {
   appliances?: string[];
@@ -71,15 +72,7 @@ export function formatFabricRegions(regions: FabricRegionInfo[]): string {
     r.state === 'ready' && r.degraded ? 'degraded' : r.state,
     `${r.shards.filter((s) => s.state === 'live').length}/${r.shards.length} live, ${r.shardsFound.length} found`,
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  return [header, ...rows]
-    .map((row) =>
-      row
-        .map((cell, i) => cell.padEnd(widths[i]!))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
+  return formatTable(header, rows);
 }
 
 function describeRegion(region: ExternalRegion): string {

@@ -23,8 +23,10 @@ import {
   DESCRIPTOR_FORMAT,
   type RegionDescriptor,
 } from '../../src/catalog/descriptor.js';
-import { ErrorCodes, MemfabricError } from '../../src/errors.js';
+import type { MemfabricError } from '../../src/errors.js';
+import { ErrorCodes } from '../../src/errors.js';
 import { EtcdCluster } from '../support/etcd-cluster.js';
+import { outcome } from '../typed-error.js';
 
 /** Operations the failover loop must have acknowledged after the leader's death. */
 const OPS_AFTER_KILL = 20;
@@ -49,16 +51,6 @@ function descriptor(tenant: string, name: string, appliance = 'http://127.0.0.1:
   });
 }
 
-async function code(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'ok';
-  } catch (error) {
-    if (error instanceof MemfabricError) return error.code;
-    throw error;
-  }
-}
-
 test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
   const cluster = await EtcdCluster.start(t, { members: 3 });
   if (!cluster) return;
@@ -78,10 +70,10 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
     await a.create(d1);
     assert.deepEqual((await b.get('t1', 'alpha'))?.descriptor, d1);
     assert.deepEqual((await b.get('t1', 'alpha'))?.shardsFound, [0]);
-    assert.equal(await code(b.create(descriptor('t1', 'alpha'))), ErrorCodes.ALREADY_EXISTS);
+    assert.equal(await outcome(b.create(descriptor('t1', 'alpha'))), ErrorCodes.ALREADY_EXISTS);
     // A descriptor edited after sealing is the caller's mistake, not a conflict.
     assert.equal(
-      await code(b.create({ ...descriptor('t1', 'edited'), size: 5 })),
+      await outcome(b.create({ ...descriptor('t1', 'edited'), size: 5 })),
       ErrorCodes.INVALID_ARGUMENT,
     );
     assert.equal(await b.get('t1', 'edited'), undefined);
@@ -93,11 +85,11 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
     assert.equal((await a.get('t1', 'alpha'))?.descriptor.generation, 2);
     // An update built on generation 1 again is stale, and so is one that skips a generation.
     assert.equal(
-      await code(a.update(nextGeneration(d1, { state: 'deleting' }))),
+      await outcome(a.update(nextGeneration(d1, { state: 'deleting' }))),
       ErrorCodes.STALE_GENERATION,
     );
     assert.equal(
-      await code(a.update(nextGeneration(nextGeneration(d2, {}), {}))),
+      await outcome(a.update(nextGeneration(nextGeneration(d2, {}), {}))),
       ErrorCodes.STALE_GENERATION,
     );
     // Applying the very same update twice is a no-op, not a conflict (a retried write).
@@ -118,9 +110,9 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
     await a.create(reborn);
     await b.remove(d1);
     assert.equal((await a.get('t1', 'alpha'))?.descriptor.id, reborn.id);
-    assert.equal(await code(b.update(nextGeneration(d2, {}))), ErrorCodes.NOT_FOUND);
+    assert.equal(await outcome(b.update(nextGeneration(d2, {}))), ErrorCodes.NOT_FOUND);
     await a.remove(reborn);
-    assert.equal(await code(a.update(nextGeneration(reborn, {}))), ErrorCodes.NOT_FOUND);
+    assert.equal(await outcome(a.update(nextGeneration(reborn, {}))), ErrorCodes.NOT_FOUND);
   });
 
   await t.test('a damaged entry is skipped and logged; its name stays taken', async () => {
@@ -139,7 +131,7 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
       assert.equal(warnings.length, 2, warnings.join('\n'));
       assert.match(warnings.join('\n'), /checksum mismatch/);
       assert.equal(await b.get('t3', 'broken'), undefined);
-      assert.equal(await code(b.create(descriptor('t3', 'broken'))), ErrorCodes.ALREADY_EXISTS);
+      assert.equal(await outcome(b.create(descriptor('t3', 'broken'))), ErrorCodes.ALREADY_EXISTS);
     } finally {
       client.close();
     }
@@ -171,7 +163,7 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
       const name = `race-${round}`;
       const mine = descriptor('race', name, 'http://a');
       const theirs = descriptor('race', name, 'http://b');
-      const outcomes = await Promise.all([code(a.create(mine)), code(b.create(theirs))]);
+      const outcomes = await Promise.all([outcome(a.create(mine)), outcome(b.create(theirs))]);
       assert.deepEqual(
         [...outcomes].sort(),
         ['MF_ALREADY_EXISTS', 'ok'],
@@ -190,7 +182,7 @@ test('EtcdCatalog on a real 3-member etcd cluster', async (t) => {
       const shardB = { ...current.shards[0]!, appliance: `http://b/${round}` };
       const nextA = nextGeneration(current, { shards: [shardA] });
       const nextB = nextGeneration(current, { shards: [shardB] });
-      const outcomes = await Promise.all([code(a.update(nextA)), code(b.update(nextB))]);
+      const outcomes = await Promise.all([outcome(a.update(nextA)), outcome(b.update(nextB))]);
       assert.deepEqual([...outcomes].sort(), ['MF_STALE_GENERATION', 'ok'], `round ${round}`);
       current = outcomes[0] === 'ok' ? nextA : nextB;
       assert.deepEqual((await b.get('race', 'updated'))?.descriptor, current);

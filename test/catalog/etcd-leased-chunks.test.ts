@@ -25,6 +25,7 @@ import type { Chunk } from '../../src/fabric/suballocation.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { EtcdCluster, until } from '../support/etcd-cluster.js';
+import { outcome } from '../typed-error.js';
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
@@ -32,16 +33,6 @@ const CHUNKS = 16;
 const TTL_S = 2;
 const WAIT_MS = 30_000;
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), 'etcd-leased-chunks-worker.ts');
-
-async function code(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'ok';
-  } catch (error) {
-    if (error instanceof MemfabricError) return error.code;
-    throw error;
-  }
-}
 
 test('leased chunks in etcd', async (t) => {
   const cluster = await EtcdCluster.start(t, { members: 1 });
@@ -110,13 +101,13 @@ test('leased chunks in etcd', async (t) => {
     assert.equal((await chunkKeys()).length, 1);
     assert.equal((await sub.claim({ count: 2 })).offset, 0, 'first fit reuses the released run');
 
-    assert.equal(await code(allocator('beta', { chunkSize: 2 * CHUNK }).claim()), ErrorCodes.CONFLICT);
-    assert.equal(await code(sub.claim({ count: RUN_CHUNKS_MAX + 1 })), ErrorCodes.INVALID_ARGUMENT);
-    assert.equal(await code(sub.claim({ count: CHUNKS })), ErrorCodes.CHUNKS_EXHAUSTED);
+    assert.equal(await outcome(allocator('beta', { chunkSize: 2 * CHUNK }).claim()), ErrorCodes.CONFLICT);
+    assert.equal(await outcome(sub.claim({ count: RUN_CHUNKS_MAX + 1 })), ErrorCodes.INVALID_ARGUMENT);
+    assert.equal(await outcome(sub.claim({ count: CHUNKS })), ErrorCodes.CHUNKS_EXHAUSTED);
 
     await sub.close();
     assert.deepEqual(await chunkKeys(), [], 'close revokes the lease: every chunk is free');
-    assert.equal(await code(sub.claim()), ErrorCodes.DESTROYED);
+    assert.equal(await outcome(sub.claim()), ErrorCodes.DESTROYED);
   });
 
   await t.test(
@@ -160,10 +151,10 @@ test('leased chunks in etcd', async (t) => {
       const taken: Chunk[] = [];
       const until3Ttl = Date.now() + 3 * TTL_S * 1000;
       while (Date.now() < until3Ttl) {
-        assert.equal(await code(other.claim({ count: CHUNKS })), ErrorCodes.CHUNKS_EXHAUSTED);
-        const outcome = await other.claim().catch((error: MemfabricError) => error);
-        if (outcome instanceof MemfabricError) assert.equal(outcome.code, ErrorCodes.CHUNKS_EXHAUSTED);
-        else taken.push(outcome);
+        assert.equal(await outcome(other.claim({ count: CHUNKS })), ErrorCodes.CHUNKS_EXHAUSTED);
+        const claimed = await other.claim().catch((error: MemfabricError) => error);
+        if (claimed instanceof MemfabricError) assert.equal(claimed.code, ErrorCodes.CHUNKS_EXHAUSTED);
+        else taken.push(claimed);
       }
       assert.equal(taken.length, CHUNKS - 4, 'every other chunk was claimable');
       for (const chunk of taken)
@@ -215,7 +206,7 @@ test('leased chunks in etcd', async (t) => {
     await cluster.kill('m0');
     await until(
       'the view to refuse writes',
-      async () => (await code(view.write(0, Buffer.alloc(4096, 4)))) === ErrorCodes.DESTROYED,
+      async () => (await outcome(view.write(0, Buffer.alloc(4096, 4)))) === ErrorCodes.DESTROYED,
       WAIT_MS,
     );
     assert.ok(chunk.released, 'the chunk counts as released once its lease may be gone');
