@@ -7,10 +7,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Appliance } from '../../src/appliance/index.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { ApplianceProcess } from '../interop/appliance-process.js';
-import { testAuth } from './harness.js';
+import { startAppliance, testAuth } from './harness.js';
 
 const MiB = 1024 * 1024;
 /** Connect/write/disconnect/DELETE cycles against the appliance process. */
@@ -61,10 +60,8 @@ test('DELETE right after disconnect() succeeds, cycle after cycle (appliance in 
 });
 
 test('the claim is given back once: at DISC, not again when the socket closes; abrupt closes too', async (t) => {
-  const appliance = await Appliance.start({
+  const { appliance } = await startAppliance({
     memory: '16MiB',
-    nbd: { port: 0 },
-    http: { port: 0 },
     defaultRegion: false,
     merge: false,
     auth: testAuth,
@@ -98,10 +95,8 @@ test('the claim is given back once: at DISC, not again when the socket closes; a
 });
 
 test('a release counts against the region the connection was given, even when its name now stands for another', async (t) => {
-  const appliance = await Appliance.start({
+  const { appliance } = await startAppliance({
     memory: '16MiB',
-    nbd: { port: 0 },
-    http: { port: 0 },
     defaultRegion: false,
     merge: false,
     auth: testAuth,
