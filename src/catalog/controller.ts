@@ -59,6 +59,8 @@ const CAMPAIGN_WARN_MS = 30_000;
 const FOLLOW_MS = 200;
 /** Completed and failed entries kept in the status. */
 const HISTORY_MAX = 50;
+/** How long stop() waits for the term to end and the resignation to land before it cuts them off. */
+const STOP_GRACE_MS = 3000;
 
 export interface FleetControllerOptions {
   /** The etcd members (client URLs) or full etcd options. */
@@ -238,9 +240,21 @@ export class FleetController {
     this.stopping ??= (async () => {
       clearTimeout(this.recampaignTimer);
       this.setRole('stopped');
-      await this.term?.end();
-      this.term = undefined;
-      await this.campaign?.resign().catch(() => undefined);
+      // Ending the term and resigning talk to etcd, whose calls retry for up to retryMs while
+      // it fails over: an appliance stopping must not wait that long. Past STOP_GRACE_MS the
+      // connection is closed under them (their calls reject), and the campaign's lease expires
+      // by itself, electing the next leader a TTL later instead of at once.
+      const graceful = (async () => {
+        await this.term?.end();
+        this.term = undefined;
+        await this.campaign?.resign().catch(() => undefined);
+      })().catch(() => undefined);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        graceful,
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, STOP_GRACE_MS))),
+      ]);
+      clearTimeout(timer);
       await cancelLeftoverWatches(this.election);
       this.connection.close();
     })();
