@@ -33,6 +33,18 @@ export interface NbdUri {
 
 export const NBD_URI_EXAMPLE = 'nbd://127.0.0.1:10809/heap (or nbds://… for TLS)';
 
+/**
+ * The path of `uri` after its first '/', as written. Not `URL.pathname`: WHATWG URLs resolve
+ * dot segments, so an export named "." or ".." (legal NBD names) would come out empty.
+ */
+function rawPath(uri: string): string {
+  const authority = uri.indexOf('://') + 3;
+  const slash = uri.indexOf('/', authority);
+  if (slash < 0) return '';
+  const end = uri.slice(slash + 1).search(/[?#]/);
+  return end < 0 ? uri.slice(slash + 1) : uri.slice(slash + 1, slash + 1 + end);
+}
+
 function bad(uri: string, why: string): Error {
   return invalidArgument(
     `${JSON.stringify(uri)} is not an NBD URI memfabric can use: ${why}; for example ${NBD_URI_EXAMPLE}`,
@@ -77,7 +89,7 @@ export function parseNbdUri(uri: unknown): NbdUri {
   }
   let exportName: string;
   try {
-    exportName = decodeURIComponent(url.pathname.slice(1));
+    exportName = decodeURIComponent(rawPath(uri));
   } catch {
     throw bad(uri, 'the export name has a malformed %-escape');
   }

@@ -58,6 +58,14 @@ test('ports, IPv6 hosts, nbds and its TLS parameters', () => {
   assert.equal(secure.display, 'nbds://appliance.example:10809/tenant-a', 'the query stays out of names');
 });
 
+test('exports named "." and ".." keep their names (a URL parser would resolve them away)', () => {
+  for (const name of ['.', '..']) {
+    const parsed = parseNbdUri(`nbd://127.0.0.1:10809/${name}`);
+    assert.equal(parsed.exportName, name);
+    assert.equal(parseNbdUri(parsed.display).exportName, name);
+  }
+});
+
 test('any export name survives a round trip through a URI', () => {
   fc.assert(
     fc.property(
