@@ -44,6 +44,13 @@ export const ErrorCodes = {
   CORRUPT_FILE: 'MF_CORRUPT_FILE',
   /** A region is migrating (or has moved) to another appliance; over NBD a refused request is ESHUTDOWN. */
   MIGRATING: 'MF_MIGRATING',
+  /** A migration or standby peer broke the wire protocol (bad magic or version, a damaged or impossible frame). */
+  MIGRATION_PROTOCOL: 'MF_MIGRATION_PROTOCOL',
+  /**
+   * Post-copy only: the source died (or was cut off) after the handover, before every page had
+   * moved; the pages still on it are lost and the destination's space cannot be trusted.
+   */
+  POSTCOPY_SOURCE_LOST: 'MF_POSTCOPY_SOURCE_LOST',
   /** A sub-allocated region has no run of free chunks long enough (or an owner bound is hit). */
   CHUNKS_EXHAUSTED: 'MF_CHUNKS_EXHAUSTED',
   /** The call conflicts with current state: another owner's chunk, a different chunk size. */

@@ -18,6 +18,7 @@ export {
   type FramePoolOptions,
   type AddressSpaceOptions,
   type SpaceStats,
+  type WriteGate,
   type MergerOptions,
   type MergerStats,
   type ScanBudget,

@@ -68,6 +68,30 @@ export interface AddressSpaceOptions {
   domain?: string;
 }
 
+/**
+ * A hook on the write path, set by whoever must see writes as they happen (a live migration:
+ * src/migrate). The resident fast path never calls it: a page's first write in an epoch
+ * always takes the slow path (advanceEpoch drops writable translations), so the hook sees
+ * every page as it becomes dirty, which is what pacing a migration needs, at no cost to the
+ * writes that follow in the same epoch. To see every write from some instant on (say, to refuse
+ * them all), set the gate and call advanceEpoch() or flushTranslations() in the same
+ * synchronous step.
+ */
+export interface WriteGate {
+  /**
+   * Called once at the start of a bulk write, zeroing or trim (and of sharePage), before any
+   * byte changes. Throw to refuse the whole call (it then changed nothing).
+   */
+  admit(space: AddressSpace): void;
+  /**
+   * Called before `page` is made writable (its first write in the current epoch, or after its
+   * translation was dropped), and once per run of whole pages zeroed or trimmed. Nothing of
+   * the page has changed yet. May throw (a scalar write is then refused whole) or park the
+   * caller briefly (to slow a writer that dirties pages faster than a migration sends them).
+   */
+  dirtied(space: AddressSpace, page: number): void;
+}
+
 /** Called by the merger registry so forks of a registered space are registered too. */
 export interface SpaceRegistry {
   register(space: AddressSpace): void;
@@ -103,6 +127,8 @@ export class AddressSpace implements TranslationCache {
   epoch = 1;
   /** The merger that scans this space, if any (forks inherit it). */
   registry: SpaceRegistry | undefined;
+  /** The write-path hook, if any (see WriteGate). Forks do not inherit it. */
+  writeGate: WriteGate | undefined;
 
   private destroyed = false;
   private readonly pageCount: number;
@@ -209,6 +235,7 @@ export class AddressSpace implements TranslationCache {
     const pageSize = this.pageSize;
     const first = Math.floor(offset * this.invPageSize);
     const last = Math.floor((offset + length - 1) * this.invPageSize);
+    if (this.writeGate !== undefined) this.writeGate.admit(this);
     this.reserveForWrite(first, last);
     let done = 0;
     while (done < length) {
@@ -588,6 +615,10 @@ export class AddressSpace implements TranslationCache {
       throw invalidArgument(`page ${sourcePage} of the source space holds no resident frame to share`);
     }
     if (source === this && sourcePage === page) return;
+    if (this.writeGate !== undefined) {
+      this.writeGate.admit(this);
+      this.writeGate.dirtied(this, page);
+    }
     const leaf = this.ownLeaf(this.leafSlotIndex(page, true));
     const entry = leaf * LEAF_ENTRIES + (page & LEAF_MASK);
     const old = pool.leaves.entries[entry]!;
@@ -995,6 +1026,7 @@ export class AddressSpace implements TranslationCache {
    * so a new frame need not be zeroed or copied.
    */
   private translateForWrite(page: number, overwriteAll: boolean): void {
+    if (this.writeGate !== undefined) this.writeGate.dirtied(this, page);
     const pool = this.pool;
     // Make room before reading the entry (with a pager, allocating may evict pages), and only
     // when a frame is needed: overwriting a private page must work in a full pool.
@@ -1111,6 +1143,7 @@ export class AddressSpace implements TranslationCache {
   private zeroRange(offset: number, length: number, fill: number): void {
     this.checkRange(offset, length);
     if (length === 0) return;
+    if (this.writeGate !== undefined) this.writeGate.admit(this);
     const pageSize = this.pageSize;
     const end = offset + length;
     const firstWhole = Math.ceil(offset * this.invPageSize);
@@ -1141,6 +1174,7 @@ export class AddressSpace implements TranslationCache {
 
   /** Sets pages [first, end) to NO_FRAME or ZERO_FRAME, recording the epoch. */
   private mapWholePages(first: number, end: number, fill: number): void {
+    if (this.writeGate !== undefined && first < end) this.writeGate.dirtied(this, first);
     const pool = this.pool;
     let page = first;
     while (page < end) {

@@ -12,6 +12,7 @@ export {
   SPACE_BYTES_MAX,
   type AddressSpaceOptions,
   type SpaceStats,
+  type WriteGate,
 } from './address-space.js';
 export {
   SamePageMerger,
