@@ -20,7 +20,7 @@
  *
  * What a block promises: each `console.log(...);` statement that ends its line prints exactly one
  * line, in order. A trailing `// text` comment says what that line is: exactly `text`; or, for
- * `// 256: why`, the line is `256` and the rest explains it; or, for `// text…` (an ellipsis at
+ * `// 256: why`, the line is the one word `256` and the rest explains it; or, for `// text…` (an ellipsis at
  * the end), the line starts with `text` (ports and other values that change from run to run).
  * A console.log without a comment may print anything.
  */
@@ -100,7 +100,8 @@ export function promisedLines(code: string): (string | undefined)[] {
 /** Whether an output line is what a comment promises (see the header). */
 export function keepsPromise(line: string, comment: string): boolean {
   if (comment.endsWith('…')) return line.startsWith(comment.slice(0, -1));
-  return line === comment || comment.startsWith(`${line}: `);
+  // A value with an explanation: one word, then ': ' (a longer line is taken whole: `{ ok: true }`).
+  return line === comment || (!/\s/.test(line) && comment.startsWith(`${line}: `));
 }
 
 /** Why `output` breaks the block's promises, or undefined when it keeps them. */
