@@ -11,7 +11,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,7 @@ function fileOf(block: CodeBlock): string {
 
 before(() => {
   dir = mkdtempSync(join(tmpdir(), 'memfabric-docs-'));
+  mkdirSync(join(dir, 'tmp'));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module', private: true }));
   writeFileSync(
     join(dir, 'tsconfig.json'),
@@ -129,7 +130,8 @@ describe('every block runs and prints what its comments promise', () => {
       continue;
     }
     test(name, async (t) => {
-      const env: NodeJS.ProcessEnv = { ...process.env };
+      // What a block makes in the temporary folder (heap images, key files) goes with this one.
+      const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: join(dir, 'tmp') };
       if (block.tags.includes('needs=etcd')) {
         const cluster = await EtcdCluster.start(t, { members: 1 });
         if (cluster === undefined) return; // skipped: no etcd here
