@@ -36,6 +36,7 @@ const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as
   version: string;
   files: string[];
   dependencies: Record<string, string>;
+  engines: { node: string };
 };
 const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
 
@@ -301,6 +302,13 @@ test('the package is ESM-only, as the README says: import works, require is refu
     app,
   );
   assert.equal(imported.stdout.trim(), 'function');
+  // What the README tells a user matches package.json.
+  const readme = readFileSync(join(installed, 'README.md'), 'utf8');
+  assert.match(readme, /ESM-only/);
+  assert.ok(
+    readme.includes(`Node.js ${manifest.engines.node.replace('>=', '')} or later`),
+    'the README names the engines.node minimum',
+  );
   await assert.rejects(
     run(process.execPath, ['-e', "require('memfabric')"], app),
     /ERR_PACKAGE_PATH_NOT_EXPORTED|ERR_REQUIRE_ESM/,
