@@ -2,6 +2,7 @@
  * The `memfabric` command line. Each subcommand lives in its own module; this file only wires
  * them to commander.
  */
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { MemfabricError, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
@@ -56,6 +57,11 @@ function countOption(value: string): number {
 const program = new Command()
   .name('memfabric')
   .description('A memory fabric for Node.js: paged, copy-on-write, merged, served over NBD.')
+  // package.json is two levels up from both src/cli/ and dist/cli/.
+  .version(
+    (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
+      .version,
+  )
   .showHelpAfterError();
 
 program
