@@ -28,6 +28,7 @@ import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
 import { registerNameRoutes } from './names-routes.js';
 import type { Region, RegionStats } from './region.js';
+import { describeValidation } from './validation-message.js';
 import type { PendingRegion } from './registry.js';
 
 /** Admin request bodies are small; anything larger is refused with 413. */
@@ -176,9 +177,13 @@ export function createAdminApi(
           : status === 404
             ? ErrorCodes.NOT_FOUND
             : ErrorCodes.INTERNAL;
+    const validation = (error as FastifyError).validation;
     const message =
-      (error as FastifyError).validation !== undefined
-        ? `invalid request: ${error.message}`
+      validation !== undefined
+        ? describeValidation(
+            validation,
+            request.routeOptions.schema?.body as { properties?: Record<string, unknown> },
+          )
         : status >= 500 && !(error instanceof MemfabricError)
           ? 'internal error; see the appliance log'
           : error.message;
