@@ -324,10 +324,11 @@ export class Appliance {
         maxMsPerBatch: MERGE_BATCH_MS_MAX,
       });
     }
-    this.nbdAddress = await this.nbdServer.listen(
-      options.nbd?.port ?? NBD_PORT_DEFAULT,
-      options.nbd?.host ?? HOST_DEFAULT,
-    );
+    const nbdPort = options.nbd?.port ?? NBD_PORT_DEFAULT;
+    const nbdHost = options.nbd?.host ?? HOST_DEFAULT;
+    this.nbdAddress = await this.nbdServer
+      .listen(nbdPort, nbdHost)
+      .catch((error: unknown) => Promise.reject(listenFailed(error, 'NBD', nbdHost, nbdPort, '--nbd')));
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;
     this.https = options.httpTls !== undefined;
@@ -337,7 +338,11 @@ export class Appliance {
     });
     for (const warning of this.warnings) this.logger?.warn({ component: 'security' }, warning);
     this.http = createAdminApi(this, options.httpTls);
-    await this.http.listen({ port: httpPort, host: httpHost });
+    await this.http
+      .listen({ port: httpPort, host: httpHost })
+      .catch((error: unknown) =>
+        Promise.reject(listenFailed(error, 'the admin API', httpHost, httpPort, '--http')),
+      );
     const address = this.http.server.address();
     this.httpAddress = {
       host: httpHost,
@@ -430,4 +435,27 @@ async function prepareDataDir(dir: string): Promise<void> {
   } finally {
     await rm(probe, { force: true });
   }
+}
+
+/**
+ * A listening socket refused at start, as a typed error saying what to do: the usual cause is a
+ * second appliance (or any program) on the default ports, which Node reports as a bare EADDRINUSE.
+ */
+function listenFailed(error: unknown, what: string, host: string, port: number, flag: string): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const why =
+    code === 'EADDRINUSE'
+      ? 'the address is in use: another appliance or program listens there'
+      : code === 'EACCES'
+        ? 'permission denied (ports below 1024 need privileges)'
+        : code === 'EADDRNOTAVAIL'
+          ? 'no network interface of this machine has that address'
+          : undefined;
+  if (why === undefined) return error;
+  return new MemfabricError(
+    ErrorCodes.LISTEN_FAILED,
+    `cannot listen for ${what} on ${at}: ${why}; stop it or choose another address with ${flag} HOST:PORT (:0 picks a free port)`,
+    { cause: error },
+  );
 }
