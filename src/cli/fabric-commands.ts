@@ -19,6 +19,7 @@ import { Fabric, type FabricRegionInfo } from '../fabric/fabric.js';
 import { describeRedundancy, type ExternalRegion } from '../fabric/external-region.js';
 import { formatSize } from '../size.js';
 import { findToken } from './credentials.js';
+import { normalizeApplianceUrl } from './appliance-url.js';
 import { formatTable } from './table.js';
 
 interface FabricCommandOptions {
@@ -34,13 +35,8 @@ function urlList(value: string): string[] {
     .split(',')
     .map((url) => url.trim())
     .filter((url) => url !== '');
-  for (const url of urls) {
-    if (!/^https?:\/\//.test(url)) {
-      throw new InvalidArgumentError(`${url} is not an admin URL: write it as http://HOST:PORT`);
-    }
-  }
   if (urls.length === 0) throw new InvalidArgumentError('name at least one appliance admin URL');
-  return urls;
+  return urls.map((url) => normalizeApplianceUrl(url, '--appliances'));
 }
 
 async function fabricFor(options: FabricCommandOptions): Promise<Fabric> {

@@ -8,9 +8,9 @@ import { MemfabricError, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
 import { applianceDefaults, runAppliance } from './appliance-command.js';
 import {
-  APPLIANCE_URL_DEFAULT,
   applianceStats,
   formatRegions,
+  formatStats,
   regionClone,
   regionCreate,
   regionList,
@@ -22,6 +22,7 @@ import { registerHeapCommands } from './heap-commands.js';
 import { registerFabricCommands } from './fabric-commands.js';
 import { registerControllerCommand } from './controller-command.js';
 import { describeError } from './describe-error.js';
+import { applianceUrlDefault, applianceUrlOption } from './appliance-url.js';
 import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
 function sizeOption(value: string): number {
@@ -154,7 +155,14 @@ program
   .action(runAppliance);
 
 const appliance = (command: Command) =>
-  withCredentials(command.option('--appliance <url>', 'the appliance admin API', APPLIANCE_URL_DEFAULT));
+  withCredentials(
+    command.option(
+      '--appliance <url>',
+      'the appliance admin API, http://HOST:PORT or HOST:PORT (default: MEMFABRIC_APPLIANCE, else http://127.0.0.1:10880)',
+      applianceUrlOption,
+      applianceUrlDefault(),
+    ),
+  );
 
 const region = program.command('region').description('manage regions on an appliance');
 appliance(region.command('create <name>'))
@@ -198,9 +206,11 @@ appliance(region.command('rm <name>'))
 registerMigrateCommand(region);
 registerChunkCommands(region, appliance);
 appliance(program.command('stats'))
-  .description("print an appliance's statistics as JSON")
-  .action(async (options: CredentialOptions) => {
-    console.log(JSON.stringify(await applianceStats(await adminTargetFor(options)), null, 2));
+  .description("print an appliance's statistics (memory, regions, merging, NBD traffic)")
+  .option('--json', 'print every statistic as JSON')
+  .action(async (options: CredentialOptions & { json?: boolean }) => {
+    const stats = await applianceStats(await adminTargetFor(options));
+    console.log(options.json ? JSON.stringify(stats, null, 2) : formatStats(stats as never));
   });
 registerHeapCommands(program);
 registerFabricCommands(program);
