@@ -161,6 +161,13 @@ export function createMetrics(appliance: Appliance): Registry {
     [],
     merger((m) => m.pagesVisited),
   );
+  mirroredCounter(
+    registry,
+    'memfabric_merger_scan_seconds_total',
+    'Time spent scanning (its rate is the share of a core the merger uses).',
+    [],
+    merger((m) => m.scanMs / 1000),
+  );
   mirroredGauge(
     registry,
     'memfabric_merger_pages_visited_per_second',

@@ -56,6 +56,8 @@ import { grown } from './typed-arrays.js';
 export const MAX_SHARING_DEFAULT = 256;
 
 const HASH_MASK = (1n << 52n) - 1n;
+/** Numbers per leaf in the merger's settled-leaf records (round, maxEpoch, resident pages). */
+const LEAF_CLEAN_STRIDE = 3;
 const ZERO_PROBE_BYTES = 64;
 
 export interface MergerOptions {
@@ -140,6 +142,8 @@ export interface MergerStats {
   scanFraction: number;
   /** Wall time the last complete full scan took from start to end, in ms (0 before the first). */
   lastFullScanMs: number;
+  /** Time spent scanning since creation, in ms (its rate is the share of a core used). */
+  scanMs: number;
   /** Resident pages visited per second, over the last 5 to 10 seconds. */
   pagesVisitedPerSecond: number;
   /** Time spent scanning over wall time, over the last 5 to 10 seconds: the share of a core used. */
@@ -180,6 +184,17 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
   private changed = false;
   /** Resident pages scanLeaf saw in the leaf it just scanned. */
   private leafResident = 0;
+  /**
+   * Settled leaves, LEAF_CLEAN_STRIDE numbers per leaf id: the round of the visit that found
+   * every resident page of the leaf indexed already (merged, or a primary), the leaf's maxEpoch
+   * then, and its resident pages then. A later visit skips the leaf's slots while the record
+   * holds: the leaf's scanMark still names that round (it was not freed and handed out again,
+   * which resets scanMark, nor visited since without being found settled) and its maxEpoch has
+   * not moved (nothing was written or trimmed in it: every write records the current epoch,
+   * and a leaf is recorded only when its maxEpoch is below the current epoch). Not used with a
+   * pager, which brings pages back (new, unindexed frames) without recording an epoch.
+   */
+  private leafClean = new Uint32Array(0);
 
   private readonly totals = {
     fullScans: 0,
@@ -188,6 +203,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     zeroPagesMerged: 0,
     pagesVolatile: 0,
     pagesVisited: 0,
+    scanMs: 0,
   };
   private readonly meter = new RateMeter();
   private timer: ReturnType<typeof setTimeout> | undefined;
@@ -335,6 +351,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       scanPage,
       scanFraction: space && space.pages > 0 ? (this.spaceCursor + scanPage / space.pages) / spaces : 0,
       lastFullScanMs: this.lastFullScanMs,
+      scanMs: this.totals.scanMs,
       pagesVisitedPerSecond: this.meter.pagesPerSecond(now),
       cpuShare: this.meter.cpuShare(now),
       cpuShareTarget: this.cpuShareTarget,
@@ -342,7 +359,11 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
   }
 
   get metadataBytes(): number {
-    let bytes = this.frameHash.byteLength + this.next.byteLength + this.frameDomain.byteLength;
+    let bytes =
+      this.frameHash.byteLength +
+      this.next.byteLength +
+      this.frameDomain.byteLength +
+      this.leafClean.byteLength;
     for (const index of this.indexes.values()) bytes += index.byteLength;
     return bytes;
   }
@@ -427,8 +448,10 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       if (performance.now() >= deadline) break;
     }
     if (this.changed) this.pool.flushAllTranslations();
+    const workMs = performance.now() - began;
     this.totals.pagesVisited += visited;
-    this.meter.record(performance.now() - began, visited);
+    this.totals.scanMs += workMs;
+    this.meter.record(workMs, visited);
     return result;
   }
 
@@ -462,8 +485,21 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     const arena = pool.leaves;
     this.leafResident = 0;
     const leaf = space.leafAt(firstPage);
-    if (leaf === 0 || arena.scanMark[leaf] === this.round) return;
+    if (leaf === 0) return;
+    const mark = arena.scanMark[leaf]!;
+    if (mark === this.round) return;
     arena.scanMark[leaf] = this.round;
+    const settled = pool.paging === undefined;
+    if (settled && leaf * LEAF_CLEAN_STRIDE >= this.leafClean.length) this.growLeafClean();
+    const record = leaf * LEAF_CLEAN_STRIDE;
+    const clean = this.leafClean;
+    if (settled && mark !== 0 && clean[record] === mark && clean[record + 1] === arena.maxEpoch[leaf]) {
+      // Settled, and nothing written since: its pages are what they were, all indexed.
+      clean[record] = this.round;
+      this.leafResident = clean[record + 2]!;
+      return;
+    }
+    const volatileBefore = this.volatileThisRound;
     // The content index is looked up once a leaf has a page to hash (most leaves of a settled
     // space have none).
     let index: ContentIndex | undefined;
@@ -479,6 +515,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     const pageSize = pool.pageSize;
     const entries = arena.entries;
     let resident = 0;
+    let zeroed = 0;
     let changed = false;
     for (let i = 0; i < limit; i++) {
       const entry = base + i;
@@ -501,6 +538,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
         pool.release(frame);
         result.zeroPagesMerged++;
         this.totals.zeroPagesMerged++;
+        zeroed++;
         changed = true;
         continue;
       }
@@ -540,6 +578,14 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     }
     this.leafResident = resident;
     if (changed) this.changed = true;
+    if (settled) {
+      // Settled: no page left volatile (every resident one is indexed now), and no write in the
+      // current epoch, so any later write raises maxEpoch above the one recorded.
+      const isClean = this.volatileThisRound === volatileBefore && arena.maxEpoch[leaf]! < space.epoch;
+      clean[record] = isClean ? this.round : 0;
+      clean[record + 1] = arena.maxEpoch[leaf]!;
+      clean[record + 2] = resident - zeroed;
+    }
   }
 
   /** With quietMs: the epoch after `written` began at least quietMs ago. */
@@ -565,6 +611,10 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       this.domainNames.push(name);
     }
     return index;
+  }
+
+  private growLeafClean(): void {
+    this.leafClean = grown(this.leafClean, this.pool.leaves.refs.length * LEAF_CLEAN_STRIDE);
   }
 
   private growFrameMetadata(): void {
