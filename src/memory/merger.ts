@@ -81,7 +81,8 @@ export interface ScanBudget {
   /**
    * Stop at the first leaf boundary after visiting this many resident pages (default: no
    * limit). Pages merged already count too, and a leaf costs at least one page however few it
-   * maps, so every budget runs out; empty slots and holes cost nothing.
+   * maps, so every budget runs out; empty slots and holes cost nothing. Every call visits at
+   * least one leaf, so no budget stops the scan for good.
    */
   maxPages?: number;
   /** Stop at the first leaf boundary after this much time (default: no limit). */
@@ -421,7 +422,8 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     this.changed = false;
     let cost = 0;
     let visited = 0;
-    while (cost < maxPages) {
+    // Every call visits at least one leaf, so no budget, however small, stops the scan for good.
+    for (;;) {
       if (this.spaceCursor >= this.roundSpaces.length) {
         if (this.roundSpaces.length > 0) {
           const emptyRound = this.leavesThisRound === 0;
@@ -445,7 +447,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       this.scanLeaf(space, firstPage, result);
       visited += this.leafResident;
       cost += Math.max(1, this.leafResident);
-      if (performance.now() >= deadline) break;
+      if (cost >= maxPages || performance.now() >= deadline) break;
     }
     if (this.changed) this.pool.flushAllTranslations();
     const workMs = performance.now() - began;
