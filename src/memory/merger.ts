@@ -284,9 +284,12 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       this.run(Number.POSITIVE_INFINITY, began + sliceMs, false, true, began);
       const now = performance.now();
       let sleep = sleepAfterMs(now - began, share);
-      // Between full scans: wait for the next one rather than spin on an empty round.
-      if (this.roundSpaces.length === 0)
-        sleep = Math.max(sleep, this.roundStartedAt + ROUND_INTERVAL_MIN_MS - now);
+      // Between full scans (or with nothing registered): wait until the next one is due
+      // rather than spin on empty rounds.
+      if (this.roundSpaces.length === 0) {
+        const due = this.spaces.size === 0 ? now : this.roundStartedAt;
+        sleep = Math.max(sleep, due + ROUND_INTERVAL_MIN_MS - now);
+      }
       this.timer = setTimeout(tick, sleep);
       this.timer.unref();
     };
