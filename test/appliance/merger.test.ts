@@ -103,6 +103,13 @@ test(
       assert.match(metrics, new RegExp(`^${name} [0-9.e+-]+$`, 'm'), name);
     }
 
+    const dashboard = await fetch(new URL('/', app.httpUrl), {
+      headers: { authorization: `Bearer ${app.token}` },
+    }).then((response) => response.text());
+    assert.match(dashboard, /saves 248 KiB\n\(-?[0-9.]+ [KMG]?i?B net of its [0-9.]+ [KMG]?i?B of tables\)/);
+    assert.match(dashboard, /Scan: \d+% through the current full scan/);
+    assert.match(dashboard, /% of a core \(set: 50\.0%\)/);
+
     // Every page reads what was written to it, and the leaves' other pages read zeros.
     const reads: string[] = [];
     for (let i = 0; i < 64; i++) {
