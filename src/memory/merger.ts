@@ -398,6 +398,9 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     // Frames stay shared, but nothing indexes them any more.
     const flags = this.pool.flags;
     for (let f = FIRST_FRAME; f < flags.length; f++) flags[f]! &= ~FRAME_MERGED;
+    // Scan marks name this merger's rounds: a later merger of the pool counts rounds from 1
+    // again, and would take leaves marked here for leaves it had visited already.
+    this.pool.leaves.scanMark.fill(0);
     this.indexes.clear();
     this.pool.attachIndex(undefined);
     this.destroyed = true;

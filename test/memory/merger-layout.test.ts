@@ -218,6 +218,22 @@ test('a leaf trimmed and then written within one epoch, around the visit that fo
   checkPoolInvariants(pool, [space]);
 });
 
+test('a merger made after another one on the same pool was destroyed scans every leaf', () => {
+  const pool = new FramePool({ capacity: 16 * 1024 * 1024 });
+  const space = new AddressSpace(pool, { size: TiB });
+  for (let i = 0; i < 20; i++) space.write(scattered(i, 1000) * PAGE, page(12, i % 10));
+  const first = new SamePageMerger(pool, { quietEpochs: 0 });
+  first.register(space);
+  first.scan({ maxPages: 5 }); // part of its first full scan
+  first.destroy();
+  const second = new SamePageMerger(pool, { quietEpochs: 0 });
+  second.register(space);
+  const result = second.scan();
+  assert.equal(result.pagesScanned, 20, 'every page examined in its first full scan');
+  assert.equal(pool.used, 10);
+  checkPoolInvariants(pool, [space]);
+});
+
 test('the background share and slice are validated with a typed error', () => {
   const pool = new FramePool({ capacity: 1024 * 1024 });
   const merger = new SamePageMerger(pool);
