@@ -5,7 +5,8 @@
  *     dense layout and on a scattered one (one page per leaf over 1 TiB), once the scan has
  *     settled and for the first scan of fresh pages (every page hashed) — each beside xxh64 of
  *     the same bytes given the same tenth of a core, measured in the same run;
- *   - the share of a core the merger measured for itself while doing so, beside the share set;
+ *   - the share of a core the merger measured for itself while doing so, beside the share set
+ *     (far below it when a settled scan ends early and waits for the next full scan to be due);
  *   - how long three identical 16 MiB writes take to merge on an appliance (default merger
  *     settings) that also holds a 1 TiB region with 60,000 scattered pages, beside the same
  *     writes on an appliance without it.
@@ -133,6 +134,12 @@ async function scanRates(context: BenchContext): Promise<void> {
     for (let r = 0; r < repeats; r++) samples.push(await rateSample(layout, pages, windowMs));
     const of = (pick: (s: RateSample) => number) => median(samples.map(pick));
     const hash = of((s) => s.hashMBps);
+    // A settled scan of a small space finishes long before its share runs out and then waits
+    // for the next full scan (at most one per 100 ms): its rate is that cap, at a fraction of
+    // the share. The rate per second of scan time says what the share would buy.
+    context.log(
+      `${layout}: settled scan ${of((s) => s.settledMBps / Math.max(s.share, 1e-9)).toFixed(0)} MB per second of scan time`,
+    );
     const what =
       layout === 'dense' ? `${(pages * PAGE) / MiB} MiB dense` : `${pages} pages, one per leaf over 1 TiB`;
     context.record({
