@@ -31,6 +31,13 @@
  * Leaves shared between forks are scanned once per full scan (leaf scan marks); repointing an
  * entry in a shared leaf is correct for every space sharing it, since the bytes are identical.
  *
+ * Settled leaves. A leaf whose resident pages were all indexed at its last visit, and in which
+ * nothing was written since (its maxEpoch has not moved), cannot hold a page to merge: it is
+ * passed over in one step, its resident count taken from that visit (see `leafClean`). Skipping
+ * one wrongly would only delay a merge, never misplace a byte: merging always byte-compares.
+ *
+ * Background. `start()` runs the scan in timed slices at a share of one core (merger-pace.ts).
+ *
  * Per-frame metadata (typed arrays indexed by frame): frameHash (the 52-bit key), next (the
  * chain), frameDomain (which index holds it). Invariant: FRAME_MERGED is set on f exactly when
  * f is on the chain of key frameHash[f] in index frameDomain[f].
