@@ -3,10 +3,12 @@
  * (issue 13): identical pages written one per leaf across a 1 TiB region merge at the share of
  * a core `--merge-cpu` sets; the admin API and /metrics report progress, the share and the
  * saving (gross, and net of the merger's tables); every page still reads its bytes; and a bad
- * `--merge-cpu` stops the start with a typed error.
+ * `--merge-cpu` (or `merge` option) stops the start with a typed error.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { Appliance } from '../../src/index.js';
+import { ErrorCodes } from '../../src/errors.js';
 import {
   ApplianceProcess,
   assertQemuIoClean,
@@ -131,6 +133,17 @@ test('a --merge-cpu that is not a share of one core stops the start with MF_INVA
         error.message.includes(`--merge-cpu ${share} must be a share of one core`) &&
         error.message.includes('MF_INVALID_ARGUMENT'),
       `--merge-cpu ${JSON.stringify(share)}`,
+    );
+  }
+});
+
+test('Appliance.start refuses a merge share or slice out of range with MF_INVALID_ARGUMENT, before it listens', async () => {
+  for (const merge of [{ cpuShare: 0 }, { cpuShare: 2 }, { cpuShare: Number.NaN }, { sliceMs: 0 }]) {
+    await assert.rejects(
+      Appliance.start({ nbd: { port: 0 }, http: { port: 0 }, defaultRegion: false, merge }),
+      (error: Error & { code?: string }) =>
+        error.code === ErrorCodes.INVALID_ARGUMENT && /merge\./.test(error.message),
+      JSON.stringify(merge),
     );
   }
 });
