@@ -19,9 +19,11 @@ import { heapValuesSuite } from './heap-values.bench.js';
 import { heapCollectionsSuite } from './heap-collections.bench.js';
 import { durableSuite } from './durable.bench.js';
 import { fleetSuite } from './fleet.bench.js';
+import { mergerSuite } from './merger.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
+  mergerSuite,
   applianceSuite,
   fabricSuite,
   tierSuite,

@@ -12,7 +12,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
+import { FramePool, SamePageMerger, checkCpuShare, checkSliceMs, type MergerStats } from '../memory/index.js';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import {
   NbdServer,
@@ -37,8 +37,10 @@ export const HTTP_PORT_DEFAULT = 10880;
 export const HOST_DEFAULT = '127.0.0.1';
 export const MEMORY_DEFAULT = '1GiB';
 export const DEFAULT_REGION_NAME = 'default';
-export const MERGE_INTERVAL_MS_DEFAULT = 50;
-export const MERGE_BATCH_MS_MAX = 5;
+/** The merger's share of one core unless told otherwise (`--merge-cpu`). */
+export const MERGE_CPU_SHARE_DEFAULT = 0.1;
+/** Longest one merger slice holds the event loop (and so every NBD client). */
+export const MERGE_SLICE_MS_MAX = 5;
 
 export interface Endpoint {
   host: string;
@@ -62,8 +64,12 @@ export interface ApplianceOptions {
   fileLayer?: FileLayer;
   /** The region the empty export name serves; created if missing. `false`: none. */
   defaultRegion?: { name?: string; size?: number | string } | false;
-  /** Background same-page merging; `false` turns it off. */
-  merge?: { intervalMs?: number; pagesPerBatch?: number; quietEpochs?: number } | false;
+  /**
+   * Background same-page merging; `false` turns it off. `cpuShare`: the share of one core it
+   * uses, from 0.001 to 1 (default 0.1); `sliceMs`: the longest one slice holds the event loop
+   * (default 5); `quietEpochs`: see MergerOptions. Bad values: MF_INVALID_ARGUMENT at start.
+   */
+  merge?: { cpuShare?: number; sliceMs?: number; quietEpochs?: number } | false;
   /** Bounds on what NBD clients may hold (connections, buffers, timeouts); see docs/nbd.md. */
   nbdLimits?: NbdLimits;
   /**
@@ -120,7 +126,8 @@ export interface ApplianceStats {
   regions: number;
   /** Regions by state (file-backed regions found at start may be loading or have failed). */
   regionStates: Record<RegionState, number>;
-  merger: MergerStats | null;
+  /** The merger's statistics and progress, with the region its scan is in (null between scans). */
+  merger: (MergerStats & { scanRegion: string | null }) | null;
   nbd: NbdStats;
 }
 
@@ -161,6 +168,10 @@ export class Appliance {
       ...(options.pageSize ? { pageSize: options.pageSize } : {}),
     });
     const merge = options.merge ?? {};
+    if (merge !== false) {
+      checkCpuShare(merge.cpuShare ?? MERGE_CPU_SHARE_DEFAULT, 'merge.cpuShare');
+      checkSliceMs(merge.sliceMs ?? MERGE_SLICE_MS_MAX, 'merge.sliceMs');
+    }
     this.merger =
       merge === false ? undefined : new SamePageMerger(this.pool, { quietEpochs: merge.quietEpochs ?? 1 });
     this.registry = new RegionRegistry({
@@ -223,6 +234,13 @@ export class Appliance {
     return `${this.https ? 'https' : 'http'}://${shown}:${port}`;
   }
 
+  /** The region the merger's scan is in now, or null between scans. */
+  private scanRegion(): string | null {
+    const space = this.merger?.scanningSpace;
+    if (space === undefined) return null;
+    return this.registry.all().find((region) => region.space === space)?.name ?? null;
+  }
+
   stats(): ApplianceStats {
     const pool = this.pool;
     let logicalBytes = 0;
@@ -245,7 +263,7 @@ export class Appliance {
       frames: { capacity: pool.capacity, used: pool.used, free: pool.free, cowCopies: pool.cowCopies },
       regions: this.registry.size,
       regionStates,
-      merger: this.merger?.stats() ?? null,
+      merger: this.merger ? { ...this.merger.stats(), scanRegion: this.scanRegion() } : null,
       nbd: this.nbdServer.stats(),
     };
   }
@@ -316,12 +334,11 @@ export class Appliance {
     }
     const merge = options.merge ?? {};
     if (merge !== false && this.merger) {
-      // Small batches often: each holds the event loop (and so every NBD client) for at most
-      // MERGE_BATCH_MS_MAX, and merging takes at most about a tenth of a core.
+      // Timed slices: each holds the event loop (and so every NBD client) for at most
+      // MERGE_SLICE_MS_MAX, and the sleeps between them keep merging to its share of a core.
       this.merger.start({
-        intervalMs: merge.intervalMs ?? MERGE_INTERVAL_MS_DEFAULT,
-        pagesPerBatch: merge.pagesPerBatch ?? 8192,
-        maxMsPerBatch: MERGE_BATCH_MS_MAX,
+        cpuShare: merge.cpuShare ?? MERGE_CPU_SHARE_DEFAULT,
+        sliceMs: merge.sliceMs ?? MERGE_SLICE_MS_MAX,
       });
     }
     const nbdPort = options.nbd?.port ?? NBD_PORT_DEFAULT;

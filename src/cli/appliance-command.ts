@@ -10,6 +10,7 @@ import type { NbdLimits, NbdTlsMode } from '../nbd/index.js';
 import type { ReadAccess } from '../appliance/auth.js';
 import { stateTokenFile } from '../appliance/auth-token.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { checkCpuShare } from '../memory/index.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -22,6 +23,8 @@ export interface ApplianceCommandOptions {
   defaultSize?: number;
   pageSize: number;
   merge: boolean;
+  /** --merge-cpu as typed: the merger's share of one core (checked here, typed error if bad). */
+  mergeCpu?: string;
   logLevel: string;
   /** NBD resource bounds from the --nbd-* flags (timeouts in seconds, as typed). */
   nbdMaxConnections?: number;
@@ -105,6 +108,13 @@ function nbdLimits(options: ApplianceCommandOptions): NbdLimits {
   return limits;
 }
 
+/** `--merge-cpu SHARE` as a number, or a typed error that shows the value as typed. */
+function mergeCpuShare(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const share = Number(value);
+  return checkCpuShare(value.trim() === '' || Number.isNaN(share) ? value : share, '--merge-cpu');
+}
+
 export async function runAppliance(options: ApplianceCommandOptions): Promise<void> {
   const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
   const nbd = parseEndpoint(options.nbd, '127.0.0.1');
@@ -119,6 +129,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     throw invalidArgument(`--read-access must be open or token, not ${JSON.stringify(options.readAccess)}`);
   }
   const tokenFile = applianceTokenFile(options, http.port);
+  const mergeCpu = mergeCpuShare(options.mergeCpu);
   const appliance = await Appliance.start({
     nbd,
     http,
@@ -129,7 +140,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       options.defaultRegion === ''
         ? false
         : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
-    merge: options.merge ? {} : false,
+    merge: options.merge ? (mergeCpu !== undefined ? { cpuShare: mergeCpu } : {}) : false,
     nbdLimits: nbdLimits(options),
     ...(tlsMode !== undefined
       ? {

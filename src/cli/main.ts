@@ -93,6 +93,7 @@ program
   )
   .option('--page-size <bytes>', 'page size: a power of two from 512 to 65536', sizeOption, 4096)
   .option('--no-merge', 'turn off background same-page merging')
+  .option('--merge-cpu <share>', 'share of one core the background merger uses, 0.001 to 1 (default 0.1)')
   .option('--log-level <level>', 'pino log level', 'info')
   .option(
     '--nbd-max-connections <n>',

@@ -152,7 +152,7 @@ test('merging shares pages within a tenant, never across tenants', async () => {
     nbd: { port: 0 },
     http: { port: 0 },
     defaultRegion: false,
-    merge: { quietEpochs: 0, intervalMs: 5 },
+    merge: { quietEpochs: 0, cpuShare: 0.5 },
   });
   try {
     const a1 = await appliance.registry.create({ name: 'a1', size: '16MiB', tenant: 'a' });
