@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { MemfabricError, parseSize } from '../index.js';
+import { MemfabricError, formatSize, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
 import { applianceDefaults, runAppliance } from './appliance-command.js';
 import {
@@ -31,6 +31,11 @@ function sizeOption(value: string): number {
   } catch (error) {
     throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
   }
+}
+
+/** A size option whose default --help shows as a size ("1 GiB"), not a byte count. */
+function sizeWithDefault(flags: string, description: string, bytes: number): Option {
+  return new Option(flags, description).argParser(sizeOption).default(bytes, formatSize(bytes));
 }
 
 function secondsOption(value: string): number {
@@ -69,7 +74,7 @@ program
   .command('demo')
   .description('fork a space into clones, write, merge identical pages and print the savings')
   .option('--clones <n>', 'number of clones', countOption, 8)
-  .option('--size <size>', 'size of the parent space', sizeOption, 16 * 1024 * 1024)
+  .addOption(sizeWithDefault('--size <size>', 'size of the parent space', 16 * 1024 * 1024))
   .action((options: { clones: number; size: number }) => {
     runDemo({ clones: options.clones, sizeBytes: options.size, out: (line) => console.log(line) });
   });
@@ -79,7 +84,9 @@ program
   .description('run a memory appliance: regions served over NBD, an HTTP admin API and dashboard')
   .option('--nbd <host:port>', 'where NBD listens', applianceDefaults.nbd)
   .option('--http <host:port>', 'where the admin API and dashboard listen', applianceDefaults.http)
-  .option('--memory <size>', 'memory budget for all regions', sizeOption, parseSize(applianceDefaults.memory))
+  .addOption(
+    sizeWithDefault('--memory <size>', 'memory budget for all regions', parseSize(applianceDefaults.memory)),
+  )
   .option('--data-dir <dir>', 'directory for file-backed regions (loaded at start)')
   .option(
     '--default-region <name>',
@@ -91,7 +98,7 @@ program
     'size of the default region if it is created (default: the memory budget)',
     sizeOption,
   )
-  .option('--page-size <bytes>', 'page size: a power of two from 512 to 65536', sizeOption, 4096)
+  .addOption(sizeWithDefault('--page-size <bytes>', 'page size: a power of two from 512 to 65536', 4096))
   .option('--no-merge', 'turn off background same-page merging')
   .option('--merge-cpu <share>', 'share of one core the background merger uses, 0.001 to 1 (default 0.1)')
   .option('--log-level <level>', 'pino log level', 'info')
