@@ -41,8 +41,8 @@ export async function regionCreate(
   base: AdminBase,
   name: string,
   options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean },
-): Promise<RegionView> {
-  return adminRequest<RegionView>(base, 'POST', '/v1/regions', {
+): Promise<RegionView & { warnings?: string[] }> {
+  return adminRequest<RegionView & { warnings?: string[] }>(base, 'POST', '/v1/regions', {
     name,
     size: /^\d+$/.test(options.size) ? Number(options.size) : options.size,
     ...(options.tenant ? { tenant: options.tenant } : {}),

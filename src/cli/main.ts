@@ -185,6 +185,7 @@ appliance(region.command('create <name>'))
       options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean } & CredentialOptions,
     ) => {
       const created = await regionCreate(await adminTargetFor(options), name, options);
+      for (const warning of created.warnings ?? []) console.error(`warning: ${warning}`);
       console.log(formatRegions([created]));
     },
   );

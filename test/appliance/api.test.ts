@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes, type MemfabricError } from '../../src/index.js';
+import { pino } from 'pino';
 import { startAppliance } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -268,4 +269,28 @@ test('starting on an address in use fails with a typed error naming the flag to 
   // The refused appliances released their NBD listener: the first still serves, and the port the
   // second bound for NBD before its admin API failed is free again.
   assert.equal((await fetch(`http://127.0.0.1:${appliance.httpAddress.port}/v1/stats`)).status, 200);
+});
+
+test('a region larger than the appliance is created thin, with a warning in the reply and the log', async (t) => {
+  const lines: { level: number; msg: string; region?: string }[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const { appliance, call } = await start({ logger });
+  t.after(() => appliance.stop());
+  const capacity = appliance.pool.capacity * appliance.pool.pageSize;
+  const fits = await call('POST', '/v1/regions', { name: 'fits', size: capacity });
+  assert.equal(fits.status, 201);
+  assert.equal(fits.json.warnings, undefined);
+  const big = await call('POST', '/v1/regions', { name: 'big', size: '1TiB' });
+  assert.equal(big.status, 201);
+  assert.equal(big.json.stats.residentBytes, 0);
+  assert.equal(big.json.warnings.length, 1);
+  assert.match(
+    big.json.warnings[0],
+    /^region big \(1 TiB\) is larger than this appliance's memory \(.+\): regions are thin, but writes fail with ENOSPC/,
+  );
+  const warned = lines.filter((line) => line.level === 40);
+  assert.deepEqual(
+    warned.map((line) => [line.region, line.msg]),
+    [['big', big.json.warnings[0]]],
+  );
 });
