@@ -130,7 +130,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   }
   const tokenFile = applianceTokenFile(options, http.port);
   const mergeCpu = mergeCpuShare(options.mergeCpu);
-  const appliance = await Appliance.start({
+  const starting = Appliance.start({
     nbd,
     http,
     memory: options.memory,
@@ -171,6 +171,13 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     ...(options.etcd !== undefined ? { etcd: etcdEndpoints(options.etcd) } : {}),
     ...(options.etcdTtl !== undefined ? { etcdTtl: options.etcdTtl } : {}),
     ...(options.controller === false ? { controller: false } : {}),
+  });
+  // A refused start is an error-level log line (for whoever collects the logs) as well as the
+  // one-line message main.ts prints for the person at the terminal.
+  const appliance = await starting.catch((error: unknown) => {
+    const code = error instanceof MemfabricError ? error.code : undefined;
+    logger.error({ error: { code, message: (error as Error).message } }, 'appliance failed to start');
+    throw error;
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = appliance.httpUrl;
