@@ -1,10 +1,10 @@
 /** The NBD server's and client's public face; everything else in this folder is internal. */
-export { NbdServer } from './server.js';
-export type { NbdServerOptions, NbdLimits } from './server.js';
-export { defaultMaxConnections, openFilesLimit } from './connection-limit.js';
-export type { NbdExport, NbdExportDirectory } from './export.js';
-export type { NbdLogger } from './logger.js';
-export type { NbdStats } from './stats.js';
+export { NbdServer } from './server/server.js';
+export type { NbdServerOptions, NbdLimits } from './server/server.js';
+export { defaultMaxConnections, openFilesLimit } from './server/connection-limit.js';
+export type { NbdExport, NbdExportDirectory } from './server/export.js';
+export type { NbdLogger } from './server/logger.js';
+export type { NbdStats } from './server/stats.js';
 export { errnoForError } from './errno.js';
 export { NbdClient } from './client.js';
 export type {
@@ -19,7 +19,7 @@ export type {
 export { NbdConnectionGroup } from './client-group.js';
 export type { NbdConnectionGroupOptions } from './client-group.js';
 export { NbdRequestError, NbdOptionError } from './client-errors.js';
-export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './tls.js';
-export type { NbdTlsMode, NbdServerTlsOptions } from './tls.js';
+export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './server/tls.js';
+export type { NbdTlsMode, NbdServerTlsOptions } from './server/tls.js';
 export type { NbdClientTls } from './client-tls.js';
 export { parseNbdUri, type NbdUri } from './uri.js';

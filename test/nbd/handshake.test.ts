@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as C from '../../src/nbd/constants.js';
-import { Handshake } from '../../src/nbd/handshake.js';
-import type { Negotiated } from '../../src/nbd/handshake.js';
+import { Handshake } from '../../src/nbd/server/handshake.js';
+import type { Negotiated } from '../../src/nbd/server/handshake.js';
 import { startServer } from './helpers.js';
 import { testDirectory } from './memory-export.js';
 import { encodeRequest, infoData, metaContextData, RawClient } from './raw-client.js';

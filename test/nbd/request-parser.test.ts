@@ -18,7 +18,7 @@ import {
   STOP,
   type HeaderPlan,
   type RequestHeader,
-} from '../../src/nbd/request-parser.js';
+} from '../../src/nbd/server/request-parser.js';
 import { encodeRequest } from './raw-client.js';
 
 interface Recorder {

@@ -88,9 +88,9 @@ import {
   REP_META_CONTEXT,
   REP_SERVER,
   SERVER_GREETING_BYTES,
-} from './constants.js';
+} from '../constants.js';
 import type { NbdTlsMode } from './tls.js';
-import { encodeOptionReply, writeU64 } from './wire.js';
+import { encodeOptionReply, writeU64 } from '../wire.js';
 
 /** What the handshake agreed on; the transmission phase is built from it. */
 export interface Negotiated {

@@ -25,7 +25,7 @@ import { constants as cryptoConstants } from 'node:crypto';
 import { createSecureContext, TLSSocket } from 'node:tls';
 import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { Socket } from 'node:net';
-import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../../errors.js';
 
 export type NbdTlsMode = 'off' | 'on' | 'require';
 export const NBD_TLS_MODES: readonly NbdTlsMode[] = ['off', 'on', 'require'];

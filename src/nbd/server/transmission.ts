@@ -50,8 +50,8 @@ import {
   STATE_ZERO,
   STRUCTURED_REPLY_HEADER_BYTES,
   WRITE_SKIP_BYTES_MAX,
-} from './constants.js';
-import { errnoForError, messageForError } from './errno.js';
+} from '../constants.js';
+import { errnoForError, messageForError } from '../errno.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
@@ -71,7 +71,7 @@ import {
   writeSimpleReplyHeader,
   writeStructuredReplyHeader,
   writeU64,
-} from './wire.js';
+} from '../wire.js';
 
 /** How a transmission talks to its connection. */
 export interface TransmissionIo {

@@ -16,7 +16,7 @@
  * for the whole server.
  */
 import { createServer } from 'node:net';
-import { invalidArgument } from '../errors.js';
+import { invalidArgument } from '../../errors.js';
 import type { Server, Socket } from 'node:net';
 import { BufferBudget } from './budget.js';
 import { defaultMaxConnections } from './connection-limit.js';
@@ -30,7 +30,7 @@ import {
   STALL_MS_MAX,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
-} from './constants.js';
+} from '../constants.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';
