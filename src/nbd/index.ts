@@ -6,7 +6,7 @@ export type { NbdExport, NbdExportDirectory } from './server/export.js';
 export type { NbdLogger } from './server/logger.js';
 export type { NbdStats } from './server/stats.js';
 export { errnoForError } from './errno.js';
-export { NbdClient } from './client.js';
+export { NbdClient } from './client/client.js';
 export type {
   NbdClientOptions,
   NbdServerAddress,
@@ -15,11 +15,11 @@ export type {
   NbdExtent,
   NbdExportInfo,
   NbdExportListing,
-} from './client.js';
-export { NbdConnectionGroup } from './client-group.js';
-export type { NbdConnectionGroupOptions } from './client-group.js';
-export { NbdRequestError, NbdOptionError } from './client-errors.js';
+} from './client/client.js';
+export { NbdConnectionGroup } from './client/group.js';
+export type { NbdConnectionGroupOptions } from './client/group.js';
+export { NbdRequestError, NbdOptionError } from './client/errors.js';
 export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './server/tls.js';
 export type { NbdTlsMode, NbdServerTlsOptions } from './server/tls.js';
-export type { NbdClientTls } from './client-tls.js';
+export type { NbdClientTls } from './client/tls.js';
 export { parseNbdUri, type NbdUri } from './uri.js';

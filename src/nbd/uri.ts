@@ -15,7 +15,7 @@
  * Every refusal is MF_INVALID_ARGUMENT naming the URI and showing a valid one.
  */
 import { invalidArgument } from '../errors.js';
-import { CLIENT_PORT_DEFAULT } from './client-constants.js';
+import { CLIENT_PORT_DEFAULT } from './client/limits.js';
 
 export interface NbdUri {
   /** nbds: the connection must use TLS. */

@@ -3,7 +3,7 @@
  * (constants.ts); everything here limits what the client accepts from a server or queues for
  * its caller. Units go last in names, as everywhere in memfabric.
  */
-import { PAYLOAD_BYTES_MAX } from './constants.js';
+import { PAYLOAD_BYTES_MAX } from '../constants.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

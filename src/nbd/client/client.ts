@@ -42,7 +42,7 @@
 import { EventEmitter } from 'node:events';
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
-import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../../errors.js';
 import {
   CMD_BLOCK_STATUS,
   CMD_CACHE,
@@ -69,7 +69,7 @@ import {
   FLAG_SEND_WRITE_ZEROES,
   NAME_BYTES_MAX,
   REQUEST_HEADER_BYTES,
-} from './constants.js';
+} from '../constants.js';
 import {
   CLIENT_HOST_DEFAULT,
   CLIENT_PORT_DEFAULT,
@@ -88,25 +88,25 @@ import {
   TIMEOUT_TICK_MS_MIN,
   TIMEOUT_TICKS_PER_PERIOD,
   WRITE_QUEUED_BYTES_MAX,
-} from './client-constants.js';
+} from './limits.js';
 import {
   commandLabel,
   connectionClosed,
   NbdRequestError,
   protocolError,
   timeoutError,
-} from './client-errors.js';
-import type { ExportDetails, NbdBlockSizes, Negotiated } from './client-handshake.js';
-import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './client-handshake.js';
-import type { NbdClientTls, ResolvedClientTls } from './client-tls.js';
-import { resolveClientTls, tlsError, upgradeClientSocket } from './client-tls.js';
-import { InflightTable } from './client-inflight.js';
-import { Op, OP_BARRIER, OpQueue } from './client-queue.js';
-import type { ReplySink } from './client-reply-parser.js';
-import { ReplyParser } from './client-reply-parser.js';
-import { REQUEST_HEADER_STRIDE_BYTES, writeRequestHeader } from './client-wire.js';
+} from './errors.js';
+import type { ExportDetails, NbdBlockSizes, Negotiated } from './handshake.js';
+import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './handshake.js';
+import type { NbdClientTls, ResolvedClientTls } from './tls.js';
+import { resolveClientTls, tlsError, upgradeClientSocket } from './tls.js';
+import { InflightTable } from './inflight.js';
+import { Op, OP_BARRIER, OpQueue } from './queue.js';
+import type { ReplySink } from './reply-parser.js';
+import { ReplyParser } from './reply-parser.js';
+import { REQUEST_HEADER_STRIDE_BYTES, writeRequestHeader } from './wire.js';
 
-export type { NbdBlockSizes } from './client-handshake.js';
+export type { NbdBlockSizes } from './handshake.js';
 
 /** Where the server is, and how long to wait for it. */
 export interface NbdServerAddress {

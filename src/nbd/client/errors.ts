@@ -6,7 +6,7 @@
  *   - a connection that closed or failed: MF_CONNECTION_CLOSED;
  *   - a request or handshake with no answer in time: MF_TIMEOUT.
  */
-import { ErrorCodes, MemfabricError } from '../errors.js';
+import { ErrorCodes, MemfabricError } from '../../errors.js';
 import {
   CMD_COUNT,
   COMMAND_NAMES,
@@ -27,7 +27,7 @@ import {
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
   REP_ERR_UNSUP,
-} from './constants.js';
+} from '../constants.js';
 
 const ERRNO_NAMES: Record<number, string> = {
   [EPERM]: 'EPERM',

@@ -21,7 +21,7 @@
  * exports); the caller bounds the time (connectTimeoutMs).
  */
 import type { Socket } from 'node:net';
-import type { MemfabricError } from '../errors.js';
+import type { MemfabricError } from '../../errors.js';
 import {
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
@@ -55,22 +55,22 @@ import {
   REP_INFO,
   REP_META_CONTEXT,
   REP_SERVER,
-} from './constants.js';
+} from '../constants.js';
 import {
   LIST_EXPORTS_MAX,
   META_CONTEXTS_MAX,
   OPTION_REPLIES_MAX,
   OPTION_REPLY_BYTES_MAX,
-} from './client-constants.js';
-import { connectionClosed, NbdOptionError, protocolError } from './client-errors.js';
-import { tlsError } from './client-tls.js';
+} from './limits.js';
+import { connectionClosed, NbdOptionError, protocolError } from './errors.js';
+import { tlsError } from './tls.js';
 import {
   encodeClientFlags,
   encodeInfoRequest,
   encodeMetaContextRequest,
   encodeOption,
-} from './client-wire.js';
-import { readU64 } from './wire.js';
+} from './wire.js';
+import { readU64 } from '../wire.js';
 
 /** Size constraints from NBD_INFO_BLOCK_SIZE. */
 export interface NbdBlockSizes {
