@@ -5,7 +5,7 @@ export { defaultMaxConnections, openFilesLimit } from './server/connection-limit
 export type { NbdExport, NbdExportDirectory } from './server/export.js';
 export type { NbdLogger } from './server/logger.js';
 export type { NbdStats } from './server/stats.js';
-export { errnoForError } from './errno.js';
+export { errnoForError } from './protocol/errno.js';
 export { NbdClient } from './client/client.js';
 export type {
   NbdClientOptions,
@@ -19,7 +19,8 @@ export type {
 export { NbdConnectionGroup } from './client/group.js';
 export type { NbdConnectionGroupOptions } from './client/group.js';
 export { NbdRequestError, NbdOptionError } from './client/errors.js';
-export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './server/tls.js';
+export { NBD_TLS_MODES } from './server/tls.js';
+export { parsePskFile, formatPskLine } from './protocol/psk.js';
 export type { NbdTlsMode, NbdServerTlsOptions } from './server/tls.js';
 export type { NbdClientTls } from './client/tls.js';
-export { parseNbdUri, type NbdUri } from './uri.js';
+export { parseNbdUri, type NbdUri } from './protocol/uri.js';

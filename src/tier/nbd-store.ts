@@ -38,7 +38,7 @@
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { GROUP_CONNECTIONS_MAX, NbdConnectionGroup } from '../nbd/client/group.js';
 import type { NbdClientTls } from '../nbd/client/tls.js';
-import { parseNbdUri, type NbdUri } from '../nbd/uri.js';
+import { parseNbdUri, type NbdUri } from '../nbd/protocol/uri.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { STORE_SLOTS_MAX, StoreGuard, checkStoreGeometry, storeFailed } from './store-guard.js';
 

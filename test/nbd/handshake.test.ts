@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as C from '../../src/nbd/constants.js';
+import * as C from './nbd-numbers.js';
 import { Handshake } from '../../src/nbd/server/handshake.js';
 import type { Negotiated } from '../../src/nbd/server/handshake.js';
 import { startServer } from './helpers.js';

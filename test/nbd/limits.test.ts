@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import * as fc from 'fast-check';
 import { BufferBudget, type BudgetAccount, type BudgetWaiter } from '../../src/nbd/server/budget.js';
 import { defaultMaxConnections, openFilesLimit } from '../../src/nbd/server/connection-limit.js';
-import * as C from '../../src/nbd/constants.js';
+import * as C from './nbd-numbers.js';
 import { NbdServer } from '../../src/nbd/server/server.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { startServer } from './helpers.js';

@@ -7,7 +7,7 @@
  */
 import { MemfabricError, ErrorCodes } from '../../src/errors.js';
 import type { NbdExport, NbdExportDirectory } from '../../src/nbd/server/export.js';
-import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
+import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 
 export class MemoryExport implements NbdExport {
   readonly data: Uint8Array;

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
 import {
   REJECT_DF_NOT_NEGOTIATED,

@@ -69,7 +69,7 @@ import {
   FLAG_SEND_WRITE_ZEROES,
   NAME_BYTES_MAX,
   REQUEST_HEADER_BYTES,
-} from '../constants.js';
+} from '../protocol/constants.js';
 import {
   CLIENT_HOST_DEFAULT,
   CLIENT_PORT_DEFAULT,

@@ -55,7 +55,7 @@ import {
   REP_INFO,
   REP_META_CONTEXT,
   REP_SERVER,
-} from '../constants.js';
+} from '../protocol/constants.js';
 import {
   LIST_EXPORTS_MAX,
   META_CONTEXTS_MAX,
@@ -70,7 +70,7 @@ import {
   encodeMetaContextRequest,
   encodeOption,
 } from './wire.js';
-import { readU64 } from '../wire.js';
+import { readU64 } from '../protocol/wire.js';
 
 /** Size constraints from NBD_INFO_BLOCK_SIZE. */
 export interface NbdBlockSizes {

@@ -1,15 +1,15 @@
 /**
  * Defaults and bounds of the NBD client. Wire numbers are shared with the server
- * (constants.ts); everything here limits what the client accepts from a server or queues for
+ * (../protocol/constants.ts); everything here limits what the client accepts from a server or queues for
  * its caller. Units go last in names, as everywhere in memfabric.
  */
-import { PAYLOAD_BYTES_MAX } from '../constants.js';
+import { NBD_PORT, PAYLOAD_BYTES_MAX } from '../protocol/constants.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 export const CLIENT_HOST_DEFAULT = '127.0.0.1';
-export const CLIENT_PORT_DEFAULT = 10809;
+export const CLIENT_PORT_DEFAULT = NBD_PORT;
 /** TCP connect plus the whole handshake must finish within this. */
 export const CONNECT_TIMEOUT_MS_DEFAULT = 10_000;
 /** A request without a reply for this long marks the connection dead (0 turns the check off). */

@@ -40,11 +40,11 @@ import {
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_HEADER_BYTES,
   STRUCTURED_REPLY_MAGIC,
-} from '../constants.js';
+} from '../protocol/constants.js';
 import { ERROR_CHUNK_BYTES_MAX, META_CONTEXTS_MAX } from './limits.js';
 import { commandLabel } from './errors.js';
 import type { InflightTable } from './inflight.js';
-import { readU64 } from '../wire.js';
+import { readU64 } from '../protocol/wire.js';
 
 export interface ReplySink {
   /** The reply to `slot` is complete; the table holds its outcome (errno 0: success). */

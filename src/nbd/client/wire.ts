@@ -10,8 +10,8 @@ import {
   OPTION_HEADER_BYTES,
   REQUEST_HEADER_BYTES,
   REQUEST_MAGIC,
-} from '../constants.js';
-import { writeU64 } from '../wire.js';
+} from '../protocol/constants.js';
+import { writeU64 } from '../protocol/wire.js';
 
 export function encodeClientFlags(flags: number): Buffer {
   const buf = Buffer.allocUnsafe(CLIENT_FLAGS_BYTES);

@@ -50,17 +50,14 @@ import {
   FLAG_SEND_FUA,
   FLAG_SEND_TRIM,
   FLAG_SEND_WRITE_ZEROES,
-  HANDSHAKE_OPTIONS_MAX,
   IHAVEOPT_HI,
   IHAVEOPT_LO,
   INFO_BLOCK_SIZE,
-  LIST_OPTIONS_MAX,
   INFO_DESCRIPTION,
   INFO_EXPORT,
   INFO_NAME,
   META_CONTEXT_BASE_ALLOCATION,
   META_CONTEXT_ID_BASE_ALLOCATION,
-  META_QUERIES_MAX,
   NAME_BYTES_MAX,
   NBDMAGIC_HI,
   NBDMAGIC_LO,
@@ -73,9 +70,7 @@ import {
   OPT_SET_META_CONTEXT,
   OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
-  OPTION_DATA_BYTES_MAX,
   OPTION_HEADER_BYTES,
-  OPTION_SKIP_BYTES_MAX,
   PAYLOAD_BYTES_MAX,
   REP_ACK,
   REP_ERR_INVALID,
@@ -88,9 +83,16 @@ import {
   REP_META_CONTEXT,
   REP_SERVER,
   SERVER_GREETING_BYTES,
-} from '../constants.js';
+} from '../protocol/constants.js';
+import {
+  HANDSHAKE_OPTIONS_MAX,
+  LIST_OPTIONS_MAX,
+  META_QUERIES_MAX,
+  OPTION_DATA_BYTES_MAX,
+  OPTION_SKIP_BYTES_MAX,
+} from './limits.js';
 import type { NbdTlsMode } from './tls.js';
-import { encodeOptionReply, writeU64 } from '../wire.js';
+import { encodeOptionReply, writeU64 } from '../protocol/wire.js';
 
 /** What the handshake agreed on; the transmission phase is built from it. */
 export interface Negotiated {

@@ -21,9 +21,10 @@
  * (it is reused); a payload view is valid only during onPayload. While paused, unparsed bytes
  * are kept as views of their chunks (never copied) and parsing continues on resume().
  */
-import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX, REQUEST_HEADER_BYTES, REQUEST_MAGIC } from '../constants.js';
+import { REQUEST_HEADER_BYTES, REQUEST_MAGIC } from '../protocol/constants.js';
+import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX } from './limits.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
-import { readU64 } from '../wire.js';
+import { readU64 } from '../protocol/wire.js';
 
 /** One decoded request header; reused for every request of a connection. */
 export interface RequestHeader {

@@ -30,7 +30,7 @@ import {
   STALL_MS_MAX,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
-} from '../constants.js';
+} from './limits.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';

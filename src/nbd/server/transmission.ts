@@ -26,7 +26,6 @@ import type { BudgetAccount, BudgetWaiter, BufferBudget } from './budget.js';
 import type { NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import {
-  ASYNC_REQUESTS_MAX,
   BLOCK_STATUS_EXTENTS_MAX,
   CMD_BLOCK_STATUS,
   CMD_CACHE,
@@ -41,7 +40,6 @@ import {
   CMD_WRITE_ZEROES,
   EXTENT_DESCRIPTOR_BYTES,
   META_CONTEXT_ID_BASE_ALLOCATION,
-  READ_PIECE_BYTES,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
   REPLY_TYPE_OFFSET_DATA,
@@ -49,9 +47,9 @@ import {
   STATE_HOLE,
   STATE_ZERO,
   STRUCTURED_REPLY_HEADER_BYTES,
-  WRITE_SKIP_BYTES_MAX,
-} from '../constants.js';
-import { errnoForError, messageForError } from '../errno.js';
+} from '../protocol/constants.js';
+import { ASYNC_REQUESTS_MAX, READ_PIECE_BYTES, WRITE_SKIP_BYTES_MAX } from './limits.js';
+import { errnoForError, messageForError } from '../protocol/errno.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
@@ -71,7 +69,7 @@ import {
   writeSimpleReplyHeader,
   writeStructuredReplyHeader,
   writeU64,
-} from '../wire.js';
+} from '../protocol/wire.js';
 
 /** How a transmission talks to its connection. */
 export interface TransmissionIo {
