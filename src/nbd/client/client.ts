@@ -83,19 +83,14 @@ import {
   PIECE_BYTES_MAX,
   QUEUE_DEFAULT,
   QUEUE_MAX,
+  REQUEST_HEADER_STRIDE_BYTES,
   REQUEST_TIMEOUT_MS_DEFAULT,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
   TIMEOUT_TICKS_PER_PERIOD,
   WRITE_QUEUED_BYTES_MAX,
 } from './limits.js';
-import {
-  commandLabel,
-  connectionClosed,
-  NbdRequestError,
-  protocolError,
-  timeoutError,
-} from './errors.js';
+import { commandLabel, connectionClosed, NbdRequestError, protocolError, timeoutError } from './errors.js';
 import type { ExportDetails, NbdBlockSizes, Negotiated } from './handshake.js';
 import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './handshake.js';
 import type { NbdClientTls, ResolvedClientTls } from './tls.js';
@@ -104,7 +99,7 @@ import { InflightTable } from './inflight.js';
 import { Op, OP_BARRIER, OpQueue } from './queue.js';
 import type { ReplySink } from './reply-parser.js';
 import { ReplyParser } from './reply-parser.js';
-import { REQUEST_HEADER_STRIDE_BYTES, writeRequestHeader } from './wire.js';
+import { writeRequestHeader } from '../protocol/request.js';
 
 export type { NbdBlockSizes } from './handshake.js';
 

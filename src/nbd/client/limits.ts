@@ -3,7 +3,7 @@
  * (../protocol/constants.ts); everything here limits what the client accepts from a server or queues for
  * its caller. Units go last in names, as everywhere in memfabric.
  */
-import { NBD_PORT, PAYLOAD_BYTES_MAX } from '../protocol/constants.js';
+import { NBD_PORT, PAYLOAD_BYTES_MAX, REQUEST_HEADER_BYTES } from '../protocol/constants.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -39,6 +39,8 @@ export const EFFECT_BYTES_MAX = 1024 * MiB;
 export const WRITE_QUEUED_BYTES_MAX = 16 * MiB;
 /** Request headers are carved from slabs of this size (one allocation per ~2000 requests). */
 export const HEADER_SLAB_BYTES = 64 * KiB;
+/** Slab stride of one request header: its 28 bytes rounded up to a multiple of 8. */
+export const REQUEST_HEADER_STRIDE_BYTES = (REQUEST_HEADER_BYTES + 7) & ~7;
 
 // ---- bounds on what a server may send -------------------------------------------------------
 

@@ -63,8 +63,7 @@ export function parsePskFile(text: string, path = 'PSK file'): Map<string, Buffe
     if (keys.size >= PSK_ENTRIES_MAX) throw pskFileError(`${path}: more than ${PSK_ENTRIES_MAX} keys`);
     keys.set(identity, key);
   }
-  if (keys.size === 0)
-    throw pskFileError(`${path} holds no key; write one with psktool -u NAME -p ${path}`);
+  if (keys.size === 0) throw pskFileError(`${path} holds no key; write one with psktool -u NAME -p ${path}`);
   return keys;
 }
 
