@@ -14,7 +14,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { NbdClient } from '../../src/nbd/client/client.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import * as C from '../../src/nbd/protocol/constants.js';
 import { encodeRequest, infoData } from '../nbd/raw-client.js';
 

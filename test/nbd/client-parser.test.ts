@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
-import { NbdClient } from '../../src/nbd/client/client.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import { InflightTable } from '../../src/nbd/client/inflight.js';
 import { ReplyParser } from '../../src/nbd/client/reply-parser.js';
 import * as C from '../../src/nbd/protocol/constants.js';

@@ -5,8 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import type { NbdClient } from '../../src/nbd/client/client.js';
-import type { NbdExtent } from '../../src/nbd/client/client.js';
+import type { NbdClient, NbdExtent } from '../../src/nbd/index.js';
 import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 
 export const KiB = 1024;

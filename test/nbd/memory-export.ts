@@ -6,7 +6,7 @@
  * Invariant: allocated[p] === 0 implies bytes of page p are all zero.
  */
 import { MemfabricError, ErrorCodes } from '../../src/errors.js';
-import type { NbdExport, NbdExportDirectory } from '../../src/nbd/server/export.js';
+import type { NbdExport, NbdExportDirectory } from '../../src/nbd/index.js';
 import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 
 export class MemoryExport implements NbdExport {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
-import { parseNbdUri } from '../../src/nbd/protocol/uri.js';
+import { parseNbdUri } from '../../src/nbd/index.js';
 
 function invalid(...fragments: string[]) {
   return (error: unknown): boolean => {

@@ -8,9 +8,9 @@
  *   await client.disconnect();
  *
  * How a call travels:
- *   call -> Op (client-queue.ts) -> bounded FIFO queue -> pump() -> one or more pieces, each a
- *   slot of the InflightTable (client-inflight.ts) and a 28-byte header on the socket (a WRITE's
- *   payload follows it uncopied) -> ReplyParser (client-reply-parser.ts) matches each reply to
+ *   call -> Op (queue.ts) -> bounded FIFO queue -> pump() -> one or more pieces, each a
+ *   slot of the InflightTable (inflight.ts) and a 28-byte header on the socket (a WRITE's
+ *   payload follows it uncopied) -> ReplyParser (reply-parser.ts) matches each reply to
  *   its slot, writes READ data straight into the caller's buffer -> replyDone() releases the
  *   slot, settles the Op when its last piece is answered, and pumps the queue again.
  *
@@ -112,7 +112,7 @@ export interface NbdServerAddress {
   /** TCP connect plus handshake. Default 10 s. */
   connectTimeoutMs?: number;
   /**
-   * Speak TLS (NBD_OPT_STARTTLS) with these credentials (client-tls.ts); the connect fails with
+   * Speak TLS (NBD_OPT_STARTTLS) with these credentials (tls.ts); the connect fails with
    * MF_TLS rather than continue in plain text. Default: plain.
    */
   tls?: NbdClientTls;

@@ -10,7 +10,7 @@
  *                                             -> ERR_UNSUP: fall back to NBD_OPT_EXPORT_NAME
  *                                             -> other errors: MF_NOT_FOUND / MF_NBD_REQUEST_FAILED
  *
- * With TLS (client-tls.ts) the greeting is followed by NBD_OPT_STARTTLS, which must be
+ * With TLS (tls.ts) the greeting is followed by NBD_OPT_STARTTLS, which must be
  * acknowledged; everything above then runs over TLS. `greet` and `startTls` are therefore
  * separate steps run by the caller before `negotiate`, `listExports` or `exportInfo`.
  *

@@ -1,7 +1,7 @@
 /**
  * Defaults and bounds of the NBD client. Wire numbers are shared with the server
- * (../protocol/constants.ts); everything here limits what the client accepts from a server or queues for
- * its caller. Units go last in names, as everywhere in memfabric.
+ * (../protocol/constants.ts); everything here limits what the client accepts from a server or
+ * queues for its caller. Units go last in names, as everywhere in memfabric.
  */
 import { NBD_PORT, PAYLOAD_BYTES_MAX, REQUEST_HEADER_BYTES } from '../protocol/constants.js';
 

@@ -40,7 +40,7 @@ import { StatsCounters } from './stats.js';
 import type { NbdServerTlsOptions, NbdTlsMode, ServerTls } from './tls.js';
 import { loadServerTls } from './tls.js';
 
-/** What an NBD server lets its clients hold; every field has a default (constants.ts). */
+/** What an NBD server lets its clients hold; every field has a default (limits.ts). */
 export interface NbdLimits {
   /**
    * Time a client may leave between handshake options (and before the first); idleness, not

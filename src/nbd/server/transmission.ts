@@ -7,7 +7,7 @@
  *   - dispatch calls the export synchronously (data calls never wait) and writes the reply at
  *     once, so pipelined requests are answered in order; FLUSH and FUA wait for
  *     `export.flush()` and reply when it settles, possibly after later requests;
- *   - an exception from the export fails that request only (errno.ts maps it).
+ *   - an exception from the export fails that request only (../protocol/errno.ts maps it).
  *
  * Replies: simple replies unless structured replies were negotiated, in which case a READ is
  * one OFFSET_DATA chunk flagged DONE, BLOCK_STATUS one BLOCK_STATUS chunk, and errors an ERROR
