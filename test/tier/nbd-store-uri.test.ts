@@ -1,5 +1,5 @@
 /**
- * NBD URIs as the 'nbd' page store reads them (src/nbd/uri.ts): the spec's export-name table,
+ * NBD URIs as the 'nbd' page store reads them (src/nbd/protocol/uri.ts): the spec's export-name table,
  * TLS schemes and parameters, a round trip for any export name, and every refusal a typed
  * MF_INVALID_ARGUMENT that shows a valid URI.
  */
