@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import * as C from '../../src/nbd/protocol/constants.js';
 import { encodeOptionReply } from '../../src/nbd/protocol/handshake.js';
-import { readU64, writeU64 } from '../../src/nbd/protocol/u64.js';
+import { readU64, writeU64 } from '../../src/nbd/protocol/integers.js';
 
 export interface FakeRequest {
   flags: number;

@@ -3,7 +3,8 @@
  * exchange, what one side encodes the other decodes to the same values, at any offset in a
  * larger buffer where the writer takes one. Decoders of what a client sends refuse every
  * truncation of a valid message (the server must never read past option data), and decoders
- * with a magic refuse a wrong one.
+ * with a magic refuse a wrong one. The unchecked loads of the per-request decoders read what
+ * Buffer's checked reads do.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,7 +60,7 @@ import {
   writeRequestHeader,
   type RequestHeader,
 } from '../../src/nbd/protocol/request.js';
-import { readU64, writeU64 } from '../../src/nbd/protocol/u64.js';
+import { loadU16, loadU32, loadU64, readU64, writeU64 } from '../../src/nbd/protocol/integers.js';
 
 const u16 = fc.integer({ min: 0, max: 0xffff });
 const u32 = fc.integer({ min: 0, max: 0xffffffff });
@@ -71,12 +72,25 @@ const name = fc
 const query = fc.tuple(name, name).map(([ns, leaf]) => `${ns.replace(/:/g, '')}:${leaf}`);
 const at = fc.integer({ min: 0, max: 64 });
 
-test('u64: every integer below 2^53 survives a write and a read at any offset', () => {
+test('integers: every integer below 2^53 survives a write and a read at any offset', () => {
   fc.assert(
     fc.property(u53, at, (value, offset) => {
       const buf = Buffer.alloc(offset + 8);
       writeU64(buf, offset, value);
       assert.equal(readU64(buf, offset), value);
+      assert.equal(loadU64(buf, offset), value);
+    }),
+  );
+});
+
+test('integers: the unchecked loads read what Buffer reads, for any bytes at any offset', () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 8, maxLength: 72 }), at, (bytes, where) => {
+      const buf = Buffer.from(bytes);
+      const offset = where % (buf.length - 7);
+      assert.equal(loadU16(buf, offset), buf.readUInt16BE(offset));
+      assert.equal(loadU32(buf, offset), buf.readUInt32BE(offset));
+      assert.equal(loadU64(buf, offset), readU64(buf, offset));
     }),
   );
 });

@@ -55,7 +55,7 @@ import {
   type SimpleReplyHeader,
   type StructuredReplyHeader,
 } from '../protocol/reply.js';
-import { readU64 } from '../protocol/u64.js';
+import { readU64 } from '../protocol/integers.js';
 
 export interface ReplySink {
   /** The reply to `slot` is complete; the table holds its outcome (errno 0: success). */

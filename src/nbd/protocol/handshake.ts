@@ -28,7 +28,7 @@ import {
   OPTION_REPLY_MAGIC_LO,
   SERVER_GREETING_BYTES,
 } from './constants.js';
-import { readU64, writeU64 } from './u64.js';
+import { readU64, writeU64 } from './integers.js';
 
 // ---- greeting ---------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
  *
  *   constants.ts    wire numbers (magics, flags, options, replies, commands, errnos, frame sizes)
  *                   and the spec's own bounds; each side's tighter policy is in its limits.ts
- *   u64.ts          64-bit fields as two 32-bit halves (no BigInt)
+ *   integers.ts     big-endian fields: 64-bit as two 32-bit halves (no BigInt), unchecked loads
  *   handshake.ts    handshake frames: greeting, client flags, option header, option reply
  *                   header, the reply to NBD_OPT_EXPORT_NAME
  *   option-data.ts  what options and option replies carry: INFO/GO requests, NBD_INFO payloads,
@@ -18,7 +18,7 @@
  * Every message has its encoder beside its decoder, so the two sides cannot drift apart.
  */
 export * from './constants.js';
-export * from './u64.js';
+export * from './integers.js';
 export * from './handshake.js';
 export * from './option-data.js';
 export * from './request.js';

@@ -21,7 +21,7 @@ import {
   REP_ERR_INVALID,
   REP_ERR_TOO_BIG,
 } from './constants.js';
-import { readU64, writeU64 } from './u64.js';
+import { readU64, writeU64 } from './integers.js';
 
 /** Why the server refuses option data: the reply type to answer with and a message for the client. */
 export interface OptionDataRefusal {

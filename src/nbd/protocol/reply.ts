@@ -24,7 +24,7 @@ import {
   STRUCTURED_REPLY_HEADER_BYTES,
   STRUCTURED_REPLY_MAGIC,
 } from './constants.js';
-import { writeU64 } from './u64.js';
+import { loadU16, loadU32, writeU64 } from './integers.js';
 
 /** Fixed fields of each chunk type's payload, before any variable part. */
 export const OFFSET_DATA_FIELDS_BYTES = 8; // offset
@@ -56,11 +56,11 @@ export function writeSimpleReplyHeader(
   buf.writeUInt32BE(cookieLo, at + 12);
 }
 
-/** Fills `out` from the simple reply header at `at`, whose magic the caller has checked. */
+/** Fills `out` from the SIMPLE_REPLY_HEADER_BYTES at `at` (the caller has them and checked the magic). */
 export function decodeSimpleReplyHeader(buf: Buffer, at: number, out: SimpleReplyHeader): void {
-  out.errno = buf.readUInt32BE(at + 4);
-  out.cookieHi = buf.readUInt32BE(at + 8);
-  out.cookieLo = buf.readUInt32BE(at + 12);
+  out.errno = loadU32(buf, at + 4);
+  out.cookieHi = loadU32(buf, at + 8);
+  out.cookieLo = loadU32(buf, at + 12);
 }
 
 export function encodeSimpleReply(errno: number, cookieHi: number, cookieLo: number): Buffer {
@@ -98,13 +98,13 @@ export function writeStructuredReplyHeader(
   buf.writeUInt32BE(length, at + 16);
 }
 
-/** Fills `out` from the chunk header at `at`, whose magic the caller has checked. */
+/** Fills `out` from the STRUCTURED_REPLY_HEADER_BYTES at `at` (the caller has them and checked the magic). */
 export function decodeStructuredReplyHeader(buf: Buffer, at: number, out: StructuredReplyHeader): void {
-  out.flags = buf.readUInt16BE(at + 4);
-  out.type = buf.readUInt16BE(at + 6);
-  out.cookieHi = buf.readUInt32BE(at + 8);
-  out.cookieLo = buf.readUInt32BE(at + 12);
-  out.length = buf.readUInt32BE(at + 16);
+  out.flags = loadU16(buf, at + 4);
+  out.type = loadU16(buf, at + 6);
+  out.cookieHi = loadU32(buf, at + 8);
+  out.cookieLo = loadU32(buf, at + 12);
+  out.length = loadU32(buf, at + 16);
 }
 
 /**

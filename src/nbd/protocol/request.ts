@@ -8,7 +8,7 @@
  * connection. The cookie is two opaque 32-bit halves, echoed verbatim in the reply.
  */
 import { REQUEST_MAGIC } from './constants.js';
-import { readU64, writeU64 } from './u64.js';
+import { loadU16, loadU32, loadU64, writeU64 } from './integers.js';
 
 /** One decoded request header; the server reuses one for every request of a connection. */
 export interface RequestHeader {
@@ -43,16 +43,16 @@ export function writeRequestHeader(
 }
 
 /**
- * Decodes the request header at `at` into `req`. Returns false, leaving `req` as it was, when
- * the magic is not REQUEST_MAGIC: the byte stream is not NBD requests.
+ * Decodes the REQUEST_HEADER_BYTES at `at` (the caller has them) into `req`. Returns false,
+ * leaving `req` as it was, when the magic is not REQUEST_MAGIC: the stream is not NBD requests.
  */
 export function decodeRequestHeader(buf: Buffer, at: number, req: RequestHeader): boolean {
-  if (buf.readUInt32BE(at) !== REQUEST_MAGIC) return false;
-  req.flags = buf.readUInt16BE(at + 4);
-  req.type = buf.readUInt16BE(at + 6);
-  req.cookieHi = buf.readUInt32BE(at + 8);
-  req.cookieLo = buf.readUInt32BE(at + 12);
-  req.offset = readU64(buf, at + 16);
-  req.length = buf.readUInt32BE(at + 24);
+  if (loadU32(buf, at) !== REQUEST_MAGIC) return false;
+  req.flags = loadU16(buf, at + 4);
+  req.type = loadU16(buf, at + 6);
+  req.cookieHi = loadU32(buf, at + 8);
+  req.cookieLo = loadU32(buf, at + 12);
+  req.offset = loadU64(buf, at + 16);
+  req.length = loadU32(buf, at + 24);
   return true;
 }
