@@ -57,7 +57,7 @@ import { randomUUID } from 'node:crypto';
 import { setImmediate as yieldToEventLoop, setTimeout as delay } from 'node:timers/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type AddressSpace } from '../memory/index.js';
-import { NbdClient } from '../nbd/client.js';
+import { NbdClient } from '../nbd/index.js';
 import { adminRequest, type AdminTarget } from './admin-client.js';
 import type { Appliance, Endpoint } from './appliance.js';
 import { GATE_BLACKOUT, GATE_OPEN, type MovedTo, type Region } from './region.js';

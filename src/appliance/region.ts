@@ -9,7 +9,7 @@
  */
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { AddressSpace } from '../memory/index.js';
-import type { NbdExport } from '../nbd/export.js';
+import type { NbdExport } from '../nbd/index.js';
 import type { FileBacking, LoadReport } from './file-backing.js';
 import type { StoredDescriptor } from './region-descriptor.js';
 

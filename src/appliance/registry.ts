@@ -14,7 +14,7 @@
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/index.js';
-import type { NbdExport, NbdExportDirectory } from '../nbd/export.js';
+import type { NbdExport, NbdExportDirectory } from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSION } from './file-backing.js';
 import type { PageRuns } from './extent-map.js';

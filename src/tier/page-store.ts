@@ -113,7 +113,7 @@ export type StoreSpec =
 
 /**
  * TLS credentials of an 'nbd' store, as plain data (specs cross a worker boundary): the
- * NBD client's options (src/nbd/client-tls.ts) with PEM text and paths rather than Buffers.
+ * NBD client's options (src/nbd/client/tls.ts) with PEM text and paths rather than Buffers.
  */
 export interface NbdStoreTls {
   /** PEM certificate(s) of the CA that signed the server's certificate. */

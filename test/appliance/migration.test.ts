@@ -18,7 +18,7 @@ import { Appliance } from '../../src/appliance/index.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { resolveRegion } from '../../src/fabric/follow.js';
-import { ESHUTDOWN } from '../../src/nbd/constants.js';
+import { ESHUTDOWN } from '../../src/nbd/protocol/constants.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
 import { TEST_TOKEN, bearer, testAuth } from './harness.js';
 

@@ -21,21 +21,13 @@
  * (it is reused); a payload view is valid only during onPayload. While paused, unparsed bytes
  * are kept as views of their chunks (never copied) and parsing continues on resume().
  */
-import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX, REQUEST_HEADER_BYTES, REQUEST_MAGIC } from './constants.js';
+import { REQUEST_HEADER_BYTES } from '../protocol/constants.js';
+import { decodeRequestHeader, type RequestHeader } from '../protocol/request.js';
+import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX } from './limits.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
-import { readU64 } from './wire.js';
 
-/** One decoded request header; reused for every request of a connection. */
-export interface RequestHeader {
-  flags: number;
-  type: number;
-  /** The cookie as two opaque 32-bit halves, echoed verbatim in the reply. */
-  cookieHi: number;
-  cookieLo: number;
-  /** Byte offset; at or above 2^53 it is imprecise but still beyond any export. */
-  offset: number;
-  length: number;
-}
+/** The header the sink is handed: one object per connection, reused for every request. */
+export type { RequestHeader };
 
 export const PAYLOAD_NONE = 0;
 export const PAYLOAD_COLLECT = 1;
@@ -164,18 +156,12 @@ export class RequestParser {
           src = this.header;
           at = 0;
         }
-        if (src.readUInt32BE(at) !== REQUEST_MAGIC) {
+        const req = this.req;
+        if (!decodeRequestHeader(src, at, req)) {
           this.state = STATE_STOPPED;
           this.sink.onViolation(`bad request magic 0x${src.readUInt32BE(at).toString(16)}`);
           return;
         }
-        const req = this.req;
-        req.flags = src.readUInt16BE(at + 4);
-        req.type = src.readUInt16BE(at + 6);
-        req.cookieHi = src.readUInt32BE(at + 8);
-        req.cookieLo = src.readUInt32BE(at + 12);
-        req.offset = readU64(src, at + 16);
-        req.length = src.readUInt32BE(at + 24);
         pos = this.plan(this.sink.onHeader(req), chunk, pos);
         if (pos < 0) return;
       } else if (this.state === STATE_PAYLOAD) {

@@ -15,7 +15,7 @@
  *     disjoint, non-adjacent [start, end) pairs, all > contigEnd[s]; covered[s] is the number
  *     of bytes in [offset, contigEnd) plus the islands
  */
-import { READ_ISLANDS_MAX } from './client-constants.js';
+import { READ_ISLANDS_MAX } from './limits.js';
 
 /** `Owner`: what the client hangs off a slot (its call); the table only stores and returns it. */
 export class InflightTable<Owner extends object = object> {

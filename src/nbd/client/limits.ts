@@ -1,15 +1,15 @@
 /**
  * Defaults and bounds of the NBD client. Wire numbers are shared with the server
- * (constants.ts); everything here limits what the client accepts from a server or queues for
- * its caller. Units go last in names, as everywhere in memfabric.
+ * (../protocol/constants.ts); everything here limits what the client accepts from a server or
+ * queues for its caller. Units go last in names, as everywhere in memfabric.
  */
-import { PAYLOAD_BYTES_MAX } from './constants.js';
+import { NBD_PORT, PAYLOAD_BYTES_MAX, REQUEST_HEADER_BYTES } from '../protocol/constants.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 export const CLIENT_HOST_DEFAULT = '127.0.0.1';
-export const CLIENT_PORT_DEFAULT = 10809;
+export const CLIENT_PORT_DEFAULT = NBD_PORT;
 /** TCP connect plus the whole handshake must finish within this. */
 export const CONNECT_TIMEOUT_MS_DEFAULT = 10_000;
 /** A request without a reply for this long marks the connection dead (0 turns the check off). */
@@ -39,6 +39,8 @@ export const EFFECT_BYTES_MAX = 1024 * MiB;
 export const WRITE_QUEUED_BYTES_MAX = 16 * MiB;
 /** Request headers are carved from slabs of this size (one allocation per ~2000 requests). */
 export const HEADER_SLAB_BYTES = 64 * KiB;
+/** Slab stride of one request header: its 28 bytes rounded up to a multiple of 8. */
+export const REQUEST_HEADER_STRIDE_BYTES = (REQUEST_HEADER_BYTES + 7) & ~7;
 
 // ---- bounds on what a server may send -------------------------------------------------------
 

@@ -10,7 +10,7 @@
  *     ring:  [ . . . h x x x x t . . . ]     h = head, t = (head + count) & mask
  *   invariant: the live calls are ring[(head + i) & mask] for 0 <= i < count <= max
  */
-import type { MemfabricError } from '../errors.js';
+import type { MemfabricError } from '../../errors.js';
 
 export const OP_NORMAL = 0;
 /** Sent nothing: settles once no mutation issued before it is still in flight. */

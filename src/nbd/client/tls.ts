@@ -17,8 +17,8 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
-import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { parsePskFile, PSK_CIPHERS_TLS12, PSK_KEY_BYTES_MAX, PSK_KEY_BYTES_MIN } from './tls.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../../errors.js';
+import { parsePskFile, PSK_CIPHERS_TLS12, PSK_KEY_BYTES_MAX, PSK_KEY_BYTES_MIN } from '../protocol/psk.js';
 
 export interface NbdClientTls {
   /** PEM certificate(s) of the CA that signed the server's certificate. */

@@ -7,7 +7,7 @@
  *   - dispatch calls the export synchronously (data calls never wait) and writes the reply at
  *     once, so pipelined requests are answered in order; FLUSH and FUA wait for
  *     `export.flush()` and reply when it settles, possibly after later requests;
- *   - an exception from the export fails that request only (errno.ts maps it).
+ *   - an exception from the export fails that request only (../protocol/errno.ts maps it).
  *
  * Replies: simple replies unless structured replies were negotiated, in which case a READ is
  * one OFFSET_DATA chunk flagged DONE, BLOCK_STATUS one BLOCK_STATUS chunk, and errors an ERROR
@@ -26,7 +26,6 @@ import type { BudgetAccount, BudgetWaiter, BufferBudget } from './budget.js';
 import type { NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import {
-  ASYNC_REQUESTS_MAX,
   BLOCK_STATUS_EXTENTS_MAX,
   CMD_BLOCK_STATUS,
   CMD_CACHE,
@@ -41,17 +40,15 @@ import {
   CMD_WRITE_ZEROES,
   EXTENT_DESCRIPTOR_BYTES,
   META_CONTEXT_ID_BASE_ALLOCATION,
-  READ_PIECE_BYTES,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
-  REPLY_TYPE_OFFSET_DATA,
   SIMPLE_REPLY_HEADER_BYTES,
   STATE_HOLE,
   STATE_ZERO,
   STRUCTURED_REPLY_HEADER_BYTES,
-  WRITE_SKIP_BYTES_MAX,
-} from './constants.js';
-import { errnoForError, messageForError } from './errno.js';
+} from '../protocol/constants.js';
+import { ASYNC_REQUESTS_MAX, READ_PIECE_BYTES, WRITE_SKIP_BYTES_MAX } from './limits.js';
+import { errnoForError, messageForError } from '../protocol/errno.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
@@ -66,12 +63,14 @@ import {
   validateRequest,
 } from './validate.js';
 import {
+  BLOCK_STATUS_FIELDS_BYTES,
   encodeErrorChunk,
   encodeSimpleReply,
+  OFFSET_DATA_HEADER_BYTES,
+  writeOffsetDataHeader,
   writeSimpleReplyHeader,
   writeStructuredReplyHeader,
-  writeU64,
-} from './wire.js';
+} from '../protocol/reply.js';
 
 /** How a transmission talks to its connection. */
 export interface TransmissionIo {
@@ -99,8 +98,6 @@ export interface TransmissionIo {
   internalError(err: unknown): void;
 }
 
-/** READ structured reply: chunk header + 64-bit offset before the data. */
-const OFFSET_DATA_HEADER_BYTES = STRUCTURED_REPLY_HEADER_BYTES + 8;
 const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
 /** Reply slab size, and the largest reply carved from it (bigger ones get their own buffer). */
 const REPLY_SLAB_BYTES = 256 * 1024;
@@ -399,16 +396,15 @@ export class Transmission implements RequestSink {
       }
       const last = n === this.streamLeft;
       if (structured) {
-        writeStructuredReplyHeader(
+        writeOffsetDataHeader(
           buf,
           0,
           last ? REPLY_FLAG_DONE : 0,
-          REPLY_TYPE_OFFSET_DATA,
           this.streamCookieHi,
           this.streamCookieLo,
-          8 + n,
+          this.streamOffset,
+          n,
         );
-        writeU64(buf, STRUCTURED_REPLY_HEADER_BYTES, this.streamOffset);
       } else if (this.streamFirst) {
         writeSimpleReplyHeader(buf, 0, 0, this.streamCookieHi, this.streamCookieLo);
       }
@@ -508,16 +504,7 @@ export class Transmission implements RequestSink {
       return;
     }
     if (this.structured) {
-      writeStructuredReplyHeader(
-        buf,
-        0,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_OFFSET_DATA,
-        req.cookieHi,
-        req.cookieLo,
-        8 + length,
-      );
-      writeU64(buf, STRUCTURED_REPLY_HEADER_BYTES, req.offset);
+      writeOffsetDataHeader(buf, 0, REPLY_FLAG_DONE, req.cookieHi, req.cookieLo, req.offset, length);
     } else {
       writeSimpleReplyHeader(buf, 0, 0, req.cookieHi, req.cookieLo);
     }
@@ -540,7 +527,7 @@ export class Transmission implements RequestSink {
       this.extentCount = 1;
     }
     const n = this.extentCount;
-    const payloadBytes = 4 + n * EXTENT_DESCRIPTOR_BYTES;
+    const payloadBytes = BLOCK_STATUS_FIELDS_BYTES + n * EXTENT_DESCRIPTOR_BYTES;
     const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
     writeStructuredReplyHeader(
       buf,
@@ -553,7 +540,7 @@ export class Transmission implements RequestSink {
     );
     let at = STRUCTURED_REPLY_HEADER_BYTES;
     buf.writeUInt32BE(META_CONTEXT_ID_BASE_ALLOCATION, at);
-    at += 4;
+    at += BLOCK_STATUS_FIELDS_BYTES;
     const extents = this.extents;
     for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
     this.write(buf);

@@ -10,7 +10,7 @@
  * from 2304 up it is CONNECTIONS_DEFAULT_MAX.
  */
 import { readFileSync } from 'node:fs';
-import { CONNECTIONS_DEFAULT_MAX, FD_RESERVE, OPEN_FILES_FALLBACK } from './constants.js';
+import { CONNECTIONS_DEFAULT_MAX, FD_RESERVE, OPEN_FILES_FALLBACK } from './limits.js';
 
 /** The soft open-file limit (RLIMIT_NOFILE) from /proc/self/limits, or OPEN_FILES_FALLBACK. */
 export function openFilesLimit(limitsText?: string): number {

@@ -10,7 +10,7 @@
  *                                             -> ERR_UNSUP: fall back to NBD_OPT_EXPORT_NAME
  *                                             -> other errors: MF_NOT_FOUND / MF_NBD_REQUEST_FAILED
  *
- * With TLS (client-tls.ts) the greeting is followed by NBD_OPT_STARTTLS, which must be
+ * With TLS (tls.ts) the greeting is followed by NBD_OPT_STARTTLS, which must be
  * acknowledged; everything above then runs over TLS. `greet` and `startTls` are therefore
  * separate steps run by the caller before `negotiate`, `listExports` or `exportInfo`.
  *
@@ -21,21 +21,17 @@
  * exports); the caller bounds the time (connectTimeoutMs).
  */
 import type { Socket } from 'node:net';
-import type { MemfabricError } from '../errors.js';
+import type { MemfabricError } from '../../errors.js';
 import {
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
   FLAG_FIXED_NEWSTYLE,
   FLAG_HAS_FLAGS,
   FLAG_NO_ZEROES,
-  IHAVEOPT_HI,
-  IHAVEOPT_LO,
   INFO_BLOCK_SIZE,
   INFO_DESCRIPTION,
   INFO_EXPORT,
   INFO_NAME,
-  NBDMAGIC_HI,
-  NBDMAGIC_LO,
   OPT_ABORT,
   OPT_EXPORT_NAME,
   OPT_GO,
@@ -45,32 +41,38 @@ import {
   OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
   OPTION_REPLY_HEADER_BYTES,
-  OPTION_REPLY_MAGIC_HI,
-  OPTION_REPLY_MAGIC_LO,
-  EXPORT_NAME_REPLY_BYTES,
-  EXPORT_NAME_REPLY_ZEROES_BYTES,
   REP_ACK,
   REP_ERR_TLS_REQD,
   REP_ERR_UNSUP,
   REP_INFO,
   REP_META_CONTEXT,
   REP_SERVER,
-} from './constants.js';
+} from '../protocol/constants.js';
+import { LIST_EXPORTS_MAX, META_CONTEXTS_MAX, OPTION_REPLIES_MAX, OPTION_REPLY_BYTES_MAX } from './limits.js';
+import { connectionClosed, NbdOptionError, protocolError } from './errors.js';
+import { tlsError } from './tls.js';
 import {
-  LIST_EXPORTS_MAX,
-  META_CONTEXTS_MAX,
-  OPTION_REPLIES_MAX,
-  OPTION_REPLY_BYTES_MAX,
-} from './client-constants.js';
-import { connectionClosed, NbdOptionError, protocolError } from './client-errors.js';
-import { tlsError } from './client-tls.js';
-import {
+  decodeExportNameReply,
+  decodeGreetingMagic,
+  decodeOptionReplyHeader,
   encodeClientFlags,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
   encodeOption,
-} from './client-wire.js';
-import { readU64 } from './wire.js';
+  exportNameReplyBytes,
+  GREETING_MAGIC_BYTES,
+  isOptionReplyError,
+} from '../protocol/handshake.js';
+import {
+  decodeInfoBlockSize,
+  decodeInfoExport,
+  decodeInfoString,
+  decodeInfoType,
+  decodeMetaContextReply,
+  decodeServerReply,
+  encodeInfoRequest,
+  INFO_BLOCK_SIZE_BYTES,
+  INFO_EXPORT_BYTES,
+  encodeMetaContextRequest,
+} from '../protocol/option-data.js';
 
 /** Size constraints from NBD_INFO_BLOCK_SIZE. */
 export interface NbdBlockSizes {
@@ -109,8 +111,6 @@ export interface NegotiateOptions {
 /** Bytes the reader buffers before it pauses the socket (a LIST can arrive as one burst). */
 const READER_BUFFERED_BYTES_MAX = 256 * 1024;
 const EMPTY = Buffer.alloc(0);
-const OLDSTYLE_MAGIC_HI = 0x00000000;
-const OLDSTYLE_MAGIC_LO = 0x00420281;
 
 /**
  * Exact-length reads over a socket for the handshake. Chunks are kept until asked for; the
@@ -215,19 +215,11 @@ const OPTION_NAMES: Record<number, string> = {
   [OPT_STARTTLS]: 'NBD_OPT_STARTTLS',
 };
 
-function isError(type: number): boolean {
-  return type >= 0x80000000;
-}
-
 async function readOptionReply(io: HandshakeReader, option: number): Promise<OptionReply> {
-  const header = await io.read(OPTION_REPLY_HEADER_BYTES);
-  if (header.readUInt32BE(0) !== OPTION_REPLY_MAGIC_HI || header.readUInt32BE(4) !== OPTION_REPLY_MAGIC_LO) {
-    throw protocolError('bad option reply magic');
-  }
-  const echoed = header.readUInt32BE(8);
+  const header = decodeOptionReplyHeader(await io.read(OPTION_REPLY_HEADER_BYTES));
+  if (header === undefined) throw protocolError('bad option reply magic');
+  const { option: echoed, type, length } = header;
   if (echoed !== option) throw protocolError(`reply to option ${echoed} while waiting for option ${option}`);
-  const type = header.readUInt32BE(12);
-  const length = header.readUInt32BE(16);
   if (length > OPTION_REPLY_BYTES_MAX) {
     throw protocolError(`option reply of ${length} bytes (at most ${OPTION_REPLY_BYTES_MAX})`);
   }
@@ -251,16 +243,12 @@ function optionError(option: number, reply: OptionReply, exportName: string): Me
 
 /** Reads the greeting and answers with our flags; resolves whether NO_ZEROES is in effect. */
 export async function greet(io: HandshakeReader): Promise<boolean> {
-  const head = await io.read(16);
-  if (head.readUInt32BE(0) !== NBDMAGIC_HI || head.readUInt32BE(4) !== NBDMAGIC_LO) {
-    throw protocolError('the peer is not an NBD server (no NBDMAGIC)');
-  }
-  const hi = head.readUInt32BE(8);
-  const lo = head.readUInt32BE(12);
-  if (hi === OLDSTYLE_MAGIC_HI && lo === OLDSTYLE_MAGIC_LO) {
+  const magic = decodeGreetingMagic(await io.read(GREETING_MAGIC_BYTES));
+  if (magic === 'not-nbd') throw protocolError('the peer is not an NBD server (no NBDMAGIC)');
+  if (magic === 'oldstyle') {
     throw protocolError('the server speaks oldstyle negotiation, which is not supported');
   }
-  if (hi !== IHAVEOPT_HI || lo !== IHAVEOPT_LO) throw protocolError('bad greeting magic');
+  if (magic === 'bad') throw protocolError('bad greeting magic');
   const flags = (await io.read(2)).readUInt16BE(0);
   if ((flags & FLAG_FIXED_NEWSTYLE) === 0) {
     throw protocolError('the server does not support fixed newstyle negotiation');
@@ -282,7 +270,7 @@ export async function startTls(io: HandshakeReader): Promise<void> {
     return;
   }
   const detail = reply.data.length === 0 ? '' : `: ${reply.data.toString('utf8')}`;
-  if (isError(reply.type)) {
+  if (isOptionReplyError(reply.type)) {
     throw tlsError(
       `the nbd server refused NBD_OPT_STARTTLS (reply 0x${reply.type.toString(16)}${detail}); ` +
         'TLS is not enabled there (start the appliance with --tls on or --tls require)',
@@ -296,7 +284,7 @@ async function requestStructuredReplies(io: HandshakeReader): Promise<boolean> {
   const reply = await readOptionReply(io, OPT_STRUCTURED_REPLY);
   if (reply.type === REP_ACK) return true;
   // ERR_UNSUP and friends: the server will use simple replies only.
-  if (isError(reply.type)) return false;
+  if (isOptionReplyError(reply.type)) return false;
   throw protocolError(`unexpected reply ${reply.type} to NBD_OPT_STRUCTURED_REPLY`);
 }
 
@@ -311,12 +299,12 @@ async function setMetaContexts(
     const reply = await readOptionReply(io, OPT_SET_META_CONTEXT);
     if (reply.type === REP_ACK) return contexts;
     // A refusal selects nothing: block status is then unavailable, everything else works.
-    if (isError(reply.type)) return [];
-    if (reply.type !== REP_META_CONTEXT || reply.data.length < 5) {
+    if (isOptionReplyError(reply.type)) return [];
+    const context = reply.type === REP_META_CONTEXT ? decodeMetaContextReply(reply.data) : undefined;
+    if (context === undefined) {
       throw protocolError(`unexpected reply ${reply.type} to NBD_OPT_SET_META_CONTEXT`);
     }
-    const id = reply.data.readUInt32BE(0);
-    const name = reply.data.toString('utf8', 4);
+    const { id, name } = context;
     if (contexts.some((c) => c.id === id)) throw protocolError(`metadata context id ${id} given twice`);
     if (contexts.length >= META_CONTEXTS_MAX) {
       throw protocolError(`more than ${META_CONTEXTS_MAX} metadata contexts selected`);
@@ -353,28 +341,38 @@ async function infoOrGo(io: HandshakeReader, option: number, exportName: string)
       };
     }
     if (reply.type === REP_ERR_UNSUP) return { details: undefined, unsupported: true };
-    if (isError(reply.type)) throw optionError(option, reply, exportName);
-    if (reply.type !== REP_INFO || data.length < 2) {
+    if (isOptionReplyError(reply.type)) throw optionError(option, reply, exportName);
+    const infoType = reply.type === REP_INFO ? decodeInfoType(data) : undefined;
+    if (infoType === undefined) {
       throw protocolError(`unexpected reply ${reply.type} to ${OPTION_NAMES[option]}`);
     }
-    switch (data.readUInt16BE(0)) {
-      case INFO_EXPORT:
-        if (data.length !== 12) throw protocolError(`NBD_INFO_EXPORT of ${data.length} bytes (must be 12)`);
-        size = readU64(data, 2);
-        flags = data.readUInt16BE(10);
+    switch (infoType) {
+      case INFO_EXPORT: {
+        const info = decodeInfoExport(data);
+        if (info === undefined) {
+          throw protocolError(`NBD_INFO_EXPORT of ${data.length} bytes (must be ${INFO_EXPORT_BYTES})`);
+        }
+        size = info.size;
+        flags = info.transmissionFlags;
         if (size > Number.MAX_SAFE_INTEGER) throw protocolError(`export size ${size} is beyond 2^53`);
         break;
+      }
       case INFO_NAME:
-        canonicalName = data.toString('utf8', 2);
+        canonicalName = decodeInfoString(data);
         break;
       case INFO_DESCRIPTION:
-        description = data.toString('utf8', 2);
+        description = decodeInfoString(data);
         break;
-      case INFO_BLOCK_SIZE:
-        if (data.length !== 14)
-          throw protocolError(`NBD_INFO_BLOCK_SIZE of ${data.length} bytes (must be 14)`);
-        blockSizes = checkBlockSizes(data.readUInt32BE(2), data.readUInt32BE(6), data.readUInt32BE(10));
+      case INFO_BLOCK_SIZE: {
+        const sizes = decodeInfoBlockSize(data);
+        if (sizes === undefined) {
+          throw protocolError(
+            `NBD_INFO_BLOCK_SIZE of ${data.length} bytes (must be ${INFO_BLOCK_SIZE_BYTES})`,
+          );
+        }
+        blockSizes = checkBlockSizes(sizes.minimum, sizes.preferred, sizes.maximum);
         break;
+      }
       default:
         // "The client MUST ignore information replies it does not understand."
         break;
@@ -407,7 +405,7 @@ async function exportNameFallback(
   io.write(encodeOption(OPT_EXPORT_NAME, Buffer.from(exportName, 'utf8')));
   let reply: Buffer;
   try {
-    reply = await io.read(EXPORT_NAME_REPLY_BYTES + (noZeroes ? 0 : EXPORT_NAME_REPLY_ZEROES_BYTES));
+    reply = await io.read(exportNameReplyBytes(noZeroes));
   } catch (err) {
     // NBD_OPT_EXPORT_NAME has no error reply: a server that does not know the export hangs up.
     throw connectionClosed(
@@ -415,14 +413,14 @@ async function exportNameFallback(
       err,
     );
   }
-  const size = readU64(reply, 0);
+  const { size, transmissionFlags } = decodeExportNameReply(reply);
   if (size > Number.MAX_SAFE_INTEGER) throw protocolError(`export size ${size} is beyond 2^53`);
   return {
     exportName,
     canonicalName: exportName,
     description: '',
     size,
-    flags: reply.readUInt16BE(8),
+    flags: transmissionFlags,
     blockSizes: undefined,
   };
 }
@@ -464,17 +462,13 @@ export async function listExports(
       abort(io);
       return exports;
     }
-    if (isError(reply.type)) throw optionError(OPT_LIST, reply, '');
-    const data = reply.data;
-    if (reply.type !== REP_SERVER || data.length < 4) {
+    if (isOptionReplyError(reply.type)) throw optionError(OPT_LIST, reply, '');
+    if (reply.type !== REP_SERVER || reply.data.length < 4) {
       throw protocolError(`unexpected reply ${reply.type} to NBD_OPT_LIST`);
     }
-    const nameLength = data.readUInt32BE(0);
-    if (nameLength > data.length - 4) throw protocolError('NBD_REP_SERVER name longer than the reply');
-    exports.push({
-      name: data.toString('utf8', 4, 4 + nameLength),
-      description: data.toString('utf8', 4 + nameLength),
-    });
+    const entry = decodeServerReply(reply.data);
+    if (entry === undefined) throw protocolError('NBD_REP_SERVER name longer than the reply');
+    exports.push(entry);
   }
   throw protocolError(`more than ${LIST_EXPORTS_MAX} exports in reply to NBD_OPT_LIST`);
 }

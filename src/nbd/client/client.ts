@@ -8,9 +8,9 @@
  *   await client.disconnect();
  *
  * How a call travels:
- *   call -> Op (client-queue.ts) -> bounded FIFO queue -> pump() -> one or more pieces, each a
- *   slot of the InflightTable (client-inflight.ts) and a 28-byte header on the socket (a WRITE's
- *   payload follows it uncopied) -> ReplyParser (client-reply-parser.ts) matches each reply to
+ *   call -> Op (queue.ts) -> bounded FIFO queue -> pump() -> one or more pieces, each a
+ *   slot of the InflightTable (inflight.ts) and a 28-byte header on the socket (a WRITE's
+ *   payload follows it uncopied) -> ReplyParser (reply-parser.ts) matches each reply to
  *   its slot, writes READ data straight into the caller's buffer -> replyDone() releases the
  *   slot, settles the Op when its last piece is answered, and pumps the queue again.
  *
@@ -42,7 +42,7 @@
 import { EventEmitter } from 'node:events';
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
-import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../../errors.js';
 import {
   CMD_BLOCK_STATUS,
   CMD_CACHE,
@@ -69,7 +69,7 @@ import {
   FLAG_SEND_WRITE_ZEROES,
   NAME_BYTES_MAX,
   REQUEST_HEADER_BYTES,
-} from './constants.js';
+} from '../protocol/constants.js';
 import {
   CLIENT_HOST_DEFAULT,
   CLIENT_PORT_DEFAULT,
@@ -83,30 +83,25 @@ import {
   PIECE_BYTES_MAX,
   QUEUE_DEFAULT,
   QUEUE_MAX,
+  REQUEST_HEADER_STRIDE_BYTES,
   REQUEST_TIMEOUT_MS_DEFAULT,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
   TIMEOUT_TICKS_PER_PERIOD,
   WRITE_QUEUED_BYTES_MAX,
-} from './client-constants.js';
-import {
-  commandLabel,
-  connectionClosed,
-  NbdRequestError,
-  protocolError,
-  timeoutError,
-} from './client-errors.js';
-import type { ExportDetails, NbdBlockSizes, Negotiated } from './client-handshake.js';
-import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './client-handshake.js';
-import type { NbdClientTls, ResolvedClientTls } from './client-tls.js';
-import { resolveClientTls, tlsError, upgradeClientSocket } from './client-tls.js';
-import { InflightTable } from './client-inflight.js';
-import { Op, OP_BARRIER, OpQueue } from './client-queue.js';
-import type { ReplySink } from './client-reply-parser.js';
-import { ReplyParser } from './client-reply-parser.js';
-import { REQUEST_HEADER_STRIDE_BYTES, writeRequestHeader } from './client-wire.js';
+} from './limits.js';
+import { commandLabel, connectionClosed, NbdRequestError, protocolError, timeoutError } from './errors.js';
+import type { ExportDetails, NbdBlockSizes, Negotiated } from './handshake.js';
+import { exportInfo, greet, HandshakeReader, listExports, negotiate, startTls } from './handshake.js';
+import type { NbdClientTls, ResolvedClientTls } from './tls.js';
+import { resolveClientTls, tlsError, upgradeClientSocket } from './tls.js';
+import { InflightTable } from './inflight.js';
+import { Op, OP_BARRIER, OpQueue } from './queue.js';
+import type { ReplySink } from './reply-parser.js';
+import { ReplyParser } from './reply-parser.js';
+import { writeRequestHeader } from '../protocol/request.js';
 
-export type { NbdBlockSizes } from './client-handshake.js';
+export type { NbdBlockSizes } from './handshake.js';
 
 /** Where the server is, and how long to wait for it. */
 export interface NbdServerAddress {
@@ -117,7 +112,7 @@ export interface NbdServerAddress {
   /** TCP connect plus handshake. Default 10 s. */
   connectTimeoutMs?: number;
   /**
-   * Speak TLS (NBD_OPT_STARTTLS) with these credentials (client-tls.ts); the connect fails with
+   * Speak TLS (NBD_OPT_STARTTLS) with these credentials (tls.ts); the connect fails with
    * MF_TLS rather than continue in plain text. Default: plain.
    */
   tls?: NbdClientTls;

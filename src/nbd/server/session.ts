@@ -34,7 +34,7 @@
  */
 import type { Socket } from 'node:net';
 import type { BudgetAccount, BufferBudget } from './budget.js';
-import { CLOSE_GRACE_MS, PRESSURE_STALL_MS, TCP_KEEPALIVE_MS } from './constants.js';
+import { CLOSE_GRACE_MS, PRESSURE_STALL_MS, TCP_KEEPALIVE_MS } from './limits.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { Negotiated } from './handshake.js';
 import { greeting, Handshake } from './handshake.js';

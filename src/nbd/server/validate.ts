@@ -24,7 +24,7 @@ import {
   EOVERFLOW,
   EPERM,
   PAYLOAD_BYTES_MAX,
-} from './constants.js';
+} from '../protocol/constants.js';
 import type { RequestHeader } from './request-parser.js';
 
 /** What the validator needs to know about the session. */

@@ -35,8 +35,6 @@ import type { NbdExport, NbdExportDirectory } from './export.js';
 import {
   CLIENT_FLAGS_BYTES,
   CLIENT_FLAGS_KNOWN,
-  EXPORT_NAME_REPLY_BYTES,
-  EXPORT_NAME_REPLY_ZEROES_BYTES,
   FLAG_C_NO_ZEROES,
   FLAG_CAN_MULTI_CONN,
   FLAG_FIXED_NEWSTYLE,
@@ -50,20 +48,10 @@ import {
   FLAG_SEND_FUA,
   FLAG_SEND_TRIM,
   FLAG_SEND_WRITE_ZEROES,
-  HANDSHAKE_OPTIONS_MAX,
-  IHAVEOPT_HI,
-  IHAVEOPT_LO,
-  INFO_BLOCK_SIZE,
-  LIST_OPTIONS_MAX,
   INFO_DESCRIPTION,
-  INFO_EXPORT,
   INFO_NAME,
   META_CONTEXT_BASE_ALLOCATION,
   META_CONTEXT_ID_BASE_ALLOCATION,
-  META_QUERIES_MAX,
-  NAME_BYTES_MAX,
-  NBDMAGIC_HI,
-  NBDMAGIC_LO,
   OPT_ABORT,
   OPT_EXPORT_NAME,
   OPT_GO,
@@ -73,9 +61,7 @@ import {
   OPT_SET_META_CONTEXT,
   OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
-  OPTION_DATA_BYTES_MAX,
   OPTION_HEADER_BYTES,
-  OPTION_SKIP_BYTES_MAX,
   PAYLOAD_BYTES_MAX,
   REP_ACK,
   REP_ERR_INVALID,
@@ -87,10 +73,33 @@ import {
   REP_INFO,
   REP_META_CONTEXT,
   REP_SERVER,
-  SERVER_GREETING_BYTES,
-} from './constants.js';
+} from '../protocol/constants.js';
+import {
+  HANDSHAKE_OPTIONS_MAX,
+  LIST_OPTIONS_MAX,
+  META_QUERIES_MAX,
+  OPTION_DATA_BYTES_MAX,
+  OPTION_SKIP_BYTES_MAX,
+} from './limits.js';
 import type { NbdTlsMode } from './tls.js';
-import { encodeOptionReply, writeU64 } from './wire.js';
+import {
+  decodeClientFlags,
+  decodeOptionHeader,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeOptionReply,
+} from '../protocol/handshake.js';
+import {
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeString,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReply,
+  encodeServerReply,
+  isRefusal,
+} from '../protocol/option-data.js';
 
 /** What the handshake agreed on; the transmission phase is built from it. */
 export interface Negotiated {
@@ -153,13 +162,7 @@ export function preferredBlockSize(exp: NbdExport): number {
 }
 
 export function greeting(): Buffer {
-  const buf = Buffer.allocUnsafe(SERVER_GREETING_BYTES);
-  buf.writeUInt32BE(NBDMAGIC_HI, 0);
-  buf.writeUInt32BE(NBDMAGIC_LO, 4);
-  buf.writeUInt32BE(IHAVEOPT_HI, 8);
-  buf.writeUInt32BE(IHAVEOPT_LO, 12);
-  buf.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-  return buf;
+  return encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
 }
 
 const enum Phase {
@@ -170,14 +173,6 @@ const enum Phase {
   /** STARTTLS acknowledged; waiting for the connection to finish the TLS handshake. */
   TLS_PENDING,
   DONE,
-}
-
-/** A client-chosen string as UTF-8, or undefined when it breaks the spec's string rules. */
-function decodeString(buf: Buffer, start: number, end: number): string | undefined {
-  if (end - start > NAME_BYTES_MAX) return undefined;
-  const bytes = buf.subarray(start, end);
-  if (bytes.includes(0)) return undefined;
-  return bytes.toString('utf8');
 }
 
 export class Handshake {
@@ -248,7 +243,7 @@ export class Handshake {
           pos = this.fillHeader(chunk, pos, CLIENT_FLAGS_BYTES);
           if (this.headerFill < CLIENT_FLAGS_BYTES) break;
           this.headerFill = 0;
-          const flags = this.header.readUInt32BE(0);
+          const flags = decodeClientFlags(this.header);
           if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
             // The spec: the server MUST drop the connection on client flags it does not know.
             this.fail(`unknown client flags 0x${flags.toString(16)}`);
@@ -262,7 +257,8 @@ export class Handshake {
           pos = this.fillHeader(chunk, pos, OPTION_HEADER_BYTES);
           if (this.headerFill < OPTION_HEADER_BYTES) break;
           this.headerFill = 0;
-          if (this.header.readUInt32BE(0) !== IHAVEOPT_HI || this.header.readUInt32BE(4) !== IHAVEOPT_LO) {
+          const header = decodeOptionHeader(this.header);
+          if (header === undefined) {
             this.fail('bad option magic');
             return undefined;
           }
@@ -270,8 +266,8 @@ export class Handshake {
             this.fail(`more than ${HANDSHAKE_OPTIONS_MAX} options before NBD_OPT_GO`);
             return undefined;
           }
-          this.option = this.header.readUInt32BE(8);
-          this.dataLength = this.header.readUInt32BE(12);
+          this.option = header.option;
+          this.dataLength = header.length;
           if (this.dataLength > OPTION_DATA_BYTES_MAX) {
             // EXPORT_NAME cannot be answered with an error, and a huge option is not worth reading.
             if (this.option === OPT_EXPORT_NAME || this.dataLength > OPTION_SKIP_BYTES_MAX) {
@@ -385,13 +381,7 @@ export class Handshake {
           return;
         }
         for (const { name, description } of this.directory.list(this.identity)) {
-          const nameBytes = Buffer.from(name, 'utf8');
-          const descriptionBytes = Buffer.from(description, 'utf8');
-          const payload = Buffer.allocUnsafe(4 + nameBytes.length + descriptionBytes.length);
-          payload.writeUInt32BE(nameBytes.length, 0);
-          nameBytes.copy(payload, 4);
-          descriptionBytes.copy(payload, 4 + nameBytes.length);
-          this.reply(option, REP_SERVER, payload);
+          this.reply(option, REP_SERVER, encodeServerReply(name, description));
         }
         this.reply(option, REP_ACK);
         return;
@@ -458,35 +448,17 @@ export class Handshake {
       return;
     }
     const flags = transmissionFlags(exp, this.structuredReplies);
-    const zeroes = this.noZeroes ? 0 : EXPORT_NAME_REPLY_ZEROES_BYTES;
-    const buf = Buffer.alloc(EXPORT_NAME_REPLY_BYTES + zeroes);
-    writeU64(buf, 0, exp.size);
-    buf.writeUInt16BE(flags, 8);
-    this.io.write(buf);
+    this.io.write(encodeExportNameReply(exp.size, flags, this.noZeroes));
     this.finish(name, exp, flags, chunk, pos);
   }
 
   private infoOrGo(option: number, data: Buffer, chunk: Buffer, pos: number): void {
-    // name length (32) + name + request count (16) + requests (16 each), nothing more or less.
-    if (data.length < 6) {
-      this.reply(option, REP_ERR_INVALID, 'option data too short');
+    const request = decodeInfoRequest(data);
+    if (isRefusal(request)) {
+      this.reply(option, request.refusal, request.message);
       return;
     }
-    const nameLength = data.readUInt32BE(0);
-    if (nameLength > data.length - 6) {
-      this.reply(option, REP_ERR_INVALID, 'export name length exceeds option data');
-      return;
-    }
-    const requestCount = data.readUInt16BE(4 + nameLength);
-    if (data.length !== 6 + nameLength + 2 * requestCount) {
-      this.reply(option, REP_ERR_INVALID, 'information request count does not match option length');
-      return;
-    }
-    const name = decodeString(data, 4, 4 + nameLength);
-    if (name === undefined) {
-      this.reply(option, REP_ERR_INVALID, 'export name is not a valid string');
-      return;
-    }
+    const name = request.name;
     // Another tenant's export answers exactly as one that does not exist.
     const exp = this.directory.get(name, this.identity);
     if (exp === undefined) {
@@ -498,31 +470,17 @@ export class Handshake {
       );
       return;
     }
-    let wantName = false;
-    let wantDescription = false;
-    for (let i = 0; i < requestCount; i++) {
-      const info = data.readUInt16BE(6 + nameLength + 2 * i);
-      if (info === INFO_NAME) wantName = true;
-      else if (info === INFO_DESCRIPTION) wantDescription = true;
-      // INFO_EXPORT and INFO_BLOCK_SIZE are always sent; unknown requests MUST be ignored.
-    }
+    // INFO_EXPORT and INFO_BLOCK_SIZE are always sent; unknown requests MUST be ignored.
+    const wantName = request.infos.includes(INFO_NAME);
+    const wantDescription = request.infos.includes(INFO_DESCRIPTION);
     const flags = transmissionFlags(exp, this.structuredReplies);
-    const exportInfo = Buffer.allocUnsafe(12);
-    exportInfo.writeUInt16BE(INFO_EXPORT, 0);
-    writeU64(exportInfo, 2, exp.size);
-    exportInfo.writeUInt16BE(flags, 10);
-    this.reply(option, REP_INFO, exportInfo);
-    if (wantName) this.reply(option, REP_INFO, infoString(INFO_NAME, name));
+    this.reply(option, REP_INFO, encodeInfoExport(exp.size, flags));
+    if (wantName) this.reply(option, REP_INFO, encodeInfoString(INFO_NAME, name));
     if (wantDescription && exp.description !== '') {
-      this.reply(option, REP_INFO, infoString(INFO_DESCRIPTION, exp.description));
+      this.reply(option, REP_INFO, encodeInfoString(INFO_DESCRIPTION, exp.description));
     }
     // Sent even when not asked: our constraints are the defaults, so a client may ignore them.
-    const blockSize = Buffer.allocUnsafe(14);
-    blockSize.writeUInt16BE(INFO_BLOCK_SIZE, 0);
-    blockSize.writeUInt32BE(1, 2);
-    blockSize.writeUInt32BE(preferredBlockSize(exp), 6);
-    blockSize.writeUInt32BE(PAYLOAD_BYTES_MAX, 10);
-    this.reply(option, REP_INFO, blockSize);
+    this.reply(option, REP_INFO, encodeInfoBlockSize(1, preferredBlockSize(exp), PAYLOAD_BYTES_MAX));
     this.reply(option, REP_ACK);
     if (option === OPT_GO) this.finish(name, exp, flags, chunk, pos);
   }
@@ -535,64 +493,26 @@ export class Handshake {
       this.reply(option, REP_ERR_INVALID, 'negotiate NBD_OPT_STRUCTURED_REPLY first');
       return;
     }
-    // export name length (32) + name + query count (32) + queries, each length (32) + string.
-    if (data.length < 8) {
-      this.reply(option, REP_ERR_INVALID, 'option data too short');
+    // Every query is parsed before answering: a malformed one fails the whole option.
+    const request = decodeMetaContextRequest(data, META_QUERIES_MAX);
+    if (isRefusal(request)) {
+      this.reply(option, request.refusal, request.message);
       return;
     }
-    const nameLength = data.readUInt32BE(0);
-    if (nameLength > data.length - 8) {
-      this.reply(option, REP_ERR_INVALID, 'export name length exceeds option data');
-      return;
-    }
-    const name = decodeString(data, 4, 4 + nameLength);
-    if (name === undefined) {
-      this.reply(option, REP_ERR_INVALID, 'export name is not a valid string');
-      return;
-    }
-    const queryCount = data.readUInt32BE(4 + nameLength);
-    if (queryCount > META_QUERIES_MAX) {
-      this.reply(option, REP_ERR_TOO_BIG, `more than ${META_QUERIES_MAX} queries`);
-      return;
-    }
-    // Parse every query before answering: a malformed one fails the whole option.
-    let at = 8 + nameLength;
-    let matches = queryCount === 0 && !isSet; // LIST with no query lists everything
-    for (let i = 0; i < queryCount; i++) {
-      if (data.length - at < 4) {
-        this.reply(option, REP_ERR_INVALID, 'query length exceeds option data');
-        return;
-      }
-      const queryLength = data.readUInt32BE(at);
-      at += 4;
-      if (queryLength > data.length - at) {
-        this.reply(option, REP_ERR_INVALID, 'query length exceeds option data');
-        return;
-      }
-      const query = decodeString(data, at, at + queryLength);
-      at += queryLength;
-      if (query === undefined || !query.includes(':')) {
-        this.reply(option, REP_ERR_INVALID, 'a query must be a namespace, a colon and a leaf name');
-        return;
-      }
+    const name = request.name;
+    let matches = request.queries.length === 0 && !isSet; // LIST with no query lists everything
+    for (const query of request.queries) {
       // 'base:' is a wildcard for LIST and MUST be ignored by SET; other namespaces are ignored.
       if (query === META_CONTEXT_BASE_ALLOCATION || (!isSet && query === 'base:')) matches = true;
-    }
-    if (at !== data.length) {
-      this.reply(option, REP_ERR_INVALID, 'trailing bytes after the last query');
-      return;
     }
     if (this.directory.get(name, this.identity) === undefined) {
       this.reply(option, REP_ERR_UNKNOWN, `unknown export '${name}'`);
       return;
     }
     if (matches) {
-      const context = Buffer.from(META_CONTEXT_BASE_ALLOCATION, 'utf8');
-      const payload = Buffer.allocUnsafe(4 + context.length);
       // LIST: "the metadata context ID in these replies is reserved and SHOULD be set to zero".
-      payload.writeUInt32BE(isSet ? META_CONTEXT_ID_BASE_ALLOCATION : 0, 0);
-      context.copy(payload, 4);
-      this.reply(option, REP_META_CONTEXT, payload);
+      const id = isSet ? META_CONTEXT_ID_BASE_ALLOCATION : 0;
+      this.reply(option, REP_META_CONTEXT, encodeMetaContextReply(id, META_CONTEXT_BASE_ALLOCATION));
       if (isSet) this.metaExportName = name;
     }
     this.reply(option, REP_ACK);
@@ -609,12 +529,4 @@ export class Handshake {
     };
     this.io.ready(negotiated, pos < chunk.length ? chunk.subarray(pos) : undefined);
   }
-}
-
-function infoString(type: number, text: string): Buffer {
-  const bytes = Buffer.from(text, 'utf8');
-  const buf = Buffer.allocUnsafe(2 + bytes.length);
-  buf.writeUInt16BE(type, 0);
-  bytes.copy(buf, 2);
-  return buf;
 }

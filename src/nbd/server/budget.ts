@@ -41,7 +41,7 @@
  * Only while requests wait does choosing one scan the queue (one entry per waiting request, at
  * most one per connection) and a grant allocate its setImmediate callback.
  */
-import { BUDGET_AGED_MS } from './constants.js';
+import { BUDGET_AGED_MS } from './limits.js';
 
 /** What one connection holds in the budget (socket bytes + reservations). */
 export interface BudgetAccount {

@@ -14,8 +14,8 @@
  *
  * Every refusal is MF_INVALID_ARGUMENT naming the URI and showing a valid one.
  */
-import { invalidArgument } from '../errors.js';
-import { CLIENT_PORT_DEFAULT } from './client-constants.js';
+import { invalidArgument } from '../../errors.js';
+import { NBD_PORT } from './constants.js';
 
 export interface NbdUri {
   /** nbds: the connection must use TLS. */
@@ -83,7 +83,7 @@ export function parseNbdUri(uri: unknown): NbdUri {
     throw bad(uri, 'a user name in the URI is not supported (give a PSK identity in tls.psk.identity)');
   }
   if (url.hash !== '') throw bad(uri, 'an NBD URI has no #fragment');
-  const port = url.port === '' ? CLIENT_PORT_DEFAULT : Number(url.port);
+  const port = url.port === '' ? NBD_PORT : Number(url.port);
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     throw bad(uri, `port ${url.port} is not from 1 to 65535`);
   }

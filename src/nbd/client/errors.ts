@@ -6,14 +6,12 @@
  *   - a connection that closed or failed: MF_CONNECTION_CLOSED;
  *   - a request or handshake with no answer in time: MF_TIMEOUT.
  */
-import { ErrorCodes, MemfabricError } from '../errors.js';
+import { ErrorCodes, MemfabricError } from '../../errors.js';
+import { errnoName, normalizeErrno } from '../protocol/errno.js';
 import {
   CMD_COUNT,
   COMMAND_NAMES,
   EINVAL,
-  EIO,
-  ENOMEM,
-  ENOSPC,
   ENOTSUP,
   EOVERFLOW,
   EPERM,
@@ -27,31 +25,7 @@ import {
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
   REP_ERR_UNSUP,
-} from './constants.js';
-
-const ERRNO_NAMES: Record<number, string> = {
-  [EPERM]: 'EPERM',
-  [EIO]: 'EIO',
-  [ENOMEM]: 'ENOMEM',
-  [EINVAL]: 'EINVAL',
-  [ENOSPC]: 'ENOSPC',
-  [EOVERFLOW]: 'EOVERFLOW',
-  [ENOTSUP]: 'ENOTSUP',
-  [ESHUTDOWN]: 'ESHUTDOWN',
-};
-
-/** The spec's name for an NBD errno ('EINVAL'), or 'errno N'. */
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
-}
-
-/**
- * The spec: "The client SHOULD treat an unexpected error value as if it had been NBD_EINVAL".
- * Values outside the spec's list are reported as EINVAL (the message keeps the raw value).
- */
-export function normalizeErrno(errno: number): number {
-  return ERRNO_NAMES[errno] === undefined ? EINVAL : errno;
-}
+} from '../protocol/constants.js';
 
 export function commandLabel(command: number): string {
   return command < CMD_COUNT ? COMMAND_NAMES[command] : `command ${command}`;

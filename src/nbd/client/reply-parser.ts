@@ -29,6 +29,7 @@ import {
   CMD_FLAG_REQ_ONE,
   CMD_READ,
   EINVAL,
+  EXTENT_DESCRIPTOR_BYTES,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
   REPLY_TYPE_ERROR,
@@ -40,11 +41,21 @@ import {
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_HEADER_BYTES,
   STRUCTURED_REPLY_MAGIC,
-} from './constants.js';
-import { ERROR_CHUNK_BYTES_MAX, META_CONTEXTS_MAX } from './client-constants.js';
-import { commandLabel } from './client-errors.js';
-import type { InflightTable } from './client-inflight.js';
-import { readU64 } from './wire.js';
+} from '../protocol/constants.js';
+import { ERROR_CHUNK_BYTES_MAX, META_CONTEXTS_MAX } from './limits.js';
+import { commandLabel } from './errors.js';
+import type { InflightTable } from './inflight.js';
+import {
+  BLOCK_STATUS_FIELDS_BYTES,
+  decodeSimpleReplyHeader,
+  decodeStructuredReplyHeader,
+  ERROR_FIELDS_BYTES,
+  OFFSET_DATA_FIELDS_BYTES,
+  OFFSET_HOLE_FIELDS_BYTES,
+  type SimpleReplyHeader,
+  type StructuredReplyHeader,
+} from '../protocol/reply.js';
+import { readU64 } from '../protocol/integers.js';
 
 export interface ReplySink {
   /** The reply to `slot` is complete; the table holds its outcome (errno 0: success). */
@@ -68,9 +79,7 @@ const STATE_EXTENTS = 4;
 const STATE_STOPPED = 5;
 
 const MAGIC_BYTES = 4;
-const ERROR_FIELDS_BYTES = 6; // errno (32) + message length (16)
 const ERROR_TYPE_BIT = 0x8000;
-const EXTENT_BYTES = 8;
 
 export class ReplyParser {
   private state = STATE_HEADER;
@@ -79,6 +88,9 @@ export class ReplyParser {
   private fill = 0;
   /** Bytes the scratch must hold before the current header / fixed payload is complete. */
   private need = 0;
+  /** The last decoded headers, reused for every reply. */
+  private readonly simple: SimpleReplyHeader = { errno: 0, cookieHi: 0, cookieLo: 0 };
+  private readonly chunk: StructuredReplyHeader = { flags: 0, type: 0, cookieHi: 0, cookieLo: 0, length: 0 };
 
   // The reply being parsed.
   private slot = -1;
@@ -186,8 +198,10 @@ export class ReplyParser {
   }
 
   private simpleHeader(buf: Buffer, at: number): void {
-    const errno = buf.readUInt32BE(at + 4);
-    const s = this.table.find(buf.readUInt32BE(at + 8), buf.readUInt32BE(at + 12));
+    const header = this.simple;
+    decodeSimpleReplyHeader(buf, at, header);
+    const errno = header.errno;
+    const s = this.table.find(header.cookieHi, header.cookieLo);
     if (s < 0) {
       this.fail('simple reply for a cookie that is not in flight');
       return;
@@ -227,10 +241,10 @@ export class ReplyParser {
       this.fail('structured reply chunk, but structured replies were not negotiated');
       return;
     }
-    const flags = buf.readUInt16BE(at + 4);
-    const type = buf.readUInt16BE(at + 6);
-    const s = this.table.find(buf.readUInt32BE(at + 8), buf.readUInt32BE(at + 12));
-    const length = buf.readUInt32BE(at + 16);
+    const header = this.chunk;
+    decodeStructuredReplyHeader(buf, at, header);
+    const { flags, type, length } = header;
+    const s = this.table.find(header.cookieHi, header.cookieLo);
     if (s < 0) {
       this.fail(`reply chunk (type ${type}) for a cookie that is not in flight`);
       return;
@@ -249,20 +263,24 @@ export class ReplyParser {
         return;
       case REPLY_TYPE_OFFSET_DATA:
         if (command !== CMD_READ) this.fail(`OFFSET_DATA chunk in reply to ${commandLabel(command)}`);
-        else if (length < 9 || length - 8 > table.length[s]) {
+        else if (length <= OFFSET_DATA_FIELDS_BYTES || length - OFFSET_DATA_FIELDS_BYTES > table.length[s]) {
           this.fail(`OFFSET_DATA chunk of ${length} bytes for a read of ${table.length[s]}`);
-        } else this.expectFixed(8);
+        } else this.expectFixed(OFFSET_DATA_FIELDS_BYTES);
         return;
       case REPLY_TYPE_OFFSET_HOLE:
         if (command !== CMD_READ) this.fail(`OFFSET_HOLE chunk in reply to ${commandLabel(command)}`);
-        else if (length !== 12) this.fail(`OFFSET_HOLE chunk of ${length} bytes (must be 12)`);
-        else this.expectFixed(12);
+        else if (length !== OFFSET_HOLE_FIELDS_BYTES) {
+          this.fail(`OFFSET_HOLE chunk of ${length} bytes (must be ${OFFSET_HOLE_FIELDS_BYTES})`);
+        } else this.expectFixed(OFFSET_HOLE_FIELDS_BYTES);
         return;
       case REPLY_TYPE_BLOCK_STATUS: {
-        const count = (length - 4) / EXTENT_BYTES;
+        const count = (length - BLOCK_STATUS_FIELDS_BYTES) / EXTENT_DESCRIPTOR_BYTES;
         if (command !== CMD_BLOCK_STATUS) {
           this.fail(`BLOCK_STATUS chunk in reply to ${commandLabel(command)}`);
-        } else if (length < 4 + EXTENT_BYTES || (length - 4) % EXTENT_BYTES !== 0) {
+        } else if (
+          length < BLOCK_STATUS_FIELDS_BYTES + EXTENT_DESCRIPTOR_BYTES ||
+          (length - BLOCK_STATUS_FIELDS_BYTES) % EXTENT_DESCRIPTOR_BYTES !== 0
+        ) {
           this.fail(`BLOCK_STATUS chunk of ${length} bytes (must be 4 + a positive multiple of 8)`);
         } else if (count > BLOCK_STATUS_EXTENTS_MAX) {
           this.fail(`BLOCK_STATUS chunk with ${count} extents (at most ${BLOCK_STATUS_EXTENTS_MAX})`);
@@ -270,7 +288,7 @@ export class ReplyParser {
           this.fail(`BLOCK_STATUS chunk with ${count} extents in reply to REQ_ONE`);
         } else {
           this.extentsLeft = count;
-          this.expectFixed(4);
+          this.expectFixed(BLOCK_STATUS_FIELDS_BYTES);
         }
         return;
       }
@@ -314,7 +332,10 @@ export class ReplyParser {
     const type = this.chunkType;
     if (type === REPLY_TYPE_OFFSET_DATA || type === REPLY_TYPE_OFFSET_HOLE) {
       const offset = readU64(buf, at);
-      const length = type === REPLY_TYPE_OFFSET_DATA ? this.chunkLength - 8 : buf.readUInt32BE(at + 8);
+      const length =
+        type === REPLY_TYPE_OFFSET_DATA
+          ? this.chunkLength - OFFSET_DATA_FIELDS_BYTES
+          : buf.readUInt32BE(at + 8);
       if (length === 0) {
         this.fail('OFFSET_HOLE chunk of zero bytes');
         return;
@@ -437,16 +458,16 @@ export class ReplyParser {
     while (this.extentsLeft > 0 && pos < end) {
       let length: number;
       let flags: number;
-      if (this.fill === 0 && end - pos >= EXTENT_BYTES) {
+      if (this.fill === 0 && end - pos >= EXTENT_DESCRIPTOR_BYTES) {
         length = chunk.readUInt32BE(pos);
         flags = chunk.readUInt32BE(pos + 4);
-        pos += EXTENT_BYTES;
+        pos += EXTENT_DESCRIPTOR_BYTES;
       } else {
-        const n = Math.min(end - pos, EXTENT_BYTES - this.fill);
+        const n = Math.min(end - pos, EXTENT_DESCRIPTOR_BYTES - this.fill);
         chunk.copy(this.scratch, this.fill, pos, pos + n);
         this.fill += n;
         pos += n;
-        if (this.fill < EXTENT_BYTES) return pos;
+        if (this.fill < EXTENT_DESCRIPTOR_BYTES) return pos;
         this.fill = 0;
         length = this.scratch.readUInt32BE(0);
         flags = this.scratch.readUInt32BE(4);

@@ -16,7 +16,8 @@
  *
  * PSK works with TLS 1.2 PSK cipher suites and with TLS 1.3 (OpenSSL runs the same callback for
  * a TLS 1.3 external PSK with a SHA-256 suite), which is what GnuTLS clients (libnbd, qemu)
- * offer; see PSK_CIPHERS_TLS12.
+ * offer; see PSK_CIPHERS_TLS12. The key file's format and the PSK suites are shared with the
+ * client: ../protocol/psk.ts.
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -25,7 +26,8 @@ import { constants as cryptoConstants } from 'node:crypto';
 import { createSecureContext, TLSSocket } from 'node:tls';
 import type { SecureContext, SecureContextOptions } from 'node:tls';
 import type { Socket } from 'node:net';
-import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../../errors.js';
+import { parsePskFile, PSK_CIPHERS_TLS12 } from '../protocol/psk.js';
 
 export type NbdTlsMode = 'off' | 'on' | 'require';
 export const NBD_TLS_MODES: readonly NbdTlsMode[] = ['off', 'on', 'require'];
@@ -54,17 +56,6 @@ export interface ServerTls {
   readonly adminIdentities: ReadonlySet<string>;
 }
 
-/** TLS 1.2 PSK suites (AEAD first); TLS 1.3 suites are OpenSSL's defaults and all usable with PSK. */
-export const PSK_CIPHERS_TLS12 = [
-  'ECDHE-PSK-CHACHA20-POLY1305',
-  'DHE-PSK-AES256-GCM-SHA384',
-  'DHE-PSK-AES128-GCM-SHA256',
-  'PSK-AES256-GCM-SHA384',
-  'PSK-AES128-GCM-SHA256',
-  'ECDHE-PSK-AES128-CBC-SHA256',
-  'PSK-AES128-CBC-SHA256',
-].join(':');
-
 /**
  * TLS 1.3 suites in our order of preference. SHA-256 suites lead because OpenSSL serves a TLS
  * 1.3 external PSK from the PSK callback only with them.
@@ -74,16 +65,6 @@ export const TLS13_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256
 export const TLS13_SUITES_SHA256 = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256';
 /** TLS 1.2 suites for certificates: forward secret AEAD only. */
 const CERT_CIPHERS_TLS12 = 'ECDHE+AESGCM:ECDHE+CHACHA20';
-
-/** Longest PSK identity (RFC 4279 allows 2^16 - 1 bytes; tenant names are at most 64). */
-export const PSK_IDENTITY_BYTES_MAX = 128;
-/** Key lengths we accept: at least 128 bits, at most what OpenSSL's callback takes (PSK_MAX_PSK_LEN). */
-export const PSK_KEY_BYTES_MIN = 16;
-export const PSK_KEY_BYTES_MAX = 256;
-/** Lines in a PSK file. */
-export const PSK_ENTRIES_MAX = 65_536;
-
-const IDENTITY_PATTERN = /^[\x21-\x39\x3b-\x7e]+$/; // printable ASCII without ':' and space
 
 function tlsConfigError(message: string, cause?: unknown): MemfabricError {
   return new MemfabricError(ErrorCodes.INVALID_ARGUMENT, message, cause === undefined ? {} : { cause });
@@ -99,49 +80,6 @@ function readConfigFile(path: string, what: string): Buffer {
       err,
     );
   }
-}
-
-/**
- * Parses a psktool file: `identity:hexkey` per line; blank lines and `#` comments are skipped.
- * Throws MF_INVALID_ARGUMENT naming the file and line for anything else.
- */
-export function parsePskFile(text: string, path = 'PSK file'): Map<string, Buffer> {
-  const keys = new Map<string, Buffer>();
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].trim();
-    if (line === '' || line.startsWith('#')) continue;
-    const where = `${path} line ${i + 1}`;
-    const colon = line.lastIndexOf(':');
-    if (colon <= 0) throw tlsConfigError(`${where}: expected identity:hexkey (as psktool writes)`);
-    const identity = line.slice(0, colon);
-    const hex = line.slice(colon + 1);
-    if (!IDENTITY_PATTERN.test(identity) || identity.length > PSK_IDENTITY_BYTES_MAX) {
-      throw tlsConfigError(
-        `${where}: identity must be 1-${PSK_IDENTITY_BYTES_MAX} printable characters without ':' or spaces`,
-      );
-    }
-    if (!/^[0-9a-fA-F]+$/.test(hex) || hex.length % 2 !== 0) {
-      throw tlsConfigError(`${where}: the key must be an even number of hex digits`);
-    }
-    const key = Buffer.from(hex, 'hex');
-    if (key.length < PSK_KEY_BYTES_MIN || key.length > PSK_KEY_BYTES_MAX) {
-      throw tlsConfigError(
-        `${where}: the key has ${key.length} bytes; use ${PSK_KEY_BYTES_MIN}-${PSK_KEY_BYTES_MAX} (psktool -s 32)`,
-      );
-    }
-    if (keys.has(identity)) throw tlsConfigError(`${where}: identity '${identity}' appears twice`);
-    if (keys.size >= PSK_ENTRIES_MAX) throw tlsConfigError(`${path}: more than ${PSK_ENTRIES_MAX} keys`);
-    keys.set(identity, key);
-  }
-  if (keys.size === 0)
-    throw tlsConfigError(`${path} holds no key; write one with psktool -u NAME -p ${path}`);
-  return keys;
-}
-
-/** Formats one psktool line (`identity:hexkey`). */
-export function formatPskLine(identity: string, key: Uint8Array): string {
-  return `${identity}:${Buffer.from(key).toString('hex')}`;
 }
 
 /** Validates options and reads every file now, so a bad path fails at start, not at the first client. */

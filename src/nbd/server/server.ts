@@ -16,7 +16,7 @@
  * for the whole server.
  */
 import { createServer } from 'node:net';
-import { invalidArgument } from '../errors.js';
+import { invalidArgument } from '../../errors.js';
 import type { Server, Socket } from 'node:net';
 import { BufferBudget } from './budget.js';
 import { defaultMaxConnections } from './connection-limit.js';
@@ -30,7 +30,7 @@ import {
   STALL_MS_MAX,
   TIMEOUT_TICK_MS_MAX,
   TIMEOUT_TICK_MS_MIN,
-} from './constants.js';
+} from './limits.js';
 import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';
@@ -40,7 +40,7 @@ import { StatsCounters } from './stats.js';
 import type { NbdServerTlsOptions, NbdTlsMode, ServerTls } from './tls.js';
 import { loadServerTls } from './tls.js';
 
-/** What an NBD server lets its clients hold; every field has a default (constants.ts). */
+/** What an NBD server lets its clients hold; every field has a default (limits.ts). */
 export interface NbdLimits {
   /**
    * Time a client may leave between handshake options (and before the first); idleness, not

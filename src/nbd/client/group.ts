@@ -22,9 +22,9 @@
  * failure), `closed` resolves and 'close' is emitted. `reconnect()` reopens all of them.
  */
 import { EventEmitter } from 'node:events';
-import { invalidArgument } from '../errors.js';
-import type { MemfabricError } from '../errors.js';
-import { connectionClosed } from './client-errors.js';
+import { invalidArgument } from '../../errors.js';
+import type { MemfabricError } from '../../errors.js';
+import { connectionClosed } from './errors.js';
 import type { NbdBlockSizes, NbdClientOptions, NbdExtent, NbdTransmissionFlags } from './client.js';
 import { NbdClient, resolveClientOptions } from './client.js';
 

@@ -2,7 +2,7 @@
  * Counters shared by every connection of one server. Plain numbers bumped in place on the hot
  * path; `snapshot` copies them out for callers.
  */
-import { CMD_COUNT, COMMAND_NAMES } from './constants.js';
+import { CMD_COUNT, COMMAND_NAMES } from '../protocol/constants.js';
 
 export interface NbdStats {
   connectionsOpen: number;
