@@ -141,8 +141,8 @@ test('handshake frames: a wrong magic is told apart from NBDMAGIC, IHAVEOPT and 
   bad[12] ^= 1;
   assert.equal(decodeGreetingMagic(bad), 'bad');
   const oldstyle = Buffer.from(greeting);
-  oldstyle.writeUInt32BE(C.OLDSTYLE_MAGIC_HI, 8);
-  oldstyle.writeUInt32BE(C.OLDSTYLE_MAGIC_LO, 12);
+  // The spec's cliserv_magic, written from its 64-bit value rather than from our halves.
+  oldstyle.writeBigUInt64BE(0x00420281861253n, 8);
   assert.equal(decodeGreetingMagic(oldstyle), 'oldstyle');
   for (let byte = 0; byte < 8; byte++) {
     const option = encodeOption(C.OPT_GO);

@@ -19,9 +19,12 @@ export const NBDMAGIC_LO = 0x41474943;
 /** 'IHAVEOPT': sent by the server after NBDMAGIC, and before every option by the client. */
 export const IHAVEOPT_HI = 0x49484156;
 export const IHAVEOPT_LO = 0x454f5054;
-/** The halves the client takes for an oldstyle server where IHAVEOPT would be (unsupported). */
-export const OLDSTYLE_MAGIC_HI = 0x00000000;
-export const OLDSTYLE_MAGIC_LO = 0x00420281;
+/**
+ * An oldstyle server's cliserv_magic where IHAVEOPT would be (unsupported, but recognised so
+ * the client can say so): 0x00420281861253 as 64 bits, that is 0x00004202 then 0x81861253.
+ */
+export const OLDSTYLE_MAGIC_HI = 0x00004202;
+export const OLDSTYLE_MAGIC_LO = 0x81861253;
 /** Magic of every option reply (0x0003e889045565a9). */
 export const OPTION_REPLY_MAGIC_HI = 0x0003e889;
 export const OPTION_REPLY_MAGIC_LO = 0x045565a9;
