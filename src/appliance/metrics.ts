@@ -265,11 +265,8 @@ export function registerMigrationMetrics(registry: Registry, read: () => Migrati
   mirroredGauge(
     registry,
     'memfabric_migration_last_blackout_ms',
-    'The measured blackout of the last region migration that completed, ms (absent before the first).',
+    'The measured blackout of the last region migration that completed, ms (0 before the first).',
     [],
-    () => {
-      const last = read().lastBlackoutMs;
-      return last === null ? [] : [[{}, last]];
-    },
+    () => [[{}, read().lastBlackoutMs ?? 0]],
   );
 }

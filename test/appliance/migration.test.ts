@@ -422,6 +422,8 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   assert.equal(first.state, 'preparing');
   assert.ok(sockets.has(await connected), 'the migration connected to the target');
   assert.equal((await call(a.url, 'GET', '/v1/regions/vm/migration')).json.state, 'preparing');
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 1, 'the metrics see it under way');
+  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), 0, 'no blackout yet');
   await expect('/v1/regions/vm/migrate', { target }, 409, ErrorCodes.MIGRATING);
   const deleting = await call(a.url, 'DELETE', '/v1/regions/vm');
   assert.equal(deleting.status, 409);
@@ -433,6 +435,8 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   const failed = await finished(a.url, 'vm');
   assert.equal(failed.state, 'failed');
   assert.equal(failed.id, first.id);
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="failed"}'), 1);
   assert.equal((await call(a.url, 'DELETE', '/v1/regions/vm')).status, 204);
 });
 
@@ -513,4 +517,149 @@ test('memfabric region migrate moves a region and reports it', async (t) => {
   assert.match(stdout, /nbd:\/\/127\.0\.0\.1:\d+\/vm-b/);
   comparePages(bytesOf(b.appliance, 'vm-b').subarray(0, MiB), pattern(6, MiB), 'B');
   assert.equal(a.appliance.registry.find('vm'), undefined);
+});
+
+/** A sample's value in A's /metrics (`series` is the name with its labels, as printed). */
+async function metric(base: string, series: string): Promise<number | undefined> {
+  const response = await fetch(`${base}/metrics`, { headers: bearer(TEST_TOKEN) });
+  const text = await response.text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
+  }
+  return undefined;
+}
+
+/** One op of the writer below: pages [page, page + count) written, zeroed or trimmed. */
+interface WriterOp {
+  kind: 'write' | 'zero-data' | 'write-zeroes' | 'trim';
+  page: number;
+  count: number;
+}
+
+/** Writes the writer makes at most (it stops at its first refusal, or when the region moves). */
+const WRITER_OPS_MAX = 100_000;
+/** Acknowledged ops before the migration starts. */
+const WRITER_OPS_BEFORE = 50;
+
+/**
+ * A real NBD client on A dirtying random pages with data, data pages of zeros, WRITE_ZEROES and
+ * TRIMs, one request at a time, applying each acknowledged op to `model`. It stops at its first
+ * error: a refusal (ESHUTDOWN, the blackout) changed nothing; any other error (the move ended
+ * the connection) leaves its op `uncertain`: applied or not, B must hold one of the two.
+ */
+function nbdWriter(
+  port: number,
+  name: string,
+  model: Buffer,
+  seed: number,
+): {
+  acked: () => number;
+  done: Promise<{ acked: number; uncertain: { op: WriterOp; after: Buffer } | undefined }>;
+} {
+  let acked = 0;
+  const pages = model.length / PAGE;
+  const run = async () => {
+    const client = await NbdClient.connect({ port, exportName: name });
+    let x = seed;
+    const next = (n: number) => {
+      x = (x * 1103515245 + 12345) >>> 0;
+      return (x >>> 8) % n;
+    };
+    for (let i = 0; i < WRITER_OPS_MAX; i++) {
+      const kinds = ['write', 'write', 'write', 'write', 'zero-data', 'write-zeroes', 'trim'] as const;
+      const op: WriterOp = { kind: kinds[next(kinds.length)]!, page: next(pages), count: 1 + next(8) };
+      op.count = Math.min(op.count, pages - op.page);
+      const offset = op.page * PAGE;
+      const length = op.count * PAGE;
+      const after = op.kind === 'write' ? pattern(seed * 1_000_003 + i, length) : Buffer.alloc(length);
+      try {
+        if (op.kind === 'write' || op.kind === 'zero-data') await client.write(offset, after);
+        else if (op.kind === 'write-zeroes') await client.writeZeroes(offset, length);
+        else await client.trim(offset, length);
+      } catch (error) {
+        client.destroy();
+        const refused = error instanceof NbdRequestError && error.errno === ESHUTDOWN;
+        return { acked, uncertain: refused ? undefined : { op, after } };
+      }
+      after.copy(model, offset);
+      acked++;
+    }
+    await client.disconnect();
+    return { acked, uncertain: undefined };
+  };
+  return { acked: () => acked, done: run() };
+}
+
+test('the downtime target decides when to black out; a writer loses no acknowledged byte either way', async (t) => {
+  const a = await start('128MiB');
+  const b = await start('128MiB');
+  t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
+  const size = 8 * MiB;
+  const finishedBefore = (await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}')) ?? 0;
+  assert.equal(finishedBefore, 0);
+
+  const runs: MigrationStatus[] = [];
+  // A target no blackout can meet (two round trips exceed 0 ms), then one any blackout meets.
+  for (const [name, options] of [
+    ['tight', { maxDowntimeMs: 0, maxRounds: 5 }],
+    ['loose', { maxDowntimeMs: 3_600_000 }],
+  ] as const) {
+    const region = await a.appliance.registry.create({ name, size });
+    region.write(0, pattern(name.length, 1024 * PAGE));
+    region.writeZeroes(1024 * PAGE, 256 * PAGE, false);
+    const model = bytesOf(a.appliance, name);
+    const writer = nbdWriter(a.appliance.nbdAddress.port, name, model, name.length + 1);
+    for (let poll = 0; poll < POLLS_MAX && writer.acked() < WRITER_OPS_BEFORE; poll++) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    assert.ok(writer.acked() >= WRITER_OPS_BEFORE, 'the writer got going');
+    await migrate(a.url, name, { target: b.url, ...options });
+    const done = await finished(a.url, name);
+    const { acked, uncertain } = await writer.done;
+    assert.equal(done.state, 'done', JSON.stringify(done.error));
+    t.diagnostic(
+      `${name}: ${acked} ops acknowledged; rounds ${done.rounds.map((r) => `${r.pages}p/${r.ms}ms`).join(', ')}; ` +
+        `stop ${done.stopReason}; expected ${done.expectedDowntimeMs} ms, blackout ${done.blackout!.pages} pages in ${done.blackout!.ms} ms; ` +
+        `bandwidth ${Math.round(done.bandwidthBytesPerSec / MiB)} MiB/s, rtt ${done.rttMs} ms`,
+    );
+
+    // Every byte on B is the model's: every acknowledged op, nothing refused.
+    const onB = bytesOf(b.appliance, name);
+    if (uncertain) {
+      const start = uncertain.op.page * PAGE;
+      const end = start + uncertain.op.count * PAGE;
+      const applied = onB.subarray(start, end).equals(uncertain.after);
+      if (applied) uncertain.after.copy(model, start);
+      else comparePages(onB.subarray(start, end), model.subarray(start, end), `${name}: the op in flight`);
+    }
+    comparePages(onB, model, `${name} on B`);
+
+    // The engine's progress is in the status.
+    assert.ok(done.rttMs > 0 && done.bandwidthBytesPerSec > 0);
+    assert.equal(done.maxDowntimeMs, options.maxDowntimeMs);
+    assert.equal(done.autoConverge, false);
+    assert.equal(done.throttle.level, 0);
+    assert.equal(
+      done.pagesCopied,
+      done.rounds.reduce((sum, r) => sum + r.pages, 0) + done.blackout!.pages,
+      'pages copied: every round and the blackout',
+    );
+    runs.push(done);
+  }
+  const [tight, loose] = runs as [MigrationStatus, MigrationStatus];
+  assert.equal(tight.stopReason, 'max-rounds');
+  assert.equal(tight.rounds.length, 5);
+  assert.ok(tight.expectedDowntimeMs > 0, 'the blackout went ahead over its target, and says so');
+  assert.equal(loose.stopReason, 'converged');
+  assert.equal(loose.rounds.length, 1);
+
+  // A's metrics count both migrations.
+  const sum = (field: 'pagesCopied' | 'bytesSent') => runs.reduce((total, r) => total + r[field], 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 2);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="failed"}'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_pages_sent_total'), sum('pagesCopied'));
+  assert.equal(await metric(a.url, 'memfabric_migration_bytes_sent_total'), sum('bytesSent'));
+  assert.equal(await metric(a.url, 'memfabric_migration_rounds_total'), 6);
+  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), loose.blackout!.ms);
 });
