@@ -16,10 +16,12 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import { Appliance } from '../../src/appliance/index.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
+import { GATE_BLACKOUT, GATE_OPEN } from '../../src/appliance/region.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { resolveRegion } from '../../src/fabric/follow.js';
 import { ESHUTDOWN } from '../../src/nbd/constants.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
+import { adminProxy } from './admin-proxy.js';
 import { TEST_TOKEN, bearer, testAuth } from './harness.js';
 
 const KiB = 1024;
@@ -662,4 +664,78 @@ test('the downtime target decides when to black out; a writer loses no acknowled
   assert.equal(await metric(a.url, 'memfabric_migration_bytes_sent_total'), sum('bytesSent'));
   assert.equal(await metric(a.url, 'memfabric_migration_rounds_total'), 6);
   assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), loose.blackout!.ms);
+});
+
+function descriptor(generation: number): Record<string, unknown> {
+  return { format: 1, id: 'r-1', name: 'vol', generation, shards: [{ index: 0 }] };
+}
+
+test('in the blackout writes are refused with ESHUTDOWN and reads go on; a handover that fails reopens the gate', async (t) => {
+  const a = await start();
+  const b = await start();
+  const proxy = await adminProxy(b.url);
+  t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop(), proxy.close()]));
+  const created = await call(a.url, 'POST', '/v1/regions', {
+    name: 'bx',
+    size: 4 * MiB,
+    descriptor: descriptor(1),
+  });
+  assert.equal(created.status, 201);
+  const region = a.appliance.registry.require('bx');
+  region.write(0, pattern(8, MiB));
+  const bytes = bytesOf(a.appliance, 'bx');
+  // An NBD client that meets ESHUTDOWN disconnects (the server is going away): one per request.
+  const connect = async () => {
+    const client = await NbdClient.connect({ port: a.appliance.nbdAddress.port, exportName: 'bx' });
+    t.after(() => client.destroy());
+    return client;
+  };
+
+  // B's region is made (its answer held); the descriptor is replaced on A (so the handover
+  // sends it again) and on B with a higher generation (so B refuses that as stale).
+  const create = proxy.hold('POST', '/v1/regions');
+  const resend = proxy.hold('PUT', '/v1/regions/bx/descriptor');
+  await migrate(a.url, 'bx', { target: proxy.url });
+  await create.held;
+  assert.equal(
+    (await call(a.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(2) })).status,
+    200,
+  );
+  assert.equal(
+    (await call(b.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(5) })).status,
+    200,
+  );
+  create.release();
+
+  // The handover's PUT is answered and held: A is in its blackout.
+  await resend.held;
+  assert.equal((await call(a.url, 'GET', '/v1/regions/bx/migration')).json.state, 'blackout');
+  const refused = { errno: ESHUTDOWN, message: /in its migration blackout; nothing was written/ };
+  await assert.rejects((await connect()).write(0, Buffer.alloc(PAGE, 1)), refused);
+  await assert.rejects((await connect()).writeZeroes(PAGE, PAGE), refused);
+  await assert.rejects((await connect()).trim(2 * PAGE, PAGE), refused);
+  assert.ok((await (await connect()).read(0, MiB)).equals(bytes.subarray(0, MiB)), 'reads go on');
+  assert.equal(region.gate, GATE_BLACKOUT);
+  const put = await call(a.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(3) });
+  assert.equal(put.status, 409);
+  assert.equal((put.json.error as { code: string }).code, ErrorCodes.MIGRATING);
+  comparePages(bytesOf(a.appliance, 'bx'), bytes, 'A in the blackout');
+
+  // B refuses the resent descriptor: the migration fails, the gate reopens, B's copy goes.
+  resend.release();
+  const failed = await finished(a.url, 'bx');
+  assert.equal(failed.state, 'failed');
+  assert.equal(failed.error!.code, ErrorCodes.STALE_GENERATION);
+  assert.equal(failed.targetCleanedUp, true);
+  assert.equal(b.appliance.registry.find('bx'), undefined);
+  assert.equal(region.gate, GATE_OPEN);
+  assert.equal(region.space.writeGate, undefined, 'the engine took its gate off');
+  assert.equal(region.migrating, false);
+  assert.deepEqual(region.descriptor, descriptor(2));
+  // Writes go on, and nothing was lost.
+  const client = await connect();
+  await client.write(0, Buffer.alloc(PAGE, 1));
+  await client.disconnect();
+  bytes.fill(1, 0, PAGE);
+  comparePages(bytesOf(a.appliance, 'bx'), bytes, 'A after the failed handover');
 });
