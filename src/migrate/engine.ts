@@ -118,7 +118,7 @@ export interface PreCopyOptions {
   rttMs?: number;
 }
 
-export type MigrationPhase = 'copying' | 'blackout' | 'done' | 'failed';
+export type MigrationPhase = 'connecting' | 'copying' | 'blackout' | 'done' | 'failed';
 
 export interface MigrationProgress {
   phase: MigrationPhase;
@@ -372,9 +372,9 @@ export class PreCopyEngine {
       // The point of no return, in one synchronous step.
       gate.moved(transport.destination);
       committed = true;
+      this.phase = 'done';
       transport.commit();
       const downtimeMs = performance.now() - blackoutStart;
-      this.phase = 'done';
       this.progress(true);
       return {
         rounds: this.rounds,
@@ -400,6 +400,11 @@ export class PreCopyEngine {
       }
       throw error;
     }
+  }
+
+  /** Whether the handover happened (the space is moved; nothing can stop the migration now). */
+  get committed(): boolean {
+    return this.phase === 'done';
   }
 
   /** Where the migration stands. */
