@@ -148,9 +148,9 @@ export interface MigrationStatus {
   bandwidthBytesPerSec: number;
   /**
    * What a blackout would cost now, ms (before it); what the engine expected it to cost when it
-   * started it (after).
+   * started it (after). Null while it cannot be known (pages dirty, no bandwidth measured yet).
    */
-  expectedDowntimeMs: number;
+  expectedDowntimeMs: number | null;
   /** One NBD round trip to B, ms (the fastest of a few before the copy). */
   rttMs: number;
   /** Completed rounds. */
@@ -395,7 +395,7 @@ class Migration {
       dirtyRatePagesPerSec: progress.dirtyRatePagesPerSec,
       dirtyRateBytesPerSec: progress.dirtyRateBytesPerSec,
       bandwidthBytesPerSec: progress.bandwidthBytesPerSec,
-      expectedDowntimeMs: this.expectedDowntimeMs ?? progress.expectedDowntimeMs,
+      expectedDowntimeMs: finite(this.expectedDowntimeMs ?? progress.expectedDowntimeMs),
       rttMs: this.rttMs,
       rounds: this.rounds.map((r) => ({ ...r })),
       stopReason: this.stopReason,
@@ -706,6 +706,10 @@ export function publicEndpoint(nbd: Endpoint, adminUrl: string): Endpoint {
 function describe(error: unknown): { code: string; message: string } {
   if (error instanceof MemfabricError) return { code: error.code, message: error.message };
   return { code: ErrorCodes.INTERNAL, message: error instanceof Error ? error.message : String(error) };
+}
+
+function finite(value: number): number | null {
+  return Number.isFinite(value) ? value : null;
 }
 
 function round3(ms: number): number {

@@ -651,7 +651,7 @@ test('the downtime target decides when to black out; a writer loses no acknowled
   const [tight, loose] = runs as [MigrationStatus, MigrationStatus];
   assert.equal(tight.stopReason, 'max-rounds');
   assert.equal(tight.rounds.length, 5);
-  assert.ok(tight.expectedDowntimeMs > 0, 'the blackout went ahead over its target, and says so');
+  assert.ok(tight.expectedDowntimeMs! > 0, 'the blackout went ahead over its target, and says so');
   assert.equal(loose.stopReason, 'converged');
   assert.equal(loose.rounds.length, 1);
 
