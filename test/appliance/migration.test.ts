@@ -407,6 +407,16 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   await expect('/v1/regions/vm/migrate', { target: 'http://h:1', extra: 1 }, 400, ErrorCodes.BAD_REQUEST);
   await expect('/v1/regions/vm/migrate', { target: 'http://h:1', maxRounds: 0 }, 400, ErrorCodes.BAD_REQUEST);
   await expect('/v1/regions/vm/migrate', {}, 400, ErrorCodes.BAD_REQUEST);
+  const h = 'http://h:1';
+  await expect('/v1/regions/vm/migrate', { target: h, maxDowntimeMs: -1 }, 400, ErrorCodes.BAD_REQUEST);
+  await expect('/v1/regions/vm/migrate', { target: h, maxDowntimeMs: 'fast' }, 400, ErrorCodes.BAD_REQUEST);
+  // blackoutPages is gone: the downtime target replaced it.
+  await expect('/v1/regions/vm/migrate', { target: h, blackoutPages: 16 }, 400, ErrorCodes.BAD_REQUEST);
+  // Slowing a region's writers would stall the appliance: refused, saying what to do instead.
+  const converge = await call(a.url, 'POST', '/v1/regions/vm/migrate', { target: h, autoConverge: true });
+  assert.equal(converge.status, 400);
+  assert.equal((converge.json.error as { code: string }).code, ErrorCodes.INVALID_ARGUMENT);
+  assert.match((converge.json.error as { message: string }).message, /raise maxDowntimeMs or maxRounds/);
   await expect('/v1/regions/ro/migrate', { target: 'http://h:1' }, 409, ErrorCodes.READ_ONLY);
   const none = await call(a.url, 'GET', '/v1/regions/vm/migration');
   assert.equal(none.status, 404);
