@@ -606,7 +606,7 @@ test('the downtime target decides when to black out; a writer loses no acknowled
   const a = await start('128MiB');
   const b = await start('128MiB');
   t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
-  const size = 8 * MiB;
+  const size = 32 * MiB;
   const finishedBefore = (await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}')) ?? 0;
   assert.equal(finishedBefore, 0);
 
@@ -617,8 +617,8 @@ test('the downtime target decides when to black out; a writer loses no acknowled
     ['loose', { maxDowntimeMs: 3_600_000 }],
   ] as const) {
     const region = await a.appliance.registry.create({ name, size });
-    region.write(0, pattern(name.length, 1024 * PAGE));
-    region.writeZeroes(1024 * PAGE, 256 * PAGE, false);
+    region.write(0, pattern(name.length, 4096 * PAGE));
+    region.writeZeroes(4096 * PAGE, 1024 * PAGE, false);
     const model = bytesOf(a.appliance, name);
     const writer = nbdWriter(a.appliance.nbdAddress.port, name, model, name.length + 1);
     for (let poll = 0; poll < POLLS_MAX && writer.acked() < WRITER_OPS_BEFORE; poll++) {
