@@ -16,8 +16,8 @@
  * migrations under way, which leaves their regions here, before the regions are saved.
  */
 import type { FastifyInstance } from 'fastify';
-import type { Appliance } from './appliance.js';
 import type { Registry } from 'prom-client';
+import type { Appliance } from './appliance.js';
 import { registerMigrationMetrics } from './metrics.js';
 import { MAX_DOWNTIME_MAX_MS, MAX_ROUNDS_MAX, MigrationManager, type MigrateOptions } from './migration.js';
 

@@ -602,78 +602,86 @@ function nbdWriter(
   return { acked: () => acked, done: run() };
 }
 
+/** Runs of the test below: 5 in the suite, MIGRATE_RUNS in the soak (as test/migrate's). */
+const RUNS = Number(process.env.MIGRATE_RUNS ?? 5);
+
 test('the downtime target decides when to black out; a writer loses no acknowledged byte either way', async (t) => {
   const a = await start('128MiB');
   const b = await start('128MiB');
   t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
   const size = 32 * MiB;
-  const finishedBefore = (await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}')) ?? 0;
-  assert.equal(finishedBefore, 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 0);
 
   const runs: MigrationStatus[] = [];
-  // A target no blackout can meet (two round trips exceed 0 ms), then one any blackout meets.
-  for (const [name, options] of [
-    ['tight', { maxDowntimeMs: 0, maxRounds: 5 }],
-    ['loose', { maxDowntimeMs: 3_600_000 }],
-  ] as const) {
-    const region = await a.appliance.registry.create({ name, size });
-    region.write(0, pattern(name.length, 4096 * PAGE));
-    region.writeZeroes(4096 * PAGE, 1024 * PAGE, false);
-    const model = bytesOf(a.appliance, name);
-    const writer = nbdWriter(a.appliance.nbdAddress.port, name, model, name.length + 1);
-    for (let poll = 0; poll < POLLS_MAX && writer.acked() < WRITER_OPS_BEFORE; poll++) {
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
-    assert.ok(writer.acked() >= WRITER_OPS_BEFORE, 'the writer got going');
-    await migrate(a.url, name, { target: b.url, ...options });
-    const done = await finished(a.url, name);
-    const { acked, uncertain } = await writer.done;
-    assert.equal(done.state, 'done', JSON.stringify(done.error));
-    t.diagnostic(
-      `${name}: ${acked} ops acknowledged; rounds ${done.rounds.map((r) => `${r.pages}p/${r.ms}ms`).join(', ')}; ` +
-        `stop ${done.stopReason}; expected ${done.expectedDowntimeMs} ms, blackout ${done.blackout!.pages} pages in ${done.blackout!.ms} ms; ` +
-        `bandwidth ${Math.round(done.bandwidthBytesPerSec / MiB)} MiB/s, rtt ${done.rttMs} ms`,
-    );
+  for (let run = 0; run < RUNS; run++) {
+    // A target no blackout can meet (two round trips exceed 0 ms), then one any blackout meets.
+    for (const [kind, options] of [
+      ['tight', { maxDowntimeMs: 0, maxRounds: 5 }],
+      ['loose', { maxDowntimeMs: 3_600_000 }],
+    ] as const) {
+      const name = `${kind}${run}`;
+      const region = await a.appliance.registry.create({ name, size });
+      region.write(0, pattern(run, 4096 * PAGE));
+      region.writeZeroes(4096 * PAGE, 1024 * PAGE, false);
+      const model = bytesOf(a.appliance, name);
+      const writer = nbdWriter(a.appliance.nbdAddress.port, name, model, run * 2 + kind.length);
+      for (let poll = 0; poll < POLLS_MAX && writer.acked() < WRITER_OPS_BEFORE; poll++) {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      assert.ok(writer.acked() >= WRITER_OPS_BEFORE, 'the writer got going');
+      await migrate(a.url, name, { target: b.url, ...options });
+      const done = await finished(a.url, name);
+      const { acked, uncertain } = await writer.done;
+      assert.equal(done.state, 'done', JSON.stringify(done.error));
+      t.diagnostic(
+        `${name}: ${acked} ops acknowledged; rounds ${done.rounds.map((r) => `${r.pages}p/${r.ms}ms`).join(', ')}; ` +
+          `stop ${done.stopReason}; expected ${done.expectedDowntimeMs} ms, blackout ${done.blackout!.pages} pages in ${done.blackout!.ms} ms; ` +
+          `bandwidth ${Math.round(done.bandwidthBytesPerSec / MiB)} MiB/s, rtt ${done.rttMs} ms`,
+      );
 
-    // Every byte on B is the model's: every acknowledged op, nothing refused.
-    const onB = bytesOf(b.appliance, name);
-    if (uncertain) {
-      const start = uncertain.op.page * PAGE;
-      const end = start + uncertain.op.count * PAGE;
-      const applied = onB.subarray(start, end).equals(uncertain.after);
-      if (applied) uncertain.after.copy(model, start);
-      else comparePages(onB.subarray(start, end), model.subarray(start, end), `${name}: the op in flight`);
-    }
-    comparePages(onB, model, `${name} on B`);
+      // Every byte on B is the model's: every acknowledged op, nothing refused.
+      const onB = bytesOf(b.appliance, name);
+      if (uncertain) {
+        const start = uncertain.op.page * PAGE;
+        const end = start + uncertain.op.count * PAGE;
+        const applied = onB.subarray(start, end).equals(uncertain.after);
+        if (applied) uncertain.after.copy(model, start);
+        else comparePages(onB.subarray(start, end), model.subarray(start, end), `${name}: the op in flight`);
+      }
+      comparePages(onB, model, `${name} on B`);
+      await b.appliance.registry.delete(name);
 
-    // The engine's progress is in the status.
-    assert.ok(done.rttMs > 0 && done.bandwidthBytesPerSec > 0);
-    assert.equal(done.maxDowntimeMs, options.maxDowntimeMs);
-    assert.equal(done.autoConverge, false);
-    assert.equal(done.throttle.level, 0);
-    assert.equal(
-      done.pagesCopied,
-      done.rounds.reduce((sum, r) => sum + r.pages, 0) + done.blackout!.pages,
-      'pages copied: every round and the blackout',
-    );
-    runs.push(done);
+      // The downtime target decided; the engine's progress is in the status.
+      if (kind === 'tight') {
+        assert.equal(done.stopReason, 'max-rounds');
+        assert.equal(done.rounds.length, 5);
+        assert.ok(done.expectedDowntimeMs! > 0, 'the blackout went ahead over its target, and says so');
+      } else {
+        assert.equal(done.stopReason, 'converged');
+        assert.equal(done.rounds.length, 1);
+      }
+      assert.ok(done.rttMs > 0 && done.bandwidthBytesPerSec > 0);
+      assert.equal(done.maxDowntimeMs, options.maxDowntimeMs);
+      assert.equal(done.autoConverge, false);
+      assert.equal(done.throttle.level, 0);
+      assert.equal(
+        done.pagesCopied,
+        done.rounds.reduce((sum, r) => sum + r.pages, 0) + done.blackout!.pages,
+        'pages copied: every round and the blackout',
+      );
+      runs.push(done);
+    }
   }
-  const [tight, loose] = runs as [MigrationStatus, MigrationStatus];
-  assert.equal(tight.stopReason, 'max-rounds');
-  assert.equal(tight.rounds.length, 5);
-  assert.ok(tight.expectedDowntimeMs! > 0, 'the blackout went ahead over its target, and says so');
-  assert.equal(loose.stopReason, 'converged');
-  assert.equal(loose.rounds.length, 1);
 
-  // A's metrics count both migrations.
+  // A's metrics count every migration.
   const sum = (field: 'pagesCopied' | 'bytesSent') => runs.reduce((total, r) => total + r[field], 0);
   assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 0);
-  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 2);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 2 * RUNS);
   assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="failed"}'), 0);
   assert.equal(await metric(a.url, 'memfabric_migration_pages_sent_total'), sum('pagesCopied'));
   assert.equal(await metric(a.url, 'memfabric_migration_bytes_sent_total'), sum('bytesSent'));
-  assert.equal(await metric(a.url, 'memfabric_migration_rounds_total'), 6);
-  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), loose.blackout!.ms);
+  assert.equal(await metric(a.url, 'memfabric_migration_rounds_total'), 6 * RUNS);
+  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), runs.at(-1)!.blackout!.ms);
 });
 
 function descriptor(generation: number): Record<string, unknown> {
