@@ -20,6 +20,7 @@ import { heapCollectionsSuite } from './heap-collections.bench.js';
 import { durableSuite } from './durable.bench.js';
 import { fleetSuite } from './fleet.bench.js';
 import { mergerSuite } from './merger.bench.js';
+import { regionMigrationSuite } from './region-migration.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -37,6 +38,7 @@ const suites: Suite[] = [
   heapCollectionsSuite,
   durableSuite,
   fleetSuite,
+  regionMigrationSuite,
 ];
 
 const { values } = parseArgs({

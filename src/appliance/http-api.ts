@@ -273,7 +273,7 @@ export function createAdminApi(
   });
 
   registerChunkRoutes(app, appliance);
-  registerMigrationRoutes(app, appliance);
+  registerMigrationRoutes(app, appliance, metrics);
   registerNameRoutes(app, appliance);
 
   // A tenant gets what a client needs to place and reach regions (memory, endpoints), not the

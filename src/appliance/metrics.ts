@@ -4,6 +4,7 @@
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Appliance } from './appliance.js';
+import type { MigrationTotals } from './migration.js';
 
 /**
  * A counter or gauge whose values are read from the appliance at scrape time (prom-client's
@@ -282,4 +283,59 @@ export function createMetrics(appliance: Appliance): Registry {
     },
   );
   return registry;
+}
+
+/**
+ * Region migrations (migration.ts), read from the migration manager at scrape time: those under
+ * way, how they ended, what they sent, and the last blackout.
+ */
+export function registerMigrationMetrics(registry: Registry, read: () => MigrationTotals): void {
+  mirroredGauge(
+    registry,
+    'memfabric_migration_in_progress',
+    'Region migrations from this appliance under way.',
+    [],
+    () => [[{}, read().inProgress]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_finished_total',
+    'Region migrations from this appliance that ended, by outcome.',
+    ['outcome'],
+    () => {
+      const totals = read();
+      return [
+        [{ outcome: 'done' }, totals.done],
+        [{ outcome: 'failed' }, totals.failed],
+      ];
+    },
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_pages_sent_total',
+    'Pages region migrations sent to their targets (data, zero and trimmed pages; every round and blackout).',
+    [],
+    () => [[{}, read().pagesSent]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_bytes_sent_total',
+    'Bytes region migrations put on the wire to their targets (NBD request headers and data).',
+    [],
+    () => [[{}, read().bytesSent]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_rounds_total',
+    'Pre-copy rounds region migrations completed.',
+    [],
+    () => [[{}, read().rounds]],
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_migration_last_blackout_ms',
+    'The measured blackout of the last region migration that completed, ms (0 before the first).',
+    [],
+    () => [[{}, read().lastBlackoutMs ?? 0]],
+  );
 }

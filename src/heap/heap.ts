@@ -16,6 +16,7 @@
  * Roots are entry points (a map, a tree, a config struct), so a handful is enough; keep a
  * collection at one root for more.
  */
+import { unlink } from 'node:fs/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import { HeapAllocator, type AllocatorStats, type AllocatorCheckResult } from './allocator.js';
@@ -98,6 +99,27 @@ export class Heap implements HeapMemory {
       return new Heap(image, allocator, options);
     } catch (error) {
       await image.close({ checkpoint: false }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Creates a heap image at `options.path` whose contents `fill` writes into its space, then
+   * attaches the allocator and roots found there, checkpoints and returns the open heap. For a
+   * live migration's destination (src/migrate): the pages arrive from another process and
+   * already hold a whole heap. If `fill` or the attach fails, the new image is closed and
+   * removed (a file; an NBD export is left as created) and the error is rethrown.
+   */
+  static async receive(options: HeapOptions, fill: (space: AddressSpace) => Promise<void>): Promise<Heap> {
+    const image = await HeapImage.create(options);
+    try {
+      await fill(image.space);
+      const allocator = attach(image);
+      await image.checkpoint(allocator.stats().liveBytes);
+      return new Heap(image, allocator, options);
+    } catch (error) {
+      await image.close({ checkpoint: false }).catch(() => undefined);
+      if (!/^nbds?:\/\//.test(options.path)) await unlink(options.path).catch(() => undefined);
       throw error;
     }
   }

@@ -712,6 +712,24 @@ export class AddressSpace implements TranslationCache {
     return this.epoch;
   }
 
+  /**
+   * Raises the epoch to at least `epoch` (a new epoch begins unless it already is that high).
+   * For a space that continues another one (a live migration's destination): dirty-epoch
+   * numbers the program took on the source stay meaningful here, since every page written
+   * here from now on records an epoch at or above the source's.
+   */
+  continueEpoch(epoch: number): number {
+    this.assertLive();
+    if (!Number.isSafeInteger(epoch) || epoch < 1) {
+      throw invalidArgument(`epoch ${epoch} must be a whole number from 1`);
+    }
+    if (epoch > this.epoch) {
+      this.epoch = epoch - 1;
+      this.advanceEpoch();
+    }
+    return this.epoch;
+  }
+
   /** Calls `visit(page)` in ascending order for every page written or trimmed at epoch >= `since`. */
   forEachDirtyPage(since: number, visit: (page: number) => void): void {
     this.assertLive();

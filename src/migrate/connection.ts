@@ -125,15 +125,19 @@ export class MessageConnection {
   }
 
   /**
-   * Sends one frame. Resolves once the socket has taken it (wait before reusing the buffer);
-   * when the socket's buffer is full it waits for it to drain, so a fast sender is paced by
-   * the network instead of queueing without bound. Rejects once the connection has ended.
+   * Sends one frame. Resolves once the socket has handed it to the kernel (its write callback:
+   * only then may the buffer be reused — a frame partly written stays referenced by the socket
+   * even when write() returned true), so a fast sender is paced by the network instead of
+   * queueing without bound. Rejects once the connection has ended.
    */
   async send(frame: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
-    const flushed = this.socket.write(frame);
-    if (!flushed) await this.drained();
-    else await new Promise<void>((resolve) => setImmediate(resolve));
+    const written = new Promise<void>((resolve) => {
+      // Called on success and on failure (a destroyed socket calls back with an error); the
+      // failure itself is reported through `this.failure`.
+      this.socket.write(frame, () => resolve());
+    });
+    await Promise.race([written, this.closed]);
     if (this.failure) throw this.failure;
   }
 
@@ -175,19 +179,6 @@ export class MessageConnection {
   destroy(): void {
     this.fail(new MemfabricError(ErrorCodes.CONNECTION_CLOSED, 'the migration connection was closed'));
     this.socket.destroy();
-  }
-
-  private async drained(): Promise<void> {
-    if (this.failure) return;
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        this.socket.off('drain', done);
-        this.socket.off('close', done);
-        resolve();
-      };
-      this.socket.on('drain', done);
-      this.socket.on('close', done);
-    });
   }
 
   private deliver(type: number, payload: Buffer): void {

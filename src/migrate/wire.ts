@@ -220,6 +220,12 @@ export class PageBatchWriter {
    */
   add(page: number, kind: PageKind): Buffer | undefined {
     if (!this.fits(page, kind)) throw new RangeError('page batch is full');
+    const start = this.append(page, kind);
+    return start < 0 ? undefined : this.dataArea.subarray(start, start + this.pageSize);
+  }
+
+  /** Records the page (it fits); returns where a data page's bytes go in dataArea, else -1. */
+  private append(page: number, kind: PageKind): number {
     if (this.extends(page, kind)) {
       const at = (this.runs - 1) * RUN_BYTES;
       this.runTable.writeUInt32LE(this.runTable.readUInt32LE(at + 8) + 1, at + 8);
@@ -233,10 +239,27 @@ export class PageBatchWriter {
     this.lastPageEnd = page + 1;
     this.lastKind = kind;
     this.pages++;
-    if (kind !== PAGE_DATA) return undefined;
+    if (kind !== PAGE_DATA) return -1;
     const start = this.dataPages * this.pageSize;
     this.dataPages++;
-    return this.dataArea.subarray(start, start + this.pageSize);
+    return start;
+  }
+
+  /**
+   * Adds one page of `kind` at `page`, copying a data page's bytes from `bytes` (at most
+   * pageSize; a shorter source, the partial last page of a space, is padded with zeros).
+   * Returns false, adding nothing, when the batch is full. Unlike `add`, allocates nothing:
+   * for the migration engine's per-page loop.
+   */
+  put(page: number, kind: PageKind, bytes?: Uint8Array): boolean {
+    if (!this.fits(page, kind)) return false;
+    const start = this.append(page, kind);
+    if (start >= 0) {
+      const n = bytes === undefined ? 0 : Math.min(bytes.length, this.pageSize);
+      if (n > 0) this.dataArea.set(n === bytes!.length ? bytes! : bytes!.subarray(0, n), start);
+      if (n < this.pageSize) this.dataArea.fill(0, start + n, start + this.pageSize);
+    }
+    return true;
   }
 
   /**

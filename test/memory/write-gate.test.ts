@@ -74,3 +74,16 @@ test('a write the gate refuses changes nothing, bulk or scalar', () => {
   space.writeU32(8, 3);
   assert.equal(space.readU32(8), 3);
 });
+
+test('continueEpoch raises the epoch (never lowers it) so dirty epochs from another space stay meaningful', () => {
+  const { space } = setup();
+  space.writeU32(0, 1);
+  assert.equal(space.continueEpoch(40), 40);
+  space.writeU32(PAGE, 2);
+  assert.deepEqual([...space.dirtyPages(40)], [1]);
+  assert.equal(space.continueEpoch(10), 40);
+  assert.throws(
+    () => space.continueEpoch(0),
+    (error: MemfabricError) => error.code === ErrorCodes.INVALID_ARGUMENT,
+  );
+});

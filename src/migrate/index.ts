@@ -1,0 +1,35 @@
+/** Live migration of an address space or a heap between processes (issue 10): see docs/migration.md. */
+export {
+  Migration,
+  migrateSpace,
+  migrateHeap,
+  type MigrateOptions,
+  type SpaceMigrationReport,
+  type MigrationStatus,
+} from './migrate-space.js';
+export {
+  MigrationListener,
+  IncomingMigration,
+  HELLO_TIMEOUT_MS,
+  type ListenOptions,
+  type ReceiveSpaceOptions,
+  type IncomingProgress,
+} from './listener.js';
+export {
+  PreCopyEngine,
+  decideRound,
+  expectedDowntimeMs,
+  MAX_DOWNTIME_DEFAULT_MS,
+  MAX_ROUNDS_DEFAULT,
+  type PageSink,
+  type SinkMeasure,
+  type Handover,
+  type PreCopyOptions,
+  type MigrationPhase,
+  type MigrationProgress,
+  type MigrationReport,
+  type RoundReport,
+  type StopReason,
+} from './engine.js';
+export { type ThrottleReport } from './throttle.js';
+export { type MigrationMode, type MigrationKind } from './protocol.js';

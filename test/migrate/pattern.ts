@@ -1,0 +1,43 @@
+/**
+ * The QEMU migration-test pattern: every page holds a pattern derived from (page, counter), so
+ * any byte can be checked after a migration against the counter the writer last wrote there.
+ * Counter 0 means "never written" (the page reads as zeros).
+ */
+import type { AddressSpace } from '../../src/index.js';
+
+export function fillPage(page: Uint8Array, index: number, counter: number): Uint8Array {
+  const words = new Uint32Array(page.buffer, page.byteOffset, page.length >>> 2);
+  let x = (Math.imul(index + 1, 2654435761) ^ Math.imul(counter, 40503)) >>> 0;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x >>> 0;
+  }
+  words[0] = index;
+  words[1] = counter;
+  return page;
+}
+
+/** The first page whose bytes differ from its expected counter's pattern, described; else undefined. */
+export function checkPattern(
+  space: AddressSpace,
+  counters: Uint32Array,
+  pageCount = counters.length,
+): string | undefined {
+  const page = new Uint8Array(space.pageSize);
+  const want = new Uint8Array(space.pageSize);
+  for (let p = 0; p < pageCount; p++) {
+    space.read(p * space.pageSize, page);
+    if (counters[p] === 0) want.fill(0);
+    else fillPage(want, p, counters[p]!);
+    if (Buffer.compare(page, want) !== 0) {
+      const got = new Uint32Array(page.buffer, 0, 2);
+      return `page ${p}: expected counter ${counters[p]}, found page ${got[0]} counter ${got[1]}`;
+    }
+  }
+  return undefined;
+}
+
+/** Runs of the migrate tests: 5 in the suite, MIGRATE_RUNS in the soak. */
+export const RUNS = Number(process.env.MIGRATE_RUNS ?? 5);
