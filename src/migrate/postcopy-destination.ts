@@ -49,6 +49,7 @@ import {
   P_DUPLICATES,
   P_FAULTS,
   P_NOT_NEEDED,
+  P_PUSH_BATCHES,
   P_REMAINING,
   P_SLOTS,
   ProgressCells,
@@ -115,6 +116,8 @@ export interface PostCopyProgress {
   bytes: number;
   /** Copies that arrived after the page had (a push racing a fault): dropped. */
   duplicates: number;
+  /** Push messages whose pages are all in the store. */
+  pushBatches: number;
   /** Faults answered, and their latency in the store (request to page kept), upper bucket edges. */
   faults: number;
   faultLatencyP50Ms: number;
@@ -281,6 +284,7 @@ function readProgress(cells: ProgressCells): PostCopyProgress {
     remaining: f[P_REMAINING]!,
     bytes: f[P_BYTES]!,
     duplicates: f[P_DUPLICATES]!,
+    pushBatches: f[P_PUSH_BATCHES]!,
     faults: f[P_FAULTS]!,
     faultLatencyP50Ms: cells.latencyMs(0.5),
     faultLatencyP99Ms: cells.latencyMs(0.99),

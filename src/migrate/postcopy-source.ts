@@ -59,10 +59,10 @@ export interface PostCopySourceOptions {
   /** Pages per push message. Default 16: a fault waits behind at most one such batch. */
   pushBatchPages?: number;
   /**
-   * Awaited before each push batch with the batch's page count: paces the background push
+   * Awaited before each push batch with the batch's page count and the figures so far: paces the background push
    * (leave bandwidth to faults, or to other traffic). Default: push as fast as the network takes it.
    */
-  pace?: (pages: number) => Promise<void>;
+  pace?: (pages: number, progress: PostCopySourceProgress) => Promise<void>;
   /** How long to wait for the destination to prepare, resume and finish each step. Default 30 s. */
   stepTimeoutMs?: number;
   /** Called with the figures on each progress tick (every PROGRESS_INTERVAL_MS) and at the end. */
@@ -83,6 +83,8 @@ export interface PostCopySourceProgress {
   /** Pages neither sent nor given up. */
   remaining: number;
   bytesSent: number;
+  /** Push messages sent. */
+  pushBatches: number;
 }
 
 export interface PostCopySourceReport extends PostCopySourceProgress {
@@ -137,7 +139,7 @@ class PostCopySource {
   private dataPages = new Float64Array(0);
   /** 1 once a slot is sent (by fault or push) or given up by the destination. */
   private done = new Uint8Array(0);
-  private readonly counts = { served: 0, pushed: 0, notNeeded: 0, bytesSent: 0 };
+  private readonly counts = { served: 0, pushed: 0, notNeeded: 0, bytesSent: 0, pushBatches: 0 };
   private progressTimer: ReturnType<typeof setInterval> | undefined;
   private readonly stepTimeoutMs: number;
   private readonly sockets = new Set<Socket>();
@@ -304,7 +306,8 @@ class PostCopySource {
         if (this.done[slot] === 0) picked[count++] = slot;
       }
       if (count === 0) break;
-      if (this.options.pace) await this.race(this.options.pace(count), 'take the paced push');
+      if (this.options.pace)
+        await this.race(this.options.pace(count, this.progress()), 'take the paced push');
       this.check();
       writer.reset();
       writer.prefix.writeUInt32LE(PAGES_PUSHED, 0);
@@ -321,6 +324,7 @@ class PostCopySource {
       if (sent === 0) continue;
       const frame = writer.seal(PS_PAGES);
       this.counts.pushed += sent;
+      this.counts.pushBatches++;
       this.counts.bytesSent += frame.length;
       await this.race(this.store!.send(frame), 'take the pushed pages');
     }
@@ -372,7 +376,7 @@ class PostCopySource {
   }
 
   private progress(): PostCopySourceProgress {
-    const { served, pushed, notNeeded, bytesSent } = this.counts;
+    const { served, pushed, notNeeded, bytesSent, pushBatches } = this.counts;
     return {
       pages: this.slots,
       served,
@@ -380,6 +384,7 @@ class PostCopySource {
       notNeeded,
       remaining: Math.max(0, this.slots - served - pushed - notNeeded),
       bytesSent,
+      pushBatches,
     };
   }
 

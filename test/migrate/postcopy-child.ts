@@ -30,12 +30,14 @@ function send(message: unknown): void {
   process.send!(message);
 }
 
-async function pace(): Promise<void> {
+async function pace(_pages: number, progress: { pushBatches: number }): Promise<void> {
+  send({ type: 'paced', pushBatches: progress.pushBatches });
   while (tokens === 0) await new Promise<void>((resolve) => (tokenWaiter = resolve));
   tokens--;
 }
 
 async function migrate(command: Migrate): Promise<void> {
+  tokens = 0;
   const space = buildSource(command.shape);
   const connection = await MessageConnection.connect({ host: '127.0.0.1', port: command.port });
   send({
