@@ -56,6 +56,17 @@ export class SourceChild {
     this.process.send(message as never);
   }
 
+  /** A message of `type` already received, taken, or undefined. */
+  take(type: string): ChildMessage | undefined {
+    const at = this.inbox.findIndex((message) => message.type === type);
+    return at >= 0 ? this.inbox.splice(at, 1)[0] : undefined;
+  }
+
+  /** Forgets every message received so far. */
+  clear(): void {
+    this.inbox.length = 0;
+  }
+
   /** The next message of `type` (earlier ones of other types are kept). */
   async next(type: string): Promise<ChildMessage> {
     const deadline = Date.now() + WAIT_MS;
