@@ -19,6 +19,8 @@ import {
   PC_COMPLETE,
   PC_OFFER,
   PC_PREPARED,
+  PC_PROGRESS,
+  PC_RESUMED,
   PC_SWITCHOVER,
   PS_ATTACH,
   PS_ATTACHED,
@@ -43,6 +45,7 @@ function inbox(connection: MessageConnection): (type?: number) => Promise<Receiv
   const queue: Received[] = [];
   let wake: (() => void) | undefined;
   connection.onMessage((type, payload) => {
+    if (type === PC_PROGRESS) return; // the source's heartbeat
     queue.push({ type, payload: Buffer.from(payload) });
     wake?.();
   });
@@ -110,6 +113,7 @@ test('post-copy source: page server, gate, map, faults and push order', async ()
   const epochs = Array.from({ length: shape.pages }, (_, page) => space.pageEpoch(page));
   main.post(encodeJsonFrame(PC_PREPARED, {}));
   const { header, runs } = decodeSwitchover((await nextMain(PC_SWITCHOVER)).payload, shape.pages);
+  main.post(encodeJsonFrame(PC_RESUMED, {}));
   assert.throws(() => space.writeU8(0, 1), typedError(ErrorCodes.MIGRATING, 'has moved'));
   assert.throws(() => space.trim(0, 4096), typedError(ErrorCodes.MIGRATING));
   assert.equal(header.epoch, space.epoch);
