@@ -386,14 +386,23 @@ class Inbox {
           }
           return;
         }
-        if (cells.state === STATE_LOST) {
+        const now = performance.now();
+        // A check that comes late (this thread was busy) runs before the socket's news is read:
+        // judge silence only from a check that came on time.
+        const onTime = now - lastCheck < 2 * PROGRESS_INTERVAL_MS;
+        lastCheck = now;
+        if (cells.state === STATE_COMPLETE && !this.connection.isOpen) {
+          // Every page is here: the source's last word does not matter any more.
+          finish();
+        } else if (cells.state === STATE_LOST) {
           finish(sourceLost('the page store lost its connection to it'));
         } else if (!this.connection.isOpen) {
           finish(sourceLost(this.connection.error?.message ?? 'the connection to it closed'));
-        } else if (performance.now() - this.lastHeard > Math.max(this.silenceMs, 3 * PROGRESS_INTERVAL_MS)) {
+        } else if (onTime && now - this.lastHeard > Math.max(this.silenceMs, 3 * PROGRESS_INTERVAL_MS)) {
           finish(sourceLost(`nothing heard from it for ${this.silenceMs} ms`));
         }
       };
+      let lastCheck = performance.now();
       this.waiter = check;
       this.onProgress = () => onProgress?.(progress());
       void this.connection.closed.then(check);
