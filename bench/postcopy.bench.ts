@@ -155,11 +155,11 @@ export const postcopySuite: Suite = {
   name: 'postcopy',
   async run(context: BenchContext): Promise<void> {
     const bytes = (context.quick ? 64 : 1024) * MiB;
-    const process = fork(CHILD, [], {
+    const sourceProcess = fork(CHILD, [], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    const child = new Child(process);
+    const child = new Child(sourceProcess);
     try {
       await child.next('ready');
       child.send({ cmd: 'build', bytes });
@@ -214,7 +214,7 @@ export const postcopySuite: Suite = {
       });
     } finally {
       child.send({ cmd: 'exit' });
-      await once(process, 'exit');
+      await once(sourceProcess, 'exit');
     }
   },
 };

@@ -136,7 +136,9 @@ class PostCopySource {
   private switchedOver = false;
   private completeSent = false;
   private slots = 0;
-  private dataPages = new Float64Array(0);
+  /** The data runs: run r covers pages [dataFirst[r], …) as slots [dataSlot[r], dataSlot[r + 1]). */
+  private dataFirst = new Float64Array(0);
+  private dataSlot = new Float64Array(1);
   /** 1 once a slot is sent (by fault or push) or given up by the destination. */
   private done = new Uint8Array(0);
   private readonly counts = { served: 0, pushed: 0, notNeeded: 0, bytesSent: 0, pushBatches: 0 };
@@ -182,12 +184,11 @@ class PostCopySource {
     this.options.onSwitchover?.();
     this.progressTimer = setInterval(() => this.tick(), PROGRESS_INTERVAL_MS);
     this.progressTimer.unref();
-    const pushing = this.push();
-    // Awaited below; a failure before then must not count as unhandled.
-    pushing.catch(() => undefined);
+    // Faults are served from here on; the push (whose order takes a pass over every page)
+    // starts once the destination runs, so it adds nothing to the blackout.
     await this.expect(PC_RESUMED, 'resume');
     const switchoverMs = performance.now() - started;
-    await pushing;
+    await this.push();
     await this.waitHaveAll();
     this.completeSent = true;
     await this.connection.send(encodeJsonFrame(PC_COMPLETE, this.progress()));
@@ -222,7 +223,10 @@ class PostCopySource {
     const pageSize = this.pageSize;
     let runs = new Float64Array(3 * 64);
     let runCount = 0;
-    const data: number[] = [];
+    // Data runs only, not one entry per page: the switchover is the blackout, keep it O(runs).
+    const dataFirst: number[] = [];
+    const dataSlot: number[] = [0];
+    let slots = 0;
     let zeroPages = 0;
     let addr = 0;
     space.extents(0, space.size, (length, flags) => {
@@ -245,16 +249,21 @@ class PostCopySource {
         at += count;
       }
       if (kind === PAGE_ZERO) zeroPages += end - first;
-      else for (let page = first; page < end && data.length <= SLOTS_MAX; page++) data.push(page);
+      else {
+        dataFirst.push(first);
+        slots += end - first;
+        dataSlot.push(slots);
+      }
     });
-    if (data.length > SLOTS_MAX) {
+    if (slots > SLOTS_MAX) {
       space.writeGate = previous;
       throw invalidArgument(
         `post-copy moves at most ${SLOTS_MAX} data pages, this space has more; use pre-copy or larger pages`,
       );
     }
-    this.dataPages = Float64Array.from(data);
-    this.slots = data.length;
+    this.dataFirst = Float64Array.from(dataFirst);
+    this.dataSlot = Float64Array.from(dataSlot);
+    this.slots = slots;
     this.done = new Uint8Array(this.slots);
     this.switchedOver = true;
     this.store!.post(encodeJsonFrame(PS_SLOTS, { slots: this.slots }));
@@ -267,13 +276,25 @@ class PostCopySource {
   // ---------------------------------------------------------------------------------------
   // Moving pages
 
+  /** The page slot `slot` stands for (a binary search over the data runs). */
+  private pageOf(slot: number): number {
+    let lo = 0;
+    let hi = this.dataFirst.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.dataSlot[mid]! <= slot) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.dataFirst[lo]! + (slot - this.dataSlot[lo]!);
+  }
+
   /** The push order: slots by descending page epoch, ascending within one epoch. */
   private pushOrder(): Float64Array {
     const slots = this.slots;
     const epochs = new Float64Array(slots);
     let newest = 0;
     for (let slot = 0; slot < slots; slot++) {
-      const epoch = this.space.pageEpoch(this.dataPages[slot]!);
+      const epoch = this.space.pageEpoch(this.pageOf(slot));
       epochs[slot] = epoch;
       if (epoch > newest) newest = epoch;
     }
@@ -317,7 +338,7 @@ class PostCopySource {
         const slot = picked[i]!;
         // Served by a fault, or given up, while the pace was awaited.
         if (this.done[slot] !== 0) continue;
-        writer.add(slot, PAGE_DATA)!.set(this.space.borrowPageForRead(this.dataPages[slot]!));
+        writer.add(slot, PAGE_DATA)!.set(this.space.borrowPageForRead(this.pageOf(slot)));
         this.done[slot] = 1;
         sent++;
       }
@@ -340,7 +361,7 @@ class PostCopySource {
     writer.prefix.writeUInt32LE(PAGES_FAULTED, 0);
     writer.prefix.writeUInt32LE(0, 4);
     for (const slot of slots) {
-      writer.add(slot, PAGE_DATA)!.set(this.space.borrowPageForRead(this.dataPages[slot]!));
+      writer.add(slot, PAGE_DATA)!.set(this.space.borrowPageForRead(this.pageOf(slot)));
       if (this.done[slot] === 0) {
         this.done[slot] = 1;
         this.counts.served++;
