@@ -8,6 +8,12 @@ export interface SourceShape {
   seed: number;
   pages: number;
   pageSize: number;
+  /** Bytes of the space, when not pages · pageSize (the last page is then partial). */
+  size?: number;
+}
+
+function sizeOf(shape: SourceShape): number {
+  return shape.size ?? shape.pages * shape.pageSize;
 }
 
 /** What page `page` of the source holds: 'data' (see pageBytes), 'zero' or 'hole'. */
@@ -34,19 +40,22 @@ export function pageBytes(shape: SourceShape, page: number): Buffer {
 /** The source space: data pages written over several epochs (so the push order has work). */
 export function buildSource(shape: SourceShape): AddressSpace {
   const pool = new FramePool({ pageSize: shape.pageSize, capacity: (shape.pages + 8) * shape.pageSize });
-  const space = new AddressSpace(pool, { size: shape.pages * shape.pageSize });
+  const size = sizeOf(shape);
+  const space = new AddressSpace(pool, { size });
   for (let page = 0; page < shape.pages; page++) {
     if (page % 7 === 0) space.advanceEpoch();
     const kind = pageKind(shape, page);
-    if (kind === 'data') space.write(page * shape.pageSize, pageBytes(shape, page));
-    else if (kind === 'zero') space.writeZeroes(page * shape.pageSize, shape.pageSize);
+    const at = page * shape.pageSize;
+    const length = Math.min(shape.pageSize, size - at);
+    if (kind === 'data') space.write(at, pageBytes(shape, page).subarray(0, length));
+    else if (kind === 'zero') space.writeZeroes(at, length);
   }
   return space;
 }
 
 /** The whole space's bytes at the switchover. */
 export function expectedImage(shape: SourceShape): Buffer {
-  const image = Buffer.alloc(shape.pages * shape.pageSize);
+  const image = Buffer.alloc(sizeOf(shape));
   for (let page = 0; page < shape.pages; page++) {
     if (pageKind(shape, page) === 'data') pageBytes(shape, page).copy(image, page * shape.pageSize);
   }

@@ -153,3 +153,26 @@ test('the destination continues the source epoch: its writes are dirty since the
     await pager.close();
   }
 });
+
+test('a space whose size is not a whole number of pages moves whole, its partial last page too', async () => {
+  // 40 pages, the last one 1000 bytes long; seed 2 makes the last page a data page.
+  const shape: SourceShape = { seed: 2, pages: 40, pageSize: PAGE_SIZE, size: 39 * PAGE_SIZE + 1000 };
+  const model = expectedImage(shape);
+  const { destination } = await startMigration(child, shape, { paced: true });
+  const { space, pager } = destination;
+  try {
+    assert.equal(space.size, shape.size);
+    const tail = Buffer.alloc(1000);
+    space.read(39 * PAGE_SIZE, tail); // a fault of the partial page
+    assert.ok(tail.equals(model.subarray(39 * PAGE_SIZE)));
+    child.send({ cmd: 'push', batches: 1_000_000 });
+    await destination.completed;
+    await child.next('done');
+    const got = Buffer.alloc(model.length);
+    space.read(0, got);
+    assert.ok(got.equals(model));
+  } finally {
+    space.destroy();
+    await pager.close();
+  }
+});
