@@ -160,9 +160,13 @@ class PostCopySource {
     });
     void connection.closed.then(() => {
       if (this.haveAll && this.completeSent) return;
+      const error = connection.error;
       this.fail(
-        connection.error ??
-          new MemfabricError(ErrorCodes.CONNECTION_CLOSED, 'the migration destination closed the connection'),
+        new MemfabricError(
+          error?.code ?? ErrorCodes.CONNECTION_CLOSED,
+          `the migration destination disconnected ${this.switchedOver ? 'after' : 'before'} the switchover` +
+            `${error ? ` (${error.message})` : ''}${this.outcome()}`,
+        ),
       );
     });
   }
@@ -473,10 +477,7 @@ class PostCopySource {
             new MemfabricError(
               ErrorCodes.CONNECTION_CLOSED,
               `the destination's page store disconnected ${this.switchedOver ? 'after' : 'before'} the switchover` +
-                `${peer.error ? ` (${peer.error.message})` : ''}` +
-                (this.switchedOver
-                  ? '; the space now lives at the destination (this side holds it as of the switchover)'
-                  : '; the migration failed and this side keeps its space'),
+                `${peer.error ? ` (${peer.error.message})` : ''}${this.outcome()}`,
             ),
           );
         }
@@ -562,13 +563,17 @@ class PostCopySource {
     }
   }
 
+  /** What a failure leaves: before the switchover the source keeps its space, after it the destination owns it. */
+  private outcome(): string {
+    return this.switchedOver
+      ? '; the space now lives at the destination (this side holds it as of the switchover, gated)'
+      : '; the migration failed and this side keeps its space';
+  }
+
   private timedOut(what: string): MemfabricError {
     const error = new MemfabricError(
       ErrorCodes.TIMEOUT,
-      `the post-copy destination did not ${what} within ${this.stepTimeoutMs} ms` +
-        (this.switchedOver
-          ? '; the space now lives at the destination (this side holds it as of the switchover)'
-          : '; the migration failed and this side keeps its space'),
+      `the post-copy destination did not ${what} within ${this.stepTimeoutMs} ms${this.outcome()}`,
     );
     this.fail(error);
     return error;

@@ -201,3 +201,41 @@ test('post-copy source: a destination that never prepares leaves the source runn
   assert.equal(space.readU8(0), 1);
   space.destroy();
 });
+
+test('post-copy source: the destination lost after the switchover fails the migration; the space stays moved, readable as of the switchover', async () => {
+  const shape: SourceShape = { seed: 44, pages: 32, pageSize: 4096 };
+  const space = buildSource(shape);
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection').then(([socket]) => socket as Socket);
+  const { port } = server.address() as { port: number };
+  const sourceSide = await MessageConnection.connect({ host: '127.0.0.1', port });
+  const main = new MessageConnection(await accepted);
+  server.close();
+  const nextMain = inbox(main);
+  const running = runPostCopySource(space, sourceSide, {
+    migrationId: 'y',
+    pace: () => new Promise(() => undefined),
+  });
+  running.catch(() => undefined);
+  const offer = decodeJson<{ port: number }>((await nextMain(PC_OFFER)).payload);
+  const store = await MessageConnection.connect({ host: '127.0.0.1', port: offer.port });
+  const nextStore = inbox(store);
+  store.post(encodeJsonFrame(PS_ATTACH, { migrationId: 'y' }));
+  await nextStore(PS_ATTACHED);
+  main.post(encodeJsonFrame(PC_PREPARED, {}));
+  await nextMain(PC_SWITCHOVER);
+  main.post(encodeJsonFrame(PC_RESUMED, {}));
+  // The destination dies: both its connections go at once.
+  store.destroy();
+  main.destroy();
+  await assert.rejects(
+    running,
+    typedError(ErrorCodes.CONNECTION_CLOSED, 'the space now lives at the destination'),
+  );
+  assert.throws(() => space.writeU8(0, 1), typedError(ErrorCodes.MIGRATING));
+  const first = [...Array(shape.pages).keys()].find((p) => pageKind(shape, p) === 'data')!;
+  assert.equal(space.readU32(first * 4096), pageBytes(shape, first).readUInt32LE(0));
+  space.destroy();
+});
