@@ -47,7 +47,16 @@ import {
   encodeSwitchover,
   type OfferMessage,
 } from './postcopy-protocol.js';
-import { PAGE_DATA, PAGE_ZERO, PageBatchWriter, decodeJson, encodeJsonFrame, protocolError } from './wire.js';
+import {
+  FRAME_PAYLOAD_MAX,
+  PAGE_DATA,
+  PAGE_ZERO,
+  PageBatchWriter,
+  RUN_BYTES,
+  decodeJson,
+  encodeJsonFrame,
+  protocolError,
+} from './wire.js';
 
 export interface PostCopySourceOptions {
   /** The migration's id (from the handshake): the page server serves only a store that presents it. */
@@ -101,6 +110,8 @@ const STEP_TIMEOUT_DEFAULT_MS = 30_000;
 const PUSH_BATCH_DEFAULT = 16;
 /** Most slots post-copy moves: the destination's store numbers them in 31 bits, beside its own. */
 const SLOTS_MAX = 2 ** 30;
+/** Runs one switchover message carries (16 bytes each, with room for its header). */
+const RUNS_MAX = Math.floor((FRAME_PAYLOAD_MAX - 4096) / RUN_BYTES);
 
 /**
  * Runs the source's side of a post-copy migration over `connection` (the handshake is done).
@@ -216,7 +227,10 @@ class PostCopySource {
   // ---------------------------------------------------------------------------------------
   // The switchover
 
-  /** Closes the gate for good, takes the page map and hands the space over. Synchronous. */
+  /**
+   * Closes the gate for good, takes the page map and hands the space over. Synchronous. A space
+   * whose map cannot go (too many pages or runs) gets its gate back and stays here.
+   */
   private switchover(): number {
     const space = this.space;
     const previous = space.writeGate;
@@ -224,6 +238,16 @@ class PostCopySource {
     space.writeGate = movedGate(this.options.migrationId, where);
     // Same synchronous step as the gate: no cached writable translation survives it.
     space.flushTranslations();
+    try {
+      return this.handOver();
+    } catch (error) {
+      space.writeGate = previous;
+      throw error;
+    }
+  }
+
+  private handOver(): number {
+    const space = this.space;
     const pageSize = this.pageSize;
     let runs = new Float64Array(3 * 64);
     let runCount = 0;
@@ -259,8 +283,12 @@ class PostCopySource {
         dataSlot.push(slots);
       }
     });
+    if (runCount > RUNS_MAX) {
+      throw invalidArgument(
+        `this space's page map has ${runCount} runs, more than one message carries (${RUNS_MAX}); use pre-copy`,
+      );
+    }
     if (slots > SLOTS_MAX) {
-      space.writeGate = previous;
       throw invalidArgument(
         `post-copy moves at most ${SLOTS_MAX} data pages, this space has more; use pre-copy or larger pages`,
       );
