@@ -103,6 +103,7 @@ export class MigrationSourceStore implements PageStore {
   private rejectMapped!: (error: unknown) => void;
   private lost: MemfabricError | undefined;
   private complete = false;
+  private closing = false;
   private notNeeded: number[] = [];
   private notNeededQueued = false;
 
@@ -245,14 +246,22 @@ export class MigrationSourceStore implements PageStore {
   }
 
   async close(): Promise<void> {
-    await this.guard.close(async () => {
+    if (!this.closing) {
       // Closing the pager ends the migration from this side (the source sees the store go).
+      // Faults still waiting end now, not when their timeout fires: close must not wait on them.
+      this.closing = true;
       this.connection.destroy();
       const closed = new MemfabricError(ErrorCodes.STORE_CLOSED, `page store ${this.name} was closed`);
-      for (const fetch of this.fetches.values()) fetch.reject(closed);
+      for (const [slot, fetch] of this.fetches) {
+        clearTimeout(fetch.timer);
+        this.landing.delete(slot);
+        this.state[slot] = REMOTE;
+        fetch.reject(closed);
+      }
       this.fetches.clear();
-      await this.local.close();
-    });
+      this.rejectMapped(closed);
+    }
+    await this.guard.close(() => this.local.close());
   }
 
   // ---------------------------------------------------------------------------------------
@@ -370,7 +379,7 @@ export class MigrationSourceStore implements PageStore {
 
   /** The source is gone: every fault waiting fails, and so will every read of a REMOTE slot. */
   private lose(error: MemfabricError): void {
-    if (this.lost || this.complete) return;
+    if (this.lost || this.complete || this.closing) return;
     this.lost = error;
     this.progress.state = STATE_LOST;
     this.rejectMapped(error);

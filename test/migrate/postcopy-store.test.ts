@@ -227,3 +227,12 @@ test('a page server that refuses the id fails the open with its error', async ()
   );
   server.close();
 });
+
+test('closing the store with a fault waiting ends the fault at once (STORE_CLOSED), not at its timeout', async () => {
+  const s = await scripted(600_000);
+  const pending = read(s.store, 4);
+  await s.next(PS_FETCH);
+  await s.store.close();
+  await assert.rejects(pending, typedError(ErrorCodes.STORE_CLOSED));
+  await s.peer.closed;
+});
