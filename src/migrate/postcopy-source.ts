@@ -359,8 +359,8 @@ class PostCopySource {
         if (this.done[slot] === 0) picked[count++] = slot;
       }
       if (count === 0) break;
-      if (this.options.pace)
-        await this.race(this.options.pace(count, this.progress()), 'take the paced push');
+      // The caller's own pace: no step timeout, but the migration failing ends the wait.
+      if (this.options.pace) await this.race(this.options.pace(count, this.progress()), undefined);
       this.check();
       writer.reset();
       writer.prefix.writeUInt32LE(PAGES_PUSHED, 0);
@@ -572,11 +572,11 @@ class PostCopySource {
     }
   }
 
-  /** `promise`, unless the migration fails first or the step outlasts stepTimeoutMs. */
-  private async race<T>(promise: Promise<T>, what: string): Promise<T> {
+  /** `promise`, unless the migration fails first or (`what` given) the step outlasts stepTimeoutMs. */
+  private async race<T>(promise: Promise<T>, what: string | undefined): Promise<T> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(this.timedOut(what)), this.stepTimeoutMs);
+      if (what !== undefined) timer = setTimeout(() => reject(this.timedOut(what)), this.stepTimeoutMs);
     });
     try {
       return await Promise.race([
