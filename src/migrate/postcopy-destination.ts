@@ -98,6 +98,13 @@ export interface PostCopyDestinationOptions {
   stepTimeoutMs?: number;
   /** Called on each progress tick of the source (every PROGRESS_INTERVAL_MS) and at the end. */
   onProgress?: (progress: PostCopyProgress) => void;
+  /**
+   * Once every page has moved, bring the moved pages the program has not touched into frames in
+   * the background (without blocking its thread), so their first use takes no fault at all.
+   * Default: on when the budget holds every data page, off otherwise (warming a space larger
+   * than its budget would only evict the working set).
+   */
+  warm?: boolean;
 }
 
 export interface PostCopyProgress {
@@ -143,6 +150,12 @@ export interface PostCopyDestination {
   readonly completed: Promise<PostCopyReport>;
   progress(): PostCopyProgress;
   readonly switchoverMs: number;
+  /**
+   * Resolves once the moved pages are resident after completion (see the `warm` option); at
+   * completion when warming is off. Never rejects: warming is a hint (a page evicted again, or a
+   * space destroyed meanwhile, only ends it early).
+   */
+  readonly warmed: Promise<void>;
 }
 
 const STEP_TIMEOUT_DEFAULT_MS = 30_000;
@@ -227,7 +240,12 @@ export async function receivePostCopy(
       return { ...progress(), switchoverMs, totalMs: performance.now() - received };
     });
     completed.catch(() => undefined);
-    return { space, pager, completed, progress, switchoverMs };
+    const warm = options.warm ?? header.slots <= 0.9 * Math.floor(budgetBytes / pageSize);
+    const warmed = completed.then(
+      () => (warm ? warmUp(space, runs) : undefined),
+      () => undefined,
+    );
+    return { space, pager, completed, progress, switchoverMs, warmed };
   } catch (error) {
     inbox.stop();
     connection.abort(
@@ -269,6 +287,31 @@ function install(
       space.installStored(run.first + done, entries);
       done += n;
     }
+  }
+}
+
+/**
+ * Loads the data runs into frames without blocking (the pager's async load): a page written or
+ * trimmed meanwhile keeps what the program put there (a load installs a page only if its entry
+ * is still the one it read). Stops quietly at the first refusal (space destroyed, pager closed).
+ */
+async function warmUp(
+  space: AddressSpace,
+  runs: { first: number; count: number; kind: number }[],
+): Promise<void> {
+  const pageSize = space.pageSize;
+  try {
+    for (const run of runs) {
+      if (run.kind !== PAGE_DATA) continue;
+      for (let done = 0; done < run.count; done += INSTALL_CHUNK) {
+        const first = run.first + done;
+        const end = Math.min(run.first + run.count, first + INSTALL_CHUNK);
+        const length = Math.min(space.size, end * pageSize) - first * pageSize;
+        await space.load(first * pageSize, length);
+      }
+    }
+  } catch {
+    // A hint only: see above.
   }
 }
 

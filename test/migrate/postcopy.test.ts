@@ -176,3 +176,28 @@ test('a space whose size is not a whole number of pages moves whole, its partial
     await pager.close();
   }
 });
+
+test('once every page has moved, the untouched ones come into frames in the background: their first read takes no fault', async () => {
+  const shape: SourceShape = { seed: 9, pages: 256, pageSize: PAGE_SIZE };
+  const model = expectedImage(shape);
+  const { destination } = await startMigration(child, shape, { paced: true, budget: 512 * PAGE_SIZE });
+  const { space, pager } = destination;
+  try {
+    child.send({ cmd: 'push', batches: 1_000_000 });
+    await destination.completed;
+    await child.next('done');
+    // Written while the warming runs: the warming must not bring the old bytes back over it.
+    space.write(10 * PAGE_SIZE, Buffer.alloc(PAGE_SIZE, 0xab));
+    model.fill(0xab, 10 * PAGE_SIZE, 11 * PAGE_SIZE);
+    await destination.warmed;
+    const faults = pager.stats().faults;
+    const got = Buffer.alloc(model.length);
+    space.read(0, got);
+    assert.ok(got.equals(model));
+    assert.equal(pager.stats().faults, faults, 'no page faulted after warming');
+    assert.ok(pager.stats().asyncLoads > 0);
+  } finally {
+    space.destroy();
+    await pager.close();
+  }
+});
