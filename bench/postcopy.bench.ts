@@ -121,6 +121,8 @@ async function faultLatency(
   const destination = await receivePostCopy(connection, hello, {
     budget: bytes + 64 * PAGE,
     local: { kind: 'memory' },
+    // One page per fault: the figure is a fault's own latency, not a read-ahead's hit.
+    readAhead: 0,
   });
   const { space } = destination;
   const pages = bytes / PAGE;

@@ -48,6 +48,7 @@ import {
   P_BY_PUSH,
   P_DUPLICATES,
   P_FAULTS,
+  P_IN_FLIGHT,
   P_NOT_NEEDED,
   P_PUSH_BATCHES,
   P_REMAINING,
@@ -90,6 +91,11 @@ export interface PostCopyDestinationOptions {
    * moved could fail with MF_POSTCOPY_SOURCE_LOST because its neighbour had not.
    */
   prefetch?: number;
+  /**
+   * Data pages after a faulted one that the store asks the source for with it (they land in the
+   * store's local part, so a program reading on finds them there). 0 to 256, default 8.
+   */
+  readAhead?: number;
   /** Trust domain of the new space (see AddressSpaceOptions). */
   domain?: string;
   /** The source's address for the page server. Default the address the main connection reaches. */
@@ -111,7 +117,7 @@ export interface PostCopyProgress {
   state: 'moving' | 'complete' | 'lost';
   /** Data pages to move (zero pages and holes came with the map). */
   pages: number;
-  /** Pages whose first copy came by a fault. */
+  /** Pages whose first copy came by a fault (or the fault's read-ahead). */
   byFault: number;
   /** Pages whose first copy came by the push. */
   byPush: number;
@@ -123,6 +129,8 @@ export interface PostCopyProgress {
   bytes: number;
   /** Copies that arrived after the page had (a push racing a fault): dropped. */
   duplicates: number;
+  /** Pages asked of the source (faults and their read-ahead) and not arrived yet. */
+  inFlight: number;
   /** Push messages whose pages are all in the store. */
   pushBatches: number;
   /** Faults answered, and their latency in the store (request to page kept), upper bucket edges. */
@@ -210,6 +218,7 @@ export async function receivePostCopy(
         faultTimeoutMs,
         progress: progressBuffer,
         ...(options.local ? { local: options.local } : {}),
+        ...(options.readAhead === undefined ? {} : { readAhead: options.readAhead }),
       },
     });
     connection.post(encodeJsonFrame(PC_PREPARED, {}));
@@ -328,6 +337,7 @@ function readProgress(cells: ProgressCells): PostCopyProgress {
     bytes: f[P_BYTES]!,
     duplicates: f[P_DUPLICATES]!,
     pushBatches: f[P_PUSH_BATCHES]!,
+    inFlight: f[P_IN_FLIGHT]!,
     faults: f[P_FAULTS]!,
     faultLatencyP50Ms: cells.latencyMs(0.5),
     faultLatencyP99Ms: cells.latencyMs(0.99),

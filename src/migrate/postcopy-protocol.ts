@@ -58,6 +58,8 @@ export const PAGES_PREFIX_BYTES = 8;
 export const PROGRESS_INTERVAL_MS = 200;
 /** A fault the source has not answered within this long fails with POSTCOPY_SOURCE_LOST. */
 export const FAULT_TIMEOUT_DEFAULT_MS = 10_000;
+/** Slots after a faulted one that the store asks for with it (the next data pages). */
+export const READ_AHEAD_DEFAULT = 8;
 
 export interface OfferMessage {
   migrationId: string;
@@ -204,6 +206,8 @@ export const P_BYTES = 5;
 export const P_DUPLICATES = 6;
 export const P_PUSH_BATCHES = 7;
 export const P_FAULTS = 8;
+/** Slots asked of the source and not arrived yet (faults and their read-ahead). */
+export const P_IN_FLIGHT = 9;
 /** Fault latency histogram: bucket b counts faults of latency in [2^(b/4), 2^((b+1)/4)) microseconds. */
 export const P_HISTOGRAM = 16;
 export const HISTOGRAM_BUCKETS = 96;

@@ -51,6 +51,8 @@ import {
   P_BY_FAULT,
   P_BY_PUSH,
   P_DUPLICATES,
+  P_IN_FLIGHT,
+  READ_AHEAD_DEFAULT,
   P_NOT_NEEDED,
   P_PUSH_BATCHES,
   P_REMAINING,
@@ -80,6 +82,8 @@ export const MIGRATION_CONNECT_TIMEOUT_DEFAULT_MS = 10_000;
 interface Fetch {
   readonly started: number;
   readonly timer: ReturnType<typeof setTimeout>;
+  /** The slot a read asked for (its latency is recorded), not one read ahead. */
+  readonly demanded: boolean;
   resolve(): void;
   reject(error: unknown): void;
 }
@@ -91,6 +95,7 @@ export class MigrationSourceStore implements PageStore {
   private readonly guard: StoreGuard;
   private readonly progress: ProgressCells;
   private readonly faultTimeoutMs: number;
+  private readonly readAhead: number;
   /** Source slots (data pages); -1 until the switchover names them. */
   private slots = -1;
   private state = new Uint8Array(0);
@@ -119,6 +124,7 @@ export class MigrationSourceStore implements PageStore {
     this.guard = new StoreGuard(this.name, this.pageSize, this.capacity);
     this.progress = new ProgressCells(spec.progress ?? createProgressBuffer());
     this.faultTimeoutMs = spec.faultTimeoutMs ?? FAULT_TIMEOUT_DEFAULT_MS;
+    this.readAhead = spec.readAhead ?? READ_AHEAD_DEFAULT;
     this.mapped = new Promise<void>((resolve, reject) => {
       this.resolveMapped = resolve;
       this.rejectMapped = reject;
@@ -283,28 +289,43 @@ export class MigrationSourceStore implements PageStore {
     this.tellNotNeeded(slot);
   }
 
-  /** A fault: asks the source for `slot` and resolves once its bytes are in the local store. */
+  /**
+   * A fault: asks the source for `slot` (and, read-ahead, for the slots after it still on the
+   * source: the next data pages) and resolves once its bytes are in the local store. Read-ahead
+   * slots land in the local store only, like a push: a failure to get one fails no read that
+   * did not ask for it.
+   */
   private fetch(slot: number): Promise<void> {
     if (this.lost) return Promise.reject(this.lost);
-    this.state[slot] = ARRIVING;
+    const wanted = [slot];
+    for (let next = slot + 1; next < this.slots && wanted.length <= this.readAhead; next++) {
+      if (this.state[next] !== REMOTE) break;
+      wanted.push(next);
+    }
     const started = performance.now();
-    let resolve!: () => void;
-    let reject!: (error: unknown) => void;
-    const landed = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    const timer = setTimeout(
-      () =>
-        this.lose(sourceLost(`a fault of page slot ${slot} went unanswered for ${this.faultTimeoutMs} ms`)),
-      this.faultTimeoutMs,
-    );
-    this.fetches.set(slot, { started, timer, resolve, reject });
-    this.landing.set(slot, landed);
-    // Another read of the slot may wait on this landing; none of them must leave it unhandled.
-    landed.catch(() => undefined);
-    this.connection.post(encodeSlots(PS_FETCH, [slot]));
-    return landed;
+    let demanded: Promise<void> | undefined;
+    for (const want of wanted) {
+      this.state[want] = ARRIVING;
+      let resolve!: () => void;
+      let reject!: (error: unknown) => void;
+      const landed = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      const timer = setTimeout(
+        () =>
+          this.lose(sourceLost(`a fault of page slot ${want} went unanswered for ${this.faultTimeoutMs} ms`)),
+        this.faultTimeoutMs,
+      );
+      this.fetches.set(want, { started, timer, resolve, reject, demanded: want === slot });
+      this.landing.set(want, landed);
+      // Other reads of the slot may wait on this landing; none of them must leave it unhandled.
+      landed.catch(() => undefined);
+      demanded ??= landed;
+    }
+    this.progress.f64[P_IN_FLIGHT] = this.fetches.size;
+    this.connection.post(encodeSlots(PS_FETCH, wanted));
+    return demanded!;
   }
 
   /** A copy of `slot` arrived: the first one lands, later ones are duplicates. */
@@ -319,6 +340,7 @@ export class MigrationSourceStore implements PageStore {
     if (fetch !== undefined) {
       this.fetches.delete(slot);
       clearTimeout(fetch.timer);
+      this.progress.f64[P_IN_FLIGHT] = this.fetches.size;
     }
     this.state[slot] = ARRIVING;
     const landed = this.local.write(slot, bytes).then(
@@ -327,7 +349,7 @@ export class MigrationSourceStore implements PageStore {
         this.state[slot] = LOCAL;
         this.progress.f64[reason === PAGES_FAULTED ? P_BY_FAULT : P_BY_PUSH]!++;
         if (fetch !== undefined) {
-          this.progress.recordLatency((performance.now() - fetch.started) * 1000);
+          if (fetch.demanded) this.progress.recordLatency((performance.now() - fetch.started) * 1000);
           fetch.resolve();
         }
         this.arrived();
@@ -390,6 +412,7 @@ export class MigrationSourceStore implements PageStore {
       fetch.reject(error);
     }
     this.fetches.clear();
+    this.progress.f64[P_IN_FLIGHT] = 0;
     this.connection.destroy();
   }
 
@@ -476,6 +499,10 @@ function checkSpec(spec: MigrationSourceStoreSpec): void {
     if (value !== undefined && (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value))) {
       throw invalidArgument(`${field} ${String(value)} must be a positive number of milliseconds`);
     }
+  }
+  const ahead = spec.readAhead;
+  if (ahead !== undefined && (!Number.isInteger(ahead) || ahead < 0 || ahead > 256)) {
+    throw invalidArgument(`readAhead ${String(ahead)} must be a whole number of pages from 0 to 256`);
   }
   if (spec.local !== undefined && spec.local.kind !== 'memory' && spec.local.kind !== 'file') {
     throw invalidArgument("a 'migration-source' store keeps moved pages in a 'memory' or 'file' store");

@@ -117,6 +117,8 @@ export type StoreSpec =
       faultTimeoutMs?: number;
       /** Connecting and attaching to the page server. Default 10 s. */
       connectTimeoutMs?: number;
+      /** Slots after a faulted one fetched with it (the next data pages), 0 to 256. Default 8. */
+      readAhead?: number;
       /** Progress cells the store updates (postcopy-protocol.ts); shared with the main thread. */
       progress?: SharedArrayBuffer;
     }

@@ -27,6 +27,7 @@ import {
   P_BY_FAULT,
   P_BY_PUSH,
   P_DUPLICATES,
+  P_FAULTS,
   P_NOT_NEEDED,
   P_REMAINING,
   STATE_COMPLETE,
@@ -50,7 +51,7 @@ interface Scripted {
   peer: MessageConnection;
 }
 
-async function scripted(faultTimeoutMs = 60_000): Promise<Scripted> {
+async function scripted(faultTimeoutMs = 60_000, readAhead = 0): Promise<Scripted> {
   const server = createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -80,6 +81,7 @@ async function scripted(faultTimeoutMs = 60_000): Promise<Scripted> {
       local: { kind: 'memory' },
       progress,
       faultTimeoutMs,
+      readAhead,
     },
     { pageSize: PAGE, capacity: 64 },
   );
@@ -235,4 +237,26 @@ test('closing the store with a fault waiting ends the fault at once (STORE_CLOSE
   await s.store.close();
   await assert.rejects(pending, typedError(ErrorCodes.STORE_CLOSED));
   await s.peer.closed;
+});
+
+test('a fault reads ahead the slots after it still on the source; a later read of one takes no fault', async () => {
+  const s = await scripted(60_000, 3);
+  await s.sendPages(PAGES_PUSHED, 2, 0x02);
+  await s.sendPages(PAGES_PUSHED, 6, 0x06);
+  // Slot 2 is here: a fault of slot 0 asks for 0 and 1 only (read-ahead stops at a moved slot).
+  const first = read(s.store, 0);
+  assert.deepEqual([...decodeSlots(await s.next(PS_FETCH), SLOTS)], [0, 1]);
+  await s.sendPages(PAGES_FAULTED, 0, 0x10);
+  await s.sendPages(PAGES_FAULTED, 1, 0x11);
+  assert.equal(await first, 0x10);
+  // Slot 3: asks for 3, 4, 5 (three ahead would be 6, which is here).
+  const second = read(s.store, 3);
+  assert.deepEqual([...decodeSlots(await s.next(PS_FETCH), SLOTS)], [3, 4, 5]);
+  for (const slot of [3, 4, 5]) await s.sendPages(PAGES_FAULTED, slot, 0x20 + slot);
+  assert.equal(await second, 0x23);
+  assert.equal(await read(s.store, 1), 0x11);
+  assert.equal(await read(s.store, 5), 0x25);
+  assert.equal(s.cells.f64[P_FAULTS], 2, 'two faults were asked for; the read-ahead slots are not faults');
+  assert.equal(s.cells.f64[P_BY_FAULT], 5);
+  await s.store.close();
 });
