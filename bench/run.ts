@@ -21,6 +21,7 @@ import { durableSuite } from './durable.bench.js';
 import { fleetSuite } from './fleet.bench.js';
 import { mergerSuite } from './merger.bench.js';
 import { regionMigrationSuite } from './region-migration.bench.js';
+import { postcopySuite } from './postcopy.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -39,6 +40,7 @@ const suites: Suite[] = [
   durableSuite,
   fleetSuite,
   regionMigrationSuite,
+  postcopySuite,
 ];
 
 const { values } = parseArgs({
