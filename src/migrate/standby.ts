@@ -94,6 +94,8 @@ export interface Activation {
   reason: string;
   /** From noticing the primary's loss to the state being handed over, ms. */
   failoverMs: number;
+  /** Bytes of a later epoch that had arrived incomplete and were dropped, never applied. */
+  discardedBytes: number;
 }
 
 export interface StandbyStats {
@@ -514,6 +516,7 @@ export class Standby extends EventEmitter {
       return;
     }
     // Whatever arrived of a later epoch is dropped: an incomplete epoch is never applied.
+    const discardedBytes = this.arenaUsed;
     this.batchEnds.length = 0;
     this.arenaUsed = 0;
     try {
@@ -526,6 +529,7 @@ export class Standby extends EventEmitter {
         epoch: this.appliedSeq,
         reason,
         failoverMs: performance.now() - noticed,
+        discardedBytes,
       };
       this.emit('activated', activation);
       this.resolveActivated(activation);
