@@ -114,7 +114,10 @@ export interface StandbyStats {
   silentMs: number;
 }
 
-/** Listens for primaries' replicas (`replicate(space, { host, port })`). */
+/**
+ * Listens for primaries' replicas (`replicate(space, { host, port })`). Take each standby with
+ * `accept()`, or handle the 'standby' event (then standbys are not also queued for accept()).
+ */
 export class StandbyListener extends EventEmitter {
   private readonly server: Server;
   private readonly ready: Standby[] = [];
@@ -130,10 +133,12 @@ export class StandbyListener extends EventEmitter {
       const standby = new Standby(new MessageConnection(socket), options);
       void standby.hello.then(
         () => {
-          this.emit('standby', standby);
           const taker = this.takers.shift();
+          // Kept for a later accept() only when nobody else takes it: a program that handles
+          // the 'standby' event must not find every standby it ever had queued here.
           if (taker) taker(standby);
-          else this.ready.push(standby);
+          else if (this.listenerCount('standby') === 0) this.ready.push(standby);
+          this.emit('standby', standby);
         },
         () => undefined,
       );
