@@ -269,7 +269,10 @@ export class Replica extends EventEmitter {
       throw error;
     }
     this.lastHeard = performance.now();
-    this.heart = setInterval(() => this.checkHeartbeat(), Math.max(5, this.heartbeatTimeoutMs / 4));
+    this.heart = setInterval(
+      () => this.checkHeartbeat(),
+      Math.max(5, Math.min(this.heartbeatTimeoutMs, this.lagTimeoutMs) / 4),
+    );
     this.heart.unref();
     try {
       await this.runBringUp();

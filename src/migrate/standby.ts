@@ -193,6 +193,7 @@ export class Standby extends EventEmitter {
   private lastHeard = performance.now();
   private lastSent = performance.now();
   private failure: MemfabricError | undefined;
+  private helloSeen = false;
 
   private appliedSeq = 0;
   private epochsApplied = 0;
@@ -245,7 +246,8 @@ export class Standby extends EventEmitter {
       this.lastHeard = performance.now();
       this.bytesReceived += payload.length + 16;
       if (type === MSG_HELLO) {
-        if (this.target !== undefined) throw protocolError('a second hello');
+        if (this.helloSeen) throw protocolError('a second hello');
+        this.helloSeen = true;
         void this.accept(decodeJson<Hello>(payload)).then(helloDone, (error: unknown) => {
           const failure =
             error instanceof MemfabricError
@@ -485,8 +487,16 @@ export class Standby extends EventEmitter {
   }
 
   private checkHeartbeat(): void {
-    if (this.target === undefined || (this.state !== 'bringing-up' && this.state !== 'synced')) return;
     const now = performance.now();
+    if (this.target === undefined) {
+      // A peer that connects and says nothing (or not a primary at all) is not kept around.
+      const limit = this.options.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_DEFAULT_MS;
+      if (!this.helloSeen && now - this.lastHeard > limit && this.conn.isOpen) {
+        this.fail(protocolError(`no hello within ${limit} ms of connecting`));
+      }
+      return;
+    }
+    if (this.state !== 'bringing-up' && this.state !== 'synced') return;
     if (now - this.lastHeard > this.heartbeatTimeoutMs) {
       const reason = `nothing came from the primary for ${Math.round(now - this.lastHeard)} ms`;
       this.conn.destroy();

@@ -3,7 +3,7 @@
  * fails: `reset()` closes both sides (what the standby sees of a killed primary), `silence()`
  * stops forwarding in both directions and keeps the sockets open (a partition, or a stopped
  * process: only a heartbeat can tell), and `cutAfter(n)` forwards n more bytes towards the
- * standby and then resets (a cut in the middle of a message).
+ * standby and then resets (a cut in the middle of a message); `inject` sends bytes of its own.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
@@ -38,10 +38,11 @@ export class StandbyProxy {
       upstream.on('data', (chunk: Buffer) => {
         if (!this.silent) client.write(chunk);
       });
-      client.on('error', () => upstream.destroy());
-      upstream.on('error', () => client.destroy());
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
+      // While silent, nothing crosses, not even one side closing: that is a partition.
+      client.on('error', () => this.silent || upstream.destroy());
+      upstream.on('error', () => this.silent || client.destroy());
+      client.on('close', () => this.silent || upstream.destroy());
+      upstream.on('close', () => this.silent || client.destroy());
     });
   }
 
@@ -57,6 +58,7 @@ export class StandbyProxy {
   }
 
   reset(): void {
+    this.silent = false;
     for (const { client, upstream } of this.pairs) {
       client.destroy();
       upstream.destroy();
@@ -65,6 +67,11 @@ export class StandbyProxy {
 
   silence(): void {
     this.silent = true;
+  }
+
+  /** Sends `bytes` to the standby as if the primary had (garbage, to test the standby). */
+  inject(bytes: Buffer): void {
+    for (const { upstream } of this.pairs) upstream.write(bytes);
   }
 
   cutAfter(bytes: number): void {

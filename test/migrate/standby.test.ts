@@ -11,6 +11,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
+import { once } from 'node:events';
 import fc from 'fast-check';
 import type { MemfabricError } from '../../src/index.js';
 import { AddressSpace, FramePool, ErrorCodes } from '../../src/index.js';
@@ -187,9 +189,12 @@ test('an epoch cut off in the middle is never applied: the standby takes over at
     r.proxy.cutAfter(1024 * 1024);
     const activated = r.standby.activated;
     space.write(0, Buffer.alloc(1024 * PAGE, 0xb2));
-    const lost = r.replica.durable();
+    const lost = assert.rejects(
+      r.replica.durable(),
+      (error: MemfabricError) => error.code === ErrorCodes.STANDBY_LOST,
+    );
     const activation = await activated;
-    await assert.rejects(lost, (error: MemfabricError) => error.code === ErrorCodes.STANDBY_LOST);
+    await lost;
     assert.equal(activation.epoch, epoch);
     const after = Buffer.alloc(space.size);
     activation.space.read(0, after);
@@ -208,12 +213,15 @@ test('a silent network cut fails over after the heartbeat timeout; the primary r
     const lost = new Promise<MemfabricError>((resolve) => r.replica.once('lost', resolve));
     r.proxy.silence();
     space.write(PAGE, Buffer.alloc(PAGE, 4));
-    const unconfirmed = r.replica.durable();
+    const unconfirmed = assert.rejects(
+      r.replica.durable(),
+      (error: MemfabricError) => error.code === ErrorCodes.STANDBY_LOST,
+    );
     const activation = await r.standby.activated;
     assert.match(activation.reason, /nothing came from the primary/);
     assert.equal(activation.space.readU8(0), 3);
     assert.equal((await lost).code, ErrorCodes.STANDBY_LOST);
-    await assert.rejects(unconfirmed, (error: MemfabricError) => error.code === ErrorCodes.STANDBY_LOST);
+    await unconfirmed;
   } finally {
     await r.close();
   }
@@ -257,6 +265,68 @@ test('a heap fails over with its collections intact, and a second standby comes 
   } finally {
     await heap.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a standby that stops acknowledging is dropped after lagTimeoutMs with MF_STANDBY_BEHIND', async () => {
+  const space = newSpace(64);
+  const listener = await StandbyListener.listen({ port: 0, heartbeatTimeoutMs: 60_000 });
+  const proxy = await StandbyProxy.start(listener.port);
+  const accepted = listener.accept();
+  const replica = await replicate(space, {
+    host: '127.0.0.1',
+    port: proxy.port,
+    heartbeatTimeoutMs: 60_000,
+    lagTimeoutMs: 300,
+  });
+  const standby = await accepted;
+  try {
+    proxy.silence();
+    space.write(0, Buffer.alloc(PAGE, 1));
+    await assert.rejects(
+      replica.durable(),
+      (error: MemfabricError) => error.code === ErrorCodes.STANDBY_BEHIND,
+    );
+    assert.equal(replica.stats().state, 'lost');
+    await assert.rejects(
+      replica.durable(),
+      (error: MemfabricError) => error.code === ErrorCodes.STANDBY_BEHIND,
+    );
+  } finally {
+    await standby.close();
+    await proxy.close();
+    await listener.close();
+  }
+});
+
+test('a connection that never says hello is dropped; garbage never makes a standby take over', async () => {
+  const listener = await StandbyListener.listen({ port: 0, heartbeatTimeoutMs: 200 });
+  try {
+    const silent = connect({ host: '127.0.0.1', port: listener.port });
+    await once(silent, 'connect');
+    silent.resume();
+    await once(silent, 'close');
+    // A real primary, then garbage on its stream: the standby fails, it does not activate.
+    const space = newSpace(16);
+    const proxy = await StandbyProxy.start(listener.port);
+    const accepted = listener.accept();
+    const replica = await replicate(space, { host: '127.0.0.1', port: proxy.port });
+    const standby = await accepted;
+    const failed = new Promise<MemfabricError>((resolve) => standby.once('failed', resolve));
+    proxy.inject(Buffer.from('this is not a frame, not at all'));
+    assert.equal((await failed).code, ErrorCodes.MIGRATION_PROTOCOL);
+    await assert.rejects(
+      standby.activated,
+      (error: MemfabricError) => error.code === ErrorCodes.MIGRATION_PROTOCOL,
+    );
+    await assert.rejects(
+      replica.durable(),
+      (error: MemfabricError) =>
+        error.code === ErrorCodes.MIGRATION_PROTOCOL || error.code === ErrorCodes.STANDBY_LOST,
+    );
+    await proxy.close();
+  } finally {
+    await listener.close();
   }
 });
 
