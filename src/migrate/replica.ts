@@ -280,6 +280,7 @@ export class Replica extends EventEmitter {
       this.lose(error instanceof MemfabricError ? error : standbyLost((error as Error).message));
       throw this.failure;
     }
+    if (this.failure) throw this.failure;
     this.state = 'streaming';
     this.ticker = setInterval(() => this.cut(), this.epochMs);
     this.ticker.unref();
