@@ -22,6 +22,7 @@ import { fleetSuite } from './fleet.bench.js';
 import { mergerSuite } from './merger.bench.js';
 import { regionMigrationSuite } from './region-migration.bench.js';
 import { postcopySuite } from './postcopy.bench.js';
+import { standbySuite } from './standby.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -41,6 +42,7 @@ const suites: Suite[] = [
   fleetSuite,
   regionMigrationSuite,
   postcopySuite,
+  standbySuite,
 ];
 
 const { values } = parseArgs({

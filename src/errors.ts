@@ -53,6 +53,15 @@ export const ErrorCodes = {
    * moved; the pages still on it are lost and the destination's space cannot be trusted.
    */
   POSTCOPY_SOURCE_LOST: 'MF_POSTCOPY_SOURCE_LOST',
+  /**
+   * A standby replica is gone (its connection closed or went silent past the heartbeat timeout):
+   * `replica.durable()` can no longer promise that a write survives the primary's death.
+   */
+  STANDBY_LOST: 'MF_STANDBY_LOST',
+  /** A standby fell behind beyond the replica's bound (an epoch unacknowledged past `lagTimeoutMs`). */
+  STANDBY_BEHIND: 'MF_STANDBY_BEHIND',
+  /** A standby was asked to take over before it held one complete epoch: it has no consistent state. */
+  STANDBY_NOT_SYNCED: 'MF_STANDBY_NOT_SYNCED',
   /** A sub-allocated region has no run of free chunks long enough (or an owner bound is hit). */
   CHUNKS_EXHAUSTED: 'MF_CHUNKS_EXHAUSTED',
   /** The call conflicts with current state: another owner's chunk, a different chunk size. */

@@ -125,6 +125,24 @@ export class Heap implements HeapMemory {
   }
 
   /**
+   * For a lockstep standby only (src/migrate/standby.ts): opens a Heap over `image`, an image
+   * created empty whose space a primary's replica then filled page by page (header, allocator
+   * and roots came over the wire, already consistent), and commits it as the image's first
+   * checkpoint. Distinct from any migration hook on purpose: nothing else should adopt a space
+   * this way.
+   */
+  static async adoptReplicatedImage(image: HeapImage, options: HeapOptions): Promise<Heap> {
+    try {
+      const allocator = attach(image);
+      await image.checkpoint(allocator.stats().liveBytes);
+      return new Heap(image, allocator, options);
+    } catch (error) {
+      await image.close({ checkpoint: false }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
    * Gives a heap's free space back to the file system: frees the allocator's free runs (they
    * become holes), then rewrites the image compactly (HeapImage.compact). Run it on a heap no
    * process has open.
