@@ -19,6 +19,7 @@ import { heapValuesSuite } from './heap-values.bench.js';
 import { heapCollectionsSuite } from './heap-collections.bench.js';
 import { durableSuite } from './durable.bench.js';
 import { fleetSuite } from './fleet.bench.js';
+import { migrateSuite } from './migrate.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
@@ -35,6 +36,7 @@ const suites: Suite[] = [
   heapCollectionsSuite,
   durableSuite,
   fleetSuite,
+  migrateSuite,
 ];
 
 const { values } = parseArgs({

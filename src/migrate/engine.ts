@@ -57,8 +57,14 @@ export const MAX_ROUNDS_MAX = 1000;
 export const SHRINK_RATIO = 0.5;
 /** Rounds without a new smallest dirty set, with nothing left to try, before the blackout goes ahead anyway. */
 export const NOT_CONVERGING_ROUNDS = 5;
-/** Rounds whose bandwidth is averaged (bytes over time, so large rounds weigh more). */
-export const BANDWIDTH_ROUNDS = 3;
+/**
+ * The bandwidth is measured over the latest rounds that together sent at least this much (the
+ * last round alone when it is that large): a round of a few pages measures the round trip, not
+ * the link, and would hold the blackout off for nothing.
+ */
+export const BANDWIDTH_WINDOW_BYTES = 16 * 1024 * 1024;
+/** Rounds remembered for the bandwidth at most. */
+const BANDWIDTH_ROUNDS_MAX = 64;
 /** Pages visited (holes and zeros included) between two yields to the event loop. */
 const VISIT_BATCH_PAGES = 1024;
 /** Progress callbacks at most this often within a round. */
@@ -85,6 +91,8 @@ export interface PageSink {
   sync(): Promise<SinkMeasure | void>;
   /** Bytes put on the transport so far (page data and run descriptions, framing included). */
   readonly bytesSent: number;
+  /** The sink's round trip, ms, if it measures one (the handover costs two). */
+  readonly rttMs?: number;
 }
 
 export interface SinkMeasure {
@@ -213,7 +221,9 @@ export function decideRound(state: RoundState): RoundDecision {
     state.bandwidthBytesPerSec,
     state.rttMs,
   );
-  if (expected <= state.maxDowntimeMs) return { action: 'blackout', reason: 'converged' };
+  // Nothing dirty: waiting cannot make the blackout any shorter.
+  if (expected <= state.maxDowntimeMs || state.dirtyPages === 0)
+    return { action: 'blackout', reason: 'converged' };
   if (state.round >= state.maxRounds) return { action: 'blackout', reason: 'max-rounds' };
   const exhausted = !state.autoConverge || state.throttleLevel >= LEVEL_MAX;
   if (exhausted && state.roundsSinceSmallest >= NOT_CONVERGING_ROUNDS) {
@@ -291,7 +301,7 @@ export class PreCopyEngine {
     }
     this.pageSize = space.pageSize;
     this.zeroPage = new Uint8Array(this.pageSize);
-    this.rttMs = options.rttMs ?? 0;
+    this.rttMs = sink.rttMs ?? options.rttMs ?? 0;
     this.gate = new MigrationGate(this.autoConverge);
   }
 
@@ -450,14 +460,15 @@ export class PreCopyEngine {
     const ms = performance.now() - roundStart;
     const bytes = this.sink.bytesSent - bytesBefore;
     this.history.push(measure && measure.ms > 0 ? { bytes: measure.bytes, ms: measure.ms } : { bytes, ms });
-    if (this.history.length > BANDWIDTH_ROUNDS) this.history.shift();
+    if (this.history.length > BANDWIDTH_ROUNDS_MAX) this.history.shift();
     let sumBytes = 0;
     let sumMs = 0;
-    for (const entry of this.history) {
-      sumBytes += entry.bytes;
-      sumMs += entry.ms;
+    for (let i = this.history.length - 1; i >= 0 && sumBytes < BANDWIDTH_WINDOW_BYTES; i--) {
+      sumBytes += this.history[i]!.bytes;
+      sumMs += this.history[i]!.ms;
     }
     if (sumMs > 0 && sumBytes > 0) this.bandwidth = (sumBytes / sumMs) * 1000;
+    if (this.sink.rttMs !== undefined) this.rttMs = this.sink.rttMs;
     this.dirtyRate = this.gate.throttle.takeDirtyRate();
     this.rounds.push({ round: this.round, pages: this.roundSent, bytes, ms: round3(ms), dirtyAfter: 0 });
     this.progress(true);

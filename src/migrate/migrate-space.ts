@@ -43,6 +43,9 @@ import { Replies } from './replies.js';
 import { TcpPageSink } from './tcp-sink.js';
 import { decodeJson, encodeJsonFrame } from './wire.js';
 
+/** SYNCs sent before round 1 to measure the round trip. */
+const RTT_PINGS = 3;
+
 export interface MigrateOptions extends PreCopyOptions {
   /** The destination's MigrationListener. */
   host: string;
@@ -180,12 +183,10 @@ export class Migration {
       const welcome = decodeJson<{ id?: unknown }>(await welcomed);
       if (welcome.id !== this.id) throw replies.violation('WELCOME names another migration');
       const sink = new TcpPageSink(connection, replies, space.pageSize);
-      // One empty SYNC measures the round trip the handover will cost.
-      const pingStart = performance.now();
-      await sink.sync();
-      const rttMs = performance.now() - pingStart;
+      // Empty SYNCs measure the round trip the handover will cost (the sink keeps the shortest).
+      for (let ping = 0; ping < RTT_PINGS; ping++) await sink.sync();
       if (signal.aborted) throw cancelledError(signal);
-      const engine = new PreCopyEngine(space, sink, { ...options, signal, rttMs });
+      const engine = new PreCopyEngine(space, sink, { ...options, signal });
       this.engine = engine;
       const report = await engine.run({
         destination,
