@@ -9,6 +9,7 @@ import type { MigrationStatus } from '../appliance/migration.js';
 import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
 import { APPLIANCE_URL_DEFAULT } from './admin-commands.js';
 import { adminTargetFor, findToken, withCredentials, type CredentialOptions } from './credentials.js';
+import { ProgressLine, RateMeter } from './progress-line.js';
 
 /** How often the migration's status is polled, and for how long at most by default. */
 export const MIGRATE_POLL_MS = 100;
@@ -61,11 +62,21 @@ export function registerMigrateCommand(region: Command): void {
         // MEMFABRIC_TOKEN(_FILE) are the source's; the target's token comes from flags or its port.
         { ...process.env, MEMFABRIC_TOKEN: '', MEMFABRIC_TOKEN_FILE: '' },
       );
-      await runMigrate(
-        name,
-        { ...options, ...(toToken !== undefined ? { toToken } : {}), appliance: source },
-        (line) => console.log(line),
-      );
+      // On a terminal, a progress bar with the copy's rate and the round's ETA below the lines.
+      const progress = new ProgressLine(process.stderr);
+      try {
+        await runMigrate(
+          name,
+          { ...options, ...(toToken !== undefined ? { toToken } : {}), appliance: source },
+          (line) => {
+            progress.clear();
+            console.log(line);
+          },
+          progress,
+        );
+      } finally {
+        progress.clear();
+      }
     });
 }
 
@@ -73,6 +84,7 @@ export async function runMigrate(
   name: string,
   options: MigrateCommandOptions & { appliance: string | AdminTarget },
   out: (line: string) => void,
+  progress?: Pick<ProgressLine, 'update'>,
 ): Promise<MigrationStatus> {
   const path = `/v1/regions/${encodeURIComponent(name)}`;
   let status = await adminRequest<MigrationStatus>(options.appliance, 'POST', `${path}/migrate`, {
@@ -86,10 +98,24 @@ export async function runMigrate(
   if (!options.wait) return status;
   const polls = Math.ceil((options.timeout * 1000) / MIGRATE_POLL_MS);
   let reported = 0;
+  let finishedPages = 0;
+  const meter = new RateMeter();
   for (let poll = 0; poll < polls; poll++) {
     for (; reported < status.rounds.length; reported++) {
       const round = status.rounds[reported]!;
+      finishedPages += round.pages;
       out(`round ${round.round}: ${round.pages} pages in ${round.ms} ms`);
+    }
+    if (status.state === 'copying' || status.state === 'blackout') {
+      // The round under way: what it copied so far against what it still has to copy.
+      const done = Math.max(0, status.pagesCopied - finishedPages);
+      progress?.update({
+        done,
+        total: done + status.dirtyRemaining,
+        ratePerSec: meter.sample(status.pagesCopied),
+        label: status.state === 'blackout' ? 'blackout' : `round ${status.round}`,
+        unit: 'pages',
+      });
     }
     if (status.state === 'done') {
       const moved = status.movedTo!;
