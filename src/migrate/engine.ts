@@ -53,6 +53,7 @@ export const MAX_DOWNTIME_DEFAULT_MS = 30;
 export const MAX_DOWNTIME_MAX_MS = 3_600_000;
 export const MAX_ROUNDS_DEFAULT = 30;
 export const MAX_ROUNDS_MAX = 1000;
+export const BLACKOUT_TIMEOUT_DEFAULT_MS = 10_000;
 /** A round "shrinks" the dirty set when it leaves at most this fraction of the previous one (QEMU: 50%). */
 export const SHRINK_RATIO = 0.5;
 /** Rounds without a new smallest dirty set, with nothing left to try, before the blackout goes ahead anyway. */
@@ -124,6 +125,11 @@ export interface PreCopyOptions {
   onProgress?: (progress: MigrationProgress) => void;
   /** Round trip of one sync to the sink, if measured (added to the expected downtime). */
   rttMs?: number;
+  /**
+   * Give up a blackout that lasts this long (the sink stopped answering): the gate reopens and
+   * the migration fails with MF_TIMEOUT. Default 10 000 ms.
+   */
+  blackoutTimeoutMs?: number;
 }
 
 export type MigrationPhase = 'connecting' | 'copying' | 'blackout' | 'done' | 'failed';
@@ -236,6 +242,7 @@ export function checkPreCopyOptions(options: PreCopyOptions): {
   maxDowntimeMs: number;
   maxRounds: number;
   autoConverge: boolean;
+  blackoutTimeoutMs: number;
 } {
   const maxDowntimeMs = options.maxDowntimeMs ?? MAX_DOWNTIME_DEFAULT_MS;
   if (typeof maxDowntimeMs !== 'number' || !(maxDowntimeMs >= 0) || maxDowntimeMs > MAX_DOWNTIME_MAX_MS) {
@@ -251,7 +258,17 @@ export function checkPreCopyOptions(options: PreCopyOptions): {
   }
   const autoConverge = options.autoConverge ?? true;
   if (typeof autoConverge !== 'boolean') throw invalidArgument('autoConverge must be true or false');
-  return { maxDowntimeMs, maxRounds, autoConverge };
+  const blackoutTimeoutMs = options.blackoutTimeoutMs ?? BLACKOUT_TIMEOUT_DEFAULT_MS;
+  if (
+    typeof blackoutTimeoutMs !== 'number' ||
+    !(blackoutTimeoutMs > 0) ||
+    blackoutTimeoutMs > MAX_DOWNTIME_MAX_MS
+  ) {
+    throw invalidArgument(
+      `blackoutTimeoutMs ${String(blackoutTimeoutMs)} must be a number of ms above 0, at most ${MAX_DOWNTIME_MAX_MS}`,
+    );
+  }
+  return { maxDowntimeMs, maxRounds, autoConverge, blackoutTimeoutMs };
 }
 
 /** A cancelled migration's error (the signal's reason when it is already a MemfabricError). */
@@ -271,6 +288,7 @@ export class PreCopyEngine {
   private readonly maxDowntimeMs: number;
   private readonly maxRounds: number;
   private readonly autoConverge: boolean;
+  private readonly blackoutTimeoutMs: number;
   private readonly zeroPage: Uint8Array;
   private readonly started = performance.now();
   private phase: MigrationPhase = 'copying';
@@ -296,6 +314,7 @@ export class PreCopyEngine {
     this.maxDowntimeMs = checked.maxDowntimeMs;
     this.maxRounds = checked.maxRounds;
     this.autoConverge = checked.autoConverge;
+    this.blackoutTimeoutMs = checked.blackoutTimeoutMs;
     if (sink.pageSize !== space.pageSize) {
       throw invalidArgument(`the sink takes ${sink.pageSize}-byte pages, the space has ${space.pageSize}`);
     }
@@ -374,10 +393,13 @@ export class PreCopyEngine {
       this.roundPages = dirty.length;
       this.roundSent = 0;
       this.progress(true);
-      await this.sendPages(dirty);
-      await this.sink.sync();
-      this.checkCancelled();
-      await transport.handover(finalEpoch);
+      // Writes wait on the blackout: a sink that stops answering must not hold them forever.
+      await this.withinBlackout(async () => {
+        await this.sendPages(dirty);
+        await this.sink.sync();
+        this.checkCancelled();
+        await transport.handover(finalEpoch);
+      });
       this.checkCancelled();
       // The point of no return, in one synchronous step.
       gate.moved(transport.destination);
@@ -444,6 +466,35 @@ export class PreCopyEngine {
       }
     }
     return progress;
+  }
+
+  /**
+   * Runs the blackout's work, failing with MF_TIMEOUT after `blackoutTimeoutMs` (the work is
+   * then left to settle: the caller aborts the transport, and without a handover nothing of it
+   * can commit).
+   */
+  private async withinBlackout(work: () => Promise<void>): Promise<void> {
+    const limitMs = this.blackoutTimeoutMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new MemfabricError(
+              ErrorCodes.TIMEOUT,
+              `the destination did not take the blackout's pages and the handover within ${limitMs} ms; the migration is abandoned and the source writes again`,
+            ),
+          ),
+        limitMs,
+      );
+    });
+    const running = work();
+    running.catch(() => undefined);
+    try {
+      await Promise.race([running, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private beginRound(round: number, pages: number): void {

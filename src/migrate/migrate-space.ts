@@ -14,6 +14,7 @@
  * all its data. The protocol is in protocol.ts.
  */
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import type { Heap } from '../heap/heap.js';
@@ -46,7 +47,9 @@ import { decodeJson, encodeJsonFrame } from './wire.js';
 /** SYNCs sent before round 1 to measure the round trip. */
 const RTT_PINGS = 3;
 
-export interface MigrateOptions extends PreCopyOptions {
+export interface MigrateOptions extends Omit<PreCopyOptions, 'onProgress'> {
+  /** Called with the migration's status at each round and at most every 100 ms (also the 'progress' event). */
+  onProgress?: (status: MigrationStatus) => void;
   /** The destination's MigrationListener. */
   host: string;
   port: number;
@@ -68,8 +71,11 @@ export interface MigrationStatus extends MigrationProgress {
   id: string;
 }
 
-/** A migration under way (see the file header). */
-export class Migration {
+/**
+ * A migration under way (see the file header). Also an EventEmitter: 'progress' carries the
+ * same MigrationStatus as `onProgress` (at each round and at most every 100 ms).
+ */
+export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
   readonly id = randomUUID();
   /** Resolves with the report once the destination owns the space; rejects if it never will. */
   readonly done: Promise<SpaceMigrationReport>;
@@ -80,6 +86,7 @@ export class Migration {
 
   /** @internal Use migrateSpace or migrateHeap. */
   constructor(space: AddressSpace, options: MigrateOptions, kind: MigrationKind) {
+    super();
     checkOptions(space, options);
     const signal = options.signal;
     if (signal?.aborted) this.abort.abort(signal.reason);
@@ -186,7 +193,15 @@ export class Migration {
       // Empty SYNCs measure the round trip the handover will cost (the sink keeps the shortest).
       for (let ping = 0; ping < RTT_PINGS; ping++) await sink.sync();
       if (signal.aborted) throw cancelledError(signal);
-      const engine = new PreCopyEngine(space, sink, { ...options, signal });
+      const engine = new PreCopyEngine(space, sink, {
+        ...options,
+        signal,
+        onProgress: (progress) => {
+          const status = { id: this.id, ...progress };
+          options.onProgress?.(status);
+          this.emit('progress', status);
+        },
+      });
       this.engine = engine;
       const report = await engine.run({
         destination,
@@ -244,7 +259,7 @@ function checkOptions(space: AddressSpace, options: MigrateOptions): void {
   if (options.mode !== undefined && options.mode !== 'precopy' && options.mode !== 'postcopy') {
     throw invalidArgument(`mode ${String(options.mode)} must be "precopy" or "postcopy"`);
   }
-  checkPreCopyOptions(options);
+  checkPreCopyOptions({ ...options, onProgress: undefined });
   if (space.isDestroyed) {
     throw new MemfabricError(
       ErrorCodes.DESTROYED,

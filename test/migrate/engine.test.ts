@@ -372,3 +372,19 @@ test('property: after the handover the sink equals the source at the blackout, w
     { numRuns: 150 },
   );
 });
+
+test('a sink that stops answering in the blackout is abandoned after blackoutTimeoutMs: writes go on', async () => {
+  const src = space('1MiB');
+  for (let p = 0; p < src.pages; p++) src.writeU32(p * PAGE, p + 1);
+  const engine = new PreCopyEngine(src, new MemorySink(src), { blackoutTimeoutMs: 50 });
+  const never = handover(() => new Promise<void>(() => undefined));
+  await assert.rejects(engine.run(never), (error: MemfabricError) => error.code === ErrorCodes.TIMEOUT);
+  assert.equal(never.committed, false);
+  assert.equal(src.writeGate, undefined);
+  src.writeU32(0, 9);
+  assert.equal(src.readU32(0), 9);
+  assert.throws(
+    () => new PreCopyEngine(src, new MemorySink(src), { blackoutTimeoutMs: 0 }),
+    (error: MemfabricError) => error.code === ErrorCodes.INVALID_ARGUMENT,
+  );
+});
