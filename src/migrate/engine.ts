@@ -45,7 +45,7 @@ import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import { NO_FRAME, ZERO_FRAME } from '../memory/frame-pool.js';
 import { LEAF_ENTRIES } from '../memory/leaf-arena.js';
-import { MigrationGate } from './gate.js';
+import { GATE_OPEN, MigrationGate } from './gate.js';
 import type { ThrottleReport } from './throttle.js';
 import { LEVEL_MAX } from './throttle.js';
 
@@ -112,6 +112,13 @@ export interface Handover {
   commit(): void;
   /** Named in the moved space's refusals ("has moved to …"). */
   readonly destination: string;
+  /**
+   * Called synchronously in the step that closes the space's gate (the blackout begins), and
+   * when a failure reopens it: for a transport with a gate of its own in front of the space
+   * (an appliance region's, which answers NBD clients ESHUTDOWN with its own message).
+   */
+  gateClosed?(): void;
+  gateReopened?(): void;
 }
 
 export interface PreCopyOptions {
@@ -372,6 +379,7 @@ export class PreCopyEngine {
         if (decision.action === 'blackout') {
           stopReason = decision.reason;
           gate.close();
+          transport.gateClosed?.();
           break;
         }
         since = space.advanceEpoch();
@@ -425,8 +433,10 @@ export class PreCopyEngine {
       };
     } catch (error) {
       if (!committed) {
+        const wasClosed = gate.state !== GATE_OPEN;
         gate.reopen();
         gate.uninstall(space);
+        if (wasClosed) transport.gateReopened?.();
         this.phase = 'failed';
         this.progress(true);
       }

@@ -174,12 +174,21 @@ test('a failed handover reopens the gate: the source keeps every byte and goes o
   for (let p = 0; p < src.pages; p++) src.writeU32(p * PAGE, p + 1);
   const sink = new MemorySink(src);
   const engine = new PreCopyEngine(src, sink, {});
-  const h = handover(() => {
-    throw new MemfabricError(ErrorCodes.CONNECTION_CLOSED, 'the destination died');
-  });
+  const companion: string[] = [];
+  const h = Object.assign(
+    handover(() => {
+      throw new MemfabricError(ErrorCodes.CONNECTION_CLOSED, 'the destination died');
+    }),
+    {
+      // A transport's own gate follows the space's: closed with it, reopened with it.
+      gateClosed: () => companion.push(`closed, gate ${src.writeGate === undefined ? 'off' : 'on'}`),
+      gateReopened: () => companion.push('reopened'),
+    },
+  );
   await assert.rejects(engine.run(h), (error: MemfabricError) => error.code === ErrorCodes.CONNECTION_CLOSED);
   assert.equal(src.writeGate, undefined);
   assert.equal(h.committed, false);
+  assert.deepEqual(companion, ['closed, gate on', 'reopened']);
   assert.equal(engine.progress().phase, 'failed');
   for (let p = 0; p < src.pages; p++) assert.equal(src.readU32(p * PAGE), p + 1);
   src.writeU32(0, 42);
