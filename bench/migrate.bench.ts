@@ -115,8 +115,8 @@ class Writer {
   }
 }
 
-function filledSpace(bytes: number): AddressSpace {
-  const pool = new FramePool({ pageSize: PAGE, capacity: bytes + 64 * PAGE });
+/** A space of `bytes`, every page holding data, in `pool` (one pool for the whole suite: 1 GiB each time would wait for the GC). */
+function filledSpace(pool: FramePool, bytes: number): AddressSpace {
   const space = new AddressSpace(pool, { size: bytes });
   const chunk = new Uint8Array(4 * MiB);
   for (let i = 0; i < chunk.length; i += 8) chunk[i] = (i >>> 3) & 0xff || 1;
@@ -158,6 +158,7 @@ export const migrateSuite: Suite = {
     const label = context.quick ? '128MiB' : '1GiB';
     const runs = context.quick ? 1 : 3;
     const receiver = await startReceiver();
+    const pool = new FramePool({ pageSize: PAGE, capacity: bytes + 64 * PAGE });
     try {
       const baseline: { blackout: number[]; bytes: number[] } = { blackout: [], bytes: [] };
       const results = new Map<
@@ -173,14 +174,14 @@ export const migrateSuite: Suite = {
       >();
       for (let run = 0; run < runs; run++) {
         // Stop-and-copy: the writer stopped, everything sent inside the downtime.
-        const still = filledSpace(bytes);
+        const still = filledSpace(pool, bytes);
         const started = performance.now();
         const { report } = await migrate(still, receiver, undefined);
         baseline.blackout.push(performance.now() - started);
         baseline.bytes.push(report.bytesSent / bytes);
         still.destroy();
         for (const rate of [50, 200]) {
-          const space = filledSpace(bytes);
+          const space = filledSpace(pool, bytes);
           const { report: live, writerRatio } = await migrate(space, receiver, rate * 1e6);
           const entry = results.get(rate) ?? {
             blackout: [],
