@@ -234,9 +234,11 @@ export function decideRound(state: RoundState): RoundDecision {
     state.bandwidthBytesPerSec,
     state.rttMs,
   );
-  // Nothing dirty: waiting cannot make the blackout any shorter.
-  if (expected <= state.maxDowntimeMs || state.dirtyPages === 0)
+  // Nothing dirty: waiting cannot make the blackout (the handover alone) any shorter. A target of
+  // 0 is never met, not even so: the copy runs to its fallbacks (a way to force rounds).
+  if (expected <= state.maxDowntimeMs || (state.dirtyPages === 0 && state.maxDowntimeMs > 0)) {
     return { action: 'blackout', reason: 'converged' };
+  }
   if (state.round >= state.maxRounds) return { action: 'blackout', reason: 'max-rounds' };
   const exhausted = !state.autoConverge || state.throttleLevel >= LEVEL_MAX;
   if (exhausted && state.roundsSinceSmallest >= NOT_CONVERGING_ROUNDS) {

@@ -72,6 +72,12 @@ test('the stop rule: blackout once the bandwidth sends the dirty set within the 
   assert.equal(decideRound({ ...base, dirtyPages: 1400, bandwidthBytesPerSec: 200e6 }).action, 'blackout');
   assert.equal(expectedDowntimeMs(1000, PAGE, 0, 0), Number.POSITIVE_INFINITY);
   assert.equal(decideRound({ ...base, bandwidthBytesPerSec: 0 }).action, 'round');
+  // Nothing dirty: only the handover is left, waiting cannot shorten it; but a target of 0 is never met.
+  assert.deepEqual(decideRound({ ...base, dirtyPages: 0, rttMs: 20 }), {
+    action: 'blackout',
+    reason: 'converged',
+  });
+  assert.equal(decideRound({ ...base, dirtyPages: 0, rttMs: 20, maxDowntimeMs: 0 }).action, 'round');
   assert.equal(MAX_DOWNTIME_DEFAULT_MS, 30);
 });
 
