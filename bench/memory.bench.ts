@@ -297,7 +297,7 @@ function cloneWorkload(context: Parameters<Suite['run']>[0]): void {
   const stats = merger.stats();
   context.log(
     `merger: shared ${stats.pagesShared}, sharing ${stats.pagesSharing}, unshared ${stats.pagesUnshared}, ` +
-      `saved ${(stats.bytesSaved / MiB).toFixed(1)} MiB net of ${(stats.metadataBytes / MiB).toFixed(1)} MiB metadata`,
+      `saved ${(stats.bytesSavedNet / MiB).toFixed(1)} MiB net of ${(stats.metadataBytes / MiB).toFixed(1)} MiB metadata`,
   );
   for (const child of children) child.destroy();
   parent.destroy();

@@ -19,10 +19,14 @@ import { heapValuesSuite } from './heap-values.bench.js';
 import { heapCollectionsSuite } from './heap-collections.bench.js';
 import { durableSuite } from './durable.bench.js';
 import { fleetSuite } from './fleet.bench.js';
+import { mergerSuite } from './merger.bench.js';
+import { regionMigrationSuite } from './region-migration.bench.js';
+import { postcopySuite } from './postcopy.bench.js';
 import { migrateSuite } from './migrate.bench.js';
 
 const suites: Suite[] = [
   memorySuite,
+  mergerSuite,
   applianceSuite,
   fabricSuite,
   tierSuite,
@@ -36,6 +40,8 @@ const suites: Suite[] = [
   heapCollectionsSuite,
   durableSuite,
   fleetSuite,
+  regionMigrationSuite,
+  postcopySuite,
   migrateSuite,
 ];
 

@@ -52,8 +52,10 @@ export const groups = {
   },
   nbd: {
     mutate: [
-      span('src/nbd/validate.ts', 'validateRequest', 'commandName'),
-      span('src/nbd/request-parser.ts', 'feed', 'plan'),
+      span('src/nbd/server/validate.ts', 'validateRequest', 'commandName'),
+      span('src/nbd/server/request-parser.ts', 'feed', 'plan'),
+      // The request parser decodes each header with the protocol's decoder.
+      span('src/nbd/protocol/request.ts', 'decodeRequestHeader'),
     ],
     tests: [
       'test/nbd/validate.test.ts',

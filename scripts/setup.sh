@@ -15,6 +15,7 @@ declare -A NEED=(
   [nbdkit]=nbdkit
   [openssl]=openssl
   [etcd]=etcd-server
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

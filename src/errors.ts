@@ -44,6 +44,8 @@ export const ErrorCodes = {
   CORRUPT_FILE: 'MF_CORRUPT_FILE',
   /** A region is migrating (or has moved) to another appliance; over NBD a refused request is ESHUTDOWN. */
   MIGRATING: 'MF_MIGRATING',
+  /** A server could not listen where asked (the address is in use, not permitted, or not this machine's). */
+  LISTEN_FAILED: 'MF_LISTEN_FAILED',
   /** A migration or standby peer broke the wire protocol (bad magic or version, a damaged or impossible frame). */
   MIGRATION_PROTOCOL: 'MF_MIGRATION_PROTOCOL',
   /**

@@ -12,7 +12,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { FramePool, SamePageMerger, type MergerStats } from '../memory/index.js';
+import { FramePool, SamePageMerger, checkCpuShare, checkSliceMs, type MergerStats } from '../memory/index.js';
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import {
   NbdServer,
@@ -37,8 +37,10 @@ export const HTTP_PORT_DEFAULT = 10880;
 export const HOST_DEFAULT = '127.0.0.1';
 export const MEMORY_DEFAULT = '1GiB';
 export const DEFAULT_REGION_NAME = 'default';
-export const MERGE_INTERVAL_MS_DEFAULT = 50;
-export const MERGE_BATCH_MS_MAX = 5;
+/** The merger's share of one core unless told otherwise (`--merge-cpu`). */
+export const MERGE_CPU_SHARE_DEFAULT = 0.1;
+/** Longest one merger slice holds the event loop (and so every NBD client). */
+export const MERGE_SLICE_MS_MAX = 5;
 
 export interface Endpoint {
   host: string;
@@ -62,8 +64,12 @@ export interface ApplianceOptions {
   fileLayer?: FileLayer;
   /** The region the empty export name serves; created if missing. `false`: none. */
   defaultRegion?: { name?: string; size?: number | string } | false;
-  /** Background same-page merging; `false` turns it off. */
-  merge?: { intervalMs?: number; pagesPerBatch?: number; quietEpochs?: number } | false;
+  /**
+   * Background same-page merging; `false` turns it off. `cpuShare`: the share of one core it
+   * uses, from 0.001 to 1 (default 0.1); `sliceMs`: the longest one slice holds the event loop
+   * (default 5); `quietEpochs`: see MergerOptions. Bad values: MF_INVALID_ARGUMENT at start.
+   */
+  merge?: { cpuShare?: number; sliceMs?: number; quietEpochs?: number } | false;
   /** Bounds on what NBD clients may hold (connections, buffers, timeouts); see docs/nbd.md. */
   nbdLimits?: NbdLimits;
   /**
@@ -120,7 +126,8 @@ export interface ApplianceStats {
   regions: number;
   /** Regions by state (file-backed regions found at start may be loading or have failed). */
   regionStates: Record<RegionState, number>;
-  merger: MergerStats | null;
+  /** The merger's statistics and progress, with the region its scan is in (null between scans). */
+  merger: (MergerStats & { scanRegion: string | null }) | null;
   nbd: NbdStats;
 }
 
@@ -161,6 +168,10 @@ export class Appliance {
       ...(options.pageSize ? { pageSize: options.pageSize } : {}),
     });
     const merge = options.merge ?? {};
+    if (merge !== false) {
+      checkCpuShare(merge.cpuShare ?? MERGE_CPU_SHARE_DEFAULT, 'merge.cpuShare');
+      checkSliceMs(merge.sliceMs ?? MERGE_SLICE_MS_MAX, 'merge.sliceMs');
+    }
     this.merger =
       merge === false ? undefined : new SamePageMerger(this.pool, { quietEpochs: merge.quietEpochs ?? 1 });
     this.registry = new RegionRegistry({
@@ -223,6 +234,13 @@ export class Appliance {
     return `${this.https ? 'https' : 'http'}://${shown}:${port}`;
   }
 
+  /** The region the merger's scan is in now, or null between scans. */
+  private scanRegion(): string | null {
+    const space = this.merger?.scanningSpace;
+    if (space === undefined) return null;
+    return this.registry.all().find((region) => region.space === space)?.name ?? null;
+  }
+
   stats(): ApplianceStats {
     const pool = this.pool;
     let logicalBytes = 0;
@@ -245,7 +263,7 @@ export class Appliance {
       frames: { capacity: pool.capacity, used: pool.used, free: pool.free, cowCopies: pool.cowCopies },
       regions: this.registry.size,
       regionStates,
-      merger: this.merger?.stats() ?? null,
+      merger: this.merger ? { ...this.merger.stats(), scanRegion: this.scanRegion() } : null,
       nbd: this.nbdServer.stats(),
     };
   }
@@ -316,18 +334,18 @@ export class Appliance {
     }
     const merge = options.merge ?? {};
     if (merge !== false && this.merger) {
-      // Small batches often: each holds the event loop (and so every NBD client) for at most
-      // MERGE_BATCH_MS_MAX, and merging takes at most about a tenth of a core.
+      // Timed slices: each holds the event loop (and so every NBD client) for at most
+      // MERGE_SLICE_MS_MAX, and the sleeps between them keep merging to its share of a core.
       this.merger.start({
-        intervalMs: merge.intervalMs ?? MERGE_INTERVAL_MS_DEFAULT,
-        pagesPerBatch: merge.pagesPerBatch ?? 8192,
-        maxMsPerBatch: MERGE_BATCH_MS_MAX,
+        cpuShare: merge.cpuShare ?? MERGE_CPU_SHARE_DEFAULT,
+        sliceMs: merge.sliceMs ?? MERGE_SLICE_MS_MAX,
       });
     }
-    this.nbdAddress = await this.nbdServer.listen(
-      options.nbd?.port ?? NBD_PORT_DEFAULT,
-      options.nbd?.host ?? HOST_DEFAULT,
-    );
+    const nbdPort = options.nbd?.port ?? NBD_PORT_DEFAULT;
+    const nbdHost = options.nbd?.host ?? HOST_DEFAULT;
+    this.nbdAddress = await this.nbdServer
+      .listen(nbdPort, nbdHost)
+      .catch((error: unknown) => Promise.reject(listenFailed(error, 'NBD', nbdHost, nbdPort, '--nbd')));
     const httpPort = options.http?.port ?? HTTP_PORT_DEFAULT;
     const httpHost = options.http?.host ?? HOST_DEFAULT;
     this.https = options.httpTls !== undefined;
@@ -337,7 +355,11 @@ export class Appliance {
     });
     for (const warning of this.warnings) this.logger?.warn({ component: 'security' }, warning);
     this.http = createAdminApi(this, options.httpTls);
-    await this.http.listen({ port: httpPort, host: httpHost });
+    await this.http
+      .listen({ port: httpPort, host: httpHost })
+      .catch((error: unknown) =>
+        Promise.reject(listenFailed(error, 'the admin API', httpHost, httpPort, '--http')),
+      );
     const address = this.http.server.address();
     this.httpAddress = {
       host: httpHost,
@@ -430,4 +452,27 @@ async function prepareDataDir(dir: string): Promise<void> {
   } finally {
     await rm(probe, { force: true });
   }
+}
+
+/**
+ * A listening socket refused at start, as a typed error saying what to do: the usual cause is a
+ * second appliance (or any program) on the default ports, which Node reports as a bare EADDRINUSE.
+ */
+function listenFailed(error: unknown, what: string, host: string, port: number, flag: string): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const why =
+    code === 'EADDRINUSE'
+      ? 'the address is in use: another appliance or program listens there'
+      : code === 'EACCES'
+        ? 'permission denied (ports below 1024 need privileges)'
+        : code === 'EADDRNOTAVAIL'
+          ? 'no network interface of this machine has that address'
+          : undefined;
+  if (why === undefined) return error;
+  return new MemfabricError(
+    ErrorCodes.LISTEN_FAILED,
+    `cannot listen for ${what} on ${at}: ${why}; stop it or choose another address with ${flag} HOST:PORT (:0 picks a free port)`,
+    { cause: error },
+  );
 }

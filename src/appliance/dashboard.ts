@@ -1,6 +1,6 @@
 /**
- * GET /: one small, self-refreshing HTML page: memory use, merger savings, and every region
- * with the line a user can paste to reach it. Rendered on the server; no scripts.
+ * GET /: one small, self-refreshing HTML page: memory use, merger savings and progress, and
+ * every region with the line a user can paste to reach it. Rendered on the server; no scripts.
  */
 import { formatSize } from '../size.js';
 import type { Appliance } from './appliance.js';
@@ -54,7 +54,11 @@ regions hold ${formatSize(stats.memory.logicalBytes)} before sharing.</p>
 ${
   merger
     ? `<p>Same-page merger: ${merger.pagesShared} shared pages, ${merger.pagesSharing} more pointing at them,
-${merger.zeroPages} zero pages, ${merger.fullScans} full scans; saves ${formatSize(Math.max(0, merger.bytesSaved))}.</p>`
+${merger.zeroPages} zero pages, ${merger.fullScans} full scans; saves ${formatSize(merger.bytesSaved)}
+(${merger.bytesSavedNet < 0 ? '-' : ''}${formatSize(Math.abs(merger.bytesSavedNet))} net of its ${formatSize(merger.metadataBytes)} of tables).</p>
+<p>Scan: ${(100 * merger.scanFraction).toFixed(0)}% through the current full scan${merger.scanRegion === null ? '' : ` (in ${escapeHtml(merger.scanRegion)})`},
+${Math.round(merger.pagesVisitedPerSecond)} pages/s, ${(100 * merger.cpuShare).toFixed(1)}% of a core (set: ${(100 * merger.cpuShareTarget).toFixed(1)}%);
+the last full scan took ${(merger.lastFullScanMs / 1000).toFixed(2)} s.</p>`
     : '<p>Same-page merging is off.</p>'
 }
 <h2>Regions</h2>

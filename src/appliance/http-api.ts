@@ -28,6 +28,8 @@ import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
 import { registerNameRoutes } from './names-routes.js';
 import type { Region, RegionStats } from './region.js';
+import { describeValidation } from './validation-message.js';
+import { formatSize } from '../size.js';
 import type { PendingRegion } from './registry.js';
 
 /** Admin request bodies are small; anything larger is refused with 413. */
@@ -176,9 +178,13 @@ export function createAdminApi(
           : status === 404
             ? ErrorCodes.NOT_FOUND
             : ErrorCodes.INTERNAL;
+    const validation = (error as FastifyError).validation;
     const message =
-      (error as FastifyError).validation !== undefined
-        ? `invalid request: ${error.message}`
+      validation !== undefined
+        ? describeValidation(
+            validation,
+            request.routeOptions.schema?.body as { properties?: Record<string, unknown> },
+          )
         : status >= 500 && !(error instanceof MemfabricError)
           ? 'internal error; see the appliance log'
           : error.message;
@@ -208,7 +214,13 @@ export function createAdminApi(
         { region: region.name, size: region.size, tenant: region.tenant },
         'region created',
       );
-      return reply.status(201).send(regionView(region));
+      const warnings = overcommitWarnings(
+        region.name,
+        region.size,
+        appliance.pool.capacity * appliance.pool.pageSize,
+      );
+      for (const warning of warnings) appliance.logger?.warn({ region: region.name }, warning);
+      return reply.status(201).send({ ...regionView(region), ...(warnings.length > 0 ? { warnings } : {}) });
     },
   );
 
@@ -261,7 +273,7 @@ export function createAdminApi(
   });
 
   registerChunkRoutes(app, appliance);
-  registerMigrationRoutes(app, appliance);
+  registerMigrationRoutes(app, appliance, metrics);
   registerNameRoutes(app, appliance);
 
   // A tenant gets what a client needs to place and reach regions (memory, endpoints), not the
@@ -285,4 +297,18 @@ export function createAdminApi(
   );
 
   return app;
+}
+
+/**
+ * Regions are thin (memory is taken as pages are written), so a region larger than the
+ * appliance is allowed; but its writes fail with ENOSPC once the appliance is full, which a
+ * user who typed 1TiB for 1GiB deserves to hear at creation rather than at the first ENOSPC.
+ */
+export function overcommitWarnings(name: string, size: number, memoryBytes: number): string[] {
+  if (size <= memoryBytes) return [];
+  return [
+    `region ${name} (${formatSize(size)}) is larger than this appliance's memory (${formatSize(memoryBytes)}): ` +
+      `regions are thin, but writes fail with ENOSPC once ${formatSize(memoryBytes)} of data is held; ` +
+      'give the appliance more --memory, or place large regions with the fabric',
+  ];
 }

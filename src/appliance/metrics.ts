@@ -4,6 +4,7 @@
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Appliance } from './appliance.js';
+import type { MigrationTotals } from './migration.js';
 
 /**
  * A counter or gauge whose values are read from the appliance at scrape time (prom-client's
@@ -120,20 +121,89 @@ export function createMetrics(appliance: Appliance): Registry {
       ];
     },
   );
+  // Merger lines: what sharing saves (gross, and net of the merger's own tables, which is
+  // negative while little is merged), and how far and how fast the scan goes.
+  const merger = (read: (m: NonNullable<ReturnType<typeof stats>['merger']>) => number) => () => {
+    const m = stats().merger;
+    return m ? ([[{}, read(m)]] as Array<[Record<string, string>, number]>) : [];
+  };
   mirroredGauge(
     registry,
     'memfabric_merger_saved_bytes',
-    'Bytes saved by merging, net of its tables.',
+    'Bytes saved by merged and zero pages, gross: (sharing + zero pages) x page size. Never negative.',
     [],
-    () => {
-      const merger = stats().merger;
-      return merger ? [[{}, merger.bytesSaved]] : [];
-    },
+    merger((m) => m.bytesSaved),
   );
-  mirroredCounter(registry, 'memfabric_merger_full_scans_total', 'Completed full scans.', [], () => {
-    const merger = stats().merger;
-    return merger ? [[{}, merger.fullScans]] : [];
-  });
+  mirroredGauge(
+    registry,
+    'memfabric_merger_saved_net_bytes',
+    "Bytes saved net of the merger's own tables; negative while they cost more than sharing saves.",
+    [],
+    merger((m) => m.bytesSavedNet),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_metadata_bytes',
+    "Bytes of the merger's own tables (hashes, chains, content indexes).",
+    [],
+    merger((m) => m.metadataBytes),
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_merger_full_scans_total',
+    'Completed full scans.',
+    [],
+    merger((m) => m.fullScans),
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_merger_pages_visited_total',
+    'Resident pages the scan visited, merged already or not.',
+    [],
+    merger((m) => m.pagesVisited),
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_merger_scan_seconds_total',
+    'Time spent scanning (its rate is the share of a core the merger uses).',
+    [],
+    merger((m) => m.scanMs / 1000),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_pages_visited_per_second',
+    'Resident pages visited per second over the last 5 to 10 s.',
+    [],
+    merger((m) => m.pagesVisitedPerSecond),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_scan_fraction',
+    'How far the current full scan is, 0 to 1 (by address, over the spaces it covers).',
+    [],
+    merger((m) => m.scanFraction),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_last_full_scan_seconds',
+    'Wall time the last complete full scan took.',
+    [],
+    merger((m) => m.lastFullScanMs / 1000),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_cpu_share',
+    'Share of one core the merger used over the last 5 to 10 s.',
+    [],
+    merger((m) => m.cpuShare),
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_merger_cpu_share_target',
+    'Share of one core the merger is set to use (--merge-cpu).',
+    [],
+    merger((m) => m.cpuShareTarget),
+  );
   mirroredGauge(registry, 'memfabric_nbd_connections', 'Open NBD connections.', [], () => [
     [{}, stats().nbd.connectionsOpen],
   ]);
@@ -213,4 +283,59 @@ export function createMetrics(appliance: Appliance): Registry {
     },
   );
   return registry;
+}
+
+/**
+ * Region migrations (migration.ts), read from the migration manager at scrape time: those under
+ * way, how they ended, what they sent, and the last blackout.
+ */
+export function registerMigrationMetrics(registry: Registry, read: () => MigrationTotals): void {
+  mirroredGauge(
+    registry,
+    'memfabric_migration_in_progress',
+    'Region migrations from this appliance under way.',
+    [],
+    () => [[{}, read().inProgress]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_finished_total',
+    'Region migrations from this appliance that ended, by outcome.',
+    ['outcome'],
+    () => {
+      const totals = read();
+      return [
+        [{ outcome: 'done' }, totals.done],
+        [{ outcome: 'failed' }, totals.failed],
+      ];
+    },
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_pages_sent_total',
+    'Pages region migrations sent to their targets (data, zero and trimmed pages; every round and blackout).',
+    [],
+    () => [[{}, read().pagesSent]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_bytes_sent_total',
+    'Bytes region migrations put on the wire to their targets (NBD request headers and data).',
+    [],
+    () => [[{}, read().bytesSent]],
+  );
+  mirroredCounter(
+    registry,
+    'memfabric_migration_rounds_total',
+    'Pre-copy rounds region migrations completed.',
+    [],
+    () => [[{}, read().rounds]],
+  );
+  mirroredGauge(
+    registry,
+    'memfabric_migration_last_blackout_ms',
+    'The measured blackout of the last region migration that completed, ms (0 before the first).',
+    [],
+    () => [[{}, read().lastBlackoutMs ?? 0]],
+  );
 }

@@ -5,85 +5,85 @@
  *
  * Appliance A (this one) copies its region R to appliance B: A reads its own memory and writes
  * it to B over NBD; R's clients keep reading and writing R on A until the blackout, and then
- * find it on B through the `movedTo` that A publishes.
+ * find it on B through the `movedTo` that A publishes. The rounds, the dirty epochs, the
+ * downtime target and the blackout are the pre-copy engine's (src/migrate/engine.ts, the one
+ * engine every migration runs on, where the invariant is argued); this file is the transport:
+ * the NBD sink (migration-sink.ts), the handover, and what an appliance does around them.
  *
- *   1. Prepare. With the token given for B (`targetToken`): GET B/v1/stats (B's NBD endpoint and free memory: a region whose data cannot
- *      fit is refused before anything is created), POST B/v1/regions (same size and tenant,
- *      file-backed if R is, R's fabric descriptor if it carries one; the name R or
- *      `targetName`), open an NbdClient to it.
- *   2. Round 1. s1 = advanceEpoch(); walk R's extents(): data pages are written to B, zero
- *      pages become WRITE_ZEROES with NO_HOLE (still no memory on B), holes are skipped (B's
- *      region is new, hence all holes).
- *   3. Round k ≥ 2. In one synchronous step: take the pages dirtied since s(k-1), and if
- *      there are more than `blackoutPages` of them, the set shrank since the previous round
- *      and fewer than `maxRounds` rounds ran, sk = advanceEpoch(). Then copy those pages as
- *      they are now: data, zeros, or a hole (TRIM on B).
- *   4. Blackout (otherwise). R's gate closes in that same synchronous step: writes, trims and
- *      zeroes to R fail with MF_MIGRATING, which NBD answers with ESHUTDOWN, and change
- *      nothing; reads go on, descriptor replacements are refused (MF_MIGRATING). Copy the pages
- *      of the last dirty set, FLUSH B, send R's descriptor again if it was replaced since
- *      step 1 (PUT B/v1/regions/:name/descriptor), then mark R moved:
- *      its name answers `movedTo` (GET /v1/regions/:name), its NBD connections are ended and
- *      new ones refused (unknown export), its memory and files are freed.
+ *   1. Prepare. With the token given for B (`targetToken`): GET B/v1/stats (B's NBD endpoint and
+ *      free memory: a region whose data cannot fit is refused before anything is created),
+ *      POST B/v1/regions (same size and tenant, file-backed if R is, R's fabric descriptor if
+ *      it carries one; the name R or `targetName`), open an NbdClient to it and time a few
+ *      round trips (the engine adds two to the expected downtime).
+ *   2. Pre-copy (the engine). Round 1 sends every page of R that is not a hole: data pages as
+ *      NBD WRITEs, zero pages (and data pages that read as zeros) as WRITE_ZEROES with NO_HOLE;
+ *      holes are skipped (B's region is new, hence all holes). Round k sends the pages dirtied
+ *      since round k−1 began as they are now (a hole becomes a TRIM on B). After each round the
+ *      engine blacks out once the dirty set can be sent within `maxDowntimeMs` at the bandwidth
+ *      it measured (QEMU's rule), or after `maxRounds`, or when the set stopped shrinking.
+ *   3. Blackout. The engine closes R's write gate (src/migrate/gate.ts, installed on R's space;
+ *      Region.gate reads it) in the step that decides: writes, trims and zeroes to R fail with
+ *      MF_MIGRATING, which NBD answers with ESHUTDOWN, and change nothing; reads go on,
+ *      descriptor replacements are refused (MF_MIGRATING). It sends the last dirty set and
+ *      drains it; then the handover: FLUSH B, send R's descriptor again if it was replaced
+ *      since step 1 (PUT B/v1/regions/:name/descriptor). Then, in one synchronous step, the
+ *      gate moves for good and R is marked moved: its name answers `movedTo`
+ *      (GET /v1/regions/:name), its NBD connections are ended and new ones refused (unknown
+ *      export), its memory and files are freed.
  *
- * Why nothing acknowledged is lost. Invariant: when round k+1 starts (at epoch s(k+1)), every
- * page whose bytes on B may differ from A has a write epoch ≥ s(k). A copy reads A when it is
- * issued, and B applies one connection's requests in order (each page is copied at most once
- * per round and every round is drained before the next starts); a write to A after the read
- * records an epoch ≥ s(k). A page not copied in round k was not dirty since s(k-1), so by
- * induction B already matched it, and any later change again records an epoch ≥ s(k). Round 1
- * is the base: B starts as holes and every page of A that is not a hole is visited. At the
- * blackout nothing changes any more, so copying the pages dirtied since the last round began
- * makes B equal to A. Hence: a write A acknowledged before the blackout is on B when the
- * migration is done; a write refused during the blackout (ESHUTDOWN) was never acknowledged
- * and must be retried by the client where resolveRegion (src/fabric/follow.ts) now points.
+ * Why nothing acknowledged is lost: the engine's invariant (B applies one connection's requests
+ * in order; each page is sent at most once per round; every round is drained before the next
+ * decision) makes B equal to A at the blackout. A write A acknowledged before the blackout is
+ * on B when the migration is done; a write refused during the blackout (ESHUTDOWN) was never
+ * acknowledged and must be retried by the client where resolveRegion (src/fabric/follow.ts)
+ * now points.
  *
  * Failure (B unreachable or out of memory, a copy or the flush refused, the appliance
- * stopping) before R is marked moved: R's gate reopens, so A serves exactly as before with all
- * its data (a write refused during a failed blackout is retried at A), and the partial region
- * on B is deleted (retried while B still counts our closing NBD connection). `failed` carries
- * the cause's code and message.
+ * stopping) before R is marked moved: the engine reopens R's gate and takes it off, so A serves
+ * exactly as before with all its data (a write refused during a failed blackout is retried at
+ * A), and the partial region on B is deleted (retried while B still counts our closing NBD
+ * connection). `failed` carries the cause's code and message.
  *
- * Pacing: data goes in runs of at most COPY_RUN_PAGES_MAX pages, COPY_INFLIGHT_MAX requests
- * in flight, each from its own buffer (an NBD write holds its buffer until answered); after
- * every COPY_BATCH_PAGES pages the copy yields to the event loop, so A's clients wait at most
- * one batch of memcpy for their turn.
+ * Auto-converge is off for regions. The engine's throttle parks a writer that owes it delay
+ * synchronously (Atomics.wait), and a region's writers are NBD requests served on the
+ * appliance's one thread: parking would stall every region's clients and the copy itself.
+ * Slowing one region means delaying its NBD write replies, which the throttle cannot do yet.
+ *
+ * Pacing: data goes in runs of at most COPY_RUN_PAGES_MAX pages, COPY_INFLIGHT_MAX requests in
+ * flight (migration-sink.ts); the engine yields to the event loop between batches of pages, so
+ * A's clients wait at most one batch of memcpy for their turn.
  *
  * What is not moved: chunk allocations (chunk-routes.ts) and the page-sharing of clones and
  * merged pages (B stores every data page on its own until B's merger finds it). Read-only
  * regions are refused (B could not be written).
  */
 import { randomUUID } from 'node:crypto';
-import { setImmediate as yieldToEventLoop, setTimeout as delay } from 'node:timers/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { EXTENT_HOLE, EXTENT_ZERO, type AddressSpace } from '../memory/index.js';
-import { NbdClient } from '../nbd/client.js';
+import {
+  MAX_DOWNTIME_DEFAULT_MS,
+  MAX_DOWNTIME_MAX_MS,
+  MAX_ROUNDS_DEFAULT,
+  MAX_ROUNDS_MAX,
+  PreCopyEngine,
+  checkPreCopyOptions,
+  type Handover,
+  type MigrationProgress,
+  type StopReason,
+} from '../migrate/engine.js';
+import type { ThrottleReport } from '../migrate/throttle.js';
+import { NbdClient } from '../nbd/index.js';
 import { adminRequest, type AdminTarget } from './admin-client.js';
 import type { Appliance, Endpoint } from './appliance.js';
-import { GATE_BLACKOUT, GATE_OPEN, type MovedTo, type Region } from './region.js';
+import { COPY_INFLIGHT_MAX, NbdPageSink } from './migration-sink.js';
+import type { MovedTo, Region } from './region.js';
 
-/** Pre-copy rounds (round 1 included) before the blackout at the latest. */
-export const MAX_ROUNDS_DEFAULT = 30;
-export const MAX_ROUNDS_MAX = 1000;
-/** Go to the blackout once this few pages are dirty (256 pages: 1 MiB with 4 KiB pages). */
-export const BLACKOUT_PAGES_DEFAULT = 256;
-export const BLACKOUT_PAGES_MAX = 1 << 24;
-/** Pages copied between two yields to the event loop. */
-export const COPY_BATCH_PAGES = 256;
-/** Pages per NBD WRITE (128 KiB with 4 KiB pages). */
-export const COPY_RUN_PAGES_MAX = 32;
-/** NBD requests the copy keeps in flight to B. */
-export const COPY_INFLIGHT_MAX = 8;
-/** Bytes per WRITE_ZEROES or TRIM sent to B (bounds the work one request costs B). */
-export const COPY_ZERO_BYTES_MAX = 64 * 1024 * 1024;
-/** Extents described per extents() call, and bytes scanned per call. */
-const EXTENTS_PER_STEP = 64;
-const SCAN_PAGES_PER_STEP = 16384;
-/** Dirty pages grouped into one contiguous range at most. */
-const DIRTY_RUN_PAGES_MAX = 4096;
+export { MAX_DOWNTIME_DEFAULT_MS, MAX_DOWNTIME_MAX_MS, MAX_ROUNDS_DEFAULT, MAX_ROUNDS_MAX };
 /** Calls to B's admin API; B's NBD requests. */
 export const MIGRATION_ADMIN_TIMEOUT_MS = 10_000;
 export const MIGRATION_NBD_TIMEOUT_MS = 10_000;
+/** Round trips timed before the copy (the fastest one counts). */
+const RTT_PROBES = 3;
 /** Deleting the partial region on B after a failure: attempts while B reports it busy. */
 const CLEANUP_ATTEMPTS_MAX = 50;
 const CLEANUP_RETRY_MS = 20;
@@ -107,15 +107,23 @@ export interface MigrateOptions {
    * to the target. Never shown in the status or the log.
    */
   targetToken?: string;
+  /** Pre-copy rounds (round 1 included) before the blackout at the latest (default 30). */
   maxRounds?: number;
-  blackoutPages?: number;
+  /** Longest blackout to aim for, ms (default 30): the engine's downtime target. */
+  maxDowntimeMs?: number;
+  /** Only `false` is accepted for a region (see the file header); the default. */
+  autoConverge?: boolean;
 }
 
 export interface MigrationRound {
   round: number;
   /** Pages sent to B in this round (data, zero and trimmed pages). */
   pages: number;
+  /** Bytes put on the wire for them (NBD request headers and data). */
+  bytes: number;
   ms: number;
+  /** Pages dirtied while the round ran (the next round's set, or the blackout's). */
+  dirtyAfter: number;
 }
 
 export interface MigrationStatus {
@@ -127,20 +135,53 @@ export interface MigrationStatus {
   round: number;
   /** Pages sent to B so far, every round and the blackout together. */
   pagesCopied: number;
+  /** Bytes put on the wire to B so far (NBD request headers and data). */
+  bytesSent: number;
   /** Pages of the current round (or of the blackout) not yet sent. */
   dirtyRemaining: number;
+  /** The dirty set at the engine's last decision, pages. */
+  dirtyPages: number;
+  /** Pages R's clients dirtied per second during the last round, and as bytes. */
+  dirtyRatePagesPerSec: number;
+  dirtyRateBytesPerSec: number;
+  /** Bytes per second B applied over the last rounds. */
+  bandwidthBytesPerSec: number;
+  /**
+   * What a blackout would cost now, ms (before it); what the engine expected it to cost when it
+   * started it (after). Null while it cannot be known (pages dirty, no bandwidth measured yet).
+   */
+  expectedDowntimeMs: number | null;
+  /** One NBD round trip to B, ms (the fastest of a few before the copy). */
+  rttMs: number;
+  /** Completed rounds. */
   rounds: MigrationRound[];
-  /** Why the pre-copy stopped: 'converged', 'not-shrinking' or 'max-rounds'. */
-  stopReason: string | null;
+  /** Why the pre-copy stopped: 'converged', 'max-rounds' or 'not-converging'. */
+  stopReason: StopReason | null;
+  /** The blackout: pages sent in it, and its measured length (writes refused until acknowledged). */
   blackout: { pages: number; ms: number } | null;
+  /** Auto-converge's throttle (always level 0 for a region; see the file header). */
+  throttle: ThrottleReport & { level: number };
   movedTo: MovedTo | null;
   error: { code: string; message: string } | null;
   /** Failure only: whether the partial region on the target was deleted. */
   targetCleanedUp: boolean | null;
   maxRounds: number;
-  blackoutPages: number;
+  maxDowntimeMs: number;
+  autoConverge: boolean;
   startedAt: string;
   finishedAt: string | null;
+}
+
+/** What the appliance's metrics show of its migrations (see metrics.ts). */
+export interface MigrationTotals {
+  inProgress: number;
+  done: number;
+  failed: number;
+  pagesSent: number;
+  bytesSent: number;
+  rounds: number;
+  /** The last completed migration's measured blackout, ms (null before the first). */
+  lastBlackoutMs: number | null;
 }
 
 interface TargetStats {
@@ -152,6 +193,9 @@ interface TargetStats {
 export class MigrationManager {
   private readonly migrations = new Map<string, Migration>();
   private closed = false;
+  /** Sums over the migrations that finished (counters keep counting after one is forgotten). */
+  private readonly ended = { done: 0, failed: 0, pagesSent: 0, bytesSent: 0, rounds: 0 };
+  private lastBlackoutMs: number | null = null;
 
   constructor(private readonly appliance: Appliance) {}
 
@@ -160,13 +204,16 @@ export class MigrationManager {
     if (this.closed) throw new MemfabricError(ErrorCodes.BUSY, 'the appliance is stopping');
     const region = this.appliance.registry.require(name);
     const target = parseTarget(options.target);
-    const maxRounds = checkCount(options.maxRounds ?? MAX_ROUNDS_DEFAULT, 1, MAX_ROUNDS_MAX, 'maxRounds');
-    const blackoutPages = checkCount(
-      options.blackoutPages ?? BLACKOUT_PAGES_DEFAULT,
-      0,
-      BLACKOUT_PAGES_MAX,
-      'blackoutPages',
-    );
+    if (options.autoConverge === true) {
+      throw invalidArgument(
+        'autoConverge is not available for an appliance region: slowing its writers would stall every client of the appliance; leave it out, or raise maxDowntimeMs or maxRounds',
+      );
+    }
+    const checked = checkPreCopyOptions({
+      ...(options.maxRounds !== undefined ? { maxRounds: options.maxRounds } : {}),
+      ...(options.maxDowntimeMs !== undefined ? { maxDowntimeMs: options.maxDowntimeMs } : {}),
+      autoConverge: false,
+    });
     if (region.migrating) {
       throw new MemfabricError(
         ErrorCodes.MIGRATING,
@@ -179,17 +226,22 @@ export class MigrationManager {
         `region ${name} is read-only and cannot be migrated (the copy writes it on the target); clone it to a writable region and migrate that`,
       );
     }
-    const migration = new Migration(this.appliance, region, {
-      target,
-      targetApi: {
-        url: target,
-        ...(options.targetToken !== undefined ? { token: options.targetToken } : {}),
-        ...(this.appliance.peerCa !== undefined ? { ca: this.appliance.peerCa } : {}),
+    const migration = new Migration(
+      this.appliance,
+      region,
+      {
+        target,
+        targetApi: {
+          url: target,
+          ...(options.targetToken !== undefined ? { token: options.targetToken } : {}),
+          ...(this.appliance.peerCa !== undefined ? { ca: this.appliance.peerCa } : {}),
+        },
+        targetName: options.targetName ?? name,
+        maxRounds: checked.maxRounds,
+        maxDowntimeMs: checked.maxDowntimeMs,
       },
-      targetName: options.targetName ?? name,
-      maxRounds,
-      blackoutPages,
-    });
+      (ended) => this.record(ended),
+    );
     this.migrations.delete(name);
     this.migrations.set(name, migration);
     this.forgetOldest();
@@ -209,12 +261,38 @@ export class MigrationManager {
     return migration.status();
   }
 
+  /** Every migration's figures together, finished and under way (for the metrics). */
+  totals(): MigrationTotals {
+    const totals: MigrationTotals = { inProgress: 0, ...this.ended, lastBlackoutMs: this.lastBlackoutMs };
+    for (const migration of this.migrations.values()) {
+      if (migration.finished) continue;
+      const status = migration.status();
+      // Ended but still letting go of its connection: already in the sums.
+      if (status.state === 'done' || status.state === 'failed') continue;
+      totals.inProgress++;
+      totals.pagesSent += status.pagesCopied;
+      totals.bytesSent += status.bytesSent;
+      totals.rounds += status.rounds.length;
+    }
+    return totals;
+  }
+
   /** Fails every migration under way (their regions stay here) and waits for them to settle. */
   async close(): Promise<void> {
     this.closed = true;
     const running = [...this.migrations.values()].filter((m) => !m.finished);
     for (const migration of running) migration.cancel('the appliance is stopping');
     await Promise.all(running.map((m) => m.settled));
+  }
+
+  /** A migration ended: its figures join the sums. */
+  private record(status: MigrationStatus): void {
+    if (status.state === 'done') this.ended.done++;
+    else this.ended.failed++;
+    this.ended.pagesSent += status.pagesCopied;
+    this.ended.bytesSent += status.bytesSent;
+    this.ended.rounds += status.rounds.length;
+    if (status.blackout !== null && status.state === 'done') this.lastBlackoutMs = status.blackout.ms;
   }
 
   private forgetOldest(): void {
@@ -231,20 +309,40 @@ interface MigrationPlan {
   targetApi: AdminTarget;
   targetName: string;
   maxRounds: number;
-  blackoutPages: number;
+  maxDowntimeMs: number;
 }
+
+/** The engine's progress before it starts. */
+const NO_PROGRESS: MigrationProgress = {
+  phase: 'copying',
+  round: 0,
+  pagesSent: 0,
+  bytesSent: 0,
+  pagesRemaining: 0,
+  dirtyPages: 0,
+  dirtyRatePagesPerSec: 0,
+  dirtyRateBytesPerSec: 0,
+  bandwidthBytesPerSec: 0,
+  expectedDowntimeMs: 0,
+  throttleLevel: 0,
+  elapsedMs: 0,
+};
+
+const NO_THROTTLE: ThrottleReport = { levelMax: 0, pagesDelayed: 0, delayMs: 0, parkedMs: 0, awaitedMs: 0 };
 
 class Migration {
   readonly id = randomUUID();
   settled: Promise<void> = Promise.resolve();
   private state: MigrationState = 'preparing';
-  private round = 0;
-  private pagesCopied = 0;
-  private roundTotal = 0;
-  private roundCopied = 0;
-  private readonly rounds: MigrationRound[] = [];
-  private stopReason: string | null = null;
+  private rounds: MigrationRound[] = [];
+  /** The round being reconstructed from the engine's progress calls (0: none open). */
+  private roundOpen = 0;
+  private roundStart = { pages: 0, bytes: 0, at: 0 };
+  private stopReason: StopReason | null = null;
   private blackout: { pages: number; ms: number } | null = null;
+  private expectedDowntimeMs: number | null = null;
+  private rttMs = 0;
+  private throttle: ThrottleReport = NO_THROTTLE;
   private movedTo: MovedTo | null = null;
   private error: { code: string; message: string } | null = null;
   private targetCleanedUp: boolean | null = null;
@@ -252,12 +350,16 @@ class Migration {
   private finishedAt: Date | null = null;
   private readonly abort = new AbortController();
   private client: NbdClient | undefined;
+  /** The engine while it runs; its last progress once it is done (the engine is let go). */
+  private engine: PreCopyEngine | undefined;
+  private last: MigrationProgress = NO_PROGRESS;
   private running = false;
 
   constructor(
     private readonly appliance: Appliance,
     private readonly region: Region,
     private readonly plan: MigrationPlan,
+    private readonly onEnd: (status: MigrationStatus) => void,
   ) {}
 
   /** run() has returned: nothing of this migration is under way any more (cleanup included). */
@@ -278,25 +380,33 @@ class Migration {
   }
 
   status(): MigrationStatus {
+    const progress = this.engine?.progress() ?? this.last;
+    const over = this.state === 'done' || this.state === 'failed';
     return {
       id: this.id,
       region: this.region.name,
       target: { appliance: this.plan.target, region: this.plan.targetName },
       state: this.state,
-      round: this.round,
-      pagesCopied: this.pagesCopied,
-      dirtyRemaining:
-        this.state === 'done' || this.state === 'failed'
-          ? 0
-          : Math.max(0, this.roundTotal - this.roundCopied),
+      round: progress.round,
+      pagesCopied: progress.pagesSent,
+      bytesSent: progress.bytesSent,
+      dirtyRemaining: over ? 0 : progress.pagesRemaining,
+      dirtyPages: progress.dirtyPages,
+      dirtyRatePagesPerSec: progress.dirtyRatePagesPerSec,
+      dirtyRateBytesPerSec: progress.dirtyRateBytesPerSec,
+      bandwidthBytesPerSec: progress.bandwidthBytesPerSec,
+      expectedDowntimeMs: finite(this.expectedDowntimeMs ?? progress.expectedDowntimeMs),
+      rttMs: this.rttMs,
       rounds: this.rounds.map((r) => ({ ...r })),
       stopReason: this.stopReason,
       blackout: this.blackout ? { ...this.blackout } : null,
+      throttle: { level: progress.throttleLevel, ...this.throttle },
       movedTo: this.movedTo,
       error: this.error ? { ...this.error } : null,
       targetCleanedUp: this.targetCleanedUp,
       maxRounds: this.plan.maxRounds,
-      blackoutPages: this.plan.blackoutPages,
+      maxDowntimeMs: this.plan.maxDowntimeMs,
+      autoConverge: false,
       startedAt: this.startedAt.toISOString(),
       finishedAt: this.finishedAt?.toISOString() ?? null,
     };
@@ -314,6 +424,7 @@ class Migration {
     const space = region.space;
     let created = false;
     let committed = false;
+    let moving: Promise<unknown> = Promise.resolve();
     try {
       this.log('migration started', { targetName: plan.targetName });
       const stats = await this.unlessCancelled(
@@ -368,91 +479,79 @@ class Migration {
           `the target's region ${plan.targetName} has ${client.size} bytes, not ${region.size}`,
         );
       }
-      const copier = new PageCopier(space, client, this.abort.signal, (pages) => {
-        this.pagesCopied += pages;
-        this.roundCopied += pages;
-      });
-
-      // Round 1: everything allocated.
-      this.state = 'copying';
-      let since = space.advanceEpoch();
-      const before = space.stats();
-      this.beginRound(1, before.dataPages + before.zeroPages);
-      let started = performance.now();
-      await copier.copyRange(0, space.size, false);
-      let previous = this.endRound(started);
-
-      // Rounds 2…: what was dirtied during the previous one, until it is small or stops shrinking.
-      let last: Float64Array;
-      for (;;) {
-        // One synchronous step: nothing can write between taking the set and acting on it.
-        last = space.dirtyPages(since);
-        const stop =
-          last.length <= plan.blackoutPages
-            ? 'converged'
-            : last.length >= previous
-              ? 'not-shrinking'
-              : this.round >= plan.maxRounds
-                ? 'max-rounds'
-                : null;
-        if (stop !== null) {
-          this.stopReason = stop;
-          region.gate = GATE_BLACKOUT;
-          break;
-        }
-        since = space.advanceEpoch();
-        this.beginRound(this.round + 1, last.length);
-        started = performance.now();
-        await copier.copyPages(last);
-        previous = this.endRound(started);
-      }
-
-      // Blackout: writes are refused; copy the last dirty set, flush, publish movedTo.
-      this.state = 'blackout';
-      const blackoutStarted = performance.now();
-      this.roundTotal = last.length;
-      this.roundCopied = 0;
-      this.log('migration blackout', { pages: last.length, rounds: this.round, stopReason: this.stopReason });
-      await copier.copyPages(last);
-      await client.flush();
-      // Replacements are refused in the blackout (registry.putDescriptor), so this one is final.
-      const descriptor = region.descriptor;
-      if (descriptor !== undefined && descriptor !== sentDescriptor) {
-        await this.unlessCancelled(
-          adminRequest(
-            plan.targetApi,
-            'PUT',
-            `/v1/regions/${encodeURIComponent(plan.targetName)}/descriptor`,
-            { descriptor },
-            MIGRATION_ADMIN_TIMEOUT_MS,
-          ),
-        );
-      }
-      this.checkCancelled();
-      // The point of no return: B holds every byte A acknowledged, and A accepts no more.
-      committed = true;
-      const movedTo: MovedTo = { appliance: plan.target, region: plan.targetName, nbd };
-      const moving = this.appliance.registry.markMoved(region, movedTo);
-      const ended = this.appliance.nbdServer.disconnectExport(
-        region,
-        `region ${region.name} moved to ${plan.target}`,
+      this.rttMs = round3(
+        await this.unlessCancelled(roundTrip(client, Math.min(region.size, space.pageSize))),
       );
-      this.movedTo = movedTo;
-      this.blackout = { pages: last.length, ms: round3(performance.now() - blackoutStarted) };
+
+      const movedTo: MovedTo = { appliance: plan.target, region: plan.targetName, nbd };
+      const handover: Handover = {
+        destination: `${plan.target} (region ${plan.targetName})`,
+        handover: async () => {
+          await this.unlessCancelled(client.flush());
+          // Replacements are refused in the blackout (registry.putDescriptor), so this one is final.
+          const descriptor = region.descriptor;
+          if (descriptor !== undefined && descriptor !== sentDescriptor) {
+            await this.unlessCancelled(
+              adminRequest(
+                plan.targetApi,
+                'PUT',
+                `/v1/regions/${encodeURIComponent(plan.targetName)}/descriptor`,
+                { descriptor },
+                MIGRATION_ADMIN_TIMEOUT_MS,
+              ),
+            );
+          }
+        },
+        // The point of no return, in the engine's step that moves the gate: B holds every byte
+        // A acknowledged, and A accepts no more.
+        commit: () => {
+          committed = true;
+          this.movedTo = movedTo;
+          moving = this.appliance.registry.markMoved(region, movedTo);
+          const ended = this.appliance.nbdServer.disconnectExport(
+            region,
+            `region ${region.name} moved to ${plan.target}`,
+          );
+          this.log('migration committed', { connectionsEnded: ended });
+        },
+      };
+      const engine = new PreCopyEngine(space, new NbdPageSink(client, space.pageSize, region.size), {
+        maxDowntimeMs: plan.maxDowntimeMs,
+        maxRounds: plan.maxRounds,
+        autoConverge: false,
+        rttMs: this.rttMs,
+        signal: this.abort.signal,
+        onProgress: (progress) => this.onProgress(progress),
+      });
+      this.engine = engine;
+      this.state = 'copying';
+      const report = await engine.run(handover);
+      this.rounds = report.rounds.map((r) => ({ ...r }));
+      this.stopReason = report.stopReason;
+      this.blackout = { pages: report.blackoutPages, ms: report.downtimeMs };
+      this.expectedDowntimeMs = report.expectedDowntimeMs;
+      this.throttle = report.throttle;
       this.finish('done');
-      this.log('migration done', { blackout: this.blackout, connectionsEnded: ended });
+      this.log('migration done', {
+        blackout: this.blackout,
+        expectedDowntimeMs: report.expectedDowntimeMs,
+        stopReason: report.stopReason,
+        bandwidthBytesPerSec: report.bandwidthBytesPerSec,
+      });
       await moving.catch((error: unknown) =>
         this.appliance.logger?.error({ err: error, region: region.name }, 'freeing a moved region failed'),
       );
       await client.disconnect().catch(() => client.destroy());
     } catch (error) {
       if (committed) {
+        // The engine commits before it returns; nothing after the commit can undo the move.
+        if (this.state !== 'done') this.finish('done');
         this.appliance.logger?.error({ err: error, region: region.name }, 'after migrating');
         return;
       }
-      if (region.gate === GATE_BLACKOUT) region.gate = GATE_OPEN;
+      // The engine has reopened the gate and taken it off: A serves R again.
       this.client?.destroy();
-      this.error = describe(error);
+      this.error = describe(this.abort.signal.aborted ? this.abort.signal.reason : error);
       // Not in the blackout any more: clients waiting it out go back to A at once.
       this.state = 'aborting';
       if (created) this.targetCleanedUp = await this.deleteOnTarget();
@@ -467,23 +566,52 @@ class Migration {
     }
   }
 
-  private beginRound(round: number, pages: number): void {
-    this.round = round;
-    this.roundTotal = pages;
-    this.roundCopied = 0;
-  }
-
-  /** Records the round; returns the pages it copied. */
-  private endRound(started: number): number {
-    const entry = { round: this.round, pages: this.roundCopied, ms: round3(performance.now() - started) };
-    this.rounds.push(entry);
-    this.log('migration round', entry);
-    return this.roundCopied;
+  /**
+   * The engine reports at every round's start and end and at the blackout; the rounds are
+   * rebuilt from these calls while it runs, so the status lists each round as it completes
+   * (the engine's report replaces them at the end).
+   */
+  private onProgress(progress: MigrationProgress): void {
+    const now = performance.now();
+    if (this.roundOpen > 0 && (progress.round !== this.roundOpen || progress.phase !== 'copying')) {
+      if (progress.phase === 'copying' || progress.phase === 'blackout') {
+        const round: MigrationRound = {
+          round: this.roundOpen,
+          pages: progress.pagesSent - this.roundStart.pages,
+          bytes: progress.bytesSent - this.roundStart.bytes,
+          ms: round3(now - this.roundStart.at),
+          dirtyAfter: progress.dirtyPages,
+        };
+        this.rounds.push(round);
+        this.log('migration round', { ...round });
+      }
+      this.roundOpen = 0;
+    }
+    if (progress.phase === 'copying' && this.roundOpen === 0 && progress.round > this.rounds.length) {
+      this.roundOpen = progress.round;
+      this.roundStart = { pages: progress.pagesSent, bytes: progress.bytesSent, at: now };
+    }
+    if (progress.phase === 'blackout' && this.state === 'copying') {
+      this.state = 'blackout';
+      this.log('migration blackout', {
+        pages: progress.pagesRemaining,
+        rounds: progress.round,
+        expectedDowntimeMs: progress.expectedDowntimeMs,
+      });
+    }
   }
 
   private finish(state: 'done' | 'failed'): void {
+    if (this.engine) {
+      this.last = this.engine.progress();
+      this.throttle = this.engine.gate.throttle.snapshot();
+    }
+    // The engine holds the region's space and the sink its buffers: let them go.
+    this.engine = undefined;
+    this.roundOpen = 0;
     this.state = state;
     this.finishedAt = new Date();
+    this.onEnd(this.status());
   }
 
   private checkCancelled(): void {
@@ -532,173 +660,16 @@ class Migration {
   }
 }
 
-/**
- * Copies pages of an address space to an NBD export at the same offsets, keeping up to
- * COPY_INFLIGHT_MAX requests in flight. Slots: each in-flight request owns one buffer of
- * COPY_RUN_PAGES_MAX pages; `free` holds the indexes of idle slots (free.length + inFlight ===
- * COPY_INFLIGHT_MAX). The first failed request fails the whole copy.
- */
-class PageCopier {
-  private readonly pageSize: number;
-  private readonly buffers: Uint8Array[] = [];
-  private readonly free: number[] = [];
-  private inFlight = 0;
-  private wake: (() => void) | null = null;
-  private failure: unknown = undefined;
-  private sinceYield = 0;
-  /** Extents of one extents() call: lengths and flags (reused). */
-  private readonly extentLengths = new Float64Array(EXTENTS_PER_STEP);
-  private readonly extentFlags = new Uint8Array(EXTENTS_PER_STEP);
-  private extentCount = 0;
-  private readonly collect = (length: number, flags: number): void => {
-    this.extentLengths[this.extentCount] = length;
-    this.extentFlags[this.extentCount] = flags;
-    this.extentCount++;
-  };
-
-  constructor(
-    private readonly space: AddressSpace,
-    private readonly client: NbdClient,
-    private readonly signal: AbortSignal,
-    private readonly progress: (pages: number) => void,
-  ) {
-    this.pageSize = space.pageSize;
-    for (let i = 0; i < COPY_INFLIGHT_MAX; i++) {
-      this.buffers.push(new Uint8Array(COPY_RUN_PAGES_MAX * this.pageSize));
-      this.free.push(i);
-    }
+/** The fastest of RTT_PROBES reads of `length` bytes from the target's region, ms. */
+async function roundTrip(client: NbdClient, length: number): Promise<number> {
+  if (length === 0) return 0;
+  let fastest = Number.POSITIVE_INFINITY;
+  for (let probe = 0; probe < RTT_PROBES; probe++) {
+    const started = performance.now();
+    await client.read(0, length);
+    fastest = Math.min(fastest, performance.now() - started);
   }
-
-  /** Copies the sorted, distinct `pages` as they are now (data, zeros or holes), then drains. */
-  async copyPages(pages: Float64Array): Promise<void> {
-    const size = this.space.size;
-    let i = 0;
-    while (i < pages.length) {
-      const first = pages[i]!;
-      let count = 1;
-      while (i + count < pages.length && count < DIRTY_RUN_PAGES_MAX && pages[i + count] === first + count)
-        count++;
-      await this.scan(first * this.pageSize, Math.min(size, (first + count) * this.pageSize), true);
-      i += count;
-    }
-    await this.drain();
-  }
-
-  /**
-   * Copies [start, end) by extents: data is written, zero pages are zeroed (NO_HOLE), holes
-   * are trimmed when `trimHoles` (else skipped: the target is known to be a hole there).
-   */
-  async copyRange(start: number, end: number, trimHoles: boolean): Promise<void> {
-    await this.scan(start, end, trimHoles);
-    await this.drain();
-  }
-
-  /** Sends the requests that copy [start, end); some may still be in flight when it returns. */
-  private async scan(start: number, end: number, trimHoles: boolean): Promise<void> {
-    const pageSize = this.pageSize;
-    let pos = start;
-    while (pos < end) {
-      this.check();
-      this.extentCount = 0;
-      this.space.extents(
-        pos,
-        Math.min(end - pos, SCAN_PAGES_PER_STEP * pageSize),
-        this.collect,
-        EXTENTS_PER_STEP,
-      );
-      for (let e = 0; e < this.extentCount; e++) {
-        const length = this.extentLengths[e]!;
-        const flags = this.extentFlags[e]!;
-        if (flags & EXTENT_HOLE) {
-          if (trimHoles) await this.zeroOrTrim(pos, length, true);
-        } else if (flags & EXTENT_ZERO) {
-          await this.zeroOrTrim(pos, length, false);
-        } else {
-          await this.writeData(pos, length);
-        }
-        pos += length;
-      }
-      // A scan step costs about as much as copying a page, even over holes.
-      this.sinceYield += 1;
-      if (this.sinceYield >= COPY_BATCH_PAGES) await this.yield();
-    }
-  }
-
-  private async writeData(offset: number, length: number): Promise<void> {
-    const runBytes = COPY_RUN_PAGES_MAX * this.pageSize;
-    for (let at = offset; at < offset + length; at += runBytes) {
-      const n = Math.min(runBytes, offset + length - at);
-      const slot = await this.acquire();
-      // Read at the moment of sending: a write to A after this read dirties the page again.
-      const data = this.buffers[slot]!.subarray(0, n);
-      this.space.read(at, data);
-      this.track(slot, this.client.write(at, data));
-      await this.counted(n);
-    }
-  }
-
-  private async zeroOrTrim(offset: number, length: number, hole: boolean): Promise<void> {
-    for (let at = offset; at < offset + length; at += COPY_ZERO_BYTES_MAX) {
-      const n = Math.min(COPY_ZERO_BYTES_MAX, offset + length - at);
-      const slot = await this.acquire();
-      this.track(slot, hole ? this.client.trim(at, n) : this.client.writeZeroes(at, n, { noHole: true }));
-      await this.counted(n);
-    }
-  }
-
-  private async counted(bytes: number): Promise<void> {
-    const pages = Math.ceil(bytes / this.pageSize);
-    this.progress(pages);
-    this.sinceYield += pages;
-    if (this.sinceYield >= COPY_BATCH_PAGES) await this.yield();
-  }
-
-  /** Lets A's clients run between batches. */
-  private async yield(): Promise<void> {
-    this.sinceYield = 0;
-    await yieldToEventLoop();
-    this.check();
-  }
-
-  private async acquire(): Promise<number> {
-    while (this.free.length === 0) {
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-    this.check();
-    return this.free.pop()!;
-  }
-
-  private track(slot: number, request: Promise<void>): void {
-    this.inFlight++;
-    request.then(
-      () => this.release(slot),
-      (error: unknown) => {
-        this.failure ??= error;
-        this.release(slot);
-      },
-    );
-  }
-
-  private release(slot: number): void {
-    this.inFlight--;
-    this.free.push(slot);
-    const wake = this.wake;
-    this.wake = null;
-    wake?.();
-  }
-
-  /** Waits for every request in flight; throws the first failure. */
-  async drain(): Promise<void> {
-    while (this.inFlight > 0) {
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-    this.check();
-  }
-
-  private check(): void {
-    if (this.signal.aborted) throw this.signal.reason;
-    if (this.failure !== undefined) throw this.failure;
-  }
+  return fastest;
 }
 
 /** An admin URL of the form http(s)://host[:port], returned as its origin. */
@@ -732,16 +703,13 @@ export function publicEndpoint(nbd: Endpoint, adminUrl: string): Endpoint {
   return { host, port: nbd.port };
 }
 
-function checkCount(value: number, min: number, max: number, what: string): number {
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw invalidArgument(`${what} must be a whole number from ${min} to ${max}`);
-  }
-  return value;
-}
-
 function describe(error: unknown): { code: string; message: string } {
   if (error instanceof MemfabricError) return { code: error.code, message: error.message };
   return { code: ErrorCodes.INTERNAL, message: error instanceof Error ? error.message : String(error) };
+}
+
+function finite(value: number): number | null {
+  return Number.isFinite(value) ? value : null;
 }
 
 function round3(ms: number): number {

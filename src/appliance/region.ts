@@ -9,7 +9,8 @@
  */
 import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { AddressSpace } from '../memory/index.js';
-import type { NbdExport } from '../nbd/export.js';
+import { GATE_CLOSED, GATE_MOVED, GATE_OPEN, MigrationGate } from '../migrate/gate.js';
+import type { NbdExport } from '../nbd/index.js';
 import type { FileBacking, LoadReport } from './file-backing.js';
 import type { StoredDescriptor } from './region-descriptor.js';
 
@@ -17,13 +18,14 @@ import type { StoredDescriptor } from './region-descriptor.js';
 export const EXTENTS_PER_REPLY_MAX = 4096;
 
 /**
- * What a region still accepts while it migrates (migration.ts sets `gate`): everything; reads,
- * block status and flushes but no mutation (the blackout); nothing (moved: its memory is freed).
- * A refused request throws MF_MIGRATING, which NBD answers with ESHUTDOWN.
+ * What a region still accepts while it migrates: everything; reads, block status and flushes
+ * but no mutation (the blackout); nothing (moved: its memory is freed). One mechanism decides:
+ * the write gate the migration engine puts on the region's space (src/migrate/gate.ts), whose
+ * state `Region.gate` reads. A refused request throws MF_MIGRATING, which NBD answers with
+ * ESHUTDOWN.
  */
-export const GATE_OPEN = 0;
-export const GATE_BLACKOUT = 1;
-export const GATE_MOVED = 2;
+export { GATE_MOVED, GATE_OPEN };
+export const GATE_BLACKOUT = GATE_CLOSED;
 
 /** Where a migrated region lives now. */
 export interface MovedTo {
@@ -86,8 +88,6 @@ export class Region implements NbdExport {
   readonly clonedFrom: string | null;
   readonly createdAt = new Date();
   connections = 0;
-  /** GATE_OPEN, GATE_BLACKOUT or GATE_MOVED (set by migration.ts). */
-  gate = GATE_OPEN;
   /** A migration of this region is under way (it cannot be deleted or migrated again). */
   migrating = false;
   /**
@@ -123,6 +123,17 @@ export class Region implements NbdExport {
     this.descriptor = options.descriptor;
     this.blockSize = options.space.pageSize;
     this.description = `memfabric region ${options.name} (tenant ${options.tenant})`;
+  }
+
+  /**
+   * GATE_OPEN, GATE_BLACKOUT or GATE_MOVED: the state of the migration's write gate on the
+   * space (GATE_OPEN when none). The gate refuses writes to the space itself too; checking it
+   * here first only words the refusal for NBD clients (resolve the region again) and keeps
+   * reads of a moved region out of its freed memory.
+   */
+  get gate(): number {
+    const gate = this.space.writeGate;
+    return gate instanceof MigrationGate ? gate.state : GATE_OPEN;
   }
 
   read(offset: number, dst: Uint8Array): void {

@@ -14,13 +14,13 @@
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { AddressSpace, type FramePool, type SamePageMerger } from '../memory/index.js';
-import type { NbdExport, NbdExportDirectory } from '../nbd/export.js';
+import type { NbdExport, NbdExportDirectory } from '../nbd/index.js';
 import { parseSize } from '../size.js';
 import { FileBacking, removeRegionFiles, type RegionFileMeta, REGION_FILE_VERSION } from './file-backing.js';
 import type { PageRuns } from './extent-map.js';
 import { nodeFileLayer, type FileLayer } from './file-layer.js';
 import { LoadDeduper } from './load-dedup.js';
-import { GATE_MOVED, GATE_OPEN, Region, type MovedTo } from './region.js';
+import { GATE_OPEN, Region, type MovedTo } from './region.js';
 import { checkDescriptor, staleGeneration, type StoredDescriptor } from './region-descriptor.js';
 
 /** Region names: used in NBD URIs and file names, so a safe, bounded alphabet. */
@@ -429,7 +429,7 @@ export class RegionRegistry implements NbdExportDirectory {
       movedTo,
       movedAt: new Date().toISOString(),
     };
-    region.gate = GATE_MOVED;
+    // region.gate is GATE_MOVED already: the migration's write gate moved in the same step.
     this.regions.delete(region.name);
     if (this.defaultRegion === region.name) this.defaultRegion = undefined;
     if (this.movedAway.size >= MOVED_RECORDS_MAX) {

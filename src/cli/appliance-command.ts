@@ -10,6 +10,7 @@ import type { NbdLimits, NbdTlsMode } from '../nbd/index.js';
 import type { ReadAccess } from '../appliance/auth.js';
 import { stateTokenFile } from '../appliance/auth-token.js';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+import { checkCpuShare } from '../memory/index.js';
 import { formatSize } from '../size.js';
 import { parseEndpoint } from './endpoint.js';
 
@@ -22,6 +23,8 @@ export interface ApplianceCommandOptions {
   defaultSize?: number;
   pageSize: number;
   merge: boolean;
+  /** --merge-cpu as typed: the merger's share of one core (checked here, typed error if bad). */
+  mergeCpu?: string;
   logLevel: string;
   /** NBD resource bounds from the --nbd-* flags (timeouts in seconds, as typed). */
   nbdMaxConnections?: number;
@@ -105,6 +108,13 @@ function nbdLimits(options: ApplianceCommandOptions): NbdLimits {
   return limits;
 }
 
+/** `--merge-cpu SHARE` as a number, or a typed error that shows the value as typed. */
+function mergeCpuShare(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const share = Number(value);
+  return checkCpuShare(value.trim() === '' || Number.isNaN(share) ? value : share, '--merge-cpu');
+}
+
 export async function runAppliance(options: ApplianceCommandOptions): Promise<void> {
   const logger = pino({ level: options.logLevel, base: { service: 'memfabric-appliance' } });
   const nbd = parseEndpoint(options.nbd, '127.0.0.1');
@@ -119,7 +129,8 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     throw invalidArgument(`--read-access must be open or token, not ${JSON.stringify(options.readAccess)}`);
   }
   const tokenFile = applianceTokenFile(options, http.port);
-  const appliance = await Appliance.start({
+  const mergeCpu = mergeCpuShare(options.mergeCpu);
+  const starting = Appliance.start({
     nbd,
     http,
     memory: options.memory,
@@ -129,7 +140,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
       options.defaultRegion === ''
         ? false
         : { name: options.defaultRegion, ...(options.defaultSize ? { size: options.defaultSize } : {}) },
-    merge: options.merge ? {} : false,
+    merge: options.merge ? (mergeCpu !== undefined ? { cpuShare: mergeCpu } : {}) : false,
     nbdLimits: nbdLimits(options),
     ...(tlsMode !== undefined
       ? {
@@ -160,6 +171,13 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     ...(options.etcd !== undefined ? { etcd: etcdEndpoints(options.etcd) } : {}),
     ...(options.etcdTtl !== undefined ? { etcdTtl: options.etcdTtl } : {}),
     ...(options.controller === false ? { controller: false } : {}),
+  });
+  // A refused start is an error-level log line (for whoever collects the logs) as well as the
+  // one-line message main.ts prints for the person at the terminal.
+  const appliance = await starting.catch((error: unknown) => {
+    const code = error instanceof MemfabricError ? error.code : undefined;
+    logger.error({ error: { code, message: (error as Error).message } }, 'appliance failed to start');
+    throw error;
   });
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = appliance.httpUrl;

@@ -43,7 +43,7 @@ export function runDemo({ clones, sizeBytes, out }: DemoOptions): void {
   const stats = merger.stats();
   out(
     `merged: ${stats.pagesShared} shared pages, ${stats.pagesSharing} more pages point at them; ` +
-      `saved ${formatSize(stats.bytesSaved)} net of ${formatSize(stats.metadataBytes)} of merger tables`,
+      `saved ${formatSize(stats.bytesSavedNet)} net of ${formatSize(stats.metadataBytes)} of merger tables`,
   );
   children[0]!.writeU8(0, 1);
   out(

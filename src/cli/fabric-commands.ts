@@ -19,6 +19,8 @@ import { Fabric, type FabricRegionInfo } from '../fabric/fabric.js';
 import { describeRedundancy, type ExternalRegion } from '../fabric/external-region.js';
 import { formatSize } from '../size.js';
 import { findToken } from './credentials.js';
+import { byteProgress } from './progress.js';
+import { normalizeApplianceUrl } from './appliance-url.js';
 import { formatTable } from './table.js';
 
 interface FabricCommandOptions {
@@ -34,13 +36,8 @@ function urlList(value: string): string[] {
     .split(',')
     .map((url) => url.trim())
     .filter((url) => url !== '');
-  for (const url of urls) {
-    if (!/^https?:\/\//.test(url)) {
-      throw new InvalidArgumentError(`${url} is not an admin URL: write it as http://HOST:PORT`);
-    }
-  }
   if (urls.length === 0) throw new InvalidArgumentError('name at least one appliance admin URL');
-  return urls;
+  return urls.map((url) => normalizeApplianceUrl(url, '--appliances'));
 }
 
 async function fabricFor(options: FabricCommandOptions): Promise<Fabric> {
@@ -150,7 +147,23 @@ export function registerFabricCommands(program: Command): void {
         const region = await f.open(name, { force: options.force ?? false });
         try {
           const started = performance.now();
-          const { rebuilt } = await region.rebuild();
+          // One bar over every lost shard's bytes: shards refill one after another.
+          const lost = region.health().lost;
+          const bar = byteProgress(`rebuilding ${name}`, lost * region.shardBytes);
+          const finished = new Map<number, number>();
+          let rebuilt: number;
+          try {
+            ({ rebuilt } = await region.rebuild({
+              onProgress: ({ shard, bytesDone }) => {
+                finished.set(shard, bytesDone);
+                let done = 0;
+                for (const bytes of finished.values()) done += bytes;
+                bar.update(done);
+              },
+            }));
+          } finally {
+            bar.stop();
+          }
           const seconds = (performance.now() - started) / 1000;
           console.log(
             `rebuilt ${rebuilt} shard(s) of ${name} in ${seconds.toFixed(1)} s` +

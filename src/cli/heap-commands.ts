@@ -275,7 +275,11 @@ export function registerHeapCommands(program: Command): void {
         .argParser(sizeOption)
         .default(parseSize(HEAP_SIZE_DEFAULT), HEAP_SIZE_DEFAULT),
     )
-    .option('--page-size <bytes>', 'page size: a power of two from 1024 to 65536', sizeOption, 4096)
+    .addOption(
+      new Option('--page-size <bytes>', 'page size: a power of two from 1024 to 65536')
+        .argParser(sizeOption)
+        .default(4096, '4 KiB'),
+    )
     .option('--json', 'print JSON')
     .action(
       action(async (file: string, options: { size: number; pageSize: number; json?: boolean }) => {

@@ -2,14 +2,15 @@
  * The `memfabric` command line. Each subcommand lives in its own module; this file only wires
  * them to commander.
  */
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { MemfabricError, parseSize } from '../index.js';
+import { MemfabricError, formatSize, parseSize } from '../index.js';
 import { runDemo } from './demo.js';
 import { applianceDefaults, runAppliance } from './appliance-command.js';
 import {
-  APPLIANCE_URL_DEFAULT,
   applianceStats,
   formatRegions,
+  formatStats,
   regionClone,
   regionCreate,
   regionList,
@@ -21,6 +22,7 @@ import { registerHeapCommands } from './heap-commands.js';
 import { registerFabricCommands } from './fabric-commands.js';
 import { registerControllerCommand } from './controller-command.js';
 import { describeError } from './describe-error.js';
+import { applianceUrlDefault, applianceUrlOption } from './appliance-url.js';
 import { adminTargetFor, withCredentials, type CredentialOptions } from './credentials.js';
 
 function sizeOption(value: string): number {
@@ -29,6 +31,11 @@ function sizeOption(value: string): number {
   } catch (error) {
     throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
   }
+}
+
+/** A size option whose default --help shows as a size ("1 GiB"), not a byte count. */
+function sizeWithDefault(flags: string, description: string, bytes: number): Option {
+  return new Option(flags, description).argParser(sizeOption).default(bytes, formatSize(bytes));
 }
 
 function secondsOption(value: string): number {
@@ -56,13 +63,18 @@ function countOption(value: string): number {
 const program = new Command()
   .name('memfabric')
   .description('A memory fabric for Node.js: paged, copy-on-write, merged, served over NBD.')
+  // package.json is two levels up from both src/cli/ and dist/cli/.
+  .version(
+    (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
+      .version,
+  )
   .showHelpAfterError();
 
 program
   .command('demo')
   .description('fork a space into clones, write, merge identical pages and print the savings')
   .option('--clones <n>', 'number of clones', countOption, 8)
-  .option('--size <size>', 'size of the parent space', sizeOption, 16 * 1024 * 1024)
+  .addOption(sizeWithDefault('--size <size>', 'size of the parent space', 16 * 1024 * 1024))
   .action((options: { clones: number; size: number }) => {
     runDemo({ clones: options.clones, sizeBytes: options.size, out: (line) => console.log(line) });
   });
@@ -72,7 +84,9 @@ program
   .description('run a memory appliance: regions served over NBD, an HTTP admin API and dashboard')
   .option('--nbd <host:port>', 'where NBD listens', applianceDefaults.nbd)
   .option('--http <host:port>', 'where the admin API and dashboard listen', applianceDefaults.http)
-  .option('--memory <size>', 'memory budget for all regions', sizeOption, parseSize(applianceDefaults.memory))
+  .addOption(
+    sizeWithDefault('--memory <size>', 'memory budget for all regions', parseSize(applianceDefaults.memory)),
+  )
   .option('--data-dir <dir>', 'directory for file-backed regions (loaded at start)')
   .option(
     '--default-region <name>',
@@ -84,8 +98,9 @@ program
     'size of the default region if it is created (default: the memory budget)',
     sizeOption,
   )
-  .option('--page-size <bytes>', 'page size: a power of two from 512 to 65536', sizeOption, 4096)
+  .addOption(sizeWithDefault('--page-size <bytes>', 'page size: a power of two from 512 to 65536', 4096))
   .option('--no-merge', 'turn off background same-page merging')
+  .option('--merge-cpu <share>', 'share of one core the background merger uses, 0.001 to 1 (default 0.1)')
   .option('--log-level <level>', 'pino log level', 'info')
   .option(
     '--nbd-max-connections <n>',
@@ -148,7 +163,14 @@ program
   .action(runAppliance);
 
 const appliance = (command: Command) =>
-  withCredentials(command.option('--appliance <url>', 'the appliance admin API', APPLIANCE_URL_DEFAULT));
+  withCredentials(
+    command.option(
+      '--appliance <url>',
+      'the appliance admin API, http://HOST:PORT or HOST:PORT (default: MEMFABRIC_APPLIANCE, else http://127.0.0.1:10880)',
+      applianceUrlOption,
+      applianceUrlDefault(),
+    ),
+  );
 
 const region = program.command('region').description('manage regions on an appliance');
 appliance(region.command('create <name>'))
@@ -163,6 +185,7 @@ appliance(region.command('create <name>'))
       options: { size: string; tenant?: string; readOnly?: boolean; file?: boolean } & CredentialOptions,
     ) => {
       const created = await regionCreate(await adminTargetFor(options), name, options);
+      for (const warning of created.warnings ?? []) console.error(`warning: ${warning}`);
       console.log(formatRegions([created]));
     },
   );
@@ -192,9 +215,11 @@ appliance(region.command('rm <name>'))
 registerMigrateCommand(region);
 registerChunkCommands(region, appliance);
 appliance(program.command('stats'))
-  .description("print an appliance's statistics as JSON")
-  .action(async (options: CredentialOptions) => {
-    console.log(JSON.stringify(await applianceStats(await adminTargetFor(options)), null, 2));
+  .description("print an appliance's statistics (memory, regions, merging, NBD traffic)")
+  .option('--json', 'print every statistic as JSON')
+  .action(async (options: CredentialOptions & { json?: boolean }) => {
+    const stats = await applianceStats(await adminTargetFor(options));
+    console.log(options.json ? JSON.stringify(stats, null, 2) : formatStats(stats as never));
   });
 registerHeapCommands(program);
 registerFabricCommands(program);

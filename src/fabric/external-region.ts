@@ -36,7 +36,7 @@
 import { nextGeneration, type RegionDescriptor, type ShardPlacement } from '../catalog/descriptor.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { ESHUTDOWN } from '../nbd/constants.js';
+import { ESHUTDOWN } from '../nbd/index.js';
 import type { NbdClientTls } from '../nbd/index.js';
 import { ReedSolomonCodec, StripeBatch } from './codec.js';
 import type { ApplianceDirectory } from './directory.js';

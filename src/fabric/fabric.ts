@@ -256,7 +256,12 @@ export class Fabric {
     }
   }
 
-  /** Allocates memory; see the overview for how the memory type is chosen. */
+  /**
+   * Allocates memory; see the overview for how the memory type is chosen. Memory with redundancy
+   * is always external, so it is typed as an ExternalRegion (detach, rebuild, scrub).
+   */
+  allocate(options: AllocateOptions & { redundancy: Exclude<Redundancy, 'none'> }): Promise<ExternalRegion>;
+  allocate(options: AllocateOptions): Promise<MemoryRegion>;
   async allocate(options: AllocateOptions): Promise<MemoryRegion> {
     const size = parseSize(options.size, 'size');
     if (size < 1) throw invalidArgument('size must be at least 1 byte');

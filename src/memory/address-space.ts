@@ -876,6 +876,41 @@ export class AddressSpace implements TranslationCache {
     this.walk(0, 0, 0, visit);
   }
 
+  // --- Leaf seek (the merger's cursor) ------------------------------------------------------
+
+  /**
+   * @internal First page of the leaf that maps `from`, or else of the next leaf after it, in
+   * page order; -1 when no leaf lies at or after `from`. Empty interior slots are skipped a whole
+   * subtree at a time, so on a huge sparse space the cost is O(levels + empty slots passed)
+   * rather than O(pages). Allocates nothing and keeps no state: a caller that holds a page
+   * number as its cursor sees the table as it is now, however it changed in between.
+   */
+  nextLeafPage(from: number): number {
+    if (this.destroyed || !(from < this.pageCount)) return -1;
+    return this.seekLeaf(0, 0, 0, Math.max(0, from));
+  }
+
+  /** nextLeafPage below `node` (at `level`, mapping pages from `nodeFirstPage`). */
+  private seekLeaf(node: number, level: number, nodeFirstPage: number, from: number): number {
+    const scale = this.levelScale[level]!;
+    const pagesPerSlot = 1 / scale;
+    const last = level === this.levels - 1;
+    const base = node * DIR_ENTRIES;
+    // Slots wholly before `from` are passed over; only the first slot searched may start before it.
+    let i = from > nodeFirstPage ? Math.floor((from - nodeFirstPage) * scale) : 0;
+    for (; i < DIR_ENTRIES; i++) {
+      const child = this.nodes[base + i]!;
+      if (child === 0) continue;
+      const page = nodeFirstPage + i * pagesPerSlot;
+      if (last) return page;
+      const found = this.seekLeaf(child, level + 1, page, from);
+      if (found >= 0) return found;
+    }
+    return -1;
+  }
+
+  // --- end of leaf seek --------------------------------------------------------------------
+
   /** @internal Time (performance.now()) at which epoch `epoch` began, if still remembered. */
   epochStartTime(epoch: number): number | undefined {
     if (epoch > this.epoch || this.epoch - epoch >= EPOCH_TIMES) return undefined;

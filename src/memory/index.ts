@@ -21,4 +21,6 @@ export {
   type MergerStats,
   type ScanBudget,
   type ScanResult,
+  type BackgroundOptions,
 } from './merger.js';
+export { CPU_SHARE_DEFAULT, CPU_SHARE_MIN, checkCpuShare, checkSliceMs } from './merger-pace.js';

@@ -1,8 +1,13 @@
 /**
  * Same-page merger: collapse-on-write (seed 000), in the manner of Linux KSM.
  *
- * Algorithm. The merger walks every registered address space page by page, in bounded
- * batches, keeping a cursor between batches. A full scan visits each space once; at the start
+ * Algorithm. The merger walks every registered address space leaf by leaf, in bounded
+ * batches, keeping a cursor (a space and a page number) between batches. The cursor moves from
+ * leaf to leaf through the interior levels of the page table (AddressSpace.nextLeafPage), so
+ * holes cost nothing however large the space, and a batch's budget counts the resident pages
+ * it visits (at least one per leaf) and the time it takes, never the empty slots it passes:
+ * 60,000 pages scattered one per leaf over 1 TiB cost what 60,000 dense pages cost, give or
+ * take a pass over each leaf's slots. A full scan visits each space once; at the start
  * of each full scan it advances every space's epoch, so "written within the quiet interval"
  * becomes "written since the previous scan began, or in the `quietEpochs` epochs before"
  * (and, with `quietMs`, "in an epoch that ended less than quietMs ago"). Those are the seed's
@@ -26,6 +31,13 @@
  * Leaves shared between forks are scanned once per full scan (leaf scan marks); repointing an
  * entry in a shared leaf is correct for every space sharing it, since the bytes are identical.
  *
+ * Settled leaves. A leaf whose resident pages were all indexed at its last visit, and in which
+ * nothing was written since (its maxEpoch has not moved), cannot hold a page to merge: it is
+ * passed over in one step, its resident count taken from that visit (see `leafClean`). Skipping
+ * one wrongly would only delay a merge, never misplace a byte: merging always byte-compares.
+ *
+ * Background. `start()` runs the scan in timed slices at a share of one core (merger-pace.ts).
+ *
  * Per-frame metadata (typed arrays indexed by frame): frameHash (the 52-bit key), next (the
  * chain), frameDomain (which index holds it). Invariant: FRAME_MERGED is set on f exactly when
  * f is on the chain of key frameHash[f] in index frameDomain[f].
@@ -36,15 +48,23 @@ import type { AddressSpace, SpaceRegistry } from './address-space.js';
 import { FIRST_FRAME, FRAME_MERGED, ZERO_FRAME, type FrameIndex, type FramePool } from './frame-pool.js';
 import { ContentIndex } from './content-index.js';
 import { LEAF_ENTRIES } from './leaf-arena.js';
+import {
+  CPU_SHARE_DEFAULT,
+  ROUND_INTERVAL_MIN_MS,
+  RateMeter,
+  SLICE_MS_DEFAULT,
+  checkCpuShare,
+  checkSliceMs,
+  sleepAfterMs,
+} from './merger-pace.js';
 import { grown } from './typed-arrays.js';
 
 /** Like KSM's max_page_sharing: beyond this many references a second primary is made. */
 export const MAX_SHARING_DEFAULT = 256;
-/** Pages per background batch unless told otherwise. */
-export const BATCH_PAGES_DEFAULT = 4096;
-export const BATCH_INTERVAL_MS_DEFAULT = 50;
 
 const HASH_MASK = (1n << 52n) - 1n;
+/** Numbers per leaf in the merger's settled-leaf records (round, maxEpoch, resident pages). */
+const LEAF_CLEAN_STRIDE = 3;
 const ZERO_PROBE_BYTES = 64;
 
 export interface MergerOptions {
@@ -65,10 +85,22 @@ export interface MergerOptions {
 }
 
 export interface ScanBudget {
-  /** Stop at the first leaf boundary after visiting this many page slots (default: no limit). */
+  /**
+   * Stop at the first leaf boundary after visiting this many resident pages (default: no
+   * limit). Pages merged already count too, and a leaf costs at least one page however few it
+   * maps, so every budget runs out; empty slots and holes cost nothing. Every call visits at
+   * least one leaf, so no budget stops the scan for good.
+   */
   maxPages?: number;
-  /** Stop after this much time, checked every 64 pages (default: no limit). */
+  /** Stop at the first leaf boundary after this much time (default: no limit). */
   maxMs?: number;
+}
+
+export interface BackgroundOptions {
+  /** Share of one core to use, from 0.001 to 1 (default 0.1: a tenth of a core). */
+  cpuShare?: number;
+  /** Longest one slice holds the event loop, in ms (default 5). */
+  sliceMs?: number;
 }
 
 export interface ScanResult {
@@ -102,8 +134,30 @@ export interface MergerStats {
   cowBreaks: number;
   /** Bytes the merger's own tables use. */
   metadataBytes: number;
-  /** (pagesSharing + zeroPages) * pageSize - metadataBytes. */
+  /** Gross saving: (pagesSharing + zeroPages) * pageSize. Never negative. */
   bytesSaved: number;
+  /** bytesSaved - metadataBytes: negative while the tables cost more than sharing saves. */
+  bytesSavedNet: number;
+  /** Resident pages visited since creation, merged already or not (what the scan rate counts). */
+  pagesVisited: number;
+  /** Position of the scan: index of the space in the current full scan (0 between scans). */
+  scanSpace: number;
+  /** Spaces the current full scan covers (0 between scans). */
+  scanSpaces: number;
+  /** Position of the scan: the page of space `scanSpace` it continues from. */
+  scanPage: number;
+  /** How far the current full scan is, by address: (scanSpace + scanPage / pages) / scanSpaces. */
+  scanFraction: number;
+  /** Wall time the last complete full scan took from start to end, in ms (0 before the first). */
+  lastFullScanMs: number;
+  /** Time spent scanning since creation, in ms (its rate is the share of a core used). */
+  scanMs: number;
+  /** Resident pages visited per second, over the last 5 to 10 seconds. */
+  pagesVisitedPerSecond: number;
+  /** Time spent scanning over wall time, over the last 5 to 10 seconds: the share of a core used. */
+  cpuShare: number;
+  /** The share of a core the background merger is set to use (0 when it is not running). */
+  cpuShareTarget: number;
 }
 
 export class SamePageMerger implements FrameIndex, SpaceRegistry {
@@ -124,14 +178,31 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
   private next = new Int32Array(0);
   private frameDomain = new Uint16Array(0);
 
-  // Cursor: the space being scanned, its leaves' first pages, and the position among them.
+  // Cursor: the spaces of this full scan, the one being scanned, and the next page to seek a
+  // leaf from (a page number, so the cursor stays right however the table changes in between).
   private round = 0;
   private leavesThisRound = 0;
   private roundSpaces: AddressSpace[] = [];
   private spaceCursor = 0;
-  private leafPages: number[] = [];
-  private leafCursor = 0;
+  private pageCursor = 0;
   private volatileThisRound = 0;
+  private roundStartedAt = Number.NEGATIVE_INFINITY;
+  private lastFullScanMs = 0;
+  /** Set by scanLeaf when it changed an entry: translations must be flushed. */
+  private changed = false;
+  /** Resident pages scanLeaf saw in the leaf it just scanned. */
+  private leafResident = 0;
+  /**
+   * Settled leaves, LEAF_CLEAN_STRIDE numbers per leaf id: the round of the visit that found
+   * every resident page of the leaf indexed already (merged, or a primary), the leaf's maxEpoch
+   * then, and its resident pages then. A later visit skips the leaf's slots while the record
+   * holds: the leaf's scanMark still names that round (it was not freed and handed out again,
+   * which resets scanMark, nor visited since without being found settled) and its maxEpoch has
+   * not moved (nothing was written or trimmed in it: every write records the current epoch,
+   * and a leaf is recorded only when its maxEpoch is below the current epoch). Not used with a
+   * pager, which brings pages back (new, unindexed frames) without recording an epoch.
+   */
+  private leafClean = new Uint32Array(0);
 
   private readonly totals = {
     fullScans: 0,
@@ -139,8 +210,12 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     pagesMerged: 0,
     zeroPagesMerged: 0,
     pagesVolatile: 0,
+    pagesVisited: 0,
+    scanMs: 0,
   };
+  private readonly meter = new RateMeter();
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private cpuShareTarget = 0;
   private destroyed = false;
 
   constructor(pool: FramePool, options: MergerOptions = {}) {
@@ -187,74 +262,61 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     return this.spaces.size;
   }
 
-  /** Scans up to the budget, continuing where the last call stopped. */
+  /**
+   * Scans up to the budget, continuing where the last call stopped. Without a budget the call
+   * ends with the current full scan (or does one whole scan when none is under way).
+   */
   scan(budget: ScanBudget = {}): ScanResult {
     this.assertLive();
     const maxPages = budget.maxPages ?? Number.POSITIVE_INFINITY;
-    const deadline = budget.maxMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + budget.maxMs;
-    const result: ScanResult = { pagesScanned: 0, pagesMerged: 0, zeroPagesMerged: 0, fullScansCompleted: 0 };
-    if (this.spaces.size === 0) return result;
-    this.growFrameMetadata();
-    let changed = false;
-    let leavesSinceClock = 0;
-    // The budget counts page slots visited, merged or not, so a round over pages that are all
-    // merged already still uses it up; a call stops at the first leaf boundary past the budget.
-    let slotsVisited = 0;
-    while (slotsVisited < maxPages) {
-      if (this.spaceCursor >= this.roundSpaces.length) {
-        if (this.roundSpaces.length > 0) {
-          const emptyRound = this.leavesThisRound === 0;
-          this.finishRound();
-          result.fullScansCompleted++;
-          // An unbounded call does one full scan (callers loop for more); a round with nothing
-          // to scan ends the call too, or a page budget would never run out.
-          if (emptyRound || (maxPages === Number.POSITIVE_INFINITY && budget.maxMs === undefined)) break;
-        }
-        this.startRound();
-        if (this.roundSpaces.length === 0) break;
-      }
-      const space = this.roundSpaces[this.spaceCursor]!;
-      if (space.isDestroyed || this.leafCursor >= this.leafPages.length) {
-        this.nextSpace();
-        continue;
-      }
-      const firstPage = this.leafPages[this.leafCursor++]!;
-      this.leavesThisRound++;
-      slotsVisited += Math.min(LEAF_ENTRIES, Math.max(1, space.pages - firstPage));
-      if (this.scanLeaf(space, firstPage, result)) changed = true;
-      if (++leavesSinceClock >= 8) {
-        leavesSinceClock = 0;
-        if (performance.now() >= deadline) break;
-      }
-    }
-    if (changed) this.pool.flushAllTranslations();
-    return result;
+    const began = performance.now();
+    const deadline = budget.maxMs === undefined ? Number.POSITIVE_INFINITY : began + budget.maxMs;
+    const unbounded = maxPages === Number.POSITIVE_INFINITY && budget.maxMs === undefined;
+    return this.run(maxPages, deadline, unbounded, false, began);
   }
 
-  /** Scans in the background: `pagesPerBatch` pages every `intervalMs`. */
-  start(options: { pagesPerBatch?: number; intervalMs?: number; maxMsPerBatch?: number } = {}): void {
+  /**
+   * Scans in the background, in slices of at most `sliceMs`, sleeping after each so that the
+   * merger uses `cpuShare` of one core (see merger-pace.ts). Throws MF_INVALID_ARGUMENT for a
+   * share outside [0.001, 1] or a slice outside [0.1, 1000] ms. Already running: changes nothing.
+   */
+  start(options: BackgroundOptions = {}): void {
     this.assertLive();
+    const share = checkCpuShare(options.cpuShare ?? CPU_SHARE_DEFAULT);
+    const sliceMs = checkSliceMs(options.sliceMs ?? SLICE_MS_DEFAULT);
     if (this.timer) return;
-    const pages = options.pagesPerBatch ?? BATCH_PAGES_DEFAULT;
-    const interval = options.intervalMs ?? BATCH_INTERVAL_MS_DEFAULT;
-    // A batch runs on the event loop: by default it may take a fifth of the interval, at most 10 ms.
-    const maxMs = options.maxMsPerBatch ?? Math.min(10, interval / 5);
+    this.cpuShareTarget = share;
     const tick = (): void => {
-      this.scan({ maxPages: pages, maxMs });
-      this.timer = setTimeout(tick, interval);
+      const began = performance.now();
+      this.run(Number.POSITIVE_INFINITY, began + sliceMs, false, true, began);
+      const now = performance.now();
+      let sleep = sleepAfterMs(now - began, share);
+      // Between full scans (or with nothing registered): wait until the next one is due
+      // rather than spin on empty rounds.
+      if (this.roundSpaces.length === 0) {
+        const due = this.spaces.size === 0 ? now : this.roundStartedAt;
+        sleep = Math.max(sleep, due + ROUND_INTERVAL_MIN_MS - now);
+      }
+      this.timer = setTimeout(tick, sleep);
       this.timer.unref();
     };
-    this.timer = setTimeout(tick, interval);
+    this.timer = setTimeout(tick, 0);
     this.timer.unref();
   }
 
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.cpuShareTarget = 0;
   }
 
   get running(): boolean {
     return this.timer !== undefined;
+  }
+
+  /** @internal The space the scan is in now (the appliance names its region), if any. */
+  get scanningSpace(): AddressSpace | undefined {
+    return this.roundSpaces[this.spaceCursor];
   }
 
   stats(): MergerStats {
@@ -275,6 +337,11 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       }
     }
     const metadataBytes = this.metadataBytes;
+    const bytesSaved = (pagesSharing + pool.zeroEntries) * pool.pageSize;
+    const spaces = this.roundSpaces.length;
+    const space = this.roundSpaces[this.spaceCursor];
+    const scanPage = space ? Math.min(this.pageCursor, space.pages) : 0;
+    const now = performance.now();
     return {
       pagesShared,
       pagesSharing,
@@ -287,12 +354,27 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       zeroPagesMerged: this.totals.zeroPagesMerged,
       cowBreaks: pool.mergedCowBreaks,
       metadataBytes,
-      bytesSaved: (pagesSharing + pool.zeroEntries) * pool.pageSize - metadataBytes,
+      bytesSaved,
+      bytesSavedNet: bytesSaved - metadataBytes,
+      pagesVisited: this.totals.pagesVisited,
+      scanSpace: space ? this.spaceCursor : 0,
+      scanSpaces: spaces,
+      scanPage,
+      scanFraction: space && space.pages > 0 ? (this.spaceCursor + scanPage / space.pages) / spaces : 0,
+      lastFullScanMs: this.lastFullScanMs,
+      scanMs: this.totals.scanMs,
+      pagesVisitedPerSecond: this.meter.pagesPerSecond(now),
+      cpuShare: this.meter.cpuShare(now),
+      cpuShareTarget: this.cpuShareTarget,
     };
   }
 
   get metadataBytes(): number {
-    let bytes = this.frameHash.byteLength + this.next.byteLength + this.frameDomain.byteLength;
+    let bytes =
+      this.frameHash.byteLength +
+      this.next.byteLength +
+      this.frameDomain.byteLength +
+      this.leafClean.byteLength;
     for (const index of this.indexes.values()) bytes += index.byteLength;
     return bytes;
   }
@@ -323,6 +405,9 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     // Frames stay shared, but nothing indexes them any more.
     const flags = this.pool.flags;
     for (let f = FIRST_FRAME; f < flags.length; f++) flags[f]! &= ~FRAME_MERGED;
+    // Scan marks name this merger's rounds: a later merger of the pool counts rounds from 1
+    // again, and would take leaves marked here for leaves it had visited already.
+    this.pool.leaves.scanMark.fill(0);
     this.indexes.clear();
     this.pool.attachIndex(undefined);
     this.destroyed = true;
@@ -330,45 +415,110 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
 
   // ---------------------------------------------------------------------------------------
 
+  /**
+   * The scan loop behind scan() and the background slices. Visits leaf after leaf until the
+   * page budget or the deadline (checked after every leaf) runs out. `stopAtRoundEnd`: end the
+   * call when a full scan completes. `paced`: do not begin a full scan sooner than
+   * ROUND_INTERVAL_MIN_MS after the previous one began. A round with nothing to scan ends the
+   * call too, or a page budget would never run out.
+   */
+  private run(
+    maxPages: number,
+    deadline: number,
+    stopAtRoundEnd: boolean,
+    paced: boolean,
+    began: number,
+  ): ScanResult {
+    const result: ScanResult = { pagesScanned: 0, pagesMerged: 0, zeroPagesMerged: 0, fullScansCompleted: 0 };
+    if (this.spaces.size === 0) return result;
+    this.growFrameMetadata();
+    this.changed = false;
+    let cost = 0;
+    let visited = 0;
+    // Every call visits at least one leaf, so no budget, however small, stops the scan for good.
+    for (;;) {
+      if (this.spaceCursor >= this.roundSpaces.length) {
+        if (this.roundSpaces.length > 0) {
+          const emptyRound = this.leavesThisRound === 0;
+          this.finishRound();
+          result.fullScansCompleted++;
+          if (emptyRound || stopAtRoundEnd) break;
+        }
+        if (paced && performance.now() < this.roundStartedAt + ROUND_INTERVAL_MIN_MS) break;
+        this.startRound();
+        if (this.roundSpaces.length === 0) break;
+      }
+      const space = this.roundSpaces[this.spaceCursor]!;
+      const firstPage = space.nextLeafPage(this.pageCursor);
+      if (firstPage < 0) {
+        this.spaceCursor++;
+        this.pageCursor = 0;
+        continue;
+      }
+      this.pageCursor = firstPage + LEAF_ENTRIES;
+      this.leavesThisRound++;
+      this.scanLeaf(space, firstPage, result);
+      visited += this.leafResident;
+      cost += Math.max(1, this.leafResident);
+      if (cost >= maxPages || performance.now() >= deadline) break;
+    }
+    if (this.changed) this.pool.flushAllTranslations();
+    const workMs = performance.now() - began;
+    this.totals.pagesVisited += visited;
+    this.totals.scanMs += workMs;
+    this.meter.record(workMs, visited);
+    return result;
+  }
+
   private startRound(): void {
     this.round++;
     this.roundSpaces = [...this.spaces].filter((space) => !space.isDestroyed);
     this.spaceCursor = 0;
+    this.pageCursor = 0;
     this.volatileThisRound = 0;
     this.leavesThisRound = 0;
+    this.roundStartedAt = performance.now();
     for (const space of this.roundSpaces) space.advanceEpoch();
-    this.loadSpace();
   }
 
   private finishRound(): void {
     this.totals.fullScans++;
     this.totals.pagesVolatile = this.volatileThisRound;
+    this.lastFullScanMs = performance.now() - this.roundStartedAt;
     this.roundSpaces = [];
     this.spaceCursor = 0;
+    this.pageCursor = 0;
   }
 
-  private nextSpace(): void {
-    this.spaceCursor++;
-    this.loadSpace();
-  }
-
-  private loadSpace(): void {
-    this.leafPages = [];
-    this.leafCursor = 0;
-    const space = this.roundSpaces[this.spaceCursor];
-    if (space && !space.isDestroyed) space.forEachLeaf((_leaf, firstPage) => this.leafPages.push(firstPage));
-  }
-
-  /** Scans the leaf that maps `firstPage` now (the table may have changed since the cursor was set). */
-  private scanLeaf(space: AddressSpace, firstPage: number, result: ScanResult): boolean {
+  /**
+   * Scans the leaf that maps `firstPage` (found by the cursor just now). Sets `leafResident` to
+   * the resident pages it saw (0 for a leaf already scanned this round through another space)
+   * and `changed` when it repointed an entry.
+   */
+  private scanLeaf(space: AddressSpace, firstPage: number, result: ScanResult): void {
     const pool = this.pool;
     const arena = pool.leaves;
-    if (firstPage >= space.pages) return false;
+    this.leafResident = 0;
     const leaf = space.leafAt(firstPage);
-    if (leaf === 0 || arena.scanMark[leaf] === this.round) return false;
+    if (leaf === 0) return;
+    const mark = arena.scanMark[leaf]!;
+    if (mark === this.round) return;
     arena.scanMark[leaf] = this.round;
-    const index = this.indexFor(space.domain);
-    const domainId = this.domainIds.get(this.crossDomain ? '*' : space.domain)!;
+    const settled = pool.paging === undefined;
+    if (settled && leaf * LEAF_CLEAN_STRIDE >= this.leafClean.length) this.growLeafClean();
+    const record = leaf * LEAF_CLEAN_STRIDE;
+    const clean = this.leafClean;
+    if (settled && mark !== 0 && clean[record] === mark && clean[record + 1] === arena.maxEpoch[leaf]) {
+      // Settled, and nothing written since: its pages are what they were, all indexed.
+      clean[record] = this.round;
+      this.leafResident = clean[record + 2]!;
+      return;
+    }
+    const volatileBefore = this.volatileThisRound;
+    // The content index is looked up once a leaf has a page to hash (most leaves of a settled
+    // space have none).
+    let index: ContentIndex | undefined;
+    let domainId = 0;
     const base = leaf * LEAF_ENTRIES;
     const limit = Math.min(LEAF_ENTRIES, space.pages - firstPage);
     // The epoch advanced when this full scan began, so `epoch - 1` is the one that just ended
@@ -378,11 +528,16 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     const zeroSegment = pool.segments[0]!;
     const zeroOffset = pool.frameOffset(ZERO_FRAME);
     const pageSize = pool.pageSize;
+    const entries = arena.entries;
+    let resident = 0;
+    let zeroed = 0;
     let changed = false;
     for (let i = 0; i < limit; i++) {
       const entry = base + i;
-      const frame = arena.entries[entry]!;
-      if (frame < FIRST_FRAME || pool.flags[frame]! & FRAME_MERGED) continue;
+      const frame = entries[entry]!;
+      if (frame < FIRST_FRAME) continue;
+      resident++;
+      if (pool.flags[frame]! & FRAME_MERGED) continue;
       result.pagesScanned++;
       this.totals.pagesScanned++;
       const written = arena.epochs[entry]!;
@@ -398,8 +553,13 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
         pool.release(frame);
         result.zeroPagesMerged++;
         this.totals.zeroPagesMerged++;
+        zeroed++;
         changed = true;
         continue;
+      }
+      if (index === undefined) {
+        index = this.indexFor(space.domain);
+        domainId = this.domainIds.get(this.crossDomain ? '*' : space.domain)!;
       }
       const key = this.hash(segment, offset);
       const head = index.get(key);
@@ -431,7 +591,16 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
         pool.flags[frame]! |= FRAME_MERGED;
       }
     }
-    return changed;
+    this.leafResident = resident;
+    if (changed) this.changed = true;
+    if (settled) {
+      // Settled: no page left volatile (every resident one is indexed now), and no write in the
+      // current epoch, so any later write raises maxEpoch above the one recorded.
+      const isClean = this.volatileThisRound === volatileBefore && arena.maxEpoch[leaf]! < space.epoch;
+      clean[record] = isClean ? this.round : 0;
+      clean[record + 1] = arena.maxEpoch[leaf]!;
+      clean[record + 2] = resident - zeroed;
+    }
   }
 
   /** With quietMs: the epoch after `written` began at least quietMs ago. */
@@ -457,6 +626,10 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       this.domainNames.push(name);
     }
     return index;
+  }
+
+  private growLeafClean(): void {
+    this.leafClean = grown(this.leafClean, this.pool.leaves.refs.length * LEAF_CLEAN_STRIDE);
   }
 
   private growFrameMetadata(): void {

@@ -1,25 +1,40 @@
-/** The NBD server's and client's public face; everything else in this folder is internal. */
-export { NbdServer } from './server.js';
-export type { NbdServerOptions, NbdLimits } from './server.js';
-export { defaultMaxConnections, openFilesLimit } from './connection-limit.js';
-export type { NbdExport, NbdExportDirectory } from './export.js';
-export type { NbdLogger } from './logger.js';
-export type { NbdStats } from './stats.js';
-export { errnoForError } from './errno.js';
-export { NbdClient } from './client.js';
-export type {
-  NbdClientOptions,
-  NbdServerAddress,
-  NbdTransmissionFlags,
-  NbdBlockSizes,
-  NbdExtent,
-  NbdExportInfo,
-  NbdExportListing,
-} from './client.js';
-export { NbdConnectionGroup } from './client-group.js';
-export type { NbdConnectionGroupOptions } from './client-group.js';
-export { NbdRequestError, NbdOptionError } from './client-errors.js';
-export { parsePskFile, formatPskLine, NBD_TLS_MODES } from './tls.js';
-export type { NbdTlsMode, NbdServerTlsOptions } from './tls.js';
-export type { NbdClientTls } from './client-tls.js';
-export { parseNbdUri, type NbdUri } from './uri.js';
+/**
+ * The NBD server's and client's public face. The code lives in three rooms: protocol/ (the wire
+ * format, written once for both sides), server/ and client/ (which import protocol/, never each
+ * other). Everything not exported here is internal to src/nbd.
+ */
+export {
+  NbdServer,
+  defaultMaxConnections,
+  openFilesLimit,
+  NBD_TLS_MODES,
+  type NbdServerOptions,
+  type NbdLimits,
+  type NbdExport,
+  type NbdExportDirectory,
+  type NbdLogger,
+  type NbdStats,
+  type NbdTlsMode,
+  type NbdServerTlsOptions,
+} from './server/index.js';
+export {
+  NbdClient,
+  NbdConnectionGroup,
+  NbdRequestError,
+  NbdOptionError,
+  type NbdClientOptions,
+  type NbdServerAddress,
+  type NbdTransmissionFlags,
+  type NbdBlockSizes,
+  type NbdExtent,
+  type NbdExportInfo,
+  type NbdExportListing,
+  type NbdConnectionGroupOptions,
+  type NbdClientTls,
+} from './client/index.js';
+export { errnoForError, parsePskFile, formatPskLine, parseNbdUri, type NbdUri } from './protocol/index.js';
+
+// Internal to memfabric, shared with other folders (src/index.ts does not re-export these):
+// the errno a moved region answers with, and the most connections a group may open.
+export { ESHUTDOWN } from './protocol/index.js';
+export { GROUP_CONNECTIONS_MAX } from './client/index.js';

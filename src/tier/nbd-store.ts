@@ -36,9 +36,13 @@
  * reply was lost may or may not have landed.
  */
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
-import { GROUP_CONNECTIONS_MAX, NbdConnectionGroup } from '../nbd/client-group.js';
-import type { NbdClientTls } from '../nbd/client-tls.js';
-import { parseNbdUri, type NbdUri } from '../nbd/uri.js';
+import {
+  GROUP_CONNECTIONS_MAX,
+  NbdConnectionGroup,
+  parseNbdUri,
+  type NbdClientTls,
+  type NbdUri,
+} from '../nbd/index.js';
 import type { PageStore, StoreSpec } from './page-store.js';
 import { STORE_SLOTS_MAX, StoreGuard, checkStoreGeometry, storeFailed } from './store-guard.js';
 

@@ -70,13 +70,17 @@ export async function openPageStore(spec: StoreSpec, options: OpenStoreOptions):
       const { NbdPageStore } = await import('./nbd-store.js');
       return NbdPageStore.open(spec, geometry);
     }
+    case 'migration-source': {
+      const { MigrationSourceStore } = await import('./migration-source-store.js');
+      return MigrationSourceStore.open(spec, geometry);
+    }
     case 'test': {
       const { TestPageStore } = await import('./test-store.js');
       return new TestPageStore(spec, geometry);
     }
     default:
       throw invalidArgument(
-        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'nbd', 'image', 'test'`,
+        `page store kind ${JSON.stringify(kind)} is not one of 'memory', 'file', 'fabric', 'nbd', 'image', 'migration-source', 'test'`,
       );
   }
 }

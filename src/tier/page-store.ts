@@ -100,6 +100,29 @@ export type StoreSpec =
       offset?: number;
     }
   | {
+      /**
+       * A post-copy destination's store (src/migrate/postcopy-destination.ts builds it): the
+       * source's data pages are fetched from its page server on demand and pushed by it in the
+       * background, and kept in `local` once they arrive (see migration-source-store.ts).
+       */
+      kind: 'migration-source';
+      /** The source's page server. */
+      host: string;
+      port: number;
+      /** The migration's id: the page server serves only a store that presents it. */
+      migrationId: string;
+      /** Where moved and evicted pages live. Default a temporary swap file in the OS temp directory. */
+      local?: { kind: 'memory' } | { kind: 'file'; path?: string; directory?: string };
+      /** A fault the source leaves unanswered this long fails with POSTCOPY_SOURCE_LOST. Default 10 s. */
+      faultTimeoutMs?: number;
+      /** Connecting and attaching to the page server. Default 10 s. */
+      connectTimeoutMs?: number;
+      /** Slots after a faulted one fetched with it (the next data pages), 0 to 256. Default 8. */
+      readAhead?: number;
+      /** Progress cells the store updates (postcopy-protocol.ts); shared with the main thread. */
+      progress?: SharedArrayBuffer;
+    }
+  | {
       /** Test double: a memory store that can delay and fail operations (test/tier only). */
       kind: 'test';
       readDelayMs?: number;
@@ -113,7 +136,7 @@ export type StoreSpec =
 
 /**
  * TLS credentials of an 'nbd' store, as plain data (specs cross a worker boundary): the
- * NBD client's options (src/nbd/client-tls.ts) with PEM text and paths rather than Buffers.
+ * NBD client's options (src/nbd/client/tls.ts) with PEM text and paths rather than Buffers.
  */
 export interface NbdStoreTls {
   /** PEM certificate(s) of the CA that signed the server's certificate. */

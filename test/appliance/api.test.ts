@@ -5,7 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Appliance } from '../../src/appliance/index.js';
-import { ErrorCodes } from '../../src/index.js';
+import { ErrorCodes, type MemfabricError } from '../../src/index.js';
+import { pino } from 'pino';
 import { startAppliance } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -152,7 +153,7 @@ test('merging shares pages within a tenant, never across tenants', async () => {
     nbd: { port: 0 },
     http: { port: 0 },
     defaultRegion: false,
-    merge: { quietEpochs: 0, intervalMs: 5 },
+    merge: { quietEpochs: 0, cpuShare: 0.5 },
   });
   try {
     const a1 = await appliance.registry.create({ name: 'a1', size: '16MiB', tenant: 'a' });
@@ -211,4 +212,85 @@ test('stats, Prometheus metrics and the dashboard describe the regions', async (
   assert.match(page.text, /<td>cache<\/td>/);
   assert.match(page.text, new RegExp(`nbdinfo nbd://127.0.0.1:${appliance.nbdAddress.port}/cache`));
   assert.match(page.text, /1 MiB of 64 MiB used/);
+});
+
+test('a malformed body is refused with a message that names the field and says what it must be', async (t) => {
+  const { appliance, call } = await start();
+  t.after(() => appliance.stop());
+  const cases: [unknown, RegExp][] = [
+    [
+      { name: 'a', size: 0 },
+      /^field 'size' must be a size: a whole number of bytes, 1 or more, or a string such as "1GiB"$/,
+    ],
+    [
+      { name: 'a', size: 5, colour: 'red' },
+      /^unknown field 'colour' \(this request takes: name, size, readOnly, tenant, file, descriptor\)$/,
+    ],
+    [{ size: 5 }, /^missing field 'name': give a name of 1 to 128 characters$/],
+    [{ name: 'a', size: 5, readOnly: 'yes' }, /^field 'readOnly' must be of type boolean$/],
+    [[1, 2], /^the request body must be a JSON object$/],
+  ];
+  for (const [body, message] of cases) {
+    const reply = await call('POST', '/v1/regions', body);
+    assert.equal(reply.status, 400, JSON.stringify(body));
+    assert.equal(reply.json.error.code, ErrorCodes.BAD_REQUEST);
+    assert.match(reply.json.error.message, message, JSON.stringify(body));
+  }
+});
+
+test('starting on an address in use fails with a typed error naming the flag to change, and starts nothing', async (t) => {
+  const { appliance } = await start();
+  t.after(() => appliance.stop());
+  const busyNbd = Appliance.start({
+    memory: '4MiB',
+    nbd: { port: appliance.nbdAddress.port },
+    http: { port: 0 },
+  });
+  await assert.rejects(busyNbd, (error: MemfabricError) => {
+    assert.equal(error.code, ErrorCodes.LISTEN_FAILED);
+    assert.match(
+      error.message,
+      new RegExp(
+        `^cannot listen for NBD on 127.0.0.1:${appliance.nbdAddress.port}: the address is in use: .*--nbd HOST:PORT \\(:0 picks a free port\\)$`,
+      ),
+    );
+    return true;
+  });
+  const busyHttp = Appliance.start({
+    memory: '4MiB',
+    nbd: { port: 0 },
+    http: { port: appliance.httpAddress.port },
+  });
+  await assert.rejects(
+    busyHttp,
+    (error: MemfabricError) =>
+      error.code === ErrorCodes.LISTEN_FAILED && /admin API.*--http/.test(error.message),
+  );
+  // The refused appliances released their NBD listener: the first still serves, and the port the
+  // second bound for NBD before its admin API failed is free again.
+  assert.equal((await fetch(`http://127.0.0.1:${appliance.httpAddress.port}/v1/stats`)).status, 200);
+});
+
+test('a region larger than the appliance is created thin, with a warning in the reply and the log', async (t) => {
+  const lines: { level: number; msg: string; region?: string }[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const { appliance, call } = await start({ logger });
+  t.after(() => appliance.stop());
+  const capacity = appliance.pool.capacity * appliance.pool.pageSize;
+  const fits = await call('POST', '/v1/regions', { name: 'fits', size: capacity });
+  assert.equal(fits.status, 201);
+  assert.equal(fits.json.warnings, undefined);
+  const big = await call('POST', '/v1/regions', { name: 'big', size: '1TiB' });
+  assert.equal(big.status, 201);
+  assert.equal(big.json.stats.residentBytes, 0);
+  assert.equal(big.json.warnings.length, 1);
+  assert.match(
+    big.json.warnings[0],
+    /^region big \(1 TiB\) is larger than this appliance's memory \(.+\): regions are thin, but writes fail with ENOSPC/,
+  );
+  const warned = lines.filter((line) => line.level === 40);
+  assert.deepEqual(
+    warned.map((line) => [line.region, line.msg]),
+    [['big', big.json.warnings[0]]],
+  );
 });

@@ -14,7 +14,7 @@ import { RegionRegistry, type Region } from '../../src/appliance/index.js';
 import { nodeFileLayer } from '../../src/appliance/file-layer.js';
 import type { MemfabricError } from '../../src/index.js';
 import { ErrorCodes, FramePool, SamePageMerger } from '../../src/index.js';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import { errno, hookedLayer, SparseLayer } from './file-layers.js';
 import { startAppliance } from './harness.js';
 

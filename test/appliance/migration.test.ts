@@ -16,10 +16,12 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import { Appliance } from '../../src/appliance/index.js';
 import type { MigrationStatus } from '../../src/appliance/migration.js';
+import { GATE_BLACKOUT, GATE_OPEN } from '../../src/appliance/region.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { resolveRegion } from '../../src/fabric/follow.js';
-import { ESHUTDOWN } from '../../src/nbd/constants.js';
+import { ESHUTDOWN } from '../../src/nbd/protocol/constants.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
+import { adminProxy } from './admin-proxy.js';
 import { TEST_TOKEN, bearer, testAuth } from './harness.js';
 
 const KiB = 1024;
@@ -148,13 +150,24 @@ test('a region with data, zero pages and holes moves intact; A frees it and poin
   assert.equal(done.blackout!.pages, 0, 'nothing was written during the copy');
   t.diagnostic(`rounds ${JSON.stringify(done.rounds)}; blackout ${JSON.stringify(done.blackout)}`);
 
-  // B holds the same bytes and the same extents; holes and zero pages cost B nothing.
+  // B holds the same bytes and the same extents, except that the data page of zeros arrives
+  // as a zero page (the engine sends a page that reads as zeros as one); holes and zero pages
+  // cost B nothing.
   const moved = b.appliance.registry.require('vm2');
   assert.equal(moved.size, size);
   assert.equal(moved.tenant, 'blue');
   comparePages(bytesOf(b.appliance, 'vm2'), bytes, 'B');
-  assert.deepEqual(extentsOf(b.appliance, 'vm2'), extents);
-  assert.equal(b.appliance.pool.used, dataPages, 'B holds one frame per data page');
+  const zeroData = extents.findIndex(([length, flags], i) => {
+    const at = extents.slice(0, i).reduce((sum, [l]) => sum + l, 0);
+    return at === 3000 * PAGE && length === PAGE && flags === 0;
+  });
+  assert.ok(zeroData >= 0, 'A reports the page of zeros as data');
+  const expectedOnB = extents.map(([length, flags], i): [number, number] => [
+    length,
+    i === zeroData ? 2 : flags,
+  ]);
+  assert.deepEqual(extentsOf(b.appliance, 'vm2'), expectedOnB);
+  assert.equal(b.appliance.pool.used, dataPages - 1, 'B holds one frame per data page that is not zeros');
   const viaNbd = await NbdClient.connect({ ...nbdB, exportName: 'vm2' });
   const status = await viaNbd.blockStatus(420 * PAGE, 30 * PAGE);
   assert.deepEqual(
@@ -178,7 +191,7 @@ test('a region with data, zero pages and holes moves intact; A frees it and poin
   await migrate(b.url, 'vm2', { target: c.url, targetName: 'vm3' });
   assert.equal((await finished(b.url, 'vm2')).state, 'done');
   comparePages(bytesOf(c.appliance, 'vm3'), bytes, 'C');
-  assert.deepEqual(extentsOf(c.appliance, 'vm3'), extents);
+  assert.deepEqual(extentsOf(c.appliance, 'vm3'), expectedOnB);
   assert.equal(b.appliance.pool.used, 0);
   assert.deepEqual(await resolveRegion(a.url, 'vm'), {
     appliance: c.url,
@@ -276,7 +289,9 @@ test('a client writing all along loses nothing it was told was written', async (
   for (let poll = 0; poll < POLLS_MAX && writesBeforeMigration < 400; poll++) {
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
-  await migrate(a.url, 'live', { target: b.url, blackoutPages: 16 });
+  // A downtime target no blackout can meet (two round trips already exceed 0 ms): the copy
+  // goes round after round under the writers, and stops at maxRounds.
+  await migrate(a.url, 'live', { target: b.url, maxDowntimeMs: 0, maxRounds: 4 });
   const done = await finished(a.url, 'live');
   const atTarget = await Promise.all(writers);
   assert.equal(done.state, 'done', JSON.stringify(done.error));
@@ -297,7 +312,8 @@ test('a client writing all along loses nothing it was told was written', async (
       `stop ${done.stopReason}; blackout ${done.blackout!.pages} pages in ${done.blackout!.ms} ms; ` +
       `writes refused and retried ${refused}`,
   );
-  assert.ok(rounds.length > 1, 'the writes made it copy more than one round');
+  assert.equal(rounds.length, 4, 'the downtime target kept the copy going');
+  assert.equal(done.stopReason, 'max-rounds');
   assert.equal(rounds[0]!.pages, DATA_PAGES);
   // At most the hot set: whatever the writers managed to dirty since the last round began.
   assert.ok(done.blackout!.pages <= HOT_PAGES, 'the blackout copied few pages');
@@ -391,6 +407,16 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   await expect('/v1/regions/vm/migrate', { target: 'http://h:1', extra: 1 }, 400, ErrorCodes.BAD_REQUEST);
   await expect('/v1/regions/vm/migrate', { target: 'http://h:1', maxRounds: 0 }, 400, ErrorCodes.BAD_REQUEST);
   await expect('/v1/regions/vm/migrate', {}, 400, ErrorCodes.BAD_REQUEST);
+  const h = 'http://h:1';
+  await expect('/v1/regions/vm/migrate', { target: h, maxDowntimeMs: -1 }, 400, ErrorCodes.BAD_REQUEST);
+  await expect('/v1/regions/vm/migrate', { target: h, maxDowntimeMs: 'fast' }, 400, ErrorCodes.BAD_REQUEST);
+  // blackoutPages is gone: the downtime target replaced it.
+  await expect('/v1/regions/vm/migrate', { target: h, blackoutPages: 16 }, 400, ErrorCodes.BAD_REQUEST);
+  // Slowing a region's writers would stall the appliance: refused, saying what to do instead.
+  const converge = await call(a.url, 'POST', '/v1/regions/vm/migrate', { target: h, autoConverge: true });
+  assert.equal(converge.status, 400);
+  assert.equal((converge.json.error as { code: string }).code, ErrorCodes.INVALID_ARGUMENT);
+  assert.match((converge.json.error as { message: string }).message, /raise maxDowntimeMs or maxRounds/);
   await expect('/v1/regions/ro/migrate', { target: 'http://h:1' }, 409, ErrorCodes.READ_ONLY);
   const none = await call(a.url, 'GET', '/v1/regions/vm/migration');
   assert.equal(none.status, 404);
@@ -408,6 +434,8 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   assert.equal(first.state, 'preparing');
   assert.ok(sockets.has(await connected), 'the migration connected to the target');
   assert.equal((await call(a.url, 'GET', '/v1/regions/vm/migration')).json.state, 'preparing');
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 1, 'the metrics see it under way');
+  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), 0, 'no blackout yet');
   await expect('/v1/regions/vm/migrate', { target }, 409, ErrorCodes.MIGRATING);
   const deleting = await call(a.url, 'DELETE', '/v1/regions/vm');
   assert.equal(deleting.status, 409);
@@ -419,6 +447,8 @@ test('bad requests: unknown region, bad target, a second migration, deleting whi
   const failed = await finished(a.url, 'vm');
   assert.equal(failed.state, 'failed');
   assert.equal(failed.id, first.id);
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="failed"}'), 1);
   assert.equal((await call(a.url, 'DELETE', '/v1/regions/vm')).status, 204);
 });
 
@@ -499,4 +529,231 @@ test('memfabric region migrate moves a region and reports it', async (t) => {
   assert.match(stdout, /nbd:\/\/127\.0\.0\.1:\d+\/vm-b/);
   comparePages(bytesOf(b.appliance, 'vm-b').subarray(0, MiB), pattern(6, MiB), 'B');
   assert.equal(a.appliance.registry.find('vm'), undefined);
+});
+
+/** A sample's value in A's /metrics (`series` is the name with its labels, as printed). */
+async function metric(base: string, series: string): Promise<number | undefined> {
+  const response = await fetch(`${base}/metrics`, { headers: bearer(TEST_TOKEN) });
+  const text = await response.text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
+  }
+  return undefined;
+}
+
+/** One op of the writer below: pages [page, page + count) written, zeroed or trimmed. */
+interface WriterOp {
+  kind: 'write' | 'zero-data' | 'write-zeroes' | 'trim';
+  page: number;
+  count: number;
+}
+
+/** Writes the writer makes at most (it stops at its first refusal, or when the region moves). */
+const WRITER_OPS_MAX = 100_000;
+/** Acknowledged ops before the migration starts. */
+const WRITER_OPS_BEFORE = 50;
+
+/**
+ * A real NBD client on A dirtying random pages with data, data pages of zeros, WRITE_ZEROES and
+ * TRIMs, one request at a time, applying each acknowledged op to `model`. It stops at its first
+ * error: a refusal (ESHUTDOWN, the blackout) changed nothing; any other error (the move ended
+ * the connection) leaves its op `uncertain`: applied or not, B must hold one of the two.
+ */
+function nbdWriter(
+  port: number,
+  name: string,
+  model: Buffer,
+  seed: number,
+): {
+  acked: () => number;
+  done: Promise<{ acked: number; uncertain: { op: WriterOp; after: Buffer } | undefined }>;
+} {
+  let acked = 0;
+  const pages = model.length / PAGE;
+  const run = async () => {
+    const client = await NbdClient.connect({ port, exportName: name });
+    let x = seed;
+    const next = (n: number) => {
+      x = (x * 1103515245 + 12345) >>> 0;
+      return (x >>> 8) % n;
+    };
+    for (let i = 0; i < WRITER_OPS_MAX; i++) {
+      const kinds = ['write', 'write', 'write', 'write', 'zero-data', 'write-zeroes', 'trim'] as const;
+      const op: WriterOp = { kind: kinds[next(kinds.length)]!, page: next(pages), count: 1 + next(8) };
+      op.count = Math.min(op.count, pages - op.page);
+      const offset = op.page * PAGE;
+      const length = op.count * PAGE;
+      const after = op.kind === 'write' ? pattern(seed * 1_000_003 + i, length) : Buffer.alloc(length);
+      try {
+        if (op.kind === 'write' || op.kind === 'zero-data') await client.write(offset, after);
+        else if (op.kind === 'write-zeroes') await client.writeZeroes(offset, length);
+        else await client.trim(offset, length);
+      } catch (error) {
+        client.destroy();
+        const refused = error instanceof NbdRequestError && error.errno === ESHUTDOWN;
+        return { acked, uncertain: refused ? undefined : { op, after } };
+      }
+      after.copy(model, offset);
+      acked++;
+    }
+    await client.disconnect();
+    return { acked, uncertain: undefined };
+  };
+  return { acked: () => acked, done: run() };
+}
+
+/** Runs of the test below: 5 in the suite, MIGRATE_RUNS in the soak (as test/migrate's). */
+const RUNS = Number(process.env.MIGRATE_RUNS ?? 5);
+
+test('the downtime target decides when to black out; a writer loses no acknowledged byte either way', async (t) => {
+  const a = await start('128MiB');
+  const b = await start('128MiB');
+  t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
+  const size = 32 * MiB;
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 0);
+
+  const runs: MigrationStatus[] = [];
+  for (let run = 0; run < RUNS; run++) {
+    // A target no blackout can meet (two round trips exceed 0 ms), then one any blackout meets.
+    for (const [kind, options] of [
+      ['tight', { maxDowntimeMs: 0, maxRounds: 5 }],
+      ['loose', { maxDowntimeMs: 3_600_000 }],
+    ] as const) {
+      const name = `${kind}${run}`;
+      const region = await a.appliance.registry.create({ name, size });
+      region.write(0, pattern(run, 4096 * PAGE));
+      region.writeZeroes(4096 * PAGE, 1024 * PAGE, false);
+      const model = bytesOf(a.appliance, name);
+      const writer = nbdWriter(a.appliance.nbdAddress.port, name, model, run * 2 + kind.length);
+      for (let poll = 0; poll < POLLS_MAX && writer.acked() < WRITER_OPS_BEFORE; poll++) {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      assert.ok(writer.acked() >= WRITER_OPS_BEFORE, 'the writer got going');
+      await migrate(a.url, name, { target: b.url, ...options });
+      const done = await finished(a.url, name);
+      const { acked, uncertain } = await writer.done;
+      assert.equal(done.state, 'done', JSON.stringify(done.error));
+      t.diagnostic(
+        `${name}: ${acked} ops acknowledged; rounds ${done.rounds.map((r) => `${r.pages}p/${r.ms}ms`).join(', ')}; ` +
+          `stop ${done.stopReason}; expected ${done.expectedDowntimeMs} ms, blackout ${done.blackout!.pages} pages in ${done.blackout!.ms} ms; ` +
+          `bandwidth ${Math.round(done.bandwidthBytesPerSec / MiB)} MiB/s, rtt ${done.rttMs} ms`,
+      );
+
+      // Every byte on B is the model's: every acknowledged op, nothing refused.
+      const onB = bytesOf(b.appliance, name);
+      if (uncertain) {
+        const start = uncertain.op.page * PAGE;
+        const end = start + uncertain.op.count * PAGE;
+        const applied = onB.subarray(start, end).equals(uncertain.after);
+        if (applied) uncertain.after.copy(model, start);
+        else comparePages(onB.subarray(start, end), model.subarray(start, end), `${name}: the op in flight`);
+      }
+      comparePages(onB, model, `${name} on B`);
+      await b.appliance.registry.delete(name);
+
+      // The downtime target decided; the engine's progress is in the status.
+      if (kind === 'tight') {
+        assert.equal(done.stopReason, 'max-rounds');
+        assert.equal(done.rounds.length, 5);
+        assert.ok(done.expectedDowntimeMs! > 0, 'the blackout went ahead over its target, and says so');
+      } else {
+        assert.equal(done.stopReason, 'converged');
+        assert.equal(done.rounds.length, 1);
+      }
+      assert.ok(done.rttMs > 0 && done.bandwidthBytesPerSec > 0);
+      assert.equal(done.maxDowntimeMs, options.maxDowntimeMs);
+      assert.equal(done.autoConverge, false);
+      assert.equal(done.throttle.level, 0);
+      assert.equal(
+        done.pagesCopied,
+        done.rounds.reduce((sum, r) => sum + r.pages, 0) + done.blackout!.pages,
+        'pages copied: every round and the blackout',
+      );
+      runs.push(done);
+    }
+  }
+
+  // A's metrics count every migration.
+  const sum = (field: 'pagesCopied' | 'bytesSent') => runs.reduce((total, r) => total + r[field], 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_in_progress'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="done"}'), 2 * RUNS);
+  assert.equal(await metric(a.url, 'memfabric_migration_finished_total{outcome="failed"}'), 0);
+  assert.equal(await metric(a.url, 'memfabric_migration_pages_sent_total'), sum('pagesCopied'));
+  assert.equal(await metric(a.url, 'memfabric_migration_bytes_sent_total'), sum('bytesSent'));
+  assert.equal(await metric(a.url, 'memfabric_migration_rounds_total'), 6 * RUNS);
+  assert.equal(await metric(a.url, 'memfabric_migration_last_blackout_ms'), runs.at(-1)!.blackout!.ms);
+});
+
+function descriptor(generation: number): Record<string, unknown> {
+  return { format: 1, id: 'r-1', name: 'vol', generation, shards: [{ index: 0 }] };
+}
+
+test('in the blackout writes are refused with ESHUTDOWN and reads go on; a handover that fails reopens the gate', async (t) => {
+  const a = await start();
+  const b = await start();
+  const proxy = await adminProxy(b.url);
+  t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop(), proxy.close()]));
+  const created = await call(a.url, 'POST', '/v1/regions', {
+    name: 'bx',
+    size: 4 * MiB,
+    descriptor: descriptor(1),
+  });
+  assert.equal(created.status, 201);
+  const region = a.appliance.registry.require('bx');
+  region.write(0, pattern(8, MiB));
+  const bytes = bytesOf(a.appliance, 'bx');
+  // An NBD client that meets ESHUTDOWN disconnects (the server is going away): one per request.
+  const connect = async () => {
+    const client = await NbdClient.connect({ port: a.appliance.nbdAddress.port, exportName: 'bx' });
+    t.after(() => client.destroy());
+    return client;
+  };
+
+  // B's region is made (its answer held); the descriptor is replaced on A (so the handover
+  // sends it again) and on B with a higher generation (so B refuses that as stale).
+  const create = proxy.hold('POST', '/v1/regions');
+  const resend = proxy.hold('PUT', '/v1/regions/bx/descriptor');
+  await migrate(a.url, 'bx', { target: proxy.url });
+  await create.held;
+  assert.equal(
+    (await call(a.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(2) })).status,
+    200,
+  );
+  assert.equal(
+    (await call(b.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(5) })).status,
+    200,
+  );
+  create.release();
+
+  // The handover's PUT is answered and held: A is in its blackout.
+  await resend.held;
+  assert.equal((await call(a.url, 'GET', '/v1/regions/bx/migration')).json.state, 'blackout');
+  const refused = { errno: ESHUTDOWN, message: /in its migration blackout; nothing was written/ };
+  await assert.rejects((await connect()).write(0, Buffer.alloc(PAGE, 1)), refused);
+  await assert.rejects((await connect()).writeZeroes(PAGE, PAGE), refused);
+  await assert.rejects((await connect()).trim(2 * PAGE, PAGE), refused);
+  assert.ok((await (await connect()).read(0, MiB)).equals(bytes.subarray(0, MiB)), 'reads go on');
+  assert.equal(region.gate, GATE_BLACKOUT);
+  const put = await call(a.url, 'PUT', '/v1/regions/bx/descriptor', { descriptor: descriptor(3) });
+  assert.equal(put.status, 409);
+  assert.equal((put.json.error as { code: string }).code, ErrorCodes.MIGRATING);
+  comparePages(bytesOf(a.appliance, 'bx'), bytes, 'A in the blackout');
+
+  // B refuses the resent descriptor: the migration fails, the gate reopens, B's copy goes.
+  resend.release();
+  const failed = await finished(a.url, 'bx');
+  assert.equal(failed.state, 'failed');
+  assert.equal(failed.error!.code, ErrorCodes.STALE_GENERATION);
+  assert.equal(failed.targetCleanedUp, true);
+  assert.equal(b.appliance.registry.find('bx'), undefined);
+  assert.equal(region.gate, GATE_OPEN);
+  assert.equal(region.space.writeGate, undefined, 'the engine took its gate off');
+  assert.equal(region.migrating, false);
+  assert.deepEqual(region.descriptor, descriptor(2));
+  // Writes go on, and nothing was lost.
+  const client = await connect();
+  await client.write(0, Buffer.alloc(PAGE, 1));
+  await client.disconnect();
+  bytes.fill(1, 0, PAGE);
+  comparePages(bytesOf(a.appliance, 'bx'), bytes, 'A after the failed handover');
 });

@@ -110,7 +110,7 @@ test('a tenant token from the CLI reaches only its own regions', async (t) => {
   const steal = await cli(['region', 'rm', 'b1', ...at], { MEMFABRIC_TOKEN: green });
   assert.equal(steal.code, 2);
   assert.match(steal.stderr, /no region named "b1".*MF_NOT_FOUND/);
-  const stats = await cli(['stats', ...at], { MEMFABRIC_TOKEN: green });
+  const stats = await cli(['stats', '--json', ...at], { MEMFABRIC_TOKEN: green });
   assert.equal(JSON.parse(stats.stdout).tenant, 'green');
   const wide = await cli(['region', 'migrate', 'b1', '--to', 'http://127.0.0.1:9', ...at], {
     MEMFABRIC_TOKEN: blue,

@@ -32,12 +32,53 @@ test('region create / clone / ls / rm and stats drive a real appliance', async (
   );
   await cli('region', 'rm', 'vm1-ro');
   assert.equal(appliance.registry.find('vm1-ro'), undefined);
-  const stats = JSON.parse((await cli('stats')).stdout) as {
+  const stats = JSON.parse((await cli('stats', '--json')).stdout) as {
     regions: number;
     memory: { capacityBytes: number };
   };
   assert.equal(stats.regions, 2);
   assert.equal(stats.memory.capacityBytes, 16 * 1024 * 1024);
+  // For people: sizes and counts, one line per subject.
+  const human = (await cli('stats')).stdout;
+  assert.match(human, /^memory +\d[\d.]* \S+ used of 16 MiB \(\d+\.\d%\), [\d.]+ \S+ free$/m);
+  assert.match(human, /^regions +2 serving$/m);
+  assert.match(
+    human,
+    new RegExp(
+      `^endpoints +nbd 127.0.0.1:${appliance.nbdAddress.port}, admin 127.0.0.1:${appliance.httpAddress.port}$`,
+      'm',
+    ),
+  );
+  assert.match(human, /^traffic +\d+ requests: /m);
+
+  // A size the appliance refuses is explained by field, not as schema text.
+  await assert.rejects(
+    cli('region', 'create', 'zero', '--size', '0'),
+    (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 2);
+      assert.match(
+        error.stderr,
+        /field 'size' must be a size: a whole number of bytes, 1 or more.*MF_BAD_REQUEST/,
+      );
+      return true;
+    },
+  );
+
+  // The appliance may be named HOST:PORT, and by MEMFABRIC_APPLIANCE.
+  const bare = await run(
+    process.execPath,
+    [...source, 'region', 'ls', '--json', '--appliance', url.replace('http://', '')],
+    {
+      timeout: 60_000,
+      env: { ...process.env, MEMFABRIC_TOKEN: appliance.adminToken },
+    },
+  );
+  assert.equal(JSON.parse(bare.stdout).length, 2);
+  const fromEnv = await run(process.execPath, [...source, 'region', 'ls', '--json'], {
+    timeout: 60_000,
+    env: { ...process.env, MEMFABRIC_TOKEN: appliance.adminToken, MEMFABRIC_APPLIANCE: url },
+  });
+  assert.equal(JSON.parse(fromEnv.stdout).length, 2);
 
   await assert.rejects(
     cli('region', 'create', 'vm1', '--size', '1GiB'),
@@ -60,4 +101,21 @@ test('the region commands say clearly when no appliance answers', async () => {
       return true;
     },
   );
+});
+
+test('an appliance URL that cannot be one is refused before any call, saying how to write it', async () => {
+  for (const [value, message] of [
+    ['127.0.0.1', /has no port: the appliance's admin API listens on 10880/],
+    ['ftp://127.0.0.1:10880', /must be an http:\/\/ or https:\/\/ URL/],
+    ['http://[::1', /is not an admin URL: write http:\/\/HOST:PORT/],
+  ] as const) {
+    await assert.rejects(
+      run(process.execPath, [...source, 'region', 'ls', '--appliance', value], { timeout: 60_000 }),
+      (error: { code: number; stderr: string }) => {
+        assert.notEqual(error.code, 0);
+        assert.match(error.stderr, message);
+        return true;
+      },
+    );
+  }
 });

@@ -14,8 +14,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { NbdClient } from '../../src/nbd/client.js';
-import * as C from '../../src/nbd/constants.js';
+import { NbdClient } from '../../src/nbd/index.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { encodeRequest, infoData } from '../nbd/raw-client.js';
 
 const MiB = 1024 * 1024;

@@ -13,7 +13,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LARGE_REPLY_KEPT_BYTES_MAX } from '../../src/nbd/reply-buffers.js';
+import { LARGE_REPLY_KEPT_BYTES_MAX } from '../../src/nbd/server/reply-buffers.js';
 import { ApplianceProcess, MiB } from './appliance-process.js';
 import { hostileLoad, SUITE_LOAD } from './hostile-load.js';
 

@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import { RawClient } from '../nbd/raw-client.js';
 import {
   ApplianceProcess,

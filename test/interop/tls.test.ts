@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { makePsk, makeX509 } from '../nbd/tls-credentials.js';
 import { ApplianceProcess, MiB, missing, run, runOk, tempDir } from './appliance-process.js';

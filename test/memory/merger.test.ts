@@ -181,7 +181,7 @@ test('the background merger makes progress in bounded batches', async () => {
     b.write(p * PAGE, page(8, p));
   }
   assert.equal(pool.used, 1024);
-  merger.start({ pagesPerBatch: 128, intervalMs: 1 });
+  merger.start({ cpuShare: 0.5, sliceMs: 1 });
   const deadline = Date.now() + 10_000;
   while (merger.stats().fullScans < 3 && Date.now() < deadline)
     await new Promise((resolve) => setImmediate(resolve));

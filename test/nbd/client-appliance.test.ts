@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
-import { EINVAL, ENOSPC, EPERM, STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
+import { EINVAL, ENOSPC, EPERM, STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 import { holesAfterTrim, KiB, MiB, pipelinedWorkload, roundTrips } from './client-suite.js';
 
 async function startAppliance(memory = '64MiB'): Promise<Appliance> {

@@ -7,8 +7,9 @@
  */
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import * as C from '../../src/nbd/constants.js';
-import { encodeOptionReply, writeU64, readU64 } from '../../src/nbd/wire.js';
+import * as C from '../../src/nbd/protocol/constants.js';
+import { encodeOptionReply } from '../../src/nbd/protocol/handshake.js';
+import { readU64, writeU64 } from '../../src/nbd/protocol/integers.js';
 
 export interface FakeRequest {
   flags: number;

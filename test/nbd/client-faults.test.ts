@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
 import type { NbdRequestError } from '../../src/nbd/index.js';
 import { NbdClient } from '../../src/nbd/index.js';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { missing, stopProcess } from './helpers.js';
 import { spawnNbdkitMemory } from './client-servers.js';
 import { chunkHeader, FakeServer, simpleReply, u64 } from './client-fake-server.js';

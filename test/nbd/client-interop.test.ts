@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { ErrorCodes } from '../../src/errors.js';
 import type { NbdRequestError } from '../../src/nbd/index.js';
 import { NbdClient, NbdConnectionGroup } from '../../src/nbd/index.js';
-import { EINVAL, ENOSPC, STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
+import { EINVAL, ENOSPC, STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 import { missing } from './helpers.js';
 import { spawnNbdkitMemory, spawnQemuNbd } from './client-servers.js';
 import { holesAfterTrim, MiB, pipelinedWorkload, roundTrips } from './client-suite.js';

@@ -12,10 +12,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
-import { NbdClient } from '../../src/nbd/client.js';
-import { InflightTable } from '../../src/nbd/client-inflight.js';
-import { ReplyParser } from '../../src/nbd/client-reply-parser.js';
-import * as C from '../../src/nbd/constants.js';
+import { NbdClient } from '../../src/nbd/index.js';
+import { InflightTable } from '../../src/nbd/client/inflight.js';
+import { ReplyParser } from '../../src/nbd/client/reply-parser.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { chunkHeader, FakeServer, simpleReply, u64 } from './client-fake-server.js';
 import { rng } from './client-suite.js';
 

@@ -5,9 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import type { NbdClient } from '../../src/nbd/client.js';
-import type { NbdExtent } from '../../src/nbd/client.js';
-import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
+import type { NbdClient, NbdExtent } from '../../src/nbd/index.js';
+import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;

@@ -12,7 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { infoData, metaContextData, RawClient } from './raw-client.js';
 
 /** How long a scenario waits for the server's answers before hanging up. */

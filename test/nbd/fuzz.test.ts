@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import { startServer } from './helpers.js';
 import { RawClient } from './raw-client.js';
 import { playScenario, scenarioArb } from './fuzz-scenarios.js';

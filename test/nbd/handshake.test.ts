@@ -4,9 +4,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as C from '../../src/nbd/constants.js';
-import { Handshake } from '../../src/nbd/handshake.js';
-import type { Negotiated } from '../../src/nbd/handshake.js';
+import * as C from './nbd-numbers.js';
+import { Handshake } from '../../src/nbd/server/handshake.js';
+import type { Negotiated } from '../../src/nbd/server/handshake.js';
 import { startServer } from './helpers.js';
 import { testDirectory } from './memory-export.js';
 import { encodeRequest, infoData, metaContextData, RawClient } from './raw-client.js';

@@ -1,7 +1,6 @@
 /** Starting servers and finding client binaries for the NBD tests. */
 import { spawnSync } from 'node:child_process';
-import { NbdServer } from '../../src/nbd/server.js';
-import type { NbdServerOptions } from '../../src/nbd/server.js';
+import { NbdServer, type NbdServerOptions } from '../../src/nbd/index.js';
 import type { MemoryDirectory } from './memory-export.js';
 import { testDirectory } from './memory-export.js';
 

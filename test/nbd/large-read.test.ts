@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemfabricError, ErrorCodes } from '../../src/errors.js';
-import * as C from '../../src/nbd/constants.js';
+import * as C from './nbd-numbers.js';
 import { startServer } from './helpers.js';
 import { MemoryDirectory, MemoryExport, testDirectory } from './memory-export.js';
 import { encodeRequest, RawClient } from './raw-client.js';

@@ -11,10 +11,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fc from 'fast-check';
-import { BufferBudget, type BudgetAccount, type BudgetWaiter } from '../../src/nbd/budget.js';
-import { defaultMaxConnections, openFilesLimit } from '../../src/nbd/connection-limit.js';
-import * as C from '../../src/nbd/constants.js';
-import { NbdServer } from '../../src/nbd/server.js';
+import { BufferBudget, type BudgetAccount, type BudgetWaiter } from '../../src/nbd/server/budget.js';
+import { defaultMaxConnections, NbdServer, openFilesLimit } from '../../src/nbd/index.js';
+import * as C from './nbd-numbers.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { startServer } from './helpers.js';
 import { testDirectory, MemoryExport } from './memory-export.js';

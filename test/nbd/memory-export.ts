@@ -6,8 +6,8 @@
  * Invariant: allocated[p] === 0 implies bytes of page p are all zero.
  */
 import { MemfabricError, ErrorCodes } from '../../src/errors.js';
-import type { NbdExport, NbdExportDirectory } from '../../src/nbd/export.js';
-import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/constants.js';
+import type { NbdExport, NbdExportDirectory } from '../../src/nbd/index.js';
+import { STATE_HOLE, STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 
 export class MemoryExport implements NbdExport {
   readonly data: Uint8Array;

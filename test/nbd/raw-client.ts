@@ -5,7 +5,7 @@
  */
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 
 export const WAIT_MS = 5_000;
 

@@ -7,9 +7,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fc from 'fast-check';
-import * as C from '../../src/nbd/constants.js';
-import type { RequestHeader } from '../../src/nbd/request-parser.js';
-import { PAYLOAD_COLLECT, PAYLOAD_NONE, RequestParser, WAIT } from '../../src/nbd/request-parser.js';
+import * as C from '../../src/nbd/protocol/constants.js';
+import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
+import { PAYLOAD_COLLECT, PAYLOAD_NONE, RequestParser, WAIT } from '../../src/nbd/server/request-parser.js';
 import { encodeRequest } from './raw-client.js';
 
 test('RequestParser: WAIT parks a request and resume() replays it, under any chunking', () => {

@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import * as C from '../../src/nbd/constants.js';
+import * as C from '../../src/nbd/protocol/constants.js';
 import {
   PAYLOAD_COLLECT,
   PAYLOAD_NONE,
@@ -18,7 +18,7 @@ import {
   STOP,
   type HeaderPlan,
   type RequestHeader,
-} from '../../src/nbd/request-parser.js';
+} from '../../src/nbd/server/request-parser.js';
 import { encodeRequest } from './raw-client.js';
 
 interface Recorder {

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { formatPskLine } from '../../src/nbd/tls.js';
+import { formatPskLine } from '../../src/nbd/index.js';
 
 export interface X509Set {
   /** Server side: ca-cert.pem, server-cert.pem, server-key.pem. */

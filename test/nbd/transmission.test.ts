@@ -5,10 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import * as C from '../../src/nbd/constants.js';
+import * as C from './nbd-numbers.js';
 import { ErrorCodes, MemfabricError } from '../../src/errors.js';
-import { RequestParser, PAYLOAD_COLLECT, PAYLOAD_NONE } from '../../src/nbd/request-parser.js';
-import type { RequestHeader } from '../../src/nbd/request-parser.js';
+import { RequestParser, PAYLOAD_COLLECT, PAYLOAD_NONE } from '../../src/nbd/server/request-parser.js';
+import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
 import { startServer } from './helpers.js';
 import { testDirectory } from './memory-export.js';
 import { decodeExtents, encodeRequest, infoData, RawClient } from './raw-client.js';

@@ -7,8 +7,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as C from '../../src/nbd/constants.js';
-import type { RequestHeader } from '../../src/nbd/request-parser.js';
+import * as C from '../../src/nbd/protocol/constants.js';
+import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
 import {
   REJECT_DF_NOT_NEGOTIATED,
   REJECT_FLAGS,
@@ -23,7 +23,7 @@ import {
   rejectionErrno,
   validateRequest,
   type ValidationContext,
-} from '../../src/nbd/validate.js';
+} from '../../src/nbd/server/validate.js';
 
 const SIZE = 1 << 20;
 const CTX: ValidationContext = { size: SIZE, readOnly: false, structuredReplies: true, baseAllocation: true };

@@ -1,5 +1,5 @@
 /**
- * NBD URIs as the 'nbd' page store reads them (src/nbd/uri.ts): the spec's export-name table,
+ * NBD URIs as the 'nbd' page store reads them (src/nbd/protocol/uri.ts): the spec's export-name table,
  * TLS schemes and parameters, a round trip for any export name, and every refusal a typed
  * MF_INVALID_ARGUMENT that shows a valid URI.
  */
@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
-import { parseNbdUri } from '../../src/nbd/uri.js';
+import { parseNbdUri } from '../../src/nbd/index.js';
 
 function invalid(...fragments: string[]) {
   return (error: unknown): boolean => {

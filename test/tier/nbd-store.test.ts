@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd/index.js';
 import { NbdPageStore, inspectNbdStore, readSlots } from '../../src/tier/nbd-store.js';
 import { openPageStore } from '../../src/tier/open-store.js';
 import type { StoreSpec } from '../../src/tier/page-store.js';

@@ -51,7 +51,7 @@ test('a spec that is not one of the kinds is INVALID_ARGUMENT, not a TypeError',
   const geometry = { pageSize: PAGE_SIZE, capacity: 4 };
   const bad: Array<[unknown, string]> = [
     [null, 'must be an object'],
-    [{ kind: 'disk' }, "'memory', 'file', 'fabric', 'nbd', 'image', 'test'"],
+    [{ kind: 'disk' }, "'memory', 'file', 'fabric', 'nbd', 'image', 'migration-source', 'test'"],
     [{ kind: 'file' }, 'needs path'],
     [{ kind: 'file', path: '' }, 'needs path'],
     [{ kind: 'fabric', appliances: [] }, 'needs appliances'],

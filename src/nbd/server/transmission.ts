@@ -1,0 +1,685 @@
+/**
+ * Transmission phase of one connection: requests in, replies out.
+ *
+ * Each request flows  parser -> validateRequest -> dispatch -> reply:
+ *   - the parser (request-parser.ts) frames requests out of arbitrary chunks;
+ *   - validateRequest (validate.ts) rejects anything the export must not see;
+ *   - dispatch calls the export synchronously (data calls never wait) and writes the reply at
+ *     once, so pipelined requests are answered in order; FLUSH and FUA wait for
+ *     `export.flush()` and reply when it settles, possibly after later requests;
+ *   - an exception from the export fails that request only (../protocol/errno.ts maps it).
+ *
+ * Replies: simple replies unless structured replies were negotiated, in which case a READ is
+ * one OFFSET_DATA chunk flagged DONE, BLOCK_STATUS one BLOCK_STATUS chunk, and errors an ERROR
+ * chunk with a message; other successes stay 16-byte simple replies (the spec allows that for
+ * replies without payload). A READ reply is one buffer, header then payload, and the export
+ * reads straight into its payload: one allocation and one socket write per read.
+ *
+ * Bounds: parsing pauses while the connection's reply queue is at its bound (the session's
+ * `replyQueuedBytesMax`) or ASYNC_REQUESTS_MAX flushes are pending, and resumes when both fall
+ * back (tryResume). Every READ reserves its reply and every WRITE its payload in the server's
+ * global BufferBudget before it is admitted; a request that does not fit is left in the parser
+ * (WAIT) and offered again once the budget grants its bytes, so nothing is dropped and requests
+ * still run in order.
+ */
+import type { BudgetAccount, BudgetWaiter, BufferBudget } from './budget.js';
+import type { NbdExport } from './export.js';
+import type { Negotiated } from './handshake.js';
+import {
+  BLOCK_STATUS_EXTENTS_MAX,
+  CMD_BLOCK_STATUS,
+  CMD_CACHE,
+  CMD_DISC,
+  CMD_FLAG_FUA,
+  CMD_FLAG_NO_HOLE,
+  CMD_FLAG_REQ_ONE,
+  CMD_FLUSH,
+  CMD_READ,
+  CMD_TRIM,
+  CMD_WRITE,
+  CMD_WRITE_ZEROES,
+  EXTENT_DESCRIPTOR_BYTES,
+  META_CONTEXT_ID_BASE_ALLOCATION,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE_BLOCK_STATUS,
+  SIMPLE_REPLY_HEADER_BYTES,
+  STATE_HOLE,
+  STATE_ZERO,
+  STRUCTURED_REPLY_HEADER_BYTES,
+} from '../protocol/constants.js';
+import { ASYNC_REQUESTS_MAX, READ_PIECE_BYTES, WRITE_SKIP_BYTES_MAX } from './limits.js';
+import { errnoForError, messageForError } from '../protocol/errno.js';
+import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
+import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
+import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
+import type { StatsCounters } from './stats.js';
+import type { ValidationContext } from './validate.js';
+import {
+  commandName,
+  REJECT_TOO_LARGE,
+  rejectionErrno,
+  rejectionMessage,
+  VALID,
+  validateRequest,
+} from './validate.js';
+import {
+  BLOCK_STATUS_FIELDS_BYTES,
+  encodeErrorChunk,
+  encodeSimpleReply,
+  OFFSET_DATA_HEADER_BYTES,
+  writeOffsetDataHeader,
+  writeSimpleReplyHeader,
+  writeStructuredReplyHeader,
+} from '../protocol/reply.js';
+
+/** How a transmission talks to its connection. */
+export interface TransmissionIo {
+  /** Queues `buf`; `written` runs once the socket is done with it (not if the socket fails). */
+  write(buf: Buffer, written?: () => void): void;
+  /** Too many reply bytes are queued: stop parsing until the socket drains. */
+  congested(): boolean;
+  /** Reply bytes queued on the socket now. */
+  queuedBytes(): number;
+  /** Stop or restart reading the socket (mirrors the parser's pause state). */
+  setInputPaused(paused: boolean): void;
+  /** The budget granted a waiting request: call tryResume from a guarded context. */
+  resume(): void;
+  /**
+   * The connection is done with its export: after NBD_CMD_DISC (or a shutdown) every request
+   * has been answered and nothing more will be parsed, so nothing of this connection can touch
+   * the export again. Called once, just before `close`; the session releases its claim on the
+   * export here rather than when the socket closes (a client that saw its DISC through may
+   * delete the region at once).
+   */
+  released(): void;
+  /** Transmission ended: after NBD_CMD_DISC (`violation` false) or a broken frame. */
+  close(reason: string, violation: boolean): void;
+  /** A bug in this layer surfaced outside a socket event (in a flush completion). */
+  internalError(err: unknown): void;
+}
+
+const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
+/** Reply slab size, and the largest reply carved from it (bigger ones get their own buffer). */
+const REPLY_SLAB_BYTES = 256 * 1024;
+const REPLY_SLAB_CARVE_BYTES_MAX = 64 * 1024;
+
+export class Transmission implements RequestSink {
+  private readonly parser = new RequestParser(this);
+  private readonly exp: NbdExport;
+  private readonly ctx: ValidationContext;
+  private readonly structured: boolean;
+  private asyncInFlight = 0;
+  private disconnecting = false;
+  private disconnectReason = 'client sent NBD_CMD_DISC';
+  private ended = false;
+  /** The reason a WRITE is being skipped, answered once its payload has been read. */
+  private skipReason = VALID;
+
+  // Block status collection: extents as (length, flags) pairs, reused between requests.
+  private extents = new Uint32Array(256);
+  private extentCount = 0;
+  private extentTotal = 0;
+  private extentLimit = 0;
+  private extentCap = 0;
+  private extentsStopped = false;
+  private slab: Buffer = Buffer.alloc(0);
+  private slabUsed = 0;
+  /** Bound once, so BLOCK_STATUS does not allocate a closure per request. */
+  private readonly emit = (length: number, flags: number): void => this.collectExtent(length, flags);
+
+  // Global budget: the one request waiting for bytes, bytes granted to it, a WRITE's payload.
+  private readonly waiter: BudgetWaiter & { bytes: number };
+  /** A request is parked in the parser (WAIT) until the budget grants `waiter.bytes`. */
+  private waitingForBudget = false;
+  /** The parked request was granted; its header is being offered again (not counted twice). */
+  private grantedBytes = 0;
+  private reoffered = false;
+  /** Reserved for the WRITE whose payload is being received. */
+  private payloadReserved = 0;
+
+  // A large READ being answered piece by piece (streamLeft > 0): parsing waits until it is done,
+  // and replies completed meanwhile (flushes) wait in `deferred` so they cannot split it.
+  private streamLeft = 0;
+  private streamOffset = 0;
+  private streamCookieHi = 0;
+  private streamCookieLo = 0;
+  /** No piece sent yet (a simple reply's header goes with the first piece). */
+  private streamFirst = true;
+  private readonly deferred: Buffer[] = [];
+  private readonly streamWaiter: BudgetWaiter & { bytes: number };
+  private streamWaiting = false;
+  private streamGrantedBytes = 0;
+
+  constructor(
+    negotiated: Negotiated,
+    private readonly io: TransmissionIo,
+    private readonly stats: StatsCounters,
+    private readonly budget: BufferBudget,
+    /** The connection's account: what it holds in the budget (its socket's bytes included). */
+    private readonly account: BudgetAccount,
+  ) {
+    // One waiter object each, reused for every request: waiting allocates nothing.
+    this.waiter = { account, bytes: 0, since: 0, granted: () => this.onGranted() };
+    this.streamWaiter = { account, bytes: 0, since: 0, granted: () => this.onStreamGranted() };
+    this.exp = negotiated.export;
+    this.structured = negotiated.structuredReplies;
+    this.ctx = {
+      size: this.exp.size,
+      readOnly: this.exp.readOnly,
+      structuredReplies: negotiated.structuredReplies,
+      baseAllocation: negotiated.baseAllocation,
+    };
+  }
+
+  feed(chunk: Buffer): void {
+    this.parser.feed(chunk);
+  }
+
+  get inFlight(): number {
+    return this.asyncInFlight;
+  }
+
+  /** A WRITE payload is partly received (its bytes must keep arriving). */
+  get receivingPayload(): boolean {
+    return this.parser.inPayload && !this.parser.isPaused;
+  }
+
+  /** Nothing in flight, nothing waiting, no request partly received. */
+  get idle(): boolean {
+    return (
+      this.asyncInFlight === 0 &&
+      this.streamLeft === 0 &&
+      !this.waitingForBudget &&
+      !this.parser.inPayload &&
+      !this.parser.inHeader
+    );
+  }
+
+  /** Stops parsing for good (connection closing); pending flushes still complete but reply nowhere. */
+  stop(): void {
+    this.ended = true;
+    this.parser.stop();
+    // Give back whatever this connection held or was promised.
+    if (this.waitingForBudget && this.budget.cancel(this.waiter)) this.waitingForBudget = false;
+    if (this.streamWaiting && this.budget.cancel(this.streamWaiter)) this.streamWaiting = false;
+    this.budget.release(this.account, this.grantedBytes + this.payloadReserved + this.streamGrantedBytes);
+    this.grantedBytes = 0;
+    this.payloadReserved = 0;
+    this.streamGrantedBytes = 0;
+    this.streamLeft = 0;
+    this.deferred.length = 0;
+  }
+
+  /** Like NBD_CMD_DISC from our side: parse nothing more, answer what is in flight, then close. */
+  shutdown(reason: string): void {
+    if (this.ended) return;
+    this.parser.stop();
+    this.disconnecting = true;
+    this.disconnectReason = reason;
+    this.finishDisconnect();
+  }
+
+  /** Restarts parsing if nothing holds it back any more. */
+  tryResume(): void {
+    if (this.streamLeft > 0) {
+      if (this.streamWaiting || this.ended) return;
+      this.pumpStream();
+      if (this.streamLeft > 0) return;
+    }
+    if (!this.parser.isPaused || this.parser.stopped || this.waitingForBudget) return;
+    if (this.io.congested() || this.asyncInFlight >= ASYNC_REQUESTS_MAX) return;
+    this.io.setInputPaused(false);
+    this.parser.resume();
+  }
+
+  // ---- RequestSink ------------------------------------------------------------------------
+
+  onHeader(req: RequestHeader): HeaderPlan {
+    if (this.reoffered) this.reoffered = false;
+    else this.stats.countRequest(req.type);
+    if (req.type === CMD_DISC) {
+      // Answer everything outstanding, then close; the client sends nothing after DISC.
+      this.disconnecting = true;
+      this.finishDisconnect();
+      return STOP;
+    }
+    const reason = validateRequest(req, this.ctx);
+    if (req.type === CMD_WRITE) {
+      if (reason === VALID) {
+        // The whole payload is reserved before any of it is read, never piece by piece as it
+        // arrives: connections each holding part of a payload while waiting for the rest
+        // would deadlock once they hold the whole budget (hold and wait).
+        if (!this.admit(req.length)) return WAIT;
+        this.payloadReserved = req.length;
+        return PAYLOAD_COLLECT;
+      }
+      if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
+        this.ended = true;
+        this.io.close(`write of ${req.length} bytes is absurdly large`, true);
+        return STOP;
+      }
+      // Read and drop the payload so the stream stays in sync, then answer the error.
+      this.skipReason = reason;
+      return PAYLOAD_SKIP;
+    }
+    if (reason !== VALID) {
+      this.reject(req, reason);
+    } else if (req.type === CMD_READ && req.length > READ_PIECE_BYTES) {
+      this.startStream(req);
+      if (this.streamLeft > 0) {
+        this.parser.pause();
+        this.io.setInputPaused(true);
+        return PAYLOAD_NONE;
+      }
+    } else if (req.type === CMD_READ) {
+      const cost = this.readReplyBytes(req.length);
+      if (!this.admit(cost)) return WAIT;
+      // The reply is charged to the budget (via the socket's queue) as soon as it is written.
+      this.read(req);
+      this.budget.release(this.account, cost);
+    } else {
+      this.dispatch(req);
+    }
+    this.afterRequest();
+    return PAYLOAD_NONE;
+  }
+
+  onPayload(req: RequestHeader, payload: Buffer): void {
+    // The payload is consumed synchronously below: its reservation ends with this call.
+    const reserved = this.payloadReserved;
+    this.payloadReserved = 0;
+    try {
+      this.exp.write(req.offset, payload);
+    } catch (err) {
+      this.budget.release(this.account, reserved);
+      this.fail(req, err);
+      this.afterRequest();
+      return;
+    }
+    this.budget.release(this.account, reserved);
+    this.stats.bytesWritten += payload.length;
+    this.complete(req);
+    this.afterRequest();
+  }
+
+  onSkipped(req: RequestHeader): void {
+    this.reject(req, this.skipReason);
+    this.afterRequest();
+  }
+
+  onViolation(reason: string): void {
+    this.ended = true;
+    this.io.close(reason, true);
+  }
+
+  // ---- global budget ----------------------------------------------------------------------
+
+  /**
+   * Takes `bytes` of the global budget for the request being parsed: the grant it waited for,
+   * or fresh bytes; otherwise queues for them, stops reading and answers false (WAIT).
+   */
+  private admit(bytes: number): boolean {
+    if (this.grantedBytes > 0) {
+      // The same request, offered again: the grant was sized for it.
+      this.budget.adjust(this.account, bytes - this.grantedBytes);
+      this.grantedBytes = 0;
+      return true;
+    }
+    if (this.budget.tryTake(this.account, bytes)) return true;
+    this.stats.budgetWaits++;
+    this.waiter.bytes = bytes;
+    this.waitingForBudget = true;
+    this.budget.wait(this.waiter);
+    this.io.setInputPaused(true);
+    return false;
+  }
+
+  private onGranted(): void {
+    this.waitingForBudget = false;
+    if (this.ended) {
+      this.budget.release(this.account, this.waiter.bytes);
+      return;
+    }
+    this.grantedBytes = this.waiter.bytes;
+    this.reoffered = true;
+    this.io.resume();
+  }
+
+  // ---- large READs, piece by piece -------------------------------------------------------
+
+  private startStream(req: RequestHeader): void {
+    this.stats.bytesRead += req.length;
+    this.streamCookieHi = req.cookieHi;
+    this.streamCookieLo = req.cookieLo;
+    this.streamOffset = req.offset;
+    this.streamLeft = req.length;
+    this.streamFirst = true;
+    this.pumpStream();
+  }
+
+  /**
+   * Sends pieces while the socket holds less than one and the budget grants them; returns when
+   * the stream is done or must wait (for 'drain' or a grant, both ending in tryResume).
+   */
+  private pumpStream(): void {
+    const structured = this.structured;
+    while (this.streamLeft > 0 && !this.ended) {
+      if (this.io.queuedBytes() >= READ_PIECE_BYTES || this.io.congested()) return;
+      const headerBytes = structured
+        ? OFFSET_DATA_HEADER_BYTES
+        : this.streamFirst
+          ? SIMPLE_REPLY_HEADER_BYTES
+          : 0;
+      // Header and data fill exactly one piece: a power of two, the size class of the recycled
+      // buffers (a piece plus its header would take the next class, twice the memory).
+      const n = Math.min(READ_PIECE_BYTES - headerBytes, this.streamLeft);
+      const size = headerBytes + n;
+      if (this.streamGrantedBytes > 0) {
+        this.budget.adjust(this.account, size - this.streamGrantedBytes);
+        this.streamGrantedBytes = 0;
+      } else if (!this.budget.tryTake(this.account, size)) {
+        this.stats.budgetWaits++;
+        this.streamWaiter.bytes = size;
+        this.streamWaiting = true;
+        this.budget.wait(this.streamWaiter);
+        return;
+      }
+      const large = takeLargeReplyBuffer(size);
+      const buf = large.subarray(0, size);
+      try {
+        this.exp.read(this.streamOffset, buf.subarray(headerBytes));
+      } catch (err) {
+        giveLargeReplyBuffer(large);
+        this.budget.release(this.account, size);
+        this.streamFailed(err);
+        return;
+      }
+      const last = n === this.streamLeft;
+      if (structured) {
+        writeOffsetDataHeader(
+          buf,
+          0,
+          last ? REPLY_FLAG_DONE : 0,
+          this.streamCookieHi,
+          this.streamCookieLo,
+          this.streamOffset,
+          n,
+        );
+      } else if (this.streamFirst) {
+        writeSimpleReplyHeader(buf, 0, 0, this.streamCookieHi, this.streamCookieLo);
+      }
+      this.io.write(buf, () => giveLargeReplyBuffer(large));
+      this.budget.release(this.account, size);
+      this.streamOffset += n;
+      this.streamLeft -= n;
+      this.streamFirst = false;
+    }
+    if (this.streamLeft === 0 && !this.ended) this.finishStream();
+  }
+
+  /** The export failed in the middle of a large READ. */
+  private streamFailed(err: unknown): void {
+    const message = `read at ${this.streamOffset}: ${messageForError(err)}`;
+    this.stats.errors++;
+    if (this.structured || this.streamFirst) {
+      // Nothing of a simple reply has left yet, or structured chunks can end with an error.
+      this.streamLeft = 0;
+      this.io.write(
+        this.structured
+          ? encodeErrorChunk(errnoForError(err), this.streamCookieHi, this.streamCookieLo, message)
+          : encodeSimpleReply(errnoForError(err), this.streamCookieHi, this.streamCookieLo),
+      );
+      this.finishStream();
+      return;
+    }
+    // A simple reply half sent cannot carry an error: the spec's answer is a hard disconnect.
+    this.ended = true;
+    this.io.close(`read failed in the middle of a reply: ${message}`, false);
+  }
+
+  private onStreamGranted(): void {
+    this.streamWaiting = false;
+    if (this.ended) {
+      this.budget.release(this.account, this.streamWaiter.bytes);
+      return;
+    }
+    this.streamGrantedBytes = this.streamWaiter.bytes;
+    this.io.resume();
+  }
+
+  /** The large READ is answered: replies held back meanwhile go out, then parsing may go on. */
+  private finishStream(): void {
+    for (const buf of this.deferred) this.io.write(buf);
+    this.deferred.length = 0;
+    if (this.disconnecting) this.finishDisconnect();
+  }
+
+  private readReplyBytes(length: number): number {
+    return (this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES) + length;
+  }
+
+  // ---- dispatch ---------------------------------------------------------------------------
+
+  /** Everything but READ (admitted by the budget first) and WRITE (after its payload). */
+  private dispatch(req: RequestHeader): void {
+    const exp = this.exp;
+    try {
+      switch (req.type) {
+        case CMD_FLUSH:
+          this.afterFlush(req.type, req.cookieHi, req.cookieLo);
+          return;
+        case CMD_TRIM:
+          exp.trim(req.offset, req.length);
+          break;
+        case CMD_WRITE_ZEROES:
+          // FAST_ZERO needs nothing: zeroing memory is always faster than writing it.
+          exp.writeZeroes(req.offset, req.length, (req.flags & CMD_FLAG_NO_HOLE) === 0);
+          break;
+        case CMD_CACHE:
+          // Memory is as cached as it gets.
+          break;
+        case CMD_BLOCK_STATUS:
+          this.blockStatus(req);
+          return;
+      }
+    } catch (err) {
+      this.fail(req, err);
+      return;
+    }
+    this.complete(req);
+  }
+
+  private read(req: RequestHeader): void {
+    const length = req.length;
+    const headerBytes = this.structured ? OFFSET_DATA_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
+    const size = headerBytes + length;
+    // Large replies use recycled buffers (reply-buffers.ts); small ones are carved from the slab.
+    const large = size > REPLY_SLAB_CARVE_BYTES_MAX ? takeLargeReplyBuffer(size) : undefined;
+    const buf = large === undefined ? this.takeReplyBuffer(size) : large.subarray(0, size);
+    try {
+      this.exp.read(req.offset, buf.subarray(headerBytes));
+    } catch (err) {
+      if (large !== undefined) giveLargeReplyBuffer(large);
+      this.fail(req, err);
+      return;
+    }
+    if (this.structured) {
+      writeOffsetDataHeader(buf, 0, REPLY_FLAG_DONE, req.cookieHi, req.cookieLo, req.offset, length);
+    } else {
+      writeSimpleReplyHeader(buf, 0, 0, req.cookieHi, req.cookieLo);
+    }
+    this.stats.bytesRead += length;
+    if (large === undefined) this.write(buf);
+    else this.io.write(buf, () => giveLargeReplyBuffer(large));
+  }
+
+  private blockStatus(req: RequestHeader): void {
+    this.extentCount = 0;
+    this.extentTotal = 0;
+    this.extentLimit = req.length;
+    this.extentCap = (req.flags & CMD_FLAG_REQ_ONE) !== 0 ? 1 : BLOCK_STATUS_EXTENTS_MAX;
+    this.extentsStopped = false;
+    this.exp.blockStatus(req.offset, req.length, this.emit);
+    if (this.extentCount === 0) {
+      // At least one descriptor is required; status 0 ("allocated, contents unknown") is always true.
+      this.extents[0] = req.length;
+      this.extents[1] = 0;
+      this.extentCount = 1;
+    }
+    const n = this.extentCount;
+    const payloadBytes = BLOCK_STATUS_FIELDS_BYTES + n * EXTENT_DESCRIPTOR_BYTES;
+    const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
+    writeStructuredReplyHeader(
+      buf,
+      0,
+      REPLY_FLAG_DONE,
+      REPLY_TYPE_BLOCK_STATUS,
+      req.cookieHi,
+      req.cookieLo,
+      payloadBytes,
+    );
+    let at = STRUCTURED_REPLY_HEADER_BYTES;
+    buf.writeUInt32BE(META_CONTEXT_ID_BASE_ALLOCATION, at);
+    at += BLOCK_STATUS_FIELDS_BYTES;
+    const extents = this.extents;
+    for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
+    this.write(buf);
+  }
+
+  /**
+   * Receives one extent from the export. Extents are clipped to the requested range, empty ones
+   * dropped, neighbours with equal flags merged, and at most `extentCap` kept: the export
+   * cannot be told to stop, so the rest is ignored.
+   */
+  private collectExtent(length: number, flags: number): void {
+    if (this.extentsStopped || !(length > 0)) return;
+    const room = this.extentLimit - this.extentTotal;
+    if (room <= 0) {
+      this.extentsStopped = true;
+      return;
+    }
+    const len = Math.min(Math.floor(length), room);
+    if (len <= 0) return;
+    const f = flags & EXTENT_FLAGS_KNOWN;
+    const n = this.extentCount;
+    if (n > 0 && this.extents[2 * n - 1] === f) {
+      this.extents[2 * n - 2] += len; // the sum stays <= extentLimit < 2^32
+    } else if (n < this.extentCap) {
+      if (2 * n + 2 > this.extents.length) {
+        const grown = new Uint32Array(Math.min(2 * this.extents.length, 2 * BLOCK_STATUS_EXTENTS_MAX));
+        grown.set(this.extents);
+        this.extents = grown;
+      }
+      this.extents[2 * n] = len;
+      this.extents[2 * n + 1] = f;
+      this.extentCount = n + 1;
+    } else {
+      this.extentsStopped = true;
+      return;
+    }
+    this.extentTotal += len;
+  }
+
+  // ---- completion -------------------------------------------------------------------------
+
+  /** A mutation succeeded: reply now, or after a flush when FUA asks for durability. */
+  private complete(req: RequestHeader): void {
+    if ((req.flags & CMD_FLAG_FUA) !== 0 && req.type !== CMD_READ && req.type !== CMD_CACHE) {
+      this.afterFlush(req.type, req.cookieHi, req.cookieLo);
+      return;
+    }
+    this.replyOk(req.cookieHi, req.cookieLo);
+  }
+
+  private replyOk(cookieHi: number, cookieLo: number): void {
+    const buf = this.takeReplyBuffer(SIMPLE_REPLY_HEADER_BYTES);
+    writeSimpleReplyHeader(buf, 0, 0, cookieHi, cookieLo);
+    this.write(buf);
+  }
+
+  /** Replies once `export.flush()` settles; the cookie is captured since `req` is reused. */
+  private afterFlush(type: number, cookieHi: number, cookieLo: number): void {
+    this.asyncInFlight++;
+    let flushed: Promise<void>;
+    try {
+      flushed = this.exp.flush();
+    } catch (err) {
+      flushed = Promise.reject(err);
+    }
+    flushed
+      .then(
+        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
+        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
+      )
+      .catch((err: unknown) => this.io.internalError(err));
+  }
+
+  private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {
+    this.asyncInFlight--;
+    if (!this.ended) {
+      if (errno === 0) this.replyOk(cookieHi, cookieLo);
+      else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
+    }
+    if (this.disconnecting) this.finishDisconnect();
+    else this.tryResume();
+  }
+
+  private finishDisconnect(): void {
+    if (this.asyncInFlight > 0 || this.streamLeft > 0 || this.ended) return;
+    this.ended = true;
+    this.io.released();
+    this.io.close(this.disconnectReason, false);
+  }
+
+  private reject(req: RequestHeader, reason: number): void {
+    const errno = rejectionErrno(reason, req, this.ctx);
+    this.replyError(errno, req.cookieHi, req.cookieLo, rejectionMessage(reason, req, this.ctx));
+  }
+
+  private fail(req: RequestHeader, err: unknown): void {
+    const message = `${commandName(req.type)} at ${req.offset}+${req.length}: ${messageForError(err)}`;
+    this.replyError(errnoForError(err), req.cookieHi, req.cookieLo, message);
+  }
+
+  private replyError(errno: number, cookieHi: number, cookieLo: number, message: string): void {
+    this.stats.errors++;
+    this.write(
+      this.structured
+        ? encodeErrorChunk(errno, cookieHi, cookieLo, message)
+        : encodeSimpleReply(errno, cookieHi, cookieLo),
+    );
+  }
+
+  /**
+   * A buffer for one small reply (at most REPLY_SLAB_CARVE_BYTES_MAX), carved from a slab by
+   * bumping an offset: far cheaper than an
+   * allocation per reply. Carved bytes are never handed out twice (the socket may still hold
+   * them), so a full slab is simply replaced and dies when its last reply has been written.
+   */
+  private takeReplyBuffer(size: number): Buffer {
+    if (this.slabUsed + size > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(REPLY_SLAB_BYTES);
+      this.slabUsed = 0;
+    }
+    const buf = this.slab.subarray(this.slabUsed, this.slabUsed + size);
+    // Keep carves 8-byte aligned so headers and payloads start on word boundaries.
+    this.slabUsed += (size + 7) & ~7;
+    return buf;
+  }
+
+  private write(buf: Buffer): void {
+    // A large READ is on its way: nothing may come between its pieces.
+    if (this.streamLeft > 0) this.deferred.push(buf);
+    else this.io.write(buf);
+  }
+
+  private afterRequest(): void {
+    if (this.parser.isPaused || this.parser.stopped) return;
+    const congested = this.io.congested();
+    if (congested || this.asyncInFlight >= ASYNC_REQUESTS_MAX) {
+      if (congested) this.stats.replyPauses++;
+      this.parser.pause();
+      this.io.setInputPaused(true);
+    }
+  }
+}
