@@ -9,7 +9,8 @@
  *      are skipped (the sink starts as holes). sync() waits until the sink has applied it all.
  *   2. Round k ≥ 2. In one synchronous step: D = dirtyPages(s(k-1)); decide (`decideRound`);
  *      if another round, sk = advanceEpoch(), then send every page of D as it is now (data,
- *      zeros, or a hole), sync.
+ *      zeros, or a hole), sync. In rounds (not the blackout) a page written again since the
+ *      round began (epoch >= sk) is skipped: the next set has it (Xen's "skip" set).
  *   3. Blackout, when `decideRound` says so, in that same synchronous step: the gate closes
  *      (writes throw MF_MIGRATING and change nothing) and the epoch advances, so every later
  *      write to any page meets the gate. Send D, sync, then the transport's handover: it
@@ -23,7 +24,8 @@
  * source has a write epoch ≥ s(k). A page is read when it is queued (synchronously, so its
  * bytes are those of that instant) and the sink applies pages in order; a write after the read
  * records an epoch ≥ s(k) because s(k) began before the round read anything. A page not sent in
- * round k was not dirty since s(k-1), so by induction the sink already had it. Round 1 is the
+ * round k was not dirty since s(k-1), so by induction the sink already had it; a page of D
+ * skipped in round k had an epoch >= s(k) when skipped, so the next set has it. Round 1 is the
  * base: the sink starts as holes and every non-hole page is visited. In the blackout nothing
  * changes any more, so sending D makes the sink equal to the source at the blackout.
  *
@@ -164,7 +166,10 @@ export interface MigrationProgress {
 
 export interface RoundReport {
   round: number;
+  /** Pages sent. */
   pages: number;
+  /** Pages of the round's set not sent because they were written again during it (the next round has them). */
+  skipped: number;
   bytes: number;
   ms: number;
   /** Pages dirtied while it ran (the next round's set). */
@@ -177,6 +182,8 @@ export interface MigrationReport {
   rounds: RoundReport[];
   stopReason: StopReason;
   pagesSent: number;
+  /** Pages passed over in their round because they were written again during it. */
+  pagesSkipped: number;
   bytesSent: number;
   /** Pages in the blackout's set. */
   blackoutPages: number;
@@ -305,6 +312,11 @@ export class PreCopyEngine {
   private pagesSent = 0;
   private roundPages = 0;
   private roundSent = 0;
+  /** Pages of this round passed over because they were written again since it began. */
+  private roundSkipped = 0;
+  private pagesSkipped = 0;
+  /** Pages written at or after this epoch are skipped (the next round sends them); none in the blackout. */
+  private skipSince = Number.POSITIVE_INFINITY;
   private dirtyPages = 0;
   private dirtyRate = 0;
   private readonly history: { bytes: number; ms: number }[] = [];
@@ -350,6 +362,7 @@ export class PreCopyEngine {
       this.beginRound(1, presentPages(space));
       let roundStart = performance.now();
       let bytesBefore = this.sink.bytesSent;
+      this.skipSince = since;
       await this.sendPresent();
       let previous = await this.endRound(roundStart, bytesBefore);
       let roundsSinceSmallest = 0;
@@ -392,6 +405,7 @@ export class PreCopyEngine {
         this.beginRound(this.round + 1, dirty.length);
         roundStart = performance.now();
         bytesBefore = this.sink.bytesSent;
+        this.skipSince = since;
         await this.sendPages(dirty);
         previous = await this.endRound(roundStart, bytesBefore);
       }
@@ -402,6 +416,9 @@ export class PreCopyEngine {
       this.phase = 'blackout';
       this.roundPages = dirty.length;
       this.roundSent = 0;
+      this.roundSkipped = 0;
+      // Nothing is written any more: every page of the last set goes.
+      this.skipSince = Number.POSITIVE_INFINITY;
       this.progress(true);
       // Writes wait on the blackout: a sink that stops answering must not hold them forever.
       await this.withinBlackout(async () => {
@@ -422,6 +439,7 @@ export class PreCopyEngine {
         rounds: this.rounds,
         stopReason,
         pagesSent: this.pagesSent,
+        pagesSkipped: this.pagesSkipped,
         bytesSent: this.sink.bytesSent,
         blackoutPages: dirty.length,
         dirtyRatePagesPerSec: round3(this.dirtyRate),
@@ -458,7 +476,7 @@ export class PreCopyEngine {
       round: this.round,
       pagesSent: this.pagesSent,
       bytesSent: this.sink.bytesSent,
-      pagesRemaining: Math.max(0, this.roundPages - this.roundSent),
+      pagesRemaining: Math.max(0, this.roundPages - this.roundSent - this.roundSkipped),
       dirtyPages: this.dirtyPages,
       dirtyRatePagesPerSec: round3(this.dirtyRate),
       dirtyRateBytesPerSec: round3(this.dirtyRate * this.pageSize),
@@ -513,6 +531,7 @@ export class PreCopyEngine {
     this.round = round;
     this.roundPages = pages;
     this.roundSent = 0;
+    this.roundSkipped = 0;
     this.progress(true);
   }
 
@@ -533,9 +552,17 @@ export class PreCopyEngine {
     if (sumMs > 0 && sumBytes > 0) this.bandwidth = (sumBytes / sumMs) * 1000;
     if (this.sink.rttMs !== undefined) this.rttMs = this.sink.rttMs;
     this.dirtyRate = this.gate.throttle.takeDirtyRate();
-    this.rounds.push({ round: this.round, pages: this.roundSent, bytes, ms: round3(ms), dirtyAfter: 0 });
+    this.rounds.push({
+      round: this.round,
+      pages: this.roundSent,
+      skipped: this.roundSkipped,
+      bytes,
+      ms: round3(ms),
+      dirtyAfter: 0,
+    });
     this.progress(true);
-    return this.roundSent;
+    // The set the round started with (what the next one must shrink), skipped pages included.
+    return this.roundPages;
   }
 
   /** Round 1: every page of every present leaf that is not a hole. */
@@ -573,6 +600,14 @@ export class PreCopyEngine {
   private sendPage(page: number): Promise<void> | void {
     const space = this.space;
     const sink = this.sink;
+    if (space.pageEpoch(page) >= this.skipSince) {
+      // Written again since this round began: the next round (or the blackout) sends it as it
+      // will be then, so sending it now would only cost bytes (Xen's "skip" set).
+      this.roundSkipped++;
+      this.pagesSkipped++;
+      if (++this.visited >= VISIT_BATCH_PAGES) return this.pause();
+      return undefined;
+    }
     const entry = space.frameAt(page);
     if (entry < 0 && space.pool.paging) return this.fetchThenSend(page);
     let queued: boolean;
