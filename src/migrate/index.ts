@@ -21,6 +21,7 @@ export {
   expectedDowntimeMs,
   MAX_DOWNTIME_DEFAULT_MS,
   MAX_ROUNDS_DEFAULT,
+  BLACKOUT_TIMEOUT_DEFAULT_MS,
   type PageSink,
   type SinkMeasure,
   type Handover,
