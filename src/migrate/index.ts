@@ -3,9 +3,9 @@ export {
   Migration,
   migrateSpace,
   migrateHeap,
-  type MigrateOptions,
+  type MigrateSpaceOptions,
   type SpaceMigrationReport,
-  type MigrationStatus,
+  type SpaceMigrationStatus,
 } from './migrate-space.js';
 export {
   MigrationListener,

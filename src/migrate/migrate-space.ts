@@ -47,9 +47,9 @@ import { decodeJson, encodeJsonFrame } from './wire.js';
 /** SYNCs sent before round 1 to measure the round trip. */
 const RTT_PINGS = 3;
 
-export interface MigrateOptions extends Omit<PreCopyOptions, 'onProgress'> {
+export interface MigrateSpaceOptions extends Omit<PreCopyOptions, 'onProgress'> {
   /** Called with the migration's status at each round and at most every 100 ms (also the 'progress' event). */
-  onProgress?: (status: MigrationStatus) => void;
+  onProgress?: (status: SpaceMigrationStatus) => void;
   /** The destination's MigrationListener. */
   host: string;
   port: number;
@@ -67,15 +67,15 @@ export interface SpaceMigrationReport extends MigrationReport {
   destination: string;
 }
 
-export interface MigrationStatus extends MigrationProgress {
+export interface SpaceMigrationStatus extends MigrationProgress {
   id: string;
 }
 
 /**
  * A migration under way (see the file header). Also an EventEmitter: 'progress' carries the
- * same MigrationStatus as `onProgress` (at each round and at most every 100 ms).
+ * same SpaceMigrationStatus as `onProgress` (at each round and at most every 100 ms).
  */
-export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
+export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }> {
   readonly id = randomUUID();
   /** Resolves with the report once the destination owns the space; rejects if it never will. */
   readonly done: Promise<SpaceMigrationReport>;
@@ -85,7 +85,7 @@ export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
   private finished = false;
 
   /** @internal Use migrateSpace or migrateHeap. */
-  constructor(space: AddressSpace, options: MigrateOptions, kind: MigrationKind) {
+  constructor(space: AddressSpace, options: MigrateSpaceOptions, kind: MigrationKind) {
     super();
     checkOptions(space, options);
     const signal = options.signal;
@@ -99,7 +99,7 @@ export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
   }
 
   /** Where the migration stands: rounds, pages, bytes, dirty rate, bandwidth, expected downtime. */
-  progress(): MigrationStatus {
+  progress(): SpaceMigrationStatus {
     if (this.engine) return { id: this.id, ...this.engine.progress() };
     return {
       id: this.id,
@@ -143,7 +143,7 @@ export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
 
   private async run(
     space: AddressSpace,
-    options: MigrateOptions,
+    options: MigrateSpaceOptions,
     kind: MigrationKind,
   ): Promise<SpaceMigrationReport> {
     const mode = options.mode ?? 'precopy';
@@ -235,7 +235,7 @@ export class Migration extends EventEmitter<{ progress: [MigrationStatus] }> {
  * Starts migrating `space` to the MigrationListener at `host:port` (see the file header).
  * Throws at once (changing nothing) for bad options or a space already migrating.
  */
-export function migrateSpace(space: AddressSpace, options: MigrateOptions): Migration {
+export function migrateSpace(space: AddressSpace, options: MigrateSpaceOptions): Migration {
   return new Migration(space, options, 'space');
 }
 
@@ -244,11 +244,11 @@ export function migrateSpace(space: AddressSpace, options: MigrateOptions): Migr
  * the destination's `incoming.heap({ path })` reopens it whole. The source heap refuses writes
  * once the migration is done; close it (its last checkpoint changes nothing) when you like.
  */
-export function migrateHeap(heap: Heap, options: MigrateOptions): Migration {
+export function migrateHeap(heap: Heap, options: MigrateSpaceOptions): Migration {
   return new Migration(heap.space, options, 'heap');
 }
 
-function checkOptions(space: AddressSpace, options: MigrateOptions): void {
+function checkOptions(space: AddressSpace, options: MigrateSpaceOptions): void {
   if (typeof options !== 'object' || options === null) throw invalidArgument('migrate options are required');
   if (typeof options.host !== 'string' || options.host === '') {
     throw invalidArgument('host must name the destination (the MigrationListener), e.g. "10.0.0.2"');
