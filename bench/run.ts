@@ -22,6 +22,7 @@ import { fleetSuite } from './fleet.bench.js';
 import { mergerSuite } from './merger.bench.js';
 import { regionMigrationSuite } from './region-migration.bench.js';
 import { postcopySuite } from './postcopy.bench.js';
+import { migrateSuite } from './migrate.bench.js';
 import { standbySuite } from './standby.bench.js';
 
 const suites: Suite[] = [
@@ -42,6 +43,7 @@ const suites: Suite[] = [
   fleetSuite,
   regionMigrationSuite,
   postcopySuite,
+  migrateSuite,
   standbySuite,
 ];
 

@@ -9,6 +9,7 @@ import type { MigrationStatus } from '../appliance/migration.js';
 import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
 import { APPLIANCE_URL_DEFAULT } from './admin-commands.js';
 import { adminTargetFor, findToken, withCredentials, type CredentialOptions } from './credentials.js';
+import { byteProgress, type ProgressBar } from './progress.js';
 
 /** How often the migration's status is polled, and for how long at most by default. */
 export const MIGRATE_POLL_MS = 100;
@@ -18,7 +19,7 @@ interface MigrateCommandOptions {
   to: string;
   as?: string;
   maxRounds?: number;
-  blackoutPages?: number;
+  maxDowntime?: number;
   wait: boolean;
   timeout: number;
   /** The target's token (else --to-token-file, else the state-dir file for its port). */
@@ -39,7 +40,11 @@ export function registerMigrateCommand(region: Command): void {
     .requiredOption('--to <url>', "the target appliance's admin API, e.g. http://10.0.0.2:10880")
     .option('--as <name>', 'the region name on the target (default: the same)')
     .option('--max-rounds <n>', 'pre-copy rounds at most before the blackout', wholeNumber)
-    .option('--blackout-pages <n>', 'stop pre-copying once this few pages are dirty', wholeNumber)
+    .option(
+      '--max-downtime <ms>',
+      'the blackout to aim for: it starts once the measured bandwidth sends the dirty pages within it (default 30)',
+      wholeNumber,
+    )
     .option('--to-token <token>', "the target appliance's token, passed on to the source appliance")
     .option('--to-token-file <file>', "file holding the target appliance's token")
     .option('--no-wait', 'start the migration and return')
@@ -73,6 +78,8 @@ export async function runMigrate(
   name: string,
   options: MigrateCommandOptions & { appliance: string | AdminTarget },
   out: (line: string) => void,
+  /** Makes the bar of one round (a silent one off a terminal, see progress.ts). */
+  bar: (label: string, totalBytes: number) => ProgressBar = byteProgress,
 ): Promise<MigrationStatus> {
   const path = `/v1/regions/${encodeURIComponent(name)}`;
   let status = await adminRequest<MigrationStatus>(options.appliance, 'POST', `${path}/migrate`, {
@@ -80,33 +87,59 @@ export async function runMigrate(
     ...(options.as !== undefined ? { targetName: options.as } : {}),
     ...(options.toToken !== undefined ? { targetToken: options.toToken } : {}),
     ...(options.maxRounds !== undefined ? { maxRounds: options.maxRounds } : {}),
-    ...(options.blackoutPages !== undefined ? { blackoutPages: options.blackoutPages } : {}),
+    ...(options.maxDowntime !== undefined ? { maxDowntimeMs: options.maxDowntime } : {}),
   });
   out(`migrating ${name} to ${status.target.appliance} as ${status.target.region} (${status.id})`);
   if (!options.wait) return status;
   const polls = Math.ceil((options.timeout * 1000) / MIGRATE_POLL_MS);
   let reported = 0;
-  for (let poll = 0; poll < polls; poll++) {
-    for (; reported < status.rounds.length; reported++) {
-      const round = status.rounds[reported]!;
-      out(`round ${round.round}: ${round.pages} pages in ${round.ms} ms`);
+  // One bar per round (and one for the blackout): its bytes so far against what is left of it.
+  let current: { key: string; bar: ProgressBar } | undefined;
+  let finishedBytes = 0;
+  const stopBar = (): void => {
+    current?.bar.stop();
+    current = undefined;
+  };
+  try {
+    for (let poll = 0; poll < polls; poll++) {
+      for (; reported < status.rounds.length; reported++) {
+        const round = status.rounds[reported]!;
+        finishedBytes += round.bytes;
+        stopBar();
+        out(`round ${round.round}: ${round.pages} pages in ${round.ms} ms`);
+      }
+      if (status.state === 'copying' || status.state === 'blackout') {
+        const key = status.state === 'blackout' ? 'blackout' : `round ${status.round}`;
+        const done = Math.max(0, status.bytesSent - finishedBytes);
+        // Bytes a page costs on the wire so far (data and request headers; zero pages cost less).
+        const perPage = status.pagesCopied > 0 ? status.bytesSent / status.pagesCopied : 4096;
+        const total = Math.round(done + status.dirtyRemaining * perPage);
+        if (current?.key !== key) {
+          stopBar();
+          current = { key, bar: bar(`${name}: ${key}`, total) };
+        }
+        current.bar.update(done, total);
+      }
+      if (status.state !== 'copying' && status.state !== 'blackout') stopBar();
+      if (status.state === 'done') {
+        const moved = status.movedTo!;
+        out(
+          `moved ${name} to ${moved.appliance} as ${moved.region} (nbd://${moved.nbd.host}:${moved.nbd.port}/${moved.region}): ` +
+            `${status.rounds.length} rounds, ${status.pagesCopied} pages, blackout ${status.blackout!.pages} pages in ${status.blackout!.ms} ms`,
+        );
+        return status;
+      }
+      if (status.state === 'failed') {
+        throw new MemfabricError(
+          status.error!.code as ErrorCode,
+          `migrating ${name} failed; it stays where it was: ${status.error!.message}`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, MIGRATE_POLL_MS));
+      status = await adminRequest<MigrationStatus>(options.appliance, 'GET', `${path}/migration`);
     }
-    if (status.state === 'done') {
-      const moved = status.movedTo!;
-      out(
-        `moved ${name} to ${moved.appliance} as ${moved.region} (nbd://${moved.nbd.host}:${moved.nbd.port}/${moved.region}): ` +
-          `${status.rounds.length} rounds, ${status.pagesCopied} pages, blackout ${status.blackout!.pages} pages in ${status.blackout!.ms} ms`,
-      );
-      return status;
-    }
-    if (status.state === 'failed') {
-      throw new MemfabricError(
-        status.error!.code as ErrorCode,
-        `migrating ${name} failed; it stays where it was: ${status.error!.message}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, MIGRATE_POLL_MS));
-    status = await adminRequest<MigrationStatus>(options.appliance, 'GET', `${path}/migration`);
+  } finally {
+    stopBar();
   }
   throw new MemfabricError(
     ErrorCodes.TIMEOUT,

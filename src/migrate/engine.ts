@@ -9,7 +9,8 @@
  *      are skipped (the sink starts as holes). sync() waits until the sink has applied it all.
  *   2. Round k ≥ 2. In one synchronous step: D = dirtyPages(s(k-1)); decide (`decideRound`);
  *      if another round, sk = advanceEpoch(), then send every page of D as it is now (data,
- *      zeros, or a hole), sync.
+ *      zeros, or a hole), sync. In rounds (not the blackout) a page written again since the
+ *      round began (epoch >= sk) is skipped: the next set has it (Xen's "skip" set).
  *   3. Blackout, when `decideRound` says so, in that same synchronous step: the gate closes
  *      (writes throw MF_MIGRATING and change nothing) and the epoch advances, so every later
  *      write to any page meets the gate. Send D, sync, then the transport's handover: it
@@ -23,7 +24,8 @@
  * source has a write epoch ≥ s(k). A page is read when it is queued (synchronously, so its
  * bytes are those of that instant) and the sink applies pages in order; a write after the read
  * records an epoch ≥ s(k) because s(k) began before the round read anything. A page not sent in
- * round k was not dirty since s(k-1), so by induction the sink already had it. Round 1 is the
+ * round k was not dirty since s(k-1), so by induction the sink already had it; a page of D
+ * skipped in round k had an epoch >= s(k) when skipped, so the next set has it. Round 1 is the
  * base: the sink starts as holes and every non-hole page is visited. In the blackout nothing
  * changes any more, so sending D makes the sink equal to the source at the blackout.
  *
@@ -45,7 +47,7 @@ import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import { NO_FRAME, ZERO_FRAME } from '../memory/frame-pool.js';
 import { LEAF_ENTRIES } from '../memory/leaf-arena.js';
-import { MigrationGate } from './gate.js';
+import { GATE_OPEN, MigrationGate } from './gate.js';
 import type { ThrottleReport } from './throttle.js';
 import { LEVEL_MAX } from './throttle.js';
 
@@ -53,12 +55,19 @@ export const MAX_DOWNTIME_DEFAULT_MS = 30;
 export const MAX_DOWNTIME_MAX_MS = 3_600_000;
 export const MAX_ROUNDS_DEFAULT = 30;
 export const MAX_ROUNDS_MAX = 1000;
+export const BLACKOUT_TIMEOUT_DEFAULT_MS = 10_000;
 /** A round "shrinks" the dirty set when it leaves at most this fraction of the previous one (QEMU: 50%). */
 export const SHRINK_RATIO = 0.5;
 /** Rounds without a new smallest dirty set, with nothing left to try, before the blackout goes ahead anyway. */
 export const NOT_CONVERGING_ROUNDS = 5;
-/** Rounds whose bandwidth is averaged (bytes over time, so large rounds weigh more). */
-export const BANDWIDTH_ROUNDS = 3;
+/**
+ * The bandwidth is measured over the latest rounds that together sent at least this much (the
+ * last round alone when it is that large): a round of a few pages measures the round trip, not
+ * the link, and would hold the blackout off for nothing.
+ */
+export const BANDWIDTH_WINDOW_BYTES = 16 * 1024 * 1024;
+/** Rounds remembered for the bandwidth at most. */
+const BANDWIDTH_ROUNDS_MAX = 64;
 /** Pages visited (holes and zeros included) between two yields to the event loop. */
 const VISIT_BATCH_PAGES = 1024;
 /** Progress callbacks at most this often within a round. */
@@ -85,6 +94,8 @@ export interface PageSink {
   sync(): Promise<SinkMeasure | void>;
   /** Bytes put on the transport so far (page data and run descriptions, framing included). */
   readonly bytesSent: number;
+  /** The sink's round trip, ms, if it measures one (the handover costs two). */
+  readonly rttMs?: number;
 }
 
 export interface SinkMeasure {
@@ -103,6 +114,13 @@ export interface Handover {
   commit(): void;
   /** Named in the moved space's refusals ("has moved to …"). */
   readonly destination: string;
+  /**
+   * Called synchronously in the step that closes the space's gate (the blackout begins), and
+   * when a failure reopens it: for a transport with a gate of its own in front of the space
+   * (an appliance region's, which answers NBD clients ESHUTDOWN with its own message).
+   */
+  gateClosed?(): void;
+  gateReopened?(): void;
 }
 
 export interface PreCopyOptions {
@@ -116,6 +134,11 @@ export interface PreCopyOptions {
   onProgress?: (progress: MigrationProgress) => void;
   /** Round trip of one sync to the sink, if measured (added to the expected downtime). */
   rttMs?: number;
+  /**
+   * Give up a blackout that lasts this long (the sink stopped answering): the gate reopens and
+   * the migration fails with MF_TIMEOUT. Default 10 000 ms.
+   */
+  blackoutTimeoutMs?: number;
 }
 
 export type MigrationPhase = 'connecting' | 'copying' | 'blackout' | 'done' | 'failed';
@@ -143,7 +166,10 @@ export interface MigrationProgress {
 
 export interface RoundReport {
   round: number;
+  /** Pages sent. */
   pages: number;
+  /** Pages of the round's set not sent because they were written again during it (the next round has them). */
+  skipped: number;
   bytes: number;
   ms: number;
   /** Pages dirtied while it ran (the next round's set). */
@@ -156,6 +182,8 @@ export interface MigrationReport {
   rounds: RoundReport[];
   stopReason: StopReason;
   pagesSent: number;
+  /** Pages passed over in their round because they were written again during it. */
+  pagesSkipped: number;
   bytesSent: number;
   /** Pages in the blackout's set. */
   blackoutPages: number;
@@ -213,7 +241,11 @@ export function decideRound(state: RoundState): RoundDecision {
     state.bandwidthBytesPerSec,
     state.rttMs,
   );
-  if (expected <= state.maxDowntimeMs) return { action: 'blackout', reason: 'converged' };
+  // Nothing dirty: waiting cannot make the blackout (the handover alone) any shorter. A target of
+  // 0 is never met, not even so: the copy runs to its fallbacks (a way to force rounds).
+  if (expected <= state.maxDowntimeMs || (state.dirtyPages === 0 && state.maxDowntimeMs > 0)) {
+    return { action: 'blackout', reason: 'converged' };
+  }
   if (state.round >= state.maxRounds) return { action: 'blackout', reason: 'max-rounds' };
   const exhausted = !state.autoConverge || state.throttleLevel >= LEVEL_MAX;
   if (exhausted && state.roundsSinceSmallest >= NOT_CONVERGING_ROUNDS) {
@@ -226,6 +258,7 @@ export function checkPreCopyOptions(options: PreCopyOptions): {
   maxDowntimeMs: number;
   maxRounds: number;
   autoConverge: boolean;
+  blackoutTimeoutMs: number;
 } {
   const maxDowntimeMs = options.maxDowntimeMs ?? MAX_DOWNTIME_DEFAULT_MS;
   if (typeof maxDowntimeMs !== 'number' || !(maxDowntimeMs >= 0) || maxDowntimeMs > MAX_DOWNTIME_MAX_MS) {
@@ -241,7 +274,17 @@ export function checkPreCopyOptions(options: PreCopyOptions): {
   }
   const autoConverge = options.autoConverge ?? true;
   if (typeof autoConverge !== 'boolean') throw invalidArgument('autoConverge must be true or false');
-  return { maxDowntimeMs, maxRounds, autoConverge };
+  const blackoutTimeoutMs = options.blackoutTimeoutMs ?? BLACKOUT_TIMEOUT_DEFAULT_MS;
+  if (
+    typeof blackoutTimeoutMs !== 'number' ||
+    !(blackoutTimeoutMs > 0) ||
+    blackoutTimeoutMs > MAX_DOWNTIME_MAX_MS
+  ) {
+    throw invalidArgument(
+      `blackoutTimeoutMs ${String(blackoutTimeoutMs)} must be a number of ms above 0, at most ${MAX_DOWNTIME_MAX_MS}`,
+    );
+  }
+  return { maxDowntimeMs, maxRounds, autoConverge, blackoutTimeoutMs };
 }
 
 /** A cancelled migration's error (the signal's reason when it is already a MemfabricError). */
@@ -261,6 +304,7 @@ export class PreCopyEngine {
   private readonly maxDowntimeMs: number;
   private readonly maxRounds: number;
   private readonly autoConverge: boolean;
+  private readonly blackoutTimeoutMs: number;
   private readonly zeroPage: Uint8Array;
   private readonly started = performance.now();
   private phase: MigrationPhase = 'copying';
@@ -268,6 +312,11 @@ export class PreCopyEngine {
   private pagesSent = 0;
   private roundPages = 0;
   private roundSent = 0;
+  /** Pages of this round passed over because they were written again since it began. */
+  private roundSkipped = 0;
+  private pagesSkipped = 0;
+  /** Pages written at or after this epoch are skipped (the next round sends them); none in the blackout. */
+  private skipSince = Number.POSITIVE_INFINITY;
   private dirtyPages = 0;
   private dirtyRate = 0;
   private readonly history: { bytes: number; ms: number }[] = [];
@@ -286,12 +335,13 @@ export class PreCopyEngine {
     this.maxDowntimeMs = checked.maxDowntimeMs;
     this.maxRounds = checked.maxRounds;
     this.autoConverge = checked.autoConverge;
+    this.blackoutTimeoutMs = checked.blackoutTimeoutMs;
     if (sink.pageSize !== space.pageSize) {
       throw invalidArgument(`the sink takes ${sink.pageSize}-byte pages, the space has ${space.pageSize}`);
     }
     this.pageSize = space.pageSize;
     this.zeroPage = new Uint8Array(this.pageSize);
-    this.rttMs = options.rttMs ?? 0;
+    this.rttMs = sink.rttMs ?? options.rttMs ?? 0;
     this.gate = new MigrationGate(this.autoConverge);
   }
 
@@ -312,6 +362,7 @@ export class PreCopyEngine {
       this.beginRound(1, presentPages(space));
       let roundStart = performance.now();
       let bytesBefore = this.sink.bytesSent;
+      this.skipSince = since;
       await this.sendPresent();
       let previous = await this.endRound(roundStart, bytesBefore);
       let roundsSinceSmallest = 0;
@@ -343,6 +394,7 @@ export class PreCopyEngine {
         if (decision.action === 'blackout') {
           stopReason = decision.reason;
           gate.close();
+          transport.gateClosed?.();
           break;
         }
         since = space.advanceEpoch();
@@ -353,6 +405,7 @@ export class PreCopyEngine {
         this.beginRound(this.round + 1, dirty.length);
         roundStart = performance.now();
         bytesBefore = this.sink.bytesSent;
+        this.skipSince = since;
         await this.sendPages(dirty);
         previous = await this.endRound(roundStart, bytesBefore);
       }
@@ -363,11 +416,17 @@ export class PreCopyEngine {
       this.phase = 'blackout';
       this.roundPages = dirty.length;
       this.roundSent = 0;
+      this.roundSkipped = 0;
+      // Nothing is written any more: every page of the last set goes.
+      this.skipSince = Number.POSITIVE_INFINITY;
       this.progress(true);
-      await this.sendPages(dirty);
-      await this.sink.sync();
-      this.checkCancelled();
-      await transport.handover(finalEpoch);
+      // Writes wait on the blackout: a sink that stops answering must not hold them forever.
+      await this.withinBlackout(async () => {
+        await this.sendPages(dirty);
+        await this.sink.sync();
+        this.checkCancelled();
+        await transport.handover(finalEpoch);
+      });
       this.checkCancelled();
       // The point of no return, in one synchronous step.
       gate.moved(transport.destination);
@@ -380,6 +439,7 @@ export class PreCopyEngine {
         rounds: this.rounds,
         stopReason,
         pagesSent: this.pagesSent,
+        pagesSkipped: this.pagesSkipped,
         bytesSent: this.sink.bytesSent,
         blackoutPages: dirty.length,
         dirtyRatePagesPerSec: round3(this.dirtyRate),
@@ -393,8 +453,10 @@ export class PreCopyEngine {
       };
     } catch (error) {
       if (!committed) {
+        const wasClosed = gate.state !== GATE_OPEN;
         gate.reopen();
         gate.uninstall(space);
+        if (wasClosed) transport.gateReopened?.();
         this.phase = 'failed';
         this.progress(true);
       }
@@ -414,7 +476,7 @@ export class PreCopyEngine {
       round: this.round,
       pagesSent: this.pagesSent,
       bytesSent: this.sink.bytesSent,
-      pagesRemaining: Math.max(0, this.roundPages - this.roundSent),
+      pagesRemaining: Math.max(0, this.roundPages - this.roundSent - this.roundSkipped),
       dirtyPages: this.dirtyPages,
       dirtyRatePagesPerSec: round3(this.dirtyRate),
       dirtyRateBytesPerSec: round3(this.dirtyRate * this.pageSize),
@@ -436,10 +498,40 @@ export class PreCopyEngine {
     return progress;
   }
 
+  /**
+   * Runs the blackout's work, failing with MF_TIMEOUT after `blackoutTimeoutMs` (the work is
+   * then left to settle: the caller aborts the transport, and without a handover nothing of it
+   * can commit).
+   */
+  private async withinBlackout(work: () => Promise<void>): Promise<void> {
+    const limitMs = this.blackoutTimeoutMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new MemfabricError(
+              ErrorCodes.TIMEOUT,
+              `the destination did not take the blackout's pages and the handover within ${limitMs} ms; the migration is abandoned and the source writes again`,
+            ),
+          ),
+        limitMs,
+      );
+    });
+    const running = work();
+    running.catch(() => undefined);
+    try {
+      await Promise.race([running, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private beginRound(round: number, pages: number): void {
     this.round = round;
     this.roundPages = pages;
     this.roundSent = 0;
+    this.roundSkipped = 0;
     this.progress(true);
   }
 
@@ -450,18 +542,27 @@ export class PreCopyEngine {
     const ms = performance.now() - roundStart;
     const bytes = this.sink.bytesSent - bytesBefore;
     this.history.push(measure && measure.ms > 0 ? { bytes: measure.bytes, ms: measure.ms } : { bytes, ms });
-    if (this.history.length > BANDWIDTH_ROUNDS) this.history.shift();
+    if (this.history.length > BANDWIDTH_ROUNDS_MAX) this.history.shift();
     let sumBytes = 0;
     let sumMs = 0;
-    for (const entry of this.history) {
-      sumBytes += entry.bytes;
-      sumMs += entry.ms;
+    for (let i = this.history.length - 1; i >= 0 && sumBytes < BANDWIDTH_WINDOW_BYTES; i--) {
+      sumBytes += this.history[i]!.bytes;
+      sumMs += this.history[i]!.ms;
     }
     if (sumMs > 0 && sumBytes > 0) this.bandwidth = (sumBytes / sumMs) * 1000;
+    if (this.sink.rttMs !== undefined) this.rttMs = this.sink.rttMs;
     this.dirtyRate = this.gate.throttle.takeDirtyRate();
-    this.rounds.push({ round: this.round, pages: this.roundSent, bytes, ms: round3(ms), dirtyAfter: 0 });
+    this.rounds.push({
+      round: this.round,
+      pages: this.roundSent,
+      skipped: this.roundSkipped,
+      bytes,
+      ms: round3(ms),
+      dirtyAfter: 0,
+    });
     this.progress(true);
-    return this.roundSent;
+    // The set the round started with (what the next one must shrink), skipped pages included.
+    return this.roundPages;
   }
 
   /** Round 1: every page of every present leaf that is not a hole. */
@@ -499,6 +600,14 @@ export class PreCopyEngine {
   private sendPage(page: number): Promise<void> | void {
     const space = this.space;
     const sink = this.sink;
+    if (space.pageEpoch(page) >= this.skipSince) {
+      // Written again since this round began: the next round (or the blackout) sends it as it
+      // will be then, so sending it now would only cost bytes (Xen's "skip" set).
+      this.roundSkipped++;
+      this.pagesSkipped++;
+      if (++this.visited >= VISIT_BATCH_PAGES) return this.pause();
+      return undefined;
+    }
     const entry = space.frameAt(page);
     if (entry < 0 && space.pool.paging) return this.fetchThenSend(page);
     let queued: boolean;

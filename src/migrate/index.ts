@@ -3,9 +3,9 @@ export {
   Migration,
   migrateSpace,
   migrateHeap,
-  type MigrateOptions,
+  type MigrateSpaceOptions,
   type SpaceMigrationReport,
-  type MigrationStatus,
+  type SpaceMigrationStatus,
 } from './migrate-space.js';
 export {
   MigrationListener,
@@ -21,6 +21,7 @@ export {
   expectedDowntimeMs,
   MAX_DOWNTIME_DEFAULT_MS,
   MAX_ROUNDS_DEFAULT,
+  BLACKOUT_TIMEOUT_DEFAULT_MS,
   type PageSink,
   type SinkMeasure,
   type Handover,

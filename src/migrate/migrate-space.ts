@@ -14,6 +14,7 @@
  * all its data. The protocol is in protocol.ts.
  */
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace } from '../memory/address-space.js';
 import type { Heap } from '../heap/heap.js';
@@ -43,7 +44,12 @@ import { Replies } from './replies.js';
 import { TcpPageSink } from './tcp-sink.js';
 import { decodeJson, encodeJsonFrame } from './wire.js';
 
-export interface MigrateOptions extends PreCopyOptions {
+/** SYNCs sent before round 1 to measure the round trip. */
+const RTT_PINGS = 3;
+
+export interface MigrateSpaceOptions extends Omit<PreCopyOptions, 'onProgress'> {
+  /** Called with the migration's status at each round and at most every 100 ms (also the 'progress' event). */
+  onProgress?: (status: SpaceMigrationStatus) => void;
   /** The destination's MigrationListener. */
   host: string;
   port: number;
@@ -61,12 +67,15 @@ export interface SpaceMigrationReport extends MigrationReport {
   destination: string;
 }
 
-export interface MigrationStatus extends MigrationProgress {
+export interface SpaceMigrationStatus extends MigrationProgress {
   id: string;
 }
 
-/** A migration under way (see the file header). */
-export class Migration {
+/**
+ * A migration under way (see the file header). Also an EventEmitter: 'progress' carries the
+ * same SpaceMigrationStatus as `onProgress` (at each round and at most every 100 ms).
+ */
+export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }> {
   readonly id = randomUUID();
   /** Resolves with the report once the destination owns the space; rejects if it never will. */
   readonly done: Promise<SpaceMigrationReport>;
@@ -76,7 +85,8 @@ export class Migration {
   private finished = false;
 
   /** @internal Use migrateSpace or migrateHeap. */
-  constructor(space: AddressSpace, options: MigrateOptions, kind: MigrationKind) {
+  constructor(space: AddressSpace, options: MigrateSpaceOptions, kind: MigrationKind) {
+    super();
     checkOptions(space, options);
     const signal = options.signal;
     if (signal?.aborted) this.abort.abort(signal.reason);
@@ -89,7 +99,7 @@ export class Migration {
   }
 
   /** Where the migration stands: rounds, pages, bytes, dirty rate, bandwidth, expected downtime. */
-  progress(): MigrationStatus {
+  progress(): SpaceMigrationStatus {
     if (this.engine) return { id: this.id, ...this.engine.progress() };
     return {
       id: this.id,
@@ -133,7 +143,7 @@ export class Migration {
 
   private async run(
     space: AddressSpace,
-    options: MigrateOptions,
+    options: MigrateSpaceOptions,
     kind: MigrationKind,
   ): Promise<SpaceMigrationReport> {
     const mode = options.mode ?? 'precopy';
@@ -180,12 +190,18 @@ export class Migration {
       const welcome = decodeJson<{ id?: unknown }>(await welcomed);
       if (welcome.id !== this.id) throw replies.violation('WELCOME names another migration');
       const sink = new TcpPageSink(connection, replies, space.pageSize);
-      // One empty SYNC measures the round trip the handover will cost.
-      const pingStart = performance.now();
-      await sink.sync();
-      const rttMs = performance.now() - pingStart;
+      // Empty SYNCs measure the round trip the handover will cost (the sink keeps the shortest).
+      for (let ping = 0; ping < RTT_PINGS; ping++) await sink.sync();
       if (signal.aborted) throw cancelledError(signal);
-      const engine = new PreCopyEngine(space, sink, { ...options, signal, rttMs });
+      const engine = new PreCopyEngine(space, sink, {
+        ...options,
+        signal,
+        onProgress: (progress) => {
+          const status = { id: this.id, ...progress };
+          options.onProgress?.(status);
+          this.emit('progress', status);
+        },
+      });
       this.engine = engine;
       const report = await engine.run({
         destination,
@@ -219,7 +235,7 @@ export class Migration {
  * Starts migrating `space` to the MigrationListener at `host:port` (see the file header).
  * Throws at once (changing nothing) for bad options or a space already migrating.
  */
-export function migrateSpace(space: AddressSpace, options: MigrateOptions): Migration {
+export function migrateSpace(space: AddressSpace, options: MigrateSpaceOptions): Migration {
   return new Migration(space, options, 'space');
 }
 
@@ -228,11 +244,11 @@ export function migrateSpace(space: AddressSpace, options: MigrateOptions): Migr
  * the destination's `incoming.heap({ path })` reopens it whole. The source heap refuses writes
  * once the migration is done; close it (its last checkpoint changes nothing) when you like.
  */
-export function migrateHeap(heap: Heap, options: MigrateOptions): Migration {
+export function migrateHeap(heap: Heap, options: MigrateSpaceOptions): Migration {
   return new Migration(heap.space, options, 'heap');
 }
 
-function checkOptions(space: AddressSpace, options: MigrateOptions): void {
+function checkOptions(space: AddressSpace, options: MigrateSpaceOptions): void {
   if (typeof options !== 'object' || options === null) throw invalidArgument('migrate options are required');
   if (typeof options.host !== 'string' || options.host === '') {
     throw invalidArgument('host must name the destination (the MigrationListener), e.g. "10.0.0.2"');
@@ -243,7 +259,7 @@ function checkOptions(space: AddressSpace, options: MigrateOptions): void {
   if (options.mode !== undefined && options.mode !== 'precopy' && options.mode !== 'postcopy') {
     throw invalidArgument(`mode ${String(options.mode)} must be "precopy" or "postcopy"`);
   }
-  checkPreCopyOptions(options);
+  checkPreCopyOptions({ ...options, onProgress: undefined });
   if (space.isDestroyed) {
     throw new MemfabricError(
       ErrorCodes.DESTROYED,

@@ -7,9 +7,8 @@
 import type { MessageConnection } from './connection.js';
 import type { PageSink, SinkMeasure } from './engine.js';
 import { decodeJson, encodeJsonFrame, PAGE_DATA, PAGE_HOLE, PAGE_ZERO, PageBatchWriter } from './wire.js';
-import { MSG_PAGES, MSG_SYNC } from './protocol.js';
+import { MSG_PAGES, MSG_SYNC, MSG_SYNCED } from './protocol.js';
 import type { Replies } from './replies.js';
-import { MSG_SYNCED } from './protocol.js';
 
 /** Data pages per PAGES message: 256 KiB of 4 KiB pages, small enough to keep the program's turns short. */
 export const BATCH_DATA_PAGES = 64;
@@ -17,6 +16,8 @@ export const BATCH_DATA_PAGES = 64;
 export class TcpPageSink implements PageSink {
   readonly pageSize: number;
   bytesSent = 0;
+  /** The shortest SYNC round trip seen (with nothing queued before it, that is the network's). */
+  rttMs: number | undefined;
   private readonly writer: PageBatchWriter;
   private seq = 0;
 

@@ -12,12 +12,13 @@
  *   B  = pages per second the sink applied in the last rounds (measured by the engine)
  *   p  = the throttle level, 0 (off) … LEVEL_MAX, raised by LEVEL_STEP each round that did
  *        not shrink the dirty set, starting at LEVEL_INITIAL
- *   target rate T = B · (1 − p)
  *   the program's own time per dirtied page, unthrottled: w = 1/R − d_current (≥ 0)
- *   delay per page d = clamp(1/T − w, 0, DELAY_PER_PAGE_MAX)
+ *   delay per page d = clamp(max(w · p/(1 − p), 1/(B · (1 − p)) − w), 0, DELAY_PER_PAGE_MAX)
  *
- * so the program, which spent w per dirtied page, now spends w + d = 1/T: its dirty rate is
- * held at a fraction (1 − p) of what the migration can send, and the dirty set shrinks.
+ * The first term is QEMU's throttle: the program loses a share p of its time, so its dirty
+ * rate falls to (1 − p) of its own, whatever the bandwidth. The second holds the dirty rate at
+ * most at (1 − p) of what the migration can send (it matters when the program dirties faster
+ * than the link). Either way the slowdown grows with every round that does not converge.
  *
  * How the delay is served. Each dirtied page adds d to a debt. An async writer pays the debt
  * with `await writable()` (a timer sleep once the debt reaches ASYNC_SLEEP_MIN_MS; the event
@@ -166,9 +167,9 @@ export class Throttle {
 }
 
 /**
- * The delay per dirtied page (ms) that holds a writer's dirty rate at (1 − level) of the
- * bandwidth: see the file header. `currentDelayMs` is the delay the measured rate was
- * observed under, so the writer's own time per page is recovered from it.
+ * The delay per dirtied page (ms) at throttle level `level`: see the file header.
+ * `currentDelayMs` is the delay the measured rate was observed under, so the writer's own
+ * time per page is recovered from it.
  */
 export function throttleDelayMs(
   level: number,
@@ -176,10 +177,12 @@ export function throttleDelayMs(
   dirtyPagesPerSec: number,
   currentDelayMs: number,
 ): number {
-  if (level <= 0 || !(bandwidthPagesPerSec > 0) || !(dirtyPagesPerSec > 0)) return 0;
-  const targetMsPerPage = 1000 / (bandwidthPagesPerSec * (1 - level));
+  if (level <= 0 || !(dirtyPagesPerSec > 0)) return 0;
   const ownMsPerPage = Math.max(0, 1000 / dirtyPagesPerSec - currentDelayMs);
-  return Math.min(DELAY_PER_PAGE_MAX_MS, Math.max(0, targetMsPerPage - ownMsPerPage));
+  const share = (ownMsPerPage * level) / (1 - level);
+  const toBandwidth =
+    bandwidthPagesPerSec > 0 ? 1000 / (bandwidthPagesPerSec * (1 - level)) - ownMsPerPage : 0;
+  return Math.min(DELAY_PER_PAGE_MAX_MS, Math.max(0, share, toBandwidth));
 }
 
 function round3(ms: number): number {

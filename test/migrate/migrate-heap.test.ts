@@ -115,18 +115,35 @@ test('a heap migration that fails before the handover removes the half-made imag
       checkpointIntervalMs: 0,
     });
     heap.setRoot('x', heap.alloc(100));
-    const migration = migrateHeap(heap, { host: '127.0.0.1', port: listener.port, maxDowntimeMs: 0 });
+    // A program that keeps a page dirty and a zero downtime target: it cannot finish on its own.
+    const migration = migrateHeap(heap, {
+      host: '127.0.0.1',
+      port: listener.port,
+      maxDowntimeMs: 0,
+      maxRounds: 1000,
+      autoConverge: false,
+    });
+    let stop = false;
+    const writing = (async () => {
+      for (let i = 0; !stop; i++) {
+        await migration.writable().catch(() => undefined);
+        heap.space.writeU32(heap.root('x'), i);
+        await yieldNow();
+      }
+    })();
     const incoming = await listener.accept();
     const received = incoming.heap({ path: join(dir, 'dest.heap'), checkpointIntervalMs: 0 }).then(
       () => undefined,
       (error: unknown) => error,
     );
-    while (migration.progress().phase !== 'copying') await yieldNow();
+    while (migration.progress().round < 2) await yieldNow();
     await stat(join(dir, 'dest.heap')); // the destination made its image
     migration.cancel();
     await assert.rejects(migration.done, migrating);
     assert.ok((await received) instanceof MemfabricError);
     await assert.rejects(stat(join(dir, 'dest.heap')), /ENOENT/);
+    stop = true;
+    await writing;
     heap.setRoot('y', heap.alloc(10)); // the source goes on
     await heap.close();
   } finally {

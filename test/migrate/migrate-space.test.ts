@@ -129,9 +129,21 @@ test('holes cost nothing on the wire and zero pages almost nothing', async () =>
   const space = new AddressSpace(pool, { size: '64GiB' });
   space.writeZeroes(0, 256 * PAGE);
   space.writeU32(32 * 1024 * 1024 * 1024, 42);
-  const migration = migrateSpace(space, { host: '127.0.0.1', port: listener.port });
+  const phases: string[] = [];
+  const callbacks: number[] = [];
+  const migration = migrateSpace(space, {
+    host: '127.0.0.1',
+    port: listener.port,
+    onProgress: (status) => callbacks.push(status.round),
+  });
+  migration.on('progress', (status) => {
+    assert.equal(status.id, migration.id);
+    if (phases.at(-1) !== status.phase) phases.push(status.phase);
+  });
   const incoming = await listener.accept();
   const [report, dest] = await Promise.all([migration.done, incoming.space()]);
+  assert.deepEqual(phases, ['copying', 'blackout', 'done']);
+  assert.ok(callbacks.length >= 3);
   assert.ok(report.bytesSent < 2 * PAGE + 4096, `${report.bytesSent} bytes for one data page`);
   assert.equal(dest.readU32(32 * 1024 * 1024 * 1024), 42);
   assert.equal(dest.stats().zeroPages, 256);

@@ -41,3 +41,29 @@ export function checkPattern(
 
 /** Runs of the migrate tests: 5 in the suite, MIGRATE_RUNS in the soak. */
 export const RUNS = Number(process.env.MIGRATE_RUNS ?? 5);
+
+/** The page the sequential writer's write number `s` goes to (a fixed pseudo-random sequence). */
+export function pageOf(seed: number, s: number, pages: number): number {
+  let x = (Math.imul(s, 0x9e3779b1) ^ Math.imul(seed + 1, 0x85ebca6b)) >>> 0;
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d) >>> 0;
+  x ^= x >>> 15;
+  return (x >>> 0) % pages;
+}
+
+/** The counters after the initial fill (every page but each fourth, counter 1). */
+export function initialCounters(pages: number): Uint32Array {
+  const counters = new Uint32Array(pages);
+  for (let p = 0; p < pages; p++) if (p % 4 !== 3) counters[p] = 1;
+  return counters;
+}
+
+/** Sequential writes are numbered from this (below it: the initial fill's counter). */
+export const FIRST_WRITE = 2;
+
+/** The counters after sequential writes FIRST_WRITE … last. */
+export function replay(seed: number, pages: number, last: number): Uint32Array {
+  const counters = initialCounters(pages);
+  for (let s = FIRST_WRITE; s <= last; s++) counters[pageOf(seed, s, pages)] = s;
+  return counters;
+}
