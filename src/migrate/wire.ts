@@ -105,7 +105,13 @@ const EMPTY = new Uint8Array(0);
  * adapt than these lines. Chunks are copied only when a frame spans them.
  */
 export class FrameReader {
-  private pending: Buffer = Buffer.alloc(0);
+  /**
+   * Bytes of an incomplete frame, as the chunks they came in (copies: a caller may reuse its
+   * chunk). They are joined once, when the frame is complete, so a large frame arriving in
+   * many small chunks costs two copies of its bytes, not one per chunk.
+   */
+  private chunks: Buffer[] = [];
+  private size = 0;
   private poisoned = false;
 
   constructor(
@@ -115,43 +121,69 @@ export class FrameReader {
 
   /** Bytes received but not yet part of a complete frame. */
   get buffered(): number {
-    return this.pending.length;
+    return this.size;
   }
 
   push(chunk: Buffer): void {
     if (this.poisoned) throw protocolError('data after a malformed frame');
-    let data = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
-    let at = 0;
     try {
-      while (data.length - at >= FRAME_HEADER_BYTES) {
-        const magic = data.readUInt32LE(at);
-        if (magic !== WIRE_MAGIC) throw protocolError('a frame does not start with the MFMG magic');
-        const version = data[at + 4]!;
-        if (version !== WIRE_VERSION) {
-          throw protocolError(`it speaks wire version ${version}, this side ${WIRE_VERSION}`);
-        }
-        if (data.readUInt16LE(at + 6) !== 0)
-          throw protocolError('a frame has flags this version does not know');
-        const length = data.readUInt32LE(at + 8);
-        if (length > this.payloadMax) {
-          throw protocolError(`a frame of ${length} bytes exceeds the ${this.payloadMax}-byte limit`);
-        }
-        if (data.length - at < FRAME_HEADER_BYTES + length) break;
-        const payload = data.subarray(at + FRAME_HEADER_BYTES, at + FRAME_HEADER_BYTES + length);
-        if (xxh32(payload, 0) !== data.readUInt32LE(at + 12)) {
-          throw protocolError(`a frame of type ${data[at + 5]} failed its checksum (damaged in transit)`);
-        }
-        at += FRAME_HEADER_BYTES + length;
-        this.onFrame(data[at - FRAME_HEADER_BYTES - length + 5]!, payload);
+      if (this.size === 0) {
+        this.consume(chunk);
+        return;
       }
+      this.chunks.push(Buffer.from(chunk));
+      this.size += chunk.length;
+      if (this.size < FRAME_HEADER_BYTES) return;
+      const first = this.chunks[0]!;
+      const head =
+        first.length >= FRAME_HEADER_BYTES ? first : Buffer.concat(this.chunks, FRAME_HEADER_BYTES);
+      if (this.size < FRAME_HEADER_BYTES + this.payloadLength(head, 0)) return;
+      const data = Buffer.concat(this.chunks, this.size);
+      this.chunks = [];
+      this.size = 0;
+      this.consume(data);
     } catch (error) {
       this.poisoned = true;
-      this.pending = Buffer.alloc(0);
+      this.chunks = [];
+      this.size = 0;
       throw error;
     }
-    data = data.subarray(at);
-    // Keep a copy only of an incomplete tail: the socket may reuse its chunk.
-    this.pending = data.length === 0 ? Buffer.alloc(0) : Buffer.from(data);
+  }
+
+  /** Delivers every complete frame of `data` and keeps (a copy of) the incomplete tail. */
+  private consume(data: Buffer): void {
+    let at = 0;
+    while (data.length - at >= FRAME_HEADER_BYTES) {
+      const length = this.payloadLength(data, at);
+      if (data.length - at < FRAME_HEADER_BYTES + length) break;
+      const payload = data.subarray(at + FRAME_HEADER_BYTES, at + FRAME_HEADER_BYTES + length);
+      const type = data[at + 5]!;
+      if (xxh32(payload, 0) !== data.readUInt32LE(at + 12)) {
+        throw protocolError(`a frame of type ${type} failed its checksum (damaged in transit)`);
+      }
+      at += FRAME_HEADER_BYTES + length;
+      this.onFrame(type, payload);
+    }
+    if (at < data.length) {
+      this.chunks = [Buffer.from(data.subarray(at))];
+      this.size = data.length - at;
+    }
+  }
+
+  /** Checks the header at `at` (magic, version, flags, length bound) and returns its payload length. */
+  private payloadLength(data: Buffer, at: number): number {
+    if (data.readUInt32LE(at) !== WIRE_MAGIC)
+      throw protocolError('a frame does not start with the MFMG magic');
+    const version = data[at + 4]!;
+    if (version !== WIRE_VERSION) {
+      throw protocolError(`it speaks wire version ${version}, this side ${WIRE_VERSION}`);
+    }
+    if (data.readUInt16LE(at + 6) !== 0) throw protocolError('a frame has flags this version does not know');
+    const length = data.readUInt32LE(at + 8);
+    if (length > this.payloadMax) {
+      throw protocolError(`a frame of ${length} bytes exceeds the ${this.payloadMax}-byte limit`);
+    }
+    return length;
   }
 }
 
