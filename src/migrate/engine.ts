@@ -176,7 +176,8 @@ export interface RoundReport {
   dirtyAfter: number;
 }
 
-export type StopReason = 'converged' | 'max-rounds' | 'not-converging';
+/** Why the pre-copy stopped; 'post-copy' for a migration that switched over at once (no rounds). */
+export type StopReason = 'converged' | 'max-rounds' | 'not-converging' | 'post-copy';
 
 export interface MigrationReport {
   rounds: RoundReport[];

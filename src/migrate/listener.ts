@@ -21,6 +21,11 @@ import { once } from 'node:events';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { AddressSpace } from '../memory/address-space.js';
 import { FramePool } from '../memory/frame-pool.js';
+import {
+  receivePostCopy,
+  type PostCopyDestination,
+  type PostCopyDestinationOptions,
+} from './postcopy-destination.js';
 import { Heap, type HeapOptions } from '../heap/heap.js';
 import { applyPageBatch } from './apply.js';
 import { MessageConnection } from './connection.js';
@@ -149,11 +154,6 @@ export class MigrationListener {
       clearTimeout(timer);
       this.pending.delete(connection);
       const hello = checkHello(decodeJson<Partial<Hello>>(payload));
-      if (hello.mode === 'postcopy') {
-        // MERGE POINT (post-copy): hand the connection to the post-copy destination here, e.g.
-        //   this.enqueue(receivePostCopy(connection, hello, options)), from './postcopy.js'.
-        throw invalidArgument('post-copy migration is not available in this build; use mode "precopy"');
-      }
       if (this.queue.length >= ACCEPT_QUEUE_MAX) {
         throw new MemfabricError(
           ErrorCodes.BUSY,
@@ -213,6 +213,16 @@ export class IncomingMigration {
    * process owns it then), rejects if the source never hands over (the copy is discarded).
    */
   async space(options: ReceiveSpaceOptions = {}): Promise<AddressSpace> {
+    if (this.mode === 'postcopy') {
+      if (options.pool !== undefined) {
+        const error = invalidArgument(
+          'a post-copy migration arrives in a pool of its own (behind a pager that faults pages in from the source); receive it with postCopy({ budget, local }) instead of passing a pool',
+        );
+        this.reject(error.message);
+        throw error;
+      }
+      return (await this.postCopy(options.domain !== undefined ? { domain: options.domain } : {})).space;
+    }
     this.begin();
     let pool = options.pool;
     if (pool !== undefined && pool.pageSize !== this.pageSize) {
@@ -261,6 +271,38 @@ export class IncomingMigration {
       this.fail(error);
       throw error;
     });
+  }
+
+  /**
+   * Receives a post-copy migration (the source asked for mode 'postcopy'): resolves at the
+   * switchover, at once, with the space (its missing pages fault in from the source) and the
+   * figures; `completed` resolves once every page has moved, or rejects with
+   * MF_POSTCOPY_SOURCE_LOST if the source dies first (see docs/postcopy.md).
+   */
+  async postCopy(options: PostCopyDestinationOptions = {}): Promise<PostCopyDestination> {
+    if (this.mode !== 'postcopy') {
+      const error = invalidArgument('this migration is a pre-copy one; receive it with space() or heap()');
+      this.reject(error.message);
+      throw error;
+    }
+    this.begin();
+    this.phase = 'receiving';
+    // receivePostCopy takes the connection's messages in its first synchronous step, so the
+    // source's offer (sent on WELCOME) cannot reach the handler set before acceptance.
+    const receiving = receivePostCopy(
+      this.connection,
+      { migrationId: this.id, size: this.size, pageSize: this.pageSize, epoch: this.sourceEpoch },
+      options,
+    );
+    this.connection.post(encodeJsonFrame(MSG_WELCOME, { id: this.id }));
+    try {
+      const destination = await receiving;
+      this.phase = 'done';
+      return destination;
+    } catch (error) {
+      this.fail(error);
+      throw error;
+    }
   }
 
   /** Refuses the migration: the source's `done` rejects with `reason` and it goes on. */

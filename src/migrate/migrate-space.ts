@@ -41,6 +41,7 @@ import {
   type MigrationMode,
 } from './protocol.js';
 import { Replies } from './replies.js';
+import { runPostCopySource, type PostCopySourceReport } from './postcopy-source.js';
 import { TcpPageSink } from './tcp-sink.js';
 import { decodeJson, encodeJsonFrame } from './wire.js';
 
@@ -65,6 +66,8 @@ export interface SpaceMigrationReport extends MigrationReport {
   kind: MigrationKind;
   /** host:port of the destination. */
   destination: string;
+  /** Post-copy only: pages moved by fault and by push, the switchover, the time to move them all. */
+  postCopy?: PostCopySourceReport;
 }
 
 export interface SpaceMigrationStatus extends MigrationProgress {
@@ -83,11 +86,21 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
   private readonly abort = new AbortController();
   private connection: MessageConnection | undefined;
   private finished = false;
+  /** Post-copy: the space was handed over (cancel() changes nothing any more). */
+  private switchedOver = false;
+  private lastPostCopyStatus: SpaceMigrationStatus | undefined;
+  private readonly options: MigrateSpaceOptions;
 
   /** @internal Use migrateSpace or migrateHeap. */
   constructor(space: AddressSpace, options: MigrateSpaceOptions, kind: MigrationKind) {
     super();
     checkOptions(space, options);
+    if (kind === 'heap' && options.mode === 'postcopy') {
+      throw invalidArgument(
+        'a heap migrates by pre-copy only (its image must be whole at the destination before it opens); leave mode unset',
+      );
+    }
+    this.options = options;
     const signal = options.signal;
     if (signal?.aborted) this.abort.abort(signal.reason);
     else signal?.addEventListener('abort', () => this.abort.abort(signal.reason), { once: true });
@@ -100,6 +113,7 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
 
   /** Where the migration stands: rounds, pages, bytes, dirty rate, bandwidth, expected downtime. */
   progress(): SpaceMigrationStatus {
+    if (this.lastPostCopyStatus) return { ...this.lastPostCopyStatus };
     if (this.engine) return { id: this.id, ...this.engine.progress() };
     return {
       id: this.id,
@@ -123,7 +137,7 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
    * and the space goes on with all its data. After the handover it changes nothing.
    */
   cancel(reason = 'the migration was cancelled'): void {
-    if (this.finished || this.engine?.committed) return;
+    if (this.finished || this.engine?.committed || this.switchedOver) return;
     this.abort.abort(
       new MemfabricError(ErrorCodes.MIGRATING, `${reason}; the source keeps its data and its writes go on`),
     );
@@ -149,14 +163,6 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
     const mode = options.mode ?? 'precopy';
     const destination = `${options.host}:${options.port}`;
     const signal = this.abort.signal;
-    if (mode === 'postcopy') {
-      // MERGE POINT (post-copy): dispatch to the post-copy source here, e.g.
-      //   return runPostCopySource(space, connection, { ...options, id: this.id, kind });
-      // from './postcopy.js', once that module is merged.
-      throw invalidArgument(
-        'post-copy migration is not available in this build; use mode "precopy" (the default)',
-      );
-    }
     const connection = await MessageConnection.connect({
       host: options.host,
       port: options.port,
@@ -189,6 +195,9 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
       connection.post(encodeJsonFrame(MSG_HELLO, hello));
       const welcome = decodeJson<{ id?: unknown }>(await welcomed);
       if (welcome.id !== this.id) throw replies.violation('WELCOME names another migration');
+      // Post-copy: its protocol reads the connection from here on (it sets its own handler; the
+      // source speaks first, so nothing arrives for `replies` in between).
+      if (mode === 'postcopy') return await this.runPostCopy(space, connection, destination, kind);
       const sink = new TcpPageSink(connection, replies, space.pageSize);
       // Empty SYNCs measure the round trip the handover will cost (the sink keeps the shortest).
       for (let ping = 0; ping < RTT_PINGS; ping++) await sink.sync();
@@ -228,6 +237,69 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
       connection.abort(failure);
       throw failure;
     }
+  }
+
+  /**
+   * Post-copy (opt-in): hands the space over at once and serves its pages from here until all
+   * have moved (postcopy-source.ts). `done` resolves when the last page has moved; the space is
+   * gated from the switchover on, and cancel() no longer changes anything after it.
+   */
+  private async runPostCopy(
+    space: AddressSpace,
+    connection: MessageConnection,
+    destination: string,
+    kind: MigrationKind,
+  ): Promise<SpaceMigrationReport> {
+    const started = performance.now();
+    const report = await runPostCopySource(space, connection, {
+      migrationId: this.id,
+      onSwitchover: () => {
+        this.switchedOver = true;
+      },
+      onProgress: (moving) => {
+        const status: SpaceMigrationStatus = {
+          id: this.id,
+          phase: 'copying',
+          round: 1,
+          pagesSent: moving.served + moving.pushed,
+          bytesSent: moving.bytesSent,
+          pagesRemaining: moving.remaining,
+          dirtyPages: 0,
+          dirtyRatePagesPerSec: 0,
+          dirtyRateBytesPerSec: 0,
+          bandwidthBytesPerSec: 0,
+          expectedDowntimeMs: 0,
+          throttleLevel: 0,
+          elapsedMs: performance.now() - started,
+        };
+        this.lastPostCopyStatus = status;
+        this.options.onProgress?.(status);
+        this.emit('progress', status);
+      },
+    });
+    await connection.close().catch(() => undefined);
+    const totalMs = performance.now() - started;
+    return {
+      id: this.id,
+      mode: 'postcopy',
+      kind,
+      destination,
+      rounds: [],
+      stopReason: 'post-copy',
+      pagesSent: report.served + report.pushed,
+      pagesSkipped: report.notNeeded,
+      bytesSent: report.bytesSent,
+      blackoutPages: 0,
+      dirtyRatePagesPerSec: 0,
+      dirtyRateBytesPerSec: 0,
+      bandwidthBytesPerSec: totalMs > 0 ? (report.bytesSent * 1000) / totalMs : 0,
+      expectedDowntimeMs: 0,
+      downtimeMs: report.switchoverMs,
+      totalMs,
+      finalEpoch: space.epoch,
+      throttle: { levelMax: 0, pagesDelayed: 0, delayMs: 0, parkedMs: 0, awaitedMs: 0 },
+      postCopy: report,
+    };
   }
 }
 

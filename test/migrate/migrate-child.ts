@@ -4,7 +4,7 @@
  *   node --import tsx test/migrate/migrate-child.ts dest
  *     listens on 127.0.0.1, prints {"port"}, receives one migration into a space; prints
  *     {"received":true,"epoch"} once it owns it (or {"failed":code}), then waits to be killed.
- *   node --import tsx test/migrate/migrate-child.ts source <port> <pages> <seed>
+ *   node --import tsx test/migrate/migrate-child.ts source <port> <pages> <seed> [postcopy]
  *     fills a space (initialCounters), migrates it to <port> while a sequential writer makes
  *     writes numbered FIRST_WRITE, FIRST_WRITE+1, … (write s puts counter s on page pageOf(s));
  *     after each turn prints {"ack":s} (the last write acknowledged: stdout to a pipe is
@@ -32,14 +32,15 @@ if (role === 'dest') {
     say({ failed: codeOf(error) });
   }
 } else if (role === 'source') {
-  const [port, pages, seed] = args.map(Number) as [number, number, number];
+  const [port, pages, seed] = args.slice(0, 3).map(Number) as [number, number, number];
+  const mode = args[3] === 'postcopy' ? 'postcopy' : 'precopy';
   const pool = new FramePool({ pageSize: PAGE, capacity: pages * PAGE + 64 * PAGE });
   const space = new AddressSpace(pool, { size: pages * PAGE });
   const buf = new Uint8Array(PAGE);
   const counters = initialCounters(pages);
   for (let p = 0; p < pages; p++)
     if (counters[p] !== 0) space.write(p * PAGE, fillPage(buf, p, counters[p]!));
-  const migration = migrateSpace(space, { host: '127.0.0.1', port });
+  const migration = migrateSpace(space, { host: '127.0.0.1', port, mode });
   let s = FIRST_WRITE;
   let finished = false;
   const writing = (async () => {
