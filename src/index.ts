@@ -157,3 +157,4 @@ export type { Catalog, CatalogEntry, RegionRef } from './catalog/catalog.js';
 export type { CollectResult, GarbageShard, GarbageKind } from './catalog/garbage.js';
 export type { ApplianceRegion, MovedApplianceRegion, NameClaim } from './fabric/directory.js';
 export * from './catalog/index.js';
+export * from './migrate/index.js';

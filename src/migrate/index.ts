@@ -34,3 +34,36 @@ export {
 } from './engine.js';
 export { type ThrottleReport } from './throttle.js';
 export { type MigrationMode, type MigrationKind } from './protocol.js';
+export {
+  runPostCopySource,
+  type PostCopySourceOptions,
+  type PostCopySourceProgress,
+  type PostCopySourceReport,
+} from './postcopy-source.js';
+export {
+  receivePostCopy,
+  type PostCopyHello,
+  type PostCopyDestinationOptions,
+  type PostCopyDestination,
+  type PostCopyProgress,
+  type PostCopyReport,
+} from './postcopy-destination.js';
+export {
+  replicate,
+  Replica,
+  type ReplicateOptions,
+  type ReplicaStats,
+  type ReplicaState,
+} from './replica.js';
+export {
+  StandbyListener,
+  Standby,
+  type StandbyOptions,
+  type StandbyListenOptions,
+  type StandbyState,
+  type StandbyStats,
+  type Activation,
+} from './standby.js';
+export { EPOCH_MS_DEFAULT } from './standby-protocol.js';
+export { FAULT_TIMEOUT_DEFAULT_MS } from './postcopy-protocol.js';
+export { MessageConnection } from './connection.js';
