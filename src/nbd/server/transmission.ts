@@ -114,6 +114,10 @@ export class Transmission implements RequestSink {
   private ended = false;
   /** The reason a WRITE is being skipped, answered once its payload has been read. */
   private skipReason = VALID;
+  /** performance.now() when the current request's header was parsed (its latency starts). */
+  private requestStart = 0;
+  /** The same for the large READ being streamed. */
+  private streamStart = 0;
 
   // Block status collection: extents as (length, flags) pairs, reused between requests.
   private extents = new Uint32Array(256);
@@ -236,7 +240,10 @@ export class Transmission implements RequestSink {
 
   onHeader(req: RequestHeader): HeaderPlan {
     if (this.reoffered) this.reoffered = false;
-    else this.stats.countRequest(req.type);
+    else {
+      this.stats.countRequest(req.type);
+      this.requestStart = performance.now();
+    }
     if (req.type === CMD_DISC) {
       // Answer everything outstanding, then close; the client sends nothing after DISC.
       this.disconnecting = true;
@@ -349,6 +356,7 @@ export class Transmission implements RequestSink {
 
   private startStream(req: RequestHeader): void {
     this.stats.bytesRead += req.length;
+    this.streamStart = this.requestStart;
     this.streamCookieHi = req.cookieHi;
     this.streamCookieLo = req.cookieLo;
     this.streamOffset = req.offset;
@@ -420,7 +428,7 @@ export class Transmission implements RequestSink {
   /** The export failed in the middle of a large READ. */
   private streamFailed(err: unknown): void {
     const message = `read at ${this.streamOffset}: ${messageForError(err)}`;
-    this.stats.errors++;
+    this.stats.countError(errnoForError(err), this.exp);
     if (this.structured || this.streamFirst) {
       // Nothing of a simple reply has left yet, or structured chunks can end with an error.
       this.streamLeft = 0;
@@ -433,6 +441,7 @@ export class Transmission implements RequestSink {
       return;
     }
     // A simple reply half sent cannot carry an error: the spec's answer is a hard disconnect.
+    this.stats.latency.observe(CMD_READ, performance.now() - this.streamStart);
     this.ended = true;
     this.io.close(`read failed in the middle of a reply: ${message}`, false);
   }
@@ -449,6 +458,7 @@ export class Transmission implements RequestSink {
 
   /** The large READ is answered: replies held back meanwhile go out, then parsing may go on. */
   private finishStream(): void {
+    this.stats.latency.observe(CMD_READ, performance.now() - this.streamStart);
     for (const buf of this.deferred) this.io.write(buf);
     this.deferred.length = 0;
     if (this.disconnecting) this.finishDisconnect();
@@ -511,6 +521,7 @@ export class Transmission implements RequestSink {
     this.stats.bytesRead += length;
     if (large === undefined) this.write(buf);
     else this.io.write(buf, () => giveLargeReplyBuffer(large));
+    this.stats.latency.observe(CMD_READ, performance.now() - this.requestStart);
   }
 
   private blockStatus(req: RequestHeader): void {
@@ -544,6 +555,7 @@ export class Transmission implements RequestSink {
     const extents = this.extents;
     for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
     this.write(buf);
+    this.stats.latency.observe(CMD_BLOCK_STATUS, performance.now() - this.requestStart);
   }
 
   /**
@@ -589,6 +601,7 @@ export class Transmission implements RequestSink {
       return;
     }
     this.replyOk(req.cookieHi, req.cookieLo);
+    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
@@ -600,6 +613,7 @@ export class Transmission implements RequestSink {
   /** Replies once `export.flush()` settles; the cookie is captured since `req` is reused. */
   private afterFlush(type: number, cookieHi: number, cookieLo: number): void {
     this.asyncInFlight++;
+    const start = this.requestStart;
     let flushed: Promise<void>;
     try {
       flushed = this.exp.flush();
@@ -608,17 +622,25 @@ export class Transmission implements RequestSink {
     }
     flushed
       .then(
-        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
-        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
+        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined, start),
+        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err, start),
       )
       .catch((err: unknown) => this.io.internalError(err));
   }
 
-  private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {
+  private asyncDone(
+    type: number,
+    cookieHi: number,
+    cookieLo: number,
+    errno: number,
+    err: unknown,
+    start: number,
+  ): void {
     this.asyncInFlight--;
     if (!this.ended) {
       if (errno === 0) this.replyOk(cookieHi, cookieLo);
       else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
+      this.stats.latency.observe(type, performance.now() - start);
     }
     if (this.disconnecting) this.finishDisconnect();
     else this.tryResume();
@@ -634,15 +656,17 @@ export class Transmission implements RequestSink {
   private reject(req: RequestHeader, reason: number): void {
     const errno = rejectionErrno(reason, req, this.ctx);
     this.replyError(errno, req.cookieHi, req.cookieLo, rejectionMessage(reason, req, this.ctx));
+    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
   }
 
   private fail(req: RequestHeader, err: unknown): void {
     const message = `${commandName(req.type)} at ${req.offset}+${req.length}: ${messageForError(err)}`;
     this.replyError(errnoForError(err), req.cookieHi, req.cookieLo, message);
+    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
   }
 
   private replyError(errno: number, cookieHi: number, cookieLo: number, message: string): void {
-    this.stats.errors++;
+    this.stats.countError(errno, this.exp);
     this.write(
       this.structured
         ? encodeErrorChunk(errno, cookieHi, cookieLo, message)
