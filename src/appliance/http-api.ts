@@ -24,6 +24,7 @@ import type { Appliance } from './appliance.js';
 import { installAuth, tenantOf } from './auth.js';
 import { registerChunkRoutes } from './chunk-routes.js';
 import { renderDashboard } from './dashboard.js';
+import { installRequestLog } from './request-log.js';
 import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
 import { registerNameRoutes } from './names-routes.js';
@@ -167,6 +168,7 @@ export function createAdminApi(
   const registry = appliance.registry;
   const metrics = createMetrics(appliance);
   installAuth(app, appliance.adminAuth, registry);
+  installRequestLog(app, appliance, metrics);
 
   app.setErrorHandler((error: FastifyError | MemfabricError, request, reply) => {
     const status = httpStatusFor(error);
