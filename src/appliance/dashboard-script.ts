@@ -24,11 +24,17 @@ export const DASHBOARD_SCRIPT = String.raw`
   var TOKEN_KEY = 'memfabric-dashboard-token';
   var $ = function (id) { return document.getElementById(id); };
 
-  var fragment = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (fragment) {
+  // A token in the fragment (at load, or pasted into the address bar later) is kept for this tab
+  // and taken out of the address bar, so it is neither bookmarked nor shown.
+  function takeFragment() {
+    var fragment = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (!fragment) return false;
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(fragment[1]));
     history.replaceState(null, '', location.pathname + location.search);
+    return true;
   }
+  takeFragment();
+  window.addEventListener('hashchange', function () { if (takeFragment()) poll(); });
 
   function size(bytes) {
     if (bytes === null || bytes === undefined) return '?';
