@@ -57,9 +57,16 @@ test('NBD latency histograms count every request by command, buckets cumulative 
   // A READ larger than one reply piece is answered piece by piece; it still counts once.
   await client.read(0, 4 * 1024 * 1024);
   await client.flush();
+  // Pipelined: many requests arrive in one chunk and are timed as one batch; each still counts.
+  const burst = 64;
+  await Promise.all(
+    Array.from({ length: burst }, (_, i) =>
+      client.write((64 + i) * 4096, Buffer.alloc(4096, 9), { fua: i % 8 === 0 }),
+    ),
+  );
   const metrics = (await call('GET', '/metrics')).text;
   assert.match(metrics, /^# TYPE memfabric_nbd_request_duration_seconds histogram$/m);
-  const expected = { write: writes, read: reads + 1, flush: 1, trim: 0 };
+  const expected = { write: writes + burst, read: reads + 1, flush: 1, trim: 0 };
   for (const [command, count] of Object.entries(expected)) {
     const name = 'memfabric_nbd_request_duration_seconds';
     assert.equal(sample(metrics, `${name}_count{command="${command}"}`), count, command);

@@ -4,9 +4,10 @@
  * observe() builds a label hash per call, too much for the data path). Readers (metrics, the
  * dashboard) copy the counts out when they need them.
  *
- * A request's latency runs from its header being parsed to its reply being queued: a WRITE's
- * includes receiving its payload, a FLUSH's (and a FUA write's) waiting for the flush, and any
- * request's its wait for the global buffer budget.
+ * A request's latency runs from the chunk of input that completed its header being handed to the
+ * server to its reply being queued (transmission.ts times requests per batch of work): a WRITE's
+ * includes receiving its payload, a FLUSH's (and a FUA write's) waiting for the flush, any
+ * request's its wait for the global buffer budget and for the earlier requests of its batch.
  */
 import { CMD_COUNT } from '../protocol/constants.js';
 
@@ -29,11 +30,16 @@ export class RequestLatency {
 
   /** Records one request of command `type` that took `ms` milliseconds. */
   observe(type: number, ms: number): void {
+    this.observeCount(type, ms, 1);
+  }
+
+  /** Records `count` requests of command `type` that each took `ms` milliseconds. */
+  observeCount(type: number, ms: number, count: number): void {
     const command = type < CMD_COUNT ? type : CMD_COUNT;
     let bucket = 0;
     while (bucket < BOUNDS_MS.length && ms > BOUNDS_MS[bucket]!) bucket++;
-    this.counts[command * SLOTS + bucket]++;
-    this.sumsMs[command] += ms;
+    this.counts[command * SLOTS + bucket] += count;
+    this.sumsMs[command] += ms * count;
   }
 
   /** The per-bucket counts of one command (a copy; the last entry is the +Inf bucket). */

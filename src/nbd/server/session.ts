@@ -316,12 +316,15 @@ export class Session {
   private guarded(work: () => void): void {
     const socket = this.socket;
     socket.cork();
+    // Requests answered by this work are timed from here to their replies' uncork (one batch).
+    this.transmission?.beginBatch(performance.now());
     try {
       work();
     } catch (err) {
       this.internalError(err);
     } finally {
       socket.uncork();
+      this.transmission?.endBatch();
       this.settle();
     }
   }
@@ -366,6 +369,8 @@ export class Session {
       this.options.budget,
       this.account,
     );
+    // The handshake ended inside a guarded chunk: what follows it is this batch's.
+    this.transmission.beginBatch(performance.now());
     if (rest !== undefined) this.transmission.feed(rest);
   }
 

@@ -29,6 +29,7 @@ import {
   BLOCK_STATUS_EXTENTS_MAX,
   CMD_BLOCK_STATUS,
   CMD_CACHE,
+  CMD_COUNT,
   CMD_DISC,
   CMD_FLAG_FUA,
   CMD_FLAG_NO_HOLE,
@@ -99,6 +100,8 @@ export interface TransmissionIo {
 }
 
 const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
+/** Requests carried over from earlier batches that one batch times (more are timed at once). */
+const CARRIED_MAX = 8;
 /** Reply slab size, and the largest reply carved from it (bigger ones get their own buffer). */
 const REPLY_SLAB_BYTES = 256 * 1024;
 const REPLY_SLAB_CARVE_BYTES_MAX = 64 * 1024;
@@ -114,10 +117,25 @@ export class Transmission implements RequestSink {
   private ended = false;
   /** The reason a WRITE is being skipped, answered once its payload has been read. */
   private skipReason = VALID;
-  /** performance.now() when the current request's header was parsed (its latency starts). */
+  // Latency (latency.ts) is timed per batch, not per request: the session calls beginBatch and
+  // endBatch around each chunk of work (a 'data' event, a drain, a grant), whose replies leave
+  // together when the socket uncorks. A request that starts and is answered in one batch takes
+  // the batch's time (which includes waiting behind the batch's earlier requests); one carried
+  // over from an earlier batch (a WRITE payload in several chunks, a wait for the budget, a
+  // large READ, a flush) its own start. Two clock reads per batch instead of two per request.
+  /** performance.now() when the current request's batch began (its latency starts). */
   private requestStart = 0;
   /** The same for the large READ being streamed. */
   private streamStart = 0;
+  private inBatch = false;
+  private batchStart = 0;
+  /** Requests of each command answered in this batch that also started in it. */
+  private readonly batchCounts = new Float64Array(CMD_COUNT + 1);
+  private batchCounted = false;
+  /** Requests answered in this batch that started earlier: command and start. */
+  private readonly carriedTypes = new Uint8Array(CARRIED_MAX);
+  private readonly carriedStarts = new Float64Array(CARRIED_MAX);
+  private carried = 0;
 
   // Block status collection: extents as (length, flags) pairs, reused between requests.
   private extents = new Uint32Array(256);
@@ -236,13 +254,57 @@ export class Transmission implements RequestSink {
     this.parser.resume();
   }
 
+  // ---- latency batches --------------------------------------------------------------------
+
+  /** Work on this connection starts (`now`: performance.now()); requests parsed now start here. */
+  beginBatch(now: number): void {
+    if (this.inBatch) return;
+    this.inBatch = true;
+    this.batchStart = now;
+  }
+
+  /** The batch's replies are queued: records the latency of every request it answered. */
+  endBatch(): void {
+    if (!this.inBatch) return;
+    this.inBatch = false;
+    if (!this.batchCounted && this.carried === 0) return;
+    const now = performance.now();
+    const latency = this.stats.latency;
+    if (this.batchCounted) {
+      this.batchCounted = false;
+      const ms = now - this.batchStart;
+      const counts = this.batchCounts;
+      for (let type = 0; type <= CMD_COUNT; type++) {
+        if (counts[type] === 0) continue;
+        latency.observeCount(type, ms, counts[type]);
+        counts[type] = 0;
+      }
+    }
+    for (let i = 0; i < this.carried; i++) latency.observe(this.carriedTypes[i], now - this.carriedStarts[i]);
+    this.carried = 0;
+  }
+
+  /** A request of command `type` that started at `start` has been answered. */
+  private timed(type: number, start: number): void {
+    const command = type < CMD_COUNT ? type : CMD_COUNT;
+    if (this.inBatch && start === this.batchStart) {
+      this.batchCounts[command]++;
+      this.batchCounted = true;
+    } else if (this.inBatch && this.carried < CARRIED_MAX) {
+      this.carriedTypes[this.carried] = command;
+      this.carriedStarts[this.carried++] = start;
+    } else {
+      this.stats.latency.observe(command, performance.now() - start);
+    }
+  }
+
   // ---- RequestSink ------------------------------------------------------------------------
 
   onHeader(req: RequestHeader): HeaderPlan {
     if (this.reoffered) this.reoffered = false;
     else {
       this.stats.countRequest(req.type);
-      this.requestStart = performance.now();
+      this.requestStart = this.inBatch ? this.batchStart : performance.now();
     }
     if (req.type === CMD_DISC) {
       // Answer everything outstanding, then close; the client sends nothing after DISC.
@@ -441,7 +503,7 @@ export class Transmission implements RequestSink {
       return;
     }
     // A simple reply half sent cannot carry an error: the spec's answer is a hard disconnect.
-    this.stats.latency.observe(CMD_READ, performance.now() - this.streamStart);
+    this.timed(CMD_READ, this.streamStart);
     this.ended = true;
     this.io.close(`read failed in the middle of a reply: ${message}`, false);
   }
@@ -458,7 +520,7 @@ export class Transmission implements RequestSink {
 
   /** The large READ is answered: replies held back meanwhile go out, then parsing may go on. */
   private finishStream(): void {
-    this.stats.latency.observe(CMD_READ, performance.now() - this.streamStart);
+    this.timed(CMD_READ, this.streamStart);
     for (const buf of this.deferred) this.io.write(buf);
     this.deferred.length = 0;
     if (this.disconnecting) this.finishDisconnect();
@@ -521,7 +583,7 @@ export class Transmission implements RequestSink {
     this.stats.bytesRead += length;
     if (large === undefined) this.write(buf);
     else this.io.write(buf, () => giveLargeReplyBuffer(large));
-    this.stats.latency.observe(CMD_READ, performance.now() - this.requestStart);
+    this.timed(CMD_READ, this.requestStart);
   }
 
   private blockStatus(req: RequestHeader): void {
@@ -555,7 +617,7 @@ export class Transmission implements RequestSink {
     const extents = this.extents;
     for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
     this.write(buf);
-    this.stats.latency.observe(CMD_BLOCK_STATUS, performance.now() - this.requestStart);
+    this.timed(CMD_BLOCK_STATUS, this.requestStart);
   }
 
   /**
@@ -601,7 +663,7 @@ export class Transmission implements RequestSink {
       return;
     }
     this.replyOk(req.cookieHi, req.cookieLo);
-    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
+    this.timed(req.type, this.requestStart);
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
@@ -637,13 +699,17 @@ export class Transmission implements RequestSink {
     start: number,
   ): void {
     this.asyncInFlight--;
+    // A batch of its own: tryResume may answer requests parsed meanwhile.
+    const began = !this.inBatch;
+    if (began) this.beginBatch(performance.now());
     if (!this.ended) {
       if (errno === 0) this.replyOk(cookieHi, cookieLo);
       else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
-      this.stats.latency.observe(type, performance.now() - start);
+      this.timed(type, start);
     }
     if (this.disconnecting) this.finishDisconnect();
     else this.tryResume();
+    if (began) this.endBatch();
   }
 
   private finishDisconnect(): void {
@@ -656,13 +722,13 @@ export class Transmission implements RequestSink {
   private reject(req: RequestHeader, reason: number): void {
     const errno = rejectionErrno(reason, req, this.ctx);
     this.replyError(errno, req.cookieHi, req.cookieLo, rejectionMessage(reason, req, this.ctx));
-    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
+    this.timed(req.type, this.requestStart);
   }
 
   private fail(req: RequestHeader, err: unknown): void {
     const message = `${commandName(req.type)} at ${req.offset}+${req.length}: ${messageForError(err)}`;
     this.replyError(errnoForError(err), req.cookieHi, req.cookieLo, message);
-    this.stats.latency.observe(req.type, performance.now() - this.requestStart);
+    this.timed(req.type, this.requestStart);
   }
 
   private replyError(errno: number, cookieHi: number, cookieLo: number, message: string): void {
