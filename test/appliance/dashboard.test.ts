@@ -18,8 +18,14 @@ test('GET /v1/dashboard agrees with the API: regions, tenants, NBD counters, lat
   t.after(() => rm(dataDir, { recursive: true, force: true }));
   const { appliance, call } = await startAppliance({ dataDir });
   t.after(() => appliance.stop());
-  assert.equal((await call('POST', '/v1/regions', { name: 'disk', size: '1MiB', tenant: 'acme', file: true })).status, 201);
-  assert.equal((await call('POST', '/v1/regions', { name: 'mem', size: '1MiB', tenant: 'acme' })).status, 201);
+  assert.equal(
+    (await call('POST', '/v1/regions', { name: 'disk', size: '1MiB', tenant: 'acme', file: true })).status,
+    201,
+  );
+  assert.equal(
+    (await call('POST', '/v1/regions', { name: 'mem', size: '1MiB', tenant: 'acme' })).status,
+    201,
+  );
 
   let view = (await call('GET', '/v1/dashboard')).json;
   const disk = () => view.regions.find((r: { name: string }) => r.name === 'disk');
@@ -55,7 +61,15 @@ test('GET /v1/dashboard agrees with the API: regions, tenants, NBD counters, lat
   assert.ok(disk().save.lastSavedAt >= appliance.startedAt, JSON.stringify(disk().save));
   assert.deepEqual(
     view.tenants.find((x: { tenant: string }) => x.tenant === 'acme'),
-    { tenant: 'acme', regions: 2, bytesRead: 4096, bytesWritten: 8192, residentBytes: 8192, reads: 1, writes: 1 },
+    {
+      tenant: 'acme',
+      regions: 2,
+      bytesRead: 4096,
+      bytesWritten: 8192,
+      residentBytes: 8192,
+      reads: 1,
+      writes: 1,
+    },
   );
   assert.equal(view.memory.usedBytes, stats.memory.usedBytes);
   assert.equal(view.nbd.bytesWritten, stats.nbd.bytesWritten);
