@@ -31,6 +31,7 @@ import { exposureWarnings } from './exposure.js';
 import { createAdminApi } from './http-api.js';
 import { NameTable } from './names.js';
 import { RegionRegistry, type RegionState, type UnsavedRegion } from './registry.js';
+import { EnospcLog } from './enospc-log.js';
 
 export const NBD_PORT_DEFAULT = 10809;
 export const HTTP_PORT_DEFAULT = 10880;
@@ -160,6 +161,8 @@ export class Appliance {
   registration: ApplianceRegistration | undefined;
   /** Its fleet controller candidate, when started with `etcd` (src/catalog/controller.ts). */
   controller: FleetController | undefined;
+  /** When it started (ms since the epoch): the dashboard's uptime, memfabric_start_time_seconds. */
+  readonly startedAt = Date.now();
 
   private constructor(options: ApplianceOptions) {
     const memory = parseSize(options.memory ?? MEMORY_DEFAULT, 'memory');
@@ -185,16 +188,25 @@ export class Appliance {
     this.tlsOptions = options.tls;
     this.peerCa = options.peerCa;
     const log = options.logger;
+    // Lines about a connection name its export; the region's tenant is added here.
+    const fieldsOf = (fields: Record<string, unknown> | undefined): Record<string, unknown> => {
+      if (fields === undefined) return { component: 'nbd' };
+      const name = fields.export;
+      const tenant = typeof name === 'string' ? this.registry.find(name)?.tenant : undefined;
+      return { component: 'nbd', ...fields, ...(tenant !== undefined ? { tenant } : {}) };
+    };
+    const enospc = log ? new EnospcLog(log) : undefined;
     this.nbdServer = new NbdServer({
       ...options.nbdLimits,
       directory: this.registry,
       ...(options.tls ? { tls: options.tls } : {}),
       logger: {
-        debug: (message) => log?.debug({ component: 'nbd' }, message),
-        info: (message) => log?.info({ component: 'nbd' }, message),
-        warn: (message) => log?.warn({ component: 'nbd' }, message),
-        error: (message) => log?.error({ component: 'nbd' }, message),
+        debug: (message, fields) => log?.debug(fieldsOf(fields), message),
+        info: (message, fields) => log?.info(fieldsOf(fields), message),
+        warn: (message, fields) => log?.warn(fieldsOf(fields), message),
+        error: (message, fields) => log?.error(fieldsOf(fields), message),
       },
+      ...(enospc ? { onRequestError: (errno, exp) => enospc.answered(errno, exp) } : {}),
     });
   }
 

@@ -36,6 +36,8 @@ export type Identity = { kind: 'admin' } | { kind: 'tenant'; tenant: string } | 
  *   region-list: filtered to the tenant. info: GET /v1/stats, which tenants see reduced.
  *   names: the names table (names-routes.ts); a tenant claims, releases and sees its own
  *   tenant's names only (checked there, since the tenant is in the body or the path).
+ *   public: files anyone who reaches the port may fetch, token or not (the dashboard's copy of
+ *   uPlot, which is public code and reveals nothing about the appliance).
  */
 export type RouteAccess =
   | 'appliance-write'
@@ -45,7 +47,8 @@ export type RouteAccess =
   | 'region-read'
   | 'region-list'
   | 'names'
-  | 'info';
+  | 'info'
+  | 'public';
 
 export const ROUTE_ACCESS: Readonly<Record<string, RouteAccess>> = {
   'POST /v1/regions': 'region-create',
@@ -66,6 +69,8 @@ export const ROUTE_ACCESS: Readonly<Record<string, RouteAccess>> = {
   'GET /v1/stats': 'info',
   'GET /metrics': 'appliance-read',
   'GET /': 'appliance-read',
+  'GET /v1/dashboard': 'appliance-read',
+  'GET /dashboard/:asset': 'public',
 };
 
 /** The access class of a request (HEAD is a GET; unknown routes are appliance-wide). */
@@ -195,6 +200,10 @@ export function installAuth(app: FastifyInstance, auth: AdminAuth, registry: Reg
   app.decorateRequest('identity', null as never);
 
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    if (routeAccess(request.method, request.routeOptions.url) === 'public') {
+      request.identity = { kind: 'anonymous' };
+      return;
+    }
     const identity = auth.identify(request.headers.authorization);
     const what = `${request.method} ${request.url.split('?')[0]}`;
     if (identity === 'invalid') {

@@ -100,6 +100,9 @@ export class FileBacking {
   readonly extentsPath: string;
   /** Set when the region was loaded from its files (not when created). */
   loadReport: LoadReport | null = null;
+  /** When the last save completed (ms since the epoch), and why the last save failed (null: it did not). For the dashboard. */
+  lastSavedAt: number | null = null;
+  lastSaveError: string | null = null;
   private readonly file: LayerFile;
   private readonly layer: FileLayer;
   private readonly pageSize: number;
@@ -310,13 +313,27 @@ export class FileBacking {
       .then(() => {
         this.queued = undefined;
         this.running = next;
-        return this.saveNow(space);
+        return this.saveNow(space).then(
+          () => {
+            this.lastSavedAt = Date.now();
+            this.lastSaveError = null;
+          },
+          (error: unknown) => {
+            this.lastSaveError = (error as Error)?.message ?? String(error);
+            throw error;
+          },
+        );
       })
       .finally(() => {
         if (this.running === next) this.running = undefined;
       });
     this.queued = next;
     return next;
+  }
+
+  /** A save is under way or queued. */
+  get saving(): boolean {
+    return this.running !== undefined || this.queued !== undefined;
   }
 
   /** Saves, then closes the image (always, even when the save fails: the failure is thrown). */

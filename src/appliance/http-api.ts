@@ -14,7 +14,7 @@
  *   POST /v1/regions/:name/migrate, GET /v1/regions/:name/migration             (migration-routes.ts)
  *   GET    /v1/stats                                                           -> appliance stats
  *   GET    /metrics                 Prometheus text format
- *   GET    /                        dashboard (HTML)
+ *   GET    /                        dashboard (HTML; its data: GET /v1/dashboard; dashboard.ts)
  *
  * Who may call which route (tokens, tenants, anonymous reads): auth.ts.
  */
@@ -23,7 +23,8 @@ import { ErrorCodes, MemfabricError } from '../errors.js';
 import type { Appliance } from './appliance.js';
 import { installAuth, tenantOf } from './auth.js';
 import { registerChunkRoutes } from './chunk-routes.js';
-import { renderDashboard } from './dashboard.js';
+import { dashboardLoginPage, registerDashboardRoutes } from './dashboard.js';
+import { installRequestLog } from './request-log.js';
 import { createMetrics } from './metrics.js';
 import { registerMigrationRoutes } from './migration-routes.js';
 import { registerNameRoutes } from './names-routes.js';
@@ -167,6 +168,7 @@ export function createAdminApi(
   const registry = appliance.registry;
   const metrics = createMetrics(appliance);
   installAuth(app, appliance.adminAuth, registry);
+  installRequestLog(app, appliance, metrics);
 
   app.setErrorHandler((error: FastifyError | MemfabricError, request, reply) => {
     const status = httpStatusFor(error);
@@ -189,6 +191,11 @@ export function createAdminApi(
           ? 'internal error; see the appliance log'
           : error.message;
     if (status >= 500) appliance.logger?.error({ err: error, url: request.url }, 'admin request failed');
+    const page = dashboardLoginPage(request, status);
+    if (page !== undefined) {
+      void reply.status(status).header('content-type', 'text/html; charset=utf-8').send(page);
+      return;
+    }
     void reply.status(status).send({ error: { code, message } });
   });
   app.setNotFoundHandler((request, reply) => {
@@ -292,9 +299,7 @@ export function createAdminApi(
     return reply.header('content-type', metrics.contentType).send(body);
   });
 
-  app.get('/', async (_request, reply) =>
-    reply.header('content-type', 'text/html; charset=utf-8').send(renderDashboard(appliance)),
-  );
+  registerDashboardRoutes(app, appliance);
 
   return app;
 }

@@ -35,6 +35,9 @@ export {
 export { errnoForError, parsePskFile, formatPskLine, parseNbdUri, type NbdUri } from './protocol/index.js';
 
 // Internal to memfabric, shared with other folders (src/index.ts does not re-export these):
-// the errno a moved region answers with, and the most connections a group may open.
+// the errno a moved region answers with, and the most connections a group may open; the
+// latency histograms' bounds, command names and errnos (the appliance's metrics and logs).
 export { ESHUTDOWN } from './protocol/index.js';
+export { LATENCY_BOUNDS_SECONDS, type RequestLatency } from './server/index.js';
+export { COMMAND_NAMES, ENOSPC } from './protocol/index.js';
 export { GROUP_CONNECTIONS_MAX } from './client/index.js';

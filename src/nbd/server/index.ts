@@ -11,6 +11,7 @@
  *   reply-buffers.ts     recycled buffers for large replies
  *   connection-limit.ts  the default connection limit from the open-file limit
  *   stats.ts, logger.ts  what the server counts and reports
+ *   latency.ts           request latency by command (fixed-bucket histograms)
  *   export.ts            what the server needs from whatever holds the bytes
  *   tls.ts               STARTTLS: policy, credentials, the upgrade of a socket
  *   limits.ts            the server's bounds and defaults
@@ -23,5 +24,6 @@ export { defaultMaxConnections, openFilesLimit } from './connection-limit.js';
 export type { NbdExport, NbdExportDirectory } from './export.js';
 export type { NbdLogger } from './logger.js';
 export type { NbdStats } from './stats.js';
+export { LATENCY_BOUNDS_SECONDS, type RequestLatency } from './latency.js';
 export { NBD_TLS_MODES } from './tls.js';
 export type { NbdTlsMode, NbdServerTlsOptions } from './tls.js';

@@ -35,6 +35,7 @@ import type { NbdExport, NbdExportDirectory } from './export.js';
 import type { NbdLogger } from './logger.js';
 import { SILENT_LOGGER } from './logger.js';
 import { Session, type SessionLimits } from './session.js';
+import type { RequestLatency } from './latency.js';
 import type { NbdStats } from './stats.js';
 import { StatsCounters } from './stats.js';
 import type { NbdServerTlsOptions, NbdTlsMode, ServerTls } from './tls.js';
@@ -64,6 +65,11 @@ export interface NbdServerOptions extends NbdLimits {
   logger?: NbdLogger;
   /** NBD_OPT_STARTTLS policy and credentials (tls.ts); default NOTLS. Files are read here. */
   tls?: NbdServerTlsOptions;
+  /**
+   * Called for every request answered with an error, with its errno and export (the appliance
+   * logs ENOSPC). Runs on the data path: keep it cheap, and it must not throw.
+   */
+  onRequestError?: (errno: number, exp: NbdExport) => void;
 }
 
 /** A limit option: a non-negative finite number, or the default. */
@@ -109,6 +115,12 @@ export class NbdServer {
     this.maxConnections = limit(options.maxConnections, defaultMaxConnections(), 'maxConnections');
     this.budget = new BufferBudget(limit(options.bufferBytesMax, BUFFER_BYTES_MAX, 'bufferBytesMax'));
     this.tls = options.tls === undefined ? undefined : loadServerTls(options.tls);
+    this.counters.onError = options.onRequestError;
+  }
+
+  /** Request latency by command, live (read it, do not write it; latency.ts). */
+  get latency(): RequestLatency {
+    return this.counters.latency;
   }
 
   /** The limits in force (defaults filled in). */

@@ -73,6 +73,12 @@ export class Session {
   private closing = false;
   private closed = false;
   private peer = '?';
+  // For the log lines of a connection that reached transmission: when it was accepted, the
+  // export it used, who it authenticated as over TLS, and why it closed.
+  private readonly openedAt = Date.now();
+  private loggedExport: string | undefined;
+  private tlsIdentity: string | undefined;
+  private closeReason = 'the client closed the connection';
   /** Handshake bytes not parsed yet because the socket was congested. */
   private handshakeRest: Buffer | undefined;
 
@@ -241,6 +247,7 @@ export class Session {
       const identity = authenticated.identity;
       const admin = identity !== undefined && tls.adminIdentities.has(identity);
       const as = identity === undefined ? '' : ` as '${identity}'${admin ? ' (admin)' : ''}`;
+      this.tlsIdentity = identity;
       this.options.logger.debug?.(
         `nbd ${peer}: ${socket.getProtocol() ?? 'TLS'} ${socket.getCipher().name} established${as}`,
       );
@@ -309,12 +316,15 @@ export class Session {
   private guarded(work: () => void): void {
     const socket = this.socket;
     socket.cork();
+    // Requests answered by this work are timed from here to their replies' uncork (one batch).
+    this.transmission?.beginBatch(performance.now());
     try {
       work();
     } catch (err) {
       this.internalError(err);
     } finally {
       socket.uncork();
+      this.transmission?.endBatch();
       this.settle();
     }
   }
@@ -329,6 +339,13 @@ export class Session {
     // Only an attach that succeeded is undone (releaseClaim).
     this.attachedName = negotiated.exportName;
     this.attachedExport = negotiated.export;
+    this.loggedExport = negotiated.exportName;
+    this.options.logger.info?.(`nbd ${this.peer}: connection opened on export '${negotiated.exportName}'`, {
+      event: 'nbd connection opened',
+      peer: this.peer,
+      export: negotiated.exportName,
+      ...(this.tlsIdentity !== undefined ? { tlsIdentity: this.tlsIdentity } : {}),
+    });
     // Idleness and stalls are measured from here: the handshake's bytes are not news.
     this.lastInputAt = Date.now();
     this.seenBytesRead = this.socket.bytesRead;
@@ -352,6 +369,8 @@ export class Session {
       this.options.budget,
       this.account,
     );
+    // The handshake ended inside a guarded chunk: what follows it is this batch's.
+    this.transmission.beginBatch(performance.now());
     if (rest !== undefined) this.transmission.feed(rest);
   }
 
@@ -382,6 +401,7 @@ export class Session {
   private close(reason: string, violation: boolean): void {
     if (this.closing) return;
     this.closing = true;
+    this.closeReason = reason;
     this.handshakeRest = undefined;
     this.transmission?.stop();
     if (violation) {
@@ -409,7 +429,29 @@ export class Session {
     this.charged = 0;
     this.closed = true;
     this.releaseClaim();
+    this.logClosed();
     this.options.onClosed(this);
+  }
+
+  /**
+   * One line per connection that reached transmission (info), with what it did; connections
+   * that only listed exports or probed the handshake get a debug line.
+   */
+  private logClosed(): void {
+    const durationMs = Date.now() - this.openedAt;
+    const fields = {
+      event: 'nbd connection closed',
+      peer: this.peer,
+      ...(this.loggedExport !== undefined ? { export: this.loggedExport } : {}),
+      ...(this.tlsIdentity !== undefined ? { tlsIdentity: this.tlsIdentity } : {}),
+      durationMs,
+      bytesIn: this.socket.bytesRead,
+      bytesOut: this.socket.bytesWritten,
+      reason: this.closeReason,
+    };
+    const message = `nbd ${this.peer}: connection closed after ${durationMs} ms (${this.closeReason})`;
+    if (this.loggedExport === undefined) this.options.logger.debug?.(message, fields);
+    else this.options.logger.info?.(message, fields);
   }
 
   /** Gives back this connection's claim on its export, once (DISC answered, or socket closed). */

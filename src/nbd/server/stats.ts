@@ -3,6 +3,12 @@
  * path; `snapshot` copies them out for callers.
  */
 import { CMD_COUNT, COMMAND_NAMES } from '../protocol/constants.js';
+import { errnoName } from '../protocol/errno.js';
+import type { NbdExport } from './export.js';
+import { RequestLatency } from './latency.js';
+
+/** Errnos are counted in a small array indexed by value; larger values share the last slot. */
+const ERRNO_SLOTS = 128;
 
 export interface NbdStats {
   connectionsOpen: number;
@@ -16,6 +22,8 @@ export interface NbdStats {
   bytesReceived: number;
   /** Requests answered with an error (rejected by validation or failed in the export). */
   errors: number;
+  /** The same, by errno name ('ENOSPC', 'EINVAL', ...); errnos never answered are absent. */
+  errorsByErrno: Record<string, number>;
   /** Connections dropped because the peer broke the protocol. */
   protocolViolations: number;
   /** Connections refused at accept because `maxConnections` were open. */
@@ -57,6 +65,19 @@ export class StatsCounters {
   listRefusals = 0;
   replyPauses = 0;
   budgetWaits = 0;
+  /** Request latency by command (latency.ts). */
+  readonly latency = new RequestLatency();
+  /** Errors answered, by errno value. */
+  readonly errnos = new Float64Array(ERRNO_SLOTS);
+  /** Called for every error answered to a request (the appliance logs ENOSPC); unset: nothing. */
+  onError: ((errno: number, exp: NbdExport) => void) | undefined;
+
+  /** One request answered with `errno`, by export `exp`. */
+  countError(errno: number, exp: NbdExport): void {
+    this.errors++;
+    this.errnos[errno < ERRNO_SLOTS ? errno : ERRNO_SLOTS - 1]++;
+    this.onError?.(errno, exp);
+  }
 
   countRequest(type: number): void {
     this.requests[type < CMD_COUNT ? type : CMD_COUNT]++;
@@ -66,6 +87,10 @@ export class StatsCounters {
   snapshot(buffer: { used: number; capacity: number } = { used: 0, capacity: 0 }): NbdStats {
     const requests = { unknown: this.requests[CMD_COUNT] } as NbdStats['requests'];
     for (let i = 0; i < CMD_COUNT; i++) requests[COMMAND_NAMES[i]] = this.requests[i];
+    const errorsByErrno: Record<string, number> = {};
+    for (let errno = 0; errno < ERRNO_SLOTS; errno++) {
+      if (this.errnos[errno] > 0) errorsByErrno[errnoName(errno)] = this.errnos[errno];
+    }
     return {
       connectionsOpen: this.connectionsOpen,
       connectionsTotal: this.connectionsTotal,
@@ -74,6 +99,7 @@ export class StatsCounters {
       bytesWritten: this.bytesWritten,
       bytesReceived: this.bytesReceived,
       errors: this.errors,
+      errorsByErrno,
       protocolViolations: this.protocolViolations,
       connectionsRefused: this.connectionsRefused,
       handshakeTimeouts: this.handshakeTimeouts,

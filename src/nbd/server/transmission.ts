@@ -29,6 +29,7 @@ import {
   BLOCK_STATUS_EXTENTS_MAX,
   CMD_BLOCK_STATUS,
   CMD_CACHE,
+  CMD_COUNT,
   CMD_DISC,
   CMD_FLAG_FUA,
   CMD_FLAG_NO_HOLE,
@@ -99,6 +100,8 @@ export interface TransmissionIo {
 }
 
 const EXTENT_FLAGS_KNOWN = STATE_HOLE | STATE_ZERO;
+/** Requests carried over from earlier batches that one batch times (more are timed at once). */
+const CARRIED_MAX = 8;
 /** Reply slab size, and the largest reply carved from it (bigger ones get their own buffer). */
 const REPLY_SLAB_BYTES = 256 * 1024;
 const REPLY_SLAB_CARVE_BYTES_MAX = 64 * 1024;
@@ -114,6 +117,25 @@ export class Transmission implements RequestSink {
   private ended = false;
   /** The reason a WRITE is being skipped, answered once its payload has been read. */
   private skipReason = VALID;
+  // Latency (latency.ts) is timed per batch, not per request: the session calls beginBatch and
+  // endBatch around each chunk of work (a 'data' event, a drain, a grant), whose replies leave
+  // together when the socket uncorks. A request that starts and is answered in one batch takes
+  // the batch's time (which includes waiting behind the batch's earlier requests); one carried
+  // over from an earlier batch (a WRITE payload in several chunks, a wait for the budget, a
+  // large READ, a flush) its own start. Two clock reads per batch instead of two per request.
+  /** performance.now() when the current request's batch began (its latency starts). */
+  private requestStart = 0;
+  /** The same for the large READ being streamed. */
+  private streamStart = 0;
+  private inBatch = false;
+  private batchStart = 0;
+  /** Requests of each command answered in this batch that also started in it. */
+  private readonly batchCounts = new Float64Array(CMD_COUNT + 1);
+  private batchCounted = false;
+  /** Requests answered in this batch that started earlier: command and start. */
+  private readonly carriedTypes = new Uint8Array(CARRIED_MAX);
+  private readonly carriedStarts = new Float64Array(CARRIED_MAX);
+  private carried = 0;
 
   // Block status collection: extents as (length, flags) pairs, reused between requests.
   private extents = new Uint32Array(256);
@@ -232,11 +254,58 @@ export class Transmission implements RequestSink {
     this.parser.resume();
   }
 
+  // ---- latency batches --------------------------------------------------------------------
+
+  /** Work on this connection starts (`now`: performance.now()); requests parsed now start here. */
+  beginBatch(now: number): void {
+    if (this.inBatch) return;
+    this.inBatch = true;
+    this.batchStart = now;
+  }
+
+  /** The batch's replies are queued: records the latency of every request it answered. */
+  endBatch(): void {
+    if (!this.inBatch) return;
+    this.inBatch = false;
+    if (!this.batchCounted && this.carried === 0) return;
+    const now = performance.now();
+    const latency = this.stats.latency;
+    if (this.batchCounted) {
+      this.batchCounted = false;
+      const ms = now - this.batchStart;
+      const counts = this.batchCounts;
+      for (let type = 0; type <= CMD_COUNT; type++) {
+        if (counts[type] === 0) continue;
+        latency.observeCount(type, ms, counts[type]);
+        counts[type] = 0;
+      }
+    }
+    for (let i = 0; i < this.carried; i++) latency.observe(this.carriedTypes[i], now - this.carriedStarts[i]);
+    this.carried = 0;
+  }
+
+  /** A request of command `type` that started at `start` has been answered. */
+  private timed(type: number, start: number): void {
+    const command = type < CMD_COUNT ? type : CMD_COUNT;
+    if (this.inBatch && start === this.batchStart) {
+      this.batchCounts[command]++;
+      this.batchCounted = true;
+    } else if (this.inBatch && this.carried < CARRIED_MAX) {
+      this.carriedTypes[this.carried] = command;
+      this.carriedStarts[this.carried++] = start;
+    } else {
+      this.stats.latency.observe(command, performance.now() - start);
+    }
+  }
+
   // ---- RequestSink ------------------------------------------------------------------------
 
   onHeader(req: RequestHeader): HeaderPlan {
     if (this.reoffered) this.reoffered = false;
-    else this.stats.countRequest(req.type);
+    else {
+      this.stats.countRequest(req.type);
+      this.requestStart = this.inBatch ? this.batchStart : performance.now();
+    }
     if (req.type === CMD_DISC) {
       // Answer everything outstanding, then close; the client sends nothing after DISC.
       this.disconnecting = true;
@@ -349,6 +418,7 @@ export class Transmission implements RequestSink {
 
   private startStream(req: RequestHeader): void {
     this.stats.bytesRead += req.length;
+    this.streamStart = this.requestStart;
     this.streamCookieHi = req.cookieHi;
     this.streamCookieLo = req.cookieLo;
     this.streamOffset = req.offset;
@@ -420,7 +490,7 @@ export class Transmission implements RequestSink {
   /** The export failed in the middle of a large READ. */
   private streamFailed(err: unknown): void {
     const message = `read at ${this.streamOffset}: ${messageForError(err)}`;
-    this.stats.errors++;
+    this.stats.countError(errnoForError(err), this.exp);
     if (this.structured || this.streamFirst) {
       // Nothing of a simple reply has left yet, or structured chunks can end with an error.
       this.streamLeft = 0;
@@ -433,6 +503,7 @@ export class Transmission implements RequestSink {
       return;
     }
     // A simple reply half sent cannot carry an error: the spec's answer is a hard disconnect.
+    this.timed(CMD_READ, this.streamStart);
     this.ended = true;
     this.io.close(`read failed in the middle of a reply: ${message}`, false);
   }
@@ -449,6 +520,7 @@ export class Transmission implements RequestSink {
 
   /** The large READ is answered: replies held back meanwhile go out, then parsing may go on. */
   private finishStream(): void {
+    this.timed(CMD_READ, this.streamStart);
     for (const buf of this.deferred) this.io.write(buf);
     this.deferred.length = 0;
     if (this.disconnecting) this.finishDisconnect();
@@ -511,6 +583,7 @@ export class Transmission implements RequestSink {
     this.stats.bytesRead += length;
     if (large === undefined) this.write(buf);
     else this.io.write(buf, () => giveLargeReplyBuffer(large));
+    this.timed(CMD_READ, this.requestStart);
   }
 
   private blockStatus(req: RequestHeader): void {
@@ -544,6 +617,7 @@ export class Transmission implements RequestSink {
     const extents = this.extents;
     for (let i = 0; i < 2 * n; i++, at += 4) buf.writeUInt32BE(extents[i], at);
     this.write(buf);
+    this.timed(CMD_BLOCK_STATUS, this.requestStart);
   }
 
   /**
@@ -589,6 +663,7 @@ export class Transmission implements RequestSink {
       return;
     }
     this.replyOk(req.cookieHi, req.cookieLo);
+    this.timed(req.type, this.requestStart);
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
@@ -600,6 +675,7 @@ export class Transmission implements RequestSink {
   /** Replies once `export.flush()` settles; the cookie is captured since `req` is reused. */
   private afterFlush(type: number, cookieHi: number, cookieLo: number): void {
     this.asyncInFlight++;
+    const start = this.requestStart;
     let flushed: Promise<void>;
     try {
       flushed = this.exp.flush();
@@ -608,20 +684,32 @@ export class Transmission implements RequestSink {
     }
     flushed
       .then(
-        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined),
-        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err),
+        () => this.asyncDone(type, cookieHi, cookieLo, 0, undefined, start),
+        (err: unknown) => this.asyncDone(type, cookieHi, cookieLo, errnoForError(err), err, start),
       )
       .catch((err: unknown) => this.io.internalError(err));
   }
 
-  private asyncDone(type: number, cookieHi: number, cookieLo: number, errno: number, err: unknown): void {
+  private asyncDone(
+    type: number,
+    cookieHi: number,
+    cookieLo: number,
+    errno: number,
+    err: unknown,
+    start: number,
+  ): void {
     this.asyncInFlight--;
+    // A batch of its own: tryResume may answer requests parsed meanwhile.
+    const began = !this.inBatch;
+    if (began) this.beginBatch(performance.now());
     if (!this.ended) {
       if (errno === 0) this.replyOk(cookieHi, cookieLo);
       else this.replyError(errno, cookieHi, cookieLo, `${commandName(type)}: ${messageForError(err)}`);
+      this.timed(type, start);
     }
     if (this.disconnecting) this.finishDisconnect();
     else this.tryResume();
+    if (began) this.endBatch();
   }
 
   private finishDisconnect(): void {
@@ -634,15 +722,17 @@ export class Transmission implements RequestSink {
   private reject(req: RequestHeader, reason: number): void {
     const errno = rejectionErrno(reason, req, this.ctx);
     this.replyError(errno, req.cookieHi, req.cookieLo, rejectionMessage(reason, req, this.ctx));
+    this.timed(req.type, this.requestStart);
   }
 
   private fail(req: RequestHeader, err: unknown): void {
     const message = `${commandName(req.type)} at ${req.offset}+${req.length}: ${messageForError(err)}`;
     this.replyError(errnoForError(err), req.cookieHi, req.cookieLo, message);
+    this.timed(req.type, this.requestStart);
   }
 
   private replyError(errno: number, cookieHi: number, cookieLo: number, message: string): void {
-    this.stats.errors++;
+    this.stats.countError(errno, this.exp);
     this.write(
       this.structured
         ? encodeErrorChunk(errno, cookieHi, cookieLo, message)
