@@ -5,8 +5,6 @@ import { adminRequest, type AdminBase } from '../appliance/admin-client.js';
 import { formatSize } from '../size.js';
 import { formatTable } from './table.js';
 
-export const APPLIANCE_URL_DEFAULT = 'http://127.0.0.1:10880';
-
 interface RegionView {
   name: string;
   size: number;

@@ -7,7 +7,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { adminRequest, type AdminTarget } from '../appliance/admin-client.js';
 import type { MigrationStatus } from '../appliance/migration.js';
 import { ErrorCodes, MemfabricError, type ErrorCode } from '../errors.js';
-import { APPLIANCE_URL_DEFAULT } from './admin-commands.js';
+import { applianceUrlDefault, applianceUrlOption, normalizeApplianceUrl } from './appliance-url.js';
 import { adminTargetFor, findToken, withCredentials, type CredentialOptions } from './credentials.js';
 import { byteProgress, type ProgressBar } from './progress.js';
 
@@ -37,7 +37,11 @@ function wholeNumber(value: string): number {
 export function registerMigrateCommand(region: Command): void {
   withCredentials(region.command('migrate <name>'))
     .description('move a region to another appliance while its clients keep using it')
-    .requiredOption('--to <url>', "the target appliance's admin API, e.g. http://10.0.0.2:10880")
+    .requiredOption(
+      '--to <url>',
+      "the target appliance's admin API, e.g. http://10.0.0.2:10880 (or 10.0.0.2:10880)",
+      (value: string) => normalizeApplianceUrl(value, '--to'),
+    )
     .option('--as <name>', 'the region name on the target (default: the same)')
     .option('--max-rounds <n>', 'pre-copy rounds at most before the blackout', wholeNumber)
     .option(
@@ -51,8 +55,9 @@ export function registerMigrateCommand(region: Command): void {
     .option('--timeout <seconds>', 'give up waiting after this long', wholeNumber, MIGRATE_WAIT_S_DEFAULT)
     .option(
       '--appliance <url>',
-      'the admin API of the appliance that holds the region',
-      APPLIANCE_URL_DEFAULT,
+      'the admin API of the appliance that holds the region (default: MEMFABRIC_APPLIANCE, else http://127.0.0.1:10880)',
+      applianceUrlOption,
+      applianceUrlDefault(),
     )
     .action(async (name: string, options: MigrateCommandOptions & CredentialOptions) => {
       const source = await adminTargetFor(options);
