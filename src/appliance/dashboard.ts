@@ -22,10 +22,21 @@ import type { Appliance } from './appliance.js';
 import { dashboardView } from './dashboard-data.js';
 import { DASHBOARD_SCRIPT } from './dashboard-script.js';
 
-/** The files GET /dashboard/:asset serves, from the uplot package (resolved where it is installed). */
-const ASSETS: Record<string, { path: string; type: string }> = {
-  'uPlot.iife.min.js': { path: 'uplot/dist/uPlot.iife.min.js', type: 'text/javascript; charset=utf-8' },
-  'uPlot.min.css': { path: 'uplot/dist/uPlot.min.css', type: 'text/css; charset=utf-8' },
+const require = createRequire(import.meta.url);
+
+/**
+ * The files GET /dashboard/:asset serves, from the uplot package (resolved where it is
+ * installed). Each is named in a literal require.resolve so the package test sees the dependency.
+ */
+const ASSETS: Record<string, { resolve: () => string; type: string }> = {
+  'uPlot.iife.min.js': {
+    resolve: () => require.resolve('uplot/dist/uPlot.iife.min.js'),
+    type: 'text/javascript; charset=utf-8',
+  },
+  'uPlot.min.css': {
+    resolve: () => require.resolve('uplot/dist/uPlot.min.css'),
+    type: 'text/css; charset=utf-8',
+  },
 };
 
 /** Read once, on first use. */
@@ -36,7 +47,7 @@ function asset(name: string): Buffer {
   if (body === undefined) {
     const file = ASSETS[name];
     if (!file) throw new MemfabricError(ErrorCodes.NOT_FOUND, `no dashboard asset ${name}`);
-    body = readFileSync(createRequire(import.meta.url).resolve(file.path));
+    body = readFileSync(file.resolve());
     assetCache.set(name, body);
   }
   return body;

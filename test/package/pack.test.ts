@@ -216,8 +216,8 @@ test('the build imports exactly the declared dependencies (and Node built-ins)',
     const specifiers = [
       // import … from 'x', export … from 'x' (type-only imports are gone from the build)
       ...text.matchAll(/(?:^|\s)(?:import|export)\s[^'"]*?from\s+'([^']+)'/gm),
-      // import 'x', import('x'), require('x'), createRequire(…)('x')
-      ...text.matchAll(/(?:^import\s|\bimport\(|\brequire\(|\)\()\s*'([^']+)'/gm),
+      // import 'x', import('x'), require('x'), createRequire(…)('x'), require.resolve('x/file')
+      ...text.matchAll(/(?:^import\s|\bimport\(|\brequire\(|\)\(|\brequire\.resolve\()\s*'([^']+)'/gm),
     ].map((match) => match[1]!);
     for (const specifier of specifiers) {
       if (specifier.startsWith('.') || specifier.startsWith('node:') || builtins.has(specifier)) continue;
