@@ -17,6 +17,7 @@ import { ErrorCodes, MemfabricError } from '../errors.js';
 import { Heap } from '../heap/heap.js';
 import { HEAP_SIZE_DEFAULT, HeapImage } from '../heap/image.js';
 import type { AllocatorStats } from '../heap/allocator.js';
+import { byteProgress } from './progress.js';
 import { formatSize, parseSize } from '../size.js';
 import { describeError } from './describe-error.js';
 
@@ -154,21 +155,37 @@ export async function heapInfo(path: string, budget?: number): Promise<HeapInfo>
   );
 }
 
-export async function heapCheck(path: string, budget?: number): Promise<HeapCheckReport> {
+export async function heapCheck(
+  path: string,
+  budget?: number,
+  onProgress?: (bytesDone: number, bytesTotal: number) => void,
+): Promise<HeapCheckReport> {
   return withReadOnlyHeap(
     path,
     budget,
-    async (heap) => ({ path, generation: heap.generation, ...(await heap.check()) }),
+    async (heap) => ({
+      path,
+      generation: heap.generation,
+      ...(await heap.check(onProgress ? { onProgress } : {})),
+    }),
     // No header or allocator yet: only the stored pages' checksums can be wrong.
     async (image) => {
-      const problems = await image.verify();
+      const problems = await image.verify(onProgress);
       return { path, generation: 0, ok: problems.length === 0, problems };
     },
   );
 }
 
-export async function heapCompact(path: string, budget?: number): Promise<HeapCompactReport> {
-  const report = await Heap.compact({ path, ...(budget === undefined ? {} : { budget }) });
+export async function heapCompact(
+  path: string,
+  budget?: number,
+  onProgress?: (bytesDone: number, bytesTotal: number) => void,
+): Promise<HeapCompactReport> {
+  const report = await Heap.compact({
+    path,
+    ...(budget === undefined ? {} : { budget }),
+    ...(onProgress ? { onProgress } : {}),
+  });
   return {
     path,
     ...report,
@@ -311,7 +328,9 @@ export function registerHeapCommands(program: Command): void {
     .option('--json', 'print JSON')
     .action(
       action(async (file: string, options: { budget?: number; json?: boolean }) => {
-        const report = await heapCheck(file, options.budget);
+        const report = await withBar(`checking ${file}`, (onProgress) =>
+          heapCheck(file, options.budget, onProgress),
+        );
         console.log(options.json ? JSON.stringify(report, null, 2) : formatHeapCheck(report));
         if (!report.ok) process.exitCode = EXIT_PROBLEMS;
       }),
@@ -323,8 +342,23 @@ export function registerHeapCommands(program: Command): void {
     .option('--json', 'print JSON')
     .action(
       action(async (file: string, options: { budget?: number; json?: boolean }) => {
-        const report = await heapCompact(file, options.budget);
+        const report = await withBar(`compacting ${file}`, (onProgress) =>
+          heapCompact(file, options.budget, onProgress),
+        );
         console.log(options.json ? JSON.stringify(report, null, 2) : formatHeapCompact(report));
       }),
     );
+}
+
+/** Runs `work` with a progress bar (on a terminal only) fed by its (bytesDone, bytesTotal) reports. */
+async function withBar<T>(
+  label: string,
+  work: (onProgress: (bytesDone: number, bytesTotal: number) => void) => Promise<T>,
+): Promise<T> {
+  const bar = byteProgress(label, 0);
+  try {
+    return await work((done, total) => bar.update(done, total));
+  } finally {
+    bar.stop();
+  }
 }

@@ -147,7 +147,11 @@ export class Heap implements HeapMemory {
    * become holes), then rewrites the image compactly (HeapImage.compact). Run it on a heap no
    * process has open.
    */
-  static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
+  static async compact(options: {
+    path: string;
+    budget?: number | string;
+    onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  }): Promise<CompactReport> {
     const heap = await Heap.open({ ...options, checkpointIntervalMs: 0 });
     const forks = heap.forks().length;
     if (forks > 0) {
@@ -308,9 +312,11 @@ export class Heap implements HeapMemory {
    * Checks the image and the allocator: every stored page against its checksum (reads the
    * whole image), the header, and every allocator invariant. For `memfabric heap check`.
    */
-  async check(): Promise<AllocatorCheckResult> {
+  async check(
+    options: { onProgress?: (bytesDone: number, bytesTotal: number) => void } = {},
+  ): Promise<AllocatorCheckResult> {
     this.assertOpen();
-    const problems = await this.image.verify();
+    const problems = await this.image.verify(options.onProgress);
     if (problems.length === 0) {
       problems.push(...headerProblems(this.image.space));
       problems.push(...this.allocator.check().problems);

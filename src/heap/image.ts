@@ -58,6 +58,8 @@ import {
 
 export const HEAP_SIZE_DEFAULT = '1TiB';
 export const HEAP_BUDGET_DEFAULT = '64MiB';
+/** verify() and compact() report progress this many pages apart. */
+const PROGRESS_PAGES = 256;
 /**
  * Pages a checkpoint stages between yields to the event loop: each costs a zero check, a hash
  * and a copy into the destage queue, so 64 keep the program's pauses to about a millisecond.
@@ -306,7 +308,12 @@ export class HeapImage {
    * `.compact` file can be deleted). A fork's compacted image holds all of its pages and no
    * longer needs its base. Refuses an image whose pages forks still read (release them first).
    */
-  static async compact(options: { path: string; budget?: number | string }): Promise<CompactReport> {
+  static async compact(options: {
+    path: string;
+    budget?: number | string;
+    /** Told the bytes copied so far of the total, every PROGRESS_PAGES pages (for a progress bar). */
+    onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  }): Promise<CompactReport> {
     checkPath(options.path);
     if (isNbdUrl(options.path)) {
       throw invalidArgument(
@@ -334,7 +341,11 @@ export class HeapImage {
       const page = new Uint8Array(source.pageSize);
       const pages: number[] = [];
       source.map.forEachEntry((heapPage) => pages.push(heapPage));
-      for (const heapPage of pages) {
+      for (let i = 0; i < pages.length; i++) {
+        if (options.onProgress && i % PROGRESS_PAGES === 0) {
+          options.onProgress(i * source.pageSize, pages.length * source.pageSize);
+        }
+        const heapPage = pages[i]!;
         const at = heapPage * source.pageSize;
         if (source.map.slotWord(heapPage) === SLOT_ZERO) {
           target.space.writeZeroes(at, source.pageSize);
@@ -653,7 +664,7 @@ export class HeapImage {
    * Reads every stored page and map page back and checks it against its checksum. Returns the
    * problems found (empty when the image is sound). Reads the whole image: for `heap check`.
    */
-  async verify(): Promise<string[]> {
+  async verify(onProgress?: (bytesDone: number, bytesTotal: number) => void): Promise<string[]> {
     this.assertOpen();
     const problems: string[] = [];
     const page = new Uint8Array(this.pageSize);
@@ -662,7 +673,10 @@ export class HeapImage {
     this.map.forEachEntry((heapPage, word, sum) => {
       if (word >= 2) checks.push([heapPage, word, sum]);
     });
-    for (const [heapPage, slot, sum] of checks) {
+    for (let i = 0; i < checks.length; i++) {
+      if (onProgress && i % PROGRESS_PAGES === 0)
+        onProgress(i * this.pageSize, checks.length * this.pageSize);
+      const [heapPage, slot, sum] = checks[i]!;
       await this.pager.readSlot(slot, page);
       const found = xxh32(page, 0) >>> 0;
       if (found !== sum) {
