@@ -81,6 +81,11 @@ export interface ApplianceOptions {
    */
   tls?: NbdServerTlsOptions & { peer?: NbdClientTls };
   logger?: Logger;
+  /**
+   * Told the bytes read so far of those the file-backed regions found at start have to read,
+   * while they load (the CLI draws a progress bar from it).
+   */
+  onLoadProgress?: (bytesDone: number, bytesTotal: number) => void;
   /** Who may use the admin API; see docs/appliance.md "Security". */
   auth?: ApplianceAuthOptions;
   /** Serve the admin API over HTTPS with this certificate and key (PEM). */
@@ -401,6 +406,7 @@ export class Appliance {
     this.loaded = this.registry
       .loadPending({
         cancelled: () => this.stopRequested,
+        ...(options.onLoadProgress ? { progress: options.onLoadProgress } : {}),
         loaded: (region) =>
           this.logger?.info(
             {

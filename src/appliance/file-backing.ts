@@ -92,6 +92,8 @@ export interface LoadOptions {
   dedup?: LoadDeduper;
   /** Checked between chunks: true stops the load (it throws). */
   cancelled?: () => boolean;
+  /** Told the bytes of each chunk read (for a progress report). */
+  read?: (bytes: number) => void;
 }
 
 export class FileBacking {
@@ -425,6 +427,7 @@ export class FileBacking {
         const length = Math.min(n * pageSize, size - offset);
         const got = await this.file.read(chunk, 0, length, offset);
         bytesRead += got;
+        options.read?.(got);
         if (got !== length) {
           throw new MemfabricError(ErrorCodes.CORRUPT_FILE, `${this.imagePath}: short read at ${offset}`);
         }

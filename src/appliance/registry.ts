@@ -81,6 +81,8 @@ export interface LoadHooks {
   cancelled?: () => boolean;
   loaded?: (region: Region) => void;
   failed?: (region: PendingRegion, error: unknown) => void;
+  /** Bytes read of the bytes the whole pass has to read, after every chunk (for a progress bar). */
+  progress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 const META_SUFFIX = '.region.json';
@@ -242,6 +244,9 @@ export class RegionRegistry implements NbdExportDirectory {
       .filter((entry) => entry.state === 'loading' && entry.meta)
       .sort((a, b) => a.cost - b.cost || a.name.localeCompare(b.name));
     const dedup = new LoadDeduper();
+    const bytesTotal = queue.reduce((sum, entry) => sum + entry.cost, 0);
+    let bytesDone = 0;
+    const progress = hooks.progress;
     try {
       for (const entry of queue) {
         if (hooks.cancelled?.()) return;
@@ -256,6 +261,14 @@ export class RegionRegistry implements NbdExportDirectory {
             map: entry.map,
             dedup,
             ...(hooks.cancelled ? { cancelled: hooks.cancelled } : {}),
+            ...(progress
+              ? {
+                  read: (bytes: number) => {
+                    bytesDone += bytes;
+                    progress(bytesDone, bytesTotal);
+                  },
+                }
+              : {}),
           });
           this.pending.delete(entry.name);
           region = this.add(

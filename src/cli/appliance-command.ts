@@ -3,6 +3,7 @@
  * to stdout, until SIGINT or SIGTERM, when it saves file-backed regions and exits 0 — or 1 when
  * a final save failed, naming each region not saved (log line and stderr).
  */
+import { byteProgress, progressWanted, type ProgressBar } from './progress.js';
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { Appliance, DEFAULT_REGION_NAME, HTTP_PORT_DEFAULT, NBD_PORT_DEFAULT } from '../appliance/index.js';
@@ -130,9 +131,18 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
   }
   const tokenFile = applianceTokenFile(options, http.port);
   const mergeCpu = mergeCpuShare(options.mergeCpu);
+  // File-backed regions load after the listeners are up: a bar on a terminal while they do.
+  let loadBar: ProgressBar | undefined;
+  const onLoadProgress = progressWanted()
+    ? (done: number, total: number) => {
+        loadBar ??= byteProgress('loading regions', total);
+        loadBar.update(done, total);
+      }
+    : undefined;
   const starting = Appliance.start({
     nbd,
     http,
+    ...(onLoadProgress ? { onLoadProgress } : {}),
     memory: options.memory,
     pageSize: options.pageSize,
     ...(options.dataDir ? { dataDir: options.dataDir } : {}),
@@ -179,6 +189,7 @@ export async function runAppliance(options: ApplianceCommandOptions): Promise<vo
     logger.error({ error: { code, message: (error as Error).message } }, 'appliance failed to start');
     throw error;
   });
+  void appliance.loaded.then(() => loadBar?.stop());
   const nbdAt = `${appliance.nbdAddress.host}:${appliance.nbdAddress.port}`;
   const httpAt = appliance.httpUrl;
   logger.info(
