@@ -67,6 +67,7 @@ import {
   MAX_ROUNDS_MAX,
   PreCopyEngine,
   checkPreCopyOptions,
+  idleProgress,
   type Handover,
   type MigrationProgress,
   type StopReason,
@@ -313,20 +314,7 @@ interface MigrationPlan {
 }
 
 /** The engine's progress before it starts. */
-const NO_PROGRESS: MigrationProgress = {
-  phase: 'copying',
-  round: 0,
-  pagesSent: 0,
-  bytesSent: 0,
-  pagesRemaining: 0,
-  dirtyPages: 0,
-  dirtyRatePagesPerSec: 0,
-  dirtyRateBytesPerSec: 0,
-  bandwidthBytesPerSec: 0,
-  expectedDowntimeMs: 0,
-  throttleLevel: 0,
-  elapsedMs: 0,
-};
+const NO_PROGRESS: MigrationProgress = idleProgress('copying');
 
 const NO_THROTTLE: ThrottleReport = { levelMax: 0, pagesDelayed: 0, delayMs: 0, parkedMs: 0, awaitedMs: 0 };
 

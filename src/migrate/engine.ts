@@ -164,6 +164,24 @@ export interface MigrationProgress {
   elapsedMs: number;
 }
 
+/** The progress of a migration that has sent nothing yet (or is not a pre-copy), in `phase`. */
+export function idleProgress(phase: MigrationPhase, elapsedMs = 0): MigrationProgress {
+  return {
+    phase,
+    round: 0,
+    pagesSent: 0,
+    bytesSent: 0,
+    pagesRemaining: 0,
+    dirtyPages: 0,
+    dirtyRatePagesPerSec: 0,
+    dirtyRateBytesPerSec: 0,
+    bandwidthBytesPerSec: 0,
+    expectedDowntimeMs: 0,
+    throttleLevel: 0,
+    elapsedMs,
+  };
+}
+
 export interface RoundReport {
   round: number;
   /** Pages sent. */

@@ -23,6 +23,7 @@ import {
   PreCopyEngine,
   cancelledError,
   checkPreCopyOptions,
+  idleProgress,
   type MigrationProgress,
   type MigrationReport,
   type PreCopyOptions,
@@ -115,21 +116,7 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
   progress(): SpaceMigrationStatus {
     if (this.lastPostCopyStatus) return { ...this.lastPostCopyStatus };
     if (this.engine) return { id: this.id, ...this.engine.progress() };
-    return {
-      id: this.id,
-      phase: this.finished ? 'failed' : 'connecting',
-      round: 0,
-      pagesSent: 0,
-      bytesSent: 0,
-      pagesRemaining: 0,
-      dirtyPages: 0,
-      dirtyRatePagesPerSec: 0,
-      dirtyRateBytesPerSec: 0,
-      bandwidthBytesPerSec: 0,
-      expectedDowntimeMs: 0,
-      throttleLevel: 0,
-      elapsedMs: 0,
-    };
+    return { id: this.id, ...idleProgress(this.finished ? 'failed' : 'connecting') };
   }
 
   /**
@@ -259,18 +246,11 @@ export class Migration extends EventEmitter<{ progress: [SpaceMigrationStatus] }
       onProgress: (moving) => {
         const status: SpaceMigrationStatus = {
           id: this.id,
-          phase: 'copying',
+          ...idleProgress('copying', performance.now() - started),
           round: 1,
           pagesSent: moving.served + moving.pushed,
           bytesSent: moving.bytesSent,
           pagesRemaining: moving.remaining,
-          dirtyPages: 0,
-          dirtyRatePagesPerSec: 0,
-          dirtyRateBytesPerSec: 0,
-          bandwidthBytesPerSec: 0,
-          expectedDowntimeMs: 0,
-          throttleLevel: 0,
-          elapsedMs: performance.now() - started,
         };
         this.lastPostCopyStatus = status;
         this.options.onProgress?.(status);
