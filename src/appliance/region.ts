@@ -144,9 +144,20 @@ export class Region implements NbdExport {
   }
 
   write(offset: number, src: Uint8Array): void {
+    this.beginWrite(offset, src.length);
+    this.writePiece(offset, src);
+  }
+
+  /** Refuses a write now, before any of it is written, when memory cannot hold it. */
+  beginWrite(offset: number, length: number): void {
+    this.assertWritable();
+    this.space.reserveWrite(offset, length);
+    this.writes++;
+  }
+
+  writePiece(offset: number, src: Uint8Array): void {
     this.assertWritable();
     this.space.write(offset, src);
-    this.writes++;
     this.bytesWritten += src.length;
   }
 

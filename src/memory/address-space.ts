@@ -255,6 +255,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   /**
+   * Makes sure a write of `[offset, offset + length)` that will arrive in pieces can find its
+   * frames: throws POOL_EXHAUSTED (growing the pool, or with a pager making room, when it can)
+   * before any of it is written, rather than part-way. Nothing is held for it, so frames taken
+   * meanwhile by other writes can still make a later piece fail.
+   */
+  reserveWrite(offset: number, length: number): void {
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const first = Math.floor(offset * this.invPageSize);
+    this.reserveForWrite(first, Math.floor((offset + length - 1) * this.invPageSize));
+  }
+
+  /**
    * Brings `[offset, offset + length)` into memory without blocking the event loop, so the
    * reads and writes that follow take no fault. Without a pager (see src/tier) every page is
    * already resident and this resolves at once. Loading is a hint: pages may be evicted again

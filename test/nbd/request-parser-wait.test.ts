@@ -11,6 +11,7 @@ import * as C from '../../src/nbd/protocol/constants.js';
 import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, RequestParser, WAIT } from '../../src/nbd/server/request-parser.js';
 import { encodeRequest } from './raw-client.js';
+import { collectPayloads } from './payload-collector.js';
 
 test('RequestParser: WAIT parks a request and resume() replays it, under any chunking', () => {
   fc.assert(
@@ -46,12 +47,12 @@ test('RequestParser: WAIT parks a request and resume() replays it, under any chu
             seen.push(`h${i}`);
             return req.type === C.CMD_WRITE ? PAYLOAD_COLLECT : PAYLOAD_NONE;
           },
-          onPayload: (req, payload) => {
+          ...collectPayloads((req, payload) => {
             const i = req.cookieLo;
             seen.push(
               `p${i}:${payload.length === requests[i].length && payload.every((b) => b === (i & 0xff))}`,
             );
-          },
+          }),
           onSkipped: () => seen.push('skipped'),
           onViolation: (reason) => seen.push(`violation ${reason}`),
         });

@@ -20,6 +20,7 @@ import {
   type RequestHeader,
 } from '../../src/nbd/server/request-parser.js';
 import { encodeRequest } from './raw-client.js';
+import { collectPayloads } from './payload-collector.js';
 
 interface Recorder {
   parser: RequestParser;
@@ -34,7 +35,7 @@ function recorder(plan: (req: RequestHeader, parser: RequestParser) => HeaderPla
       seen.push(`h${req.cookieLo}`);
       return plan(req, parser);
     },
-    onPayload: (req, payload) => seen.push(`p${req.cookieLo}:${payload.toString('hex')}`),
+    ...collectPayloads((req, payload) => seen.push(`p${req.cookieLo}:${payload.toString('hex')}`)),
     onSkipped: (req) => seen.push(`s${req.cookieLo}`),
     onViolation: (reason) => seen.push(`v ${reason}`),
   });

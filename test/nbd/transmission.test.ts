@@ -12,6 +12,7 @@ import type { RequestHeader } from '../../src/nbd/server/request-parser.js';
 import { startServer } from './helpers.js';
 import { testDirectory } from './memory-export.js';
 import { decodeExtents, encodeRequest, infoData, RawClient } from './raw-client.js';
+import { collectPayloads } from './payload-collector.js';
 
 const MiB = 1024 * 1024;
 
@@ -266,7 +267,7 @@ test('RequestParser frames requests split at every byte boundary', () => {
         seen.push(`h${req.type}:${req.cookieLo}:${req.offset}:${req.length}:${req.flags}`);
         return req.type === C.CMD_WRITE ? PAYLOAD_COLLECT : PAYLOAD_NONE;
       },
-      onPayload: (_req, p) => seen.push(`p${p.toString('hex') === payload.toString('hex')}`),
+      ...collectPayloads((_req, p) => seen.push(`p${p.toString('hex') === payload.toString('hex')}`)),
       onSkipped: () => seen.push('skipped'),
       onViolation: (reason) => seen.push(`violation ${reason}`),
     });

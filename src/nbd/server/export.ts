@@ -19,6 +19,15 @@ export interface NbdExport {
   read(offset: number, dst: Uint8Array): void;
   /** Writes `src` at `offset`. */
   write(offset: number, src: Uint8Array): void;
+  /**
+   * Optional, for a WRITE whose payload the server puts in place piece by piece as it arrives
+   * (see write-pieces.ts): called once with the whole range before any of it, so the write can
+   * be refused while nothing is written (memory that cannot hold it, a moved region). Its
+   * pieces then go to writePiece, in order; without these two they go to write().
+   */
+  beginWrite?(offset: number, length: number): void;
+  /** Writes `src` at `offset`: a piece of the write beginWrite announced. */
+  writePiece?(offset: number, src: Uint8Array): void;
   /** Discards a range: later reads return zeros and block status reports a hole. */
   trim(offset: number, length: number): void;
   /**

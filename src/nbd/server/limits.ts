@@ -109,7 +109,5 @@ export const REPLY_QUEUED_BYTES_MIN = 64 * KiB;
 export const READ_PIECE_BYTES = 2 * MiB;
 /** Requests of one connection awaiting an asynchronous flush (FLUSH, FUA) before we stop parsing. */
 export const ASYNC_REQUESTS_MAX = 64;
-/** Scratch buffer kept between split WRITE payloads; larger ones are dropped after use. */
-export const PAYLOAD_SCRATCH_KEEP_BYTES_MAX = 1 * MiB;
 /** After a hard disconnect or server close, queued replies get this long to drain. */
 export const CLOSE_GRACE_MS = 2_000;

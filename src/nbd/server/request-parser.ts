@@ -3,28 +3,28 @@
  *
  *   HEADER  --28 bytes-->  sink.onHeader(req) decides what follows:
  *             PAYLOAD_NONE     back to HEADER (the sink already dispatched the request)
- *             PAYLOAD_COLLECT  PAYLOAD: req.length bytes, then sink.onPayload(req, bytes)
+ *             PAYLOAD_COLLECT  PAYLOAD: req.length bytes handed on as they arrive, in one or more
+ *                              sink.onPayloadPiece(req, piece, done) calls, then sink.onPayloadEnd(req)
  *             PAYLOAD_SKIP     SKIP: req.length bytes dropped, then sink.onSkipped(req)
  *             STOP             nothing more is parsed (disconnect or violation)
  *             WAIT             the sink cannot take this request yet (no buffer budget): parsing
  *                              pauses before its payload, and resume() offers the same header
  *                              to onHeader again
  *
- * Only frames split across chunks are copied: a header into a 28-byte scratch, a WRITE payload
- * into a scratch buffer reused between requests (kept up to PAYLOAD_SCRATCH_KEEP_BYTES_MAX; larger
- * ones come from the recycled buffers of reply-buffers.ts and go back after onPayload). A
- * header or payload wholly inside one chunk is handed to the sink as a view of that chunk. The
- * sink bounds every length in onHeader before asking for a payload, so the parser never
- * allocates more than the sink allowed.
+ * Payloads are never assembled: each piece is a view of the socket chunk it arrived in, so the
+ * sink copies a WRITE's bytes once, straight to where they belong. (Assembling a 1 MiB payload
+ * from 64 KiB socket chunks first cost a second copy of every byte, and a buffer to hold it.)
+ * Only a header split across chunks is copied, into a 28-byte scratch. The parser allocates
+ * nothing per request.
  *
  * Invariants: `req` describes the request being parsed and is valid only during a sink call
- * (it is reused); a payload view is valid only during onPayload. While paused, unparsed bytes
- * are kept as views of their chunks (never copied) and parsing continues on resume().
+ * (it is reused); a piece is valid only during its onPayloadPiece call. Pieces of one payload
+ * arrive in order, never empty, and their lengths add up to req.length; onPayloadEnd follows
+ * the last one (and is the only call for a zero-length payload). A chunk is only lent to
+ * feed(): while paused, unparsed bytes are kept as copies, and parsing continues on resume().
  */
 import { REQUEST_HEADER_BYTES } from '../protocol/constants.js';
 import { decodeRequestHeader, type RequestHeader } from '../protocol/request.js';
-import { PAYLOAD_SCRATCH_KEEP_BYTES_MAX } from './limits.js';
-import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 
 /** The header the sink is handed: one object per connection, reused for every request. */
 export type { RequestHeader };
@@ -39,8 +39,13 @@ export type HeaderPlan =
 
 export interface RequestSink {
   onHeader(req: RequestHeader): HeaderPlan;
-  /** `payload` is a view valid only during this call. */
-  onPayload(req: RequestHeader, payload: Buffer): void;
+  /**
+   * The next piece of the payload of `req`, `done` bytes of which came before it. `piece` is a
+   * view of a socket chunk, valid only during this call.
+   */
+  onPayloadPiece(req: RequestHeader, piece: Buffer, done: number): void;
+  /** Every byte of the payload of `req` has been handed over. */
+  onPayloadEnd(req: RequestHeader): void;
   onSkipped(req: RequestHeader): void;
   /** The byte stream is not NBD requests any more (bad magic); nothing more will be parsed. */
   onViolation(reason: string): void;
@@ -60,15 +65,13 @@ export class RequestParser {
   private state = STATE_HEADER;
   private readonly header = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
   private headerFill = 0;
-  private scratch: Buffer = EMPTY;
-  private payload: Buffer = EMPTY;
-  /** The recycled buffer behind a large split payload, given back once the sink has it. */
-  private large: Buffer | undefined;
   private payloadFill = 0;
   private skipRemaining = 0;
   private paused = false;
-  /** Unparsed views of chunks that arrived or were left over while paused, oldest first. */
+  /** Unparsed bytes (copies) that arrived or were left over while paused, oldest first. */
   private readonly held: Buffer[] = [];
+  /** The held copy being parsed by resume(), if any: its rest needs no second copy. */
+  private holding: Buffer | undefined;
 
   constructor(private readonly sink: RequestSink) {}
 
@@ -107,7 +110,10 @@ export class RequestParser {
     this.paused = false;
     if (this.state === STATE_REOFFER) this.run(EMPTY);
     while (this.held.length > 0 && !this.paused && this.state !== STATE_STOPPED) {
-      this.run(this.held.shift() as Buffer);
+      const chunk = this.held.shift() as Buffer;
+      this.holding = chunk;
+      this.run(chunk);
+      this.holding = undefined;
     }
   }
 
@@ -120,7 +126,7 @@ export class RequestParser {
   feed(chunk: Buffer): void {
     if (this.state === STATE_STOPPED || chunk.length === 0) return;
     if (this.paused || this.held.length > 0) {
-      this.held.push(chunk);
+      this.held.push(Buffer.from(chunk));
       return;
     }
     this.run(chunk);
@@ -136,7 +142,7 @@ export class RequestParser {
     }
     while (pos < end) {
       if (this.paused) {
-        this.held.unshift(chunk.subarray(pos));
+        this.hold(chunk, pos);
         return;
       }
       if (this.state === STATE_HEADER) {
@@ -165,19 +171,17 @@ export class RequestParser {
         pos = this.plan(this.sink.onHeader(req), chunk, pos);
         if (pos < 0) return;
       } else if (this.state === STATE_PAYLOAD) {
-        const want = this.req.length;
-        const n = Math.min(end - pos, want - this.payloadFill);
-        chunk.copy(this.payload, this.payloadFill, pos, pos + n);
+        const req = this.req;
+        const done = this.payloadFill;
+        const n = Math.min(end - pos, req.length - done);
         this.payloadFill += n;
+        const last = this.payloadFill === req.length;
+        // Back to HEADER before the sink runs, so a sink that stops the parser is obeyed.
+        if (last) this.state = STATE_HEADER;
+        this.sink.onPayloadPiece(req, pos === 0 && n === end ? chunk : chunk.subarray(pos, pos + n), done);
         pos += n;
-        if (this.payloadFill < want) return;
-        const payload = this.payload;
-        const large = this.large;
-        this.payload = EMPTY;
-        this.large = undefined;
-        this.state = STATE_HEADER;
-        this.sink.onPayload(this.req, payload);
-        if (large !== undefined) giveLargeReplyBuffer(large);
+        if (!last) return;
+        this.sink.onPayloadEnd(req);
       } else if (this.state === STATE_SKIP) {
         const n = Math.min(end - pos, this.skipRemaining);
         this.skipRemaining -= n;
@@ -189,6 +193,16 @@ export class RequestParser {
         return; // stopped by a sink call
       }
     }
+  }
+
+  /**
+   * Keeps the unparsed rest of `chunk` (from `pos`) for resume(), ahead of anything held. A copy:
+   * the chunk is only lent for the feed() call (the server reads every connection into one
+   * buffer). Held chunks are already copies and are kept as they are.
+   */
+  private hold(chunk: Buffer, pos: number): void {
+    const rest = chunk.subarray(pos);
+    this.held.unshift(this.holding === chunk ? rest : Buffer.from(rest));
   }
 
   /**
@@ -205,7 +219,7 @@ export class RequestParser {
     if (plan === WAIT) {
       this.state = STATE_REOFFER;
       this.paused = true;
-      if (pos < chunk.length) this.held.unshift(chunk.subarray(pos));
+      if (pos < chunk.length) this.hold(chunk, pos);
       return -1;
     }
     if (plan === PAYLOAD_SKIP) {
@@ -215,30 +229,12 @@ export class RequestParser {
       return pos;
     }
     // PAYLOAD_COLLECT
-    if (chunk.length - pos >= req.length) {
-      const payload = req.length === 0 ? EMPTY : chunk.subarray(pos, pos + req.length);
-      this.sink.onPayload(req, payload);
-      return pos + req.length;
+    if (req.length === 0) {
+      this.sink.onPayloadEnd(req);
+      return pos;
     }
-    this.payload = this.scratchFor(req.length);
     this.payloadFill = 0;
     this.state = STATE_PAYLOAD;
     return pos;
-  }
-
-  /** A buffer of exactly `length` bytes for a split payload, reusing the scratch when small. */
-  private scratchFor(length: number): Buffer {
-    if (length > PAYLOAD_SCRATCH_KEEP_BYTES_MAX) {
-      // Recycled like large replies: a fresh multi-MiB buffer per WRITE would only be returned
-      // to the system whenever the GC gets round to it, so RSS would run ahead of the budget.
-      this.large = takeLargeReplyBuffer(length);
-      return this.large.subarray(0, length);
-    }
-    if (this.scratch.length < length) {
-      // Grow in 64 KiB steps so a mix of request sizes settles on one buffer.
-      const size = Math.min(PAYLOAD_SCRATCH_KEEP_BYTES_MAX, Math.ceil(length / 65536) * 65536);
-      this.scratch = Buffer.allocUnsafe(size);
-    }
-    return this.scratch.subarray(0, length);
   }
 }

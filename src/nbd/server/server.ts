@@ -16,6 +16,7 @@
  * for the whole server.
  */
 import { createServer } from 'node:net';
+import { RECEIVE_BUFFER_BYTES } from './receive-buffer.js';
 import { invalidArgument } from '../../errors.js';
 import type { Server, Socket } from 'node:net';
 import { BufferBudget } from './budget.js';
@@ -90,6 +91,8 @@ export class NbdServer {
   private readonly tls: ServerTls | undefined;
   private readonly counters = new StatsCounters();
   private readonly sessions = new Set<Session>();
+  /** Every connection reads into this one buffer (see receive-buffer.ts). */
+  private readonly receiveBuffer = Buffer.allocUnsafe(RECEIVE_BUFFER_BYTES);
   private server: Server | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
@@ -143,7 +146,8 @@ export class NbdServer {
   /** Starts listening; port 0 picks a free port. Resolves with the address actually bound. */
   listen(port: number, host = '127.0.0.1'): Promise<{ port: number; host: string }> {
     if (this.server !== undefined) return Promise.reject(new Error('NbdServer is already listening'));
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Paused on connect: nothing is read before accept() gives the socket its receive buffer.
+    const server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server = server;
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
@@ -258,6 +262,7 @@ export class NbdServer {
       logger: this.logger,
       budget: this.budget,
       limits: this.limits,
+      receiveBuffer: this.receiveBuffer,
       ...(this.tls !== undefined && this.tls.mode !== 'off' ? { tls: this.tls } : {}),
       onClosed: (s) => {
         this.counters.connectionsOpen--;

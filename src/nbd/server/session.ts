@@ -42,6 +42,7 @@ import type { NbdLogger } from './logger.js';
 import type { StatsCounters } from './stats.js';
 import type { ServerTls } from './tls.js';
 import { upgradeServerSocket } from './tls.js';
+import { adoptWithReceiveBuffer } from './receive-buffer.js';
 import { Transmission } from './transmission.js';
 
 /** Per-connection limits; 0 turns a timeout off. */
@@ -59,6 +60,12 @@ export interface SessionOptions {
   readonly budget: BufferBudget;
   readonly limits: SessionLimits;
   readonly onClosed: (session: Session) => void;
+  /**
+   * The server's receive buffer, shared by every connection (see receive-buffer.ts). The
+   * socket given to the session was accepted paused; the session adopts it into one that
+   * reads into this buffer.
+   */
+  readonly receiveBuffer: Buffer;
   /** TLS policy and credentials; absent: NOTLS. */
   readonly tls?: ServerTls;
 }
@@ -79,8 +86,10 @@ export class Session {
   private loggedExport: string | undefined;
   private tlsIdentity: string | undefined;
   private closeReason = 'the client closed the connection';
-  /** Handshake bytes not parsed yet because the socket was congested. */
+  /** Handshake bytes not parsed yet because the socket was congested (a copy: chunks are lent). */
   private handshakeRest: Buffer | undefined;
+  /** STARTTLS done: bytes come from the TLSSocket, none from the plain socket. */
+  private tlsStarted = false;
 
   // Budget: bytes of this socket's queue charged to the global budget.
   private charged = 0;
@@ -123,7 +132,8 @@ export class Session {
       },
       { mode: options.tls?.mode ?? 'off' },
     );
-    this.attach(socket);
+    const adopted = adoptWithReceiveBuffer(socket, options.receiveBuffer, (chunk) => this.receive(chunk));
+    this.attach(adopted ?? socket);
     this.write(greeting());
   }
 
@@ -235,6 +245,7 @@ export class Session {
       this.close('STARTTLS acknowledged without TLS credentials', false); // unreachable: mode is off
       return;
     }
+    this.tlsStarted = true;
     plain.off('data', this.onDataListener);
     plain.off('drain', this.onDrainListener);
     plain.uncork(); // the ACK must leave in plain text before the first TLS record
@@ -264,6 +275,15 @@ export class Session {
 
   private congested(): boolean {
     return this.socket.writableLength >= this.options.limits.replyQueuedBytesMax;
+  }
+
+  /**
+   * Bytes read by the plain socket into the server's shared receive buffer (when the socket was
+   * made with one, it emits no 'data'): valid only during this call. After STARTTLS the bytes
+   * come decrypted from the TLSSocket instead.
+   */
+  private receive(chunk: Buffer): void {
+    if (!this.tlsStarted) this.onData(chunk);
   }
 
   private onData(chunk: Buffer): void {
@@ -302,7 +322,7 @@ export class Session {
       // The handshake finished inside this chunk; `ready` already handed the rest on.
       return;
     }
-    this.handshakeRest = rest;
+    this.handshakeRest = Buffer.from(rest); // the chunk it is part of is only lent to us
     this.options.stats.replyPauses++;
     this.socket.pause();
   }

@@ -52,6 +52,7 @@ import { ASYNC_REQUESTS_MAX, READ_PIECE_BYTES, WRITE_SKIP_BYTES_MAX } from './li
 import { errnoForError, messageForError } from '../protocol/errno.js';
 import { giveLargeReplyBuffer, takeLargeReplyBuffer } from './reply-buffers.js';
 import type { RequestHeader, RequestSink, HeaderPlan } from './request-parser.js';
+import { PageAlignedPieces } from './write-pieces.js';
 import { PAYLOAD_COLLECT, PAYLOAD_NONE, PAYLOAD_SKIP, RequestParser, STOP, WAIT } from './request-parser.js';
 import type { StatsCounters } from './stats.js';
 import type { ValidationContext } from './validate.js';
@@ -159,6 +160,11 @@ export class Transmission implements RequestSink {
   /** Reserved for the WRITE whose payload is being received. */
   private payloadReserved = 0;
 
+  // The WRITE whose payload is arriving: its pieces go to the export as they come, and the
+  // first error (refused by beginWrite, or a failed piece) is answered at its end.
+  private readonly pieces: PageAlignedPieces;
+  private writeError: unknown = undefined;
+
   // A large READ being answered piece by piece (streamLeft > 0): parsing waits until it is done,
   // and replies completed meanwhile (flushes) wait in `deferred` so they cannot split it.
   private streamLeft = 0;
@@ -184,6 +190,14 @@ export class Transmission implements RequestSink {
     this.waiter = { account, bytes: 0, since: 0, granted: () => this.onGranted() };
     this.streamWaiter = { account, bytes: 0, since: 0, granted: () => this.onStreamGranted() };
     this.exp = negotiated.export;
+    const exp = this.exp;
+    const writePiece = exp.writePiece;
+    this.pieces = new PageAlignedPieces(
+      exp.blockSize,
+      writePiece !== undefined
+        ? (offset, src) => writePiece.call(exp, offset, src)
+        : (offset, src) => exp.write(offset, src),
+    );
     this.structured = negotiated.structuredReplies;
     this.ctx = {
       size: this.exp.size,
@@ -227,6 +241,7 @@ export class Transmission implements RequestSink {
     this.budget.release(this.account, this.grantedBytes + this.payloadReserved + this.streamGrantedBytes);
     this.grantedBytes = 0;
     this.payloadReserved = 0;
+    this.writeError = undefined;
     this.streamGrantedBytes = 0;
     this.streamLeft = 0;
     this.deferred.length = 0;
@@ -319,7 +334,17 @@ export class Transmission implements RequestSink {
         // arrives: connections each holding part of a payload while waiting for the rest
         // would deadlock once they hold the whole budget (hold and wait).
         if (!this.admit(req.length)) return WAIT;
+        // The payload no longer waits in a buffer (its pieces are written as they arrive), but
+        // the reservation stays: it bounds what all connections have in flight at once.
         this.payloadReserved = req.length;
+        this.pieces.begin(req.offset, req.length);
+        if (this.exp.beginWrite !== undefined) {
+          try {
+            this.exp.beginWrite(req.offset, req.length);
+          } catch (err) {
+            this.writeError = err; // answered once the payload has been read past
+          }
+        }
         return PAYLOAD_COLLECT;
       }
       if (reason === REJECT_TOO_LARGE && req.length > WRITE_SKIP_BYTES_MAX) {
@@ -353,21 +378,29 @@ export class Transmission implements RequestSink {
     return PAYLOAD_NONE;
   }
 
-  onPayload(req: RequestHeader, payload: Buffer): void {
-    // The payload is consumed synchronously below: its reservation ends with this call.
-    const reserved = this.payloadReserved;
-    this.payloadReserved = 0;
+  onPayloadPiece(_req: RequestHeader, piece: Buffer): void {
+    if (this.writeError !== undefined) return; // refused or failed: the rest is only read and dropped
     try {
-      this.exp.write(req.offset, payload);
+      this.pieces.push(piece);
     } catch (err) {
-      this.budget.release(this.account, reserved);
-      this.fail(req, err);
-      this.afterRequest();
-      return;
+      // Earlier pieces stay written: NBD leaves a failed WRITE's range unspecified. Memory
+      // running out, the usual cause, was checked for the whole range before the first piece.
+      this.writeError = err;
     }
-    this.budget.release(this.account, reserved);
-    this.stats.bytesWritten += payload.length;
-    this.complete(req);
+  }
+
+  onPayloadEnd(req: RequestHeader): void {
+    // Every byte is in place: the reservation ends here.
+    this.budget.release(this.account, this.payloadReserved);
+    this.payloadReserved = 0;
+    const err = this.writeError;
+    if (err !== undefined) {
+      this.writeError = undefined;
+      this.fail(req, err);
+    } else {
+      this.stats.bytesWritten += req.length;
+      this.complete(req);
+    }
     this.afterRequest();
   }
 
