@@ -61,6 +61,10 @@ test('handshake idle timeout closes a silent client with the real timer', async 
 });
 
 test('a WRITE payload that stops arriving closes the connection; a slow moving one does not', async (t) => {
+  // Only our checks below sample progress: the server's own ticker, on the real clock, would
+  // sample a piece's arrival at a real time long before the simulated one and make the slow
+  // writer look stalled for minutes.
+  t.mock.timers.enable({ apis: ['setInterval'] });
   const { server, port } = await startServer(testDirectory(), { stallTimeoutMs: 60_000 });
   t.after(() => server.close());
   const { client: slow } = await RawClient.open(port);
