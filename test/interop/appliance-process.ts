@@ -144,6 +144,8 @@ export interface StartOptions {
    * file shared by every appliance this test process starts (so one token reaches them all).
    */
   tokenFile?: string;
+  /** Node options before the script, e.g. `--cpu-prof` to see where a benchmark's time goes. */
+  nodeArgs?: string[];
 }
 
 let sharedTokenDir: string | undefined;
@@ -221,6 +223,7 @@ export class ApplianceProcess {
   static async start(options: StartOptions = {}): Promise<ApplianceProcess> {
     installExitHook();
     const args = [
+      ...(options.nodeArgs ?? []),
       ...cliCommand(),
       'appliance',
       '--nbd',
