@@ -19,6 +19,35 @@ export interface Row extends Figure {
   higherIsBetter: boolean;
   /** The goal, stated the way the issue states it (for the printed table). */
   goal?: string;
+  /** How busy the machine was while the figure's suite ran (filled in by the runner). */
+  load?: SuiteLoad;
+}
+
+/**
+ * The machine's 1-minute load average when a suite started and when it ended, beside its core
+ * count. Figures are medians of interleaved runs, so noise hits ours and the baseline alike,
+ * but a busy machine still changes absolute numbers and some ratios (a single-threaded server
+ * against a multi-threaded one loses more when cores are scarce): a figure is reported with
+ * the load it was taken under.
+ */
+export interface SuiteLoad {
+  start: number;
+  end: number;
+  cores: number;
+  /** Either load average reached BUSY_LOAD_PER_CORE per core. */
+  busy: boolean;
+}
+
+/** Load per core above which a suite's figures are called loaded. */
+export const BUSY_LOAD_PER_CORE = 0.5;
+
+export function suiteLoad(start: number, end: number, cores: number): SuiteLoad {
+  return { start, end, cores, busy: Math.max(start, end) >= BUSY_LOAD_PER_CORE * cores };
+}
+
+export function describeLoad(name: string, load: SuiteLoad): string {
+  const text = `${name}: load average ${load.start.toFixed(2)} at start, ${load.end.toFixed(2)} at end, ${load.cores} cores`;
+  return load.busy ? `${text}: BUSY, its figures are loaded (compare ratios, not absolute numbers)` : text;
 }
 
 export interface BenchContext {

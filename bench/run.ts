@@ -1,10 +1,20 @@
 /**
  * `npm run bench [-- --quick] [-- --only NAME]`: runs every suite, prints one table, writes
- * bench/results.json (an array of { id, unit, value, baseline, baselineValue, ratio }).
+ * bench/results.json (an array of { id, unit, value, baseline, baselineValue, ratio, load }).
+ * Each suite's start and end load average is printed, with a warning when the machine was busy.
  */
 import { writeFileSync } from 'node:fs';
+import { availableParallelism, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { printTable, type BenchContext, type Row, type Suite } from './harness.js';
+import {
+  describeLoad,
+  printTable,
+  suiteLoad,
+  type BenchContext,
+  type Row,
+  type Suite,
+  type SuiteLoad,
+} from './harness.js';
 import { applianceSuite } from './appliance.bench.js';
 import { memorySuite } from './memory.bench.js';
 import { fabricSuite } from './fabric.bench.js';
@@ -74,21 +84,33 @@ const context: BenchContext = {
 };
 
 const started = performance.now();
+const cores = availableParallelism();
+const loads: Array<[string, SuiteLoad]> = [];
 for (const suite of suites) {
   if (values.only && !values.only.includes(suite.name)) continue;
-  console.error(`[bench] ${suite.name}${quick ? ' (quick)' : ''}, medians of ${repeats} runs`);
+  const loadAtStart = loadavg()[0]!;
+  console.error(
+    `[bench] ${suite.name}${quick ? ' (quick)' : ''}, medians of ${repeats} runs, load average ${loadAtStart.toFixed(2)} on ${cores} cores`,
+  );
+  const first = rows.length;
   await suite.run(context);
+  const load = suiteLoad(loadAtStart, loadavg()[0]!, cores);
+  for (let i = first; i < rows.length; i++) rows[i]!.load = load;
+  loads.push([suite.name, load]);
+  console.error(`[bench] ${describeLoad(suite.name, load)}`);
 }
 console.log(printTable(rows));
 console.log(
   `\n${rows.length} figures in ${((performance.now() - started) / 1000).toFixed(1)} s; ratio = ours / baseline`,
 );
-const results = rows.map(({ id, unit, value, baseline, baselineValue, ratio }) => ({
+for (const [name, load] of loads) console.log(describeLoad(name, load));
+const results = rows.map(({ id, unit, value, baseline, baselineValue, ratio, load }) => ({
   id,
   unit,
   value,
   baseline,
   baselineValue,
   ratio,
+  load,
 }));
 writeFileSync(new URL('./results.json', import.meta.url), `${JSON.stringify(results, null, 2)}\n`);
