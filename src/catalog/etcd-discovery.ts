@@ -103,12 +103,11 @@ export class ApplianceDiscovery {
     }
     for (const [key, record] of seen) this.apply(key, record);
     if (this.closed) return;
-    const watcher = await this.connection.run('watch the live appliances', () =>
-      this.connection.client
+    const watcher = await this.connection.watch('watch the live appliances', (client) =>
+      client
         .watch()
         .prefix(EtcdKeys.appliances)
-        .startRevision(String(BigInt(revision) + 1n))
-        .create(),
+        .startRevision(String(BigInt(revision) + 1n)),
     );
     if (this.closed) {
       await watcher.cancel().catch(() => undefined);

@@ -39,7 +39,14 @@
  * callers that retry a write check what is stored before they report a conflict (see
  * etcd-catalog.ts), and repeating the same write after MF_CATALOG_UNAVAILABLE is safe.
  */
-import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
+import {
+  Etcd3,
+  isRecoverableError,
+  type IKeyValue,
+  type IOptions,
+  type WatchBuilder,
+  type Watcher,
+} from 'etcd3';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 
 export const ETCD_PREFIX = '/memfabric/v1/';
@@ -269,6 +276,43 @@ export class EtcdConnection {
         ErrorCodes.INTERNAL,
         `more than ${RANGE_PAGES_MAX * RANGE_PAGE_KEYS} keys under ${prefix}; could not ${what}`,
       );
+    });
+  }
+
+  /**
+   * Starts the watch `build` describes and waits for etcd to confirm it, each attempt within one
+   * call's deadline, retried as `run` does. etcd3's own `create()` waits for ever while no member
+   * answers (its stream reconnects without end): whatever awaited it hung, and so did a close()
+   * waiting for that (Fabric.close() with every etcd member dead). An attempt not confirmed in
+   * time is cancelled, so nothing keeps reconnecting for it.
+   */
+  watch(what: string, build: (client: Etcd3) => WatchBuilder): Promise<Watcher> {
+    return this.run(what, () => {
+      const watcher = build(this.client).watcher();
+      return new Promise<Watcher>((resolve, reject) => {
+        const settle = (error: Error | undefined): void => {
+          clearTimeout(timer);
+          watcher.off('connected', onConnected);
+          watcher.off('error', onError);
+          if (error === undefined) {
+            resolve(watcher);
+            return;
+          }
+          void watcher.cancel().catch(() => undefined);
+          reject(error);
+        };
+        const onConnected = (): void => settle(undefined);
+        const onError = (error: Error): void => settle(error);
+        const timer = setTimeout(
+          () =>
+            settle(
+              new Error(`request timed out: no etcd member confirmed the watch in ${this.callTimeoutMs} ms`),
+            ),
+          this.callTimeoutMs,
+        );
+        watcher.once('connected', onConnected);
+        watcher.once('error', onError);
+      });
     });
   }
 

@@ -148,9 +148,7 @@ export class RebuildRequests {
   private watch(): void {
     if (this.watcher || this.starting || this.closed) return;
     this.starting = this.connection
-      .run('watch rebuild requests', () =>
-        this.connection.client.watch().prefix(REBUILD_REQUESTS_PREFIX).create(),
-      )
+      .watch('watch rebuild requests', (client) => client.watch().prefix(REBUILD_REQUESTS_PREFIX))
       .then(async (watcher) => {
         if (this.closed) {
           await watcher.cancel().catch(() => undefined);
