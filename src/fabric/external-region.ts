@@ -684,9 +684,11 @@ export class ExternalRegion {
         for (let c = d0; c <= d1; c++) copyOut(c, shard.index, runs[n]!, at(n, c));
       });
       if (lost === 0) return;
-      if ((lost & (lost - 1)) === 0 && present & (1 << k)) {
-        // One data shard lost, parity k read: each lost page is the XOR of the same page of the
-        // k sources (ronomon's first parity is the data's XOR; codec.test.ts checks it).
+      if (present === ((((1 << k) - 1) & ~lost) | (1 << k)) && (lost & (lost - 1)) === 0) {
+        // One data shard lost, and the sources are every other data shard and parity k: each
+        // lost page is the XOR of the same page of the sources (ronomon's first parity is the
+        // data's XOR; codec.test.ts checks it). Another data shard lost with no pages in the
+        // range would leave parity k+1 among the sources, which this must not XOR.
         const i = Math.log2(lost);
         const page = batch.scratchPage();
         const [l0, l1] = columnsOf(i);
