@@ -692,11 +692,11 @@ export class ExternalRegion {
         const i = Math.log2(lost);
         const page = batch.scratchPage();
         const [l0, l1] = columnsOf(i);
+        // The sources are exactly those shards (every live data shard is one, and parity is
+        // added only up to k): the first is copied, the others XORed in.
         for (let c = l0; c <= l1; c++) {
-          page.fill(0);
-          sources.forEach(([shard], n) => {
-            if (present & (1 << shard.index)) xorInto(page, runs[n]!, at(n, c));
-          });
+          runs[0]!.copy(page, 0, at(0, c), at(0, c) + pageSize);
+          for (let n = 1; n < sources.length; n++) xorInto(page, runs[n]!, at(n, c));
           copyOut(c, i, page, 0);
         }
         return;
