@@ -109,7 +109,7 @@ export const groups = {
     tests: ['test/fabric/codec.test.ts'],
   },
   fabric: {
-    mutate: [span('src/fabric/external-region.ts', 'writeBatch', 'loaded')],
+    mutate: [span('src/fabric/external-region.ts', 'writeBatch', 'loadStripes')],
     tests: ['test/fabric/fabric.test.ts', 'test/fabric/coded-write-io.test.ts'],
     // The tests that write coded regions: the mirrored, plain and placement tests never reach
     // writeBatch. coded-write-io counts what each write reads and writes on every shard: the

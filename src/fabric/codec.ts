@@ -31,6 +31,8 @@ const ReedSolomon = createRequire(import.meta.url)('@ronomon/reed-solomon') as t
 
 /** ronomon keeps (1 + k·w) packets within this many bytes of cache (see the overview). */
 export const CODER_CACHE_BYTES = 1024 * 1024;
+/** Stripes one StripeBatch may hold (bounds its buffers: (k + m) · this many pages). */
+export const STRIPES_PER_BATCH_MAX = 1024;
 
 export class ReedSolomonCodec {
   readonly k: number;
@@ -134,6 +136,14 @@ export function popcount(mask: number): number {
 /**
  * Up to `capacity` stripes of k data and m parity pages, laid out for one coding call.
  * Stripe numbers are 0..count-1 within the batch. Buffers are reused across batches.
+ *
+ * Groups. One call codes at most maxStripesPerCall (M) stripes interleaved as one group (see
+ * the overview). A larger batch is split into 2^h groups of G <= M stripes each, padded to
+ * G · 2^h stripes (a padding stripe's pages are never read back: stripes code independently).
+ * Group u of every shard is w rows of G packets, and ronomon, halving its packet from
+ * G · 2^h · packet while (1 + k·w) × packet > CODER_CACHE_BYTES, stops at exactly G packets —
+ * since G <= M and 2G > M — so it codes each group, and so each stripe, as if alone. That lets
+ * one call (and one NBD write per shard) cover a 1 MiB write of 4+2 (64 stripes) where M is 60.
  */
 export class StripeBatch {
   readonly codec: ReedSolomonCodec;
@@ -143,11 +153,19 @@ export class StripeBatch {
   count = 0;
   private readonly data: Buffer;
   private readonly parity: Buffer;
+  /** Parity runs (m · capacity pages) and two single pages, handed out by parityRun and pageCopy. */
+  private readonly runs: Buffer;
   /** Packets per page (ronomon's w). */
   private readonly rows: number;
   private readonly packet: number;
+  /** Stripes one group may hold (maxStripesPerCall). */
+  private readonly groupMax: number;
+  /** Current batch: stripes per group, and stripes coded (count rounded up to whole groups). */
+  private groupStripes = 0;
+  private coded = 0;
+  /** Current batch: bytes from one packet row of a group to the next (groupStripes packets). */
+  private rowBytes = 0;
 
-  /** `capacity` is lowered to what one coding call may hold (maxStripesPerCall). */
   constructor(codec: ReedSolomonCodec, pageSize: number, capacity: number) {
     if (pageSize % (codec.w * 8) !== 0) {
       throw invalidArgument(`page size ${pageSize} must be a multiple of 64`);
@@ -158,55 +176,126 @@ export class StripeBatch {
         `${pageSize}-byte pages are too large to code ${codec.k} data shards at a time; use smaller pages`,
       );
     }
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > STRIPES_PER_BATCH_MAX) {
+      throw invalidArgument(`a batch holds 1 to ${STRIPES_PER_BATCH_MAX} stripes (got ${capacity})`);
+    }
     this.codec = codec;
     this.pageSize = pageSize;
-    this.capacity = Math.min(capacity, most);
+    this.capacity = capacity;
+    this.groupMax = most;
     this.rows = codec.w;
     this.packet = pageSize / codec.w;
-    this.data = Buffer.alloc(codec.k * this.capacity * pageSize);
-    this.parity = Buffer.alloc(codec.m * this.capacity * pageSize);
+    let padded = 0;
+    for (let count = 1; count <= capacity; count++) padded = Math.max(padded, this.paddedCount(count));
+    this.data = Buffer.alloc(codec.k * padded * pageSize);
+    this.parity = Buffer.alloc(codec.m * padded * pageSize);
+    this.runs = Buffer.alloc((codec.m * capacity + 2) * pageSize);
   }
 
   /** Starts a batch of `count` stripes (contents are left as they were: overwrite every page). */
   reset(count: number): void {
-    if (count < 1 || count > this.capacity)
+    if (!Number.isInteger(count) || count < 1 || count > this.capacity)
       throw invalidArgument(`a batch holds 1 to ${this.capacity} stripes`);
     this.count = count;
+    this.coded = this.paddedCount(count);
+    this.groupStripes = this.coded / this.groupsOf(count);
+    this.rowBytes = this.groupStripes * this.packet;
   }
 
   /** Copies one page (shard 0..k+m-1 of stripe `stripe`) into the batch. */
   putPage(stripe: number, shard: number, src: Uint8Array, srcOffset = 0): void {
-    const [buffer, base] = this.locate(shard);
-    const rowBytes = this.count * this.packet;
+    const buffer = shard < this.codec.k ? this.data : this.parity;
+    const at = this.locate(stripe, shard);
+    const rowBytes = this.rowBytes;
+    const packet = this.packet;
     for (let b = 0; b < this.rows; b++) {
-      const from = srcOffset + b * this.packet;
-      buffer.set(src.subarray(from, from + this.packet), base + b * rowBytes + stripe * this.packet);
+      const from = srcOffset + b * packet;
+      buffer.set(src.subarray(from, from + packet), at + b * rowBytes);
+    }
+  }
+
+  /** Copies bytes [pageOffset, pageOffset + length) of one page of the batch from `src`. */
+  putRange(
+    stripe: number,
+    shard: number,
+    pageOffset: number,
+    src: Uint8Array,
+    srcOffset: number,
+    length: number,
+  ): void {
+    const buffer = shard < this.codec.k ? this.data : this.parity;
+    const at = this.locate(stripe, shard);
+    const rowBytes = this.rowBytes;
+    const packet = this.packet;
+    const end = pageOffset + length;
+    // Each packet the range touches takes one copy: the rows are bounded by the page.
+    for (let b = Math.floor(pageOffset / packet); b < this.rows && b * packet < end; b++) {
+      const lo = Math.max(pageOffset, b * packet);
+      const hi = Math.min(end, (b + 1) * packet);
+      buffer.set(
+        src.subarray(srcOffset + lo - pageOffset, srcOffset + hi - pageOffset),
+        at + b * rowBytes + lo - b * packet,
+      );
     }
   }
 
   /** Copies one page out of the batch. */
   getPage(stripe: number, shard: number, dst: Uint8Array, dstOffset = 0): void {
-    const [buffer, base] = this.locate(shard);
-    const rowBytes = this.count * this.packet;
-    for (let b = 0; b < this.rows; b++) {
-      const from = base + b * rowBytes + stripe * this.packet;
-      buffer.copy(dst, dstOffset + b * this.packet, from, from + this.packet);
+    this.getRange(stripe, shard, 0, dst, dstOffset, this.pageSize);
+  }
+
+  /** Copies bytes [pageOffset, pageOffset + length) of one page of the batch into `dst`. */
+  getRange(
+    stripe: number,
+    shard: number,
+    pageOffset: number,
+    dst: Uint8Array,
+    dstOffset: number,
+    length: number,
+  ): void {
+    const buffer = shard < this.codec.k ? this.data : this.parity;
+    const at = this.locate(stripe, shard);
+    const rowBytes = this.rowBytes;
+    const packet = this.packet;
+    const end = pageOffset + length;
+    for (let b = Math.floor(pageOffset / packet); b < this.rows && b * packet < end; b++) {
+      const lo = Math.max(pageOffset, b * packet);
+      const hi = Math.min(end, (b + 1) * packet);
+      const from = at + b * rowBytes + lo - b * packet;
+      buffer.copy(dst, dstOffset + lo - pageOffset, from, from + hi - lo);
     }
   }
 
-  /** Fills a page of the batch with zeros. */
-  zeroPage(stripe: number, shard: number): void {
-    const [buffer, base] = this.locate(shard);
-    const rowBytes = this.count * this.packet;
-    for (let b = 0; b < this.rows; b++) {
-      const from = base + b * rowBytes + stripe * this.packet;
-      buffer.fill(0, from, from + this.packet);
-    }
+  /**
+   * Parity shard `shard` (k..k+m-1) of stripes 0..count-1 as one run of pages, copied into a
+   * buffer the batch reuses: valid until the next reset (the caller holds the batch while the
+   * run is being written).
+   */
+  parityRun(shard: number): Buffer {
+    const run = this.runs.subarray((shard - this.codec.k) * this.capacity * this.pageSize);
+    for (let s = 0; s < this.count; s++) this.getPage(s, shard, run, s * this.pageSize);
+    return run.subarray(0, this.count * this.pageSize);
+  }
+
+  /**
+   * One page copied out to a contiguous buffer the batch reuses (`slot` 0 or 1: a write's first
+   * and last page): valid until the next reset.
+   */
+  pageCopy(slot: 0 | 1, stripe: number, shard: number): Buffer {
+    const page = this.scratchPage(slot);
+    this.getPage(stripe, shard, page);
+    return page;
+  }
+
+  /** A page-sized buffer the batch reuses (pageCopy's `slot`), contents undefined. */
+  scratchPage(slot: 0 | 1 = 0): Buffer {
+    const runBytes = this.codec.m * this.capacity * this.pageSize;
+    return this.runs.subarray(runBytes + slot * this.pageSize, runBytes + (slot + 1) * this.pageSize);
   }
 
   /** Computes the parity pages of every stripe in the batch. */
   encode(): Promise<void> {
-    return this.codec.encode(this.data, this.parity, this.count * this.pageSize);
+    return this.codec.encode(this.data, this.parity, this.coded * this.pageSize);
   }
 
   /**
@@ -220,7 +309,7 @@ export class StripeBatch {
     const k = this.codec.k;
     if (missing >= 1 << k || (missing & (missing - 1)) !== 0) return false;
     if (present !== ((((1 << k) - 1) & ~missing) | (1 << k))) return false;
-    const shardBytes = this.count * this.pageSize;
+    const shardBytes = this.coded * this.pageSize;
     const words = shardBytes / 4;
     const data = new Int32Array(this.data.buffer, this.data.byteOffset, (k * shardBytes) / 4);
     const parity = new Int32Array(this.parity.buffer, this.parity.byteOffset, words);
@@ -237,13 +326,34 @@ export class StripeBatch {
 
   /** Recomputes the shards in `missing` of every stripe from those in `present`. */
   reconstruct(present: number, missing: number): Promise<void> {
-    return this.codec.reconstruct(this.data, this.parity, this.count * this.pageSize, present, missing);
+    return this.codec.reconstruct(this.data, this.parity, this.coded * this.pageSize, present, missing);
   }
 
-  private locate(shard: number): [Buffer, number] {
-    const shardBytes = this.count * this.pageSize;
-    return shard < this.codec.k
-      ? [this.data, shard * shardBytes]
-      : [this.parity, (shard - this.codec.k) * shardBytes];
+  /** Groups a batch of `count` stripes is coded in: the fewest (a power of two) of at most groupMax. */
+  private groupsOf(count: number): number {
+    let groups = 1;
+    while (Math.ceil(count / groups) > this.groupMax) groups *= 2;
+    return groups;
+  }
+
+  private paddedCount(count: number): number {
+    const groups = this.groupsOf(count);
+    return Math.ceil(count / groups) * groups;
+  }
+
+  /**
+   * Where packet 0 of (stripe, shard) is in its buffer (data below k, parity from k); packet b
+   * is b · rowBytes further. A page outside the batch is refused rather than written over a
+   * neighbour: a wrong stripe or shard number must fail loudly, not corrupt another page.
+   */
+  private locate(stripe: number, shard: number): number {
+    const k = this.codec.k;
+    if (!(stripe >= 0 && stripe < this.count && shard >= 0 && shard < k + this.codec.m)) {
+      throw invalidArgument(`page (stripe ${stripe}, shard ${shard}) is outside the batch of ${this.count}`);
+    }
+    const group = Math.floor(stripe / this.groupStripes);
+    const column =
+      group * this.groupStripes * this.pageSize + (stripe - group * this.groupStripes) * this.packet;
+    return (shard < k ? shard : shard - k) * this.coded * this.pageSize + column;
   }
 }

@@ -6,6 +6,7 @@
  * answered an error). A lost shard's connection is destroyed, so an appliance that comes back
  * after a hang cannot receive anything more from this region, and nothing it holds is read.
  */
+import { ErrorCodes, MemfabricError } from '../errors.js';
 import { NbdClient, type NbdClientTls } from '../nbd/index.js';
 import type { Endpoint } from '../appliance/appliance.js';
 
@@ -112,7 +113,9 @@ export class Shard {
 
   /** The connection, for a shard that is not lost. */
   get nbd(): NbdClient {
-    if (this.state === 'lost' || !this.client) throw new Error(`shard ${this.index} is lost`);
+    // A shard failure like any other (the caller's settle counts it), not a fault of the caller.
+    if (this.state === 'lost' || !this.client)
+      throw new MemfabricError(ErrorCodes.CONNECTION_CLOSED, `shard ${this.index} is lost`);
     return this.client;
   }
 

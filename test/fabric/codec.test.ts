@@ -45,48 +45,49 @@ for (const [k, m] of [
   [8, 2],
   [12, 6],
 ] as const) {
-  test(`a stripe coded inside a full batch gets the parity it gets coded alone (${k}+${m})`, async () => {
+  test(`a stripe coded inside a batch of any size gets the parity it gets coded alone (${k}+${m})`, async () => {
     const codec = new ReedSolomonCodec(k, m);
     const page = 4096;
-    const batch = new StripeBatch(codec, page, 1000);
-    assert.equal(
-      batch.capacity,
-      codec.maxStripesPerCall(page),
-      'capacity is capped where ronomon would split packets',
-    );
-    assert.ok(batch.capacity >= 8);
-    const stripes = Array.from({ length: batch.capacity }, () => randomBytes(k * page));
-    batch.reset(stripes.length);
-    stripes.forEach((stripe, s) => {
-      for (let i = 0; i < k; i++) batch.putPage(s, i, stripe, i * page);
-    });
-    await batch.encode();
-    const fromBatch = Buffer.alloc(page);
-    for (const [s, stripe] of stripes.entries()) {
-      const alone = Buffer.alloc(m * page);
-      await codec.encode(stripe, alone, page);
-      for (let j = 0; j < m; j++) {
-        batch.getPage(s, k + j, fromBatch);
-        assert.ok(fromBatch.equals(alone.subarray(j * page, (j + 1) * page)), `stripe ${s} parity ${j}`);
+    const most = codec.maxStripesPerCall(page);
+    assert.ok(most >= 8);
+    // One group (most), two groups (most + 1, padded to even), four groups with padding.
+    for (const count of [most, most + 1, 3 * most + 1]) {
+      const batch = new StripeBatch(codec, page, count);
+      assert.equal(batch.capacity, count);
+      const stripes = Array.from({ length: count }, () => randomBytes(k * page));
+      batch.reset(stripes.length);
+      stripes.forEach((stripe, s) => {
+        for (let i = 0; i < k; i++) batch.putPage(s, i, stripe, i * page);
+      });
+      await batch.encode();
+      const fromBatch = Buffer.alloc(page);
+      for (const [s, stripe] of stripes.entries()) {
+        const alone = Buffer.alloc(m * page);
+        await codec.encode(stripe, alone, page);
+        for (let j = 0; j < m; j++) {
+          batch.getPage(s, k + j, fromBatch);
+          assert.ok(fromBatch.equals(alone.subarray(j * page, (j + 1) * page)), `stripe ${s} parity ${j}`);
+        }
+        batch.getPage(s, k - 1, fromBatch);
+        assert.ok(
+          fromBatch.equals(stripe.subarray((k - 1) * page, k * page)),
+          'pages come back out as they went in',
+        );
       }
-      batch.getPage(s, k - 1, fromBatch);
-      assert.ok(
-        fromBatch.equals(stripe.subarray((k - 1) * page, k * page)),
-        'pages come back out as they went in',
-      );
-    }
-    // A batch rebuilds the same lost pages of every stripe at once: lose data shard 0 and, when
-    // there is parity to spare, parity shard k too.
-    const missing = m >= 2 ? 1 | (1 << k) : 1;
-    for (let s = 0; s < stripes.length; s++) {
-      batch.zeroPage(s, 0);
-      if (m >= 2) batch.zeroPage(s, k);
-    }
-    const all = (1 << (k + m)) - 1;
-    await batch.reconstruct(all & ~missing, missing);
-    for (const [s, stripe] of stripes.entries()) {
-      batch.getPage(s, 0, fromBatch);
-      assert.ok(fromBatch.equals(stripe.subarray(0, page)), `stripe ${s} data shard 0 rebuilt`);
+      // A batch rebuilds the same lost pages of every stripe at once: lose data shard 0 and, when
+      // there is parity to spare, parity shard k too.
+      const missing = m >= 2 ? 1 | (1 << k) : 1;
+      const zeros = Buffer.alloc(page);
+      for (let s = 0; s < stripes.length; s++) {
+        batch.putPage(s, 0, zeros);
+        if (m >= 2) batch.putPage(s, k, zeros);
+      }
+      const all = (1 << (k + m)) - 1;
+      await batch.reconstruct(all & ~missing, missing);
+      for (const [s, stripe] of stripes.entries()) {
+        batch.getPage(s, 0, fromBatch);
+        assert.ok(fromBatch.equals(stripe.subarray(0, page)), `stripe ${s} data shard 0 rebuilt`);
+      }
     }
   });
 }
@@ -125,7 +126,7 @@ test("ronomon's first parity shard is the XOR of the data shards, so one lost da
     });
     await batch.encode();
     const lost = k - 1;
-    for (let s = 0; s < 5; s++) batch.zeroPage(s, lost);
+    for (let s = 0; s < 5; s++) batch.putPage(s, lost, Buffer.alloc(page));
     const present = (((1 << k) - 1) & ~(1 << lost)) | (1 << k);
     assert.equal(batch.rebuildByXor(present, 1 << lost), true);
     const back = Buffer.alloc(page);
@@ -172,7 +173,7 @@ test('a batch takes 1 to capacity stripes, and rebuildByXor refuses anything but
   });
   await batch.encode();
   for (let lost = 0; lost < k; lost++) {
-    for (let s = 0; s < 3; s++) batch.zeroPage(s, lost);
+    for (let s = 0; s < 3; s++) batch.putPage(s, lost, Buffer.alloc(page));
     assert.equal(batch.rebuildByXor((dataAll & ~(1 << lost)) | parityK, 1 << lost), true);
     const back = Buffer.alloc(page + 3, 0xee);
     for (const [s, stripe] of stripes.entries()) {
@@ -189,30 +190,55 @@ test('a batch takes 1 to capacity stripes, and rebuildByXor refuses anything but
   }
 });
 
-test('zeroPage clears exactly one page of the batch', () => {
-  const k = 2;
-  const page = 512;
-  const batch = new StripeBatch(new ReedSolomonCodec(k, 1), page, 4);
-  batch.reset(3);
-  const pages = new Map<string, Buffer>();
-  for (let s = 0; s < 3; s++) {
-    for (let shard = 0; shard <= k; shard++) {
-      const bytes = seededBytes(s * 10 + shard + 1, page);
-      batch.putPage(s, shard, bytes);
-      pages.set(`${s}/${shard}`, bytes);
-    }
-  }
-  batch.zeroPage(1, 0);
-  batch.zeroPage(2, k); // a parity page
-  const back = Buffer.alloc(page);
-  for (let s = 0; s < 3; s++) {
-    for (let shard = 0; shard <= k; shard++) {
-      batch.getPage(s, shard, back);
-      const zeroed = (s === 1 && shard === 0) || (s === 2 && shard === k);
-      assert.ok(
-        back.equals(zeroed ? Buffer.alloc(page) : pages.get(`${s}/${shard}`)!),
-        `stripe ${s} shard ${shard}`,
-      );
-    }
-  }
+test('putRange and getRange move exactly the bytes asked for, across packet rows and groups', () => {
+  const k = 4;
+  const m = 2;
+  const page = 4096;
+  const codec = new ReedSolomonCodec(k, m);
+  const most = codec.maxStripesPerCall(page);
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 2 * most + 3 }),
+      fc.nat(),
+      fc.nat(),
+      fc.nat({ max: page - 1 }),
+      fc.nat({ max: page }),
+      fc.integer(),
+      (count, stripeDraw, shardDraw, pageOffset, lengthDraw, seed) => {
+        const batch = new StripeBatch(codec, page, count);
+        batch.reset(count);
+        const stripe = stripeDraw % count;
+        const shard = shardDraw % (k + m);
+        const length = Math.min(lengthDraw, page - pageOffset);
+        // Every page of the batch distinct; then one range of one page overwritten.
+        const pages = new Map<string, Buffer>();
+        for (let s = 0; s < count; s++) {
+          for (let i = 0; i < k + m; i++) {
+            const bytes = seededBytes(seed ^ (s * 8 + i + 1), page);
+            batch.putPage(s, i, bytes);
+            pages.set(`${s}/${i}`, bytes);
+          }
+        }
+        const src = seededBytes(seed + 1, length + 5);
+        batch.putRange(stripe, shard, pageOffset, src, 5, length);
+        src.copy(pages.get(`${stripe}/${shard}`)!, pageOffset, 5, 5 + length);
+        const back = Buffer.alloc(page);
+        for (let s = 0; s < count; s++) {
+          for (let i = 0; i < k + m; i++) {
+            batch.getPage(s, i, back);
+            assert.ok(back.equals(pages.get(`${s}/${i}`)!), `stripe ${s} shard ${i}`);
+          }
+        }
+        const out = Buffer.alloc(length + 6, 0xee);
+        batch.getRange(stripe, shard, pageOffset, out, 3, length);
+        assert.ok(out.subarray(3, 3 + length).equals(src.subarray(5, 5 + length)));
+        assert.ok(
+          out.subarray(0, 3).every((b) => b === 0xee) && out.subarray(3 + length).every((b) => b === 0xee),
+        );
+        assert.throws(() => batch.putPage(count, 0, back), { code: ErrorCodes.INVALID_ARGUMENT });
+        assert.throws(() => batch.getPage(0, k + m, back), { code: ErrorCodes.INVALID_ARGUMENT });
+      },
+    ),
+    { numRuns: 60 },
+  );
 });

@@ -213,6 +213,33 @@ const RETURN_EXTENTS = 2;
 /** An Op plus what its promise resolves with. */
 class ClientOp extends Op {
   returns = RETURN_NOTHING;
+  /** writeGather: the payload as consecutive chunks (never copied), instead of `buffer`. */
+  chunks: readonly Uint8Array[] | null = null;
+  /** writeGather: the chunk, and the byte in it, where the next piece's payload starts. */
+  chunkIndex = 0;
+  chunkAt = 0;
+}
+
+/**
+ * Sends the next `length` payload bytes of a writeGather op from its chunks, advancing its
+ * cursor. Pieces are issued in order, so the cursor only moves forward; each step consumes at
+ * least one byte or skips an empty chunk, so the loop ends within length + chunks.length steps.
+ */
+function writeChunks(socket: Socket, op: ClientOp, length: number): void {
+  const chunks = op.chunks as readonly Uint8Array[];
+  let left = length;
+  while (left > 0) {
+    const chunk = chunks[op.chunkIndex]!;
+    const take = Math.min(left, chunk.length - op.chunkAt);
+    if (take === chunk.length) socket.write(chunk);
+    else if (take > 0) socket.write(chunk.subarray(op.chunkAt, op.chunkAt + take));
+    left -= take;
+    op.chunkAt += take;
+    if (op.chunkAt === chunk.length) {
+      op.chunkIndex++;
+      op.chunkAt = 0;
+    }
+  }
 }
 
 // ---- argument checks ------------------------------------------------------------------------
@@ -589,6 +616,27 @@ export class NbdClient extends EventEmitter {
     return this.submit(new ClientOp(CMD_WRITE, options?.fua ? CMD_FLAG_FUA : 0, offset, data.length, data));
   }
 
+  /**
+   * Writes the concatenation of `chunks` at `offset`, one request (split into pieces like any
+   * write) whose payload goes to the socket chunk by chunk: a caller whose bytes for one range
+   * lie in several places (a coded region's data pages) need not gather them into one buffer.
+   * Nothing is copied: do not modify the chunks until the promise settles.
+   */
+  writeGather(offset: number, chunks: readonly Uint8Array[]): Promise<void> {
+    let length = 0;
+    for (const chunk of chunks) {
+      if (!(chunk instanceof Uint8Array))
+        return Promise.reject(invalidArgument('writeGather: every chunk must be a Uint8Array'));
+      length += chunk.length;
+    }
+    const bad = this.checkRange('writeGather', offset, length);
+    if (bad !== null) return Promise.reject(bad);
+    if (length === 0) return this.noop(undefined);
+    const op = new ClientOp(CMD_WRITE, 0, offset, length, null);
+    op.chunks = chunks;
+    return this.submit(op);
+  }
+
   /** Makes every write, trim and writeZeroes issued before this call durable (needs canFlush). */
   flush(): Promise<void> {
     if (this.state === STATE_OPEN && !this.flagsDecoded.canFlush) {
@@ -937,8 +985,11 @@ export class NbdClient extends EventEmitter {
     writeRequestHeader(header, 0, op.flags, command, s, table.seq[s], offset, length);
     socket.write(header);
     if (command === CMD_WRITE) {
-      const data = op.buffer as Uint8Array;
-      socket.write(length === data.length ? data : data.subarray(at, at + length));
+      if (op.chunks !== null) writeChunks(socket, op, length);
+      else {
+        const data = op.buffer as Uint8Array;
+        socket.write(length === data.length ? data : data.subarray(at, at + length));
+      }
     }
     if (socket.writableLength >= WRITE_QUEUED_BYTES_MAX) this.writeBlocked = true;
   }
