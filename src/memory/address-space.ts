@@ -15,12 +15,22 @@
  * leaf retains every frame in it), then makes the frame its own (copying a frame whose
  * refcount is above one). Frames the merger indexed are never written in place either.
  *
- * Translation cache (TLB). A direct-mapped cache from page to (segment, byte offset) sits in
- * front of the walk; an entry is "writable" only once the page holds a private frame whose
- * epoch is the current one, so the resident fast path is a compare and a DataView access and
- * never allocates or awaits. Anything that makes a cached translation stale flushes it: fork
- * (frames become shared), epoch advance (the next write must record its epoch), trim, and
- * the merger (through FramePool.flushAllTranslations).
+ * Translation caches. Two direct-mapped caches sit in front of the walk, so the resident fast
+ * path is a compare and a DataView access and never allocates or awaits:
+ *   - the page TLB, page -> (segment, byte offset). An entry is "writable" only once the page
+ *     holds a private frame whose epoch is the current one. It starts at 256 slots and grows
+ *     while scalar accesses keep displacing each other (a working set larger than it), up to
+ *     one slot per page or 2^18 slots;
+ *   - the span TLB (scalar reads only): one entry per leaf whose LEAF_ENTRIES pages map
+ *     consecutive frames of one segment, as pages written in order do. On a large space read
+ *     at random it replaces hundreds of page translations (each a cache miss) with one, the
+ *     way huge pages relieve a hardware TLB, without changing how frames are allocated.
+ *     Not used with a pager, which needs each page's translation to see its accessed bit.
+ * Anything that makes a cached translation stale drops it: fork (frames become shared), epoch
+ * advance (the next write must record its epoch; writable entries only), trim and zeroing,
+ * sharePage, a page made writable (it may get a new frame), and the merger and the pager
+ * (through FramePool.flushAllTranslations). Flushing a large TLB costs only the slots filled
+ * since the last flush, up to TLB_LOG_ENTRIES of them.
  *
  * Failure atomicity. A call that needs frames reserves all of them before it changes
  * anything, so POOL_EXHAUSTED leaves every space exactly as it was.
@@ -42,9 +52,29 @@ export const DIR_BITS = 10;
 export const DIR_ENTRIES = 1 << DIR_BITS;
 const DIR_MASK = DIR_ENTRIES - 1;
 
-const TLB_BITS = 8;
-const TLB_ENTRIES = 1 << TLB_BITS;
-const TLB_MASK = TLB_ENTRIES - 1;
+/**
+ * The TLB starts with 2^TLB_BITS_MIN slots and grows (see growTlb) while scalar accesses keep
+ * displacing each other's translations, up to one slot per page of the space and at most
+ * 2^TLB_BITS_MAX slots: 1 GiB of 4 KiB pages, at about 45 bytes a slot (12 MiB at most).
+ */
+const TLB_BITS_MIN = 8;
+const TLB_BITS_MAX = 18;
+/** Each growth multiplies the slots by 2^TLB_GROWTH_BITS, so a large working set is met in few steps. */
+const TLB_GROWTH_BITS = 2;
+/**
+ * Slots filled since the last flush are logged (up to this many), so flushing a large TLB
+ * after a few fills touches those slots only; past this many, a flush clears every slot.
+ */
+const TLB_LOG_ENTRIES = 256;
+/**
+ * Span translations: one entry maps a whole leaf (LEAF_ENTRIES pages, 2 MiB of 4 KiB pages)
+ * whose frames are consecutive in one segment, as a space filled in order gets them. The span
+ * TLB has one slot per leaf of the space, at most 2^SPAN_TLB_BITS_MAX (8 GiB of 4 KiB pages).
+ */
+const SPAN_TLB_BITS_MAX = 12;
+/** Whole-page views kept for bulk reads, keyed by frame number (direct-mapped). */
+const VIEW_CACHE_ENTRIES = 256;
+const VIEW_CACHE_MASK = VIEW_CACHE_ENTRIES - 1;
 
 /** Largest virtual size a space may have: 4 PiB (2^52 bytes). */
 export const SPACE_BYTES_MAX = 2 ** 52;
@@ -139,25 +169,65 @@ export class AddressSpace implements TranslationCache {
   private nodeCount = 1;
 
   private readonly invPageSize: number;
-  private readonly tlbPage = new Float64Array(TLB_ENTRIES).fill(-1);
-  private readonly tlbFrame = new Int32Array(TLB_ENTRIES);
-  private readonly tlbSegment = new Int32Array(TLB_ENTRIES);
-  private readonly tlbOffset = new Int32Array(TLB_ENTRIES);
-  private readonly tlbWritable = new Uint8Array(TLB_ENTRIES);
+  /**
+   * The TLB: direct-mapped, slot `page & tlbMask`, in parallel typed arrays. Invariants:
+   *   tlbPage[s] == -1, or slot s translates page tlbPage[s] to frame tlbFrame[s] (ZERO_FRAME
+   *     for a hole), which is what the page table says now;
+   *   tlbWritable[s] == 1 only while that frame is private to this space, not merged, and
+   *     the page's epoch is the current one (a write may go straight to the frame);
+   *   every slot that holds a translation was logged in fillLog since the last flush (or
+   *     fillCount > TLB_LOG_ENTRIES), and every writable one in writeLog since the last
+   *     flush or dropWritable (or writeCount > TLB_LOG_ENTRIES).
+   */
+  private tlbBits = TLB_BITS_MIN;
+  private tlbMask = (1 << TLB_BITS_MIN) - 1;
+  /** The most the TLB may grow to: enough slots for every page, capped at TLB_BITS_MAX. */
+  private readonly tlbBitsMax: number;
+  /** Scalar misses that displaced another page's translation since the TLB last grew. */
+  private tlbConflicts = 0;
+  private tlbPage = new Float64Array(0);
+  private tlbFrame = new Int32Array(0);
+  private tlbWritable = new Uint8Array(0);
   /**
    * Scalar fast path: the byte address where each slot's page starts (NaN when the slot is
    * empty or its page is the partial last one), and the same for writable slots only. One
    * subtraction then checks tag and bounds together: `addr - base` must be a whole number
    * from 0 to pageSize - width (`x >>> 0 === x` rejects negative, fractional and NaN at once).
    */
-  private readonly tlbBase = new Float64Array(TLB_ENTRIES).fill(Number.NaN);
-  private readonly tlbWriteBase = new Float64Array(TLB_ENTRIES).fill(Number.NaN);
-  private readonly tlbDataView: DataView[] = [];
+  private tlbBase = new Float64Array(0);
+  private tlbWriteBase = new Float64Array(0);
+  /** The DataView of each slot's segment, so the fast path needs no segment lookup. */
+  private tlbDataView: DataView[] = [];
   /** Segment byte offset minus page base address: `addr + delta` is the byte in the segment. */
-  private readonly tlbDelta = new Float64Array(TLB_ENTRIES);
-  /** One reusable whole-page view per TLB slot (so full-page reads allocate nothing). */
-  private readonly tlbView: Uint8Array[] = [];
-  private readonly tlbViewFrame = new Int32Array(TLB_ENTRIES).fill(-1);
+  private tlbDelta = new Float64Array(0);
+  /**
+   * The span TLB (scalar reads only), direct-mapped by leaf: spanBase is the byte address where
+   * the span starts (NaN when empty), spanDelta the segment byte offset minus that address,
+   * spanView the segment's DataView. Invariant: a filled slot's LEAF_ENTRIES pages map, right
+   * now, to the consecutive frames it names; anything that changes one of them drops it
+   * (flushTranslations, invalidatePage, translateForWrite). spanChecked remembers a leaf found
+   * not to be one run, so its misses do not rescan it until the next flush.
+   */
+  private readonly spanMask: number;
+  private readonly spanBytes: number;
+  private readonly invSpanBytes: number;
+  private readonly spanBase: Float64Array;
+  private readonly spanDelta: Float64Array;
+  private readonly spanSegment: Int32Array;
+  private readonly spanView: DataView[] = [];
+  private readonly spanChecked: Float64Array;
+  /** Span slots filled or checked since the last flush (a flush with none costs nothing). */
+  private spanFills = 0;
+  private readonly fillLog = new Int32Array(TLB_LOG_ENTRIES);
+  private fillCount = 0;
+  private readonly writeLog = new Int32Array(TLB_LOG_ENTRIES);
+  private writeCount = 0;
+  /**
+   * Whole-page views by frame (so full-page reads allocate nothing). A view of a frame never
+   * goes stale (segments never move), so this cache needs no invalidation.
+   */
+  private readonly viewCache: Uint8Array[] = [];
+  private readonly viewFrame = new Int32Array(VIEW_CACHE_ENTRIES).fill(-1);
   /** Segment of the last `locate` hit (a second return value without allocating). */
   private hitSegment = 0;
   private readonly scratch = new Uint8Array(8);
@@ -184,10 +254,20 @@ export class AddressSpace implements TranslationCache {
     }
     this.nodes = new Int32Array(DIR_ENTRIES);
     this.epochTimes[this.epoch % EPOCH_TIMES] = performance.now();
-    for (let i = 0; i < TLB_ENTRIES; i++) {
-      this.tlbView.push(pool.segments[0]!.subarray(0, 0));
-      this.tlbDataView.push(pool.views[0]!);
-    }
+    this.tlbBitsMax = Math.min(TLB_BITS_MAX, Math.max(TLB_BITS_MIN, Math.ceil(Math.log2(this.pageCount))));
+    this.resizeTlb(TLB_BITS_MIN);
+    const spanSlots =
+      2 ** Math.min(SPAN_TLB_BITS_MAX, Math.max(0, Math.ceil(Math.log2(this.pageCount / LEAF_ENTRIES))));
+    this.spanMask = spanSlots - 1;
+    this.spanBytes = LEAF_ENTRIES * this.pageSize;
+    this.invSpanBytes = 1 / this.spanBytes;
+    this.spanBase = new Float64Array(spanSlots).fill(Number.NaN);
+    this.spanDelta = new Float64Array(spanSlots);
+    this.spanSegment = new Int32Array(spanSlots);
+    this.spanChecked = new Float64Array(spanSlots).fill(-1);
+    for (let i = 0; i < spanSlots; i++) this.spanView.push(pool.views[0]!);
+    const emptyView = pool.segments[0]!.subarray(0, 0);
+    for (let i = 0; i < VIEW_CACHE_ENTRIES; i++) this.viewCache.push(emptyView);
     pool.addTranslationCache(this);
   }
 
@@ -215,13 +295,14 @@ export class AddressSpace implements TranslationCache {
       const page = Math.floor(addr * this.invPageSize);
       const inPage = addr - page * pageSize;
       const n = Math.min(pageSize - inPage, length - done);
-      const slot = page & TLB_MASK;
+      const slot = page & this.tlbMask;
       if (this.tlbPage[slot] !== page) this.translateForRead(page);
       if (n === pageSize) {
-        dst.set(this.pageView(slot), done);
+        dst.set(this.pageView(this.tlbFrame[slot]!), done);
       } else {
-        const start = this.tlbOffset[slot]! + inPage;
-        this.pool.segments[this.tlbSegment[slot]!]!.copy(dst, done, start, start + n);
+        const frame = this.tlbFrame[slot]!;
+        const start = this.pool.frameOffset(frame) + inPage;
+        this.pool.frameSegment(frame).copy(dst, done, start, start + n);
       }
       done += n;
     }
@@ -243,11 +324,12 @@ export class AddressSpace implements TranslationCache {
       const page = Math.floor(addr * this.invPageSize);
       const inPage = addr - page * pageSize;
       const n = Math.min(pageSize - inPage, length - done);
-      const slot = page & TLB_MASK;
+      const slot = page & this.tlbMask;
       if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0)
         this.translateForWrite(page, n === pageSize);
-      const segment = this.pool.segments[this.tlbSegment[slot]!]!;
-      const at = this.tlbOffset[slot]! + inPage;
+      const frame = this.tlbFrame[slot]!;
+      const segment = this.pool.frameSegment(frame);
+      const at = this.pool.frameOffset(frame) + inPage;
       if (n === length) segment.set(src, at);
       else segment.set(src.subarray(done, done + n), at);
       done += n;
@@ -342,7 +424,12 @@ export class AddressSpace implements TranslationCache {
   // accessor taking the DataView method as a parameter would make that call megamorphic.
 
   readU8(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 1) {
+      return this.spanView[span]!.getUint8(addr + this.spanDelta[span]!);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
       return this.tlbDataView[slot]!.getUint8(addr + this.tlbDelta[slot]!);
@@ -352,7 +439,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI8(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 1) {
+      return this.spanView[span]!.getInt8(addr + this.spanDelta[span]!);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
       return this.tlbDataView[slot]!.getInt8(addr + this.tlbDelta[slot]!);
@@ -362,7 +454,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readU16(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 2) {
+      return this.spanView[span]!.getUint16(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
       return this.tlbDataView[slot]!.getUint16(addr + this.tlbDelta[slot]!, true);
@@ -374,7 +471,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI16(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 2) {
+      return this.spanView[span]!.getInt16(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
       return this.tlbDataView[slot]!.getInt16(addr + this.tlbDelta[slot]!, true);
@@ -386,7 +488,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readU32(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
+      return this.spanView[span]!.getUint32(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       return this.tlbDataView[slot]!.getUint32(addr + this.tlbDelta[slot]!, true);
@@ -398,7 +505,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI32(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
+      return this.spanView[span]!.getInt32(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       return this.tlbDataView[slot]!.getInt32(addr + this.tlbDelta[slot]!, true);
@@ -410,7 +522,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readF32(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
+      return this.spanView[span]!.getFloat32(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       return this.tlbDataView[slot]!.getFloat32(addr + this.tlbDelta[slot]!, true);
@@ -422,7 +539,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readF64(addr: number): number {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
+      return this.spanView[span]!.getFloat64(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       return this.tlbDataView[slot]!.getFloat64(addr + this.tlbDelta[slot]!, true);
@@ -434,7 +556,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readU64(addr: number): bigint {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
+      return this.spanView[span]!.getBigUint64(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       return this.tlbDataView[slot]!.getBigUint64(addr + this.tlbDelta[slot]!, true);
@@ -446,7 +573,12 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI64(addr: number): bigint {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const span = (addr * this.invSpanBytes) & this.spanMask;
+    const inSpan = addr - this.spanBase[span]!;
+    if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
+      return this.spanView[span]!.getBigInt64(addr + this.spanDelta[span]!, true);
+    }
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       return this.tlbDataView[slot]!.getBigInt64(addr + this.tlbDelta[slot]!, true);
@@ -458,7 +590,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU8(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
       this.tlbDataView[slot]!.setUint8(addr + this.tlbDelta[slot]!, value);
@@ -470,7 +602,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI8(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
       this.tlbDataView[slot]!.setInt8(addr + this.tlbDelta[slot]!, value);
@@ -482,7 +614,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU16(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
       this.tlbDataView[slot]!.setUint16(addr + this.tlbDelta[slot]!, value, true);
@@ -494,7 +626,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI16(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
       this.tlbDataView[slot]!.setInt16(addr + this.tlbDelta[slot]!, value, true);
@@ -506,7 +638,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       this.tlbDataView[slot]!.setUint32(addr + this.tlbDelta[slot]!, value, true);
@@ -518,7 +650,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       this.tlbDataView[slot]!.setInt32(addr + this.tlbDelta[slot]!, value, true);
@@ -530,7 +662,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeF32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
       this.tlbDataView[slot]!.setFloat32(addr + this.tlbDelta[slot]!, value, true);
@@ -542,7 +674,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeF64(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       this.tlbDataView[slot]!.setFloat64(addr + this.tlbDelta[slot]!, value, true);
@@ -554,7 +686,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU64(addr: number, value: bigint): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       this.tlbDataView[slot]!.setBigUint64(addr + this.tlbDelta[slot]!, value, true);
@@ -566,7 +698,7 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI64(addr: number, value: bigint): void {
-    const slot = (addr * this.invPageSize) & TLB_MASK;
+    const slot = (addr * this.invPageSize) & this.tlbMask;
     const inPage = addr - this.tlbWriteBase[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
       this.tlbDataView[slot]!.setBigInt64(addr + this.tlbDelta[slot]!, value, true);
@@ -587,9 +719,9 @@ export class AddressSpace implements TranslationCache {
    */
   borrowPageForRead(page: number): Uint8Array {
     this.checkPage(page);
-    const slot = page & TLB_MASK;
+    const slot = page & this.tlbMask;
     if (this.tlbPage[slot] !== page) this.translateForRead(page);
-    return this.pageView(slot);
+    return this.pageView(this.tlbFrame[slot]!);
   }
 
   /**
@@ -600,9 +732,9 @@ export class AddressSpace implements TranslationCache {
   borrowPageForWrite(page: number): Uint8Array {
     this.checkPage(page);
     this.reserveForWrite(page, page);
-    const slot = page & TLB_MASK;
+    const slot = page & this.tlbMask;
     if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0) this.translateForWrite(page, false);
-    return this.pageView(slot);
+    return this.pageView(this.tlbFrame[slot]!);
   }
 
   /**
@@ -875,9 +1007,22 @@ export class AddressSpace implements TranslationCache {
 
   /** Drops every cached translation (TranslationCache). */
   flushTranslations(): void {
-    this.tlbPage.fill(-1);
-    this.tlbBase.fill(Number.NaN);
-    this.dropWritable();
+    if (this.spanFills > 0) {
+      this.spanBase.fill(Number.NaN);
+      this.spanChecked.fill(-1);
+      this.spanFills = 0;
+    }
+    if (this.fillCount > TLB_LOG_ENTRIES) {
+      this.tlbPage.fill(-1);
+      this.tlbBase.fill(Number.NaN);
+      this.tlbWritable.fill(0);
+      this.tlbWriteBase.fill(Number.NaN);
+    } else {
+      // Every writable slot was filled since the last flush, so it is in this log too.
+      for (let i = 0; i < this.fillCount; i++) this.clearSlot(this.fillLog[i]!);
+    }
+    this.fillCount = 0;
+    this.writeCount = 0;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -999,36 +1144,115 @@ export class AddressSpace implements TranslationCache {
     return node;
   }
 
-  /** A whole-page view of the frame cached in TLB slot `slot`, reused while the frame is the same. */
-  private pageView(slot: number): Uint8Array {
-    const frame = this.tlbFrame[slot]!;
-    if (this.tlbViewFrame[slot] !== frame) {
-      const start = this.tlbOffset[slot]!;
-      this.tlbView[slot] = this.pool.segments[this.tlbSegment[slot]!]!.subarray(start, start + this.pageSize);
-      this.tlbViewFrame[slot] = frame;
+  /** A whole-page view of `frame`, reused while it stays in the view cache. */
+  private pageView(frame: number): Uint8Array {
+    const key = frame & VIEW_CACHE_MASK;
+    if (this.viewFrame[key] !== frame) {
+      this.viewCache[key] = this.pool.frameBytes(frame);
+      this.viewFrame[key] = frame;
     }
-    return this.tlbView[slot]!;
+    return this.viewCache[key]!;
+  }
+
+  /** Replaces the TLB with an empty one of 2^bits slots (every translation is dropped). */
+  private resizeTlb(bits: number): void {
+    const entries = 2 ** bits;
+    this.tlbBits = bits;
+    this.tlbMask = entries - 1;
+    this.tlbConflicts = 0;
+    this.tlbPage = new Float64Array(entries).fill(-1);
+    this.tlbFrame = new Int32Array(entries);
+    this.tlbWritable = new Uint8Array(entries);
+    this.tlbBase = new Float64Array(entries).fill(Number.NaN);
+    this.tlbWriteBase = new Float64Array(entries).fill(Number.NaN);
+    this.tlbDelta = new Float64Array(entries);
+    // Pushed one by one so the array stays packed (a holey one costs a check on every load).
+    const views: DataView[] = [];
+    for (let i = 0; i < entries; i++) views.push(this.pool.views[0]!);
+    this.tlbDataView = views;
+    this.fillCount = 0;
+    this.writeCount = 0;
+  }
+
+  /**
+   * Called when scalar misses have displaced as many translations as the TLB has slots since
+   * it last grew: the working set does not fit, so the TLB grows (up to tlbBitsMax).
+   */
+  private growTlb(): void {
+    if (this.tlbBits >= this.tlbBitsMax) {
+      this.tlbConflicts = 0;
+      return;
+    }
+    this.resizeTlb(Math.min(this.tlbBitsMax, this.tlbBits + TLB_GROWTH_BITS));
   }
 
   private fillTlb(slot: number, page: number, frame: number, writable: number): void {
     const pool = this.pool;
+    if (this.fillCount < TLB_LOG_ENTRIES) this.fillLog[this.fillCount] = slot;
+    if (this.fillCount <= TLB_LOG_ENTRIES) this.fillCount++;
     this.tlbPage[slot] = page;
     this.tlbFrame[slot] = frame;
-    this.tlbSegment[slot] = frame >>> pool.segmentShift;
-    this.tlbOffset[slot] = (frame & pool.segmentMask) * this.pageSize;
     this.tlbWritable[slot] = writable;
     this.tlbDataView[slot] = pool.views[frame >>> pool.segmentShift]!;
     const base = page * this.pageSize;
-    this.tlbDelta[slot] = this.tlbOffset[slot]! - base;
+    this.tlbDelta[slot] = pool.frameOffset(frame) - base;
     const whole = base + this.pageSize <= this.size;
     this.tlbBase[slot] = whole ? base : Number.NaN;
     this.tlbWriteBase[slot] = whole && writable ? base : Number.NaN;
+    if (writable) {
+      if (this.writeCount < TLB_LOG_ENTRIES) this.writeLog[this.writeCount] = slot;
+      if (this.writeCount <= TLB_LOG_ENTRIES) this.writeCount++;
+    }
   }
 
   /** Drops the cached translation of one page, if cached. */
   private invalidatePage(page: number): void {
-    const slot = page & TLB_MASK;
+    this.invalidateSpan(page);
+    const slot = page & this.tlbMask;
     if (this.tlbPage[slot] !== page) return;
+    this.clearSlot(slot);
+  }
+
+  /**
+   * The span slot that now maps the leaf holding `page`, filled if that leaf's pages map to
+   * consecutive frames in one segment; -1 if not. Only without a pager: a pager needs every
+   * page's own translation to set its accessed bit.
+   */
+  private fillSpan(page: number): number {
+    const pool = this.pool;
+    if (pool.paging !== undefined) return -1;
+    const first = page - (page & LEAF_MASK);
+    const start = first * this.pageSize;
+    const span = (start * this.invSpanBytes) & this.spanMask;
+    if (start + this.spanBytes > this.size || this.spanChecked[span] === first) return -1;
+    if (this.spanBase[span] === start) return span;
+    this.spanFills++;
+    this.spanChecked[span] = first;
+    const leaf = this.leafOf(page);
+    if (leaf === 0) return -1;
+    const entries = pool.leaves.entries;
+    const base = leaf * LEAF_ENTRIES;
+    const frame = entries[base]!;
+    if (frame < FIRST_FRAME || (frame & pool.segmentMask) + LEAF_ENTRIES - 1 > pool.segmentMask) return -1;
+    for (let i = 1; i < LEAF_ENTRIES; i++) if (entries[base + i] !== frame + i) return -1;
+    this.spanChecked[span] = -1;
+    this.spanBase[span] = start;
+    this.spanDelta[span] = pool.frameOffset(frame) - start;
+    this.spanSegment[span] = frame >>> pool.segmentShift;
+    this.spanView[span] = pool.views[frame >>> pool.segmentShift]!;
+    return span;
+  }
+
+  /** Drops the span translation that covers `page`, if any. */
+  private invalidateSpan(page: number): void {
+    if (this.spanFills === 0) return;
+    const first = page - (page & LEAF_MASK);
+    const start = first * this.pageSize;
+    const span = (start * this.invSpanBytes) & this.spanMask;
+    if (this.spanBase[span] === start) this.spanBase[span] = Number.NaN;
+  }
+
+  private clearSlot(slot: number): void {
     this.tlbPage[slot] = -1;
     this.tlbBase[slot] = Number.NaN;
     this.tlbWritable[slot] = 0;
@@ -1037,8 +1261,17 @@ export class AddressSpace implements TranslationCache {
 
   /** Cached translations stay valid for reads but may no longer be written through. */
   private dropWritable(): void {
-    this.tlbWritable.fill(0);
-    this.tlbWriteBase.fill(Number.NaN);
+    if (this.writeCount > TLB_LOG_ENTRIES) {
+      this.tlbWritable.fill(0);
+      this.tlbWriteBase.fill(Number.NaN);
+    } else {
+      for (let i = 0; i < this.writeCount; i++) {
+        const slot = this.writeLog[i]!;
+        this.tlbWritable[slot] = 0;
+        this.tlbWriteBase[slot] = Number.NaN;
+      }
+    }
+    this.writeCount = 0;
   }
 
   private translateForRead(page: number): void {
@@ -1057,7 +1290,7 @@ export class AddressSpace implements TranslationCache {
         this.pool.translations++;
       }
     }
-    this.fillTlb(page & TLB_MASK, page, frame === NO_FRAME ? ZERO_FRAME : frame, 0);
+    this.fillTlb(page & this.tlbMask, page, frame === NO_FRAME ? ZERO_FRAME : frame, 0);
   }
 
   /**
@@ -1132,10 +1365,12 @@ export class AddressSpace implements TranslationCache {
       pool.forgetCopy(frame);
       pool.translations++;
     }
+    // A span covering the page would go on reading the frame it had before.
+    if (arena.entries[entry] !== frame) this.invalidateSpan(page);
     arena.entries[entry] = frame;
     if (pool.paging) arena.accessed[entry] = 1;
     this.markWritten(leaf, entry);
-    this.fillTlb(page & TLB_MASK, page, frame, 1);
+    this.fillTlb(page & this.tlbMask, page, frame, 1);
   }
 
   /** The leaf in `nodes[slotIndex]`, created or copied so this space alone holds it. */
@@ -1232,10 +1467,11 @@ export class AddressSpace implements TranslationCache {
   private zeroBytes(addr: number, n: number): void {
     const page = Math.floor(addr * this.invPageSize);
     if (!holdsData(this.frameAt(page))) return;
-    const slot = page & TLB_MASK;
+    const slot = page & this.tlbMask;
     if (this.tlbPage[slot] !== page || this.tlbWritable[slot] === 0) this.translateForWrite(page, false);
-    const at = this.tlbOffset[slot]! + (addr - page * this.pageSize);
-    this.pool.segments[this.tlbSegment[slot]!]!.fill(0, at, at + n);
+    const frame = this.tlbFrame[slot]!;
+    const at = this.pool.frameOffset(frame) + (addr - page * this.pageSize);
+    this.pool.frameSegment(frame).fill(0, at, at + n);
   }
 
   /** Sets pages [first, end) to NO_FRAME or ZERO_FRAME, recording the epoch. */
@@ -1277,8 +1513,19 @@ export class AddressSpace implements TranslationCache {
     const inPage = addr - page * this.pageSize;
     if (!(addr >= 0 && addr <= this.size - width) || (inPage | 0) !== inPage) this.throwRange(addr, width);
     if (inPage > this.pageSize - width) return -1;
-    const slot = page & TLB_MASK;
+    let slot = page & this.tlbMask;
     if (this.tlbPage[slot] !== page || (forWrite && this.tlbWritable[slot] === 0)) {
+      if (!forWrite) {
+        const span = this.fillSpan(page);
+        if (span >= 0) {
+          this.hitSegment = this.spanSegment[span]!;
+          return addr + this.spanDelta[span]!;
+        }
+      }
+      if (this.tlbPage[slot]! >= 0 && this.tlbPage[slot] !== page && ++this.tlbConflicts > this.tlbMask) {
+        this.growTlb();
+        slot = page & this.tlbMask;
+      }
       if (forWrite) {
         this.reserveForWrite(page, page);
         this.translateForWrite(page, false);
@@ -1286,8 +1533,9 @@ export class AddressSpace implements TranslationCache {
         this.translateForRead(page);
       }
     }
-    this.hitSegment = this.tlbSegment[slot]!;
-    return this.tlbOffset[slot]! + inPage;
+    const frame = this.tlbFrame[slot]!;
+    this.hitSegment = frame >>> this.pool.segmentShift;
+    return this.pool.frameOffset(frame) + inPage;
   }
 
   private readSplit(addr: number, width: number): DataView {

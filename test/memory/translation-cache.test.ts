@@ -1,0 +1,311 @@
+/**
+ * Property test of the translation caches (the page TLB, its growth, and span translations):
+ * scalar reads and writes at random addresses, interleaved with everything that changes a
+ * translation (bulk writes, trim, write-zeroes, fork and copy-on-write, merge passes, epoch
+ * advances, sharePage, destroy, and with a pager eviction), must always agree with a plain
+ * byte array per space. A stale cached translation shows up as a read that differs.
+ *
+ * The spaces span several leaves and are first written in order, so their leaves map runs of
+ * consecutive frames (span translations form); bursts of reads over many pages make the page
+ * TLB grow.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { AddressSpace, FramePool, SamePageMerger } from '../../src/index.js';
+import { FIRST_FRAME } from '../../src/memory/frame-pool.js';
+import { LEAF_ENTRIES } from '../../src/memory/leaf-arena.js';
+import { MapPaging } from './paging-backend.js';
+
+const PAGE = 512;
+const LEAF_BYTES = LEAF_ENTRIES * PAGE;
+/** Three whole leaves and a partial page after them: spans, a leaf that is not whole, a ragged end. */
+const SIZE = 3 * LEAF_BYTES + 2 * PAGE + 300;
+
+type Width = 1 | 2 | 4 | 8;
+type Op =
+  | { kind: 'sread'; space: number; at: number; width: Width }
+  | { kind: 'swrite'; space: number; at: number; width: Width; value: number }
+  | { kind: 'burst'; space: number; seed: number; count: number }
+  | { kind: 'write'; space: number; at: number; length: number; fill: number }
+  | { kind: 'trim'; space: number; at: number; length: number; zero: boolean }
+  | { kind: 'fork'; space: number }
+  | { kind: 'merge' }
+  | { kind: 'epoch'; space: number }
+  | { kind: 'share'; space: number; from: number; page: number; sourcePage: number }
+  | { kind: 'destroy'; space: number }
+  | { kind: 'evict'; space: number; page: number }
+  | { kind: 'evictAll' };
+
+const unit = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
+const width = fc.constantFrom<Width>(1, 2, 4, 8);
+const pageArb = fc.nat(Math.ceil(SIZE / PAGE) - 1);
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc.record({ kind: fc.constant('sread' as const), space: fc.nat(5), at: unit, width }),
+  },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      kind: fc.constant('swrite' as const),
+      space: fc.nat(5),
+      at: unit,
+      width,
+      value: fc.nat(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('burst' as const),
+      space: fc.nat(5),
+      seed: fc.nat(),
+      count: fc.integer({ min: 1, max: 3000 }),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('write' as const),
+      space: fc.nat(5),
+      at: unit,
+      length: fc.integer({ min: 1, max: 3 * PAGE }),
+      fill: fc.nat(255),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('trim' as const),
+      space: fc.nat(5),
+      at: unit,
+      length: fc.integer({ min: 1, max: 4 * PAGE }),
+      zero: fc.boolean(),
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('fork' as const), space: fc.nat(5) }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'merge' as const }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('epoch' as const), space: fc.nat(5) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('share' as const),
+      space: fc.nat(5),
+      from: fc.nat(5),
+      page: pageArb,
+      sourcePage: pageArb,
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('destroy' as const), space: fc.nat(5) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant('evict' as const), space: fc.nat(5), page: pageArb }),
+  },
+  { weight: 1, arbitrary: fc.constant({ kind: 'evictAll' as const }) },
+);
+
+interface ModelSpace {
+  real: AddressSpace;
+  bytes: Uint8Array;
+  view: DataView;
+}
+
+function model(real: AddressSpace, bytes: Uint8Array): ModelSpace {
+  return { real, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) };
+}
+
+/** Reads `width` bytes at `addr` with the scalar accessors and checks them against the model. */
+function checkScalar(s: ModelSpace, addr: number, w: Width, what: string): void {
+  const real = s.real;
+  const view = s.view;
+  const where = `${what}: ${w} bytes at ${addr}`;
+  switch (w) {
+    case 1:
+      assert.equal(real.readU8(addr), view.getUint8(addr), where);
+      assert.equal(real.readI8(addr), view.getInt8(addr), where);
+      break;
+    case 2:
+      assert.equal(real.readU16(addr), view.getUint16(addr, true), where);
+      assert.equal(real.readI16(addr), view.getInt16(addr, true), where);
+      break;
+    case 4:
+      assert.equal(real.readU32(addr), view.getUint32(addr, true), where);
+      assert.equal(real.readI32(addr), view.getInt32(addr, true), where);
+      assert.ok(Object.is(real.readF32(addr), view.getFloat32(addr, true)), where);
+      break;
+    case 8:
+      assert.equal(real.readU64(addr), view.getBigUint64(addr, true), where);
+      assert.equal(real.readI64(addr), view.getBigInt64(addr, true), where);
+      assert.ok(Object.is(real.readF64(addr), view.getFloat64(addr, true)), where);
+      break;
+  }
+}
+
+function scalarWrite(s: ModelSpace, addr: number, w: Width, value: number): void {
+  switch (w) {
+    case 1:
+      s.real.writeU8(addr, value & 0xff);
+      s.view.setUint8(addr, value & 0xff);
+      break;
+    case 2:
+      s.real.writeI16(addr, (value << 16) >> 16);
+      s.view.setInt16(addr, (value << 16) >> 16, true);
+      break;
+    case 4:
+      s.real.writeU32(addr, value >>> 0);
+      s.view.setUint32(addr, value >>> 0, true);
+      break;
+    case 8:
+      s.real.writeF64(addr, value / 7);
+      s.view.setFloat64(addr, value / 7, true);
+      break;
+  }
+}
+
+/** A small deterministic generator for read bursts (so a failing case replays exactly). */
+function nextRandom(state: number): number {
+  return (Math.imul(state, 1664525) + 1013904223) >>> 0;
+}
+
+function run(ops: Op[], withPager: boolean): void {
+  // The first write fits the first segment (4096 frames), so every whole leaf of the first
+  // space maps a run of consecutive frames; copies made later come from further segments.
+  const pool = new FramePool({ pageSize: PAGE, capacity: 2100 * PAGE, maxCapacity: 16 * 1024 * 1024 });
+  const paging = withPager ? new MapPaging(pool) : undefined;
+  const merger = new SamePageMerger(pool, { quietEpochs: 0 });
+  const first = new AddressSpace(pool, { size: SIZE });
+  merger.register(first);
+  const bytes = new Uint8Array(SIZE);
+  for (let i = 0; i < SIZE; i++) bytes[i] = (i * 131 + (i >>> 9)) & 0xff;
+  // Written in order, so consecutive pages get consecutive frames.
+  first.write(0, bytes);
+  const spaces: ModelSpace[] = [model(first, bytes)];
+  const live = (): ModelSpace[] => spaces.filter((s) => !s.real.isDestroyed);
+  const addrFor = (fraction: number, length: number): number => Math.floor(fraction * (SIZE - length + 1));
+
+  for (const op of ops) {
+    const alive = live();
+    if (op.kind === 'merge') {
+      merger.scan();
+      continue;
+    }
+    if (op.kind === 'evictAll') {
+      if (paging) paging.evictAll();
+      continue;
+    }
+    const s = alive[op.space % alive.length]!;
+    switch (op.kind) {
+      case 'sread':
+        checkScalar(s, addrFor(op.at, op.width), op.width, 'read');
+        break;
+      case 'swrite': {
+        const addr = addrFor(op.at, op.width);
+        scalarWrite(s, addr, op.width, op.value);
+        checkScalar(s, addr, op.width, 'read after write');
+        break;
+      }
+      case 'burst': {
+        let state = op.seed;
+        for (let i = 0; i < op.count; i++) {
+          state = nextRandom(state);
+          const w = (1 << (state & 3)) as Width;
+          state = nextRandom(state);
+          checkScalar(s, Math.floor((state / 2 ** 32) * (SIZE - w + 1)), w, 'burst read');
+        }
+        break;
+      }
+      case 'write': {
+        const addr = addrFor(op.at, op.length);
+        const data = new Uint8Array(op.length).fill(op.fill);
+        s.real.write(addr, data);
+        s.bytes.set(data, addr);
+        break;
+      }
+      case 'trim': {
+        const addr = addrFor(op.at, op.length);
+        if (op.zero) s.real.writeZeroes(addr, op.length);
+        else s.real.trim(addr, op.length);
+        s.bytes.fill(0, addr, addr + op.length);
+        break;
+      }
+      case 'fork':
+        if (alive.length < 6) spaces.push(model(s.real.fork(), s.bytes.slice()));
+        break;
+      case 'epoch':
+        s.real.advanceEpoch();
+        break;
+      case 'share': {
+        const source = alive[op.from % alive.length]!;
+        if (source.real.frameAt(op.sourcePage) < FIRST_FRAME) break;
+        s.real.sharePage(op.page, source.real, op.sourcePage);
+        // The page takes the whole source page; bytes past the end of either space read as nothing.
+        const length = Math.min(PAGE, SIZE - op.page * PAGE, SIZE - op.sourcePage * PAGE);
+        const copy = source.bytes.slice(op.sourcePage * PAGE, op.sourcePage * PAGE + length);
+        s.bytes.fill(0, op.page * PAGE, Math.min(SIZE, (op.page + 1) * PAGE));
+        s.bytes.set(copy, op.page * PAGE);
+        break;
+      }
+      case 'destroy':
+        if (s.real !== first) s.real.destroy();
+        break;
+      case 'evict':
+        if (paging) paging.evictPage(s.real, op.page);
+        break;
+    }
+  }
+  for (const s of live()) {
+    const actual = new Uint8Array(SIZE);
+    s.real.read(0, actual);
+    assert.ok(Buffer.compare(actual, s.bytes) === 0, 'final contents differ from the model');
+    for (let addr = 0; addr + 8 <= SIZE; addr += 509) checkScalar(s, addr, 8, 'final scalar read');
+  }
+  for (const s of live()) s.real.destroy();
+  merger.destroy();
+}
+
+test('scalar accesses never see a stale translation (no pager: span translations, TLB growth)', () => {
+  fc.assert(
+    fc.property(fc.array(opArb, { minLength: 1, maxLength: 60 }), (ops) => run(ops, false)),
+    { numRuns: 60 },
+  );
+});
+
+test('scalar accesses never see a stale translation (with a pager evicting pages)', () => {
+  fc.assert(
+    fc.property(fc.array(opArb, { minLength: 1, maxLength: 60 }), (ops) => run(ops, true)),
+    { numRuns: 40 },
+  );
+});
+
+test('a space written in order reads through span translations and the TLB grows for a scattered working set', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 8 * 1024 * 1024 });
+  const space = new AddressSpace(pool, { size: 8 * LEAF_BYTES });
+  const data = new Uint8Array(8 * LEAF_BYTES);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+  space.write(0, data);
+  const view = new DataView(data.buffer);
+  // Reads at every page, scattered: far more pages than the first TLB holds.
+  for (let round = 0; round < 3; round++) {
+    for (let page = 0; page < 8 * LEAF_ENTRIES; page++) {
+      const addr = ((page * 2654435761) % (8 * LEAF_ENTRIES)) * PAGE + 100;
+      assert.equal(space.readU32(addr), view.getUint32(addr, true));
+    }
+  }
+  // Values that cross a page boundary inside a span read whole.
+  assert.equal(space.readF64(PAGE - 4), view.getFloat64(PAGE - 4, true));
+  // A copy-on-write break inside a span: the fork sees its own write, the parent the old bytes.
+  const child = space.fork();
+  child.writeU32(3 * PAGE, 0xdeadbeef);
+  assert.equal(child.readU32(3 * PAGE), 0xdeadbeef);
+  assert.equal(space.readU32(3 * PAGE), view.getUint32(3 * PAGE, true));
+  space.writeU32(5 * PAGE, 1234);
+  assert.equal(space.readU32(5 * PAGE), 1234);
+  assert.equal(child.readU32(5 * PAGE), view.getUint32(5 * PAGE, true));
+  // A trim inside a span: zeros from then on.
+  space.trim(7 * PAGE, PAGE);
+  assert.equal(space.readU32(7 * PAGE + 8), 0);
+  assert.equal(child.readU32(7 * PAGE + 8), view.getUint32(7 * PAGE + 8, true));
+  child.destroy();
+  space.destroy();
+});
