@@ -151,3 +151,31 @@ export interface NbdStoreTls {
   /** The name the server certificate must carry; default the URL's tls-hostname, else its host. */
   servername?: string;
 }
+
+/**
+ * Where slot `slot` lies in the file or export a spec names, for messages that send the user to
+ * the bytes ("byte 8192 of …"): each store's own layout, kept here beside the specs so the
+ * pager, which holds only the spec, reports the real position. undefined for stores whose slots
+ * have no single byte position (memory, fabric regions, post-copy, the test double).
+ *   file   (s + 1) · pageSize: the header page comes first (file-store.ts)
+ *   image  s · pageSize, in the base image for a fork's base slots [2, base.slots) (image-store.ts)
+ *   nbd    offset + s · pageSize of the export (nbd-store.ts)
+ */
+export function slotPosition(
+  spec: StoreSpec,
+  slot: number,
+  pageSize: number,
+): { byte: number; base?: string } | undefined {
+  switch (spec.kind) {
+    case 'file':
+      return { byte: (slot + 1) * pageSize };
+    case 'image':
+      return spec.base !== undefined && slot >= 2 && slot < spec.base.slots
+        ? { byte: slot * pageSize, base: spec.base.path }
+        : { byte: slot * pageSize };
+    case 'nbd':
+      return { byte: (spec.offset ?? 0) + slot * pageSize };
+    default:
+      return undefined;
+  }
+}
