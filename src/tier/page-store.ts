@@ -29,6 +29,27 @@ export interface PageStore {
   discard(slot: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: how a thread other than the store's own may read slots straight from the file
+   * (see direct-read.ts). Only a store whose bytes are one plain local file, and whose written
+   * slots are known to that thread, can offer it; the rest leave it out.
+   */
+  directSource?(): DirectReadSource | undefined;
+}
+
+/**
+ * What the pager's main thread needs to read a local file store's slots itself: the file (a
+ * path it may open read-only, and the file's identity, checked after opening), where slot 0
+ * starts, and the store's bitmap of written slots (one bit per slot, set once a write is in the
+ * file and cleared by a discard; a clear bit reads as zeros, as the store itself answers).
+ */
+export interface DirectReadSource {
+  path: string;
+  dev: number;
+  ino: number;
+  /** Byte offset of slot 0. */
+  firstByte: number;
+  written: SharedArrayBuffer;
 }
 
 /**
