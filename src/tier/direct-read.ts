@@ -24,8 +24,12 @@
  *     (device and inode), so it stays valid whatever the worker does with its own, and is closed
  *     with the channel.
  * Async reads (load, readAsync) still go through the worker: they must not block the thread.
+ *
+ * A read-ahead batch reads each run of consecutive slots with one preadv into its frames
+ * (evicting in CLOCK order gives neighbouring pages neighbouring slots, so a sequential scan's
+ * batch is usually one run): one system call for the batch instead of one per page.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, readvSync } from 'node:fs';
 import type { DirectReadSource } from './page-store.js';
 import { storeFailed } from './store-guard.js';
 
@@ -67,7 +71,7 @@ export class DirectFileReader {
 
   /** Fills dst[offset, offset + pageSize) with slot `slot`'s bytes. Blocks for one pread. */
   read(slot: number, dst: Uint8Array, offset: number, pageSize: number): void {
-    if ((Atomics.load(this.written, slot >>> 3) & (1 << (slot & 7))) === 0) {
+    if (!this.isWritten(slot)) {
       dst.fill(0, offset, offset + pageSize);
       return;
     }
@@ -88,6 +92,76 @@ export class DirectFileReader {
       throw storeFailed(this.name, 'read', error, slot);
     }
     this.reads++;
+  }
+
+  /**
+   * Reads the pages `pick[0..n)` of a batch: page i is slot slots[i] into
+   * views[segments[i]][offsets[i], + pageSize). Runs of consecutive written slots take one preadv.
+   */
+  readBatch(
+    slots: Int32Array,
+    segments: Int32Array,
+    offsets: Float64Array,
+    views: Uint8Array[],
+    pick: Int32Array,
+    n: number,
+    pageSize: number,
+  ): void {
+    let i = 0;
+    while (i < n) {
+      const first = pick[i]!;
+      const slot = slots[first]!;
+      let end = i + 1;
+      if (this.isWritten(slot)) {
+        while (end < n && slots[pick[end]!] === slot + (end - i) && this.isWritten(slots[pick[end]!]!)) end++;
+      }
+      if (end - i === 1) {
+        this.read(slot, views[segments[first]!]!, offsets[first]!, pageSize);
+      } else {
+        this.readRun(slots, segments, offsets, views, pick, i, end, pageSize);
+      }
+      i = end;
+    }
+  }
+
+  /** One preadv for pages pick[from..to), whose slots are consecutive and written. */
+  private readRun(
+    slots: Int32Array,
+    segments: Int32Array,
+    offsets: Float64Array,
+    views: Uint8Array[],
+    pick: Int32Array,
+    from: number,
+    to: number,
+    pageSize: number,
+  ): void {
+    // One view per page of the run: preadv needs its destinations as buffers (read-ahead only,
+    // never the resident path).
+    const buffers: Uint8Array[] = [];
+    for (let k = from; k < to; k++) {
+      const at = pick[k]!;
+      const offset = offsets[at]!;
+      buffers.push(views[segments[at]!]!.subarray(offset, offset + pageSize));
+    }
+    const slot = slots[pick[from]!]!;
+    let got: number;
+    try {
+      got = readvSync(this.fd, buffers, this.source.firstByte + slot * pageSize);
+    } catch (error) {
+      throw storeFailed(this.name, 'read', error, slot);
+    }
+    // A short preadv (a signal, or the file cut short behind the store): finish page by page,
+    // which reports a real end of file as the single read does.
+    const whole = Math.floor(got / pageSize);
+    this.reads += whole;
+    for (let k = from + whole; k < to; k++) {
+      const at = pick[k]!;
+      this.read(slots[at]!, views[segments[at]!]!, offsets[at]!, pageSize);
+    }
+  }
+
+  private isWritten(slot: number): boolean {
+    return (Atomics.load(this.written, slot >>> 3) & (1 << (slot & 7))) !== 0;
   }
 
   close(): void {

@@ -141,6 +141,8 @@ export class StoreChannel {
   private readonly segmentViews: Uint8Array[];
   /** Blocking reads of a local file store, done on this thread (direct-read.ts); else undefined. */
   private direct: DirectFileReader | undefined;
+  /** Batch pages left for the direct reader (indices into the batch). */
+  private directPick = new Int32Array(0);
   private readonly errorPort: MessagePort;
   /** Descriptors of the blocking read in progress (one batch at most). */
   private readonly batch = new Int32Array(READ_SYNC_DESCRIPTORS);
@@ -408,6 +410,8 @@ export class StoreChannel {
       throw invalidArgument(`batch count ${count} does not fit the arrays given`);
     }
     for (let i = 0; i < count; i++) this.target(slots[i], segments[i], offsets[i]);
+    if (this.direct !== undefined && this.directPick.length < count) this.directPick = new Int32Array(count);
+    let picked = 0;
     let n = 0;
     for (let i = 0; i < count; i++) {
       const slot = slots[i];
@@ -418,7 +422,7 @@ export class StoreChannel {
         continue;
       }
       if (this.direct !== undefined) {
-        this.direct.read(slot, this.segmentViews[segment], offset, this.pageSize);
+        this.directPick[picked++] = i;
         continue;
       }
       if (n === READ_SYNC_DESCRIPTORS) {
@@ -433,6 +437,17 @@ export class StoreChannel {
     if (n > 0) {
       this.ring.ring();
       this.finishBatch(n);
+    }
+    if (picked > 0) {
+      this.direct!.readBatch(
+        slots,
+        segments,
+        offsets,
+        this.segmentViews,
+        this.directPick,
+        picked,
+        this.pageSize,
+      );
     }
   }
 

@@ -123,6 +123,7 @@ test('a store that is not one local file reads through the worker', async (t) =>
 
 type Op =
   | { kind: 'write'; page: number; seed: number }
+  | { kind: 'fill'; first: number; count: number; seed: number }
   | { kind: 'read'; page: number }
   | { kind: 'scan'; first: number; count: number }
   | { kind: 'shrink' }
@@ -148,7 +149,17 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
       count: fc.integer({ min: 1, max: 40 }),
     }),
   },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('shrink' as const) }) },
+  {
+    // Consecutive pages written, then evicted together: neighbouring slots, read back in runs.
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('fill' as const),
+      first: fc.nat(SPACE_PAGES - 1),
+      count: fc.integer({ min: 2, max: 40 }),
+      seed: fc.nat(1e6),
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('shrink' as const) }) },
   {
     weight: 1,
     arbitrary: fc.record({
@@ -204,6 +215,12 @@ test('pager on a swap file: single, batched and async faults put every page at i
               const bytes = page(op.seed % 24);
               space.write(op.page * PAGE, bytes);
               model.set(op.page, bytes);
+            } else if (op.kind === 'fill') {
+              for (let p = op.first; p < Math.min(SPACE_PAGES, op.first + op.count); p++) {
+                const bytes = page(op.seed + p);
+                space.write(p * PAGE, bytes);
+                model.set(p, bytes);
+              }
             } else if (op.kind === 'read') {
               check(op.page);
             } else if (op.kind === 'scan') {
@@ -226,6 +243,11 @@ test('pager on a swap file: single, batched and async faults put every page at i
     { numRuns: 60 },
   );
   let direct = 0;
-  for (const pager of pagers.values()) direct += pager.stats().store.readsDirect;
+  let prefetched = 0;
+  for (const pager of pagers.values()) {
+    direct += pager.stats().store.readsDirect;
+    prefetched += pager.stats().prefetched;
+  }
   assert.ok(direct > 0, 'faults read the swap file on the calling thread');
+  assert.ok(prefetched > 0, 'faults read ahead in batches');
 });
