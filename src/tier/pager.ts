@@ -22,7 +22,13 @@
  * still reported dirty since N.
  *
  * Faults. A read or write that meets a swapped entry fetches it synchronously: the store runs
- * in a worker thread and the caller waits on Atomics.wait (StoreChannel). Sequential faults
+ * in a worker thread and the caller waits on Atomics.wait (StoreChannel), except on a local swap
+ * file, where the faulting thread preads the slot itself (direct-read.ts: the round trip through
+ * the worker cost far more than the pread). A fault's other costs, measured on the tier bench's
+ * Zipf reads: CLOCK eviction about 1-2 us per fault amortised over an evictBatch once the
+ * pages it drops are clean (about 10 us while dirty pages are first written back), the rest of
+ * the bookkeeping under a microsecond; the pread of a page cold in the page cache is what
+ * remains. Sequential faults
  * read ahead `prefetch` pages in one batch, into frames that are already free (a prefetch
  * never evicts). `space.load(range)` / `readAsync` / `writeAsync` fetch without blocking.
  * Resident pages never take either path.
