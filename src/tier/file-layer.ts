@@ -25,6 +25,11 @@ export interface FileLayerHandle {
   truncate(length: number): Promise<void>;
   datasync(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * The OS descriptor, when the handle is a real file (the real layer; test doubles leave it
+   * out). The store names the file to the pager's main thread by it (FilePageStore.directSource).
+   */
+  readonly fd?: number;
 }
 
 export interface FileLayer {
@@ -45,6 +50,7 @@ export const nodeFileLayer: FileLayer = {
       truncate: (length) => handle.truncate(length),
       datasync: () => handle.datasync(),
       close: () => handle.close(),
+      fd: handle.fd,
     };
   },
   unlink: (path) => unlink(path),

@@ -33,12 +33,13 @@
  * the file should be, no permission: src/paths.ts); other I/O failures are STORE_FAILED.
  */
 import { randomBytes } from 'node:crypto';
+import { fstatSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import { checkDirectory, filePathError } from '../paths.js';
 import { nodeFileLayer, type FileLayer, type FileLayerHandle } from './file-layer.js';
-import type { PageStore } from './page-store.js';
+import type { DirectReadSource, PageStore } from './page-store.js';
 import { StoreGuard, checkStoreGeometry, storeFailed } from './store-guard.js';
 
 export const SWAP_MAGIC = Buffer.from('MFSWAP\0\0', 'latin1');
@@ -84,7 +85,26 @@ export class FilePageStore implements PageStore {
     this.capacity = options.capacity;
     this.handle = handle;
     this.guard = new StoreGuard(this.name, this.pageSize, this.capacity);
-    this.written = new Uint8Array(Math.ceil(this.capacity / 8));
+    // Shared, so the pager's main thread can read written slots itself (directSource): the bits
+    // change with Atomics, and a bit is set only after the slot's write is in the file.
+    this.written = new Uint8Array(new SharedArrayBuffer(Math.ceil(this.capacity / 8)));
+  }
+
+  /**
+   * The file for direct reads by the pager's main thread (direct-read.ts). A temporary file is
+   * unlinked, so it is named by this process's descriptor (/proc/self/fd/N, Linux); the reader
+   * checks the file's identity after opening and falls back to this worker when it cannot.
+   */
+  directSource(): DirectReadSource | undefined {
+    const fd = this.handle.fd;
+    if (fd === undefined) return undefined;
+    try {
+      const { dev, ino } = fstatSync(fd);
+      const path = this.temporary ? `/proc/self/fd/${fd}` : this.path;
+      return { path, dev, ino, firstByte: this.pageSize, written: this.written.buffer as SharedArrayBuffer };
+    } catch {
+      return undefined;
+    }
   }
 
   /** Opens (or creates) the swap file; see the overview for what is accepted. */
@@ -147,7 +167,7 @@ export class FilePageStore implements PageStore {
   async read(slot: number, dst: Uint8Array): Promise<void> {
     this.guard.enterPage(slot, dst);
     try {
-      if ((this.written[slot >>> 3] & (1 << (slot & 7))) === 0) {
+      if ((Atomics.load(this.written, slot >>> 3) & (1 << (slot & 7))) === 0) {
         dst.fill(0);
         return;
       }
@@ -176,11 +196,11 @@ export class FilePageStore implements PageStore {
     const bit = 1 << (slot & 7);
     try {
       await writeFully(this.handle, src, (slot + 1) * this.pageSize);
-      this.written[slot >>> 3] |= bit;
+      Atomics.or(this.written, slot >>> 3, bit);
     } catch (error) {
       // Part of the page may have reached the file: the slot's bytes are no longer any one
       // page, so it reads as empty rather than as a mixture.
-      this.written[slot >>> 3] &= ~bit;
+      Atomics.and(this.written, slot >>> 3, ~bit);
       throw storeFailed(this.name, 'write', error, slot);
     } finally {
       this.guard.leave();
@@ -192,7 +212,7 @@ export class FilePageStore implements PageStore {
     // Node exposes no hole punching (fallocate PUNCH_HOLE), so the bytes stay in the file until
     // the slot is written again or the store closes and truncates the file; forgetting the slot
     // is all a discard can do, and it needs no I/O.
-    this.written[slot >>> 3] &= ~(1 << (slot & 7));
+    Atomics.and(this.written, slot >>> 3, ~(1 << (slot & 7)));
   }
 
   async flush(): Promise<void> {

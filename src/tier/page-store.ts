@@ -29,6 +29,27 @@ export interface PageStore {
   discard(slot: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: how a thread other than the store's own may read slots straight from the file
+   * (see direct-read.ts). Only a store whose bytes are one plain local file, and whose written
+   * slots are known to that thread, can offer it; the rest leave it out.
+   */
+  directSource?(): DirectReadSource | undefined;
+}
+
+/**
+ * What the pager's main thread needs to read a local file store's slots itself: the file (a
+ * path it may open read-only, and the file's identity, checked after opening), where slot 0
+ * starts, and the store's bitmap of written slots (one bit per slot, set once a write is in the
+ * file and cleared by a discard; a clear bit reads as zeros, as the store itself answers).
+ */
+export interface DirectReadSource {
+  path: string;
+  dev: number;
+  ino: number;
+  /** Byte offset of slot 0. */
+  firstByte: number;
+  written: SharedArrayBuffer;
 }
 
 /**
@@ -150,4 +171,32 @@ export interface NbdStoreTls {
   psk?: { identity: string; key?: string | Uint8Array; file?: string };
   /** The name the server certificate must carry; default the URL's tls-hostname, else its host. */
   servername?: string;
+}
+
+/**
+ * Where slot `slot` lies in the file or export a spec names, for messages that send the user to
+ * the bytes ("byte 8192 of …"): each store's own layout, kept here beside the specs so the
+ * pager, which holds only the spec, reports the real position. undefined for stores whose slots
+ * have no single byte position (memory, fabric regions, post-copy, the test double).
+ *   file   (s + 1) · pageSize: the header page comes first (file-store.ts)
+ *   image  s · pageSize, in the base image for a fork's base slots [2, base.slots) (image-store.ts)
+ *   nbd    offset + s · pageSize of the export (nbd-store.ts)
+ */
+export function slotPosition(
+  spec: StoreSpec,
+  slot: number,
+  pageSize: number,
+): { byte: number; base?: string } | undefined {
+  switch (spec.kind) {
+    case 'file':
+      return { byte: (slot + 1) * pageSize };
+    case 'image':
+      return spec.base !== undefined && slot >= 2 && slot < spec.base.slots
+        ? { byte: slot * pageSize, base: spec.base.path }
+        : { byte: slot * pageSize };
+    case 'nbd':
+      return { byte: (spec.offset ?? 0) + slot * pageSize };
+    default:
+      return undefined;
+  }
 }

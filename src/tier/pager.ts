@@ -22,7 +22,13 @@
  * still reported dirty since N.
  *
  * Faults. A read or write that meets a swapped entry fetches it synchronously: the store runs
- * in a worker thread and the caller waits on Atomics.wait (StoreChannel). Sequential faults
+ * in a worker thread and the caller waits on Atomics.wait (StoreChannel), except on a local swap
+ * file, where the faulting thread preads the slot itself (direct-read.ts: the round trip through
+ * the worker cost far more than the pread). A fault's other costs, measured on the tier bench's
+ * Zipf reads: CLOCK eviction about 1-2 us per fault amortised over an evictBatch once the
+ * pages it drops are clean (about 10 us while dirty pages are first written back), the rest of
+ * the bookkeeping under a microsecond; the pread of a page cold in the page cache is what
+ * remains. Sequential faults
  * read ahead `prefetch` pages in one batch, into frames that are already free (a prefetch
  * never evicts). `space.load(range)` / `readAsync` / `writeAsync` fetch without blocking.
  * Resident pages never take either path.
@@ -45,7 +51,7 @@ import { FIRST_FRAME, FramePool, NO_FRAME, ZERO_FRAME, PAGE_SIZE_DEFAULT } from 
 import { grown } from '../memory/typed-arrays.js';
 import { LEAF_BITS, LEAF_ENTRIES } from '../memory/leaf-arena.js';
 import { swappedEntry, type PagingBackend } from '../memory/paging.js';
-import type { StoreSpec } from './page-store.js';
+import { slotPosition, type StoreSpec } from './page-store.js';
 import { StoreChannel, type StoreChannelStats } from './store-channel.js';
 import { SwapSlots } from './swap-slots.js';
 
@@ -143,6 +149,7 @@ export class Pager implements PagingBackend {
   private closed = false;
   private readonly checksums: boolean;
   private readonly storeName: string;
+  private readonly storeSpec: StoreSpec;
   /** Pages stagePage had to queue for writing (the rest were in the store already). */
   stagedWrites = 0;
   /** With checksums: xxh32 of each slot's bytes, valid where `sumKnown` is 1. */
@@ -207,6 +214,7 @@ export class Pager implements PagingBackend {
     this.pageSize = pool.pageSize;
     this.channel = channel;
     this.storeName = describeStore(options.store);
+    this.storeSpec = options.store ?? { kind: 'file', directory: tmpdir() };
     this.slots = new SwapSlots(capacity, this.storeName);
     this.prefetch = options.prefetch ?? PREFETCH_DEFAULT;
     this.evictBatch = Math.min(options.evictBatch ?? EVICT_BATCH_DEFAULT, Math.max(1, pool.capacity >> 2));
@@ -701,9 +709,14 @@ export class Pager implements PagingBackend {
     if (expected === undefined) return undefined;
     const found = xxh32(this.pool.frameBytes(frame), 0) >>> 0;
     if (found === expected) return undefined;
+    // The byte the user should look at comes from the store's own layout (a swap file's slot s
+    // is at (s + 1) · pageSize, after its header), not from slot · pageSize.
+    const at = slotPosition(this.storeSpec, slot, this.pageSize);
+    const where =
+      at === undefined ? '' : ` (byte ${at.byte}${at.base === undefined ? '' : ` of base image ${at.base}`})`;
     return new MemfabricError(
       ErrorCodes.HEAP_CORRUPT,
-      `page store ${this.storeName}: slot ${slot} (byte ${slot * this.pageSize}) does not match its ` +
+      `page store ${this.storeName}: slot ${slot}${where} does not match its ` +
         `checksum (found ${hex(found)}, recorded ${hex(expected)}): the image was changed or damaged ` +
         'outside memfabric; run `memfabric heap check` on it and restore it from a copy',
     );

@@ -7,6 +7,7 @@
  *   -----------                                     ------------------------------
  *   enqueueWrite / enqueueDiscard ─ destage queue ─▶ destager (write + delete lanes) ─▶ store
  *   readSync / readBatchSync / readAsync ─ read ring ─▶ store.read into the frame itself
+ *   readSync / readBatchSync on a local file store: pread on this thread (direct-read.ts)
  *   flush / flushSync ─ flush words of the queue ──▶ after earlier entries: store.flush()
  *
  * Nothing crosses by message on the data path: the destage queue (destage-queue.ts) and the
@@ -36,6 +37,7 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { ErrorCodes, MemfabricError, invalidArgument, outOfRange } from '../errors.js';
 import { DestageQueue, errorCodeFromNumber } from './destage-queue.js';
+import { DirectFileReader } from './direct-read.js';
 import { fromWire, underlying } from './error-wire.js';
 import type { StoreSpec } from './page-store.js';
 import {
@@ -77,8 +79,10 @@ export interface StoreChannelOptions {
 }
 
 export interface StoreChannelStats {
-  /** Pages read from the store. */
+  /** Pages read from the store (by the worker, or directly: readsDirect). */
   reads: number;
+  /** Of those, pages a blocking read took from the file on the calling thread (direct-read.ts). */
+  readsDirect: number;
   /** Pages served from the destage queue's staging (read-your-writes). */
   readsFromQueue: number;
   readErrors: number;
@@ -135,6 +139,10 @@ export class StoreChannel {
   private readonly queue: DestageQueue;
   private readonly ring: ReadRingProducer;
   private readonly segmentViews: Uint8Array[];
+  /** Blocking reads of a local file store, done on this thread (direct-read.ts); else undefined. */
+  private direct: DirectFileReader | undefined;
+  /** Batch pages left for the direct reader (indices into the batch). */
+  private directPick = new Int32Array(0);
   private readonly errorPort: MessagePort;
   /** Descriptors of the blocking read in progress (one batch at most). */
   private readonly batch = new Int32Array(READ_SYNC_DESCRIPTORS);
@@ -226,6 +234,7 @@ export class StoreChannel {
       worker.on('message', (message: FromWorker) => {
         if (message.type === 'ready') {
           this.storeName = message.name;
+          if (message.direct !== undefined) this.direct = DirectFileReader.open(message.direct, message.name);
           worker.unref();
           resolve();
         } else if (message.type === 'open-failed') {
@@ -377,6 +386,10 @@ export class StoreChannel {
       this.ring.countFromQueue();
       return;
     }
+    if (this.direct !== undefined) {
+      this.direct.read(slot, dst, offset, this.pageSize);
+      return;
+    }
     const d = this.ring.takeSync();
     this.ring.submit(d, slot, segment, offset);
     this.ring.ring();
@@ -397,6 +410,8 @@ export class StoreChannel {
       throw invalidArgument(`batch count ${count} does not fit the arrays given`);
     }
     for (let i = 0; i < count; i++) this.target(slots[i], segments[i], offsets[i]);
+    if (this.direct !== undefined && this.directPick.length < count) this.directPick = new Int32Array(count);
+    let picked = 0;
     let n = 0;
     for (let i = 0; i < count; i++) {
       const slot = slots[i];
@@ -404,6 +419,10 @@ export class StoreChannel {
       const offset = offsets[i];
       if (this.queue.lookup(slot, this.segmentViews[segment], offset)) {
         this.ring.countFromQueue();
+        continue;
+      }
+      if (this.direct !== undefined) {
+        this.directPick[picked++] = i;
         continue;
       }
       if (n === READ_SYNC_DESCRIPTORS) {
@@ -418,6 +437,17 @@ export class StoreChannel {
     if (n > 0) {
       this.ring.ring();
       this.finishBatch(n);
+    }
+    if (picked > 0) {
+      this.direct!.readBatch(
+        slots,
+        segments,
+        offsets,
+        this.segmentViews,
+        this.directPick,
+        picked,
+        this.pageSize,
+      );
     }
   }
 
@@ -632,6 +662,7 @@ export class StoreChannel {
       if (failure === undefined && this.deadReason !== undefined) failure = this.deadError();
     } finally {
       this.closed = true;
+      this.direct?.close();
       await this.worker.terminate();
       this.drainErrorPort();
       this.errorPort.close();
@@ -661,7 +692,8 @@ export class StoreChannel {
     const q = this.queue.stats();
     const r = this.ring.stats();
     return {
-      reads: r.storeReads,
+      reads: r.storeReads + (this.direct?.reads ?? 0),
+      readsDirect: this.direct?.reads ?? 0,
       readsFromQueue: r.readsFromQueue,
       readErrors: r.readErrors,
       writes: q.writesDone,

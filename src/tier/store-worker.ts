@@ -17,7 +17,7 @@ import { DestageQueueConsumer, errorCodeNumber, errorCodeOf } from './destage-qu
 import { Destager } from './destager.js';
 import { toWire, type WireError } from './error-wire.js';
 import { openPageStore } from './open-store.js';
-import type { PageStore, StoreSpec } from './page-store.js';
+import type { DirectReadSource, PageStore, StoreSpec } from './page-store.js';
 import { HEARTBEAT_MS, ReadRingConsumer, WORKER_CLOSED, WORKER_CRASHED, WORKER_READY } from './read-ring.js';
 
 export interface StoreWorkerData {
@@ -46,7 +46,7 @@ export type ToWorker =
 
 /** Messages to the main thread. */
 export type FromWorker =
-  | { type: 'ready'; name: string }
+  | { type: 'ready'; name: string; direct?: DirectReadSource }
   | { type: 'open-failed'; code: string; message: string; error: WireError }
   | { type: 'closed'; error?: string };
 
@@ -239,7 +239,12 @@ async function start(): Promise<void> {
   ring.setState(WORKER_READY);
   void destager.run();
   void readLoop();
-  port.postMessage({ type: 'ready', name: store.name } satisfies FromWorker);
+  const direct = store.directSource?.();
+  port.postMessage({
+    type: 'ready',
+    name: store.name,
+    ...(direct === undefined ? {} : { direct }),
+  } satisfies FromWorker);
 }
 
 void start();

@@ -152,6 +152,41 @@ describe('pager checksums', () => {
     });
   }
 
+  it('HEAP_CORRUPT names the byte of the swap file where the damaged page really lies', async () => {
+    const { pager, file } = await openPager({ checksums: true, dedup: false });
+    const space = pager.createSpace({ size: 16 * MiB });
+    const model = contents();
+    for (const [page, bytes] of model) space.write(page * PAGE, bytes);
+    pager.shrink(0);
+    await pager.flush();
+    const victimSlot = slotOf(space, VICTIM);
+    await flipStored(file, victimSlot, FLIPPED_BYTE);
+    let message = '';
+    assert.throws(
+      () => readPage(space, VICTIM),
+      (error: unknown) => {
+        assert.equal((error as { code?: string }).code, ErrorCodes.HEAP_CORRUPT);
+        message = (error as Error).message;
+        return true;
+      },
+    );
+    const reported = /slot (\d+) \(byte (\d+)\)/.exec(message);
+    assert.ok(reported, `the message names a slot and a byte: ${message}`);
+    assert.equal(Number(reported[1]), victimSlot);
+    // Read the file where the message points: the victim's stored bytes, with the flipped byte.
+    const handle = await open(file, 'r');
+    const found = Buffer.alloc(PAGE);
+    try {
+      assert.equal((await handle.read(found, 0, PAGE, Number(reported[2]))).bytesRead, PAGE);
+    } finally {
+      await handle.close();
+    }
+    const damaged = Buffer.from(model.get(VICTIM)!);
+    damaged[FLIPPED_BYTE] = damaged[FLIPPED_BYTE]! ^ 0xff;
+    assert.ok(found.equals(damaged), `byte ${reported[2]} of the file starts the damaged page`);
+    space.destroy();
+  });
+
   it('checksums with read-ahead: a damaged page read ahead is dropped; the page asked for is handed out', async () => {
     const { pager, file } = await openPager({ checksums: true, prefetch: 8, dedup: false });
     const space = pager.createSpace({ size: 16 * MiB });
