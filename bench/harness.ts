@@ -34,15 +34,23 @@ export interface SuiteLoad {
   start: number;
   end: number;
   cores: number;
-  /** Either load average reached BUSY_LOAD_PER_CORE per core. */
+  /** Other work was running: see BUSY_START_PER_CORE and BUSY_END_PER_CORE. */
   busy: boolean;
 }
 
-/** Load per core above which a suite's figures are called loaded. */
-export const BUSY_LOAD_PER_CORE = 0.5;
+/**
+ * Thresholds, per core, above which a suite's figures are called loaded. A suite loads the
+ * machine itself (servers, fio, up to six appliance processes): on a quiet 2-core machine the
+ * 1-minute average read 1.0-2.7 at suite boundaries, the previous suite's load fading into the
+ * next one's start. So a suite is busy when more than that was running: a start above 1.5
+ * per core, or an end above 2 per core (other work put 8 to 28 on these 2 cores).
+ */
+export const BUSY_START_PER_CORE = 1.5;
+export const BUSY_END_PER_CORE = 2;
 
 export function suiteLoad(start: number, end: number, cores: number): SuiteLoad {
-  return { start, end, cores, busy: Math.max(start, end) >= BUSY_LOAD_PER_CORE * cores };
+  const busy = start > BUSY_START_PER_CORE * cores || end > BUSY_END_PER_CORE * cores;
+  return { start, end, cores, busy };
 }
 
 export function describeLoad(name: string, load: SuiteLoad): string {

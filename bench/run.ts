@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- --quick] [-- --only NAME]`: runs every suite, prints one table, writes
  * bench/results.json (an array of { id, unit, value, baseline, baselineValue, ratio, load }).
- * Each suite's start and end load average is printed, with a warning when the machine was busy.
+ * Each suite's start and end load average is printed, with a warning when other work was running.
  */
 import { writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
