@@ -15,7 +15,8 @@
  * 'close' may come after the client's next admin call.
  *
  * Writes are corked for the duration of one 'data' event, so every reply produced by one
- * chunk of pipelined requests leaves in one writev.
+ * chunk of pipelined requests leaves in one writev (small replies already come from the
+ * transmission as one contiguous segment per batch).
  *
  * Resources (every one bounded, see docs/nbd.md "Resource bounds"):
  *   - reply bytes queued on the socket: reading stops (handshake options and requests alike)
@@ -343,6 +344,9 @@ export class Session {
     } catch (err) {
       this.internalError(err);
     } finally {
+      // Replies built in the transmission's slab join this writev (endBatch would write them
+      // after the uncork, as a write of their own).
+      this.transmission?.flushReplies();
       socket.uncork();
       this.transmission?.endBatch();
       this.settle();
