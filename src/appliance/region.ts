@@ -143,6 +143,13 @@ export class Region implements NbdExport {
     this.bytesRead += dst.length;
   }
 
+  readInto(offset: number, length: number, dst: Uint8Array, dstOffset: number): void {
+    if (this.gate === GATE_MOVED) throw this.gateError();
+    this.space.readInto(offset, length, dst, dstOffset);
+    this.reads++;
+    this.bytesRead += length;
+  }
+
   write(offset: number, src: Uint8Array): void {
     this.beginWrite(offset, src.length);
     this.writePiece(offset, src);

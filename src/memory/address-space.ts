@@ -286,8 +286,18 @@ export class AddressSpace implements TranslationCache {
 
   /** Copies `dst.length` bytes from `offset` into `dst`. Unwritten bytes read as zeros. */
   read(offset: number, dst: Uint8Array): void {
-    const length = dst.length;
+    this.readInto(offset, dst.length, dst, 0);
+  }
+
+  /**
+   * Copies `length` bytes from `offset` into `dst` at `dstOffset` (which must have room), like
+   * read: callers that build a reply in a larger buffer need no view of it per call.
+   */
+  readInto(offset: number, length: number, dst: Uint8Array, dstOffset: number): void {
     this.checkRange(offset, length);
+    if (dstOffset < 0 || dstOffset + length > dst.length) {
+      throw invalidArgument(`no room for ${length} bytes at ${dstOffset} in a ${dst.length}-byte buffer`);
+    }
     const pageSize = this.pageSize;
     let done = 0;
     while (done < length) {
@@ -298,11 +308,11 @@ export class AddressSpace implements TranslationCache {
       const slot = page & this.tlbMask;
       if (this.tlbPage[slot] !== page) this.translateForRead(page);
       if (n === pageSize) {
-        dst.set(this.pageView(this.tlbFrame[slot]!), done);
+        dst.set(this.pageView(this.tlbFrame[slot]!), dstOffset + done);
       } else {
         const frame = this.tlbFrame[slot]!;
         const start = this.pool.frameOffset(frame) + inPage;
-        this.pool.frameSegment(frame).copy(dst, done, start, start + n);
+        this.pool.frameSegment(frame).copy(dst, dstOffset + done, start, start + n);
       }
       done += n;
     }

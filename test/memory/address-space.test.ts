@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import {
   AddressSpace,
   ErrorCodes,
@@ -53,6 +54,54 @@ test('reads and writes of any alignment cross page boundaries correctly', () => 
   assert.equal(back[0], 0);
   assert.deepEqual(back.subarray(1, 3001), data);
   assert.equal(back[3001], 0);
+});
+
+test('readInto puts exactly the bytes read() returns at the offset asked, and nothing else', () => {
+  const pool = new FramePool({ capacity: MiB, pageSize: 512 });
+  const space = new AddressSpace(pool, { size: 16 * KiB });
+  // Pages 0-9 written, the rest holes (read as zeros), so ranges cross data and holes.
+  space.write(
+    0,
+    Uint8Array.from({ length: 5 * KiB }, (_, i) => (i * 13 + 1) & 0xff),
+  );
+  space.trim(KiB, 512);
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 16 * KiB - 1 }),
+      fc.integer({ min: 0, max: 3 * KiB }),
+      fc.integer({ min: 0, max: 600 }),
+      fc.integer({ min: 0, max: 600 }),
+      (offset, wanted, before, after) => {
+        const length = Math.min(wanted, 16 * KiB - offset);
+        const expected = new Uint8Array(length);
+        space.read(offset, expected);
+        const dst = new Uint8Array(before + length + after).fill(0xee);
+        space.readInto(offset, length, dst, before);
+        assert.deepEqual(dst.subarray(before, before + length), expected);
+        assert.ok(
+          dst.subarray(0, before).every((b) => b === 0xee),
+          'bytes before untouched',
+        );
+        assert.ok(
+          dst.subarray(before + length).every((b) => b === 0xee),
+          'bytes after untouched',
+        );
+      },
+    ),
+  );
+  const dst = new Uint8Array(100);
+  assert.equal(
+    code(() => space.readInto(0, 64, dst, 40)),
+    ErrorCodes.INVALID_ARGUMENT,
+  );
+  assert.equal(
+    code(() => space.readInto(0, 8, dst, -1)),
+    ErrorCodes.INVALID_ARGUMENT,
+  );
+  assert.equal(
+    code(() => space.readInto(16 * KiB - 4, 8, dst, 0)),
+    ErrorCodes.OUT_OF_RANGE,
+  );
 });
 
 test('scalar accessors are little-endian and work across page boundaries', () => {

@@ -17,6 +17,12 @@ export interface NbdExport {
 
   /** Copies `dst.length` bytes starting at `offset` into `dst`. */
   read(offset: number, dst: Uint8Array): void;
+  /**
+   * Optional, like read: copies `length` bytes starting at `offset` into `dst` at `dstOffset`.
+   * The server builds small READ replies in place in a larger buffer; with this it needs no
+   * view of that buffer per request (a heap allocation per read, and scavenges to match).
+   */
+  readInto?(offset: number, length: number, dst: Uint8Array, dstOffset: number): void;
   /** Writes `src` at `offset`. */
   write(offset: number, src: Uint8Array): void;
   /**

@@ -648,7 +648,9 @@ export class Transmission implements RequestSink {
     const slab = this.carve(size);
     const at = slab.used;
     try {
-      this.exp.read(req.offset, slab.buf.subarray(at + headerBytes, at + size));
+      const exp = this.exp;
+      if (exp.readInto !== undefined) exp.readInto(req.offset, length, slab.buf, at + headerBytes);
+      else exp.read(req.offset, slab.buf.subarray(at + headerBytes, at + size));
     } catch (err) {
       this.budget.release(this.account, cost);
       this.fail(req, err);
