@@ -377,6 +377,12 @@ export class Session {
       negotiated,
       {
         write: (buf, written) => this.write(buf, written),
+        push: () => {
+          const socket = this.socket;
+          if (socket.writableCorked === 0) return;
+          socket.uncork();
+          socket.cork();
+        },
         congested: () => this.congested(),
         queuedBytes: () => this.socket.writableLength,
         setInputPaused: (paused) => {
