@@ -9,6 +9,7 @@ import { ApplianceProcess } from '../test/interop/appliance-process.js';
 import {
   Fabric,
   ReedSolomonCodec,
+  SendRuns,
   StripeBatch,
   type ExternalRegion,
   type Redundancy,
@@ -65,6 +66,7 @@ async function latencies(region: ExternalRegion, pages: number[]): Promise<Float
 async function coding(context: BenchContext, withPath: boolean): Promise<number> {
   const codec = new ReedSolomonCodec(4, 2);
   const batches = Array.from({ length: 4 }, () => new StripeBatch(codec, PAGE, BATCH_STRIPES));
+  const runs = new SendRuns(2, PAGE, BATCH_STRIPES);
   const stripes = batches[0]!.capacity;
   const source = randomBytes(stripes * 4 * PAGE);
   for (const batch of batches) batch.reset(stripes);
@@ -80,7 +82,7 @@ async function coding(context: BenchContext, withPath: boolean): Promise<number>
             for (let i = 0; i < 4; i++) batch.putPage(s, i, source, (s * 4 + i) * PAGE);
         }
         await batch.encode();
-        if (withPath) for (let shard = 4; shard < 6; shard++) batch.parityRun(shard);
+        if (withPath) for (let shard = 4; shard < 6; shard++) runs.parityRun(batch, shard);
       }
     }),
   );
