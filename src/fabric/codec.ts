@@ -266,6 +266,15 @@ export class StripeBatch {
     }
   }
 
+  /**
+   * The batch's data buffer as plain scratch (at least k · capacity pages), for a holder that
+   * does not code with it: a degraded read rebuilding by XOR reads its runs here. The batch's
+   * data pages are undefined after it is written.
+   */
+  spareBytes(): Buffer {
+    return this.data;
+  }
+
   /** A page-sized buffer the batch reuses, contents undefined: valid until the next call. */
   scratchPage(): Buffer {
     return this.scratch;

@@ -721,13 +721,35 @@ export class ExternalRegion {
         if (c0 <= c1) sources.push([shard, c0, c1]);
       }
       if (lost !== 0 && popcount(present) < k) throw this.dataLost(`reading stripes ${r0}..${r1}`);
+      // One data shard lost, and the sources are every other data shard and parity k: each lost
+      // page is the XOR of the same page of the sources (ronomon's first parity is the data's
+      // XOR; codec.test.ts checks it). Another data shard lost with no pages in the range would
+      // leave parity k+1 among the sources, which must not be XORed.
+      const byXor =
+        lost !== 0 && (lost & (lost - 1)) === 0 && present === ((((1 << k) - 1) & ~lost) | (1 << k));
+      // Without the coder (nothing lost in the range, or by XOR) the batch's coding buffer is
+      // idle: the runs are read into it rather than into new buffers, one per shard and read.
+      // (At most k sources of at most b-a+1 columns each: within the k · capacity pages it holds.)
+      const spare = lost === 0 || byXor ? batch.spareBytes() : undefined;
       const runs: Buffer[] = new Array<Buffer>(sources.length);
-      const reads = sources.map(([shard, c0, c1], n): ShardOperation => [
-        shard,
-        async (target) => {
-          runs[n] = await target.nbd.read(c0 * pageSize, (c1 - c0 + 1) * pageSize);
-        },
-      ]);
+      let spareUsed = 0;
+      const reads = sources.map(([shard, c0, c1], n): ShardOperation => {
+        const bytes = (c1 - c0 + 1) * pageSize;
+        const into =
+          spare && spareUsed + bytes <= spare.length
+            ? spare.subarray(spareUsed, spareUsed + bytes)
+            : undefined;
+        if (into) spareUsed += bytes;
+        return [
+          shard,
+          async (target) => {
+            if (into) {
+              await target.nbd.readInto(c0 * pageSize, into);
+              runs[n] = into;
+            } else runs[n] = await target.nbd.read(c0 * pageSize, bytes);
+          },
+        ];
+      });
       if ((await this.settle(reads)) > 0) continue; // sources changed: choose again
       /** Where column c of source n's run starts. */
       const at = (n: number, c: number): number => (c - sources[n]![1]) * pageSize;
@@ -737,11 +759,7 @@ export class ExternalRegion {
         for (let c = d0; c <= d1; c++) copyOut(c, shard.index, runs[n]!, at(n, c));
       });
       if (lost === 0) return;
-      if (present === ((((1 << k) - 1) & ~lost) | (1 << k)) && (lost & (lost - 1)) === 0) {
-        // One data shard lost, and the sources are every other data shard and parity k: each
-        // lost page is the XOR of the same page of the sources (ronomon's first parity is the
-        // data's XOR; codec.test.ts checks it). Another data shard lost with no pages in the
-        // range would leave parity k+1 among the sources, which this must not XOR.
+      if (byXor) {
         const i = Math.log2(lost);
         const page = batch.scratchPage();
         const [l0, l1] = columnsOf(i);
