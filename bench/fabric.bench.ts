@@ -196,7 +196,7 @@ export const fabricSuite: Suite = {
           baseline: 'plain writes to one appliance',
           baselineValue: plainWrite,
           higherIsBetter: true,
-          goal: name.startsWith('coded') ? '>= 0.5x' : '',
+          goal: name.startsWith('coded') ? '>= 0.6x' : '',
         });
         context.record({
           id: `fabric ${name} sequential 1 MiB reads (QD${DEPTH})`,
@@ -263,7 +263,7 @@ export const fabricSuite: Suite = {
           baseline: `healthy 4 KiB reads of the same pages ${label}`,
           baselineValue: percentile(healthy, fraction),
           higherIsBetter: false,
-          goal: label === 'p99' ? 'within 3x' : '',
+          goal: '<= 2x',
         });
         context.record({
           id: `floor: four 4 KiB NBD reads to four appliances at once ${label}`,
