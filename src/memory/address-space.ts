@@ -208,8 +208,8 @@ export class AddressSpace implements TranslationCache {
    * or span is armed only when its frames lie there. One view in a field, rather than one per
    * slot in an array, lets V8 know its map and skip the per-access checks an array element
    * needs (a model of the span path, 0.44x -> 0.6x of a bare DataView on random reads over
-   * 1 GiB). Fields the fast path reads are `declare`d and set once in the constructor: a field
-   * that starts as undefined (an ES2022 class field) loses V8's exact type for it.
+   * 1 GiB). Fields the fast path reads are `declare`d and set once in the constructor: a
+   * field that starts as undefined (as an ES2022 class field does) can lose V8's exact type.
    * A pool of up to SEGMENT_BYTES_MAX has no other segment; in a larger or grown pool, the
    * pages in later segments take locate() on every scalar access.
    */
