@@ -39,15 +39,22 @@
  * callers that retry a write check what is stored before they report a conflict (see
  * etcd-catalog.ts), and repeating the same write after MF_CATALOG_UNAVAILABLE is safe.
  */
-import {
-  Etcd3,
-  isRecoverableError,
-  type IKeyValue,
-  type IOptions,
-  type WatchBuilder,
-  type Watcher,
-} from 'etcd3';
+import { createRequire } from 'node:module';
+import type * as Etcd3Package from 'etcd3';
+import type { Etcd3, IKeyValue, IOptions, WatchBuilder, Watcher } from 'etcd3';
 import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
+
+/**
+ * etcd3 and the gRPC stack under it cost about 0.3 s of CPU to load, a third of what starting
+ * the `memfabric` command costs, and only a fleet (etcd) deployment uses them. So they are loaded
+ * on first use: etcd3 is a CommonJS package, and `require` keeps this synchronous for the
+ * constructors below.
+ */
+let etcd3: typeof Etcd3Package | undefined;
+function etcd3Module(): typeof Etcd3Package {
+  etcd3 ??= createRequire(import.meta.url)('etcd3') as typeof Etcd3Package;
+  return etcd3;
+}
 
 export const ETCD_PREFIX = '/memfabric/v1/';
 /** Deadline of one etcd call (connecting included: gRPC has no separate dial timeout). */
@@ -135,7 +142,7 @@ export function prefixEnd(prefix: string): Buffer {
 /** A transient failure worth another try: a member down, no leader yet, a deadline. */
 export function isTransient(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
-  if (isRecoverableError(error)) return true;
+  if (etcd3Module().isRecoverableError(error)) return true;
   // Errors the pool did not classify (the message is all gRPC gives): etcd's leader troubles.
   return /no leader|leader changed|request timed out|unavailable|ECONNREFUSED|No connection established/i.test(
     error.message,
@@ -208,7 +215,7 @@ export class EtcdConnection {
       throw invalidArgument('etcd callTimeoutMs must be above 0 and retryMs 0 or more');
     }
     const callTimeoutMs = this.callTimeoutMs;
-    this.client = new Etcd3({
+    this.client = new (etcd3Module().Etcd3)({
       hosts: [...this.endpoints],
       // Streams (watches, lease keep-alives) live as long as they are wanted; calls get a deadline.
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),

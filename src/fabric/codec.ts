@@ -153,8 +153,8 @@ export class StripeBatch {
   count = 0;
   private readonly data: Buffer;
   private readonly parity: Buffer;
-  /** Parity runs (m · capacity pages) and two single pages, handed out by parityRun and pageCopy. */
-  private readonly runs: Buffer;
+  /** One page of scratch, handed out by scratchPage. */
+  private readonly scratch: Buffer;
   /** Packets per page (ronomon's w). */
   private readonly rows: number;
   private readonly packet: number;
@@ -189,7 +189,7 @@ export class StripeBatch {
     for (let count = 1; count <= capacity; count++) padded = Math.max(padded, this.paddedCount(count));
     this.data = Buffer.alloc(codec.k * padded * pageSize);
     this.parity = Buffer.alloc(codec.m * padded * pageSize);
-    this.runs = Buffer.alloc((codec.m * capacity + 2) * pageSize);
+    this.scratch = Buffer.alloc(pageSize);
   }
 
   /** Starts a batch of `count` stripes (contents are left as they were: overwrite every page). */
@@ -267,30 +267,17 @@ export class StripeBatch {
   }
 
   /**
-   * Parity shard `shard` (k..k+m-1) of stripes 0..count-1 as one run of pages, copied into a
-   * buffer the batch reuses: valid until the next reset (the caller holds the batch while the
-   * run is being written).
+   * The batch's data buffer as plain scratch (at least k · capacity pages), for a holder that
+   * does not code with it: a degraded read rebuilding by XOR reads its runs here. The batch's
+   * data pages are undefined after it is written.
    */
-  parityRun(shard: number): Buffer {
-    const run = this.runs.subarray((shard - this.codec.k) * this.capacity * this.pageSize);
-    for (let s = 0; s < this.count; s++) this.getPage(s, shard, run, s * this.pageSize);
-    return run.subarray(0, this.count * this.pageSize);
+  spareBytes(): Buffer {
+    return this.data;
   }
 
-  /**
-   * One page copied out to a contiguous buffer the batch reuses (`slot` 0 or 1: a write's first
-   * and last page): valid until the next reset.
-   */
-  pageCopy(slot: 0 | 1, stripe: number, shard: number): Buffer {
-    const page = this.scratchPage(slot);
-    this.getPage(stripe, shard, page);
-    return page;
-  }
-
-  /** A page-sized buffer the batch reuses (pageCopy's `slot`), contents undefined. */
-  scratchPage(slot: 0 | 1 = 0): Buffer {
-    const runBytes = this.codec.m * this.capacity * this.pageSize;
-    return this.runs.subarray(runBytes + slot * this.pageSize, runBytes + (slot + 1) * this.pageSize);
+  /** A page-sized buffer the batch reuses, contents undefined: valid until the next call. */
+  scratchPage(): Buffer {
+    return this.scratch;
   }
 
   /** Computes the parity pages of every stripe in the batch. */
@@ -355,5 +342,49 @@ export class StripeBatch {
     const column =
       group * this.groupStripes * this.pageSize + (stripe - group * this.groupStripes) * this.packet;
     return (shard < k ? shard : shard - k) * this.coded * this.pageSize + column;
+  }
+}
+
+/**
+ * What a coded write sends that is not the caller's own bytes: each parity shard's pages of a
+ * batch as one run, and the write's first and last data pages where they were merged with
+ * loaded bytes. Kept apart from the StripeBatch so that the coding buffers go back to their
+ * pool as soon as these copies are made, and the next batch codes while this one's NBD writes
+ * are in flight; a SendRuns stays with its writes until every shard has answered.
+ * Layout: parity shard k+j's run at pages j · capacity .., then the two single pages.
+ */
+export class SendRuns {
+  readonly m: number;
+  readonly pageSize: number;
+  readonly capacity: number;
+  private readonly buffer: Buffer;
+
+  constructor(m: number, pageSize: number, capacity: number) {
+    this.m = m;
+    this.pageSize = pageSize;
+    this.capacity = capacity;
+    this.buffer = Buffer.alloc((m * capacity + 2) * pageSize);
+  }
+
+  /**
+   * Parity shard `shard` (k..k+m-1) of the batch's stripes 0..count-1 copied out as one run of
+   * pages: valid until this SendRuns is reused.
+   */
+  parityRun(batch: StripeBatch, shard: number): Buffer {
+    const j = shard - batch.codec.k;
+    if (!(j >= 0 && j < this.m && batch.count <= this.capacity && batch.pageSize === this.pageSize)) {
+      throw invalidArgument(`parity shard ${shard} of a batch of ${batch.count} does not fit these runs`);
+    }
+    const run = this.buffer.subarray(j * this.capacity * this.pageSize);
+    for (let s = 0; s < batch.count; s++) batch.getPage(s, shard, run, s * this.pageSize);
+    return run.subarray(0, batch.count * this.pageSize);
+  }
+
+  /** One page of the batch copied out (`slot` 0 or 1: a write's first and last page). */
+  pageCopy(slot: 0 | 1, batch: StripeBatch, stripe: number, shard: number): Buffer {
+    const at = (this.m * this.capacity + slot) * this.pageSize;
+    const page = this.buffer.subarray(at, at + this.pageSize);
+    batch.getPage(stripe, shard, page);
+    return page;
   }
 }

@@ -25,5 +25,5 @@ export { LocalRegion } from './local-region.js';
 export { FileRegion } from './file-region.js';
 export { ApplianceDirectory, type ApplianceAccess, type ApplianceState } from './directory.js';
 export { place, type PlacementRequest } from './placement.js';
-export { ReedSolomonCodec, StripeBatch } from './codec.js';
+export { ReedSolomonCodec, SendRuns, StripeBatch } from './codec.js';
 export type { ShardState, ShardStatus } from './shard.js';

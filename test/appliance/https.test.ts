@@ -6,7 +6,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,12 +16,11 @@ import { Fabric } from '../../src/fabric/index.js';
 import { ErrorCodes, MemfabricError } from '../../src/index.js';
 import { makeSelfSigned } from '../nbd/tls-credentials.js';
 import { startAppliance } from './harness.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const MiB = 1024 * 1024;
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = existsSync(join(ROOT, 'dist', 'cli', 'main.js'))
-  ? ['--import', 'tsx', join(ROOT, 'src', 'cli', 'main.ts')]
-  : [join(ROOT, 'bin', 'memfabric.js')];
+const CLI = memfabricCommand();
 
 let dir = '';
 let certFile = '';

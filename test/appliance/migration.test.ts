@@ -7,11 +7,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import { Appliance } from '../../src/appliance/index.js';
@@ -23,6 +22,7 @@ import { ESHUTDOWN } from '../../src/nbd/protocol/constants.js';
 import { NbdClient, NbdRequestError } from '../../src/nbd/index.js';
 import { adminProxy } from './admin-proxy.js';
 import { TEST_TOKEN, bearer, testAuth } from './harness.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -502,11 +502,7 @@ test('memfabric region migrate moves a region and reports it', async (t) => {
   t.after(() => Promise.all([a.appliance.stop(), b.appliance.stop()]));
   const region = await a.appliance.registry.create({ name: 'vm', size: 4 * MiB });
   region.write(0, pattern(6, MiB));
-  // bin/memfabric.js prefers a dist/ build; the test must run the source under test.
-  const root = fileURLToPath(new URL('../../', import.meta.url));
-  const cli = existsSync(join(root, 'dist', 'cli', 'main.js'))
-    ? ['--import', 'tsx', join(root, 'src', 'cli', 'main.ts')]
-    : [join(root, 'bin', 'memfabric.js')];
+  const cli = memfabricCommand();
   const { stdout } = await promisify(execFile)(
     process.execPath,
     [
@@ -523,7 +519,7 @@ test('memfabric region migrate moves a region and reports it', async (t) => {
       '--appliance',
       a.url,
     ],
-    { timeout: 60_000, cwd: root, env: { ...process.env, MEMFABRIC_TOKEN: TEST_TOKEN } },
+    { timeout: 60_000, env: { ...process.env, MEMFABRIC_TOKEN: TEST_TOKEN } },
   );
   assert.match(stdout, /moved vm to http:\/\/127\.0\.0\.1:\d+ as vm-b/);
   assert.match(stdout, /nbd:\/\/127\.0\.0\.1:\d+\/vm-b/);

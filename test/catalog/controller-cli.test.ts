@@ -21,6 +21,7 @@ import { Fabric } from '../../src/fabric/fabric.js';
 import type { ExternalRegion } from '../../src/fabric/external-region.js';
 import { ApplianceProcess } from '../interop/appliance-process.js';
 import { EtcdCluster, until } from '../support/etcd-cluster.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const WAIT_MS = 60_000;
@@ -33,14 +34,10 @@ interface ControllerProcess {
 }
 
 function startController(args: string[]): ControllerProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', join(ROOT, 'src', 'cli', 'main.ts'), 'controller', ...args],
-    {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  const child = spawn(process.execPath, [...memfabricCommand(), 'controller', ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const output = { text: '' };
   child.stdout!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));

@@ -9,11 +9,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { Appliance } from '../../src/index.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const run = promisify(execFile);
-const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
+const source = memfabricCommand();
 
 async function refusedStart(args: string[]): Promise<{ stderr: string; stdout: string }> {
   try {

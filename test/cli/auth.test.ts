@@ -6,18 +6,17 @@
 import { test } from 'node:test';
 import { execFile } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateToken, stateTokenFile } from '../../src/appliance/auth-token.js';
 import { findToken } from '../../src/cli/credentials.js';
 import { applianceTokenFile } from '../../src/cli/appliance-command.js';
 import { ApplianceProcess, tempDir, type Run } from '../interop/appliance-process.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = existsSync(join(ROOT, 'dist', 'cli', 'main.js'))
-  ? ['--import', 'tsx', join(ROOT, 'src', 'cli', 'main.ts')]
-  : [join(ROOT, 'bin', 'memfabric.js')];
+const CLI = memfabricCommand();
 
 /** Runs the real CLI with a clean environment: PATH and HOME, plus `env`. */
 function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {

@@ -7,15 +7,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { Appliance } from '../../src/index.js';
 import { Fabric, type ExternalRegion } from '../../src/fabric/index.js';
 import { TEST_TOKEN, testAuth } from '../appliance/harness.js';
 import { seededBytes } from '../fabric/seeded-bytes.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const run = promisify(execFile);
-// The source entry through tsx, never bin/memfabric.js (which prefers a possibly stale dist/).
-const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
+// The tree under test, never a possibly stale dist/ (test/support/cli.ts).
+const source = memfabricCommand();
 const MiB = 1024 * 1024;
 
 test('fabric ls / open / rebuild / rm find a region by the descriptors its shards carry', async (t) => {

@@ -9,17 +9,16 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { Appliance } from '../../src/appliance/index.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { Heap } from '../../src/heap/heap.js';
 import { HeapImage } from '../../src/heap/image.js';
 import { formatSize } from '../../src/size.js';
 import { seededBytes } from '../fabric/seeded-bytes.js';
+import { memfabricCommand } from '../support/cli.js';
 
-// The source entry through tsx, never bin/memfabric.js: the bin prefers a dist/ build when one
-// exists, which may be stale, and these tests must exercise the code under test.
-const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
+// The tree under test, never a possibly stale dist/ (test/support/cli.ts).
+const source = memfabricCommand();
 
 const dir = mkdtempSync(join(tmpdir(), 'memfabric-heap-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

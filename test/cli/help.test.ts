@@ -5,10 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { memfabricCommand } from '../support/cli.js';
 
 const run = promisify(execFile);
-const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
+const source = memfabricCommand();
 
 async function help(...command: string[]): Promise<string> {
   const { stdout } = await run(process.execPath, [...source, ...command, '--help'], { timeout: 60_000 });

@@ -2,13 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { Appliance } from '../../src/index.js';
+import { memfabricCommand } from '../support/cli.js';
 
 const run = promisify(execFile);
-// The source entry through tsx, never bin/memfabric.js: the bin prefers a dist/ build when one
-// exists, which may be stale, and these tests must exercise the code under test.
-const source = ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
+// The tree under test, never a possibly stale dist/ (test/support/cli.ts).
+const source = memfabricCommand();
 
 test('region create / clone / ls / rm and stats drive a real appliance', async (t) => {
   const appliance = await Appliance.start({ memory: '16MiB', nbd: { port: 0 }, http: { port: 0 } });
