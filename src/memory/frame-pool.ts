@@ -39,8 +39,13 @@ export const PAGE_SIZE_MIN = 512;
 export const PAGE_SIZE_MAX = 65536;
 export const PAGE_SIZE_DEFAULT = 4096;
 
-/** A segment holds at most this many bytes, so growth adds memory in modest steps. */
-export const SEGMENT_BYTES_MAX = 64 * 1024 * 1024;
+/**
+ * A segment holds at most this many bytes (2 GiB: byte offsets stay below 2^31). A pool whose
+ * initial capacity fits is one segment, which the scalar fast path of AddressSpace needs (it
+ * reads segment 0 through one DataView). Growth adds segments of the first one's size: the
+ * memory is virtual until frames are used (a fresh ArrayBuffer is zero-filled lazily).
+ */
+export const SEGMENT_BYTES_MAX = 2 ** 31;
 
 /** Set in `flags[f]` while the merger indexes frame f by content. */
 export const FRAME_MERGED = 1;

@@ -5,7 +5,7 @@
  * advances, sharePage, destroy, and with a pager eviction), must always agree with a plain
  * byte array per space. A stale cached translation shows up as a read that differs.
  *
- * The spaces span several leaves and are first written in order, so their leaves map runs of
+ * The spaces span several leaves (or, in one test, less than one) and are first written in order, so their leaves map runs of
  * consecutive frames (span translations form); bursts of reads over many pages make the page
  * TLB grow.
  */
@@ -20,7 +20,9 @@ import { MapPaging } from './paging-backend.js';
 const PAGE = 512;
 const LEAF_BYTES = LEAF_ENTRIES * PAGE;
 /** Three whole leaves and a partial page after them: spans, a leaf that is not whole, a ragged end. */
-const SIZE = 3 * LEAF_BYTES + 2 * PAGE + 300;
+const LARGE_SIZE = 3 * LEAF_BYTES + 2 * PAGE + 300;
+/** A space smaller than one leaf, with a ragged end: one span over its whole pages. */
+const SMALL_SIZE = 40 * PAGE + 300;
 
 type Width = 1 | 2 | 4 | 8;
 type Op =
@@ -39,7 +41,7 @@ type Op =
 
 const unit = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
 const width = fc.constantFrom<Width>(1, 2, 4, 8);
-const pageArb = fc.nat(Math.ceil(SIZE / PAGE) - 1);
+const pageArb = fc.nat(Math.ceil(LARGE_SIZE / PAGE) - 1);
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   {
     weight: 6,
@@ -168,21 +170,22 @@ function nextRandom(state: number): number {
   return (Math.imul(state, 1664525) + 1013904223) >>> 0;
 }
 
-function run(ops: Op[], withPager: boolean): void {
+function run(ops: Op[], withPager: boolean, size = LARGE_SIZE): void {
+  const pages = Math.ceil(size / PAGE);
   // The first write fits the first segment (4096 frames), so every whole leaf of the first
   // space maps a run of consecutive frames; copies made later come from further segments.
   const pool = new FramePool({ pageSize: PAGE, capacity: 2100 * PAGE, maxCapacity: 16 * 1024 * 1024 });
   const paging = withPager ? new MapPaging(pool) : undefined;
   const merger = new SamePageMerger(pool, { quietEpochs: 0 });
-  const first = new AddressSpace(pool, { size: SIZE });
+  const first = new AddressSpace(pool, { size: size });
   merger.register(first);
-  const bytes = new Uint8Array(SIZE);
-  for (let i = 0; i < SIZE; i++) bytes[i] = (i * 131 + (i >>> 9)) & 0xff;
+  const bytes = new Uint8Array(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 131 + (i >>> 9)) & 0xff;
   // Written in order, so consecutive pages get consecutive frames.
   first.write(0, bytes);
   const spaces: ModelSpace[] = [model(first, bytes)];
   const live = (): ModelSpace[] => spaces.filter((s) => !s.real.isDestroyed);
-  const addrFor = (fraction: number, length: number): number => Math.floor(fraction * (SIZE - length + 1));
+  const addrFor = (fraction: number, length: number): number => Math.floor(fraction * (size - length + 1));
 
   for (const op of ops) {
     const alive = live();
@@ -211,7 +214,7 @@ function run(ops: Op[], withPager: boolean): void {
           state = nextRandom(state);
           const w = (1 << (state & 3)) as Width;
           state = nextRandom(state);
-          checkScalar(s, Math.floor((state / 2 ** 32) * (SIZE - w + 1)), w, 'burst read');
+          checkScalar(s, Math.floor((state / 2 ** 32) * (size - w + 1)), w, 'burst read');
         }
         break;
       }
@@ -237,28 +240,30 @@ function run(ops: Op[], withPager: boolean): void {
         break;
       case 'share': {
         const source = alive[op.from % alive.length]!;
-        if (source.real.frameAt(op.sourcePage) < FIRST_FRAME) break;
-        s.real.sharePage(op.page, source.real, op.sourcePage);
+        const page = op.page % pages;
+        const sourcePage = op.sourcePage % pages;
+        if (source.real.frameAt(sourcePage) < FIRST_FRAME) break;
+        s.real.sharePage(page, source.real, sourcePage);
         // The page takes the whole source page; bytes past the end of either space read as nothing.
-        const length = Math.min(PAGE, SIZE - op.page * PAGE, SIZE - op.sourcePage * PAGE);
-        const copy = source.bytes.slice(op.sourcePage * PAGE, op.sourcePage * PAGE + length);
-        s.bytes.fill(0, op.page * PAGE, Math.min(SIZE, (op.page + 1) * PAGE));
-        s.bytes.set(copy, op.page * PAGE);
+        const length = Math.min(PAGE, size - page * PAGE, size - sourcePage * PAGE);
+        const copy = source.bytes.slice(sourcePage * PAGE, sourcePage * PAGE + length);
+        s.bytes.fill(0, page * PAGE, Math.min(size, (page + 1) * PAGE));
+        s.bytes.set(copy, page * PAGE);
         break;
       }
       case 'destroy':
         if (s.real !== first) s.real.destroy();
         break;
       case 'evict':
-        if (paging) paging.evictPage(s.real, op.page);
+        if (paging) paging.evictPage(s.real, op.page % pages);
         break;
     }
   }
   for (const s of live()) {
-    const actual = new Uint8Array(SIZE);
+    const actual = new Uint8Array(size);
     s.real.read(0, actual);
     assert.ok(Buffer.compare(actual, s.bytes) === 0, 'final contents differ from the model');
-    for (let addr = 0; addr + 8 <= SIZE; addr += 509) checkScalar(s, addr, 8, 'final scalar read');
+    for (let addr = 0; addr + 8 <= size; addr += 509) checkScalar(s, addr, 8, 'final scalar read');
   }
   for (const s of live()) s.real.destroy();
   merger.destroy();
@@ -274,6 +279,13 @@ test('scalar accesses never see a stale translation (no pager: span translations
 test('scalar accesses never see a stale translation (with a pager evicting pages)', () => {
   fc.assert(
     fc.property(fc.array(opArb, { minLength: 1, maxLength: 60 }), (ops) => run(ops, true)),
+    { numRuns: 40 },
+  );
+});
+
+test('a space smaller than one leaf reads through one span over its whole pages, and never sees a stale one', () => {
+  fc.assert(
+    fc.property(fc.array(opArb, { minLength: 1, maxLength: 60 }), (ops) => run(ops, false, SMALL_SIZE)),
     { numRuns: 40 },
   );
 });
@@ -307,5 +319,48 @@ test('a space written in order reads through span translations and the TLB grows
   assert.equal(space.readU32(7 * PAGE + 8), 0);
   assert.equal(child.readU32(7 * PAGE + 8), view.getUint32(7 * PAGE + 8, true));
   child.destroy();
+  space.destroy();
+});
+
+test("a small space's span covers its whole pages only: the ragged last page keeps its own translation", () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 1024 * 1024 });
+  const size = 4 * PAGE + 100;
+  const space = new AddressSpace(pool, { size });
+  const data = new Uint8Array(size).map((_, i) => (i * 13) & 0xff);
+  space.write(0, data);
+  const view = new DataView(data.buffer);
+  const last = 4 * PAGE + 16;
+  assert.equal(space.readU32(8), view.getUint32(8, true));
+  // Copy-on-write gives the last page a frame that no longer follows the span's frames.
+  const child = space.fork();
+  space.writeU32(last, 0x12345678);
+  assert.equal(space.readU32(8), view.getUint32(8, true));
+  assert.equal(space.readU32(last), 0x12345678);
+  assert.equal(child.readU32(last), view.getUint32(last, true));
+  assert.equal(space.readF64(3 * PAGE + 8), view.getFloat64(3 * PAGE + 8, true));
+  child.destroy();
+  space.destroy();
+});
+
+test('pages whose frames lie in later segments of a grown pool read and write correctly', () => {
+  // Eight frames to start with: segments of 16 frames, so the space's pages spread over several.
+  const pool = new FramePool({ pageSize: PAGE, capacity: 8 * PAGE, maxCapacity: 1024 * PAGE });
+  const pages = 64;
+  const space = new AddressSpace(pool, { size: pages * PAGE });
+  const data = new Uint8Array(pages * PAGE).map((_, i) => (i * 29 + (i >>> 9)) & 0xff);
+  space.write(0, data);
+  assert.ok(pool.segments.length > 2);
+  const view = new DataView(data.buffer);
+  // Each page is read and written several times: the first access translates, the later ones
+  // take whatever fast path the page has.
+  for (let round = 0; round < 3; round++) {
+    for (let page = 0; page < pages; page++) {
+      const addr = page * PAGE + 8 * round;
+      assert.ok(Object.is(space.readF64(addr), view.getFloat64(addr, true)), `page ${page}`);
+      space.writeU32(addr + 100, page * 7 + round);
+      view.setUint32(addr + 100, page * 7 + round, true);
+      assert.equal(space.readU32(addr + 100), view.getUint32(addr + 100, true), `page ${page}`);
+    }
+  }
   space.destroy();
 });
