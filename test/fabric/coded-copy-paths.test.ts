@@ -46,6 +46,45 @@ function place({ at, length }: { at: number; length: number }): [number, number]
   return [Math.floor(at * (SIZE - clipped + 1)), clipped];
 }
 
+/**
+ * A coded region over in-process appliances of its own (one per shard: losing shards means
+ * stopping their appliances); `close` stops them all.
+ */
+async function codedRegion(): Promise<{
+  list: Appliance[];
+  region: ExternalRegion;
+  close: () => Promise<void>;
+}> {
+  const list = await Promise.all(
+    Array.from({ length: K + M }, () =>
+      Appliance.start({
+        memory: '16MiB',
+        nbd: { port: 0 },
+        http: { port: 0 },
+        defaultRegion: false,
+        merge: false,
+        auth: testAuth,
+      }),
+    ),
+  );
+  const urls = list.map((a) => `http://127.0.0.1:${a.httpAddress.port}`);
+  const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 5000 });
+  const close = async (): Promise<void> => {
+    await fabric.close().catch(() => undefined);
+    await Promise.all(list.map((a) => a.stop()));
+  };
+  try {
+    const region = (await fabric.allocate({
+      size: SIZE,
+      redundancy: { data: K, parity: M },
+    })) as ExternalRegion;
+    return { list, region, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
 test('coded 4+2: unaligned writes and reads, healthy and with any 1 or 2 shards lost, return exactly the bytes written', async () => {
   await fc.assert(
     fc.asyncProperty(
@@ -54,26 +93,8 @@ test('coded 4+2: unaligned writes and reads, healthy and with any 1 or 2 shards 
       fc.array(range, { maxLength: 3 }),
       fc.array(range, { minLength: 1, maxLength: 5 }),
       async (writes, lost, degradedWrites, reads) => {
-        // Appliances of its own per run: losing shards means stopping their appliances.
-        const list = await Promise.all(
-          Array.from({ length: K + M }, () =>
-            Appliance.start({
-              memory: '16MiB',
-              nbd: { port: 0 },
-              http: { port: 0 },
-              defaultRegion: false,
-              merge: false,
-              auth: testAuth,
-            }),
-          ),
-        );
-        const urls = list.map((a) => `http://127.0.0.1:${a.httpAddress.port}`);
-        const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 5000 });
+        const { list, region, close } = await codedRegion();
         try {
-          const region = (await fabric.allocate({
-            size: SIZE,
-            redundancy: { data: K, parity: M },
-          })) as ExternalRegion;
           const model = Buffer.alloc(SIZE);
           const write = async (drawn: Range): Promise<void> => {
             const [offset, length] = place(drawn);
@@ -112,8 +133,7 @@ test('coded 4+2: unaligned writes and reads, healthy and with any 1 or 2 shards 
           await check(`written with shards ${lost.join(', ')} lost`);
           assert.equal(region.health().lost, lost.length);
         } finally {
-          await fabric.close().catch(() => undefined);
-          await Promise.all(list.map((a) => a.stop()));
+          await close();
         }
       },
     ),
@@ -164,25 +184,8 @@ test('coded 4+2: many writes in flight at once (more than the coding batches), h
       fc.integer(),
       fc.uniqueArray(fc.integer({ min: 0, max: K + M - 1 }), { maxLength: M }),
       async (cuts, seed, lost) => {
-        const list = await Promise.all(
-          Array.from({ length: K + M }, () =>
-            Appliance.start({
-              memory: '16MiB',
-              nbd: { port: 0 },
-              http: { port: 0 },
-              defaultRegion: false,
-              merge: false,
-              auth: testAuth,
-            }),
-          ),
-        );
-        const urls = list.map((a) => `http://127.0.0.1:${a.httpAddress.port}`);
-        const fabric = new Fabric({ token: TEST_TOKEN, appliances: urls, requestTimeoutMs: 5000 });
+        const { list, region, close } = await codedRegion();
         try {
-          const region = (await fabric.allocate({
-            size: SIZE,
-            redundancy: { data: K, parity: M },
-          })) as ExternalRegion;
           const model = seededBytes(seed, SIZE);
           await region.write(0, model);
           const shards = region.health().shards;
@@ -210,8 +213,7 @@ test('coded 4+2: many writes in flight at once (more than the coding batches), h
           assert.ok((await region.read(0, SIZE)).equals(model), 'the whole region');
           assert.equal(region.health().lost, lost.length);
         } finally {
-          await fabric.close().catch(() => undefined);
-          await Promise.all(list.map((a) => a.stop()));
+          await close();
         }
       },
     ),
