@@ -23,15 +23,17 @@
  *     one slot per page or 2^18 slots;
  *   - the span TLB (scalar reads only): one entry per leaf whose LEAF_ENTRIES pages map
  *     consecutive frames of segment 0, as pages written in order do (a space smaller than a
- *     leaf has one span over its whole pages). On a large space read at random it replaces
- *     hundreds of page translations (each a cache miss) with one, the way huge pages relieve
- *     a hardware TLB, without changing how frames are allocated; on a small one it is the
- *     first check an access makes, so it should hit. Not used with a pager, which needs each
- *     page's translation to see its accessed bit.
- * The scalar fast path (see the accessors) checks the span slot, then the page TLB slot, and
- * reads through one DataView, that of segment 0 (fastView): a pool of up to SEGMENT_BYTES_MAX
- * has no other. A slot is armed for it only by a scalar miss (locate), which looks for a span
- * first; bulk calls fill TLB slots without arming them.
+ *     leaf has one span over its whole pages, kept in two fields rather than a table). On a
+ *     large space read at random it replaces hundreds of page translations (each a cache
+ *     miss) with one, the way huge pages relieve a hardware TLB, without changing how frames
+ *     are allocated; on a small one it is the first check an access makes, so it should hit.
+ *     Not used with a pager, which needs each page's translation to see its accessed bit.
+ * The scalar fast path (see the accessors) checks the small space's span, the span slot, then
+ * the page TLB slot, and reads through one DataView, that of segment 0 (fastView): a pool whose
+ * maxCapacity fits SEGMENT_BYTES_MAX has no other, however it grows. Each check is a tag and
+ * bounds test on one pair of numbers that lie side by side. A slot is armed for it only by a
+ * scalar miss (locate), which looks for a span first; bulk calls fill TLB slots without arming
+ * them.
  * Anything that makes a cached translation stale drops it: fork (frames become shared), epoch
  * advance (the next write must record its epoch; writable entries only), trim and zeroing,
  * sharePage, a page made writable (it may get a new frame), and the merger and the pager
@@ -195,14 +197,20 @@ export class AddressSpace implements TranslationCache {
   private tlbFrame = new Int32Array(0);
   private tlbWritable = new Uint8Array(0);
   /**
-   * Scalar fast path: the byte address where each slot's page starts (NaN when the slot is
-   * empty, not armed by a scalar miss, its page is the partial last one or its frame lies
-   * outside segment 0: see armScalar), and the same for writable slots only. One
-   * subtraction then checks tag and bounds together: `addr - base` must be a whole number
-   * from 0 to pageSize - width (`x >>> 0 === x` rejects negative, fractional and NaN at once).
+   * The scalar fast path's view of the TLB: two numbers per slot, at `2 * slot`, in tlbRead
+   * for reads and tlbWrite for writes:
+   *   [0] base, the byte address where the slot's page starts (NaN when the slot is empty,
+   *       not armed by a scalar miss, its page is the partial last one or its frame lies
+   *       outside segment 0: see armScalar; in tlbWrite, also NaN unless the slot is writable);
+   *   [1] delta, the page's byte offset in segment 0 minus base: `addr + delta` is the byte.
+   * A pair lies in one cache line, so a lookup in a TLB too large for the CPU's caches costs
+   * one miss, not the two of separate base and delta arrays; delta is kept twice so that reads
+   * touch tlbRead only and writes tlbWrite only.
+   * One subtraction checks tag and bounds together: `addr - base` must be a whole number from
+   * 0 to pageSize - width (`x >>> 0 === x` rejects negative, fractional and NaN at once).
    */
-  private tlbBase = new Float64Array(0);
-  private tlbWriteBase = new Float64Array(0);
+  private tlbRead = new Float64Array(0);
+  private tlbWrite = new Float64Array(0);
   /**
    * The DataView of segment 0, the only segment the scalar fast path reads and writes: a slot
    * or span is armed only when its frames lie there. One view in a field, rather than one per
@@ -210,19 +218,20 @@ export class AddressSpace implements TranslationCache {
    * needs (a model of the span path, 0.44x -> 0.6x of a bare DataView on random reads over
    * 1 GiB). Fields the fast path reads are `declare`d and set once in the constructor: a
    * field that starts as undefined (as an ES2022 class field does) can lose V8's exact type.
-   * A pool of up to SEGMENT_BYTES_MAX has no other segment; in a larger or grown pool, the
-   * pages in later segments take locate() on every scalar access.
+   * A pool whose maxCapacity is up to SEGMENT_BYTES_MAX has no other segment, grown or not (see
+   * FramePool); in a larger pool, the pages in later segments take locate() on every scalar
+   * access.
    */
   declare private readonly fastView: DataView;
-  /** Segment byte offset minus page base address: `addr + delta` is the byte in the segment. */
-  private tlbDelta = new Float64Array(0);
   /**
-   * The span TLB (scalar reads only), direct-mapped by leaf: spanBase is the byte address where
-   * the span starts (NaN when empty), spanDelta the segment byte offset minus that address,
-   * (frames in segment 0 only: see fastView). Invariant: a filled slot's spanPages pages map, right
-   * now, to the consecutive frames it names; anything that changes one of them drops it
-   * (flushTranslations, invalidatePage, translateForWrite). spanChecked remembers a leaf found
-   * not to be one run, so its misses do not rescan it until the next flush.
+   * The span TLB (scalar reads only), direct-mapped by leaf, two numbers per slot at
+   * `2 * slot`: the byte address where the span starts (NaN when empty), and the segment byte
+   * offset minus that address (frames in segment 0 only: see fastView). Invariant: a filled
+   * slot's spanPages pages map, right now, to the consecutive frames it names; anything that
+   * changes one of them drops it (flushTranslations, invalidatePage, translateForWrite).
+   * spanChecked remembers a leaf found not to be one run, so its misses do not rescan it until
+   * the next flush. A space smaller than one leaf keeps its one span in soloEnd and soloDelta
+   * instead, and never fills this table.
    */
   declare private readonly spanMask: number;
   /**
@@ -235,9 +244,20 @@ export class AddressSpace implements TranslationCache {
   declare private readonly spanBytes: number;
   /** 1 / (bytes per leaf): the span slot of an address is its leaf number & spanMask. */
   declare private readonly invSpanBytes: number;
-  declare private readonly spanBase: Float64Array;
-  declare private readonly spanDelta: Float64Array;
+  declare private readonly spans: Float64Array;
   declare private readonly spanChecked: Float64Array;
+  /** The space is smaller than one leaf: its one span lives in soloEnd and soloDelta. */
+  declare private readonly solo: boolean;
+  /**
+   * The span of a space smaller than one leaf, in two fields: the first check every scalar
+   * read makes, and the cheapest (two fields, no table, no tag: the span starts at address 0,
+   * so `addr <= soloEnd - width` and `addr >>> 0 === addr` are the whole check). soloEnd is
+   * spanBytes while the span is filled and 0 otherwise (always 0 in a larger space, whose
+   * reads then fail the first compare); soloDelta is the segment byte offset of address 0.
+   * Filled and dropped exactly where span slot 0 would be.
+   */
+  declare private soloEnd: number;
+  declare private soloDelta: number;
   /** Span slots filled or checked since the last flush (a flush with none costs nothing). */
   private spanFills = 0;
   private readonly fillLog = new Int32Array(TLB_LOG_ENTRIES);
@@ -280,13 +300,16 @@ export class AddressSpace implements TranslationCache {
     this.resizeTlb(TLB_BITS_MIN);
     const spanSlots =
       2 ** Math.min(SPAN_TLB_BITS_MAX, Math.max(0, Math.ceil(Math.log2(this.pageCount / LEAF_ENTRIES))));
-    this.spanMask = spanSlots - 1;
+    // `| 0`: an integer field (a `**` result is a double, and V8 would keep the mask boxed).
+    this.spanMask = (spanSlots - 1) | 0;
     this.spanPages = this.pageCount <= LEAF_ENTRIES ? Math.floor(size / this.pageSize) : LEAF_ENTRIES;
     this.spanBytes = this.spanPages * this.pageSize;
     this.invSpanBytes = 1 / (LEAF_ENTRIES * this.pageSize);
-    this.spanBase = new Float64Array(spanSlots).fill(Number.NaN);
-    this.spanDelta = new Float64Array(spanSlots);
+    this.spans = new Float64Array(2 * spanSlots).fill(Number.NaN);
     this.spanChecked = new Float64Array(spanSlots).fill(-1);
+    this.solo = this.pageCount <= LEAF_ENTRIES;
+    this.soloEnd = 0;
+    this.soloDelta = 0;
     this.fastView = pool.views[0]!;
     const emptyView = pool.segments[0]!.subarray(0, 0);
     for (let i = 0; i < VIEW_CACHE_ENTRIES; i++) this.viewCache.push(emptyView);
@@ -456,45 +479,55 @@ export class AddressSpace implements TranslationCache {
   // accessor taking the DataView method as a parameter would make that call megamorphic.
 
   readU8(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 1 && addr >>> 0 === addr) return this.fastView.getUint8(addr + this.soloDelta);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 1) {
-      return this.fastView.getUint8(addr + this.spanDelta[span]!);
+      return this.fastView.getUint8(addr + spans[span + 1]!);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
-      return this.fastView.getUint8(addr + this.tlbDelta[slot]!);
+      return this.fastView.getUint8(addr + tlb[slot + 1]!);
     }
     const at = this.locate(addr, 1, false);
     return at >= 0 ? this.pool.views[this.hitSegment]!.getUint8(at) : this.readSplit(addr, 1).getUint8(0);
   }
 
   readI8(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 1 && addr >>> 0 === addr) return this.fastView.getInt8(addr + this.soloDelta);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 1) {
-      return this.fastView.getInt8(addr + this.spanDelta[span]!);
+      return this.fastView.getInt8(addr + spans[span + 1]!);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
-      return this.fastView.getInt8(addr + this.tlbDelta[slot]!);
+      return this.fastView.getInt8(addr + tlb[slot + 1]!);
     }
     const at = this.locate(addr, 1, false);
     return at >= 0 ? this.pool.views[this.hitSegment]!.getInt8(at) : this.readSplit(addr, 1).getInt8(0);
   }
 
   readU16(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 2 && addr >>> 0 === addr)
+      return this.fastView.getUint16(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 2) {
-      return this.fastView.getUint16(addr + this.spanDelta[span]!, true);
+      return this.fastView.getUint16(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
-      return this.fastView.getUint16(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getUint16(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 2, false);
     return at >= 0
@@ -503,15 +536,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI16(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 2 && addr >>> 0 === addr)
+      return this.fastView.getInt16(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 2) {
-      return this.fastView.getInt16(addr + this.spanDelta[span]!, true);
+      return this.fastView.getInt16(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
-      return this.fastView.getInt16(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getInt16(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 2, false);
     return at >= 0
@@ -520,15 +557,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readU32(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 4 && addr >>> 0 === addr)
+      return this.fastView.getUint32(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
-      return this.fastView.getUint32(addr + this.spanDelta[span]!, true);
+      return this.fastView.getUint32(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      return this.fastView.getUint32(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getUint32(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 4, false);
     return at >= 0
@@ -537,15 +578,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI32(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 4 && addr >>> 0 === addr)
+      return this.fastView.getInt32(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
-      return this.fastView.getInt32(addr + this.spanDelta[span]!, true);
+      return this.fastView.getInt32(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      return this.fastView.getInt32(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getInt32(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 4, false);
     return at >= 0
@@ -554,15 +599,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readF32(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 4 && addr >>> 0 === addr)
+      return this.fastView.getFloat32(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 4) {
-      return this.fastView.getFloat32(addr + this.spanDelta[span]!, true);
+      return this.fastView.getFloat32(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      return this.fastView.getFloat32(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getFloat32(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 4, false);
     return at >= 0
@@ -571,15 +620,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readF64(addr: number): number {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 8 && addr >>> 0 === addr)
+      return this.fastView.getFloat64(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
-      return this.fastView.getFloat64(addr + this.spanDelta[span]!, true);
+      return this.fastView.getFloat64(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      return this.fastView.getFloat64(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getFloat64(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 8, false);
     return at >= 0
@@ -588,15 +641,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readU64(addr: number): bigint {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 8 && addr >>> 0 === addr)
+      return this.fastView.getBigUint64(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
-      return this.fastView.getBigUint64(addr + this.spanDelta[span]!, true);
+      return this.fastView.getBigUint64(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      return this.fastView.getBigUint64(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getBigUint64(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 8, false);
     return at >= 0
@@ -605,15 +662,19 @@ export class AddressSpace implements TranslationCache {
   }
 
   readI64(addr: number): bigint {
-    const span = (addr * this.invSpanBytes) & this.spanMask;
-    const inSpan = addr - this.spanBase[span]!;
+    if (addr <= this.soloEnd - 8 && addr >>> 0 === addr)
+      return this.fastView.getBigInt64(addr + this.soloDelta, true);
+    const spans = this.spans;
+    const span = ((addr * this.invSpanBytes) & this.spanMask) << 1;
+    const inSpan = addr - spans[span]!;
     if (inSpan >>> 0 === inSpan && inSpan <= this.spanBytes - 8) {
-      return this.fastView.getBigInt64(addr + this.spanDelta[span]!, true);
+      return this.fastView.getBigInt64(addr + spans[span + 1]!, true);
     }
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbBase[slot]!;
+    const tlb = this.tlbRead;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      return this.fastView.getBigInt64(addr + this.tlbDelta[slot]!, true);
+      return this.fastView.getBigInt64(addr + tlb[slot + 1]!, true);
     }
     const at = this.locate(addr, 8, false);
     return at >= 0
@@ -622,10 +683,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU8(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
-      this.fastView.setUint8(addr + this.tlbDelta[slot]!, value);
+      this.fastView.setUint8(addr + tlb[slot + 1]!, value);
       return;
     }
     const at = this.locate(addr, 1, true);
@@ -634,10 +696,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI8(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 1) {
-      this.fastView.setInt8(addr + this.tlbDelta[slot]!, value);
+      this.fastView.setInt8(addr + tlb[slot + 1]!, value);
       return;
     }
     const at = this.locate(addr, 1, true);
@@ -646,10 +709,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU16(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
-      this.fastView.setUint16(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setUint16(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 2, true);
@@ -658,10 +722,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI16(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 2) {
-      this.fastView.setInt16(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setInt16(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 2, true);
@@ -670,10 +735,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      this.fastView.setUint32(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setUint32(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 4, true);
@@ -682,10 +748,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      this.fastView.setInt32(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setInt32(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 4, true);
@@ -694,10 +761,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeF32(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 4) {
-      this.fastView.setFloat32(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setFloat32(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 4, true);
@@ -706,10 +774,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeF64(addr: number, value: number): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      this.fastView.setFloat64(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setFloat64(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 8, true);
@@ -718,10 +787,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeU64(addr: number, value: bigint): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      this.fastView.setBigUint64(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setBigUint64(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 8, true);
@@ -730,10 +800,11 @@ export class AddressSpace implements TranslationCache {
   }
 
   writeI64(addr: number, value: bigint): void {
-    const slot = (addr * this.invPageSize) & this.tlbMask;
-    const inPage = addr - this.tlbWriteBase[slot]!;
+    const tlb = this.tlbWrite;
+    const slot = ((addr * this.invPageSize) & this.tlbMask) << 1;
+    const inPage = addr - tlb[slot]!;
     if (inPage >>> 0 === inPage && inPage <= this.pageSize - 8) {
-      this.fastView.setBigInt64(addr + this.tlbDelta[slot]!, value, true);
+      this.fastView.setBigInt64(addr + tlb[slot + 1]!, value, true);
       return;
     }
     const at = this.locate(addr, 8, true);
@@ -1040,15 +1111,16 @@ export class AddressSpace implements TranslationCache {
   /** Drops every cached translation (TranslationCache). */
   flushTranslations(): void {
     if (this.spanFills > 0) {
-      this.spanBase.fill(Number.NaN);
+      this.spans.fill(Number.NaN);
       this.spanChecked.fill(-1);
+      this.soloEnd = 0;
       this.spanFills = 0;
     }
     if (this.fillCount > TLB_LOG_ENTRIES) {
       this.tlbPage.fill(-1);
-      this.tlbBase.fill(Number.NaN);
       this.tlbWritable.fill(0);
-      this.tlbWriteBase.fill(Number.NaN);
+      this.tlbRead.fill(Number.NaN);
+      this.tlbWrite.fill(Number.NaN);
     } else {
       // Every writable slot was filled since the last flush, so it is in this log too.
       for (let i = 0; i < this.fillCount; i++) this.clearSlot(this.fillLog[i]!);
@@ -1190,14 +1262,13 @@ export class AddressSpace implements TranslationCache {
   private resizeTlb(bits: number): void {
     const entries = 2 ** bits;
     this.tlbBits = bits;
-    this.tlbMask = entries - 1;
+    this.tlbMask = (entries - 1) | 0; // an integer field, as spanMask
     this.tlbConflicts = 0;
     this.tlbPage = new Float64Array(entries).fill(-1);
     this.tlbFrame = new Int32Array(entries);
     this.tlbWritable = new Uint8Array(entries);
-    this.tlbBase = new Float64Array(entries).fill(Number.NaN);
-    this.tlbWriteBase = new Float64Array(entries).fill(Number.NaN);
-    this.tlbDelta = new Float64Array(entries);
+    this.tlbRead = new Float64Array(2 * entries).fill(Number.NaN);
+    this.tlbWrite = new Float64Array(2 * entries).fill(Number.NaN);
     this.fillCount = 0;
     this.writeCount = 0;
   }
@@ -1221,11 +1292,14 @@ export class AddressSpace implements TranslationCache {
     this.tlbPage[slot] = page;
     this.tlbFrame[slot] = frame;
     this.tlbWritable[slot] = writable;
-    this.tlbDelta[slot] = pool.frameOffset(frame) - page * this.pageSize;
     // Not armed for the scalar fast path yet: only a scalar miss arms it (armScalar), after
     // looking for a span first.
-    this.tlbBase[slot] = Number.NaN;
-    this.tlbWriteBase[slot] = Number.NaN;
+    const delta = pool.frameOffset(frame) - page * this.pageSize;
+    const at = slot << 1;
+    this.tlbRead[at] = Number.NaN;
+    this.tlbRead[at + 1] = delta;
+    this.tlbWrite[at] = Number.NaN;
+    this.tlbWrite[at + 1] = delta;
     if (writable) {
       if (this.writeCount < TLB_LOG_ENTRIES) this.writeLog[this.writeCount] = slot;
       if (this.writeCount <= TLB_LOG_ENTRIES) this.writeCount++;
@@ -1240,8 +1314,8 @@ export class AddressSpace implements TranslationCache {
   private armScalar(slot: number): void {
     const base = this.tlbPage[slot]! * this.pageSize;
     if (base + this.pageSize > this.size || this.tlbFrame[slot]! > this.pool.segmentMask) return;
-    this.tlbBase[slot] = base;
-    if (this.tlbWritable[slot] !== 0) this.tlbWriteBase[slot] = base;
+    this.tlbRead[slot << 1] = base;
+    if (this.tlbWritable[slot] !== 0) this.tlbWrite[slot << 1] = base;
   }
 
   /** Drops the cached translation of one page, if cached. */
@@ -1255,29 +1329,33 @@ export class AddressSpace implements TranslationCache {
   /** Drops the span translation that covers `page`, if any. */
   private invalidateSpan(page: number): void {
     if (this.spanFills === 0) return;
+    if (this.solo) {
+      this.soloEnd = 0;
+      return;
+    }
     const first = page - (page & LEAF_MASK);
     const start = first * this.pageSize;
     const span = (start * this.invSpanBytes) & this.spanMask;
-    if (this.spanBase[span] === start) this.spanBase[span] = Number.NaN;
+    if (this.spans[span << 1] === start) this.spans[span << 1] = Number.NaN;
   }
 
   private clearSlot(slot: number): void {
     this.tlbPage[slot] = -1;
-    this.tlbBase[slot] = Number.NaN;
     this.tlbWritable[slot] = 0;
-    this.tlbWriteBase[slot] = Number.NaN;
+    this.tlbRead[slot << 1] = Number.NaN;
+    this.tlbWrite[slot << 1] = Number.NaN;
   }
 
   /** Cached translations stay valid for reads but may no longer be written through. */
   private dropWritable(): void {
     if (this.writeCount > TLB_LOG_ENTRIES) {
       this.tlbWritable.fill(0);
-      this.tlbWriteBase.fill(Number.NaN);
+      for (let at = 0; at < this.tlbWrite.length; at += 2) this.tlbWrite[at] = Number.NaN;
     } else {
       for (let i = 0; i < this.writeCount; i++) {
         const slot = this.writeLog[i]!;
         this.tlbWritable[slot] = 0;
-        this.tlbWriteBase[slot] = Number.NaN;
+        this.tlbWrite[slot << 1] = Number.NaN;
       }
     }
     this.writeCount = 0;
@@ -1547,9 +1625,9 @@ export class AddressSpace implements TranslationCache {
       spanStart + this.spanBytes <= this.size &&
       this.spanChecked[span] !== first
     ) {
-      if (this.spanBase[span] === spanStart) {
+      if (this.solo ? this.soloEnd !== 0 : this.spans[span << 1] === spanStart) {
         this.hitSegment = 0;
-        return addr + this.spanDelta[span]!;
+        return addr + (this.solo ? this.soloDelta : this.spans[(span << 1) + 1]!);
       }
       this.spanFills++;
       this.spanChecked[span] = first;
@@ -1561,10 +1639,16 @@ export class AddressSpace implements TranslationCache {
       for (let i = 1; run && i < spanPages; i++) run = entries[base + i] === frame + i;
       if (run) {
         this.spanChecked[span] = -1;
-        this.spanBase[span] = spanStart;
-        this.spanDelta[span] = pool.frameOffset(frame) - spanStart;
+        const delta = pool.frameOffset(frame) - spanStart;
+        if (this.solo) {
+          this.soloEnd = this.spanBytes;
+          this.soloDelta = delta;
+        } else {
+          this.spans[span << 1] = spanStart;
+          this.spans[(span << 1) + 1] = delta;
+        }
         this.hitSegment = 0;
-        return addr + this.spanDelta[span]!;
+        return addr + delta;
       }
     }
     let slot = page & this.tlbMask;

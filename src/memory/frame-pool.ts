@@ -41,9 +41,11 @@ export const PAGE_SIZE_DEFAULT = 4096;
 
 /**
  * A segment holds at most this many bytes (2 GiB: byte offsets stay below 2^31). A pool whose
- * initial capacity fits is one segment, which the scalar fast path of AddressSpace needs (it
- * reads segment 0 through one DataView). Growth adds segments of the first one's size: the
- * memory is virtual until frames are used (a fresh ArrayBuffer is zero-filled lazily).
+ * maxCapacity fits is one segment for its whole life, grown or not, which the scalar fast path
+ * of AddressSpace needs (it reads segment 0 through one DataView): segment 0 reserves address
+ * space for maxCapacity at once, and the memory stays virtual until frames are used (a fresh
+ * ArrayBuffer is zero-filled lazily, and frames are handed out lowest first). A larger pool
+ * starts with a segment sized for its initial capacity and grows by segments of that size.
  */
 export const SEGMENT_BYTES_MAX = 2 ** 31;
 
@@ -59,6 +61,11 @@ export interface FramePoolOptions {
   maxCapacity?: number | string;
   /** Back frames with SharedArrayBuffer so workers can see them. Default false. */
   shared?: boolean;
+  /**
+   * @internal Frames per segment (a power of two), instead of the size derived from the
+   * capacities: lets tests spread a small pool over several segments.
+   */
+  segmentFrames?: number;
 }
 
 /** Anything that caches translations to frames and must drop them when frames move. */
@@ -138,10 +145,38 @@ export class FramePool {
     if (maxFrames > 2 ** 31 - FIRST_FRAME - 1) {
       throw invalidArgument(`maxCapacity allows ${maxFrames} frames; the limit is 2^31`);
     }
-    // Segments are a power of two frames: the smallest that holds the whole pool, capped at
-    // SEGMENT_BYTES_MAX, so small pools cost one small buffer and large ones grow in steps.
-    const wanted = Math.max(initialFrames, 1) + FIRST_FRAME;
-    this.framesPerSegment = Math.min(2 ** Math.ceil(Math.log2(wanted)), SEGMENT_BYTES_MAX / pageSize);
+    // Segments are a power of two frames: the smallest that holds the pool at its largest, when
+    // that fits in SEGMENT_BYTES_MAX (so growth stays in segment 0); otherwise the smallest that
+    // holds its initial capacity, capped at SEGMENT_BYTES_MAX, and growth adds segments.
+    const segmentFramesMax = SEGMENT_BYTES_MAX / pageSize;
+    const fitting = (frames: number) =>
+      Math.min(2 ** Math.ceil(Math.log2(frames + FIRST_FRAME)), segmentFramesMax);
+    const whole = options.segmentFrames === undefined && maxFrames + FIRST_FRAME <= segmentFramesMax;
+    let segmentFrames = options.segmentFrames ?? fitting(whole ? maxFrames : Math.max(initialFrames, 1));
+    if (
+      !Number.isInteger(segmentFrames) ||
+      segmentFrames < FIRST_FRAME ||
+      segmentFrames > segmentFramesMax ||
+      (segmentFrames & (segmentFrames - 1)) !== 0
+    ) {
+      throw invalidArgument(
+        `segmentFrames ${segmentFrames} must be a power of two from 2 to ${segmentFramesMax}`,
+      );
+    }
+    let first: ArrayBuffer | SharedArrayBuffer;
+    try {
+      // The pool never holds frames past maxFrames + FIRST_FRAME: segment 0 need not be longer.
+      first = this.segmentMemory((whole ? maxFrames + FIRST_FRAME : segmentFrames) * pageSize);
+    } catch (error) {
+      // Reserving maxCapacity is address space, not memory, but an OS that accounts for it
+      // (strict overcommit) may refuse: then the pool grows by segments like a larger one.
+      if (!whole || !(error instanceof RangeError)) throw error;
+      segmentFrames = fitting(Math.max(initialFrames, 1));
+      first = this.segmentMemory(segmentFrames * pageSize);
+    }
+    this.segments.push(Buffer.from(first));
+    this.views.push(new DataView(first));
+    this.framesPerSegment = segmentFrames;
     this.segmentShift = Math.log2(this.framesPerSegment);
     this.segmentMask = this.framesPerSegment - 1;
     this.maxCapacity = maxFrames;
@@ -318,24 +353,32 @@ export class FramePool {
     );
   }
 
+  /** A fresh segment: zero-filled lazily by the OS, so untouched frames cost no RAM. */
+  private segmentMemory(bytes: number): ArrayBuffer | SharedArrayBuffer {
+    return this.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
+  }
+
   private growTo(frames: number): void {
     const total = frames + FIRST_FRAME;
     const segmentsNeeded = Math.ceil(total / this.framesPerSegment);
     const segmentBytes = this.framesPerSegment * this.pageSize;
     while (this.segments.length < segmentsNeeded) {
-      // A fresh ArrayBuffer is zero-filled lazily by the OS: untouched frames cost no RAM.
-      const memory = this.shared ? new SharedArrayBuffer(segmentBytes) : new ArrayBuffer(segmentBytes);
+      const memory = this.segmentMemory(segmentBytes);
       this.segments.push(Buffer.from(memory));
       this.views.push(new DataView(memory));
     }
     const refcount = grown(this.refcount, total);
     const flags = grown(this.flags, total);
     const frameSlot = grown(this.frameSlot, total);
-    const freeStack = grown(this.freeStack, frames);
-    // New frames are pushed highest first, so allocation pops the lowest new frame first and a
-    // lightly used pool touches (and makes the OS commit) only the start of its segments.
-    let top = this.freeTop;
+    // New frames go under the free ones, highest first: allocation takes the frames already
+    // free first, then the lowest new frame first. So a lightly used pool touches (and makes
+    // the OS commit) only the start of its segments, and a space written in order into a pool
+    // that grows meanwhile still gets consecutive frames (span translations).
+    const freeStack = new Int32Array(frames);
+    let top = 0;
     for (let f = total - 1; f >= this.capacity + FIRST_FRAME; f--) freeStack[top++] = f;
+    freeStack.set(this.freeStack.subarray(0, this.freeTop), top);
+    top += this.freeTop;
     this.refcount = refcount;
     this.flags = flags;
     this.frameSlot = frameSlot;

@@ -58,3 +58,44 @@ test('retainEntry and release take any leaf entry: a frame, the zero frame, a sw
   assert.equal(paging.slots.size, 0);
   assert.equal(pool.used, 0);
 });
+
+test('a growable pool whose maxCapacity fits one segment grows within segment 0, handing out frames in order', () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 4 * PAGE, maxCapacity: 1000 * PAGE });
+  assert.equal(pool.framesPerSegment, 1024);
+  assert.equal(
+    pool.segments[0]!.length,
+    1002 * PAGE,
+    'segment 0 holds maxCapacity and the two reserved frames',
+  );
+  const space = new AddressSpace(pool, { size: 600 * PAGE });
+  space.write(0, Buffer.alloc(PAGE, 1));
+  // Written in order while the pool grows: the frames free before a growth come first, then
+  // the new ones from the lowest, so the pages map one run of consecutive frames.
+  space.write(PAGE, Buffer.alloc(599 * PAGE, 2));
+  assert.ok(pool.capacity >= 600);
+  assert.equal(pool.segments.length, 1);
+  for (let page = 0; page < 600; page++) assert.equal(space.frameAt(page), FIRST_FRAME + page);
+  space.destroy();
+  // A pool that cannot fit one segment grows by segments of its initial size.
+  const large = new FramePool({ pageSize: PAGE, capacity: 4 * PAGE, maxCapacity: 2 ** 31 + PAGE });
+  assert.equal(large.framesPerSegment, 8);
+});
+
+test('segmentFrames (internal) spreads a pool over several segments, and must be a power of two', () => {
+  const pool = new FramePool({
+    pageSize: PAGE,
+    capacity: 4 * PAGE,
+    maxCapacity: 64 * PAGE,
+    segmentFrames: 8,
+  });
+  const space = new AddressSpace(pool, { size: 40 * PAGE });
+  space.write(0, Buffer.alloc(40 * PAGE, 3));
+  assert.equal(pool.segments.length, 6);
+  assert.equal(space.readU8(39 * PAGE + 7), 3);
+  space.destroy();
+  for (const segmentFrames of [0, 1, 6, 2 ** 30]) {
+    assert.throws(() => new FramePool({ pageSize: PAGE, capacity: 4 * PAGE, segmentFrames }), {
+      code: ErrorCodes.INVALID_ARGUMENT,
+    });
+  }
+});

@@ -170,11 +170,28 @@ function nextRandom(state: number): number {
   return (Math.imul(state, 1664525) + 1013904223) >>> 0;
 }
 
-function run(ops: Op[], withPager: boolean, size = LARGE_SIZE): void {
+/**
+ * How the pool lays out its frames:
+ *   'segments': segments of 4096 frames; the first write fits the first one, so every whole
+ *     leaf of the first space maps a run of consecutive frames, and copies made later come
+ *     from further segments (which the scalar fast path does not read);
+ *   'grown': the default layout of a growable pool, one segment for its whole maxCapacity;
+ *     the pool starts at 16 frames, so the first write grows it and the space's frames (spans,
+ *     copies) lie past the initial capacity, all in segment 0.
+ */
+type Layout = 'segments' | 'grown';
+
+function run(ops: Op[], withPager: boolean, size = LARGE_SIZE, layout: Layout = 'segments'): void {
   const pages = Math.ceil(size / PAGE);
-  // The first write fits the first segment (4096 frames), so every whole leaf of the first
-  // space maps a run of consecutive frames; copies made later come from further segments.
-  const pool = new FramePool({ pageSize: PAGE, capacity: 2100 * PAGE, maxCapacity: 16 * 1024 * 1024 });
+  const pool =
+    layout === 'segments'
+      ? new FramePool({
+          pageSize: PAGE,
+          capacity: 2100 * PAGE,
+          maxCapacity: 16 * 1024 * 1024,
+          segmentFrames: 4096,
+        })
+      : new FramePool({ pageSize: PAGE, capacity: 16 * PAGE, maxCapacity: 16 * 1024 * 1024 });
   const paging = withPager ? new MapPaging(pool) : undefined;
   const merger = new SamePageMerger(pool, { quietEpochs: 0 });
   const first = new AddressSpace(pool, { size: size });
@@ -183,6 +200,9 @@ function run(ops: Op[], withPager: boolean, size = LARGE_SIZE): void {
   for (let i = 0; i < size; i++) bytes[i] = (i * 131 + (i >>> 9)) & 0xff;
   // Written in order, so consecutive pages get consecutive frames.
   first.write(0, bytes);
+  if (layout === 'grown') {
+    assert.ok(pool.capacity > 16 && pool.segments.length === 1, 'the pool grew within segment 0');
+  }
   const spaces: ModelSpace[] = [model(first, bytes)];
   const live = (): ModelSpace[] => spaces.filter((s) => !s.real.isDestroyed);
   const addrFor = (fraction: number, length: number): number => Math.floor(fraction * (size - length + 1));
@@ -290,6 +310,15 @@ test('a space smaller than one leaf reads through one span over its whole pages,
   );
 });
 
+test('a pool grown past its initial capacity keeps one segment, and scalars never see a stale translation', () => {
+  fc.assert(
+    fc.property(fc.array(opArb, { minLength: 1, maxLength: 60 }), fc.boolean(), (ops, small) =>
+      run(ops, false, small ? SMALL_SIZE : LARGE_SIZE, 'grown'),
+    ),
+    { numRuns: 40 },
+  );
+});
+
 test('a space written in order reads through span translations and the TLB grows for a scattered working set', () => {
   const pool = new FramePool({ pageSize: PAGE, capacity: 8 * 1024 * 1024 });
   const space = new AddressSpace(pool, { size: 8 * LEAF_BYTES });
@@ -344,7 +373,12 @@ test("a small space's span covers its whole pages only: the ragged last page kee
 
 test('pages whose frames lie in later segments of a grown pool read and write correctly', () => {
   // Eight frames to start with: segments of 16 frames, so the space's pages spread over several.
-  const pool = new FramePool({ pageSize: PAGE, capacity: 8 * PAGE, maxCapacity: 1024 * PAGE });
+  const pool = new FramePool({
+    pageSize: PAGE,
+    capacity: 8 * PAGE,
+    maxCapacity: 1024 * PAGE,
+    segmentFrames: 16,
+  });
   const pages = 64;
   const space = new AddressSpace(pool, { size: pages * PAGE });
   const data = new Uint8Array(pages * PAGE).map((_, i) => (i * 29 + (i >>> 9)) & 0xff);
@@ -363,4 +397,49 @@ test('pages whose frames lie in later segments of a grown pool read and write co
     }
   }
   space.destroy();
+});
+
+test("a small space's span is dropped by every remap of its pages: copy-on-write, trim, sharePage, a merge", () => {
+  const pool = new FramePool({ pageSize: PAGE, capacity: 256 * PAGE });
+  const merger = new SamePageMerger(pool, { quietEpochs: 0 });
+  const pages = 40;
+  const space = new AddressSpace(pool, { size: pages * PAGE });
+  merger.register(space);
+  const data = new Uint8Array(pages * PAGE).map((_, i) => (i * 13 + (i >>> 9)) & 0xff);
+  space.write(0, data);
+  const view = new DataView(data.buffer);
+  const u32 = (addr: number) => view.getUint32(addr, true);
+  // Each step first reads through the span (so it is filled), then remaps a page under it.
+  assert.equal(space.readU32(8), u32(8));
+  // Copy-on-write: the page gets a new frame; the child keeps the old one.
+  const child = space.fork();
+  assert.equal(space.readU32(8), u32(8));
+  space.writeU32(5 * PAGE + 4, 0xabcdef01);
+  assert.equal(space.readU32(5 * PAGE + 4), 0xabcdef01);
+  assert.equal(child.readU32(5 * PAGE + 4), u32(5 * PAGE + 4));
+  child.destroy();
+  // Trim: the frame goes back to the pool, and another space's write takes it.
+  assert.equal(space.readU32(7 * PAGE), u32(7 * PAGE));
+  space.trim(7 * PAGE, PAGE);
+  const other = new AddressSpace(pool, { size: 4 * PAGE });
+  other.write(0, new Uint8Array(4 * PAGE).fill(0x5a));
+  assert.equal(space.readU32(7 * PAGE), 0);
+  // sharePage: the page maps the other space's frame.
+  assert.equal(space.readU32(9 * PAGE), u32(9 * PAGE));
+  space.sharePage(9, other, 1);
+  assert.equal(space.readU32(9 * PAGE), 0x5a5a5a5a);
+  // A merge repoints a page to an identical frame and frees its own, which a write then takes.
+  space.write(11 * PAGE, new Uint8Array(PAGE).fill(0x5a));
+  assert.equal(space.readU32(11 * PAGE), 0x5a5a5a5a);
+  merger.scan();
+  assert.equal(space.frameAt(11), space.frameAt(9), 'merged');
+  other.write(2 * PAGE, new Uint8Array(2 * PAGE).fill(0x11));
+  const fresh = new AddressSpace(pool, { size: 64 * PAGE });
+  fresh.write(0, new Uint8Array(64 * PAGE).fill(0x22));
+  assert.equal(space.readU32(11 * PAGE), 0x5a5a5a5a);
+  assert.equal(space.readU32(8), u32(8));
+  fresh.destroy();
+  other.destroy();
+  space.destroy();
+  merger.destroy();
 });
