@@ -1,10 +1,16 @@
 /**
  * Reed–Solomon k+m coding over stripes of pages, with @ronomon/reed-solomon (a native addon
- * that codes in libuv's thread pool, off the event loop). Chosen after measuring on this
- * machine: 4+2 with 4 KiB shards one call at a time codes 0.56 GB/s of data (each call costs
- * ~25 µs of thread-pool dispatch), with 64 KiB shards 6.2 GB/s, and with 256 KiB shards and
- * four calls in flight 16 GB/s — 10–20× the WASM ports. So the fabric codes many stripes per
- * call.
+ * whose encode codes in libuv's thread pool). Chosen after measuring on this machine: 4+2 with
+ * 4 KiB shards one call at a time codes 0.56 GB/s of data (each call costs ~25 µs of
+ * thread-pool dispatch), with 64 KiB shards 6.2 GB/s, and with 256 KiB shards and four calls in
+ * flight 16 GB/s — 10–20× the WASM ports. So the fabric codes many stripes per call.
+ *
+ * Writes do not use that encode. On a loaded machine a write waited milliseconds for a pool
+ * thread to be scheduled, for ~0.1 ms of coding. ronomon's coding is a fixed program of packet
+ * copies and XORs (its bitmatrix, kept in each context), so encodeSync and encodeStripes run
+ * that program on the calling thread with ronomon's synchronous XOR: the same parity, byte for
+ * byte. encodeStripes codes whole stripes where the caller's bytes already lie, into runs ready
+ * to send. Reconstruction (degraded reads, rebuild) and scrub still use the thread pool.
  *
  * Batching. ronomon codes bit-sliced: it splits every shard into w equal packets (w = 2, 4 or
  * 8, its Galois field exponent, chosen from k+m) and combines the data shards' packets into
@@ -42,6 +48,15 @@ export class ReedSolomonCodec {
   private readonly context: ReedSolomonModule.Context;
   private readonly dataMask: number;
   private readonly parityMask: number;
+  /**
+   * The synchronous coders' program, from ronomon's encoding bitmatrix: for parity shard i and
+   * packet row a, the data packets (b · w + c: packet c of data shard b) XORed into it:
+   * rows[i · w + a]. (A row with none would leave ronomon's target as it was and ours zero; the
+   * test that compares the coders over every geometry would see it.)
+   */
+  private readonly rows: Int32Array[];
+  /** Per parity shard: whether each row a lists exactly packet a of every data shard. */
+  private readonly pagewise: boolean[];
 
   constructor(k: number, m: number) {
     if (
@@ -63,6 +78,24 @@ export class ReedSolomonCodec {
     this.w = (this.context as unknown as Uint8Array)[0]!;
     this.dataMask = (1 << k) - 1;
     this.parityMask = ((1 << (k + m)) - 1) & ~this.dataMask;
+    // After w, k and m, the context holds m · w rows of k · w bits, one byte each.
+    const bits = (this.context as unknown as Uint8Array).subarray(3);
+    const w = this.w;
+    this.rows = [];
+    for (let row = 0; row < m * w; row++) {
+      const sources: number[] = [];
+      for (let j = 0; j < k * w; j++) if (bits[row * k * w + j]) sources.push(j);
+      this.rows.push(Int32Array.from(sources));
+    }
+    this.pagewise = [];
+    for (let j = 0; j < m; j++) {
+      let plain = true;
+      for (let a = 0; a < w; a++) {
+        const sources = this.rows[j * w + a]!;
+        plain &&= sources.length === k && sources.every((source, b) => source === b * w + a);
+      }
+      this.pagewise.push(plain);
+    }
   }
 
   /**
@@ -76,6 +109,104 @@ export class ReedSolomonCodec {
   /** Computes every parity shard from the data shards. */
   encode(data: Buffer, parity: Buffer, shardBytes: number): Promise<void> {
     return this.run(this.dataMask, this.parityMask, data, parity, shardBytes);
+  }
+
+  /**
+   * encode() on this thread, now: the same parity, byte for byte (a test checks every geometry
+   * against encode), without the thread-pool round trip. ronomon's coding is a fixed sequence of
+   * copies and XORs of whole packets (its `dot`, over the bitmatrix rows kept in `rows`), so
+   * this zeroes the parity and XORs that sequence in with ronomon's own synchronous XOR, one
+   * native call per packet row: for a 64-stripe 4+2 batch, 70 calls over 32 KiB rows.
+   */
+  encodeSync(data: Buffer, parity: Buffer, shardBytes: number): void {
+    const { k, m, w } = this;
+    if (
+      shardBytes % 8 !== 0 ||
+      shardBytes % w !== 0 ||
+      data.length < k * shardBytes ||
+      parity.length < m * shardBytes
+    ) {
+      throw invalidArgument(`shard size ${shardBytes} must be a multiple of 8 and fit the buffers`);
+    }
+    parity.fill(0, 0, m * shardBytes);
+    this.xorParity(data, 0, shardBytes, parity, 0, shardBytes);
+  }
+
+  /**
+   * Codes `stripes` whole stripes of `pageSize` pages where a region's bytes hold them: stripe s
+   * is the k pages at src[srcOffset + s·k·pageSize ..], one after another. Parity shard k+j of
+   * stripe s goes to parity[j·runBytes + s·pageSize ..]: each parity shard's pages as one run,
+   * ready to send. Synchronous, and the parity of each stripe coded alone (a test checks it), so
+   * a write of whole stripes needs no coding batch: no gather into the coder's layout, no copy
+   * of parity out of it. One native XOR per page (a parity whose rows XOR the same packet of
+   * every data page: ronomon's first) or per packet (the others): for 4+2 with 4 KiB pages,
+   * 24 calls per stripe, ~1,500 per MiB, no allocation. Unaligned bytes code correctly but
+   * slowly (ronomon XORs them byte by byte unless src and parity agree mod 8): the write path
+   * codes such bytes in a batch instead.
+   */
+  encodeStripes(
+    src: Uint8Array,
+    srcOffset: number,
+    stripes: number,
+    pageSize: number,
+    parity: Uint8Array,
+    runBytes: number,
+  ): void {
+    const { k, m, w } = this;
+    if (
+      !(pageSize > 0 && pageSize % 8 === 0 && pageSize % w === 0) ||
+      !(srcOffset >= 0 && srcOffset + stripes * k * pageSize <= src.length) ||
+      !(runBytes >= stripes * pageSize && (m - 1) * runBytes + stripes * pageSize <= parity.length)
+    ) {
+      throw invalidArgument(`${stripes} stripes of ${pageSize}-byte pages do not fit the buffers`);
+    }
+    for (let j = 0; j < m; j++) parity.fill(0, j * runBytes, j * runBytes + stripes * pageSize);
+    const stripeBytes = k * pageSize;
+    for (let s = 0; s < stripes; s++) {
+      this.xorParity(src, srcOffset + s * stripeBytes, pageSize, parity, s * pageSize, runBytes);
+    }
+  }
+
+  /**
+   * XORs the parity of one coding unit into zeroed targets: data shard b at src[at + b·shardBytes],
+   * parity shard j at parity[into + j·stride], each shardBytes long. ronomon's `dot`: per block
+   * of w packets, target packet a of parity j is the XOR of the data packets row (j, a) lists.
+   */
+  private xorParity(
+    src: Uint8Array,
+    at: number,
+    shardBytes: number,
+    parity: Uint8Array,
+    into: number,
+    stride: number,
+  ): void {
+    const { k, m, w } = this;
+    const xor = ReedSolomon.XOR;
+    if (k === 1) {
+      // ronomon's replication case: every parity shard is the one data shard.
+      for (let j = 0; j < m; j++) xor(src, at, parity, into + j * stride, shardBytes);
+      return;
+    }
+    const packet = dotPacketBytes(w, k, shardBytes);
+    for (let j = 0; j < m; j++) {
+      const target = into + j * stride;
+      if (this.pagewise[j]) {
+        // Every row a XORs packet a of each data shard: the parity is the data shards' XOR.
+        for (let b = 0; b < k; b++) xor(src, at + b * shardBytes, parity, target, shardBytes);
+        continue;
+      }
+      for (let block = 0; block < shardBytes; block += w * packet) {
+        for (let a = 0; a < w; a++) {
+          const sources = this.rows[j * w + a]!;
+          const to = target + block + a * packet;
+          for (let n = 0; n < sources.length; n++) {
+            const source = sources[n]!;
+            const b = Math.floor(source / w);
+            xor(src, at + b * shardBytes + block + (source - b * w) * packet, parity, to, packet);
+          }
+        }
+      }
+    }
   }
 
   /**
@@ -125,6 +256,16 @@ export class ReedSolomonCodec {
       );
     });
   }
+}
+
+/**
+ * The packet ronomon codes a shard of `shardBytes` in (its dot_chunk_size): shardBytes / w,
+ * halved while (1 + k·w) packets exceed CODER_CACHE_BYTES (and it stays even and above 64).
+ */
+function dotPacketBytes(w: number, k: number, shardBytes: number): number {
+  let packet = shardBytes / w;
+  while (packet > 64 && packet % 2 === 0 && (1 + k * w) * packet > CODER_CACHE_BYTES) packet /= 2;
+  return packet;
 }
 
 export function popcount(mask: number): number {
@@ -285,6 +426,11 @@ export class StripeBatch {
     return this.codec.encode(this.data, this.parity, this.coded * this.pageSize);
   }
 
+  /** encode() on this thread (see ReedSolomonCodec.encodeSync). */
+  encodeSync(): void {
+    this.codec.encodeSync(this.data, this.parity, this.coded * this.pageSize);
+  }
+
   /**
    * Rebuilds one lost data shard of every stripe on the event loop, without the coder: ronomon's
    * first parity shard (index k) is the XOR of the data shards (its first bitmatrix row is
@@ -346,11 +492,12 @@ export class StripeBatch {
 }
 
 /**
- * What a coded write sends that is not the caller's own bytes: each parity shard's pages of a
- * batch as one run, and the write's first and last data pages where they were merged with
- * loaded bytes. Kept apart from the StripeBatch so that the coding buffers go back to their
- * pool as soon as these copies are made, and the next batch codes while this one's NBD writes
- * are in flight; a SendRuns stays with its writes until every shard has answered.
+ * What a coded write sends that is not the caller's own bytes: each parity shard's pages as one
+ * run, and the write's first and last data pages where they were merged with loaded bytes. A
+ * write of whole stripes codes its parity straight into the runs (codeWhole); any other write
+ * codes in a StripeBatch and copies the parity out (parityRun), so that the coding buffers go
+ * back to their pool as soon as these copies are made. A SendRuns stays with its writes until
+ * every shard has answered.
  * Layout: parity shard k+j's run at pages j · capacity .., then the two single pages.
  */
 export class SendRuns {
@@ -364,6 +511,27 @@ export class SendRuns {
     this.pageSize = pageSize;
     this.capacity = capacity;
     this.buffer = Buffer.alloc((m * capacity + 2) * pageSize);
+  }
+
+  /**
+   * Codes `stripes` whole stripes from `src` at `srcOffset` (laid out as in the region) into the
+   * parity runs (ReedSolomonCodec.encodeStripes); run(j, stripes) then holds parity shard k+j.
+   */
+  codeWhole(codec: ReedSolomonCodec, src: Uint8Array, srcOffset: number, stripes: number): void {
+    if (!(codec.m === this.m && stripes >= 1 && stripes <= this.capacity)) {
+      throw invalidArgument(`${stripes} stripes of ${codec.k}+${codec.m} do not fit these runs`);
+    }
+    const runBytes = this.capacity * this.pageSize;
+    codec.encodeStripes(src, srcOffset, stripes, this.pageSize, this.buffer, runBytes);
+  }
+
+  /** Parity shard k+j of the last codeWhole's `stripes` stripes: valid until this SendRuns is reused. */
+  run(j: number, stripes: number): Buffer {
+    if (!(j >= 0 && j < this.m && stripes >= 1 && stripes <= this.capacity)) {
+      throw invalidArgument(`parity run ${j} of ${stripes} stripes is outside these runs`);
+    }
+    const at = j * this.capacity * this.pageSize;
+    return this.buffer.subarray(at, at + stripes * this.pageSize);
   }
 
   /**

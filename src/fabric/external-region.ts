@@ -8,13 +8,15 @@
  * A sequential range therefore spreads over all k data shards, each holding a contiguous run of
  * columns, so a large read or write is one NBD request per shard.
  *
- * Writes (coded). Stripes are processed in batches (at most what one coding call holds) under a stripe-range
- * lock. Stripes the write covers entirely are coded from the new bytes; the stripes at its ends
- * are read first (read-modify-write; reconstructed when a data shard is lost). A batch is coded
- * in one call (StripeBatch), then every writable shard gets one NBD write: data shards only
- * the columns the write touched, parity shards every column of the batch. The coding buffers
- * are given back once the parity is copied out (SendRuns), before the shard writes are sent:
- * the next batch codes while this one is on the wire.
+ * Writes (coded). Stripes are processed in batches (64 stripes: 1 MiB of 4+2 data) under a
+ * stripe-range lock, and every writable shard gets one NBD write per batch: data shards only the
+ * columns the write touched, parity shards every column of the batch. Stripes the write covers
+ * entirely are coded from the new bytes; the stripes at its ends are read first
+ * (read-modify-write; reconstructed when a data shard is lost). A batch of whole stripes is
+ * coded straight from the caller's buffer into the parity runs that are sent (SendRuns); any
+ * other batch is gathered into a StripeBatch, coded there, and its parity copied out, the
+ * coding buffers given back before the shard writes are sent. Coding runs on the event loop:
+ * see writeStripes for why.
  *
  * What a successful write guarantees. It resolves once every shard that was writable when it
  * started has acknowledged it or been marked lost, and at least `k` (coded) or 1 (mirrored,
@@ -429,14 +431,18 @@ export class ExternalRegion {
 
   /**
    * Writes stripes a..b of a write: under their stripe lock, codes them (codeStripes) and sends
-   * each writable shard its write. The coding batch is back in its pool before the writes are
-   * sent, so the next batch codes while these are in flight; the parity runs stay held (in a
-   * SendRuns) until every shard answered. Where the time goes (1 MiB 4+2 writes, profiled on a
-   * 2-core machine shared with six appliance processes): the client is mostly idle; of its own
-   * time most is the kernel copying payloads into loopback sockets (writev), then the gather
-   * (one copy of the data into the coder's layout), the coding call (in the thread pool), and
-   * the parity runs (m/k of the data copied once). Data pages are not copied to be sent: each
-   * data shard's write is the caller's pages themselves, passed as chunks to writeGather.
+   * each writable shard its write; the parity runs stay held (in a SendRuns) until every shard
+   * answered. Where the time goes (1 MiB 4+2 writes, profiled on a 2-core machine shared with
+   * six appliance processes): the client is mostly idle; of its own time most is the kernel
+   * copying payloads into loopback sockets (writev), then the coding (~0.2 ms per MiB: ~1,500
+   * native XORs of pages and packets), then the data pages' chunks through the socket. Data
+   * pages are not copied to be sent: each data shard's write is the caller's pages themselves,
+   * passed as chunks to writeGather (copying them into one run per shard measured no better).
+   * The coding is synchronous: with ronomon's encode in the thread pool, a coded write on a
+   * loaded machine waited milliseconds for a pool thread to be scheduled (for ~0.1 ms of
+   * coding) while holding one of BATCH_POOL_MAX coding batches, which capped the writes in
+   * flight; on the event loop (ReedSolomonCodec.encodeStripes, encodeSync) the wait is gone and
+   * the client's CPU per byte fell by ~40%.
    */
   private async writeStripes(a: number, b: number, offset: number, data: Uint8Array): Promise<void> {
     const release = await this.lock.acquire(a, b);
@@ -455,9 +461,11 @@ export class ExternalRegion {
   }
 
   /**
-   * Codes stripes a..b of a write (reading first the stripes it covers in part) and returns one
-   * write per writable shard: data shards the columns the write touched, parity shards every
-   * column of the batch, their runs copied into `runs`. Holds a coding batch only while it runs.
+   * Codes stripes a..b of a write and returns one write per writable shard: data shards the
+   * columns the write touched, parity shards every column of a..b, from `runs`. Stripes the
+   * write covers whole are coded straight from the caller's bytes into the runs; otherwise
+   * (the write starts or ends inside a stripe, or its bytes are not 8-byte aligned for the XOR)
+   * in a coding batch, held only while it runs (codeBatch).
    */
   private async codeStripes(
     runs: SendRuns,
@@ -466,6 +474,17 @@ export class ExternalRegion {
     offset: number,
     data: Uint8Array,
   ): Promise<ShardOperation[]> {
+    const stripeBytes = this.k * this.pageSize;
+    const srcOffset = a * stripeBytes - offset;
+    if (
+      srcOffset >= 0 &&
+      offset + data.length >= (b + 1) * stripeBytes &&
+      (data.byteOffset + srcOffset) % 8 === 0
+    ) {
+      runs.codeWhole(this.codec!, data, srcOffset, b - a + 1);
+      this.counters.codedBytes += (b - a + 1) * stripeBytes;
+      return this.shardWrites(runs, undefined, a, b, offset, data);
+    }
     const batch = await this.batches.take();
     try {
       return await this.codeBatch(batch, runs, a, b, offset, data);
@@ -474,6 +493,11 @@ export class ExternalRegion {
     }
   }
 
+  /**
+   * Codes stripes a..b of a write in `batch`: reads first the stripes it covers in part, puts the
+   * new bytes over them, codes on the event loop (encodeSync), and copies the parity out into
+   * `runs` before the batch goes back to its pool.
+   */
   private async codeBatch(
     batch: StripeBatch,
     runs: SendRuns,
@@ -511,14 +535,36 @@ export class ExternalRegion {
       if (to - from === pageSize) batch.putPage(s - a, i, data, pageStart - offset);
       else batch.putRange(s - a, i, from - pageStart, data, from - offset, to - from);
     }
-    await batch.encode();
+    // On this thread: a thread-pool round trip costs more than the coding (see writeStripes).
+    batch.encodeSync();
     this.counters.codedBytes += batch.count * k * pageSize;
-    // One write per writable shard: the data columns this write touched, all parity columns.
+    return this.shardWrites(runs, batch, a, b, offset, data);
+  }
+
+  /**
+   * One write per writable shard for stripes a..b of a write whose parity is coded: data shards
+   * the columns the write touched (whole pages from the caller's buffer, the two that may be
+   * merged with loaded bytes copied from `batch`), parity shards every column of a..b (from the
+   * runs codeWhole filled, or copied out of `batch`).
+   */
+  private shardWrites(
+    runs: SendRuns,
+    batch: StripeBatch | undefined,
+    a: number,
+    b: number,
+    offset: number,
+    data: Uint8Array,
+  ): ShardOperation[] {
+    const k = this.k;
+    const pageSize = this.pageSize;
+    const end = offset + data.length;
+    const firstPage = Math.floor(offset / pageSize);
+    const lastPage = Math.floor((end - 1) / pageSize);
     const writes: ShardOperation[] = [];
     for (const shard of this.shards) {
       if (!shard.writable) continue;
       if (shard.index >= k) {
-        const run = runs.parityRun(batch, shard.index);
+        const run = batch ? runs.parityRun(batch, shard.index) : runs.run(shard.index - k, b - a + 1);
         writes.push([shard, (target) => target.nbd.write(a * pageSize, run)]);
         continue;
       }
@@ -528,12 +574,12 @@ export class ExternalRegion {
       const chunks: Uint8Array[] = [];
       for (let c = c0; c <= c1; c++) {
         const pageStart = (c * k + shard.index) * pageSize;
-        // Whole pages straight from the caller's buffer; the two that may be merged with loaded
-        // bytes (the write's first and last page) from the batch.
         if (pageStart >= offset && pageStart + pageSize <= end) {
           chunks.push(data.subarray(pageStart - offset, pageStart - offset + pageSize));
-        } else {
+        } else if (batch) {
           chunks.push(runs.pageCopy(pageStart < offset ? 0 : 1, batch, c - a, shard.index));
+        } else {
+          throw internalFault(`page ${pageStart / pageSize} of whole stripes ${a}..${b} is not whole`);
         }
       }
       writes.push([shard, (target) => target.nbd.writeGather(c0 * pageSize, chunks)]);

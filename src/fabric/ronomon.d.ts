@@ -18,4 +18,16 @@ declare module '@ronomon/reed-solomon' {
     paritySize: number,
     callback: (error: Error | undefined | null) => void,
   ): void;
+  /**
+   * target[targetOffset ..] ^= source[sourceOffset ..], `size` bytes, on the calling thread (any
+   * Uint8Array: N-API takes every ArrayBufferView as a buffer). 8 bytes at a time when source
+   * and target are equally aligned mod 8, else byte by byte.
+   */
+  export function XOR(
+    source: Uint8Array,
+    sourceOffset: number,
+    target: Uint8Array,
+    targetOffset: number,
+    size: number,
+  ): void;
 }

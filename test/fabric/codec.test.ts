@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { ReedSolomonCodec, StripeBatch } from '../../src/fabric/codec.js';
 import { ErrorCodes } from '../../src/index.js';
 import { seededBytes } from './seeded-bytes.js';
@@ -91,6 +92,72 @@ for (const [k, m] of [
     }
   });
 }
+
+test('the synchronous coders give the parity ronomon encode gives, byte for byte, in every geometry', async () => {
+  // encodeSync and encodeStripes replay ronomon's bitmatrix with its XOR on this thread; the
+  // write path sends what they produce, and degraded reads and scrub decode it with ronomon.
+  // Every k+m it accepts, at a small shard size and at one where ronomon halves its packets.
+  const RS = createRequire(import.meta.url)('@ronomon/reed-solomon') as { MAX_K: number; MAX_M: number };
+  for (let k = 1; k <= RS.MAX_K; k++) {
+    for (let m = 1; m <= RS.MAX_M; m++) {
+      const codec = new ReedSolomonCodec(k, m);
+      for (const shardBytes of [8 * codec.w, 64 * 1024]) {
+        const data = seededBytes(k * 1000 + m * 10 + shardBytes, k * shardBytes);
+        const want = Buffer.alloc(m * shardBytes);
+        await codec.encode(data, want, shardBytes);
+        const got = Buffer.alloc(m * shardBytes, 0x5a); // stale bytes must not survive
+        codec.encodeSync(data, got, shardBytes);
+        assert.ok(got.equals(want), `encodeSync ${k}+${m}, ${shardBytes}-byte shards`);
+      }
+    }
+  }
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 12 }),
+      fc.integer({ min: 1, max: 4 }),
+      fc.integer({ min: 1, max: 6 }),
+      fc.constantFrom(512, 4096, 16_384),
+      fc.integer({ min: 0, max: 40 }),
+      fc.integer({ min: 0, max: 3 }),
+      fc.integer(),
+      async (k, m, stripes, pageSize, srcOffset, slackPages, seed) => {
+        const codec = new ReedSolomonCodec(k, m);
+        const stripeBytes = k * pageSize;
+        // The stripes somewhere inside a larger buffer (aligned to 8 or not: slow, still right).
+        const src = seededBytes(seed, srcOffset + stripes * stripeBytes + 9);
+        const runBytes = (stripes + slackPages) * pageSize;
+        const parity = Buffer.alloc(m * runBytes, 0x5a);
+        codec.encodeStripes(src, srcOffset, stripes, pageSize, parity, runBytes);
+        const alone = Buffer.alloc(m * pageSize);
+        for (let s = 0; s < stripes; s++) {
+          const at = srcOffset + s * stripeBytes;
+          await codec.encode(Buffer.from(src.subarray(at, at + stripeBytes)), alone, pageSize);
+          for (let j = 0; j < m; j++) {
+            const run = parity.subarray(j * runBytes + s * pageSize, j * runBytes + (s + 1) * pageSize);
+            assert.ok(
+              run.equals(alone.subarray(j * pageSize, (j + 1) * pageSize)),
+              `stripe ${s} parity ${j}`,
+            );
+          }
+        }
+        // Nothing past each run's stripes is written.
+        for (let j = 0; j < m; j++) {
+          const rest = parity.subarray(j * runBytes + stripes * pageSize, (j + 1) * runBytes);
+          assert.ok(
+            rest.every((byte) => byte === 0x5a),
+            `parity ${j} past its stripes`,
+          );
+        }
+      },
+    ),
+    { numRuns: 60 },
+  );
+  const codec = new ReedSolomonCodec(4, 2);
+  assert.throws(
+    () => codec.encodeStripes(Buffer.alloc(4 * 4096), 8, 1, 4096, Buffer.alloc(2 * 4096), 4096),
+    (error: unknown) => (error as { code?: string }).code === ErrorCodes.INVALID_ARGUMENT,
+  );
+});
 
 test('impossible geometries and too few shards are typed errors', async () => {
   assert.throws(() => new ReedSolomonCodec(0, 2), { code: ErrorCodes.INVALID_ARGUMENT });
