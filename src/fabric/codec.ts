@@ -30,13 +30,21 @@
  */
 import { createRequire } from 'node:module';
 import type * as ReedSolomonModule from '@ronomon/reed-solomon';
-import { invalidArgument } from '../errors.js';
+import { randomFillSync } from 'node:crypto';
+import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 
 // A native addon (its package "main" is binding.node), which ESM cannot import: require it.
 const ReedSolomon = createRequire(import.meta.url)('@ronomon/reed-solomon') as typeof ReedSolomonModule;
 
 /** ronomon keeps (1 + k·w) packets within this many bytes of cache (see the overview). */
 export const CODER_CACHE_BYTES = 1024 * 1024;
+
+/**
+ * The synchronous coders read ronomon's context layout, which its API does not promise: each
+ * geometry is checked once per process against ronomon's own encode (checkSyncCoder) before a
+ * coded write uses them. Keyed by "k+m".
+ */
+const syncCoderChecks = new Map<string, Promise<void>>();
 /** Stripes one StripeBatch may hold (bounds its buffers: (k + m) · this many pages). */
 export const STRIPES_PER_BATCH_MAX = 1024;
 
@@ -104,6 +112,45 @@ export class ReedSolomonCodec {
    */
   maxStripesPerCall(pageSize: number): number {
     return Math.floor(CODER_CACHE_BYTES / ((1 + this.w * this.k) * (pageSize / this.w)));
+  }
+
+  /**
+   * Resolves once encodeSync and encodeStripes are seen to code exactly as ronomon's encode for
+   * this geometry (once per process; a few pages of random data). The synchronous coders replay
+   * the program ronomon keeps in its context, a layout its API does not promise; package.json
+   * pins the version it was read from. If another version codes differently, this rejects with
+   * MF_INTERNAL and coded writes fail, rather than store parity that would rebuild wrong bytes.
+   */
+  checkSyncCoder(): Promise<void> {
+    const key = `${this.k}+${this.m}`;
+    let check = syncCoderChecks.get(key);
+    if (check === undefined) {
+      check = this.compareCoders();
+      syncCoderChecks.set(key, check);
+    }
+    return check;
+  }
+
+  private async compareCoders(): Promise<void> {
+    const { k, m } = this;
+    // Two blocks of w packets per shard, so the program's every row and block step runs.
+    const shardBytes = 2 * this.w * 64;
+    const data = randomFillSync(Buffer.alloc(k * shardBytes));
+    const expected = Buffer.alloc(m * shardBytes);
+    await this.encode(data, expected, shardBytes);
+    const batch = Buffer.alloc(m * shardBytes);
+    this.encodeSync(data, batch, shardBytes);
+    // One stripe of shardBytes-long pages is laid out as a batch of one: the same parity.
+    const stripes = Buffer.alloc(m * shardBytes);
+    this.encodeStripes(data, 0, 1, shardBytes, stripes, shardBytes);
+    if (!batch.equals(expected) || !stripes.equals(expected)) {
+      throw new MemfabricError(
+        ErrorCodes.INTERNAL,
+        `the installed @ronomon/reed-solomon codes ${k}+${m} differently from the version memfabric ` +
+          `reads (6.0.0), so coded writes are refused rather than stored with wrong parity; ` +
+          `install @ronomon/reed-solomon@6.0.0`,
+      );
+    }
   }
 
   /** Computes every parity shard from the data shards. */

@@ -445,6 +445,8 @@ export class ExternalRegion {
    * the client's CPU per byte fell by ~40%.
    */
   private async writeStripes(a: number, b: number, offset: number, data: Uint8Array): Promise<void> {
+    // Once per geometry and process: the synchronous coders must agree with ronomon's encode.
+    await this.codec?.checkSyncCoder();
     const release = await this.lock.acquire(a, b);
     try {
       const runs = await this.sends.take();

@@ -159,6 +159,29 @@ test('the synchronous coders give the parity ronomon encode gives, byte for byte
   );
 });
 
+test('the synchronous coders are checked against ronomon once per geometry; one that differs is refused', async () => {
+  // They replay ronomon's context, a layout its API does not promise: a version that lays it
+  // out otherwise must stop coded writes, not feed them wrong parity.
+  const codec = new ReedSolomonCodec(4, 2);
+  const check = codec.checkSyncCoder();
+  await check;
+  assert.equal(new ReedSolomonCodec(4, 2).checkSyncCoder(), check, 'checked once per geometry');
+  // A program one XOR short (what a changed layout would read), checked afresh.
+  const wrong = new ReedSolomonCodec(4, 2) as unknown as {
+    rows: Int32Array[];
+    pagewise: boolean[];
+    compareCoders(): Promise<void>;
+  };
+  wrong.pagewise[1] = false;
+  wrong.rows[wrong.rows.length - 1] = wrong.rows[wrong.rows.length - 1]!.subarray(1);
+  await assert.rejects(
+    wrong.compareCoders(),
+    (error: unknown) =>
+      (error as { code?: string }).code === ErrorCodes.INTERNAL &&
+      /@ronomon\/reed-solomon@6\.0\.0/.test((error as Error).message),
+  );
+});
+
 test('impossible geometries and too few shards are typed errors', async () => {
   assert.throws(() => new ReedSolomonCodec(0, 2), { code: ErrorCodes.INVALID_ARGUMENT });
   assert.throws(() => new ReedSolomonCodec(4, 0), { code: ErrorCodes.INVALID_ARGUMENT });
