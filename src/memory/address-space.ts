@@ -8,7 +8,9 @@
  * levels. Nothing below the root exists until a page under it is written.
  *
  * Entries. A leaf slot holds NO_FRAME (hole: never written, or trimmed), ZERO_FRAME (written
- * as zeros) or a real frame. Each slot also records the epoch of the page's last write.
+ * as zeros) or a real frame. Each slot also records the epoch of the page's last write. A real
+ * frame is put in a slot only through LeafArena.map, which keeps the leaf's occupancy summary
+ * (the merger reads only the slots it marks); ownLeaf copies the summary with the slots.
  *
  * Copy-on-write. fork() copies the interior nodes and shares every leaf (refs[leaf]++), so it
  * costs O(leaves). Before a space changes a slot it makes the leaf its own (copying a shared
@@ -873,7 +875,7 @@ export class AddressSpace implements TranslationCache {
     // Retain before releasing: the old entry may be this very frame.
     pool.refcount[frame]!++;
     if (old !== NO_FRAME) pool.release(old);
-    pool.leaves.entries[entry] = frame;
+    pool.leaves.map(entry, frame);
     this.markWritten(leaf, entry);
     // The frame is shared now: neither side may keep a translation that writes it in place.
     this.invalidatePage(page);
@@ -1400,7 +1402,7 @@ export class AddressSpace implements TranslationCache {
       pool.release(frame);
       throw error;
     }
-    arena.entries[entry] = frame;
+    arena.map(entry, frame);
     pool.frameSlot[frame] = -swapped;
     arena.accessed[entry] = 1;
     return frame;
@@ -1454,7 +1456,7 @@ export class AddressSpace implements TranslationCache {
     }
     // A span covering the page would go on reading the frame it had before.
     if (arena.entries[entry] !== frame) this.invalidateSpan(page);
-    arena.entries[entry] = frame;
+    arena.map(entry, frame);
     if (pool.paging) arena.accessed[entry] = 1;
     this.markWritten(leaf, entry);
     this.fillTlb(page & this.tlbMask, page, frame, 1);
@@ -1477,6 +1479,7 @@ export class AddressSpace implements TranslationCache {
     arena.entries.copyWithin(to, from, from + LEAF_ENTRIES);
     arena.epochs.copyWithin(to, from, from + LEAF_ENTRIES);
     arena.maxEpoch[copy] = arena.maxEpoch[leaf]!;
+    arena.occupancy[copy] = arena.occupancy[leaf]!;
     const pool = this.pool;
     for (let i = 0; i < LEAF_ENTRIES; i++) {
       const frame = arena.entries[to + i]!;

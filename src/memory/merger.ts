@@ -5,13 +5,17 @@
  * batches, keeping a cursor (a space and a page number) between batches. The cursor moves from
  * leaf to leaf through the interior levels of the page table (AddressSpace.nextLeafPage), so
  * holes cost nothing however large the space, and a batch's budget counts the resident pages
- * it visits (at least one per leaf) and the time it takes, never the empty slots it passes:
- * 60,000 pages scattered one per leaf over 1 TiB cost what 60,000 dense pages cost, give or
- * take a pass over each leaf's slots. A full scan visits each space once; at the start
- * of each full scan it advances every space's epoch, so "written within the quiet interval"
- * becomes "written since the previous scan began, or in the `quietEpochs` epochs before"
- * (and, with `quietMs`, "in an epoch that ended less than quietMs ago"). Those are the seed's
- * flagged pages. For each mapped page that is not flagged:
+ * it visits (at least one per leaf) and the time it takes, never the empty slots it passes.
+ * Within a leaf it reads only the groups of slots that the leaf's occupancy summary marks (see
+ * LeafArena: one bit per 16 slots, set by whatever maps a frame, cleared here when a group holds
+ * none), and the pages' own write epochs only when the leaf's maxEpoch is not quiet already: so
+ * 60,000 pages scattered one per leaf over 1 TiB cost what 60,000 dense pages cost, give or take
+ * a page-table seek and a cache line of slots per leaf (cache misses, on so sparse a layout).
+ *
+ * A full scan visits each space once; at its start it advances every space's epoch, so "written
+ * within the quiet interval" becomes "written since the previous scan began, or in the
+ * `quietEpochs` epochs before" (and, with `quietMs`, "in an epoch that ended less than quietMs
+ * ago"). Those are the seed's flagged pages. For each mapped page that is not flagged:
  *
  *   1. all-zero page (an OR over the first 64 bytes rejects most pages at once; then a full
  *      compare with the zero frame): the entry is repointed to the shared zero frame and the
@@ -47,7 +51,7 @@ import { ErrorCodes, MemfabricError, invalidArgument } from '../errors.js';
 import type { AddressSpace, SpaceRegistry } from './address-space.js';
 import { FIRST_FRAME, FRAME_MERGED, ZERO_FRAME, type FrameIndex, type FramePool } from './frame-pool.js';
 import { ContentIndex } from './content-index.js';
-import { LEAF_ENTRIES } from './leaf-arena.js';
+import { GROUP_BITS, GROUP_ENTRIES, LEAF_ENTRIES } from './leaf-arena.js';
 import {
   CPU_SHARE_DEFAULT,
   ROUND_INTERVAL_MIN_MS,
@@ -66,6 +70,12 @@ const HASH_MASK = (1n << 52n) - 1n;
 /** Numbers per leaf in the merger's settled-leaf records (round, maxEpoch, resident pages). */
 const LEAF_CLEAN_STRIDE = 3;
 const ZERO_PROBE_BYTES = 64;
+/**
+ * A bounded call reads the clock after its first leaf and then once per this many pages of
+ * budget: leaves of one page each would otherwise pay a clock read per page (a few percent of
+ * the first scan of a scattered layout), and 32 pages take tens of microseconds at most.
+ */
+const CLOCK_CHECK_PAGES = 32;
 
 export interface MergerOptions {
   /**
@@ -92,7 +102,11 @@ export interface ScanBudget {
    * least one leaf, so no budget stops the scan for good.
    */
   maxPages?: number;
-  /** Stop at the first leaf boundary after this much time (default: no limit). */
+  /**
+   * Stop at a leaf boundary once this much time has passed (default: no limit). The clock is
+   * read after the first leaf, then after every leaf that brings the pages visited since the
+   * last reading to 32 or more, so a call runs on by at most that many pages.
+   */
   maxMs?: number;
 }
 
@@ -173,6 +187,10 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
   /** Domain name of index i is domainNames[i]; frameDomain[f] holds i. */
   private readonly domainNames: string[] = [];
   private readonly domainIds = new Map<string, number>();
+  /** The index and id of the trust domain scanned last (leaves of one page look it up per page). */
+  private lastDomain: string | undefined;
+  private lastIndex: ContentIndex | undefined;
+  private lastDomainId = 0;
 
   private frameHash = new Float64Array(0);
   private next = new Int32Array(0);
@@ -409,6 +427,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     // again, and would take leaves marked here for leaves it had visited already.
     this.pool.leaves.scanMark.fill(0);
     this.indexes.clear();
+    this.lastDomain = undefined;
     this.pool.attachIndex(undefined);
     this.destroyed = true;
   }
@@ -417,7 +436,7 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
 
   /**
    * The scan loop behind scan() and the background slices. Visits leaf after leaf until the
-   * page budget or the deadline (checked after every leaf) runs out. `stopAtRoundEnd`: end the
+   * page budget or the deadline (see CLOCK_CHECK_PAGES) runs out. `stopAtRoundEnd`: end the
    * call when a full scan completes. `paced`: do not begin a full scan sooner than
    * ROUND_INTERVAL_MIN_MS after the previous one began. A round with nothing to scan ends the
    * call too, or a page budget would never run out.
@@ -435,6 +454,8 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     this.changed = false;
     let cost = 0;
     let visited = 0;
+    let clockAt = 0;
+    const timed = deadline !== Number.POSITIVE_INFINITY;
     // Every call visits at least one leaf, so no budget, however small, stops the scan for good.
     for (;;) {
       if (this.spaceCursor >= this.roundSpaces.length) {
@@ -460,7 +481,11 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
       this.scanLeaf(space, firstPage, result);
       visited += this.leafResident;
       cost += Math.max(1, this.leafResident);
-      if (cost >= maxPages || performance.now() >= deadline) break;
+      if (cost >= maxPages) break;
+      if (timed && cost >= clockAt) {
+        if (performance.now() >= deadline) break;
+        clockAt = cost + CLOCK_CHECK_PAGES;
+      }
     }
     if (this.changed) this.pool.flushAllTranslations();
     const workMs = performance.now() - began;
@@ -525,6 +550,11 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     // (writes since the previous scan). Quiet: not written in it nor in `quietEpochs` before it.
     const quietBefore = space.epoch - 1 - this.quietEpochs;
     const now = this.quietMs > 0 ? performance.now() : 0;
+    // No slot of the leaf was written after its maxEpoch: if that is quiet, every page is, and
+    // the pages' own epochs (a cache miss each, on a sparse layout) need not be read.
+    const maxEpoch = arena.maxEpoch[leaf]!;
+    const leafQuiet =
+      maxEpoch <= quietBefore && (this.quietMs === 0 || this.quietLongEnough(space, maxEpoch, now));
     const zeroSegment = pool.segments[0]!;
     const zeroOffset = pool.frameOffset(ZERO_FRAME);
     const pageSize = pool.pageSize;
@@ -532,65 +562,81 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     let resident = 0;
     let zeroed = 0;
     let changed = false;
-    for (let i = 0; i < limit; i++) {
-      const entry = base + i;
-      const frame = entries[entry]!;
-      if (frame < FIRST_FRAME) continue;
-      resident++;
-      if (pool.flags[frame]! & FRAME_MERGED) continue;
-      result.pagesScanned++;
-      this.totals.pagesScanned++;
-      const written = arena.epochs[entry]!;
-      if (written > quietBefore || (this.quietMs > 0 && !this.quietLongEnough(space, written, now))) {
-        this.volatileThisRound++;
-        continue;
-      }
-      const segment = pool.frameSegment(frame);
-      const offset = pool.frameOffset(frame);
-      if (isZeroPage(segment, offset, pageSize, zeroSegment, zeroOffset)) {
-        arena.entries[entry] = ZERO_FRAME;
-        pool.zeroEntries++;
-        pool.release(frame);
-        result.zeroPagesMerged++;
-        this.totals.zeroPagesMerged++;
-        zeroed++;
-        changed = true;
-        continue;
-      }
-      if (index === undefined) {
-        index = this.indexFor(space.domain);
-        domainId = this.domainIds.get(this.crossDomain ? '*' : space.domain)!;
-      }
-      const key = this.hash(segment, offset);
-      const head = index.get(key);
-      let primary = 0;
-      for (let candidate = head; candidate !== 0; candidate = this.next[candidate]!) {
-        if (this.frameHash[candidate] !== key || pool.refcount[candidate]! >= this.maxSharing) continue;
-        const candidateOffset = pool.frameOffset(candidate);
-        if (
-          pool
-            .frameSegment(candidate)
-            .compare(segment, offset, offset + pageSize, candidateOffset, candidateOffset + pageSize) === 0
-        ) {
-          primary = candidate;
-          break;
+    // Only the groups of slots the occupancy summary marks can hold resident frames; lowest
+    // first, so pages are met in page order. A group found holding none loses its bit.
+    let groups = arena.occupancy[leaf]!;
+    for (let pending = groups; pending !== 0; pending &= pending - 1) {
+      const group = 31 - Math.clz32(pending & -pending);
+      const first = group << GROUP_BITS;
+      const end = Math.min(first + GROUP_ENTRIES, limit);
+      let kept = 0;
+      for (let i = first; i < end; i++) {
+        const entry = base + i;
+        const frame = entries[entry]!;
+        if (frame < FIRST_FRAME) continue;
+        resident++;
+        kept++;
+        if (pool.flags[frame]! & FRAME_MERGED) continue;
+        result.pagesScanned++;
+        this.totals.pagesScanned++;
+        if (!leafQuiet) {
+          const written = arena.epochs[entry]!;
+          if (written > quietBefore || (this.quietMs > 0 && !this.quietLongEnough(space, written, now))) {
+            this.volatileThisRound++;
+            continue;
+          }
+        }
+        const segment = pool.frameSegment(frame);
+        const offset = pool.frameOffset(frame);
+        if (isZeroPage(segment, offset, pageSize, zeroSegment, zeroOffset)) {
+          entries[entry] = ZERO_FRAME;
+          pool.zeroEntries++;
+          pool.release(frame);
+          result.zeroPagesMerged++;
+          this.totals.zeroPagesMerged++;
+          zeroed++;
+          kept--;
+          changed = true;
+          continue;
+        }
+        if (index === undefined) {
+          if (space.domain !== this.lastDomain) this.lookUpDomain(space.domain);
+          index = this.lastIndex!;
+          domainId = this.lastDomainId;
+        }
+        const key = this.hash(segment, offset);
+        const head = index.get(key);
+        let primary = 0;
+        for (let candidate = head; candidate !== 0; candidate = this.next[candidate]!) {
+          if (this.frameHash[candidate] !== key || pool.refcount[candidate]! >= this.maxSharing) continue;
+          const candidateOffset = pool.frameOffset(candidate);
+          if (
+            pool
+              .frameSegment(candidate)
+              .compare(segment, offset, offset + pageSize, candidateOffset, candidateOffset + pageSize) === 0
+          ) {
+            primary = candidate;
+            break;
+          }
+        }
+        if (primary !== 0) {
+          entries[entry] = primary;
+          pool.refcount[primary]!++;
+          pool.release(frame);
+          result.pagesMerged++;
+          this.totals.pagesMerged++;
+          changed = true;
+        } else {
+          this.frameHash[frame] = key;
+          this.frameDomain[frame] = domainId;
+          this.next[frame] = head;
+          index.set(key, frame);
+          pool.flags[frame]! |= FRAME_MERGED;
         }
       }
-      if (primary !== 0) {
-        arena.entries[entry] = primary;
-        pool.refcount[primary]!++;
-        pool.release(frame);
-        result.pagesMerged++;
-        this.totals.pagesMerged++;
-        changed = true;
-      } else {
-        this.frameHash[frame] = key;
-        this.frameDomain[frame] = domainId;
-        this.next[frame] = head;
-        index.set(key, frame);
-        pool.flags[frame]! |= FRAME_MERGED;
-      }
+      if (kept === 0) groups &= ~(1 << group);
     }
+    arena.occupancy[leaf] = groups;
     this.leafResident = resident;
     if (changed) this.changed = true;
     if (settled) {
@@ -608,6 +654,12 @@ export class SamePageMerger implements FrameIndex, SpaceRegistry {
     const ended = space.epochStartTime(written + 1);
     // Epochs too old to be remembered ended long ago.
     return ended === undefined ? written + 1 <= space.epoch : now - ended >= this.quietMs;
+  }
+
+  private lookUpDomain(domain: string): void {
+    this.lastIndex = this.indexFor(domain);
+    this.lastDomainId = this.domainIds.get(this.crossDomain ? '*' : domain)!;
+    this.lastDomain = domain;
   }
 
   private indexFor(domain: string): ContentIndex {

@@ -316,7 +316,7 @@ export class Pager implements PagingBackend {
         continue;
       }
       // The entry's slot reference becomes the frame's "copy in the store".
-      arena.entries[this.batchEntries[i]!] = prefetchedFrame;
+      arena.map(this.batchEntries[i]!, prefetchedFrame);
       pool.frameSlot[prefetchedFrame] = this.batchSlots[i]! + 1;
       installed++;
     }
@@ -686,7 +686,7 @@ export class Pager implements PagingBackend {
       pool.release(frame); // faulted in meanwhile, rewritten, trimmed or destroyed
       return;
     }
-    pool.leaves.entries[entry] = frame;
+    pool.leaves.map(entry, frame);
     pool.leaves.accessed[entry] = 1;
     pool.frameSlot[frame] = -swapped;
     this.counters.asyncLoads++;

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import type { AddressSpace, FramePool } from '../../src/index.js';
 import { FIRST_FRAME, ZERO_FRAME } from '../../src/memory/frame-pool.js';
-import { LEAF_ENTRIES } from '../../src/memory/leaf-arena.js';
+import { GROUP_BITS, LEAF_ENTRIES } from '../../src/memory/leaf-arena.js';
 
 export function checkPoolInvariants(pool: FramePool, spaces: AddressSpace[]): void {
   const arena = pool.leaves;
@@ -28,7 +28,15 @@ export function checkPoolInvariants(pool: FramePool, spaces: AddressSpace[]): vo
       const frame = arena.entries[base + i]!;
       maxEpoch = Math.max(maxEpoch, arena.epochs[base + i]!);
       if (frame === ZERO_FRAME) zeroSlots++;
-      else if (frame >= FIRST_FRAME) slotsHolding.set(frame, (slotsHolding.get(frame) ?? 0) + 1);
+      else if (frame >= FIRST_FRAME) {
+        slotsHolding.set(frame, (slotsHolding.get(frame) ?? 0) + 1);
+        // The occupancy summary is complete: a resident frame the summary missed would never
+        // be seen by the merger.
+        assert.ok(
+          (arena.occupancy[leaf]! >>> (i >>> GROUP_BITS)) & 1,
+          `leaf ${leaf} slot ${i} maps frame ${frame} but its occupancy bit is clear`,
+        );
+      }
     }
     assert.ok(arena.maxEpoch[leaf]! >= maxEpoch, `leaf ${leaf}: maxEpoch below an entry's epoch`);
   }

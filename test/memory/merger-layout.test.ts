@@ -10,6 +10,7 @@ import fc from 'fast-check';
 import { AddressSpace, FramePool, SamePageMerger } from '../../src/index.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { checkPoolInvariants } from './invariants.js';
+import { checkSlotReferences, MapPaging } from './paging-backend.js';
 
 const PAGE = 4096;
 const LEAF_PAGES = 512;
@@ -287,18 +288,27 @@ test('in the background, timed slices complete full scans of a scattered space a
   merger.destroy();
 });
 
-// --- Property ------------------------------------------------------------------------------
+// --- Properties ----------------------------------------------------------------------------
 
 type Op =
   | { kind: 'write'; space: number; slot: number; content: number }
   | { kind: 'trim'; space: number; slot: number }
+  | { kind: 'zero'; space: number; slot: number }
+  | { kind: 'share'; space: number; slot: number; from: number; fromSlot: number }
   | { kind: 'fork'; space: number }
+  | { kind: 'destroy'; space: number }
+  | { kind: 'evict'; space: number; slot: number }
+  | { kind: 'fault'; space: number; slot: number }
   | { kind: 'scan'; maxPages: number };
 
-/** Pages the property writes: a few dense ones, then pages one per leaf far apart. */
+/**
+ * Pages the properties write: in one leaf, four adjacent pages and four in groups of their own
+ * (see LeafArena's occupancy summary), then pages one per leaf far apart.
+ */
 const SLOTS = 24;
 function slotPage(slot: number): number {
-  return slot < 8 ? slot : scattered(slot, 3000);
+  if (slot < 4) return slot;
+  return slot < 8 ? slot * 40 : scattered(slot, 3000);
 }
 
 /** Content 0 is all zeros; others a fill and a salt, so several slots share each content. */
@@ -306,84 +316,174 @@ function contentBytes(content: number): Buffer {
   return content === 0 ? Buffer.alloc(PAGE) : page(content & 0xff, content);
 }
 
-const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
-  {
-    weight: 6,
-    arbitrary: fc.record({
-      kind: fc.constant('write' as const),
-      space: fc.nat(5),
-      slot: fc.nat(SLOTS - 1),
-      content: fc.nat(5),
-    }),
-  },
-  {
-    weight: 1,
-    arbitrary: fc.record({ kind: fc.constant('trim' as const), space: fc.nat(5), slot: fc.nat(SLOTS - 1) }),
-  },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('fork' as const), space: fc.nat(5) }) },
-  {
-    weight: 3,
-    arbitrary: fc.record({ kind: fc.constant('scan' as const), maxPages: fc.integer({ min: 1, max: 40 }) }),
-  },
-);
+const spaceArb = fc.nat(5);
+const slotArb = fc.nat(SLOTS - 1);
+function opArbitrary(paged: boolean): fc.Arbitrary<Op> {
+  const ops: fc.WeightedArbitrary<Op>[] = [
+    {
+      weight: 6,
+      arbitrary: fc.record({
+        kind: fc.constant('write' as const),
+        space: spaceArb,
+        slot: slotArb,
+        content: fc.nat(5),
+      }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({ kind: fc.constant('trim' as const), space: spaceArb, slot: slotArb }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({ kind: fc.constant('zero' as const), space: spaceArb, slot: slotArb }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        kind: fc.constant('share' as const),
+        space: spaceArb,
+        slot: slotArb,
+        from: spaceArb,
+        fromSlot: slotArb,
+      }),
+    },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('fork' as const), space: spaceArb }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('destroy' as const), space: spaceArb }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({ kind: fc.constant('scan' as const), maxPages: fc.integer({ min: 1, max: 40 }) }),
+    },
+  ];
+  if (paged) {
+    ops.push(
+      {
+        weight: 3,
+        arbitrary: fc.record({ kind: fc.constant('evict' as const), space: spaceArb, slot: slotArb }),
+      },
+      {
+        weight: 2,
+        arbitrary: fc.record({ kind: fc.constant('fault' as const), space: spaceArb, slot: slotArb }),
+      },
+    );
+  }
+  return fc.oneof(...ops);
+}
+
+/**
+ * Runs `ops` on spaces of one merger (with a pager evicting and faulting pages back in when
+ * `paged`), then, once writes stop, enough full scans for every page to pass its quiet interval,
+ * and checks that every page reads its own bytes and that identical pages share one frame.
+ * Whatever maps pages (writes, copy-on-write breaks of shared leaves and frames, forks, pages
+ * shared, faults), the scan must find every page to merge: a leaf group it never looks in
+ * would leave a duplicate behind.
+ */
+function checkMergesEverything(ops: Op[], quietEpochs: number, paged: boolean): void {
+  const pool = new FramePool({ capacity: 8 * 1024 * 1024, shared: paged });
+  const paging = paged ? new MapPaging(pool) : undefined;
+  const merger = new SamePageMerger(pool, { quietEpochs });
+  const first = new AddressSpace(pool, { size: TiB });
+  merger.register(first);
+  const spaces = [first];
+  // The model: what each page of each space holds (absent: zeros).
+  const model: Array<Map<number, number>> = [new Map()];
+  const back = Buffer.alloc(PAGE);
+  for (const op of ops) {
+    if (op.kind === 'scan') {
+      merger.scan({ maxPages: op.maxPages });
+      continue;
+    }
+    const live = spaces.map((_, s) => s).filter((s) => !spaces[s]!.isDestroyed);
+    if (live.length === 0) break;
+    const s = live[op.space % live.length]!;
+    const space = spaces[s]!;
+    switch (op.kind) {
+      case 'fork':
+        if (spaces.length >= 5) break;
+        spaces.push(space.fork());
+        model.push(new Map(model[s]));
+        break;
+      case 'destroy':
+        // Keep one space: the others' pages must still merge once a sharer is gone.
+        if (live.length > 1) space.destroy();
+        break;
+      case 'write':
+        space.write(slotPage(op.slot) * PAGE, contentBytes(op.content));
+        model[s]!.set(op.slot, op.content);
+        break;
+      case 'trim':
+        space.trim(slotPage(op.slot) * PAGE, PAGE);
+        model[s]!.delete(op.slot);
+        break;
+      case 'zero':
+        space.writeZeroes(slotPage(op.slot) * PAGE, PAGE);
+        model[s]!.set(op.slot, 0);
+        break;
+      case 'share': {
+        const from = live[op.from % live.length]!;
+        if (spaces[from]!.frameAt(slotPage(op.fromSlot)) < 2) break; // no resident frame to share
+        space.sharePage(slotPage(op.slot), spaces[from]!, slotPage(op.fromSlot));
+        const content = model[from]!.get(op.fromSlot);
+        if (content === undefined) model[s]!.delete(op.slot);
+        else model[s]!.set(op.slot, content);
+        break;
+      }
+      case 'evict':
+        paging!.evictPage(space, slotPage(op.slot));
+        break;
+      case 'fault':
+        space.read(slotPage(op.slot) * PAGE, back); // brings a swapped page back: not a write
+        break;
+    }
+  }
+  const spacesLeft = spaces.filter((space) => !space.isDestroyed);
+  // Every page back in memory (a swapped page cannot merge), then quiet: full scans merge all.
+  for (const space of spacesLeft) {
+    for (let slot = 0; slot < SLOTS; slot++) space.read(slotPage(slot) * PAGE, back);
+  }
+  for (let i = 0; i < quietEpochs + 3; i++) merger.scan();
+  const frameOf = new Map<number, number>();
+  spaces.forEach((space, s) => {
+    if (space.isDestroyed) return;
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const content = model[s]!.get(slot);
+      space.read(slotPage(slot) * PAGE, back);
+      assert.ok(back.equals(contentBytes(content ?? 0)), `space ${s} slot ${slot} reads its bytes`);
+      if (content === undefined) continue;
+      const frame = space.frameAt(slotPage(slot));
+      if (content === 0) {
+        assert.ok(frame < 2, `a zero page needs no frame (space ${s} slot ${slot})`);
+        continue;
+      }
+      const seen = frameOf.get(content);
+      if (seen === undefined) frameOf.set(content, frame);
+      else assert.equal(frame, seen, `content ${content}: one frame (space ${s} slot ${slot})`);
+    }
+  });
+  assert.equal(pool.used, frameOf.size, 'one frame per distinct content, nothing else');
+  checkPoolInvariants(pool, spacesLeft);
+  if (paging) checkSlotReferences(paging, spacesLeft);
+  merger.destroy();
+  for (const space of spacesLeft) space.destroy();
+  assert.equal(pool.used, 0);
+}
 
 test('property: after full scans identical pages share a frame and every page reads its own bytes', () => {
   fc.assert(
     fc.property(
-      fc.array(opArbitrary, { maxLength: 60 }),
+      fc.array(opArbitrary(false), { maxLength: 60 }),
       fc.integer({ min: 0, max: 2 }),
-      (ops, quietEpochs) => {
-        const pool = new FramePool({ capacity: 8 * 1024 * 1024 });
-        const merger = new SamePageMerger(pool, { quietEpochs });
-        const first = new AddressSpace(pool, { size: TiB });
-        merger.register(first);
-        const spaces = [first];
-        // The model: what each page of each space holds (absent: zeros).
-        const model: Array<Map<number, number>> = [new Map()];
-        for (const op of ops) {
-          if (op.kind === 'scan') {
-            merger.scan({ maxPages: op.maxPages });
-            continue;
-          }
-          const s = op.space % spaces.length;
-          if (op.kind === 'fork') {
-            if (spaces.length >= 4) continue;
-            spaces.push(spaces[s]!.fork());
-            model.push(new Map(model[s]));
-          } else if (op.kind === 'write') {
-            spaces[s]!.write(slotPage(op.slot) * PAGE, contentBytes(op.content));
-            model[s]!.set(op.slot, op.content);
-          } else {
-            spaces[s]!.trim(slotPage(op.slot) * PAGE, PAGE);
-            model[s]!.delete(op.slot);
-          }
-        }
-        // Quiet now: enough full scans for every page to pass its quiet interval and merge.
-        for (let i = 0; i < quietEpochs + 3; i++) merger.scan();
-        const back = Buffer.alloc(PAGE);
-        const frameOf = new Map<number, number>();
-        spaces.forEach((space, s) => {
-          for (let slot = 0; slot < SLOTS; slot++) {
-            const content = model[s]!.get(slot);
-            space.read(slotPage(slot) * PAGE, back);
-            assert.ok(back.equals(contentBytes(content ?? 0)), `space ${s} slot ${slot} reads its bytes`);
-            if (content === undefined) continue;
-            const frame = space.frameAt(slotPage(slot));
-            if (content === 0) {
-              assert.ok(frame < 2, `a zero page needs no frame (space ${s} slot ${slot})`);
-              continue;
-            }
-            const seen = frameOf.get(content);
-            if (seen === undefined) frameOf.set(content, frame);
-            else assert.equal(frame, seen, `content ${content}: one frame (space ${s} slot ${slot})`);
-          }
-        });
-        assert.equal(pool.used, frameOf.size, 'one frame per distinct content, nothing else');
-        checkPoolInvariants(pool, spaces);
-        merger.destroy();
-        for (const space of spaces) space.destroy();
-        assert.equal(pool.used, 0);
-      },
+      (ops, quietEpochs) => checkMergesEverything(ops, quietEpochs, false),
+    ),
+    { numRuns: 150 },
+  );
+});
+
+test('property: with pages evicted and faulted back in between scans, full scans still merge every page', () => {
+  fc.assert(
+    fc.property(
+      fc.array(opArbitrary(true), { maxLength: 60 }),
+      fc.integer({ min: 0, max: 1 }),
+      (ops, quietEpochs) => checkMergesEverything(ops, quietEpochs, true),
     ),
     { numRuns: 150 },
   );
